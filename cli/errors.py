@@ -1,0 +1,48 @@
+"""One CLI error type and the single place where any error becomes a message and exit code.
+
+Library code raises its own exceptions (OmniLatentError, PipelineError); commands may raise
+CLIError for bad arguments. ``run_command`` renders all of them the same way, with the
+traceback only when OMNI_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+from cli.console import console
+from omnilatent.errors import OmniLatentError
+from pipeline.errors import PipelineError
+
+T = TypeVar("T")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user-facing error with an exit code and an optional hint."""
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.hint = hint
+        self.exit_code = exit_code
+
+
+def run_command(fn: Callable[[], T]) -> T:
+    """Call ``fn`` and turn known errors into a one-line message and a non-zero exit."""
+    try:
+        return fn()
+    except (CLIError, OmniLatentError, PipelineError) as exc:
+        if os.environ.get("OMNI_DEBUG") == "1":
+            console.print_exception()
+        console.print(f"[bold red]Error:[/] {exc}")
+        hint = getattr(exc, "hint", None)
+        if hint:
+            console.print(f"[dim]Hint:[/] {hint}")
+        elif os.environ.get("OMNI_DEBUG") != "1":
+            console.print("[dim]Set OMNI_DEBUG=1 for the full traceback.[/]")
+        raise typer.Exit(getattr(exc, "exit_code", EXIT_ERROR)) from None

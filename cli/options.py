@@ -1,0 +1,17 @@
+"""Option aliases shared by several commands (one definition, one help text)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Seed = Annotated[int, typer.Option("--seed", help="Seed for weights, data order and tasks.")]
+Workers = Annotated[
+    int, typer.Option("--workers", min=0, help="Data loader worker processes (0 = in-process).")
+]
+SaveDir = Annotated[
+    Path, typer.Option("--save-dir", help="Checkpoints and metrics.jsonl go here.")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]

@@ -1,0 +1,209 @@
+"""`omni train`: build the model and a data source, then run the trainer with live progress."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from cli.console import console
+from cli.errors import EXIT_USAGE, CLIError, run_command
+from cli.options import SaveDir, Seed, Workers
+from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.training import (
+    SyntheticMultimodalDataset,
+    TrainConfig,
+    Trainer,
+    TrainerCallbacks,
+    build_dataloader,
+)
+from omnilatent.training.checkpoint import find_latest_checkpoint, list_checkpoints
+from omnilatent.training.rng import seed_everything
+from omnilatent.training.trainer import METRICS_FILE
+
+EXAMPLES = """
+[bold]Examples[/]
+
+  Check the pipeline and memory on seeded synthetic data (tiny model, CPU):
+    [cyan]omni train --synthetic --steps 30 --dim 64 --layers 2 --heads 4 --save-dir runs/tiny[/]
+
+  Continue that run from its newest complete checkpoint:
+    [cyan]omni train --synthetic --steps 60 --dim 64 --layers 2 --heads 4 --save-dir runs/tiny --resume auto[/]
+
+  Default 140M model on a GPU, checkpoint every 500 steps:
+    [cyan]omni train --synthetic --steps 5000 --batch-size 4 --device cuda --save-dir runs/base --save-every 500[/]
+"""
+
+
+class RichCallbacks(TrainerCallbacks):
+    """Draws a progress bar and prints log records, checkpoints and events."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress = progress
+        self.task_id = progress.add_task("training", total=total, loss="-", pair="-")
+        self.records: list[dict[str, Any]] = []
+
+    def on_start(self, trainer: Trainer) -> None:
+        amp = trainer.amp_dtype
+        console.print(
+            f"model: {trainer.model.num_parameters() / 1e6:.2f}M parameters | device: "
+            f"{trainer.device} | AMP: {'off' if amp is None else str(amp).replace('torch.', '')}"
+            f" | gradient checkpointing: "
+            f"{'on' if trainer.model.gradient_checkpointing else 'off'}"
+        )
+        self.progress.update(self.task_id, completed=trainer.step)
+
+    def on_step(self, step: int, total: int, loss: float, task: str) -> None:
+        self.progress.update(self.task_id, completed=step, loss=f"{loss:.4f}", pair=task)
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        console.print(
+            f"step {record['step']:>7} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+            f"{record['samples_per_s']:.1f} samples/s | {record['tokens_per_s']:.0f} tokens/s"
+        )
+
+    def on_checkpoint(self, path: Path) -> None:
+        console.print(f"[green]checkpoint[/] {path}")
+
+    def on_event(self, message: str) -> None:
+        console.print(f"[yellow]{message}[/]")
+
+
+def _resolve_resume(resume: str, save_dir: Path) -> Path | None:
+    if resume == "none":
+        existing = list_checkpoints(save_dir)
+        if existing:
+            raise CLIError(
+                f"{save_dir} already holds checkpoints (newest: {existing[0][1].name})",
+                hint="pass --resume auto to continue that run, or choose another --save-dir",
+                exit_code=EXIT_USAGE,
+            )
+        return None
+    if resume == "auto":
+        search = find_latest_checkpoint(save_dir)
+        for path, reason in search.skipped:
+            console.print(f"[yellow]skipping unusable checkpoint[/] {path.name}: {reason}")
+        if search.latest is None:
+            console.print(f"no complete checkpoint in {save_dir}: starting from step 0")
+        return search.latest
+    path = Path(resume)
+    if not path.is_dir():
+        raise CLIError(f"--resume {resume}: no such checkpoint directory",
+                       hint="use 'auto', 'none' or a path like SAVE_DIR/step-00000100",
+                       exit_code=EXIT_USAGE)
+    return path
+
+
+def _install_stop_handler() -> list[bool]:
+    """First Ctrl-C / SIGTERM: finish the step, checkpoint, exit. Second Ctrl-C: abort."""
+    flag = [False]
+
+    def handler(signum: int, _frame: object) -> None:
+        if flag[0] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag[0] = True
+        console.print("[yellow]stop requested: saving a checkpoint after this step…[/]")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return flag
+
+
+def _summary(records: list[dict[str, Any]], save_dir: Path, result: Any) -> None:
+    table = Table(title="training summary", show_header=False)
+    table.add_row("steps", str(result.step))
+    if records:
+        table.add_row("loss (first log)", f"{records[0]['loss']:.4f} at step {records[0]['step']}")
+        table.add_row("loss (last log)", f"{records[-1]['loss']:.4f} at step {records[-1]['step']}")
+    if result.last_checkpoint is not None:
+        table.add_row("checkpoint", str(result.last_checkpoint))
+    table.add_row("metrics", str(save_dir / METRICS_FILE))
+    if result.interrupted:
+        table.add_row("status", "interrupted: rerun with --resume auto to continue")
+    console.print(table)
+
+
+def train(
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on seeded synthetic "
+                                            "multimodal data (checks pipeline and memory).")]
+    = False,
+    steps: Annotated[int, typer.Option("--steps", "--total-steps", min=1,
+                                       help="Optimizer steps to train for.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1,
+                                            help="Batches accumulated per step.")] = 1,
+    dim: Annotated[int, typer.Option("--dim", min=8, help="Model width.")] = 768,
+    layers: Annotated[int, typer.Option("--layers", min=1)] = 12,
+    heads: Annotated[int, typer.Option("--heads", min=1)] = 12,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate.")] = 6e-4,
+    no_amp: Annotated[bool, typer.Option("--no-amp", help="Disable mixed precision on GPU "
+                                         "(it is always off on CPU).")] = False,
+    grad_checkpointing: Annotated[bool, typer.Option(
+        "--grad-checkpointing/--no-grad-checkpointing",
+        help="Recompute activations in backward to save memory.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
+    = False,
+    log_interval: Annotated[int, typer.Option("--log-interval", min=1,
+                                              help="Steps per metrics line (16 = one cycle "
+                                              "of all modality pairs).")] = 16,
+    save_dir: SaveDir = Path("runs/omni"),
+    save_every: Annotated[int, typer.Option("--save-every", min=0,
+                                            help="Checkpoint every N steps (0 = only at the "
+                                            "end).")] = 0,
+    keep_last: Annotated[int, typer.Option("--keep-last", min=0,
+                                           help="Checkpoints kept (0 = all).")] = 3,
+    resume: Annotated[str, typer.Option("--resume", help="'auto' (newest complete checkpoint "
+                                        "in --save-dir), 'none', or a checkpoint path.")]
+    = "none",
+    seed: Seed = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    workers: Workers = 0,
+) -> None:
+    """Train OmniLatent. Stop with Ctrl-C or SIGTERM: the current step finishes and a
+    checkpoint is written, so `--resume auto` continues exactly where it stopped."""
+
+    def body() -> None:
+        if not synthetic:
+            raise CLIError("choose a data source", hint="pass --synthetic",
+                           exit_code=EXIT_USAGE)
+        model_config = OmniLatentConfig(hidden_dim=dim, num_layers=layers, num_heads=heads,
+                                        gradient_checkpointing=grad_checkpointing)
+        config = TrainConfig(steps=steps, lr=lr, grad_accum=grad_accum, amp=not no_amp,
+                             compile=compile_model, device=device, seed=seed,
+                             save_dir=save_dir, save_every=save_every, keep_last=keep_last,
+                             log_interval=log_interval)
+        checkpoint = _resolve_resume(resume, save_dir)
+        seed_everything(seed)
+        model = OmniLatentModel(model_config)
+        dataset = SyntheticMultimodalDataset(model_config, length=max(1000, steps * batch_size
+                                                                      * grad_accum), seed=seed)
+        loader = build_dataloader(dataset, batch_size, seed=seed, num_workers=workers)
+        progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]} [dim]{task.fields[pair]}[/]"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+        )
+        callbacks = RichCallbacks(progress, steps)
+        trainer = Trainer(model, config, loader, callbacks)
+        if checkpoint is not None:
+            trainer.resume(checkpoint)
+        stop = _install_stop_handler()
+        with progress:
+            result = trainer.train(should_stop=lambda: stop[0])
+        _summary(callbacks.records, save_dir, result)
+        if result.interrupted:
+            raise typer.Exit(130)
+
+    run_command(body)

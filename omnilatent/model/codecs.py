@@ -1,0 +1,97 @@
+"""Per-modality encoders (raw input -> tokens) and decoders (tokens -> raw output).
+
+Notation: B batch, N tokens, D model dim, M mel bins, T time steps, P patch size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from omnilatent.config import OmniLatentConfig
+
+
+class AudioEncoder(nn.Module):
+    """1-D conv stack over log-mel; downsamples time by ``audio_stride``."""
+
+    def __init__(self, cfg: OmniLatentConfig) -> None:
+        super().__init__()
+        self.stride = cfg.audio_stride
+        self.conv_in = nn.Conv1d(cfg.n_mels, cfg.hidden_dim, kernel_size=3, padding=1)
+        self.down = nn.Conv1d(cfg.hidden_dim, cfg.hidden_dim, cfg.audio_stride, cfg.audio_stride)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        pad = (-mel.shape[-1]) % self.stride
+        mel = F.pad(mel, (0, pad))  # (B, M, T') with T' a multiple of the stride
+        x = self.down(F.gelu(self.conv_in(mel)))  # (B, D, T'/stride)
+        return x.transpose(1, 2)  # (B, N, D)
+
+
+class AudioDecoder(nn.Module):
+    def __init__(self, cfg: OmniLatentConfig) -> None:
+        super().__init__()
+        self.stride = cfg.audio_stride
+        self.up = nn.ConvTranspose1d(cfg.hidden_dim, cfg.hidden_dim, cfg.audio_stride,
+                                     cfg.audio_stride)
+        self.conv_out = nn.Conv1d(cfg.hidden_dim, cfg.n_mels, kernel_size=3, padding=1)
+
+    @staticmethod
+    def tokens_for(frames: int, stride: int) -> int:
+        return math.ceil(frames / stride)
+
+    def forward(self, x: Tensor, frames: int) -> Tensor:
+        x = F.gelu(self.up(x.transpose(1, 2)))  # (B, D, N*stride)
+        return self.conv_out(x)[..., :frames]  # (B, M, T)
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, cfg: OmniLatentConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, cfg.hidden_dim, cfg.patch_size, cfg.patch_size)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.proj(image).flatten(2).transpose(1, 2)  # (B, (H/P)*(W/P), D)
+
+
+class ImageDecoder(nn.Module):
+    def __init__(self, cfg: OmniLatentConfig) -> None:
+        super().__init__()
+        self.patch = cfg.patch_size
+        self.side = cfg.image_size // cfg.patch_size
+        self.proj = nn.Linear(cfg.hidden_dim, 3 * cfg.patch_size**2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(x)  # (B, N, 3*P*P)
+        return rearrange(x, "b (h w) (c p q) -> b c (h p) (w q)", h=self.side, p=self.patch,
+                         q=self.patch)  # (B, 3, H, W)
+
+
+class VideoEncoder(nn.Module):
+    """3-D conv tubelets: tubelet_size frames x patch x patch."""
+
+    def __init__(self, cfg: OmniLatentConfig) -> None:
+        super().__init__()
+        kernel = (cfg.tubelet_size, cfg.patch_size, cfg.patch_size)
+        self.proj = nn.Conv3d(3, cfg.hidden_dim, kernel, kernel)
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.proj(video).flatten(2).transpose(1, 2)  # (B, T/4 * H/P * W/P, D)
+
+
+class VideoDecoder(nn.Module):
+    def __init__(self, cfg: OmniLatentConfig) -> None:
+        super().__init__()
+        kernel = (cfg.tubelet_size, cfg.patch_size, cfg.patch_size)
+        self.tubelet = cfg.tubelet_size
+        self.side = cfg.video_size // cfg.patch_size
+        self.proj = nn.ConvTranspose3d(cfg.hidden_dim, 3, kernel, kernel)
+
+    def tokens_for(self, frames: int) -> int:
+        return frames // self.tubelet * self.side * self.side
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = rearrange(x, "b (t h w) d -> b d t h w", h=self.side, w=self.side)  # (B, D, T', h, w)
+        return self.proj(x)  # (B, 3, T, H, W)

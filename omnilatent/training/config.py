@@ -1,0 +1,73 @@
+"""Trainer configuration: a validated dataclass stored in every checkpoint's state.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omnilatent.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``steps`` counts optimizer steps (each may accumulate several batches)."""
+
+    steps: int = 1000
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None  # None: 5% of steps (at least 1)
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    amp: bool = True
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    save_dir: Path | None = None
+    save_every: int = 0  # 0: only at the end
+    keep_last: int = 3  # checkpoints kept on disk; 0 keeps all
+    log_interval: int = 16  # one full cycle of the 16 task pairs
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "grad_accum", "log_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("save_every", "keep_last"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
+            raise ConfigError(
+                f"warmup_steps must lie in [0, steps={self.steps}], got {self.warmup_steps}"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"beta1/beta2 must lie in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.save_dir is not None:
+            self.save_dir = Path(self.save_dir)
+
+    @property
+    def effective_warmup(self) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return max(1, self.steps // 20)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["save_dir"] = None if self.save_dir is None else str(self.save_dir)
+        return data

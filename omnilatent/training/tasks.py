@@ -1,0 +1,92 @@
+"""Training tasks: which modality the model reads and which it must produce for a batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from omnilatent.config import MODALITIES
+from omnilatent.model.losses import PAD_ID
+
+
+@dataclass(frozen=True)
+class Task:
+    """Predict ``target`` modality from ``source`` modality of the same batch."""
+
+    source: str
+    target: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}->{self.target}"
+
+    def needs(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.source, self.target)))
+
+    def inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """(source tensor, target tensor) for this task."""
+        return batch[self.source], batch[self.target]
+
+
+def present_modalities(batch: dict) -> list[str]:
+    """Modalities the batch can serve; text only when at least one token is not padding."""
+    present = []
+    for modality in MODALITIES:
+        value = batch.get(modality)
+        if not isinstance(value, Tensor):
+            continue
+        if modality == "text" and not bool((value != PAD_ID).any()):
+            continue
+        present.append(modality)
+    return present
+
+
+class PairSampler:
+    """A balanced, periodic order over the 16 (source, target) pairs.
+
+    Turn k trains target ``MODALITIES[k % 4]`` from source ``order[target][(k // 4) % 4]``,
+    where each target's source order is a seeded permutation. So any 4 consecutive turns hold
+    one task per target and any 16 consecutive turns hold every pair exactly once: a loss
+    averaged over 16 steps always means the same mix. (Uniform random draws would make such an
+    average swing with how many text steps, cross-entropy ~10, it happened to contain.)
+    Pairs the batch cannot serve are passed over, and the turn moves on.
+    """
+
+    def __init__(self, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        n = len(MODALITIES)
+        self.order = {t: [MODALITIES[i] for i in torch.randperm(n, generator=generator).tolist()]
+                      for t in MODALITIES}
+        self.turn = 0
+
+    def next(self, batch: dict) -> Task:
+        present = set(present_modalities(batch))
+        if not present:
+            raise ValueError("the batch holds no modality tensor (text, audio, image or video)")
+        n = len(MODALITIES)
+        while True:
+            target = MODALITIES[self.turn % n]
+            source = self.order[target][(self.turn // n) % n]
+            self.turn += 1
+            if source in present and target in present:
+                return Task(source, target)
+
+    def state_dict(self) -> dict:
+        return {"turn": self.turn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.turn = int(state["turn"])
+
+
+def content_tokens(modality: str, x: Tensor, audio_stride: int, patch: int, tubelet: int) -> int:
+    """Backbone tokens this input produces (text counts non-padding tokens)."""
+    if modality == "text":
+        return int((x != PAD_ID).sum())
+    batch = x.shape[0]
+    if modality == "audio":
+        return batch * -(-x.shape[-1] // audio_stride)
+    if modality == "image":
+        return batch * (x.shape[-1] // patch) * (x.shape[-2] // patch)
+    return batch * (x.shape[2] // tubelet) * (x.shape[-1] // patch) * (x.shape[-2] // patch)

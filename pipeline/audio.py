@@ -1,0 +1,126 @@
+"""Log-mel spectrograms for the audio modality, with `torch.stft` and our own filterbank.
+
+torchaudio is not a dependency (no wheel for every platform we run on), so the mel filterbank is
+written here from torchaudio's definition (`melscale_fbanks(norm=None, mel_scale="htk")`); the
+tests pin it against reference values computed with librosa, which shares that definition.
+
+Notation: F = n_fft // 2 + 1 frequency bins, M = n_mels, T = mel frames, S = samples.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+from pipeline.config import PrepareConfig
+from pipeline.errors import ConfigError
+
+# Added to the mel power before the log. 1e-6 sits near the mel power of 16-bit quantisation
+# noise (a full-scale sine gives ~1e4 at the default 25 ms window), so digital silence and a
+# decoded "quiet" track land at about the same value, ~100 dB below full scale, instead of
+# digital zeros becoming -23 (a 1e-10 floor) outliers that dominate the feature's range.
+# Adding it (rather than clamping) keeps the map smooth. Silence maps to log(1e-6) ≈ -13.8.
+LOG_FLOOR = 1e-6
+
+
+def _hz_to_mel(freq: float) -> float:
+    return 2595.0 * math.log10(1.0 + freq / 700.0)
+
+
+def _mel_to_hz(mels: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+
+
+def mel_filterbank(
+    n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int
+) -> torch.Tensor:
+    """Triangular HTK-mel filters as a float32 `(n_freqs, n_mels)` matrix, unnormalised.
+
+    Same definition as `torchaudio.functional.melscale_fbanks(norm=None, mel_scale="htk")`, so
+    features match models and recipes built on torchaudio: bin k sits at
+    `k * (sample_rate // 2) / (n_freqs - 1)` Hz; filter m rises linearly from mel point m to
+    m + 1 and falls to m + 2, with the n_mels + 2 points evenly spaced in mel between f_min and
+    f_max. Computed in float64, returned as float32.
+
+    A filter narrower than the bin spacing can catch no bin and is all zeros (e.g. the lowest
+    HTK filters for 128 mels at n_fft=400); such a channel carries no information.
+    """
+    if n_freqs < 2 or n_mels < 1:
+        raise ConfigError(f"need n_freqs >= 2 and n_mels >= 1, got {n_freqs} and {n_mels}")
+    if not 0 <= f_min < f_max:
+        raise ConfigError(f"need 0 <= f_min < f_max, got f_min={f_min} and f_max={f_max}")
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)  # (F,)
+    m_pts = torch.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2,
+                           dtype=torch.float64)  # (M + 2,)
+    f_pts = _mel_to_hz(m_pts)  # (M + 2,)
+    f_diff = f_pts[1:] - f_pts[:-1]  # (M + 1,)
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # (F, M + 2)
+    down = -slopes[:, :-2] / f_diff[:-1]  # (F, M) rising edge: (f - left) / width
+    up = slopes[:, 2:] / f_diff[1:]  # (F, M) falling edge: (right - f) / width
+    fb = torch.clamp(torch.minimum(down, up), min=0.0)  # (F, M)
+    return fb.to(torch.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _analysis(
+    n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_max: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hann window `(n_fft,)` and transposed filterbank `(M, F)`, built once per setting."""
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float32)  # (n_fft,)
+    fb = mel_filterbank(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate)  # (F, M)
+    return window, fb.T.contiguous()  # (n_fft,), (M, F)
+
+
+def log_mel(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
+    """Log-mel spectrogram of one clip: float16 `(n_mels, config.mel_frames)`.
+
+    `samples` is the clip's mono audio at `config.sample_rate`, exactly
+    `config.samples_per_clip` values, nominally in [-1, 1]. Each frame is a Hann-windowed
+    `n_fft` STFT centred on a multiple of `hop_length` (reflect padding at the edges, as
+    torchaudio and librosa do), projected onto the mel filters as power (|X|^2), then
+    `log(mel + LOG_FLOOR)`.
+
+    Centred framing yields 1 + S / hop frames; the last one is centred on the clip's end, i.e.
+    on the first frame of the audio that follows. Keeping the first `mel_frames` = S / hop gives
+    exactly one frame per hop, frame t describing time `start + t * hop / sample_rate`, so
+    clips tile the timeline without a duplicated frame and T depends only on the config.
+
+    Raises ValueError for input of the wrong shape or with non-finite values, and ConfigError
+    if the clip is too short for reflect padding.
+    """
+    expected = config.samples_per_clip
+    x = np.array(samples, dtype=np.float32)  # a copy: torch needs writable memory
+    if x.ndim != 1 or x.shape[0] != expected:
+        raise ValueError(
+            f"log_mel expects mono audio of shape ({expected},) "
+            f"(clip_duration * sample_rate), got shape {x.shape}"
+        )
+    if not np.isfinite(x).all():
+        raise ValueError("log_mel got NaN or infinite audio samples; the decoder output is corrupt")
+    if expected <= config.n_fft // 2:
+        raise ConfigError(
+            f"a clip of {expected} samples is too short for n_fft={config.n_fft}: reflect "
+            f"padding needs more than n_fft // 2 samples; lengthen clip_duration or lower n_fft"
+        )
+    window, fb_t = _analysis(config.n_fft, config.sample_rate, config.n_mels,
+                             float(config.f_min), float(config.mel_f_max))
+    spec = torch.stft(
+        torch.from_numpy(x), n_fft=config.n_fft, hop_length=config.hop_length,
+        win_length=config.n_fft, window=window, center=True, pad_mode="reflect",
+        return_complex=True,
+    )  # (F, 1 + S // hop)
+    power = spec.real.square() + spec.imag.square()  # (F, 1 + S // hop)
+    mel = fb_t @ power[:, : config.mel_frames]  # (M, T)
+    return torch.log(mel + LOG_FLOOR).numpy().astype(np.float16)  # (M, T)
+
+
+def silent_log_mel(config: PrepareConfig) -> np.ndarray:
+    """What `log_mel` gives for digital silence, for videos that have no audio stream.
+
+    Equal to `log_mel(np.zeros(config.samples_per_clip), config)` without computing an STFT.
+    """
+    return np.full((config.n_mels, config.mel_frames), math.log(LOG_FLOOR),
+                   dtype=np.float16)  # (M, T)

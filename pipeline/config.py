@@ -1,0 +1,115 @@
+"""Configuration of `omni prepare`.
+
+`PrepareConfig` holds every setting that changes the bytes written to the shards. It is stored
+in each unit's stats file and in the manifest, and a rerun into the same output directory with a
+different `PrepareConfig` is refused unless `--overwrite`. Settings that only change *how* the
+work runs (workers, `--part`, `--strict`) live in `RunOptions` and never invalidate earlier work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+SCHEMA_VERSION = 1
+DECODERS = ("pyav", "ffmpeg")
+
+
+def _is_multiple(value: float, step: float) -> bool:
+    ratio = value / step
+    return math.isclose(ratio, round(ratio), abs_tol=1e-6)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What one sample looks like. Defaults follow shard schema v1 (see README)."""
+
+    clip_duration: float = 2.0
+    clip_stride: float = 1.0
+    fps: int = 8
+    frame_size: int = 112
+    image_size: int = 224
+    sample_rate: int = 16000
+    n_mels: int = 128
+    n_fft: int = 400  # 25 ms window at 16 kHz
+    hop_length: int = 160  # 10 ms hop at 16 kHz
+    f_min: float = 0.0
+    f_max: float | None = None  # None = Nyquist
+    jpeg_quality: int = 90
+    samples_per_shard: int = 1000
+    videos_per_unit: int = 8
+    decoder: str = "pyav"
+
+    def __post_init__(self) -> None:
+        positive = ("clip_duration", "clip_stride", "fps", "frame_size", "image_size",
+                    "sample_rate", "n_mels", "n_fft", "hop_length", "samples_per_shard",
+                    "videos_per_unit")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not _is_multiple(self.clip_duration, 1.0 / self.fps):
+            raise ConfigError(
+                f"clip_duration ({self.clip_duration}) must be a whole number of frames at "
+                f"fps={self.fps} (a multiple of {1.0 / self.fps:g} s)"
+            )
+        if not _is_multiple(self.clip_stride, 1.0 / self.fps):
+            raise ConfigError(
+                f"clip_stride ({self.clip_stride}) must be a multiple of 1/fps "
+                f"({1.0 / self.fps:g} s) so that windows share one frame grid"
+            )
+        if not _is_multiple(self.clip_duration * self.sample_rate, self.hop_length):
+            raise ConfigError(
+                f"clip_duration * sample_rate ({self.clip_duration * self.sample_rate:g}) must be "
+                f"a multiple of hop_length ({self.hop_length})"
+            )
+        if self.n_fft < self.hop_length:
+            raise ConfigError(f"n_fft ({self.n_fft}) must be >= hop_length ({self.hop_length})")
+        nyquist = self.sample_rate / 2
+        if self.f_max is not None and not (self.f_min < self.f_max <= nyquist):
+            raise ConfigError(
+                f"f_max must lie in (f_min={self.f_min}, {nyquist}], got {self.f_max}"
+            )
+        if not 0 <= self.f_min < nyquist:
+            raise ConfigError(f"f_min must lie in [0, {nyquist}), got {self.f_min}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must lie in [1, 100], got {self.jpeg_quality}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+
+    @property
+    def frames_per_clip(self) -> int:
+        """Frames in one clip (16 at the defaults)."""
+        return round(self.clip_duration * self.fps)
+
+    @property
+    def stride_frames(self) -> int:
+        """Grid frames between two consecutive clip starts (8 at the defaults)."""
+        return round(self.clip_stride * self.fps)
+
+    @property
+    def samples_per_clip(self) -> int:
+        """Audio samples in one clip (32000 at the defaults)."""
+        return round(self.clip_duration * self.sample_rate)
+
+    @property
+    def mel_frames(self) -> int:
+        """Mel frames in one clip: one per hop (200 at the defaults)."""
+        return self.samples_per_clip // self.hop_length
+
+    @property
+    def mel_f_max(self) -> float:
+        return self.f_max if self.f_max is not None else self.sample_rate / 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrepareConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown prepare config field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)

@@ -1,0 +1,17 @@
+"""Errors raised by the data pipeline. The CLI renders them; library code never prints."""
+
+
+class PipelineError(Exception):
+    """Base class: a problem a user can act on, with a message that says how."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A setting is out of range or inconsistent; the message names the field."""
+
+
+class DecodeError(PipelineError):
+    """A video could not be decoded; the message is recorded as the video's failure reason."""
+
+
+class TranscriptError(PipelineError):
+    """A subtitle or transcript file could not be read or parsed."""

@@ -1,0 +1,351 @@
+"""Transcripts: encodings, SRT/VTT/TXT parsing, sidecar lookup, embedded streams, windows."""
+
+from __future__ import annotations
+
+import codecs
+import subprocess
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+
+from pipeline import ffmpeg_bin
+from pipeline.errors import DecodeError, PipelineError, TranscriptError
+from pipeline.transcripts import (
+    Cue,
+    Transcript,
+    _is_text_codec,
+    extract_embedded,
+    find_transcript,
+    load_sidecar,
+    read_text_file,
+    text_for_window,
+)
+
+SRT = """1
+00:00:00,500 --> 00:00:01,250
+Hello <i>there</i>,
+general {\\an8}Kenobi!
+
+2
+00:00:02,000 --> 00:00:03,000
+<font color="#ff0000">second</font>   cue
+
+3
+00:00:03,500 --> 00:00:03,900
+<b></b>
+"""
+
+VTT = """WEBVTT
+Kind: captions
+Language: en
+
+STYLE
+::cue { color: yellow }
+
+NOTE a comment that is not a cue
+
+intro
+00:01.500 --> 00:02.750 align:start position:10%
+<v Bob>Hi <c.yellow>Alice</c> &amp; <00:02.000>friends</v>
+
+00:00:04.000 --> 00:00:05.000
+Bye
+"""
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+# -- read_text_file ------------------------------------------------------------------------------
+
+ACCENTED = "café naïve — 5 €\n"
+
+
+@pytest.mark.parametrize(
+    ("bom", "encoding"),
+    [(codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+     (codecs.BOM_UTF16_BE, "utf-16-be"), (codecs.BOM_UTF32_LE, "utf-32-le"), (b"", "utf-8")],
+)
+def test_read_text_file_decodes_boms_and_utf8(tmp_path: Path, bom: bytes, encoding: str) -> None:
+    path = tmp_path / "t.srt"
+    path.write_bytes(bom + ACCENTED.encode(encoding))
+    assert read_text_file(path) == ACCENTED
+
+
+def test_read_text_file_falls_back_to_cp1252(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.srt"
+    raw = ACCENTED.encode("cp1252")
+    assert raw == b"caf\xe9 na\xefve \x97 5 \x80\n"  # not valid UTF-8
+    path.write_bytes(raw)
+    assert read_text_file(path) == ACCENTED
+
+
+def test_read_text_file_normalises_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"a\r\nb\rc\nd")
+    assert read_text_file(path) == "a\nb\nc\nd"
+
+
+def test_read_text_file_rejects_utf16_without_bom_and_bad_bom(tmp_path: Path) -> None:
+    no_bom = tmp_path / "nobom.srt"
+    no_bom.write_bytes("hello".encode("utf-16-le"))
+    with pytest.raises(TranscriptError, match="nobom.srt.*NUL"):
+        read_text_file(no_bom)
+    truncated = tmp_path / "odd.srt"
+    truncated.write_bytes(codecs.BOM_UTF16_LE + b"a\x00b")
+    with pytest.raises(TranscriptError, match="odd.srt.*utf-16-le"):
+        read_text_file(truncated)
+    with pytest.raises(TranscriptError, match="missing.srt"):
+        read_text_file(tmp_path / "missing.srt")
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def test_srt_times_and_markup_stripped(tmp_path: Path) -> None:
+    transcript = load_sidecar(write(tmp_path / "v.srt", SRT))
+    assert transcript.source == "srt" and transcript.timed
+    assert transcript.cues == [
+        Cue(0.5, 1.25, "Hello there, general Kenobi!"),
+        Cue(2.0, 3.0, "second cue"),  # cue 3 held only markup: dropped
+    ]
+
+
+def test_srt_in_utf16_and_cp1252(tmp_path: Path) -> None:
+    text = "1\n00:00:01,000 --> 00:00:02,000\ncafé — 5 €\n"
+    utf16 = tmp_path / "a.srt"
+    utf16.write_bytes(codecs.BOM_UTF16_BE + text.replace("\n", "\r\n").encode("utf-16-be"))
+    legacy = write(tmp_path / "b.srt", text, "cp1252")
+    for path in (utf16, legacy):
+        assert load_sidecar(path).cues == [Cue(1.0, 2.0, "café — 5 €")]
+
+
+def test_cues_are_sorted_by_time(tmp_path: Path) -> None:
+    srt = ("2\n00:00:05,000 --> 00:00:06,000\nlater\n\n"
+           "1\n00:00:01,000 --> 00:00:02,000\nearlier\n")
+    assert [c.text for c in load_sidecar(write(tmp_path / "v.srt", srt)).cues] == [
+        "earlier", "later"]
+
+
+def test_vtt_times_markup_and_non_cue_blocks(tmp_path: Path) -> None:
+    transcript = load_sidecar(write(tmp_path / "v.vtt", VTT))
+    assert transcript.source == "vtt" and transcript.timed
+    assert transcript.cues == [Cue(1.5, 2.75, "Hi Alice & friends"), Cue(4.0, 5.0, "Bye")]
+
+
+def test_txt_is_untimed_with_whitespace_collapsed(tmp_path: Path) -> None:
+    transcript = load_sidecar(write(tmp_path / "v.TXT", "  Hello\n\n  world\tagain \n"))
+    assert transcript.source == "txt" and not transcript.timed
+    assert [c.text for c in transcript.cues] == ["Hello world again"]
+
+
+@pytest.mark.parametrize("name", ["v.srt", "v.vtt", "v.txt"])
+def test_empty_files_give_empty_transcripts(tmp_path: Path, name: str) -> None:
+    text = "WEBVTT\n" if name.endswith(".vtt") else "\n"
+    assert load_sidecar(write(tmp_path / name, text)).cues == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [
+        ("bad.srt", "this is not\nan srt file\n", "SubRip"),
+        ("bad2.srt", "1\n00:00:02,000 --> 00:00:01,000\nbackwards\n", "ends"),
+        ("bad.vtt", "00:01.000 --> 00:02.000\nno header\n", "WebVTT"),
+        ("bad2.vtt", "WEBVTT\n\n00:0x.000 --> 00:02.000\nbroken timing\n", "WebVTT"),
+        ("bad3.vtt", "WEBVTT\n\njust some text\n", "WebVTT"),
+    ],
+)
+def test_malformed_files_raise_naming_the_file(
+    tmp_path: Path, name: str, text: str, reason: str
+) -> None:
+    with pytest.raises(TranscriptError, match=rf"{name}.*{reason}"):
+        load_sidecar(write(tmp_path / name, text))
+
+
+def test_unsupported_extension_raises(tmp_path: Path) -> None:
+    with pytest.raises(TranscriptError, match="notes.ass"):
+        load_sidecar(write(tmp_path / "notes.ass", "x"))
+
+
+# -- windows ------------------------------------------------------------------------------------
+
+
+def test_overlap_rule_is_strict_on_both_ends() -> None:
+    transcript = Transcript([Cue(2.0, 3.0, "cue")], "srt")
+    assert text_for_window(transcript, 1.0, 3.0, 10.0) == "cue"
+    assert text_for_window(transcript, 2.0, 4.0, 10.0) == "cue"
+    assert text_for_window(transcript, 2.5, 2.6, 10.0) == "cue"
+    assert text_for_window(transcript, 0.0, 2.0, 10.0) == ""
+    assert text_for_window(transcript, 3.0, 5.0, 10.0) == ""
+
+
+def test_window_joins_overlapping_cues_in_time_order() -> None:
+    transcript = Transcript(
+        [Cue(0.0, 1.5, "one"), Cue(1.0, 2.5, "two"), Cue(2.5, 4.0, "three")], "vtt")
+    assert text_for_window(transcript, 1.0, 3.0, 4.0) == "one two three"
+    assert text_for_window(transcript, 2.0, 2.5, 4.0) == "two"
+    assert text_for_window(Transcript([], "none"), 0.0, 2.0, 4.0) == ""
+
+
+def test_untimed_words_spread_by_character_position() -> None:
+    # "aaa bb c dddd" has 13 characters; words start at characters 0, 4, 7 and 9, so over a
+    # 13 s video they are placed at 0, 4, 7 and 9 s.
+    transcript = Transcript([Cue(0.0, 0.0, "aaa bb c dddd")], "txt", timed=False)
+    assert text_for_window(transcript, 0.0, 4.0, 13.0) == "aaa"
+    assert text_for_window(transcript, 4.0, 7.0, 13.0) == "bb"
+    assert text_for_window(transcript, 7.0, 9.0, 13.0) == "c"
+    assert text_for_window(transcript, 9.0, 13.0, 13.0) == "dddd"
+    assert text_for_window(transcript, 0.0, 7.5, 13.0) == "aaa bb c"
+    # Over a 6.5 s video the same words are placed at 0, 2, 3.5 and 4.5 s.
+    assert text_for_window(transcript, 0.0, 4.0, 6.5) == "aaa bb c"
+
+
+def test_untimed_tiling_windows_share_out_every_word_once() -> None:
+    words = [f"w{i}" * (1 + i % 5) for i in range(300)]
+    transcript = Transcript([Cue(0.0, 0.0, " ".join(words))], "txt", timed=False)
+    duration = 61.3
+    pieces = [text_for_window(transcript, float(s), float(s + 1), duration) for s in range(62)]
+    assert " ".join(p for p in pieces if p).split() == words
+
+
+def test_untimed_needs_a_positive_duration() -> None:
+    transcript = Transcript([Cue(0.0, 0.0, "words")], "txt", timed=False)
+    with pytest.raises(ValueError, match="video_duration"):
+        text_for_window(transcript, 0.0, 1.0, 0.0)
+    assert text_for_window(Transcript([], "txt", timed=False), 0.0, 1.0, 0.0) == ""
+
+
+# -- sidecar lookup -----------------------------------------------------------------------------
+
+
+def test_sidecar_precedence_srt_vtt_txt(tmp_path: Path) -> None:
+    video = tmp_path / "talk.mp4"
+    video.write_bytes(b"")
+    write(tmp_path / "talk.txt", "plain words")
+    assert find_transcript(video).source == "txt"
+    write(tmp_path / "talk.vtt", "WEBVTT\n\n00:01.000 --> 00:02.000\nfrom vtt\n")
+    assert find_transcript(video).source == "vtt"
+    write(tmp_path / "talk.srt", "1\n00:00:01,000 --> 00:00:02,000\nfrom srt\n")
+    assert find_transcript(video).cues[0].text == "from srt"
+
+
+def test_sidecar_extension_is_case_insensitive_and_stem_exact(tmp_path: Path) -> None:
+    video = tmp_path / "my talk.v2.MP4"
+    video.write_bytes(b"")
+    write(tmp_path / "my talk.v2.SrT", "1\n00:00:01,000 --> 00:00:02,000\nyes\n")
+    write(tmp_path / "my talk.srt", "1\n00:00:01,000 --> 00:00:02,000\nother video\n")
+    write(tmp_path / "my talk.v2x.srt", "1\n00:00:01,000 --> 00:00:02,000\nother video\n")
+    (tmp_path / "my talk.v2.vtt").mkdir()  # a folder, not a sidecar
+    transcript = find_transcript(video)
+    assert transcript.source == "srt" and transcript.cues[0].text == "yes"
+
+
+def test_language_tagged_sidecars(tmp_path: Path) -> None:
+    video = tmp_path / "clip.webm"
+    video.write_bytes(b"")
+    write(tmp_path / "clip.notes.txt", "not a transcript")
+    write(tmp_path / "clip.txt", "untimed")
+    write(tmp_path / "clip.fr.vtt", "WEBVTT\n\n00:01.000 --> 00:02.000\nbonjour\n")
+    assert find_transcript(video).cues[0].text == "bonjour"  # timed beats untimed
+    write(tmp_path / "clip.en.vtt", "WEBVTT\n\n00:01.000 --> 00:02.000\nhello\n")
+    assert find_transcript(video).cues[0].text == "hello"  # first by name
+    write(tmp_path / "clip.de.srt", "1\n00:00:01,000 --> 00:00:02,000\nhallo\n")
+    assert find_transcript(video).cues[0].text == "hallo"  # .srt beats .vtt
+    write(tmp_path / "clip.srt", "1\n00:00:01,000 --> 00:00:02,000\nexact\n")
+    assert find_transcript(video).cues[0].text == "exact"  # exact name beats tagged
+
+
+def test_broken_sidecar_raises_instead_of_falling_back(tmp_path: Path) -> None:
+    video = tmp_path / "v.mkv"
+    video.write_bytes(b"")
+    write(tmp_path / "v.srt", "garbage\n")
+    with pytest.raises(TranscriptError, match="v.srt"):
+        find_transcript(video)
+
+
+# -- embedded subtitles -------------------------------------------------------------------------
+
+EMBED_SRT = ("1\n00:00:00,500 --> 00:00:01,500\n<i>First</i> line\n\n"
+             "2\n00:00:02,000 --> 00:00:03,250\nSecond — café\n")
+
+
+def make_video(folder: Path, name: str, subtitle_codec: str | None) -> Path:
+    """A 4 s 64x64 black video, with the EMBED_SRT cues as a `subtitle_codec` stream."""
+    out = folder / name
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y",
+               "-f", "lavfi", "-i", "color=c=black:s=64x64:d=4:r=8"]
+    if subtitle_codec is not None:
+        subs = write(folder / f"{name}.src.srt", EMBED_SRT)
+        command += ["-i", str(subs), "-map", "0:v", "-map", "1:s", "-c:s", subtitle_codec]
+    command += ["-c:v", "mpeg4", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    return out
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("embedded")
+    return {
+        "srt": make_video(folder, "subrip.mkv", "srt"),
+        "ass": make_video(folder, "ass.mkv", "ass"),
+        "mov_text": make_video(folder, "movtext.mp4", "mov_text"),
+        "webvtt": make_video(folder, "webvtt.mkv", "webvtt"),
+        "none": make_video(folder, "nosubs.mkv", None),
+    }
+
+
+@pytest.mark.parametrize("kind", ["srt", "ass", "mov_text", "webvtt"])
+def test_embedded_text_subtitles(videos: dict[str, Path], kind: str) -> None:
+    transcript = extract_embedded(videos[kind])
+    assert transcript is not None
+    assert transcript.source == "embedded" and transcript.timed
+    assert transcript.cues == [Cue(0.5, 1.5, "First line"), Cue(2.0, 3.25, "Second — café")]
+
+
+def test_no_subtitle_stream_gives_none(videos: dict[str, Path]) -> None:
+    assert extract_embedded(videos["none"]) is None
+    assert find_transcript(videos["none"]) == Transcript([], "none", timed=True)
+
+
+def test_find_transcript_uses_embedded_then_prefers_sidecar(
+    videos: dict[str, Path], tmp_path: Path
+) -> None:
+    video = tmp_path / "movie.mkv"
+    video.write_bytes(videos["srt"].read_bytes())
+    assert find_transcript(video).source == "embedded"
+    write(tmp_path / "movie.srt", "1\n00:00:09,000 --> 00:00:10,000\nsidecar\n")
+    assert find_transcript(video).cues == [Cue(9.0, 10.0, "sidecar")]
+
+
+def test_unreadable_container_raises_decode_error(tmp_path: Path) -> None:
+    with pytest.raises(DecodeError, match="junk.mkv"):
+        extract_embedded(write(tmp_path / "junk.mkv", "not a video"))
+
+
+def test_failing_ffmpeg_raises_transcript_error(videos: dict[str, Path]) -> None:
+    with pytest.raises(TranscriptError, match="subrip.mkv"):
+        extract_embedded(videos["srt"], ffmpeg_binary="false")
+
+
+def test_text_and_bitmap_codecs() -> None:
+    for name in ("subrip", "ass", "ssa", "mov_text", "webvtt", "text"):
+        assert _is_text_codec(name)
+    for name in ("dvd_subtitle", "hdmv_pgs_subtitle", "dvb_subtitle", "no_such_codec"):
+        assert not _is_text_codec(name)
+
+
+# -- ffmpeg binary ------------------------------------------------------------------------------
+
+
+def test_ffmpeg_binary_default_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ffmpeg_bin.ENV_VAR, raising=False)
+    bundled = imageio_ffmpeg.get_ffmpeg_exe()
+    assert ffmpeg_bin.ffmpeg_binary() == bundled
+    monkeypatch.setenv(ffmpeg_bin.ENV_VAR, bundled)
+    assert ffmpeg_bin.ffmpeg_binary() == bundled
+    monkeypatch.setenv(ffmpeg_bin.ENV_VAR, "/no/such/ffmpeg")
+    with pytest.raises(PipelineError, match="OMNI_FFMPEG"):
+        ffmpeg_bin.ffmpeg_binary()
