@@ -127,12 +127,13 @@ def _summary(records: list[dict[str, Any]], save_dir: Path, result: Any) -> None
     if records:
         table.add_row("loss (first log)", f"{records[0]['loss']:.4f} at step {records[0]['step']}")
         table.add_row("loss (last log)", f"{records[-1]['loss']:.4f} at step {records[-1]['step']}")
-    if result.last_checkpoint is not None:
-        table.add_row("checkpoint", str(result.last_checkpoint))
-    table.add_row("metrics", str(save_dir / METRICS_FILE))
     if result.interrupted:
         table.add_row("status", "interrupted: rerun with --resume auto to continue")
     console.print(table)
+    # paths on their own unwrapped lines, so they can be copied whatever the terminal width
+    if result.last_checkpoint is not None:
+        console.print(f"checkpoint: {result.last_checkpoint}", soft_wrap=True)
+    console.print(f"metrics:    {save_dir / METRICS_FILE}", soft_wrap=True)
 
 
 def train(

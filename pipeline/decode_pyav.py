@@ -1,0 +1,287 @@
+"""PyAV decode backend: one demux pass over video and audio, frames picked by timestamp.
+
+Only frames that land on the fps grid are converted to RGB, and straight to the scaled size
+(libswscale does the YUV->RGB conversion and the resize in one step), so a 4K source costs
+one small conversion per grid frame instead of a full-resolution RGB copy per source frame.
+The rules this module follows are in `pipeline.decode`; probing lives here because both
+backends share it (the ffmpeg CLI build ships no ffprobe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+from av.audio.stream import AudioStream
+from av.container import InputContainer
+from av.video.stream import VideoStream
+
+from pipeline.config import PrepareConfig
+from pipeline.decode import (
+    TIME_EPS,
+    DecodeStats,
+    VideoInfo,
+    Window,
+    WindowAssembler,
+    grid_frames_within,
+)
+from pipeline.errors import DecodeError
+from pipeline.frames import SWS_INTERPOLATION, display_image, scaled_size
+
+_ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
+
+
+def open_container(path: Path) -> InputContainer:
+    """Open a media file for reading, turning every failure into a `DecodeError` that says why."""
+    if not path.is_file():
+        raise DecodeError("no such file")
+    if path.stat().st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        return av.open(str(path), metadata_errors="replace")
+    except av.FFmpegError as err:
+        raise DecodeError(f"not a readable media file ({err})") from err
+
+
+def select_streams(container: InputContainer) -> tuple[VideoStream, AudioStream | None]:
+    """The first real video stream (cover art is skipped) and the first audio stream."""
+    videos = [s for s in container.streams.video if not int(s.disposition) & _ATTACHED_PIC]
+    if not videos:
+        raise DecodeError("no video stream")
+    audios = container.streams.audio
+    return videos[0], (audios[0] if audios else None)
+
+
+def origin(container: InputContainer) -> float:
+    """Time zero of the file in seconds: the container start time, as ffmpeg reports it."""
+    start = container.start_time
+    return start / av.time_base if start is not None else 0.0
+
+
+def frame_rotation(frame: av.VideoFrame, stream: VideoStream) -> int:
+    """Clockwise display rotation (0/90/180/270) from the frame's display matrix.
+
+    PyAV >= 13 exposes the matrix angle as `frame.rotation` (counter-clockwise degrees); older
+    versions only carry the legacy `rotate` tag (clockwise degrees) in the stream metadata.
+    """
+    counter_clockwise = getattr(frame, "rotation", None)
+    if counter_clockwise is not None:
+        return (-round(counter_clockwise / 90) * 90) % 360
+    try:
+        return (round(float(stream.metadata.get("rotate", 0)) / 90) * 90) % 360
+    except ValueError:
+        return 0
+
+
+def probe_pyav(path: Path) -> VideoInfo:
+    """`pipeline.decode.probe` for both backends: header fields plus the first frame's rotation."""
+    with open_container(path) as container:
+        video, audio = select_streams(container)
+        rotation, pixel_format = 0, video.codec_context.pix_fmt
+        for _, frame in _frames(container, [video], DecodeStats()):
+            rotation, pixel_format = frame_rotation(frame, video), frame.format.name
+            break
+        width, height = video.codec_context.width, video.codec_context.height
+        if rotation in (90, 270):
+            width, height = height, width
+        if container.duration:
+            duration: float | None = container.duration / av.time_base
+        elif video.duration and video.time_base:
+            duration = float(video.duration * video.time_base)
+        else:
+            duration = None
+        return VideoInfo(
+            path=path,
+            duration_hint=duration,
+            width=width,
+            height=height,
+            rotation=rotation,
+            fps_hint=float(video.average_rate) if video.average_rate else None,
+            has_audio=audio is not None,
+            audio_channels=audio.layout.nb_channels if audio is not None else None,
+            audio_rate=audio.rate if audio is not None else None,
+            start_time=origin(container),
+            pixel_format=pixel_format,
+            video_stream_index=video.index,
+            audio_stream_index=audio.index if audio is not None else None,
+        )
+
+
+def _note_error(stats: DecodeStats, err: Exception) -> None:
+    if stats.first_error is None:
+        stats.first_error = str(err)
+
+
+def _frames(
+    container: InputContainer, streams: list[av.stream.Stream], stats: DecodeStats
+) -> Iterator[tuple[av.stream.Stream, av.frame.Frame]]:
+    """Decoded frames of `streams` in file order, skipping packets the decoder rejects.
+
+    A demuxer error (a truncated or mangled container) ends the stream early: the decoders are
+    flushed so that frames already read still come out.
+    """
+    demuxer = container.demux(*streams)
+    while True:
+        try:
+            packet = next(demuxer)
+        except StopIteration:
+            return
+        except av.FFmpegError as err:
+            _note_error(stats, err)
+            for stream in streams:
+                try:
+                    for frame in stream.decode(None):
+                        yield stream, frame
+                except av.FFmpegError:
+                    pass
+            return
+        try:
+            decoded = packet.decode()
+        except av.FFmpegError as err:
+            stats.packets_skipped += 1
+            _note_error(stats, err)
+            continue
+        for frame in decoded:
+            yield packet.stream, frame
+
+
+class _GridPicker:
+    """Turns decoded video frames (presentation order) into display images on the fps grid."""
+
+    def __init__(self, config: PrepareConfig, stream: VideoStream, start: float) -> None:
+        self.config = config
+        self.stream = stream
+        self.start = start
+        self.next_index = 0  # next grid frame to deliver
+        self._frame: av.VideoFrame | None = None  # the frame on screen now
+        self._time = 0.0
+        self._step = 0.0  # time from the previous frame to the current one
+        self._image: np.ndarray | None = None  # `_frame` converted, once needed
+        self._size: tuple[int, int] = (0, 0)
+        self._rotation = 0
+
+    def push(self, frame: av.VideoFrame) -> Iterator[np.ndarray]:
+        """Grid images whose time has passed now that `frame` is on screen."""
+        if frame.pts is None or frame.time_base is None:
+            return
+        time = float(frame.pts * frame.time_base) - self.start
+        if self._frame is None:
+            self._size = scaled_size(frame.width, frame.height, self.config.image_size)
+            self._rotation = frame_rotation(frame, self.stream)
+        else:
+            while self.next_index / self.config.fps + TIME_EPS < time:
+                yield self._current_image()
+                self.next_index += 1
+            self._step = time - self._time
+        self._frame, self._time, self._image = frame, time, None
+
+    def end(self) -> float | None:
+        """Duration D (end of the last frame), or None when no frame had a timestamp."""
+        if self._frame is None:
+            return None
+        return self._time + self._frame_duration(self._frame)
+
+    def flush(self, grid_frames: int) -> Iterator[np.ndarray]:
+        """The remaining grid images up to `grid_frames`: the last frame stays on screen."""
+        while self._frame is not None and self.next_index < grid_frames:
+            yield self._current_image()
+            self.next_index += 1
+
+    def _frame_duration(self, frame: av.VideoFrame) -> float:
+        # Same preference order as the ffmpeg CLI's estimate of the last frame's duration, so
+        # both backends agree on D: the container's duration unless it is a guessed single
+        # tick, else the last frame interval, else the stream's average frame rate.
+        ticks = frame.duration or 0
+        tick = float(frame.time_base)
+        if ticks > 0 and not (ticks == 1 and self._step > 2 * tick):
+            return ticks * tick
+        if self._step > 0:
+            return self._step
+        rate = self.stream.average_rate
+        return 1.0 / float(rate) if rate else 0.0
+
+    def _current_image(self) -> np.ndarray:
+        if self._image is None:
+            assert self._frame is not None
+            width, height = self._size
+            rgb = self._frame.reformat(
+                width, height, format="rgb24", interpolation=SWS_INTERPOLATION.upper()
+            ).to_ndarray()  # (h, w, 3) coded orientation
+            self._image = display_image(rgb, self._rotation, self.config.image_size)
+        return self._image
+
+
+class _MonoResampler:
+    """Any audio frame -> mono float32 at the target rate, with its position from the origin."""
+
+    def __init__(self, sample_rate: int, start: float) -> None:
+        self.sample_rate = sample_rate
+        self.start = start
+        self._resampler = self._new()
+
+    def _new(self) -> av.AudioResampler:
+        return av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
+
+    def resample(self, frame: av.AudioFrame | None) -> Iterator[tuple[np.ndarray, int | None]]:
+        try:
+            outs = self._resampler.resample(frame)
+        except ValueError:
+            # The input layout or rate changed mid-stream (TV recordings do this): drain the
+            # old resampler and start a fresh one for the new format.
+            outs = self._resampler.resample(None)
+            self._resampler = self._new()
+            outs += self._resampler.resample(frame)
+        for out in outs:
+            samples = out.to_ndarray().reshape(-1)  # (n,) packed mono
+            position = None
+            if out.pts is not None and out.time_base is not None:
+                seconds = float(out.pts * out.time_base) - self.start
+                position = round(seconds * self.sample_rate)
+            yield samples, position
+
+
+def iter_windows_pyav(path: Path, config: PrepareConfig, stats: DecodeStats) -> Iterator[Window]:
+    """`pipeline.decode.iter_windows` with PyAV: one pass, bounded memory, timestamp-picked."""
+    container = open_container(path)
+    try:
+        yield from _windows(container, config, stats)
+    finally:
+        container.close()
+
+
+def _windows(
+    container: InputContainer, config: PrepareConfig, stats: DecodeStats
+) -> Iterator[Window]:
+    video, audio = select_streams(container)
+    video.thread_type = "AUTO"
+    start = origin(container)
+    assembler = WindowAssembler(config, audio is not None, stats)
+    picker = _GridPicker(config, video, start)
+    resampler = _MonoResampler(config.sample_rate, start) if audio is not None else None
+    streams = [video] if audio is None else [video, audio]
+    for stream, frame in _frames(container, streams, stats):
+        if stream is video:
+            stats.video_frames += 1
+            for image in picker.push(frame):
+                assembler.add_frame(image)
+                yield from assembler.ready()
+        elif resampler is not None:
+            for samples, position in resampler.resample(frame):
+                assembler.add_audio(samples, position)
+            yield from assembler.ready()
+    if resampler is not None:
+        for samples, position in resampler.resample(None):
+            assembler.add_audio(samples, position)
+    assembler.end_audio()
+    duration = picker.end()
+    if duration is None:
+        reason = f": {stats.first_error}" if stats.first_error else ""
+        raise DecodeError(f"no decodable video frames{reason}")
+    stats.duration = duration
+    grid_frames = grid_frames_within(duration, config)
+    for image in picker.flush(grid_frames):
+        assembler.add_frame(image)
+        yield from assembler.ready()
+    yield from assembler.finish(grid_frames)

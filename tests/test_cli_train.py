@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cli.app import app
+
+runner = CliRunner()
+TINY_ARGS = ["--synthetic", "--dim", "32", "--layers", "1", "--heads", "4", "--batch-size", "2"]
+
+
+def test_help_lists_commands_and_examples() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "train" in result.output
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for text in ("Examples", "--synthetic", "--resume", "--grad-checkpointing", "--no-amp"):
+        assert text in result.output
+
+
+def test_train_synthetic_end_to_end(tmp_path) -> None:
+    save = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY_ARGS, "--steps", "4", "--log-interval", "2",
+                                 "--save-dir", str(save)])
+    assert result.exit_code == 0, result.output
+    assert (save / "step-00000004" / "model.safetensors").is_file()
+    records = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert "training summary" in result.output and str(save / "metrics.jsonl") in result.output
+
+
+def test_train_without_data_source_is_a_usage_error(tmp_path) -> None:
+    result = runner.invoke(app, ["train", "--steps", "1", "--save-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "choose a data source" in result.output
+
+
+def test_bad_model_shape_is_reported_without_traceback(tmp_path) -> None:
+    result = runner.invoke(app, ["train", "--synthetic", "--dim", "30", "--heads", "4",
+                                 "--save-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "hidden_dim (30) must be divisible by num_heads (4)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_existing_checkpoints_need_resume(tmp_path) -> None:
+    args = ["train", *TINY_ARGS, "--steps", "2", "--save-dir", str(tmp_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--resume auto" in again.output
+    resumed = runner.invoke(app, [*args[:-4], "--steps", "3", "--save-dir", str(tmp_path),
+                                  "--resume", "auto"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from" in resumed.output and (tmp_path / "step-00000003").is_dir()
+
+
+def _omni(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from cli.app import main; main()", *args]
+
+
+def test_killed_run_resumes_to_identical_parameters(tmp_path) -> None:
+    """SIGKILL mid-run, then --resume auto: same weights as an uninterrupted run."""
+    common = [*TINY_ARGS, "--steps", "40", "--save-every", "5", "--log-interval", "1"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    straight = subprocess.run(_omni("train", *common, "--save-dir", str(tmp_path / "a")),
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+
+    proc = subprocess.Popen(_omni("train", *common, "--save-dir", str(tmp_path / "b")),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "b" / "step-00000010").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "step-00000040").exists()
+
+    resumed = subprocess.run(_omni("train", *common, "--save-dir", str(tmp_path / "b"),
+                                   "--resume", "auto"),
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    a = load_file(str(tmp_path / "a" / "step-00000040" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "step-00000040" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    losses = [[(r["step"], r["loss"]) for r in map(json.loads, Path(p).read_text().splitlines())]
+              for p in (tmp_path / "a" / "metrics.jsonl", tmp_path / "b" / "metrics.jsonl")]
+    assert losses[0] == losses[1] and len(losses[0]) == 40
+
+
+def test_sigterm_checkpoints_the_current_step(tmp_path) -> None:
+    save = tmp_path / "c"
+    proc = subprocess.Popen(_omni("train", *TINY_ARGS, "--steps", "100000", "--save-dir",
+                                  str(save)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (save / "metrics.jsonl").exists() or not (save / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    checkpoints = list(save.glob("step-*"))
+    assert len(checkpoints) == 1 and "interrupted" in output

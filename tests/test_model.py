@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from omnilatent import MODALITIES, OmniLatentConfig, OmniLatentModel
+from omnilatent.errors import ConfigError
+from tests.conftest import TINY, make_inputs
+
+
+def test_default_config_is_about_140m_and_quick_start_shapes() -> None:
+    torch.manual_seed(0)
+    model = OmniLatentModel(OmniLatentConfig()).eval()
+    assert 130e6 < model.num_parameters() < 150e6
+    image = torch.randn(1, 3, 224, 224)
+    tokens = torch.randint(1, 32000, (1, 64))
+    with torch.no_grad():
+        assert model("image", image, "text")["output"].shape == (1, 196, 32000)
+        assert model("text", tokens, "image")["output"].shape == (1, 3, 224, 224)
+        assert model("audio", torch.randn(1, 128, 200), "video")["output"].shape == (
+            1, 3, 16, 112, 112)
+        assert model("video", torch.randn(1, 3, 16, 112, 112), "audio")["output"].shape == (
+            1, 128, 200)
+        rec = model.reconstruct("image", image)
+        assert rec["output"].shape == image.shape and torch.isfinite(rec["loss"])
+        multi = model.forward_multimodal(inputs={"text": tokens, "image": image},
+                                         target_modalities=["text", "image"])
+        assert multi["outputs"]["image"].shape == (1, 3, 224, 224)
+        assert multi["outputs"]["text"].shape == (1, 64 + 196, 32000)
+
+
+@pytest.mark.parametrize("source", MODALITIES)
+@pytest.mark.parametrize("target", MODALITIES)
+def test_all_16_pairs_forward_loss_and_finite_grads(tiny_model, tiny_config, source,
+                                                    target) -> None:
+    x = make_inputs(tiny_config)
+    out = tiny_model(source, x[source], target, target=x[target])
+    expected = {
+        "text": (2, 7, tiny_config.vocab_size),
+        "audio": (2, tiny_config.n_mels, tiny_config.audio_frames),
+        "image": (2, 3, 32, 32),
+        "video": (2, 3, 8, 32, 32),
+    }[target]
+    assert tuple(out["output"].shape) == expected
+    assert torch.isfinite(out["loss"]) and out["loss"].item() > 0
+    out["loss"].backward()
+    grads = [p.grad for p in tiny_model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_default_output_lengths_without_target(tiny_model, tiny_config) -> None:
+    x = make_inputs(tiny_config)
+    with torch.no_grad():
+        assert tiny_model("image", x["image"], "text")["output"].shape[1] == 4  # 2x2 patches
+        assert tiny_model("image", x["image"], "text", target_length=5)["output"].shape[1] == 5
+        audio = tiny_model("text", x["text"], "audio")["output"]
+        assert audio.shape == (2, tiny_config.n_mels, tiny_config.audio_frames)
+        odd = tiny_model("audio", torch.randn(2, tiny_config.n_mels, 21), "audio",
+                         target=torch.randn(2, tiny_config.n_mels, 21))
+        assert odd["output"].shape[-1] == 21
+
+
+def test_no_dead_parameters_across_all_pairs(tiny_model, tiny_config) -> None:
+    """Every parameter gets a non-zero gradient from at least one of the 16 pairs."""
+    x = make_inputs(tiny_config)
+    for source in MODALITIES:
+        for target in MODALITIES:
+            tiny_model(source, x[source], target, target=x[target])["loss"].backward()
+    dead = [n for n, p in tiny_model.named_parameters()
+            if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert dead == []
+
+
+def test_text_padding_is_masked(tiny_model, tiny_config) -> None:
+    """Extra padding at the end must not change outputs at the real positions."""
+    tiny_model.eval()
+    tokens = torch.randint(1, tiny_config.vocab_size, (1, 6))
+    padded = torch.cat([tokens, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        a = tiny_model("text", tokens, "text")["output"]
+        b = tiny_model("text", padded, "text", target_length=6)["output"]
+        c = tiny_model("text", padded, "text")["output"][:, :6]
+    torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
+    assert b.shape == a.shape
+
+
+def test_text_loss_ignores_padding_and_all_padding_is_zero(tiny_model, tiny_config) -> None:
+    x = make_inputs(tiny_config)
+    empty = torch.zeros_like(x["text"])
+    out = tiny_model("image", x["image"], "text", target=empty)
+    assert out["loss"].item() == 0.0
+    out["loss"].backward()  # graph stays connected
+
+
+def test_gradient_checkpointing_gives_same_loss_and_grads(tiny_config) -> None:
+    x = make_inputs(tiny_config)
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = OmniLatentModel(dataclasses.replace(tiny_config, gradient_checkpointing=ckpt))
+        model.train()
+        loss = model("video", x["video"], "text", target=x["text"])["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                        if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=0)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-6, atol=1e-7)
+
+
+def test_loss_decreases_on_a_fixed_batch(tiny_model, tiny_config) -> None:
+    x = make_inputs(tiny_config)
+    optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = tiny_model("image", x["image"], "text", target=x["text"])["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"hidden_dim": 0}, "hidden_dim"),
+        ({"hidden_dim": 30, "num_heads": 4}, "hidden_dim"),
+        ({"num_layers": -1}, "num_layers"),
+        ({"image_size": 100}, "image_size"),
+        ({"video_frames": 6}, "video_frames"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"vocab_size": 1}, "vocab_size"),
+        ({"hidden_dim": 36, "num_heads": 4}, "head dim"),
+    ],
+)
+def test_config_validation_names_the_field(overrides, field) -> None:
+    with pytest.raises(ConfigError, match=field):
+        OmniLatentConfig(**{**TINY, **overrides})
+
+
+def test_config_round_trips_and_rejects_unknown_fields(tiny_config) -> None:
+    assert OmniLatentConfig.from_dict(tiny_config.to_dict()) == tiny_config
+    with pytest.raises(ConfigError, match="bogus"):
+        OmniLatentConfig.from_dict({**tiny_config.to_dict(), "bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("modality", "shape", "dtype"),
+    [("image", (1, 3, 31, 32), torch.float32), ("text", (1, 4), torch.float32),
+     ("video", (1, 3, 7, 32, 32), torch.float32), ("audio", (1, 3, 24), torch.float32)],
+)
+def test_bad_input_shapes_raise_clear_errors(tiny_model, modality, shape, dtype) -> None:
+    with pytest.raises(ConfigError, match=f"{modality} input must have shape"):
+        tiny_model(modality, torch.zeros(shape, dtype=dtype), "text")
+
+
+def test_unknown_modality_is_rejected(tiny_model, tiny_config) -> None:
+    x = make_inputs(tiny_config)
+    with pytest.raises(ConfigError, match="unknown"):
+        tiny_model("smell", x["image"], "text")
+    with pytest.raises(ConfigError, match="unknown target"):
+        tiny_model("image", x["image"], "smell")

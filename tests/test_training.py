@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from omnilatent import MODALITIES, OmniLatentModel
+from omnilatent.errors import CheckpointError, ConfigError
+from omnilatent.training import (
+    SyntheticMultimodalDataset,
+    TrainConfig,
+    Trainer,
+    build_dataloader,
+    collate_multimodal,
+)
+from omnilatent.training.checkpoint import (
+    find_latest_checkpoint,
+    load_checkpoint,
+    verify_checkpoint,
+)
+from omnilatent.training.rng import seed_everything
+from omnilatent.training.tasks import PairSampler
+from omnilatent.training.trainer import lr_factor
+
+TIMING_FIELDS = ("tokens_per_s", "samples_per_s")
+
+
+def _trainer(cfg, save_dir: Path | None, steps: int, **overrides) -> Trainer:
+    seed_everything(0)
+    model = OmniLatentModel(cfg)
+    dataset = SyntheticMultimodalDataset(cfg, length=24, seed=0, text_len=6)
+    loader = build_dataloader(dataset, batch_size=2, seed=0)
+    config = TrainConfig(steps=steps, lr=1e-3, log_interval=1, save_dir=save_dir, **overrides)
+    return Trainer(model, config, loader)
+
+
+def _metrics(path: Path) -> list[dict]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in records:
+        for name in TIMING_FIELDS:
+            r.pop(name)
+    return records
+
+
+def test_exact_resume_is_bit_identical(tmp_path, tiny_config) -> None:
+    """N steps straight == N/2 steps, a fresh process-like restart, then N/2 more."""
+    steps = 14  # crosses an epoch boundary of the 12-batch synthetic loader
+    straight = _trainer(tiny_config, tmp_path / "a", steps)
+    result_a = straight.train()
+
+    first = _trainer(tiny_config, tmp_path / "b", steps, save_every=7)
+    stopped = first.train(should_stop=lambda: first.step >= 9)  # "killed" after step 9
+    assert stopped.interrupted and stopped.step == 9
+    # a kill after the step-9 checkpoint would leave step-7 as newest: simulate that
+    (tmp_path / "b" / "step-00000009").rename(tmp_path / "b" / ".tmp-step-00000009-dead")
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 10, "loss": 1.0}\n{"step": 11, "lo')  # lines past the checkpoint
+
+    resumed = _trainer(tiny_config, tmp_path / "b", steps, save_every=7)
+    latest = find_latest_checkpoint(tmp_path / "b").latest
+    assert latest is not None and latest.name == "step-00000007"
+    resumed.resume(latest)
+    result_b = resumed.train()
+
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(),
+                                 resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in result_a.history][7:] == [h["loss"] for h in result_b.history]
+    assert _metrics(tmp_path / "a" / "metrics.jsonl") == _metrics(tmp_path / "b" /
+                                                                   "metrics.jsonl")
+
+
+def test_checkpoint_layout_and_weights_only_load(tmp_path, tiny_config) -> None:
+    trainer = _trainer(tiny_config, tmp_path, 3)
+    trainer.train()
+    ckpt = tmp_path / "step-00000003"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "state.json",
+                                                      "training.pt"]
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 3
+    assert state["model_config"] == tiny_config.to_dict()
+    assert all(isinstance(v, int) for v in state["rng"]["torch"])
+    training = torch.load(ckpt / "training.pt", weights_only=True)
+    assert set(training) == {"optimizer", "scheduler", "scaler"}
+    loaded = load_checkpoint(ckpt)
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(loaded.model_state[name], tensor)
+
+
+def test_corrupt_and_partial_checkpoints_are_reported_and_skipped(tmp_path, tiny_config) -> None:
+    trainer = _trainer(tiny_config, tmp_path, 4, save_every=1, keep_last=0)
+    trainer.train()
+    # newest: truncated weights; next: flipped byte; next: missing state.json
+    weights = tmp_path / "step-00000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    training = tmp_path / "step-00000003" / "training.pt"
+    data = bytearray(training.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    training.write_bytes(bytes(data))
+    (tmp_path / "step-00000002" / "state.json").unlink()
+    (tmp_path / ".tmp-step-00000005-123").mkdir()  # a half-written one
+    search = find_latest_checkpoint(tmp_path)
+    assert search.latest == tmp_path / "step-00000001"
+    reasons = [reason for _, reason in search.skipped]
+    assert len(reasons) == 3
+    assert "truncated" in reasons[0] and "SHA-256" in reasons[1] and "partial" in reasons[2]
+    with pytest.raises(CheckpointError):
+        verify_checkpoint(tmp_path / "step-00000004")
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path, tiny_config) -> None:
+    _trainer(tiny_config, tmp_path, 5, save_every=1, keep_last=2).train()
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000004", "step-00000005"]
+
+
+def test_resume_refuses_a_different_model(tmp_path, tiny_config) -> None:
+    import dataclasses
+
+    _trainer(tiny_config, tmp_path, 2).train()
+    other = _trainer(dataclasses.replace(tiny_config, num_layers=3), None, 2)
+    with pytest.raises(CheckpointError, match="num_layers"):
+        other.resume(tmp_path / "step-00000002")
+
+
+def test_metrics_records_have_the_documented_fields(tmp_path, tiny_config) -> None:
+    _trainer(tiny_config, tmp_path, 4, grad_accum=2).train()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for r in records:
+        assert {"step", "loss", "losses", "lr", "tokens_per_s", "samples_per_s"} <= set(r)
+        assert math.isfinite(r["loss"]) and r["samples_per_s"] > 0 and r["tokens_per_s"] > 0
+        assert len(r["losses"]) == 1 and "->" in next(iter(r["losses"]))
+
+
+def test_synthetic_training_reduces_the_loss(tiny_config) -> None:
+    seed_everything(0)
+    model = OmniLatentModel(tiny_config)
+    loader = build_dataloader(SyntheticMultimodalDataset(tiny_config, length=256, seed=0),
+                              batch_size=4)
+    config = TrainConfig(steps=64, lr=3e-3, log_interval=16)
+    result = Trainer(model, config, loader).train()
+    first = sum(h["loss"] for h in result.history[:16]) / 16
+    last = sum(h["loss"] for h in result.history[-16:]) / 16
+    assert last < first
+
+
+def test_pair_sampler_covers_all_pairs_in_any_16_steps_and_skips_missing() -> None:
+    batch = {m: torch.ones(1, 2, dtype=torch.long) if m == "text" else torch.zeros(1)
+             for m in MODALITIES}
+    sampler = PairSampler(seed=3)
+    names = [sampler.next(batch).name for _ in range(40)]
+    for start in range(0, 24):
+        assert len(set(names[start:start + 16])) == 16
+    state = sampler.state_dict()
+    again = PairSampler(seed=3)
+    again.load_state_dict(state)
+    assert [again.next(batch).name for _ in range(5)] == [sampler.next(batch).name
+                                                          for _ in range(5)]
+    no_text = dict(batch, text=torch.zeros(1, 3, dtype=torch.long))  # all padding
+    tasks = [sampler.next(no_text) for _ in range(30)]
+    assert all("text" not in (t.source, t.target) for t in tasks)
+    assert len({t.name for t in tasks}) == 9
+
+
+def test_lr_schedule_warms_up_then_decays_to_min() -> None:
+    factors = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(21)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:], strict=False))
+    assert factors[20] == pytest.approx(0.1)
+
+
+def test_collate_pads_text_and_keeps_metadata() -> None:
+    batch = collate_multimodal([
+        {"text": torch.tensor([5, 6, 7]), "image": torch.zeros(3, 2, 2), "meta": {"a": 1}},
+        {"text": torch.tensor([8]), "image": torch.ones(3, 2, 2), "meta": {"a": 2}},
+    ])
+    assert batch["text"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["image"].shape == (2, 3, 2, 2)
+    assert batch["meta"] == [{"a": 1}, {"a": 2}]
+
+
+def test_resumable_loader_continues_mid_epoch(tiny_config) -> None:
+    dataset = SyntheticMultimodalDataset(tiny_config, length=10, seed=0, text_len=4)
+    a = build_dataloader(dataset, batch_size=3, seed=5)
+    full = [b["text"] for b in a] + [b["text"] for b in a]  # two epochs
+    b = build_dataloader(dataset, batch_size=3, seed=5)
+    it = iter(b)
+    next(it)
+    state = b.state_dict()
+    c = build_dataloader(dataset, batch_size=3, seed=5)
+    c.load_state_dict(state)
+    rest = [x["text"] for x in c] + [x["text"] for x in c]
+    assert all(torch.equal(x, y) for x, y in zip(full[1:], rest, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"), ({"device": "tpu"}, "device"),
+     ({"warmup_steps": 50, "steps": 10}, "warmup_steps"), ({"grad_accum": 0}, "grad_accum"),
+     ({"save_every": -1}, "save_every"), ({"min_lr_ratio": 2.0}, "min_lr_ratio")],
+)
+def test_train_config_validation(overrides, field) -> None:
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**overrides)
