@@ -25,7 +25,9 @@ lint: install
 ci: lint test
 
 demo: install
-	$(BIN)/python -m cli.demo --out $(DEMO_DIR)
+	rm -rf $(DEMO_DIR)
+	$(BIN)/omni train --synthetic --steps 48 --dim 64 --layers 2 --heads 4 --device cpu \
+		--save-dir $(DEMO_DIR)/train
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache build *.egg-info

@@ -39,10 +39,12 @@ EXAMPLES = """
     [cyan]omni train --synthetic --steps 30 --dim 64 --layers 2 --heads 4 --save-dir runs/tiny[/]
 
   Continue that run from its newest complete checkpoint:
-    [cyan]omni train --synthetic --steps 60 --dim 64 --layers 2 --heads 4 --save-dir runs/tiny --resume auto[/]
+    [cyan]omni train --synthetic --steps 60 --dim 64 --layers 2 --heads 4 \\
+      --save-dir runs/tiny --resume auto[/]
 
   Default 140M model on a GPU, checkpoint every 500 steps:
-    [cyan]omni train --synthetic --steps 5000 --batch-size 4 --device cuda --save-dir runs/base --save-every 500[/]
+    [cyan]omni train --synthetic --steps 5000 --batch-size 4 --device cuda \\
+      --grad-checkpointing --save-dir runs/base --save-every 500[/]
 """
 
 

@@ -73,7 +73,8 @@ class Attention(nn.Module):
             hook_mask = F.pad(mask, (0, extra), value=True)  # hooks are never padding
         hook_out = []
         for hq, _, _ in hook_qkv:
-            o = F.scaled_dot_product_attention(hq, keys, values, attn_mask=hook_mask, dropout_p=drop)
+            o = F.scaled_dot_product_attention(hq, keys, values, attn_mask=hook_mask,
+                                               dropout_p=drop)  # (B, H, K_i, Dh)
             hook_out.append(self._merge(o))  # (B, K_i, D)
         return self._merge(out), hook_out
 

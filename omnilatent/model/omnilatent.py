@@ -18,7 +18,6 @@ from torch.utils.checkpoint import checkpoint
 
 from omnilatent.config import MODALITIES, OmniLatentConfig
 from omnilatent.errors import ConfigError, HookError
-from omnilatent.model.hooks import LatentNeuralHook
 from omnilatent.model.adapter import SequenceAdapter
 from omnilatent.model.attention import Block
 from omnilatent.model.codecs import (
@@ -29,6 +28,7 @@ from omnilatent.model.codecs import (
     VideoDecoder,
     VideoEncoder,
 )
+from omnilatent.model.hooks import LatentNeuralHook
 from omnilatent.model.layers import RMSNorm, rope_tables
 from omnilatent.model.losses import PAD_ID, modality_loss
 
