@@ -17,17 +17,38 @@ class Task:
 
     source: str
     target: str
+    label: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.source}->{self.target}"
+        return self.label or f"{self.source}->{self.target}"
 
-    def needs(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((self.source, self.target)))
+    @property
+    def needs_text(self) -> bool:
+        return "text" in (self.source, self.target)
 
     def inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
         """(source tensor, target tensor) for this task."""
         return batch[self.source], batch[self.target]
+
+
+@dataclass(frozen=True)
+class TemporalTask(Task):
+    """Predict the future frames of a clip from its past frames.
+
+    The clip (B, 3, T, H, W) is cut in two at a multiple of ``tubelet`` frames (8 | 8 at the
+    defaults); the model reads the first part and must produce the second.
+    """
+
+    tubelet: int = 4
+
+    def inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
+        video = batch["video"]
+        cut = video.shape[2] // 2 // self.tubelet * self.tubelet
+        if cut == 0:
+            raise ValueError(f"temporal prediction needs at least {2 * self.tubelet} frames, "
+                             f"got {video.shape[2]}")
+        return video[:, :, :cut], video[:, :, cut:]
 
 
 def present_modalities(batch: dict) -> list[str]:

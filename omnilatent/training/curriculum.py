@@ -1,0 +1,375 @@
+"""A phased curriculum over training tasks, learned from video.
+
+Default schedule (shares of the total steps), each phase adding tasks to the previous one:
+
+| phase      | share | tasks                                                          |
+|------------|-------|----------------------------------------------------------------|
+| warmup     | 10%   | video_recon, audio_recon                                       |
+| crossmodal | 25%   | + video_to_audio, audio_to_video                               |
+| temporal   | 25%   | + temporal (future frames of a clip from its past frames)      |
+| grounding  | 15%   | + video_to_text, audio_to_text (needs transcripts)             |
+| joint      | 25%   | all tasks, image_to_text, text_to_image, image_to_audio,       |
+|            |       | audio_to_image included                                        |
+
+Within a phase, tasks follow a smooth weighted round-robin (deterministic, exact proportions,
+state a few floats): weighted random draws would make short windows of the loss swing with the
+mix of tasks they held. A batch without transcript text passes over the text tasks (counted);
+a corpus without any text drops them from every phase at the start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from omnilatent.errors import ConfigError, OmniLatentError
+from omnilatent.model import OmniLatentModel
+from omnilatent.training.config import TrainConfig
+from omnilatent.training.tasks import Task, TemporalTask, present_modalities
+from omnilatent.training.trainer import Trainer, TrainerCallbacks, TrainResult
+
+PAIR_TASKS: dict[str, tuple[str, str]] = {
+    "video_recon": ("video", "video"),
+    "audio_recon": ("audio", "audio"),
+    "video_to_audio": ("video", "audio"),
+    "audio_to_video": ("audio", "video"),
+    "video_to_text": ("video", "text"),
+    "audio_to_text": ("audio", "text"),
+    "image_to_text": ("image", "text"),
+    "text_to_image": ("text", "image"),
+    "image_to_audio": ("image", "audio"),
+    "audio_to_image": ("audio", "image"),
+}
+TASK_NAMES = (*PAIR_TASKS, "temporal")
+
+
+def build_task(name: str, tubelet: int) -> Task:
+    if name == "temporal":
+        return TemporalTask("video", "video", "temporal", tubelet=tubelet)
+    if name not in PAIR_TASKS:
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
+    source, target = PAIR_TASKS[name]
+    return Task(source, target, name)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A named stretch of training: a share of the steps (or a fixed step count) and weighted
+    tasks."""
+
+    name: str
+    tasks: dict[str, float]
+    share: float | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError("every phase needs a non-empty name")
+        if (self.share is None) == (self.steps is None):
+            raise ConfigError(f"phase {self.name!r}: give exactly one of 'share' or 'steps'")
+        if self.share is not None and not (0 <= self.share <= 1):
+            raise ConfigError(f"phase {self.name!r}: share must lie in [0, 1], got {self.share}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 0):
+            raise ConfigError(f"phase {self.name!r}: steps must be an integer >= 0, "
+                              f"got {self.steps!r}")
+        if not self.tasks:
+            raise ConfigError(f"phase {self.name!r} has no tasks")
+        for task, weight in self.tasks.items():
+            if task not in TASK_NAMES:
+                raise ConfigError(f"phase {self.name!r}: unknown task {task!r}; known tasks: "
+                                  f"{', '.join(TASK_NAMES)}")
+            if not (isinstance(weight, (int, float)) and weight > 0 and math.isfinite(weight)):
+                raise ConfigError(f"phase {self.name!r}: task {task!r} needs a weight > 0, "
+                                  f"got {weight!r}")
+
+
+@dataclass(frozen=True)
+class PhaseSpan:
+    phase: Phase
+    start: int  # first step index (0-based) of the phase
+    end: int  # one past the last
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Phases in order. Fixed-step phases take their steps; shares split the rest and must
+    sum to 1 (when any phase uses a share)."""
+
+    phases: tuple[Phase, ...]
+
+    def __post_init__(self) -> None:
+        if not self.phases:
+            raise ConfigError("a schedule needs at least one phase")
+        names = [p.name for p in self.phases]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"phase names must be unique; repeated: {', '.join(dupes)}")
+        shares = [p.share for p in self.phases if p.share is not None]
+        if shares and not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
+            detail = ", ".join(f"{p.name}={p.share:g}" for p in self.phases if p.share is not None)
+            raise ConfigError(f"phase shares must sum to 1, got {sum(shares):.6g} ({detail})")
+
+    def spans(self, total_steps: int) -> list[PhaseSpan]:
+        """Step ranges per phase; share boundaries are rounded from cumulative shares, so the
+        spans tile [0, total_steps) exactly."""
+        fixed = sum(p.steps for p in self.phases if p.steps is not None)
+        if fixed > total_steps:
+            raise ConfigError(f"phases with fixed steps need {fixed} steps but the run has "
+                              f"only {total_steps}")
+        if fixed < total_steps and all(p.steps is not None for p in self.phases):
+            raise ConfigError(f"phase steps sum to {fixed} but the run has {total_steps} "
+                              "steps; give the steps to match or use shares")
+        flexible = total_steps - fixed
+        spans, start, cumulative = [], 0, 0.0
+        for phase in self.phases:
+            if phase.steps is not None:
+                length = phase.steps
+            else:
+                cumulative += phase.share or 0.0
+                length = round(flexible * cumulative) - sum(
+                    s.end - s.start for s in spans if s.phase.share is not None)
+            spans.append(PhaseSpan(phase, start, start + length))
+            start += length
+        return spans
+
+    def without_text_tasks(self) -> tuple[Schedule, list[str]]:
+        """The same schedule minus text tasks; a phase left empty takes every non-text task
+        of the schedule. Returns the notes to show the user."""
+        def is_text(name: str) -> bool:
+            return name in PAIR_TASKS and "text" in PAIR_TASKS[name]
+
+        fallback: dict[str, float] = {}
+        for phase in self.phases:
+            for name, weight in phase.tasks.items():
+                if not is_text(name):
+                    fallback.setdefault(name, weight)
+        if not fallback:
+            raise ConfigError("the corpus has no transcripts and every task of the schedule "
+                              "needs text; add non-text tasks")
+        phases, notes = [], []
+        for phase in self.phases:
+            kept = {k: v for k, v in phase.tasks.items() if not is_text(k)}
+            dropped = sorted(set(phase.tasks) - set(kept))
+            if dropped:
+                kept = kept or dict(fallback)
+                notes.append(f"phase {phase.name!r} trains {', '.join(sorted(kept))} instead "
+                             f"of {', '.join(dropped)}")
+            phases.append(Phase(phase.name, kept, phase.share, phase.steps))
+        return Schedule(tuple(phases)), notes
+
+
+def _cumulative(*groups: list[str]) -> list[dict[str, float]]:
+    out, acc = [], []
+    for group in groups:
+        acc = acc + group
+        out.append({name: 1.0 for name in acc})
+    return out
+
+
+_DEFAULT_TASKS = _cumulative(
+    ["video_recon", "audio_recon"],
+    ["video_to_audio", "audio_to_video"],
+    ["temporal"],
+    ["video_to_text", "audio_to_text"],
+    ["image_to_text", "text_to_image", "image_to_audio", "audio_to_image"],
+)
+DEFAULT_SHARES = {"warmup": 0.10, "crossmodal": 0.25, "temporal": 0.25, "grounding": 0.15,
+                  "joint": 0.25}
+DEFAULT_SCHEDULE = Schedule(tuple(
+    Phase(name, tasks, share=share)
+    for (name, share), tasks in zip(DEFAULT_SHARES.items(), _DEFAULT_TASKS, strict=True)
+))
+
+
+def default_schedule(shares: dict[str, float] | None = None) -> Schedule:
+    """The default phases with some shares replaced; unnamed phases keep their default share,
+    except ``joint``, which takes whatever is left when it is not given."""
+    shares = dict(shares or {})
+    unknown = sorted(set(shares) - set(DEFAULT_SHARES))
+    if unknown:
+        raise ConfigError(f"unknown phase(s) {', '.join(unknown)}; the default phases are "
+                          f"{', '.join(DEFAULT_SHARES)} (define new phases in a TOML/JSON file)")
+    merged = {**DEFAULT_SHARES, **shares}
+    if "joint" not in shares:
+        merged["joint"] = round(1.0 - sum(v for k, v in merged.items() if k != "joint"), 12)
+        if merged["joint"] < 0:
+            raise ConfigError(f"phase shares add up to more than 1 before joint "
+                              f"({1 - merged['joint']:.6g})")
+    return Schedule(tuple(Phase(p.name, p.tasks, share=merged[p.name])
+                          for p in DEFAULT_SCHEDULE.phases))
+
+
+def _parse_inline(spec: str) -> Schedule:
+    shares: dict[str, float] = {}
+    for item in spec.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"bad schedule item {item!r}: expected name=share, e.g. "
+                              "warmup=0.1,crossmodal=0.25,temporal=0.25,grounding=0.15,joint=0.25")
+        try:
+            shares[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"bad share {value!r} for phase {name.strip()!r}") from None
+    named = {**{k: 0.0 for k in DEFAULT_SHARES}, **shares}
+    return default_schedule(named)
+
+
+def _phase_from_dict(data: Any, where: str) -> Phase:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: each phase must be a table/object")
+    unknown = sorted(set(data) - {"name", "share", "steps", "tasks"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} "
+                          "(allowed: name, share, steps, tasks)")
+    tasks = data.get("tasks")
+    if isinstance(tasks, list):
+        tasks = {t: 1.0 for t in tasks}
+    if not isinstance(tasks, dict):
+        raise ConfigError(f"{where}: 'tasks' must be a list of names or a name -> weight table")
+    return Phase(name=data.get("name", ""), tasks=tasks, share=data.get("share"),
+                 steps=data.get("steps"))
+
+
+def load_schedule_file(path: Path) -> Schedule:
+    """TOML (``[[phases]]`` tables) or JSON (``{"phases": [...]}``) with name, share or steps,
+    and tasks (a list, or a table of weights)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read schedule file {path}: {exc}") from exc
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"schedule file {path} is not valid "
+                          f"{'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}") from exc
+    phases = data.get("phases") if isinstance(data, dict) else None
+    if not isinstance(phases, list):
+        raise ConfigError(f"schedule file {path} needs a 'phases' list")
+    return Schedule(tuple(_phase_from_dict(p, f"{path} phase {i + 1}")
+                          for i, p in enumerate(phases)))
+
+
+def parse_schedule(spec: str) -> Schedule:
+    """``default``, an inline ``name=share,…`` spec over the default phases, or a file path."""
+    spec = spec.strip()
+    if spec == "default":
+        return DEFAULT_SCHEDULE
+    path = Path(spec)
+    if path.suffix.lower() in (".toml", ".json"):
+        if not path.is_file():
+            raise ConfigError(f"schedule file {path} does not exist")
+        return load_schedule_file(path)
+    if "=" in spec:
+        return _parse_inline(spec)
+    raise ConfigError(f"--phase-schedule {spec!r}: expected 'default', an inline spec like "
+                      "'warmup=0.1,crossmodal=0.25,temporal=0.25,grounding=0.15,joint=0.25', "
+                      "or a .toml/.json file")
+
+
+@dataclass
+class _RoundRobin:
+    """Smooth weighted round-robin: each pick adds every eligible weight to its counter and
+    takes the largest, which then pays back the eligible total. Ties go to the task listed
+    last, so a phase opens with the tasks it adds (in a short run, grounding must not spend
+    its few steps on the reconstruction tasks listed first)."""
+
+    current: dict[str, float] = field(default_factory=dict)
+
+    def pick(self, weights: dict[str, float]) -> str:
+        total = sum(weights.values())
+        for name, weight in weights.items():
+            self.current[name] = self.current.get(name, 0.0) + weight
+        order = list(weights)
+        best = max(weights, key=lambda n: (self.current[n], order.index(n)))
+        self.current[best] -= total
+        return best
+
+
+class CurriculumTrainer(Trainer):
+    """The trainer with a phased task schedule.
+
+    ``corpus_has_text`` False (known from the manifest) drops text tasks up front; None means
+    unknown, and batches without text simply pass over text tasks.
+    """
+
+    def __init__(
+        self,
+        model: OmniLatentModel,
+        config: TrainConfig,
+        dataloader: Any,
+        total_steps: int | None = None,
+        save_dir: Path | str | None = None,
+        schedule: Schedule | str = DEFAULT_SCHEDULE,
+        corpus_has_text: bool | None = None,
+        callbacks: TrainerCallbacks | None = None,
+    ) -> None:
+        if total_steps is not None:
+            config.steps = total_steps
+        if save_dir is not None:
+            config.save_dir = Path(save_dir)
+        super().__init__(model, config, dataloader, callbacks)
+        if isinstance(schedule, str):
+            schedule = parse_schedule(schedule)
+        self.notes: list[str] = []
+        if corpus_has_text is False:
+            schedule, self.notes = schedule.without_text_tasks()
+            self.notes.insert(0, "the corpus has no transcripts: text tasks are skipped")
+        self.schedule = schedule
+        self.spans = schedule.spans(config.steps)
+        self.tasks = {name: build_task(name, model.config.tubelet_size) for name in TASK_NAMES}
+        self._rr = _RoundRobin()
+        self._phase_name: str | None = None
+        self.text_skipped = 0
+
+    def train(self, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        for note in self.notes:
+            self.callbacks.on_event(note)
+        return super().train(should_stop)
+
+    def span_at(self, step: int) -> PhaseSpan:
+        """The phase that step index ``step`` (0-based) belongs to."""
+        for span in self.spans:
+            if span.start <= step < span.end:
+                return span
+        return self.spans[-1]
+
+    def select_task(self, batch: dict) -> Task | None:
+        span = self.span_at(self.step)
+        if span.phase.name != self._phase_name:
+            self._rr = _RoundRobin()
+            self._phase_name = span.phase.name
+            self.callbacks.on_event(
+                f"phase {span.phase.name!r} (steps {span.start + 1}-{span.end}): "
+                f"{', '.join(span.phase.tasks)}"
+            )
+        present = set(present_modalities(batch))
+        eligible = {name: w for name, w in span.phase.tasks.items()
+                    if {self.tasks[name].source, self.tasks[name].target} <= present}
+        if len(eligible) < len(span.phase.tasks) and "text" not in present:
+            self.text_skipped += 1
+        if not eligible:
+            return None
+        return self.tasks[self._rr.pick(eligible)]
+
+    def log_fields(self) -> dict[str, Any]:
+        span = self.span_at(max(self.step - 1, 0))
+        return {"phase": span.phase.name, "phase_step": self.step - span.start,
+                "text_skipped": self.text_skipped}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"phase": self._phase_name, "round_robin": dict(self._rr.current),
+                "text_skipped": self.text_skipped,
+                "phase_step": self.step - self.span_at(max(self.step - 1, 0)).start}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if not state:
+            raise OmniLatentError("this checkpoint holds no curriculum state; it was not "
+                                  "written by a curriculum run")
+        self._phase_name = state["phase"]
+        self._rr = _RoundRobin(dict(state["round_robin"]))
+        self.text_skipped = int(state["text_skipped"])
