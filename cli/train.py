@@ -29,8 +29,17 @@ from omnilatent.training import (
     build_dataloader,
 )
 from omnilatent.training.checkpoint import find_latest_checkpoint, list_checkpoints
+from omnilatent.training.curriculum import (
+    DEFAULT_SCHEDULE,
+    CurriculumTrainer,
+    Schedule,
+    default_schedule,
+    parse_schedule,
+)
 from omnilatent.training.rng import seed_everything
+from omnilatent.training.sources import model_sizes, shard_source, video_dir_source
 from omnilatent.training.trainer import METRICS_FILE
+from pipeline.tokenizer import byte_tokenizer, sentencepiece_tokenizer
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -71,8 +80,10 @@ class RichCallbacks(TrainerCallbacks):
 
     def on_log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+        phase = f" | {record['phase']}" if "phase" in record else ""
         console.print(
-            f"step {record['step']:>7} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+            f"step {record['step']:>7}{phase} | loss {record['loss']:.4f} | "
+            f"lr {record['lr']:.2e} | "
             f"{record['samples_per_s']:.1f} samples/s | {record['tokens_per_s']:.0f} tokens/s"
         )
 
@@ -138,10 +149,52 @@ def _summary(records: list[dict[str, Any]], save_dir: Path, result: Any) -> None
     console.print(f"metrics:    {save_dir / METRICS_FILE}", soft_wrap=True)
 
 
+def _schedule(phase_schedule: str | None, fracs: dict[str, float | None]) -> Schedule | None:
+    given = {name: value for name, value in fracs.items() if value is not None}
+    if given and phase_schedule not in (None, "default"):
+        raise CLIError("use either --phase-schedule or the --*-frac shortcuts, not both",
+                       exit_code=EXIT_USAGE)
+    if given:
+        return default_schedule(given)
+    return None if phase_schedule is None else parse_schedule(phase_schedule)
+
+
+def _frac(name: str) -> Any:
+    return typer.Option(f"--{name}-frac", min=0.0, max=1.0,
+                        help=f"Share of steps for the {name} phase (shortcut; "
+                        + ("takes what the others leave when omitted)." if name == "joint"
+                           else "others keep their default share)."))
+
+
 def train(
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on seeded synthetic "
                                             "multimodal data (checks pipeline and memory).")]
     = False,
+    shards: Annotated[str | None, typer.Option(
+        "--shards", help="A folder written by `omni prepare` (or its shards as a brace "
+        "pattern): stream its samples.")] = None,
+    video_dir: Annotated[Path | None, typer.Option(
+        "--video-dir", help="Decode the videos of this folder on the fly (no shards).")]
+    = None,
+    phase_schedule: Annotated[str | None, typer.Option(
+        "--phase-schedule", help="Curriculum: 'default', an inline spec like "
+        "'warmup=0.1,crossmodal=0.25,temporal=0.25,grounding=0.15,joint=0.25', or a "
+        ".toml/.json file. Default for --shards/--video-dir; without it --synthetic trains "
+        "all 16 modality pairs in turn.")] = None,
+    warmup_frac: Annotated[float | None, _frac("warmup")] = None,
+    crossmodal_frac: Annotated[float | None, _frac("crossmodal")] = None,
+    temporal_frac: Annotated[float | None, _frac("temporal")] = None,
+    grounding_frac: Annotated[float | None, _frac("grounding")] = None,
+    joint_frac: Annotated[float | None, _frac("joint")] = None,
+    tokenizer_path: Annotated[Path | None, typer.Option(
+        "--tokenizer", help="A SentencePiece .model file (default: byte-level tokens).")]
+    = None,
+    max_text_len: Annotated[int, typer.Option("--max-text-len", min=1,
+                                              help="Tokens kept per transcript.")] = 128,
+    clip_duration: Annotated[float, typer.Option(
+        "--clip-duration", help="--video-dir: seconds per clip.")] = 2.0,
+    clip_stride: Annotated[float, typer.Option(
+        "--clip-stride", help="--video-dir: seconds between clip starts.")] = 1.0,
     steps: Annotated[int, typer.Option("--steps", "--total-steps", min=1,
                                        help="Optimizer steps to train for.")] = 1000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
@@ -174,32 +227,66 @@ def train(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     workers: Workers = 0,
 ) -> None:
-    """Train OmniLatent. Stop with Ctrl-C or SIGTERM: the current step finishes and a
-    checkpoint is written, so `--resume auto` continues exactly where it stopped."""
+    """Train OmniLatent on prepared shards, raw videos or synthetic data. Stop with Ctrl-C or
+    SIGTERM: the current step finishes and a checkpoint is written, so `--resume auto`
+    continues exactly where it stopped."""
 
     def body() -> None:
-        if not synthetic:
-            raise CLIError("choose a data source", hint="pass --synthetic",
+        chosen = [name for name, on in (("--synthetic", synthetic), ("--shards", shards),
+                                        ("--video-dir", video_dir)) if on]
+        if len(chosen) != 1:
+            raise CLIError("choose exactly one data source" + (f" (got {', '.join(chosen)})"
+                                                               if chosen else ""),
+                           hint="pass --synthetic, --shards OUT_DIR or --video-dir VIDEOS",
                            exit_code=EXIT_USAGE)
-        model_config = OmniLatentConfig(hidden_dim=dim, num_layers=layers, num_heads=heads,
-                                        gradient_checkpointing=grad_checkpointing)
+        schedule = _schedule(phase_schedule, {
+            "warmup": warmup_frac, "crossmodal": crossmodal_frac, "temporal": temporal_frac,
+            "grounding": grounding_frac, "joint": joint_frac})
+        tokenizer = (sentencepiece_tokenizer(tokenizer_path) if tokenizer_path
+                     else byte_tokenizer)
+        vocab = max(OmniLatentConfig.vocab_size, getattr(tokenizer, "vocab_size", 0))
         config = TrainConfig(steps=steps, lr=lr, grad_accum=grad_accum, amp=not no_amp,
                              compile=compile_model, device=device, seed=seed,
                              save_dir=save_dir, save_every=save_every, keep_last=keep_last,
                              log_interval=log_interval)
         checkpoint = _resolve_resume(resume, save_dir)
         seed_everything(seed)
+        sizes: dict[str, int] = {}
+        if shards is not None:
+            source = shard_source(shards, batch_size, seed=seed, workers=workers,
+                                  tokenizer=tokenizer, max_text_len=max_text_len)
+        elif video_dir is not None:
+            source = video_dir_source(video_dir, batch_size, seed=seed, workers=workers,
+                                      tokenizer=tokenizer, max_text_len=max_text_len,
+                                      clip_duration=clip_duration, clip_stride=clip_stride)
+        else:
+            source = None
+        if source is not None:
+            sizes = model_sizes(source.expected)
+            schedule = schedule or DEFAULT_SCHEDULE
+            console.print(f"data: {source.description}")
+        model_config = OmniLatentConfig(hidden_dim=dim, num_layers=layers, num_heads=heads,
+                                        vocab_size=vocab,
+                                        gradient_checkpointing=grad_checkpointing, **sizes)
         model = OmniLatentModel(model_config)
-        dataset = SyntheticMultimodalDataset(model_config, length=max(1000, steps * batch_size
-                                                                      * grad_accum), seed=seed)
-        loader = build_dataloader(dataset, batch_size, seed=seed, num_workers=workers)
+        if source is None:
+            dataset = SyntheticMultimodalDataset(
+                model_config, length=max(1000, steps * batch_size * grad_accum), seed=seed)
+            loader = build_dataloader(dataset, batch_size, seed=seed, num_workers=workers)
+            has_text = True
+        else:
+            loader, has_text = source.loader, source.corpus_has_text
         progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]} [dim]{task.fields[pair]}[/]"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
         )
         callbacks = RichCallbacks(progress, steps)
-        trainer = Trainer(model, config, loader, callbacks)
+        if schedule is None:
+            trainer = Trainer(model, config, loader, callbacks)
+        else:
+            trainer = CurriculumTrainer(model, config, loader, schedule=schedule,
+                                        corpus_has_text=has_text, callbacks=callbacks)
         if checkpoint is not None:
             trainer.resume(checkpoint)
         stop = _install_stop_handler()

@@ -267,7 +267,7 @@ def extract_embedded(video_path: Path, ffmpeg_binary: str | None = None) -> Tran
     return parse_srt(text, f"{video_path} (subtitle stream {index})", source="embedded")
 
 
-def _sidecar(video_path: Path) -> Path | None:
+def sidecar_path(video_path: Path) -> Path | None:
     """The sidecar transcript of a video: "<stem>.srt", then "<stem>.<lang>.srt" (first by
     name), then the same for .vtt, then "<stem>.txt"; extensions in any case. Timed files win
     over untimed ones; language-tagged .txt files are not considered, since "<stem>.notes.txt"
@@ -298,7 +298,7 @@ def find_transcript(video_path: Path, ffmpeg_binary: str | None = None) -> Trans
     """The transcript of a video: its sidecar file if any, else its embedded text subtitles,
     else an empty timed transcript with source "none". Errors of `load_sidecar` and
     `extract_embedded` propagate: a broken transcript is reported, not silently skipped."""
-    sidecar = _sidecar(video_path)
+    sidecar = sidecar_path(video_path)
     if sidecar is not None:
         return load_sidecar(sidecar)
     embedded = extract_embedded(video_path, ffmpeg_binary)

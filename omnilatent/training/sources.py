@@ -1,0 +1,106 @@
+"""Where training batches come from: the shard loader, raw videos, or synthetic data.
+
+Sizes that the data fixes (image and frame size, frames per clip, mel bins and frames) come
+from the prepare config (the manifest, or the first sample) and become the model's; when a
+model or checkpoint already exists they are checked against it and a mismatch is refused with
+the field names, never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omnilatent.config import OmniLatentConfig
+from omnilatent.errors import ConfigError
+from pipeline.config import PrepareConfig
+from pipeline.loader import MANIFEST_NAME, build_shard_loader, resolve_shards
+from pipeline.schema import expected_from_config
+from pipeline.tokenizer import TokenizerFn
+
+# OmniLatentConfig field -> key of pipeline.schema.expected_from_config
+DATA_FIELDS = {
+    "image_size": "image_size",
+    "video_size": "frame_size",
+    "video_frames": "frames",
+    "n_mels": "n_mels",
+    "audio_frames": "mel_frames",
+}
+
+
+def model_sizes(expected: dict[str, Any]) -> dict[str, int]:
+    """The OmniLatentConfig fields that data prepared with ``expected`` sizes dictates."""
+    return {field: int(expected[key]) for field, key in DATA_FIELDS.items()}
+
+
+def check_data_fits_model(expected: dict[str, Any], config: OmniLatentConfig) -> None:
+    """Raise ConfigError naming every size where the data and the model disagree."""
+    problems = [f"data {key}={expected[key]} but model {field}={getattr(config, field)}"
+                for field, key in DATA_FIELDS.items()
+                if int(expected[key]) != getattr(config, field)]
+    if problems:
+        raise ConfigError(
+            "the data does not fit the model: " + "; ".join(problems)
+            + " (prepare the videos with matching --frame-size/--image-size/--n-mels/"
+            "--fps/--clip-duration, or train a new model on this data)"
+        )
+
+
+@dataclass
+class DataSource:
+    """A loader plus what the trainer needs to know about the data behind it."""
+
+    loader: Any
+    expected: dict[str, Any] | None  # sizes the data fixes (None: synthetic, model decides)
+    corpus_has_text: bool | None  # None: unknown in advance
+    description: str
+
+
+def _find_manifest(shards: str, first_url: str) -> Path | None:
+    """The manifest of a prepared folder given as the folder or as its shards/*.tar files."""
+    folder = Path(shards) if Path(shards).is_dir() else Path(first_url).parent.parent
+    path = folder / MANIFEST_NAME
+    return path if path.is_file() else None
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is unreadable ({err}); re-run omni prepare") from err
+
+
+def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
+                 tokenizer: TokenizerFn, max_text_len: int,
+                 shuffle_buffer: int = 1000) -> DataSource:
+    """The streaming loader over prepared shards (a folder, a tar, or a brace pattern)."""
+    resolved = resolve_shards(shards)
+    loader = build_shard_loader(shards, batch_size, tokenizer=tokenizer,
+                                max_text_len=max_text_len, seed=seed, num_workers=workers,
+                                shuffle_buffer=shuffle_buffer)
+    manifest_path = _find_manifest(shards, resolved.urls[0])
+    if manifest_path is None:
+        raise ConfigError(f"no {MANIFEST_NAME} found for {shards}; pass the folder written by "
+                          "`omni prepare` once it is complete (all --part runs done)")
+    manifest = _read_manifest(manifest_path)
+    expected = expected_from_config(PrepareConfig.from_dict(manifest["config"]))
+    clips_with_text = manifest.get("totals", {}).get("clips_with_text")
+    has_text = None if clips_with_text is None else clips_with_text > 0
+    return DataSource(loader, expected, has_text,
+                      f"{len(resolved.urls)} shard(s) from {shards}")
+
+
+def video_dir_source(video_dir: Path, batch_size: int, *, seed: int, workers: int,
+                     tokenizer: TokenizerFn, max_text_len: int, clip_duration: float,
+                     clip_stride: float) -> DataSource:
+    """Raw videos decoded on the fly by the same pipeline code as `omni prepare`."""
+    from omnilatent.training.video_dataset import VideoWatchingDataset, video_watching_loader
+
+    prepare = PrepareConfig(clip_duration=clip_duration, clip_stride=clip_stride)
+    dataset = VideoWatchingDataset.from_prepare_config(video_dir, prepare, tokenizer,
+                                                       max_text_len=max_text_len, seed=seed)
+    loader = video_watching_loader(dataset, batch_size, num_workers=workers)
+    return DataSource(loader, expected_from_config(prepare), dataset.corpus_has_text,
+                      f"{len(dataset.videos)} video(s) from {video_dir}, decoded on the fly")

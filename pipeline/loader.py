@@ -1,0 +1,563 @@
+"""Streaming, resumable loader over shard schema v1: shards in, model-ready batches out.
+
+One epoch is a visible list of webdataset stages (`_EpochStream.stages`):
+
+    shard list -> shard shuffle (seed, epoch) -> split by rank -> split by worker
+    -> tar to raw samples (a broken shard is counted, the run goes on)
+    -> sample shuffle buffer (seed, epoch, rank, worker) -> skip what was consumed
+    -> safe decode (`schema.decode_sample`) + `schema.validate_sample`
+    -> tensors -> batches
+
+Every random choice comes from a generator seeded with (seed, epoch[, rank, worker]), so the
+same seed gives the same order. Errors never stop the stream and never sleep (webdataset's
+`warn_and_continue` sleeps 0.5 s per error): a broken shard, a corrupt member or an incomplete
+sample is dropped and counted in `ShardLoader.stats`, with the last few reasons.
+
+Batch (B samples, T frames, M mel bins, L the longest text in the batch, at least 1):
+``video`` (B, 3, T, H, W) and ``image`` (B, 3, S, S) float32 in [-1, 1]; ``audio`` (B, M,
+T_mel) float32, ``(log_mel - MEL_CENTER) / MEL_SCALE``; ``text`` (B, L) long, right-padded
+with 0; ``has_text`` (B,) bool; ``__key__`` list[str]; ``meta`` list[dict] (the json member).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import base_plus_ext, tar_file_iterator
+
+from pipeline.config import SCHEMA_VERSION, PrepareConfig
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.schema import (
+    CLIP_PREFIX,
+    MEL_CENTER,
+    MEL_SCALE,
+    MEMBER_IMAGE,
+    MEMBER_JSON,
+    MEMBER_MEL,
+    MEMBER_TEXT,
+    CorruptMemberError,
+    decode_sample,
+    expected_from_config,
+    expected_from_meta,
+    validate_sample,
+)
+from pipeline.tokenizer import PAD_ID, TokenizerFn, byte_tokenizer
+
+Batch = dict[str, Any]
+
+MANIFEST_NAME = "manifest.json"
+SHARD_GLOB = "shards/*.tar"
+MAX_ERRORS = 20  # reasons kept in LoaderStats.errors
+# "pipe:", "http://", "s3://", "file:" ... but not a Windows drive letter ("C:").
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+@dataclass
+class LoaderStats:
+    """What the loader has delivered and dropped since it was built (all epochs, all workers)."""
+
+    samples: int = 0  # samples delivered in batches
+    batches: int = 0
+    skipped_samples: int = 0  # corrupt, incomplete or inconsistent samples
+    unsafe_members: int = 0  # members of unknown or unsafe types, dropped undecoded
+    corrupt_shards: int = 0  # shards that failed to open or read to the end, or came up short
+    errors: list[str] = field(default_factory=list)  # the last MAX_ERRORS reasons, oldest first
+
+    def note(self, reason: str) -> None:
+        self.errors.append(reason)
+        del self.errors[:-MAX_ERRORS]
+
+    def add(self, other: LoaderStats) -> None:
+        for item in fields(self):
+            if item.name != "errors":
+                setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+        for reason in other.errors:
+            self.note(reason)
+
+    def take(self) -> LoaderStats:
+        """A copy of the counters, which are then reset: how a worker reports its news."""
+        news = replace(self, errors=list(self.errors))
+        for item in fields(self):
+            setattr(self, item.name, [] if item.name == "errors" else 0)
+        return news
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """Resolved input: the shard URLs, their manifest sample counts and expected sizes."""
+
+    urls: tuple[str, ...]
+    sample_counts: dict[str, int]  # url -> samples, for shards listed in a manifest
+    expected: dict[str, Any] | None  # expected_from_config of the manifest's config
+
+
+def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> ShardSet:
+    """Expand the loader's `urls` argument into a list of shard URLs.
+
+    Each item is a directory written by ``omni prepare`` (its ``manifest.json``, or
+    ``shards/*.tar`` if it has none), a local tar path or brace pattern
+    (``out/shards/shard-{000000..000003}.tar``), or a URL webdataset's gopen can open
+    (``pipe:...``, ``http(s)://...``), passed on unchecked. Local shards must exist. Raises
+    ConfigError when nothing is found or two manifests disagree on the sample format.
+    """
+    items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
+    found: list[str] = []
+    counts: dict[str, int] = {}
+    expected: dict[str, Any] | None = None
+    for item in items:
+        text = os.fspath(item)
+        if _URL_SCHEME.match(text):
+            found += expand_urls(text)
+        elif Path(text).is_dir():
+            shard_urls, shard_counts, config = _resolve_directory(Path(text))
+            found += shard_urls
+            counts.update(shard_counts)
+            if config is not None:
+                wanted = expected_from_config(config)
+                if expected is not None and wanted != expected:
+                    raise ConfigError(f"{text} was prepared with other sizes than the shards "
+                                      f"before it ({wanted} vs {expected}); load them apart")
+                expected = wanted
+        else:
+            for url in expand_urls(text):
+                if not Path(url).is_file():
+                    raise ConfigError(f"shard {url} does not exist; check the path or pattern")
+                found.append(url)
+    if not found:
+        raise ConfigError(f"no shards in {urls!r}; pass a folder written by omni prepare, a "
+                          f"tar file or a pattern like out/shards/shard-{{000000..000003}}.tar")
+    return ShardSet(tuple(found), counts, expected)
+
+
+def _resolve_directory(folder: Path) -> tuple[list[str], dict[str, int], PrepareConfig | None]:
+    manifest = folder / MANIFEST_NAME
+    if not manifest.is_file():
+        paths = sorted(folder.glob(SHARD_GLOB))
+        if not paths:
+            raise ConfigError(f"{folder} holds neither {MANIFEST_NAME} nor {SHARD_GLOB}; run "
+                              f"omni prepare into it first")
+        return [str(path) for path in paths], {}, None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        entries = [(str(folder / entry["path"]), int(entry["samples"]))
+                   for entry in data["shards"]]
+        config = PrepareConfig.from_dict(data["config"]) if "config" in data else None
+        version = data.get("schema_version", SCHEMA_VERSION)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{manifest} is unreadable or malformed ({err}); re-run omni prepare "
+                          f"to rewrite it") from err
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"{folder} holds shard schema v{version}, this loader reads "
+                          f"v{SCHEMA_VERSION}; re-run omni prepare or use a matching version")
+    for path, _ in entries:
+        if not Path(path).is_file():
+            raise ConfigError(f"{manifest} lists {path}, which does not exist; copy the whole "
+                              f"prepared folder")
+    return [path for path, _ in entries], dict(entries), config
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size): from the arguments, else torch.distributed, else RANK/WORLD_SIZE."""
+    if (rank is None) != (world_size is None):
+        raise ConfigError("pass both rank and world_size, or neither (to detect them)")
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        elif "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        else:
+            rank, world_size = 0, 1
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+    return rank, world_size
+
+
+# --------------------------------------------------------------------------- stages
+@dataclass
+class _Cursor:
+    """Raw samples taken from the shuffle buffer this epoch, and how many of them to drop."""
+
+    skip: int
+    position: int = 0
+
+
+def shuffle_shards(src: Iterable[str], rng: random.Random) -> Iterator[str]:
+    """All shard URLs in an order drawn from `rng` (the same on every rank and worker)."""
+    shards = list(src)
+    rng.shuffle(shards)
+    yield from shards
+
+
+def split_by_node(src: Iterable[str], rank: int, world_size: int) -> Iterator[str]:
+    """Every `world_size`-th shard starting at `rank`: ranks read disjoint shards."""
+    for index, url in enumerate(src):
+        if index % world_size == rank:
+            yield url
+
+
+def split_by_worker(src: Iterable[str], worker: int, num_workers: int) -> Iterator[str]:
+    """Every `num_workers`-th shard of this rank starting at `worker`."""
+    return split_by_node(src, worker, num_workers)
+
+
+def tar_samples(src: Iterable[str], stats: LoaderStats,
+                sample_counts: dict[str, int]) -> Iterator[dict[str, Any]]:
+    """Raw samples (``__key__``, ``__url__`` and member bytes) from each shard in turn.
+
+    A shard that cannot be opened or read to its end counts as corrupt: the samples before
+    the damage are kept, the one being read is dropped (it may be cut short), and the stream
+    goes on with the next shard. A shard with fewer samples than its manifest entry (a tar cut
+    at a member boundary reads as complete) counts as corrupt too. Two members of one sample
+    with the same name mark the sample for `decode_samples` to drop.
+    """
+    for url in src:
+        current: dict[str, Any] | None = None
+        count = 0
+        try:
+            stream = wds.gopen(url)
+            try:
+                for member in tar_file_iterator(stream):
+                    prefix, suffix = base_plus_ext(member["fname"])
+                    if prefix is None:
+                        stats.unsafe_members += 1
+                        stats.note(f"{url}: member {member['fname']!r} has no type; dropped")
+                        continue
+                    if current is not None and prefix != current["__key__"]:
+                        count += 1
+                        yield current
+                        current = None
+                    if current is None:
+                        current = {"__key__": prefix, "__url__": url}
+                    suffix = suffix.lower()
+                    if suffix in current:
+                        current["__error__"] = f"member {suffix!r} appears twice"
+                    current[suffix] = member["data"]
+            finally:
+                stream.close()
+        except Exception as err:  # whatever the tar reader or the transport raise
+            stats.corrupt_shards += 1
+            stats.note(f"{url}: unreadable shard, skipping the rest of it: "
+                       f"{type(err).__name__}: {err}")
+            if current is not None:
+                stats.skipped_samples += 1
+            continue
+        if current is not None:
+            count += 1
+            yield current
+        wanted = sample_counts.get(url)
+        if wanted is not None and count < wanted:
+            stats.corrupt_shards += 1
+            stats.note(f"{url}: {count} samples, its manifest entry says {wanted} (truncated?)")
+
+
+def skip_consumed(src: Iterable[dict[str, Any]], cursor: _Cursor) -> Iterator[dict[str, Any]]:
+    """Count raw samples and drop the first `cursor.skip`: resuming costs reads, not decodes."""
+    for sample in src:
+        cursor.position += 1
+        if cursor.position > cursor.skip:
+            yield sample
+
+
+def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
+                   expected: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """Decoded, validated samples; unsafe members and broken samples are dropped and counted.
+
+    Without `expected` (no manifest) the first sample whose json parses sets it, so a batch
+    never mixes sizes.
+    """
+    for raw in src:
+        where = f"{raw.get('__key__')} ({raw.get('__url__')})"
+        try:
+            if "__error__" in raw:
+                raise CorruptMemberError(raw["__error__"])
+            sample, dropped = decode_sample(raw)
+        except CorruptMemberError as err:
+            stats.skipped_samples += 1
+            stats.note(f"{where}: {err}")
+            continue
+        if dropped:
+            stats.unsafe_members += len(dropped)
+            stats.note(f"{where}: dropped members {', '.join(dropped)} without decoding them")
+        if expected is None and isinstance(sample.get(MEMBER_JSON), dict):
+            try:
+                expected = expected_from_meta(sample[MEMBER_JSON])
+            except ValueError:
+                pass  # validate_sample reports the broken json below
+        problems = validate_sample(sample, expected)
+        if problems:
+            stats.skipped_samples += 1
+            stats.note(f"{where}: " + "; ".join(problems))
+            continue
+        yield sample
+
+
+def to_tensors(src: Iterable[dict[str, Any]], tokenizer: TokenizerFn,
+               max_text_len: int) -> Iterator[dict[str, Any]]:
+    """Tensors of one decoded sample: pixels stay uint8 until `collate` (4x less memory)."""
+    for sample in src:
+        clip = next(value for name, value in sample.items() if name.startswith(CLIP_PREFIX))
+        text = tokenizer(sample[MEMBER_TEXT], max_text_len)  # (L,)
+        if text.dim() != 1:
+            raise PipelineError(f"the tokenizer returned shape {tuple(text.shape)}; a "
+                                f"TokenizerFn must return a 1-D tensor of ids")
+        audio = torch.from_numpy(sample[MEMBER_MEL].astype(np.float32))  # (M, T_mel)
+        yield {
+            "video": torch.from_numpy(clip),  # (T, H, W, 3) uint8
+            "image": torch.from_numpy(sample[MEMBER_IMAGE]),  # (S, S, 3) uint8
+            "audio": audio.sub_(MEL_CENTER).div_(MEL_SCALE),  # (M, T_mel)
+            "text": text.long(),
+            "__key__": sample["__key__"],
+            "meta": sample[MEMBER_JSON],
+        }
+
+
+def _unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels to float32 (x / 255 - 0.5) / 0.5 = x / 127.5 - 1, in [-1, 1]."""
+    return pixels.float().div_(127.5).sub_(1.0)
+
+
+def batch_samples(src: Iterable[dict[str, Any]], batch_size: int) -> Iterator[Batch]:
+    """Collated batches of `batch_size` samples, the last one possibly smaller.
+
+    Unlike `webdataset.batched`, a full batch leaves before the next sample is pulled, so the
+    cursor's position at that moment counts exactly the samples this batch and the ones
+    before it consumed: what resuming needs.
+    """
+    pending: list[dict[str, Any]] = []
+    for sample in src:
+        pending.append(sample)
+        if len(pending) == batch_size:
+            yield collate(pending)
+            pending = []
+    if pending:
+        yield collate(pending)
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> Batch:
+    """Stack tensors; right-pad text with PAD_ID to the longest in the batch (at least 1)."""
+    lengths = [int(sample["text"].shape[0]) for sample in samples]
+    text = torch.full((len(samples), max(1, *lengths)), PAD_ID, dtype=torch.long)  # (B, L)
+    for row, (sample, length) in enumerate(zip(samples, lengths, strict=True)):
+        text[row, :length] = sample["text"]
+    video = torch.stack([sample["video"] for sample in samples])  # (B, T, H, W, 3) uint8
+    image = torch.stack([sample["image"] for sample in samples])  # (B, S, S, 3) uint8
+    return {
+        # Channels first while still uint8: the strided copy moves a quarter of the bytes.
+        "video": _unit_range(video.permute(0, 4, 1, 2, 3).contiguous()),  # (B, 3, T, H, W)
+        "image": _unit_range(image.permute(0, 3, 1, 2).contiguous()),  # (B, 3, S, S)
+        "audio": torch.stack([sample["audio"] for sample in samples]),  # (B, M, T_mel)
+        "text": text,
+        "has_text": torch.tensor(lengths) > 0,  # (B,)
+        "__key__": [sample["__key__"] for sample in samples],
+        "meta": [sample["meta"] for sample in samples],
+    }
+
+
+@dataclass
+class _Chunk:
+    """What a worker sends: a batch (None at its end), its position and its stats news."""
+
+    batch: Batch | None
+    worker: int
+    position: int
+    stats: LoaderStats
+
+
+def _emit(src: Iterable[Batch], worker: int, cursor: _Cursor,
+          stats: LoaderStats) -> Iterator[_Chunk]:
+    for batch in src:
+        yield _Chunk(batch, worker, cursor.position, stats.take())
+    yield _Chunk(None, worker, cursor.position, stats.take())
+
+
+def _unchanged(item: _Chunk) -> _Chunk:
+    """DataLoader collate_fn that passes a worker's chunk through (picklable, unlike a lambda)."""
+    return item
+
+
+@dataclass
+class _EpochStream(IterableDataset):
+    """One epoch of one rank; each DataLoader worker (or the main process) iterates a copy."""
+
+    shards: ShardSet
+    batch_size: int
+    tokenizer: TokenizerFn
+    max_text_len: int
+    seed: int
+    epoch: int
+    rank: int
+    world_size: int
+    shuffle_shards: bool
+    shuffle_buffer: int
+    skip: list[int]  # raw samples each worker consumed earlier in this epoch
+
+    def stages(self, worker: int, num_workers: int, stats: LoaderStats,
+               cursor: _Cursor) -> list[Any]:
+        """The pipeline, in order; None entries are stages switched off."""
+        shard_rng = random.Random(f"shards/{self.seed}/{self.epoch}")
+        sample_rng = random.Random(f"samples/{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        return [
+            list(self.shards.urls),
+            partial(shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
+            partial(split_by_node, rank=self.rank, world_size=self.world_size),
+            partial(split_by_worker, worker=worker, num_workers=num_workers),
+            partial(tar_samples, stats=stats, sample_counts=self.shards.sample_counts),
+            (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=sample_rng)
+             if self.shuffle_buffer > 0 else None),
+            partial(skip_consumed, cursor=cursor),
+            partial(decode_samples, stats=stats, expected=self.shards.expected),
+            partial(to_tensors, tokenizer=self.tokenizer, max_text_len=self.max_text_len),
+            partial(batch_samples, batch_size=self.batch_size),
+            partial(_emit, worker=worker, cursor=cursor, stats=stats),
+        ]
+
+    def __iter__(self) -> Iterator[_Chunk]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        cursor = _Cursor(skip=self.skip[worker])
+        stages = self.stages(worker, num_workers, LoaderStats(), cursor)
+        return iter(wds.DataPipeline([stage for stage in stages if stage is not None]))
+
+
+class ShardLoader:
+    """Iterable of batches over shards; each ``iter()`` runs the rest of the current epoch.
+
+    After an epoch ends the epoch counter advances (reshuffling shards and samples), so a
+    trainer calls ``iter()`` again for the next one; once `epochs` epochs are done (None:
+    never) ``iter()`` yields nothing. The position is advanced when a batch is handed out, so
+    a checkpoint taken after training on it records it as consumed.
+
+    Resume: `state_dict` holds the epoch, the batches yielded in it and, per worker, the raw
+    samples taken from the shuffle buffer. A loader built with the same arguments that loads
+    it skips those samples before decoding them. With ``num_workers=0`` (or 1) the next batch
+    is exactly the one an uninterrupted run would have produced. With more workers each
+    worker reads its own shards and resumes exactly where it stopped (no sample repeated or
+    lost), but the order of batches depends on the worker count and the DataLoader's
+    round-robin over workers starts afresh, so the interleaving after a resume may differ.
+    """
+
+    def __init__(self, shards: ShardSet, batch_size: int, *, tokenizer: TokenizerFn,
+                 max_text_len: int, seed: int, shuffle_shards: bool, shuffle_buffer: int,
+                 num_workers: int, epochs: int | None, rank: int, world_size: int) -> None:
+        self.shards = shards
+        self.batch_size = batch_size
+        self.tokenizer = tokenizer
+        self.max_text_len = max_text_len
+        self.seed = seed
+        self.shuffle_shards = shuffle_shards
+        self.shuffle_buffer = shuffle_buffer
+        self.num_workers = num_workers
+        self.epochs = epochs
+        self.rank = rank
+        self.world_size = world_size
+        self.stats = LoaderStats()
+        self.epoch = 0
+        self.batches = 0  # yielded in the current epoch
+        self.consumed = self._no_progress()
+
+    def _no_progress(self) -> list[int]:
+        return [0] * max(1, self.num_workers)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.epochs is not None and self.epoch >= self.epochs:
+            return
+        fresh = self.batches == 0 and not any(self.consumed)
+        stream = _EpochStream(
+            self.shards, self.batch_size, self.tokenizer, self.max_text_len, self.seed,
+            self.epoch, self.rank, self.world_size, self.shuffle_shards, self.shuffle_buffer,
+            list(self.consumed),
+        )
+        chunks: Iterable[_Chunk] = stream
+        if self.num_workers > 0:
+            chunks = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                collate_fn=_unchanged, persistent_workers=False)
+        for chunk in chunks:
+            self.stats.add(chunk.stats)
+            self.consumed[chunk.worker] = chunk.position
+            if chunk.batch is None:
+                continue
+            self.batches += 1
+            self.stats.batches += 1
+            self.stats.samples += len(chunk.batch["__key__"])
+            yield chunk.batch
+        if fresh and self.batches == 0:
+            raise PipelineError(
+                f"epoch {self.epoch} of rank {self.rank} yielded no valid sample from "
+                f"{len(self.shards.urls)} shard(s) ({self.stats.skipped_samples} skipped, "
+                f"{self.stats.corrupt_shards} corrupt shards); last errors: "
+                + " | ".join(self.stats.errors[-3:])
+            )
+        self.epoch += 1
+        self.batches = 0
+        self.consumed = self._no_progress()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in plain ints, for the trainer's checkpoint JSON."""
+        return {"epoch": self.epoch, "batches": self.batches, "consumed": list(self.consumed)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict` of a loader built with the same arguments."""
+        try:
+            epoch, batches = int(state["epoch"]), int(state["batches"])
+            consumed = [int(value) for value in state["consumed"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"not a ShardLoader state (need epoch, batches, consumed): "
+                              f"{state!r}") from err
+        if len(consumed) != len(self.consumed):
+            raise ConfigError(
+                f"the loader state was saved with {len(consumed)} worker position(s), this "
+                f"loader has {len(self.consumed)}; resume with num_workers={len(consumed)} "
+                f"(0 and 1 are the same)"
+            )
+        self.epoch, self.batches, self.consumed = epoch, batches, consumed
+
+
+def build_shard_loader(
+    urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    batch_size: int,
+    *,
+    tokenizer: TokenizerFn = byte_tokenizer,
+    max_text_len: int = 128,
+    seed: int = 0,
+    shuffle_shards: bool = True,
+    shuffle_buffer: int = 1000,
+    num_workers: int = 0,
+    epochs: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> ShardLoader:
+    """A `ShardLoader` over `urls` (see `resolve_shards` for what they may be).
+
+    `shuffle_buffer` raw samples (0: no sample shuffle) are held per worker before the first
+    one leaves; `epochs` caps the epochs (None: endless); `rank`/`world_size` default to
+    torch.distributed, then the RANK/WORLD_SIZE environment. Every rank needs at least one
+    shard; ranks get whole shards, so their sample counts differ unless the shards are equal.
+    """
+    for name, value, low in (("batch_size", batch_size, 1), ("max_text_len", max_text_len, 1),
+                             ("shuffle_buffer", shuffle_buffer, 0),
+                             ("num_workers", num_workers, 0)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"epochs must be >= 1 or None (endless), got {epochs}")
+    rank, world_size = resolve_rank(rank, world_size)
+    shards = resolve_shards(urls)
+    if len(shards.urls) < world_size:
+        raise ConfigError(f"{len(shards.urls)} shard(s) cannot feed {world_size} ranks (each "
+                          f"needs at least one); prepare with a smaller --samples-per-shard")
+    return ShardLoader(shards, batch_size, tokenizer=tokenizer, max_text_len=max_text_len,
+                       seed=seed, shuffle_shards=shuffle_shards, shuffle_buffer=shuffle_buffer,
+                       num_workers=num_workers, epochs=epochs, rank=rank, world_size=world_size)

@@ -1,0 +1,421 @@
+"""Streaming loader: batch format, inputs, determinism, rank split, safety, errors, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from pipeline.config import PrepareConfig
+from pipeline.discover import video_id
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.loader import ShardLoader, build_shard_loader
+from pipeline.schema import MEL_CENTER, MEL_SCALE, SampleMeta, encode_sample
+from pipeline.tokenizer import byte_detokenize
+
+# Small sizes keep the shards tiny; the loader must take them from the manifest or the json.
+SMALL = PrepareConfig(clip_duration=1.0, clip_stride=1.0, fps=4, frame_size=32, image_size=64,
+                      n_mels=16)
+SHARDS, PER_SHARD = 3, 4
+Edit = Callable[[int, int, dict[str, Any]], None]  # (shard, index, members) -> None
+
+
+@pytest.fixture(autouse=True)
+def no_sleeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any test in which the loader sleeps (webdataset's warn_and_continue does)."""
+    def refuse(seconds: float) -> None:
+        raise AssertionError(f"the loader slept {seconds} s")
+
+    monkeypatch.setattr(time, "sleep", refuse)
+
+
+def sample_members(config: PrepareConfig, shard: int, index: int,
+                   encoding: str = "npy") -> dict[str, Any]:
+    """Sample `index` of video `shard`: pixels and mel tell which one it is."""
+    vid = video_id(f"videos/v{shard}.mp4")
+    meta = SampleMeta.build(
+        config, source=f"videos/v{shard}.mp4", video_id=vid, clip_index=index,
+        start=float(index), end=index + config.clip_duration, rotation=0, has_audio=True,
+        transcript_source="srt", transcript_timed=True, clip_encoding=encoding,
+    )
+    value = 10 + 20 * shard + 4 * index
+    rng = np.random.default_rng(value)
+    mel = rng.uniform(-13.8, 8.8, (config.n_mels, config.mel_frames)).astype(np.float16)
+    image = np.full((config.image_size, config.image_size, 3), value, np.uint8)
+    frames = np.full((config.frames_per_clip, config.frame_size, config.frame_size, 3), value,
+                     np.uint8)
+    frames[:, 0, 0] = (0, 255, 128)  # the extremes, to check the [-1, 1] mapping
+    text = "" if index == 0 else f"clip {index} of vidéo {shard}"
+    return encode_sample(meta.key, meta, mel, image, frames, text, config)
+
+
+def write_shards(root: Path, config: PrepareConfig = SMALL, *, manifest: bool = True,
+                 encoding: str = "npy", edit: Edit | None = None) -> list[str]:
+    """SHARDS shards of PER_SHARD samples under root/shards; returns the keys in write order."""
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    keys, entries = [], []
+    for shard in range(SHARDS):
+        path = root / "shards" / f"shard-{shard:06d}.tar"
+        with wds.TarWriter(str(path)) as writer:
+            for index in range(PER_SHARD):
+                members = sample_members(config, shard, index, encoding)
+                keys.append(members["__key__"])
+                if edit is not None:
+                    edit(shard, index, members)
+                writer.write(members)
+        entries.append({"path": f"shards/{path.name}", "samples": PER_SHARD,
+                        "bytes": path.stat().st_size})
+    if manifest:
+        (root / "manifest.json").write_text(json.dumps(
+            {"schema_version": 1, "shards": entries, "config": config.to_dict()}))
+    return keys
+
+
+def all_keys(loader: ShardLoader) -> list[str]:
+    return [key for batch in loader for key in batch["__key__"]]
+
+
+@pytest.fixture
+def prepared(tmp_path: Path) -> tuple[Path, list[str]]:
+    keys = write_shards(tmp_path / "out")
+    return tmp_path / "out", keys
+
+
+# --------------------------------------------------------------------------- batch format
+def test_batches_have_model_shapes_dtypes_and_ranges(prepared: tuple[Path, list[str]]) -> None:
+    root, keys = prepared
+    loader = build_shard_loader(root, batch_size=5, shuffle_shards=False, shuffle_buffer=0)
+    batches = list(loader)
+    assert [len(b["__key__"]) for b in batches] == [5, 5, 2]
+    batch = batches[0]
+    assert set(batch) == {"video", "image", "audio", "text", "has_text", "__key__", "meta"}
+    assert batch["video"].shape == (5, 3, 4, 32, 32) and batch["video"].dtype == torch.float32
+    assert batch["image"].shape == (5, 3, 64, 64) and batch["image"].dtype == torch.float32
+    assert batch["audio"].shape == (5, 16, 100) and batch["audio"].dtype == torch.float32
+    assert batch["text"].dtype == torch.long and batch["text"].dim() == 2
+    assert batch["has_text"].dtype == torch.bool and batch["has_text"].shape == (5,)
+    assert batch["__key__"] == keys[:5]
+    assert [m["key"] for m in batch["meta"]] == keys[:5]
+
+    video = batch["video"]
+    assert video.min() == -1.0 and video.max() == 1.0
+    assert torch.allclose(video[1, :, 1, 5, 5], torch.full((3,), (14 / 255 - 0.5) / 0.5))
+    assert float(video[0, 2, 0, 0, 0]) == pytest.approx((128 / 255 - 0.5) / 0.5, abs=1e-6)
+    assert -1.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
+
+    mel = np.random.default_rng(10).uniform(-13.8, 8.8, (16, 100)).astype(np.float16)
+    expected_audio = (torch.from_numpy(mel).float() - MEL_CENTER) / MEL_SCALE
+    assert torch.allclose(batch["audio"][0], expected_audio)
+
+
+def test_empty_transcript_gives_an_all_padding_row(prepared: tuple[Path, list[str]]) -> None:
+    root, _ = prepared
+    loader = build_shard_loader(root, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
+    batch = next(iter(loader))
+    assert batch["has_text"].tolist() == [False, True, True, True]
+    assert not batch["text"][0].any()
+    assert byte_detokenize(batch["text"][2]) == "clip 2 of vidéo 0"
+    lengths = (batch["text"] != 0).sum(dim=1)
+    assert int(lengths.max()) == batch["text"].shape[1]
+
+
+def test_all_padding_batch_still_has_one_text_column(tmp_path: Path) -> None:
+    write_shards(tmp_path)
+    loader = build_shard_loader(tmp_path, batch_size=1, shuffle_shards=False, shuffle_buffer=0)
+    first = next(iter(loader))
+    assert first["text"].shape == (1, 1) and not first["has_text"].any()
+
+
+def test_mp4_clips_load_close_to_their_source(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path, encoding="mp4")
+    loader = build_shard_loader(tmp_path, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
+    batch = next(iter(loader))
+    assert batch["__key__"] == keys[:4]
+    assert batch["video"].shape == (4, 3, 4, 32, 32)
+    pixels = (batch["video"][:, :, :, 8:, 8:] + 1) * 127.5  # away from the marked corner
+    wanted = torch.tensor([10.0, 14.0, 18.0, 22.0]).view(4, 1, 1, 1, 1)
+    assert (pixels - wanted).abs().mean() < 2.0
+
+
+# --------------------------------------------------------------------------- inputs
+def test_brace_pattern_list_and_directories_give_the_same_samples(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path / "with", manifest=True)
+    write_shards(tmp_path / "without", manifest=False)
+    pattern = str(tmp_path / "with" / "shards" / "shard-{000000..000002}.tar")
+    paths = [str(p) for p in sorted((tmp_path / "with" / "shards").glob("*.tar"))]
+    for source in (pattern, paths, tmp_path / "with", str(tmp_path / "without")):
+        loader = build_shard_loader(source, batch_size=4, shuffle_shards=False,
+                                    shuffle_buffer=0)
+        assert all_keys(loader) == keys, source
+
+
+def test_missing_inputs_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_shard_loader(str(tmp_path / "shard-{000000..000001}.tar"), batch_size=2)
+    with pytest.raises(ConfigError, match="omni prepare"):
+        build_shard_loader(tmp_path, batch_size=2)
+    write_shards(tmp_path / "out")
+    (tmp_path / "out" / "shards" / "shard-000001.tar").unlink()
+    with pytest.raises(ConfigError, match="shard-000001.tar, which does not exist"):
+        build_shard_loader(tmp_path / "out", batch_size=2)
+
+
+def test_manifest_config_sets_the_expected_sizes(tmp_path: Path) -> None:
+    write_shards(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["config"]["image_size"] = 96  # the shards hold 64: none may pass
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    loader = build_shard_loader(tmp_path, batch_size=4)
+    with pytest.raises(PipelineError, match="no valid sample"):
+        list(loader)
+    assert loader.stats.skipped_samples == SHARDS * PER_SHARD
+    assert "image_size is 64" in loader.stats.errors[-1]
+
+
+def test_manifest_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    write_shards(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["schema_version"] = 2
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="schema v2"):
+        build_shard_loader(tmp_path, batch_size=4)
+
+
+def test_without_manifest_the_first_sample_sets_the_sizes(tmp_path: Path) -> None:
+    def bigger_frames(shard: int, index: int, members: dict[str, Any]) -> None:
+        if (shard, index) == (2, 3):
+            members.clear()
+            members.update(sample_members(PrepareConfig(clip_duration=1.0, fps=4,
+                                                        frame_size=48, image_size=64,
+                                                        n_mels=16), shard, index))
+
+    keys = write_shards(tmp_path, manifest=False, edit=bigger_frames)
+    loader = build_shard_loader(tmp_path, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
+    assert all_keys(loader) == keys[:-1]
+    assert loader.stats.skipped_samples == 1 and "frame_size is 48" in loader.stats.errors[-1]
+
+
+# --------------------------------------------------------------------------- determinism
+def test_same_seed_same_order_and_another_seed_another(prepared: tuple[Path,
+                                                                       list[str]]) -> None:
+    root, keys = prepared
+
+    def order(seed: int) -> list[str]:
+        return all_keys(build_shard_loader(root, batch_size=3, seed=seed, shuffle_buffer=6))
+
+    first = order(0)
+    assert sorted(first) == sorted(keys)
+    assert order(0) == first
+    assert order(1) != first
+
+
+def test_epochs_advance_and_reshuffle(prepared: tuple[Path, list[str]]) -> None:
+    root, keys = prepared
+    loader = build_shard_loader(root, batch_size=5, seed=3, shuffle_buffer=6, epochs=2)
+    epoch0 = all_keys(loader)
+    assert loader.state_dict() == {"epoch": 1, "batches": 0, "consumed": [0]}
+    epoch1 = all_keys(loader)
+    assert sorted(epoch0) == sorted(epoch1) == sorted(keys)
+    assert epoch0 != epoch1
+    assert list(loader) == []  # epochs=2 are done
+    assert loader.stats.samples == 2 * len(keys) and loader.stats.batches == 6
+
+
+def test_ranks_read_disjoint_samples_that_cover_everything(prepared: tuple[Path,
+                                                                          list[str]]) -> None:
+    root, keys = prepared
+    seen = [all_keys(build_shard_loader(root, batch_size=2, seed=5, rank=rank, world_size=2))
+            for rank in (0, 1)]
+    assert seen[0] and seen[1]
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(keys)
+
+
+def test_rank_comes_from_the_environment(prepared: tuple[Path, list[str]],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = prepared
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    loader = build_shard_loader(root, batch_size=2)
+    assert (loader.rank, loader.world_size) == (1, 3)
+    with pytest.raises(ConfigError, match="cannot feed 4 ranks"):
+        build_shard_loader(root, batch_size=2, rank=0, world_size=4)
+
+
+# --------------------------------------------------------------------------- safety, errors
+def test_pickled_members_are_never_deserialised(tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(_Touch(marker))
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_Touch(proof)))
+    assert proof.exists()  # the payload works when unpickled
+
+    def plant(shard: int, index: int, members: dict[str, Any]) -> None:
+        members["evil.pyd"] = payload
+        members["evil.pickle"] = payload
+
+    keys = write_shards(tmp_path / "out", edit=plant)
+    loader = build_shard_loader(tmp_path / "out", batch_size=4, shuffle_buffer=0)
+    assert sorted(all_keys(loader)) == sorted(keys)  # the samples themselves are fine
+    assert not marker.exists()
+    assert loader.stats.unsafe_members == 2 * len(keys)
+    assert "evil.pickle, evil.pyd" in loader.stats.errors[-1]
+
+
+class _Touch:
+    """Unpickling this object creates `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+def test_corrupt_member_missing_member_and_truncated_shard_are_skipped(tmp_path: Path) -> None:
+    def damage(shard: int, index: int, members: dict[str, Any]) -> None:
+        if (shard, index) == (0, 1):
+            members["mel.npy"] = b"\x93NUMPY garbage"
+        if (shard, index) == (1, 2):
+            del members["frame.jpg"]
+
+    keys = write_shards(tmp_path, edit=damage)
+    shard2 = tmp_path / "shards" / "shard-000002.tar"
+    data = shard2.read_bytes()
+    shard2.write_bytes(data[: len(data) // 2])  # cut inside a member
+
+    loader = build_shard_loader(tmp_path, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
+    delivered = all_keys(loader)
+    intact = [keys[0], keys[2], keys[3], keys[4], keys[5], keys[7]]
+    assert delivered[:6] == intact
+    assert keys[8] in delivered and set(delivered) <= set(intact) | set(keys[8:11])
+    stats = loader.stats
+    assert stats.corrupt_shards == 1
+    assert stats.skipped_samples == 3  # mel, jpg, and the sample the cut went through
+    assert stats.samples == len(delivered)
+    reasons = " | ".join(stats.errors)
+    assert "mel.npy" in reasons and "missing member 'frame.jpg'" in reasons
+    assert "unreadable shard" in reasons
+
+
+def test_shard_cut_between_members_is_caught_by_the_manifest_count(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path)
+    shard = tmp_path / "shards" / "shard-000001.tar"
+    with wds.TarWriter(str(shard)) as writer:  # rewrite it with its last sample missing
+        for index in range(PER_SHARD - 1):
+            writer.write(sample_members(SMALL, 1, index))
+    loader = build_shard_loader(tmp_path, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
+    assert all_keys(loader) == keys[:7] + keys[8:]
+    assert loader.stats.corrupt_shards == 1 and "3 samples" in loader.stats.errors[-1]
+
+
+def test_not_a_tar_at_all_is_counted(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path, manifest=False)
+    (tmp_path / "shards" / "shard-000001.tar").write_bytes(b"this is no tar file" * 100)
+    loader = build_shard_loader(tmp_path, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
+    assert all_keys(loader) == keys[:4] + keys[8:]
+    assert loader.stats.corrupt_shards == 1
+
+
+def test_an_epoch_without_any_valid_sample_raises(tmp_path: Path) -> None:
+    write_shards(tmp_path, edit=lambda shard, index, members: members.pop("txt"))
+    loader = build_shard_loader(tmp_path, batch_size=4)
+    with pytest.raises(PipelineError, match="missing member 'txt'"):
+        list(loader)
+
+
+# --------------------------------------------------------------------------- resume
+def test_resume_continues_with_the_next_batch(tmp_path: Path) -> None:
+    # One corrupt sample: resume must skip raw samples, not batches * batch_size.
+    def damage(shard: int, index: int, members: dict[str, Any]) -> None:
+        if (shard, index) == (1, 1):
+            members["clip.npy"] = b"broken"
+
+    write_shards(tmp_path, edit=damage)
+
+    def build() -> ShardLoader:
+        return build_shard_loader(tmp_path, batch_size=2, seed=7, shuffle_buffer=5)
+
+    reference = build()
+    expected = [b["__key__"] for b in reference] + [b["__key__"] for b in reference]
+
+    for taken in (1, 3, 5):
+        first = build()
+        iterator = iter(first)
+        seen = [next(iterator)["__key__"] for _ in range(taken)]
+        state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint stores it
+        assert state["batches"] == taken
+
+        resumed = build()
+        resumed.load_state_dict(state)
+        rest = [b["__key__"] for b in resumed] + [b["__key__"] for b in resumed]
+        assert seen + rest == expected, taken
+
+
+def test_resume_after_the_last_batch_of_an_epoch_starts_the_next(
+        prepared: tuple[Path, list[str]]) -> None:
+    root, _ = prepared
+    reference = build_shard_loader(root, batch_size=4, seed=2, shuffle_buffer=3)
+    epoch0, epoch1 = list(reference), list(reference)
+    first = build_shard_loader(root, batch_size=4, seed=2, shuffle_buffer=3)
+    iterator = iter(first)
+    for _ in epoch0:
+        next(iterator)
+    resumed = build_shard_loader(root, batch_size=4, seed=2, shuffle_buffer=3)
+    resumed.load_state_dict(first.state_dict())
+    assert list(resumed) == []  # the rest of epoch 0 is empty
+    assert [b["__key__"] for b in resumed] == [b["__key__"] for b in epoch1]
+
+
+def test_workers_deliver_every_sample_once_and_resume_without_repeats(
+        prepared: tuple[Path, list[str]]) -> None:
+    root, keys = prepared
+
+    def build() -> ShardLoader:
+        return build_shard_loader(root, batch_size=2, seed=4, shuffle_buffer=3, num_workers=2)
+
+    whole = build()
+    assert sorted(all_keys(whole)) == sorted(keys)
+    assert whole.stats.samples == len(keys)
+
+    first = build()
+    iterator = iter(first)
+    seen = [key for _ in range(3) for key in next(iterator)["__key__"]]
+    del iterator
+    state = first.state_dict()
+    assert len(state["consumed"]) == 2
+    resumed = build()
+    resumed.load_state_dict(state)
+    rest = all_keys(resumed)
+    assert sorted(seen + rest) == sorted(keys)
+
+
+def test_state_from_another_worker_count_is_refused(prepared: tuple[Path, list[str]]) -> None:
+    root, _ = prepared
+    loader = build_shard_loader(root, batch_size=2, num_workers=0)
+    with pytest.raises(ConfigError, match="num_workers=2"):
+        loader.load_state_dict({"epoch": 0, "batches": 3, "consumed": [4, 2]})
+    with pytest.raises(ConfigError, match="not a ShardLoader state"):
+        loader.load_state_dict({"epoch": 0, "batch": 3})
+
+
+def test_unknown_member_bytes_are_dropped_before_decoding(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(3))
+
+    def extra(shard: int, index: int, members: dict[str, Any]) -> None:
+        members["extra.npy"] = buffer.getvalue()  # safe type, but not in the schema
+
+    keys = write_shards(tmp_path, edit=extra)
+    loader = build_shard_loader(tmp_path, batch_size=4)
+    assert sorted(all_keys(loader)) == sorted(keys)
+    assert loader.stats.unsafe_members == len(keys)
