@@ -1,0 +1,268 @@
+"""`omni prepare`: a folder of videos -> WebDataset shards, with live progress and a summary.
+
+The work happens in `pipeline.prepare`; this module turns options into its configs, draws the
+progress bar, and renders the result as tables or, with `--json`, as one JSON document on
+stdout (nothing else is printed there). Exit status: 0 when the run completed, even with
+failed videos (they are listed); non-zero for bad arguments, an unusable output folder, a
+configuration that differs from the folder's (without `--overwrite`), a full disk, or
+`--strict` with any failed video.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from cli.console import console
+from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
+from cli.options import Json
+from pipeline.config import DECODERS, PrepareConfig
+from pipeline.errors import ConfigError
+from pipeline.plan import Part
+from pipeline.prepare import (
+    PrepareCallbacks,
+    PrepareResult,
+    RunOptions,
+    RunPlan,
+    RunProgress,
+    default_workers,
+    prepare,
+)
+from pipeline.worker import FAILED, SKIPPED, VideoOutcome
+
+EXAMPLES = """
+[bold]Examples[/]
+
+  Prepare a folder of videos with the default clips (2 s every 1 s, 8 fps, 112/224 px):
+    [cyan]omni prepare ~/videos data/prepared[/]
+
+  Rerun after an interruption: finished units are skipped, the rest is redone:
+    [cyan]omni prepare ~/videos data/prepared[/]
+
+  Split a corpus over a Slurm job array of 8 tasks (each prepares every 8th unit):
+    [cyan]omni prepare /corpus /scratch/prepared --part $((SLURM_ARRAY_TASK_ID + 1))/8[/]
+
+  Start over with 4 s clips, and fail the job if any video failed:
+    [cyan]omni prepare ~/videos data/prepared --clip-duration 4 --overwrite --strict[/]
+
+  Machine-readable summary for scripts:
+    [cyan]omni prepare ~/videos data/prepared --json > summary.json[/]
+"""
+
+_DEFAULTS = PrepareConfig()
+_MAX_LISTED = 50  # failed/skipped videos and warnings listed in the summary
+
+
+class _ProgressBar(PrepareCallbacks):
+    """The live display: a bar over videos (running ones count by their decoded share),
+    clips, footage seconds decoded per second, ETA; failures printed as they happen."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+
+    def on_start(self, plan: RunPlan) -> None:
+        done = (f", {plan.units_done} already done (skipped)" if plan.units_done else "")
+        part = f" (part {plan.part})" if plan.part.count > 1 else ""
+        console.print(f"{_count(plan.videos, 'video')} in {_count(plan.units, 'unit')}{part}: "
+                      f"{plan.units_todo} to prepare{done}")
+        self.task = self.progress.add_task("prepare", total=max(plan.videos_todo, 1),
+                                           videos=f"0/{plan.videos_todo}", clips=0, rate="-")
+
+    def on_progress(self, progress: RunProgress) -> None:
+        if self.task is None:
+            return
+        running_share = sum(min(1.0, run.decoded_seconds / run.duration_hint)
+                            for run in progress.running if run.duration_hint)
+        elapsed = self.progress.tasks[self.task].elapsed or 0.0
+        rate = f"{progress.footage_seconds / elapsed:.1f}" if elapsed > 0 else "-"
+        self.progress.update(self.task, completed=progress.videos_done + running_share,
+                             videos=f"{progress.videos_done}/{progress.videos_todo}",
+                             clips=progress.clips, rate=rate)
+
+    def on_video(self, outcome: VideoOutcome) -> None:
+        if outcome.status == FAILED:
+            self.progress.console.print(f"[red]failed[/] {escape(outcome.source)}: "
+                                        f"{escape(outcome.reason or '')}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def _summary(result: PrepareResult) -> None:
+    totals, plan = result.totals, result.plan
+    table = Table(title="prepare summary", show_header=False)
+    scope = f"part {plan.part}" if plan.part.count > 1 else "total"
+    table.add_row("videos", f"{totals.videos} in {scope}: "
+                  f"[green]{totals.prepared} prepared[/], [red]{totals.failed} failed[/], "
+                  f"[yellow]{totals.skipped} skipped[/]")
+    table.add_row("clips", f"{totals.clips}")
+    table.add_row("footage", f"{totals.footage_seconds / 3600:.2f} h "
+                  f"({totals.footage_seconds:.0f} s)")
+    table.add_row("shards", f"{totals.shards} ({_size(totals.bytes)})")
+    units = f"{plan.units_in_part} of {plan.units}: {plan.units_todo} prepared now"
+    if plan.units_done:
+        units += f", {plan.units_done} already done (skipped)"
+    table.add_row("units", units)
+    if result.units_removed:
+        table.add_row("removed", f"{result.units_removed} stale units no longer in the input")
+    table.add_row("time", f"{result.elapsed_s:.1f} s")
+    console.print(table)
+
+    problems = [video for video in result.videos if video.status in (FAILED, SKIPPED)]
+    if problems:
+        listing = Table(title="not prepared", show_lines=False)
+        listing.add_column("video", overflow="fold")
+        listing.add_column("status")
+        listing.add_column("reason", overflow="fold")
+        for video in problems[:_MAX_LISTED]:
+            colour = "red" if video.status == FAILED else "yellow"
+            listing.add_row(escape(video.source), f"[{colour}]{video.status}[/]",
+                            escape(video.reason or ""))
+        console.print(listing)
+        if len(problems) > _MAX_LISTED:
+            console.print(f"... and {len(problems) - _MAX_LISTED} more (see --json)")
+    warnings = [(video.source, text) for video in result.videos for text in video.warnings]
+    if warnings:
+        console.print(f"[yellow]{_count(len(warnings), 'warning')}[/] (videos prepared anyway):")
+        for source, text in warnings[:_MAX_LISTED]:
+            console.print(f"  {escape(source)}: {escape(text)}", soft_wrap=True)
+    # paths on their own unwrapped lines, so they can be copied whatever the terminal width
+    if result.manifest is not None:
+        console.print(f"manifest: {result.manifest}", soft_wrap=True)
+    else:
+        console.print(f"manifest: not yet written, {result.units_missing} units of other parts "
+                      f"are still missing (it is written by the last part to finish)",
+                      soft_wrap=True)
+
+
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    """SIGTERM (a job scheduler's cancel) stops like Ctrl-C: workers are killed, finished
+    units are kept, and a rerun resumes."""
+    raise KeyboardInterrupt
+
+
+def prepare_command(
+    video_dir: Annotated[Path, typer.Argument(help="Folder of videos (searched recursively).",
+                                              show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Output folder for shards/, stats/ and "
+                                            "manifest.json (created if missing).",
+                                            show_default=False)],
+    clip_duration: Annotated[float, typer.Option("--clip-duration",
+                                                 help="Seconds per clip.")]
+    = _DEFAULTS.clip_duration,
+    clip_stride: Annotated[float, typer.Option("--clip-stride",
+                                               help="Seconds between clip starts.")]
+    = _DEFAULTS.clip_stride,
+    fps: Annotated[int, typer.Option("--fps", help="Video frames per second in a clip.")]
+    = _DEFAULTS.fps,
+    frame_size: Annotated[int, typer.Option("--frame-size", help="Side of the clip frames "
+                                            "(video modality), pixels.")]
+    = _DEFAULTS.frame_size,
+    image_size: Annotated[int, typer.Option("--image-size", help="Side of the middle frame "
+                                            "(image modality), pixels.")]
+    = _DEFAULTS.image_size,
+    sample_rate: Annotated[int, typer.Option("--sample-rate", help="Audio sample rate, Hz.")]
+    = _DEFAULTS.sample_rate,
+    n_mels: Annotated[int, typer.Option("--n-mels", help="Mel bins of the audio features.")]
+    = _DEFAULTS.n_mels,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, show_default=False,
+        help="Videos prepared in parallel, one process each \\[default: CPU count].")] = None,
+    decoder: Annotated[str, typer.Option("--decoder", help=f"Decode backend: "
+                                         f"{' or '.join(DECODERS)}.")] = _DEFAULTS.decoder,
+    samples_per_shard: Annotated[int, typer.Option("--samples-per-shard", min=1,
+                                                   help="Samples (clips) per shard file.")]
+    = _DEFAULTS.samples_per_shard,
+    videos_per_unit: Annotated[int, typer.Option(
+        "--videos-per-unit", min=1,
+        help="Videos per work unit, the grain of resume and of --part.")]
+    = _DEFAULTS.videos_per_unit,
+    part: Annotated[str, typer.Option("--part", help="Prepare only part I of N: every N-th "
+                                      "unit, starting with unit I-1 (for job arrays).")]
+    = "1/1",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete what OUT_DIR holds "
+                                            "from an earlier run with other settings (with "
+                                            "--part: only that part's units).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any video "
+                                         "failed.")] = False,
+    json_output: Json = False,
+) -> None:
+    """Turn a folder of videos into time-aligned WebDataset shards.
+
+    Each video is cut into clips of --clip-duration seconds every --clip-stride seconds; each
+    clip becomes one sample with its frames, middle image, log-mel audio and the transcript
+    text that overlaps it (from .srt/.vtt/.txt sidecars or embedded subtitles). Broken videos
+    fail alone and are listed; rerunning resumes where a run stopped.
+    """
+
+    def body() -> None:
+        try:
+            config = PrepareConfig(
+                clip_duration=clip_duration, clip_stride=clip_stride, fps=fps,
+                frame_size=frame_size, image_size=image_size, sample_rate=sample_rate,
+                n_mels=n_mels, samples_per_shard=samples_per_shard,
+                videos_per_unit=videos_per_unit, decoder=decoder,
+            )
+            options = RunOptions(workers=workers or default_workers(), part=Part.parse(part),
+                                 overwrite=overwrite)
+        except ConfigError as err:
+            raise CLIError(str(err), hint="see omni prepare --help",
+                           exit_code=EXIT_USAGE) from err
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        try:
+            if json_output:
+                result = prepare(video_dir, out_dir, config, options)
+            else:
+                progress = Progress(
+                    TextColumn("[bold]prepare"), BarColumn(),
+                    TextColumn("{task.fields[videos]} videos"),
+                    TextColumn("{task.fields[clips]} clips"),
+                    TextColumn("{task.fields[rate]} footage-s/s"),
+                    TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=True,
+                )
+                with progress:
+                    result = prepare(video_dir, out_dir, config, options,
+                                     _ProgressBar(progress))
+        except KeyboardInterrupt:
+            raise CLIError("interrupted: the units finished so far are kept",
+                           hint="rerun the same command to resume", exit_code=130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if json_output:
+            console.out(json.dumps(result.to_dict(), ensure_ascii=False),
+                        highlight=False)
+        else:
+            _summary(result)
+        failed = result.totals.failed
+        if strict and failed:
+            if not json_output:
+                console.print(f"[bold red]--strict:[/] {failed} video(s) failed")
+            raise typer.Exit(EXIT_ERROR)
+
+    run_command(body)

@@ -1,0 +1,219 @@
+"""The layout of a prepared folder, and what makes a unit count as done.
+
+```
+OUT_DIR/
+  shards/unit-000012-000000.tar   finished shards (temporary ones end in ".tar.tmp")
+  stats/unit-000012.json          commit marker of unit 12, written last
+  tmp/unit-000012/                part files of unit 12 while it is being prepared
+  manifest.json                   once every unit is done
+```
+
+A unit is **done** iff its stats file exists, was written for the same `Fingerprint` (schema
+version, clip encoding, `PrepareConfig`), lists the same videos as the unit planned now, and
+every shard it lists exists with its recorded size. Anything else about a unit (temporary
+files, shards renamed before a crash cut the stats write short, outputs of an older input
+listing) is stale and removed before the unit is prepared again.
+
+Only these names are ever created or deleted, so an output folder may hold other files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import SCHEMA_VERSION, PrepareConfig
+from pipeline.errors import PipelineError
+from pipeline.plan import WorkUnit, unit_name
+from pipeline.shards import SHARD_DIR, TMP_SUFFIX, ShardInfo, unit_shard_paths
+from pipeline.worker import VideoOutcome
+
+STATS_DIR = "stats"
+TMP_DIR = "tmp"
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Everything that changes the bytes of a sample; outputs of different ones never mix."""
+
+    config: PrepareConfig
+    clip_encoding: str
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": self.schema_version, "clip_encoding": self.clip_encoding,
+                "config": self.config.to_dict()}
+
+    def differences(self, data: dict[str, Any]) -> list[str]:
+        """How the fingerprint stored in `data` (a stats file) differs from this one, as
+        "field: stored -> ours" lines; empty when they match."""
+        ours = self.to_dict()
+        stored_config = data.get("config") if isinstance(data.get("config"), dict) else {}
+        lines = [f"{name}: {data.get(name)!r} -> {ours[name]!r}"
+                 for name in ("schema_version", "clip_encoding") if data.get(name) != ours[name]]
+        for name in sorted(set(ours["config"]) | set(stored_config)):
+            stored, wanted = stored_config.get(name, "<unset>"), ours["config"].get(name, "<unset>")
+            if stored != wanted:
+                lines.append(f"{name}: {stored!r} -> {wanted!r}")
+        return lines
+
+
+@dataclass
+class UnitStats:
+    """The contents of `stats/unit-NNNNNN.json`: a unit's videos, shards and fingerprint."""
+
+    unit: int
+    fingerprint: dict[str, Any]
+    sources: list[str]
+    videos: list[VideoOutcome]
+    shards: list[ShardInfo]
+    finished_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.fingerprint,
+            "unit": self.unit,
+            "sources": self.sources,
+            "finished_at": self.finished_at,
+            "videos": [video.to_dict() for video in self.videos],
+            "shards": [shard.to_dict() for shard in self.shards],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UnitStats:
+        """Parse a stats file; raises ValueError/KeyError/TypeError when it is malformed."""
+        fingerprint = {name: data[name] for name in ("schema_version", "clip_encoding", "config")}
+        return cls(
+            unit=int(data["unit"]),
+            fingerprint=fingerprint,
+            sources=[str(source) for source in data["sources"]],
+            videos=[VideoOutcome.from_dict(video) for video in data["videos"]],
+            shards=[ShardInfo(str(s["path"]), int(s["samples"]), int(s["bytes"]))
+                    for s in data["shards"]],
+            finished_at=str(data.get("finished_at", "")),
+        )
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to a temporary name beside `path`, flush it to disk, then rename: readers
+    see the old file or the new one, never a part. The temporary name carries the host and
+    process id so that two parts writing the same file at once (the manifest, on a shared
+    filesystem) do not collide."""
+    temporary = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}{TMP_SUFFIX}")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, ensure_ascii=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+class OutputDir:
+    """Paths inside a prepared folder and the operations on them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.shards = root / SHARD_DIR
+        self.stats = root / STATS_DIR
+        self.tmp = root / TMP_DIR
+        self.manifest = root / MANIFEST_NAME
+
+    def create(self) -> None:
+        """Create the folders; raises PipelineError when the output folder is unusable."""
+        if self.root.exists() and not self.root.is_dir():
+            raise PipelineError(f"output path {self.root} exists and is not a folder; pass a "
+                                f"folder (it is created if missing)")
+        try:
+            for folder in (self.shards, self.stats, self.tmp):
+                folder.mkdir(parents=True, exist_ok=True)
+            probe = self.tmp / f".write-test.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise PipelineError(f"cannot write to the output folder {self.root}: "
+                                f"{err.strerror or err}; choose a writable folder") from err
+
+    def stats_path(self, unit: int) -> Path:
+        return self.stats / f"{unit_name(unit)}.json"
+
+    def unit_tmp(self, unit: int) -> Path:
+        return self.tmp / unit_name(unit)
+
+    def stats_units(self) -> list[int]:
+        """Unit numbers that have a stats file, sorted."""
+        if not self.stats.is_dir():
+            return []
+        units = []
+        for path in self.stats.glob("unit-*.json"):
+            number = path.stem.removeprefix("unit-")
+            if number.isdigit():
+                units.append(int(number))
+        return sorted(units)
+
+    def read_stats(self, unit: int) -> tuple[dict[str, Any] | None, UnitStats | None]:
+        """(raw JSON, parsed stats) of a unit; (None, None) when missing, (raw or None, None)
+        when unreadable or malformed."""
+        try:
+            raw = json.loads(self.stats_path(unit).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError):
+            return None, None
+        if not isinstance(raw, dict):
+            return None, None
+        try:
+            return raw, UnitStats.from_dict(raw)
+        except (KeyError, TypeError, ValueError):
+            return raw, None
+
+    def is_done(self, unit: WorkUnit, fingerprint: Fingerprint) -> UnitStats | None:
+        """The unit's stats when it is done (see the module docstring), else None."""
+        raw, stats = self.read_stats(unit.index)
+        if raw is None or stats is None or fingerprint.differences(raw):
+            return None
+        if stats.unit != unit.index or stats.sources != unit.rel_paths:
+            return None
+        for shard in stats.shards:
+            try:
+                if (self.root / shard.path).stat().st_size != shard.bytes:
+                    return None
+            except OSError:
+                return None
+        return stats
+
+    def write_stats(self, stats: UnitStats) -> None:
+        write_json_atomic(self.stats_path(stats.unit), stats.to_dict())
+
+    def clear_unit(self, unit: int) -> None:
+        """Remove every output of a unit: stats first (so it stops counting as done), then its
+        shards (final and temporary) and part files."""
+        self.stats_path(unit).unlink(missing_ok=True)
+        for path in self.stats.glob(f"{unit_name(unit)}.json.*{TMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
+        for path in unit_shard_paths(self.root, unit):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.unit_tmp(unit), ignore_errors=True)
+
+    def clear_all(self) -> None:
+        """`--overwrite` of a whole folder: remove the manifest and every unit's outputs."""
+        self.manifest.unlink(missing_ok=True)
+        for folder in (self.stats, self.shards, self.tmp):
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if not path.name.startswith("unit-"):
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)

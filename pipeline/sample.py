@@ -1,0 +1,122 @@
+"""Assemble one shard sample from a decoded window, its video's facts and its transcript.
+
+This is the only place that decides what goes into a sample's members; `pipeline.schema` then
+checks and encodes them. Choices made here:
+
+- **Audio.** A video with an audio stream gets `log_mel` of its window (silence where the
+  stream has ended or not started yet); one without gets `silent_log_mel`, the same values as
+  digital silence, and `has_audio: false` in its json so a trainer can mask the modality.
+- **Text.** `text_for_window` of the video's transcript: the cues overlapping the window for
+  timed transcripts (SRT, WebVTT, embedded); for an untimed `.txt`, the words spread evenly
+  over the video's duration as stated by its container (`transcript_timed: false`). A video
+  whose untimed transcript cannot be placed because the container states no duration gets
+  no text (see `VideoContext.for_video`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.audio import log_mel, silent_log_mel
+from pipeline.config import PrepareConfig
+from pipeline.decode import Window
+from pipeline.discover import VideoSource
+from pipeline.schema import DEFAULT_CLIP_ENCODING, SampleMeta, encode_sample
+from pipeline.transcripts import Transcript, text_for_window
+
+NO_TRANSCRIPT = Transcript([], "none", timed=True)
+
+
+@dataclass(frozen=True)
+class VideoContext:
+    """What every sample of one video shares: its source, stream facts and transcript.
+
+    `text_duration` is the duration an untimed transcript is spread over (None for timed
+    transcripts, which do not need one).
+    """
+
+    source: VideoSource
+    rotation: int
+    has_audio: bool
+    transcript: Transcript
+    text_duration: float | None = None
+    clip_encoding: str = DEFAULT_CLIP_ENCODING
+
+    @classmethod
+    def for_video(
+        cls,
+        source: VideoSource,
+        rotation: int,
+        has_audio: bool,
+        transcript: Transcript,
+        duration_hint: float | None,
+        clip_encoding: str = DEFAULT_CLIP_ENCODING,
+    ) -> tuple[VideoContext, str | None]:
+        """The context of a video, and a warning when its transcript had to be dropped.
+
+        An untimed transcript needs the video's duration before decoding starts (samples are
+        written as they are decoded); `duration_hint` is the container's. Without one the
+        transcript is dropped with a warning rather than the video failing.
+        """
+        warning = None
+        if not transcript.timed and not (duration_hint and duration_hint > 0):
+            warning = ("untimed .txt transcript ignored: the container states no duration to "
+                       "spread its words over")
+            transcript = NO_TRANSCRIPT
+        text_duration = None if transcript.timed else duration_hint
+        return cls(source, rotation, has_audio, transcript, text_duration, clip_encoding), warning
+
+
+def window_text(window: Window, context: VideoContext) -> str:
+    """The transcript text of one window (empty when the video has no transcript)."""
+    if not context.transcript.cues:
+        return ""
+    return text_for_window(context.transcript, window.start, window.end,
+                           context.text_duration or 0.0)
+
+
+@dataclass(frozen=True)
+class SampleFields:
+    """One window's sample before encoding: what the shards store, as arrays."""
+
+    key: str
+    meta: SampleMeta
+    mel: np.ndarray  # (n_mels, mel_frames) float16
+    image: np.ndarray  # (image_size, image_size, 3) uint8
+    frames: np.ndarray  # (frames_per_clip, frame_size, frame_size, 3) uint8
+    text: str
+
+
+def sample_fields(window: Window, context: VideoContext, config: PrepareConfig) -> SampleFields:
+    """The sample of one window; `omni prepare` encodes it, `--video-dir` training uses it as
+    it is, so both see the same mel, text and metadata."""
+    meta = SampleMeta.build(
+        config,
+        source=context.source.rel_path,
+        video_id=context.source.video_id,
+        clip_index=window.index,
+        start=window.start,
+        end=window.end,
+        rotation=context.rotation,
+        has_audio=context.has_audio,
+        transcript_source=context.transcript.source,
+        transcript_timed=context.transcript.timed,
+        clip_encoding=context.clip_encoding,
+    )
+    mel = log_mel(window.audio, config) if context.has_audio else silent_log_mel(config)
+    return SampleFields(meta.key, meta, mel, window.image, window.frames,
+                        window_text(window, context))
+
+
+def assemble_sample(
+    window: Window, context: VideoContext, config: PrepareConfig
+) -> dict[str, str | bytes]:
+    """The webdataset members of one window: `pipeline.schema.encode_sample`'s output.
+
+    Raises ValueError (from the schema's checks) if the window does not match `config`.
+    """
+    f = sample_fields(window, context, config)
+    return encode_sample(f.key, f.meta, f.mel, f.image, f.frames, f.text, config,
+                         context.clip_encoding)

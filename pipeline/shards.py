@@ -1,0 +1,193 @@
+"""Shard files: a video's samples in a temporary tar, and a unit's shards built from them.
+
+Two steps, so that parallel workers never share a file and no shard is ever visible half
+written:
+
+1. A worker process writes the samples of its one video to a *part file*
+   (`tmp/unit-NNNNNN/<video>.<token>.tar`) with webdataset's `TarWriter`, noting the byte
+   offset where each sample's first member starts. A video that fails leaves only a part
+   file that is deleted.
+2. When every video of the unit is finished, the parent copies the samples' byte ranges, in
+   video order, into shards of `samples_per_shard` samples under temporary names
+   (`shards/unit-NNNNNN-SSSSSS.tar.tmp`), flushes each to disk, and only then renames them all
+   to their final names. A tar is a sequence of 512-byte blocks, so a run of samples is a
+   contiguous byte range that can be copied without parsing; each shard ends with the two
+   zero blocks that mark the end of an archive.
+
+Member headers carry a fixed mtime (0) and owner, so the same input and configuration give
+byte-identical shards on every run, whether or not it was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from webdataset import TarWriter
+
+from pipeline.plan import unit_name
+
+SHARD_DIR = "shards"
+TMP_SUFFIX = ".tmp"
+# Fixed header fields: reproducible shards (cf. SOURCE_DATE_EPOCH in reproducible builds).
+MEMBER_MTIME = 0.0
+_END_OF_ARCHIVE = bytes(1024)  # two zero 512-byte blocks
+_COPY_CHUNK = 1 << 20
+
+
+@dataclass
+class PartFile:
+    """A video's samples in a temporary tar: sample i spans bytes [offsets[i], offsets[i+1])
+    and the last one ends at `end`."""
+
+    path: Path
+    offsets: list[int] = field(default_factory=list)
+    end: int = 0
+
+    @property
+    def samples(self) -> int:
+        return len(self.offsets)
+
+    def ranges(self) -> Iterator[tuple[int, int]]:
+        """(start, stop) byte range of each sample, in order."""
+        bounds = [*self.offsets, self.end]
+        return zip(bounds[:-1], bounds[1:], strict=True)
+
+
+class PartWriter:
+    """Writes one video's samples to a part file, remembering where each sample starts.
+
+    Use as a context manager; `close` returns the finished `PartFile`. OSError from the
+    filesystem (a full disk) propagates unchanged so the caller can tell it from bad input.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.part = PartFile(path)
+        self._file = open(path, "wb")  # closed in close()
+        self._tar = TarWriter(self._file, encoder=False, mtime=MEMBER_MTIME)
+
+    def write(self, sample: Mapping[str, str | bytes]) -> None:
+        """Append one sample (`__key__` plus bytes members, as `schema.encode_sample` makes)."""
+        self.part.offsets.append(self._tar.tarstream.offset)
+        self._tar.write(dict(sample))
+        self.part.end = self._tar.tarstream.offset
+
+    def close(self) -> PartFile:
+        """Finish the tar, flush it to the OS and return what was written."""
+        if not self._file.closed:
+            self._tar.close()
+            self._file.close()
+        return self.part
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A finished shard: its path relative to the output folder, samples and size in bytes."""
+
+    path: str
+    samples: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {"path": self.path, "samples": self.samples, "bytes": self.bytes}
+
+
+def shard_name(unit: int, shard: int) -> str:
+    """`unit-000012-000003.tar`: shard 3 of unit 12 (names sort in sample order)."""
+    return f"{unit_name(unit)}-{shard:06d}.tar"
+
+
+def unit_shard_paths(out_dir: Path, unit: int) -> list[Path]:
+    """Every final or temporary shard file of a unit that exists now."""
+    prefix = unit_name(unit) + "-"
+    folder = out_dir / SHARD_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.name.startswith(prefix))
+
+
+def _copy_range(src: BinaryIO, dst: BinaryIO, start: int, stop: int) -> None:
+    src.seek(start)
+    remaining = stop - start
+    while remaining > 0:
+        chunk = src.read(min(remaining, _COPY_CHUNK))
+        if not chunk:
+            raise OSError(f"part file ended {remaining} bytes early")
+        dst.write(chunk)
+        remaining -= len(chunk)
+
+
+_Run = tuple[PartFile, int, int]  # samples [first, stop) of one part file
+
+
+def _batches(parts: list[PartFile], samples_per_shard: int) -> list[list[_Run]]:
+    """Group every sample of `parts` into shards: per shard, its runs of consecutive samples."""
+    shards: list[list[_Run]] = []
+    current: list[_Run] = []
+    filled = 0
+    for part in parts:
+        first = 0
+        while first < part.samples:
+            take = min(samples_per_shard - filled, part.samples - first)
+            current.append((part, first, first + take))
+            first += take
+            filled += take
+            if filled == samples_per_shard:
+                shards.append(current)
+                current, filled = [], 0
+    if current:
+        shards.append(current)
+    return shards
+
+
+def write_unit_shards(
+    parts: list[PartFile], out_dir: Path, unit: int, samples_per_shard: int
+) -> list[ShardInfo]:
+    """Build a unit's shards from its videos' part files (in order) and publish them.
+
+    All shards are written and flushed under temporary names first, then renamed; if anything
+    fails (e.g. the disk is full) the temporary files are removed and the error propagates,
+    so a final name only ever holds a complete shard. Part files are left to the caller.
+    A unit without samples has no shards.
+    """
+    folder = out_dir / SHARD_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[Path, Path, int]] = []  # (temporary, final, samples)
+    try:
+        for index, runs in enumerate(_batches(parts, samples_per_shard)):
+            final = folder / shard_name(unit, index)
+            temporary = final.with_name(final.name + TMP_SUFFIX)
+            with open(temporary, "wb") as dst:
+                written.append((temporary, final, 0))
+                samples = 0
+                for part, first, stop in runs:
+                    with open(part.path, "rb") as src:
+                        start = part.offsets[first]
+                        end = part.offsets[stop] if stop < part.samples else part.end
+                        _copy_range(src, dst, start, end)
+                    samples += stop - first
+                dst.write(_END_OF_ARCHIVE)
+                dst.flush()
+                # A full disk may only surface at fsync; a shard must be on disk before its
+                # name says it is complete.
+                os.fsync(dst.fileno())
+            written[-1] = (temporary, final, samples)
+    except BaseException:
+        for temporary, _, _ in written:
+            temporary.unlink(missing_ok=True)
+        raise
+    shards = []
+    for temporary, final, samples in written:
+        os.replace(temporary, final)
+        shards.append(ShardInfo(final.relative_to(out_dir).as_posix(), samples,
+                                final.stat().st_size))
+    return shards
