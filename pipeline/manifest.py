@@ -11,8 +11,8 @@ the sample counts and the `PrepareConfig` from it:
  "created": "2025-01-31T12:00:00Z", "units": 3,
  "shards": [{"path": "shards/unit-000000-000000.tar", "samples": 812, "bytes": 51234816,
              "unit": 0}, ...],
- "totals": {"videos", "prepared", "failed", "skipped", "clips", "footage_seconds", "shards",
-            "bytes"},
+ "totals": {"videos", "prepared", "failed", "skipped", "clips", "clips_with_text",
+            "footage_seconds", "shards", "bytes"},
  "failures": [{"source", "reason"}], "skipped": [{"source", "reason"}],
  "warnings": [{"source", "warning"}]}
 ```
@@ -39,6 +39,7 @@ class Totals:
     failed: int = 0
     skipped: int = 0
     clips: int = 0
+    clips_with_text: int = 0
     footage_seconds: float = 0.0  # decoded duration of the prepared videos
     shards: int = 0
     bytes: int = 0
@@ -52,6 +53,7 @@ class Totals:
             failed=sum(video.status == FAILED for video in videos),
             skipped=sum(video.status == SKIPPED for video in videos),
             clips=sum(video.clips for video in videos),
+            clips_with_text=sum(video.clips_with_text for video in videos),
             footage_seconds=round(sum(video.footage_seconds for video in prepared), 3),
             shards=shards,
             bytes=size,

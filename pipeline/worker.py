@@ -67,7 +67,7 @@ from pipeline.decode import DecodeStats, Window, iter_windows, probe
 from pipeline.discover import VideoSource
 from pipeline.errors import DecodeError, PipelineError
 from pipeline.sample import NO_TRANSCRIPT, VideoContext, assemble_sample
-from pipeline.schema import DEFAULT_CLIP_ENCODING
+from pipeline.schema import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
 from pipeline.shards import PartFile, PartWriter
 from pipeline.transcripts import Transcript, find_transcript
 
@@ -113,6 +113,7 @@ class VideoOutcome:
     reason: str | None = None  # why it failed or was skipped
     warnings: list[str] = field(default_factory=list)
     clips: int = 0
+    clips_with_text: int = 0  # clips whose window overlaps some transcript text
     footage_seconds: float = 0.0  # decoded duration (0 when it could not be decoded)
     has_audio: bool | None = None
     rotation: int | None = None
@@ -197,6 +198,7 @@ class _Writer:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.last_end = 0.0
+        self.with_text = 0  # samples whose transcript text is not empty
         try:
             self._writer = PartWriter(path)
         except OSError as err:
@@ -213,6 +215,7 @@ class _Writer:
         except OSError as err:
             raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
         self.last_end = end
+        self.with_text += bool(sample.get(MEMBER_TEXT))
 
     def close(self) -> PartFile:
         try:
@@ -346,6 +349,7 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
     try:
         decode_error = _decode_and_write(task, context, stats, writer, send)
         outcome.clips = writer.samples
+        outcome.clips_with_text = writer.with_text
         if decode_error is not None:
             if outcome.clips == 0:
                 outcome.reason = str(decode_error)
