@@ -264,7 +264,7 @@ def train(
         if source is not None:
             sizes = model_sizes(source.expected)
             schedule = schedule or DEFAULT_SCHEDULE
-            console.print(f"data: {source.description}")
+            console.print(f"data: {source.description}", soft_wrap=True)
         model_config = OmniLatentConfig(hidden_dim=dim, num_layers=layers, num_heads=heads,
                                         vocab_size=vocab,
                                         gradient_checkpointing=grad_checkpointing, **sizes)

@@ -116,8 +116,8 @@ class Schedule:
             raise ConfigError(f"phase shares must sum to 1, got {sum(shares):.6g} ({detail})")
 
     def spans(self, total_steps: int) -> list[PhaseSpan]:
-        """Step ranges per phase; share boundaries are rounded from cumulative shares, so the
-        spans tile [0, total_steps) exactly."""
+        """Step ranges per phase; share boundaries are cumulative shares rounded half up, so
+        the spans tile [0, total_steps) exactly."""
         fixed = sum(p.steps for p in self.phases if p.steps is not None)
         if fixed > total_steps:
             raise ConfigError(f"phases with fixed steps need {fixed} steps but the run has "
@@ -132,7 +132,7 @@ class Schedule:
                 length = phase.steps
             else:
                 cumulative += phase.share or 0.0
-                length = round(flexible * cumulative) - sum(
+                length = math.floor(flexible * cumulative + 0.5) - sum(
                     s.end - s.start for s in spans if s.phase.share is not None)
             spans.append(PhaseSpan(phase, start, start + length))
             start += length

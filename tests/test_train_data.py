@@ -1,0 +1,193 @@
+"""Training from prepared shards and from raw videos (issue: curriculum from shards)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from media import make_video
+from typer.testing import CliRunner
+
+from cli.app import app
+from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.errors import CheckpointError, ConfigError
+from omnilatent.training import TrainConfig
+from omnilatent.training.curriculum import CurriculumTrainer
+from omnilatent.training.rng import seed_everything
+from omnilatent.training.sources import check_data_fits_model, model_sizes, shard_source
+from omnilatent.training.video_dataset import VideoWatchingDataset, video_watching_loader
+from pipeline.config import PrepareConfig
+from pipeline.prepare import RunOptions, prepare
+from pipeline.schema import expected_from_config
+from pipeline.tokenizer import byte_detokenize, byte_tokenizer
+
+runner = CliRunner()
+SRT = "1\n00:00:02,000 --> 00:00:03,000\nhello there\n\n2\n00:00:04,500 --> 00:00:05,000\nbye\n"
+
+
+def _videos(root: Path, transcripts: bool) -> Path:
+    root.mkdir()
+    make_video(root / "a.mp4", duration=5.0, size=(64, 48))
+    make_video(root / "b.mkv", duration=4.0, size=(64, 48), tone_hz=880.0)
+    if transcripts:
+        (root / "a.srt").write_text(SRT, encoding="utf-8")
+        (root / "b.txt").write_text("one two three four", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("data")
+    videos = _videos(base / "videos", transcripts=True)
+    result = prepare(videos, base / "out", PrepareConfig(samples_per_shard=4),
+                     RunOptions(workers=2))
+    assert result.manifest is not None
+    return videos, base / "out"
+
+
+class _Recording:
+    """Wraps a loader and records the keys of every batch it hands out."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.keys = loader, []
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.keys.append(list(batch["__key__"]))
+            yield batch
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.loader.load_state_dict(state)
+
+
+def _trainer(out: Path, save_dir: Path, steps: int) -> tuple[CurriculumTrainer, _Recording]:
+    seed_everything(0)
+    source = shard_source(str(out), 2, seed=0, workers=0, tokenizer=byte_tokenizer,
+                          max_text_len=32)
+    cfg = OmniLatentConfig(hidden_dim=32, num_layers=1, num_heads=4, vocab_size=300,
+                           **model_sizes(source.expected))
+    loader = _Recording(source.loader)
+    trainer = CurriculumTrainer(OmniLatentModel(cfg), TrainConfig(log_interval=1, lr=1e-3),
+                                loader, total_steps=steps, save_dir=save_dir,
+                                corpus_has_text=source.corpus_has_text)
+    return trainer, loader
+
+
+def test_curriculum_over_shards_resumes_inside_a_phase_bit_identically(prepared,
+                                                                        tmp_path) -> None:
+    _, out = prepared
+    steps = 12  # 7 samples per epoch / batch 2: crosses epochs and every phase boundary
+    straight, seen_a = _trainer(out, tmp_path / "a", steps)
+    result_a = straight.train()
+    phases = [r["phase"] for r in map(json.loads,
+                                      (tmp_path / "a" / "metrics.jsonl").read_text().splitlines())]
+    assert phases[0] == "warmup" and phases[-1] == "joint"
+    assert len(set(phases)) == 5
+
+    first, _ = _trainer(out, tmp_path / "b", steps)
+    first.train(should_stop=lambda: first.step >= 6)
+    assert first.span_at(5).phase.name == first.span_at(6).phase.name == "temporal"  # inside
+    resumed, seen_b = _trainer(out, tmp_path / "b", steps)
+    resumed.resume(tmp_path / "b" / "step-00000006")
+    result_b = resumed.train()
+
+    assert seen_a.keys[6:] == seen_b.keys  # the same samples in the same order
+    assert [h["loss"] for h in result_a.history][6:] == [h["loss"] for h in result_b.history]
+    assert [h["task"] for h in result_a.history][6:] == [h["task"] for h in result_b.history]
+    for (name, x), (_, y) in zip(straight.model.state_dict().items(),
+                                 resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_manifest_sizes_must_fit_the_model(prepared, tmp_path) -> None:
+    _, out = prepared
+    expected = expected_from_config(PrepareConfig())
+    wrong = OmniLatentConfig(hidden_dim=32, num_layers=1, num_heads=4, video_size=64)
+    with pytest.raises(ConfigError, match="frame_size=112 but model video_size=64"):
+        check_data_fits_model(expected, wrong)
+    trainer, _ = _trainer(out, tmp_path / "c", 2)
+    trainer.train()
+    other = CurriculumTrainer(
+        OmniLatentModel(OmniLatentConfig(hidden_dim=32, num_layers=1, num_heads=4,
+                                         vocab_size=300, image_size=112)),
+        TrainConfig(), trainer.dataloader, total_steps=2)
+    with pytest.raises(CheckpointError, match="image_size"):
+        other.resume(tmp_path / "c" / "step-00000002")
+
+
+def test_omni_train_shards_end_to_end(prepared, tmp_path) -> None:
+    _, out = prepared
+    save = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--shards", str(out), "--phase-schedule", "default",
+                                 "--steps", "10", "--batch-size", "2", "--dim", "32",
+                                 "--layers", "1", "--heads", "4", "--log-interval", "1",
+                                 "--save-dir", str(save)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records] == (["warmup"] + ["crossmodal"] * 3 + ["temporal"] * 2
+                                             + ["grounding"] * 2 + ["joint"] * 2)
+    assert (save / "step-00000010" / "model.safetensors").is_file()
+    for phase in ("warmup", "crossmodal", "temporal", "grounding", "joint"):
+        assert f"phase '{phase}'" in result.output
+
+
+def test_corpus_without_transcripts_is_announced(tmp_path) -> None:
+    videos = _videos(tmp_path / "videos", transcripts=False)
+    prepare(videos, tmp_path / "out", PrepareConfig(), RunOptions(workers=1))
+    result = runner.invoke(app, ["train", "--shards", str(tmp_path / "out"), "--steps", "8",
+                                 "--batch-size", "2", "--dim", "32", "--layers", "1",
+                                 "--heads", "4", "--save-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "no transcripts" in result.output
+    assert "grounding" in result.output
+
+
+def test_video_watching_dataset_uses_the_prepare_pipeline(prepared) -> None:
+    videos, out = prepared
+    cfg = OmniLatentConfig(hidden_dim=32, num_layers=1, num_heads=4)
+    dataset = VideoWatchingDataset(videos, cfg, clip_duration=2.0, clip_stride=1.0,
+                                   tokenizer_fn=byte_tokenizer)
+    samples = {s["__key__"]: s for s in dataset}
+    assert len(samples) == 4 + 3  # 5 s and 4 s videos: floor((D - 2) / 1) + 1 clips each
+    by_start = {(s["meta"]["source"], s["meta"]["start"]): s for s in samples.values()}
+    texts = {k: byte_detokenize(v["text"].tolist()) for k, v in by_start.items()}
+    assert texts[("a.mp4", 0.0)] == "" and texts[("a.mp4", 1.0)] == "hello there"
+    assert texts[("a.mp4", 2.0)] == "hello there" and texts[("a.mp4", 3.0)] == "bye"
+    assert by_start[("b.mkv", 0.0)]["meta"]["transcript_timed"] is False
+    assert "one" in texts[("b.mkv", 0.0)]
+    # the same keys as the prepared shards
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["clips"] == len(samples)
+    assert manifest["totals"]["clips_with_text"] == sum(bool(t) for t in texts.values())
+
+    loader = video_watching_loader(dataset, batch_size=3)
+    batches = list(loader)
+    assert batches[0]["video"].shape == (3, 3, 16, 112, 112)
+    assert batches[0]["image"].shape == (3, 3, 224, 224)
+    assert batches[0]["audio"].shape == (3, 128, 200)
+    assert batches[0]["video"].min() >= -1 and batches[0]["video"].max() <= 1
+    again = video_watching_loader(dataset, batch_size=3)
+    again.load_state_dict({"epoch": 0, "batches": 1, "workers": 0})
+    assert [b["__key__"] for b in again] == [b["__key__"] for b in batches[1:]]
+
+
+def test_omni_train_video_dir(prepared, tmp_path) -> None:
+    videos, _ = prepared
+    result = runner.invoke(app, ["train", "--video-dir", str(videos), "--steps", "3",
+                                 "--batch-size", "2", "--dim", "32", "--layers", "1",
+                                 "--heads", "4", "--save-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "decoded on the fly" in result.output
+    assert (tmp_path / "run" / "step-00000003").is_dir()
+
+
+def test_two_data_sources_are_refused(prepared, tmp_path) -> None:
+    videos, out = prepared
+    result = runner.invoke(app, ["train", "--shards", str(out), "--video-dir", str(videos),
+                                 "--save-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "exactly one data source" in result.output
