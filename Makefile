@@ -12,7 +12,6 @@ install: $(STAMP)
 # Reinstall only when the package definition changes.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -24,9 +23,15 @@ lint: install
 
 ci: lint test
 
+# The main job on an embedded default: generated footage -> shards -> checks -> a short
+# curriculum through all five phases, on CPU.
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(BIN)/omni train --synthetic --steps 48 --dim 64 --layers 2 --heads 4 --device cpu \
+	$(BIN)/omni demo-videos $(DEMO_DIR)/videos
+	$(BIN)/omni prepare $(DEMO_DIR)/videos $(DEMO_DIR)/shards
+	$(BIN)/omni inspect $(DEMO_DIR)/shards --verify --samples 3
+	$(BIN)/omni train --shards $(DEMO_DIR)/shards --phase-schedule default --steps 60 \
+		--batch-size 4 --dim 64 --layers 2 --heads 4 --device cpu --log-interval 10 \
 		--save-dir $(DEMO_DIR)/train
 
 clean:

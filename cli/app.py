@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from cli import demo_videos as demo_videos_cmd
+from cli import inspect as inspect_cmd
+from cli import prepare as prepare_cmd
 from cli import train as train_cmd
 
 app = typer.Typer(
@@ -30,7 +33,10 @@ def root(
         raise typer.Exit()
 
 
+app.command("prepare", epilog=prepare_cmd.EXAMPLES)(prepare_cmd.prepare_command)
+app.command("inspect", epilog=inspect_cmd.EXAMPLES)(inspect_cmd.inspect_command)
 app.command("train", epilog=train_cmd.EXAMPLES)(train_cmd.train)
+app.command("demo-videos", epilog=demo_videos_cmd.EXAMPLES)(demo_videos_cmd.demo_videos)
 
 
 def main() -> None:

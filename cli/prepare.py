@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.console import console
+from cli.console import console, human_bytes
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
 from cli.options import Json
 from pipeline.config import DECODERS, PrepareConfig
@@ -104,15 +104,6 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
 def _summary(result: PrepareResult) -> None:
     totals, plan = result.totals, result.plan
     table = Table(title="prepare summary", show_header=False)
@@ -123,7 +114,7 @@ def _summary(result: PrepareResult) -> None:
     table.add_row("clips", f"{totals.clips}")
     table.add_row("footage", f"{totals.footage_seconds / 3600:.2f} h "
                   f"({totals.footage_seconds:.0f} s)")
-    table.add_row("shards", f"{totals.shards} ({_size(totals.bytes)})")
+    table.add_row("shards", f"{totals.shards} ({human_bytes(totals.bytes)})")
     units = f"{plan.units_in_part} of {plan.units}: {plan.units_todo} prepared now"
     if plan.units_done:
         units += f", {plan.units_done} already done (skipped)"

@@ -44,15 +44,27 @@ from pipeline.tokenizer import byte_tokenizer, sentencepiece_tokenizer
 EXAMPLES = """
 [bold]Examples[/]
 
-  Check the pipeline and memory on seeded synthetic data (tiny model, CPU):
-    [cyan]omni train --synthetic --steps 30 --dim 64 --layers 2 --heads 4 --save-dir runs/tiny[/]
+  Curriculum (5 phases) over shards written by `omni prepare`, tiny model on CPU:
+    [cyan]omni train --shards data/prepared --phase-schedule default --steps 40 \\
+      --batch-size 4 --dim 64 --layers 2 --heads 4 --save-dir runs/tiny[/]
 
-  Continue that run from its newest complete checkpoint:
-    [cyan]omni train --synthetic --steps 60 --dim 64 --layers 2 --heads 4 \\
-      --save-dir runs/tiny --resume auto[/]
+  Killed or stopped? Continue exactly where it stopped:
+    [cyan]omni train --shards data/prepared --steps 40 --batch-size 4 --dim 64 \\
+      --layers 2 --heads 4 --save-dir runs/tiny --resume auto[/]
 
-  Default 140M model on a GPU, checkpoint every 500 steps:
-    [cyan]omni train --synthetic --steps 5000 --batch-size 4 --device cuda \\
+  Custom phase shares, or a TOML/JSON schedule file:
+    [cyan]omni train --shards data/prepared \\
+      --phase-schedule warmup=0.05,crossmodal=0.3,temporal=0.3,grounding=0.1,joint=0.25[/]
+    [cyan]omni train --shards data/prepared --phase-schedule schedule.toml[/]
+
+  Learn straight from a folder of videos (decoded on the fly, no shards):
+    [cyan]omni train --video-dir ~/videos --steps 200 --dim 128 --layers 4 --heads 4[/]
+
+  Check the training loop and memory on synthetic data (all 16 modality pairs in turn):
+    [cyan]omni train --synthetic --steps 30 --dim 64 --layers 2 --heads 4 --save-dir runs/syn[/]
+
+  Default 140M model on a GPU with AMP and gradient checkpointing:
+    [cyan]omni train --shards data/prepared --steps 5000 --batch-size 4 --device cuda \\
       --grad-checkpointing --save-dir runs/base --save-every 500[/]
 """
 

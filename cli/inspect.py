@@ -1,0 +1,333 @@
+"""`omni inspect`: what a set of shards holds, whether every sample is sound, and previews.
+
+The reading happens in `pipeline.inspect`; this module picks what to run from the options,
+draws the progress bars and renders the results as tables or, with `--json`, as one JSON
+document on stdout (nothing else is printed there). Exit status: 0 when all went well, 1 when
+`--verify` found a problem or PATH is unusable, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from cli.console import console, human_bytes
+from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
+from cli.options import Json
+from pipeline.inspect import (
+    ExportedSample,
+    ProgressFn,
+    SampleView,
+    Summary,
+    Target,
+    VerifyResult,
+    export_samples,
+    list_samples,
+    open_target,
+    summarize,
+    verify,
+)
+from pipeline.prepare import default_workers
+
+EXAMPLES = """
+[bold]Examples[/]
+
+  Summarise a prepared folder: shards, samples, footage, member shapes, transcripts, failures:
+    [cyan]omni inspect data/prepared[/]
+
+  Read and check every sample against the schema and the manifest (exit 1 on any problem):
+    [cyan]omni inspect data/prepared --verify[/]
+
+  Print the first 10 samples with their times and transcripts:
+    [cyan]omni inspect data/prepared --samples 10[/]
+
+  Write frame, clip (GIF and contact sheet), mel image and transcript of 4 samples:
+    [cyan]omni inspect data/prepared --export previews/[/]
+
+  One shard, or a brace pattern (quoted, so that the shell leaves the braces alone):
+    [cyan]omni inspect data/prepared/shards/unit-000000-000000.tar[/]
+    [cyan]omni inspect 'data/prepared/shards/unit-{000000..000003}-000000.tar' --verify[/]
+
+  Everything as one JSON document for scripts:
+    [cyan]omni inspect data/prepared --verify --json > inspect.json[/]
+"""
+
+T = TypeVar("T")
+
+DEFAULT_EXPORT = 4  # samples written by --export without --samples
+PARALLEL_FROM = 2000  # --verify uses every CPU from this many samples on (else one process)
+_MAX_LISTED = 20  # problems, failures and shards listed in the human output
+
+
+class _Bar:
+    """A progress callback for `pipeline.inspect`: bytes drive the bar, samples the rate."""
+
+    def __init__(self, progress: Progress, description: str, total_bytes: int) -> None:
+        self.progress = progress
+        self.samples = 0
+        self.task = progress.add_task(description, total=max(total_bytes, 1), samples=0,
+                                      rate="-")
+
+    def __call__(self, samples: int, size: int) -> None:
+        self.samples += samples
+        elapsed = self.progress.tasks[self.task].elapsed or 0.0
+        rate = f"{self.samples / elapsed:.0f}" if elapsed > 0 else "-"
+        self.progress.update(self.task, advance=size, samples=self.samples, rate=rate)
+
+
+def _with_bar(step: Callable[[ProgressFn | None], T], description: str, target: Target,
+              show: bool) -> T:
+    """`step(progress callback)` under a transient bar over the shards' bytes, or bare."""
+    if not show:
+        return step(None)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+        TextColumn("{task.fields[samples]} samples"), TextColumn("{task.fields[rate]} samples/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+    )
+    with progress:
+        return step(_Bar(progress, description, target.shard_bytes()))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _percent(part: int, whole: int) -> str:
+    return "-" if whole == 0 else f"{100 * part / whole:.0f}% ({part}/{whole})"
+
+
+def _seconds(value: float) -> str:
+    seconds = f"{value:.1f}" if value < 100 else f"{value:.0f}"
+    return f"{value / 3600:.2f} h ({seconds} s)"
+
+
+# --------------------------------------------------------------------------- rendering
+def _describe(target: Target) -> str:
+    if target.kind != "directory":
+        return _count(len(target.shards), "shard")
+    if target.manifest is None:
+        return "prepared folder without manifest.json"
+    created = f", written {target.created}" if target.created else ""
+    return f"prepared folder (manifest{created})"
+
+
+def _render_summary(summary: Summary) -> None:
+    target = summary.target
+    path = target.path if len(target.path) <= 100 else target.path[:99] + "…"
+    console.print(f"[bold]{escape(path)}[/]: {_describe(target)}", soft_wrap=True)
+    table = Table(show_header=False, title="inspect summary")
+    shards = summary.shards
+    damaged = [entry for entry in shards if entry.error is not None]
+    table.add_row("shards", f"{len(shards)} ({human_bytes(summary.shard_bytes)})"
+                  + (f", [red]{len(damaged)} missing or unreadable[/]" if damaged else ""))
+    samples = str(summary.samples)
+    expected = summary.expected_samples
+    if expected is not None:
+        colour = "green" if expected == summary.samples else "red"
+        samples += f" [{colour}](recorded: {expected})[/]"
+    table.add_row("samples", samples)
+    videos = f"{summary.videos} with samples"
+    totals = target.totals
+    if totals is not None:
+        videos += (f"; prepare saw {totals.get('videos')}: {totals.get('prepared')} prepared, "
+                   f"[red]{totals.get('failed')} failed[/], "
+                   f"[yellow]{totals.get('skipped')} skipped[/]")
+    table.add_row("videos", videos)
+    if summary.footage_seconds is not None:
+        table.add_row("footage", f"{_seconds(summary.footage_seconds)} of prepared video")
+    else:
+        table.add_row("footage", f"unknown without a manifest; the windows span "
+                                 f"{_seconds(summary.span_seconds)}")
+    table.add_row("clip-seconds", f"{summary.clip_seconds:.0f} s in {summary.samples} windows "
+                                  f"(windows overlap, so this is not footage)")
+    coverage = ", ".join(f"{escape(item.source)} {item.with_text}/{item.samples}"
+                         for item in summary.transcripts)
+    table.add_row("transcripts", f"{_percent(summary.with_text, summary.samples)} of samples "
+                                 f"have text" + (f": {coverage}" if coverage else ""))
+    table.add_row("audio", f"{_percent(summary.with_audio, summary.samples)} of samples have "
+                           f"an audio track")
+    if summary.unreadable_meta:
+        table.add_row("unreadable", f"[red]{summary.unreadable_meta} samples have no readable "
+                                    f"json or txt[/] (run --verify for details)")
+    console.print(table)
+
+    if summary.members:
+        members = Table(title="members (first samples)")
+        for column in ("member", "type", "dtype", "shape", "mean size"):
+            members.add_column(column, justify="right" if column == "mean size" else "left")
+        for member in summary.members:
+            kind = "[red]not read (unsafe or unknown type)[/]" if member.kind == "unread" \
+                else member.kind
+            shape = "" if member.shape is None else "(" + ", ".join(map(str, member.shape)) + ")"
+            members.add_row(escape(member.name), kind, member.dtype or "", shape,
+                            human_bytes(member.mean_bytes))
+        console.print(members)
+    if target.config is not None:
+        config = {**target.config, "clip_encoding": target.clip_encoding}
+        console.print("prepare config: " + " ".join(f"{name}={value}" for name, value
+                                                    in config.items()), soft_wrap=True)
+    for entry in damaged[:_MAX_LISTED]:
+        console.print(f"[red]shard {escape(entry.path)}:[/] {escape(entry.error or '')}",
+                      soft_wrap=True)
+    _render_issues(target)
+    for note in target.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+
+
+def _render_issues(target: Target) -> None:
+    failures = [issue for issue in target.issues if issue.status != "warning"]
+    if failures:
+        listing = Table(title="videos not prepared (recorded at prepare time)")
+        listing.add_column("video", overflow="fold")
+        listing.add_column("status")
+        listing.add_column("reason", overflow="fold")
+        for issue in failures[:_MAX_LISTED]:
+            colour = "red" if issue.status == "failed" else "yellow"
+            listing.add_row(escape(issue.source), f"[{colour}]{issue.status}[/]",
+                            escape(issue.reason))
+        console.print(listing)
+        if len(failures) > _MAX_LISTED:
+            console.print(f"... and {len(failures) - _MAX_LISTED} more (see --json)")
+    warnings = [issue for issue in target.issues if issue.status == "warning"]
+    if warnings:
+        console.print(f"[yellow]{len(warnings)} prepare warning(s)[/] (videos prepared anyway):")
+        for issue in warnings[:_MAX_LISTED]:
+            console.print(f"  {escape(issue.source)}: {escape(issue.reason)}", soft_wrap=True)
+
+
+def _render_samples(views: list[SampleView]) -> None:
+    table = Table(title=f"first {_count(len(views), 'sample')}")
+    table.add_column("key", overflow="fold")
+    table.add_column("source", overflow="fold")
+    table.add_column("time (s)", no_wrap=True)
+    table.add_column("audio")
+    table.add_column("transcript", overflow="fold")
+    for view in views:
+        if view.source is None:
+            table.add_row(escape(view.key), "[red]json does not decode[/]", "", "", "")
+            continue
+        times = f"{view.start:.2f}–{view.end:.2f}"
+        text = escape(view.text) if view.text else f"[dim]({view.transcript_source}, empty)[/]"
+        table.add_row(escape(view.key), escape(view.source), times,
+                      "yes" if view.has_audio else "[yellow]no[/]", text)
+    console.print(table)
+
+
+def _render_verify(result: VerifyResult) -> None:
+    scope = (f"{_count(result.samples, 'sample')} in {_count(result.shards, 'shard')} "
+             f"({human_bytes(result.bytes)}) "
+             f"read in {result.elapsed_s:.1f} s ({result.samples_per_s:.0f} samples/s)")
+    if result.ok:
+        console.print(f"verify: [bold green]OK[/], {scope}: every sample decodes and matches "
+                      f"the schema and the recorded counts")
+        return
+    console.print(f"verify: [bold red]{result.problem_count} problem(s)[/], {scope}")
+    table = Table(title="problems")
+    table.add_column("shard", overflow="fold")
+    table.add_column("sample", overflow="fold")
+    table.add_column("problem", overflow="fold")
+    for problem in result.problems[:_MAX_LISTED]:
+        shard = Path(problem.shard).name if problem.shard else "(all)"
+        table.add_row(escape(shard), escape(problem.key or ""), escape(problem.message))
+    console.print(table)
+    if result.problem_count > _MAX_LISTED:
+        console.print(f"... and {result.problem_count - _MAX_LISTED} more (--json lists the "
+                      f"first {len(result.problems)})")
+
+
+def _render_export(exported: list[ExportedSample], folder: Path) -> None:
+    written = sum(1 for item in exported if item.error is None)
+    console.print(f"exported {written} sample(s) to {folder}:", soft_wrap=True)
+    for item in exported:
+        if item.error is not None:
+            console.print(f"  [red]{escape(item.key)}: not exported[/]: {escape(item.error)}",
+                          soft_wrap=True)
+        else:
+            stem = Path(item.files["txt"]).stem
+            console.print(f"  {escape(stem)}.{{{','.join(item.files)}}}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- command
+def inspect_command(
+    paths: Annotated[list[Path], typer.Argument(
+        metavar="PATH", show_default=False,
+        help="A folder written by omni prepare, or .tar shards and brace patterns "
+             "(shards/unit-{000000..000003}-000000.tar).")],
+    samples: Annotated[int | None, typer.Option(
+        "--samples", min=0, show_default=False,
+        help=f"Print the first K samples (key, source, times, transcript); with --export, "
+             f"export K samples \\[default: {DEFAULT_EXPORT}].")] = None,
+    verify_all: Annotated[bool, typer.Option(
+        "--verify", help="Decode and check every sample against the schema and the "
+                         "manifest; exit 1 on any problem.")] = False,
+    export: Annotated[Path | None, typer.Option(
+        "--export", metavar="DIR", show_default=False,
+        help="Write frame PNG, clip GIF, contact sheet, mel PNG and transcript of the first "
+             "samples to DIR.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, show_default=False,
+        help=f"Processes for --verify \\[default: CPU count from {PARALLEL_FROM} samples on, "
+             f"else 1].")] = None,
+    json_output: Json = False,
+) -> None:
+    """Show what prepared shards hold; check them; export samples to look at.
+
+    The default summary reads the json and txt of every sample (the media members are skipped
+    over) and decodes the first few samples for member dtypes and shapes.
+    """
+
+    def body() -> None:
+        if len(paths) > 1 and any(path.is_dir() for path in paths):
+            raise CLIError("a prepared folder is inspected on its own",
+                           hint="pass the folder alone, or only shard files and patterns",
+                           exit_code=EXIT_USAGE)
+        if export is not None and export.exists() and not export.is_dir():
+            raise CLIError(f"--export {export}: exists and is not a folder",
+                           hint="pass a folder (it is created if missing)", exit_code=EXIT_USAGE)
+        target = open_target(paths)
+        show = not json_output  # human output is printed step by step, JSON once at the end
+        document: dict[str, Any] = {"summary": None, "samples": None, "verify": None,
+                                    "export": None}
+        summary = _with_bar(lambda bar: summarize(target, bar), "scan", target, show)
+        document["summary"] = summary.to_dict()
+        if show:
+            _render_summary(summary)
+        if samples is not None:
+            views = list_samples(target, samples)
+            document["samples"] = [vars(view) for view in views]
+            if show:
+                _render_samples(views)
+        result = None
+        if verify_all:
+            count = workers or (default_workers() if summary.samples >= PARALLEL_FROM else 1)
+            result = _with_bar(lambda bar: verify(target, count, bar), "verify", target, show)
+            document["verify"] = result.to_dict()
+            if show:
+                _render_verify(result)
+        if export is not None:
+            exported = export_samples(target, export,
+                                      DEFAULT_EXPORT if samples is None else samples)
+            document["export"] = {"dir": str(export), "samples": [vars(e) for e in exported]}
+            if show:
+                _render_export(exported, export)
+        if json_output:
+            console.out(json.dumps(document, ensure_ascii=False), highlight=False)
+        if result is not None and not result.ok:
+            raise typer.Exit(EXIT_ERROR)
+
+    run_command(body)
