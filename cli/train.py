@@ -147,14 +147,26 @@ def _install_stop_handler() -> list[bool]:
 
 
 def _summary(records: list[dict[str, Any]], save_dir: Path, result: Any) -> None:
-    table = Table(title="training summary", show_header=False)
-    table.add_row("steps", str(result.step))
+    table = Table(title=f"training summary: {result.step} steps")
+    table.add_column("task")
+    table.add_column("first logged loss", justify="right")
+    table.add_column("last logged loss", justify="right")
+    first: dict[str, tuple[int, float]] = {}
+    last: dict[str, tuple[int, float]] = {}
+    for record in records:
+        for task, loss in record["losses"].items():
+            first.setdefault(task, (record["step"], loss))
+            last[task] = (record["step"], loss)
+    for task in first:
+        table.add_row(task, f"{first[task][1]:.4f} (step {first[task][0]})",
+                      f"{last[task][1]:.4f} (step {last[task][0]})")
     if records:
-        table.add_row("loss (first log)", f"{records[0]['loss']:.4f} at step {records[0]['step']}")
-        table.add_row("loss (last log)", f"{records[-1]['loss']:.4f} at step {records[-1]['step']}")
-    if result.interrupted:
-        table.add_row("status", "interrupted: rerun with --resume auto to continue")
+        table.add_row("[bold]all (window mean)[/]", f"{records[0]['loss']:.4f} "
+                      f"(step {records[0]['step']})",
+                      f"{records[-1]['loss']:.4f} (step {records[-1]['step']})")
     console.print(table)
+    if result.interrupted:
+        console.print("[yellow]interrupted: rerun with --resume auto to continue[/]")
     # paths on their own unwrapped lines, so they can be copied whatever the terminal width
     if result.last_checkpoint is not None:
         console.print(f"checkpoint: {result.last_checkpoint}", soft_wrap=True)
