@@ -40,7 +40,7 @@ def test_train_synthetic_end_to_end(tmp_path) -> None:
 def test_train_without_data_source_is_a_usage_error(tmp_path) -> None:
     result = runner.invoke(app, ["train", "--steps", "1", "--save-dir", str(tmp_path)])
     assert result.exit_code == 2
-    assert "choose a data source" in result.output
+    assert "choose exactly one data source" in result.output
 
 
 def test_bad_model_shape_is_reported_without_traceback(tmp_path) -> None:
