@@ -109,6 +109,9 @@ def test_corrupt_and_partial_checkpoints_are_reported_and_skipped(tmp_path, tiny
     assert "truncated" in reasons[0] and "SHA-256" in reasons[1] and "partial" in reasons[2]
     with pytest.raises(CheckpointError):
         verify_checkpoint(tmp_path / "step-00000004")
+    trainer.save()  # the next save clears the debris of the killed one
+    assert not (tmp_path / ".tmp-step-00000005-123").exists()
+    verify_checkpoint(tmp_path / "step-00000004")
 
 
 def test_keep_last_prunes_old_checkpoints(tmp_path, tiny_config) -> None:

@@ -65,9 +65,9 @@ def save_checkpoint(
     """
     save_dir.mkdir(parents=True, exist_ok=True)
     final = save_dir / step_dir_name(step)
+    for stale in save_dir.glob(".tmp-step-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = save_dir / f".tmp-{step_dir_name(step)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
     save_file(tensors, str(tmp / MODEL_FILE))

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from omnilatent.errors import ConfigError, OmniLatentError
 from omnilatent.model import OmniLatentModel
@@ -47,6 +46,11 @@ PAIR_TASKS: dict[str, tuple[str, str]] = {
     "audio_to_image": ("audio", "image"),
 }
 TASK_NAMES = (*PAIR_TASKS, "temporal")
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as a package
+    import tomli as tomllib
 
 
 def build_task(name: str, tubelet: int) -> Task:
