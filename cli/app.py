@@ -1,26 +1,29 @@
-"""The `omni` command: assembles one module per command; nothing else lives here."""
+"""The `omni` command: assembles one module per command; nothing else lives here.
+
+`main` imports only the module of the command on its command line (every module, for
+`omni --help` or an unknown name): `omni train` and `omni inspect` import torch, which takes
+seconds, and `omni prepare` should not wait for it. `app`, the whole command with every
+subcommand, is built on first access (PEP 562), for tests and for embedding.
+"""
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Iterable
+
 import typer
 
-from cli import demo_videos as demo_videos_cmd
-from cli import inspect as inspect_cmd
-from cli import prepare as prepare_cmd
-from cli import train as train_cmd
-
-app = typer.Typer(
-    name="omni",
-    help="OmniLatent: prepare videos into shards, inspect them, and train one model on every "
-    "modality.",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-)
+# Command name -> (module, function, in the order `omni --help` lists them); each module
+# also defines EXAMPLES, the epilog of its help.
+COMMANDS = {
+    "prepare": ("cli.prepare", "prepare_command"),
+    "inspect": ("cli.inspect", "inspect_command"),
+    "train": ("cli.train", "train"),
+    "demo-videos": ("cli.demo_videos", "demo_videos"),
+}
 
 
-@app.callback()
 def root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
@@ -33,11 +36,34 @@ def root(
         raise typer.Exit()
 
 
-app.command("prepare", epilog=prepare_cmd.EXAMPLES)(prepare_cmd.prepare_command)
-app.command("inspect", epilog=inspect_cmd.EXAMPLES)(inspect_cmd.inspect_command)
-app.command("train", epilog=train_cmd.EXAMPLES)(train_cmd.train)
-app.command("demo-videos", epilog=demo_videos_cmd.EXAMPLES)(demo_videos_cmd.demo_videos)
+def build_app(names: Iterable[str] = COMMANDS) -> typer.Typer:
+    """The `omni` Typer app with the commands `names` (default: all of them)."""
+    app = typer.Typer(
+        name="omni",
+        help="OmniLatent: prepare videos into shards, inspect them, and train one model on "
+        "every modality.",
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode="rich",
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(root)
+    for name in names:
+        module_name, function = COMMANDS[name]
+        module = importlib.import_module(module_name)
+        app.command(name, epilog=module.EXAMPLES)(getattr(module, function))
+    return app
+
+
+def __getattr__(name: str) -> typer.Typer:
+    if name == "app":
+        app = build_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module 'cli.app' has no attribute {name!r}")
 
 
 def main() -> None:
-    app()
+    # The root takes no option with a value, so the first bare word names the command.
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    build_app([command] if command in COMMANDS else COMMANDS)()

@@ -16,6 +16,7 @@ import av
 import numpy as np
 from av.audio.stream import AudioStream
 from av.container import InputContainer
+from av.video.reformatter import VideoReformatter
 from av.video.stream import VideoStream
 
 from pipeline.config import PrepareConfig
@@ -161,6 +162,10 @@ class _GridPicker:
         self._image: np.ndarray | None = None  # `_frame` converted, once needed
         self._size: tuple[int, int] = (0, 0)
         self._rotation = 0
+        # One swscale context for the whole video: `VideoFrame.reformat` builds a new one per
+        # call (5.9 ms per 720p frame against 2.1 ms reused, same pixels). Scaling runs on one
+        # thread: the decoder's threads and the other workers already use the cores.
+        self._reformatter = VideoReformatter()
 
     def push(self, frame: av.VideoFrame) -> Iterator[np.ndarray]:
         """Grid images whose time has passed now that `frame` is on screen."""
@@ -206,8 +211,9 @@ class _GridPicker:
         if self._image is None:
             assert self._frame is not None
             width, height = self._size
-            rgb = self._frame.reformat(
-                width, height, format="rgb24", interpolation=SWS_INTERPOLATION.upper()
+            rgb = self._reformatter.reformat(
+                self._frame, width, height, format="rgb24",
+                interpolation=SWS_INTERPOLATION.upper(), threads=1,
             ).to_ndarray()  # (h, w, 3) coded orientation
             self._image = display_image(rgb, self._rotation, self.config.image_size)
         return self._image

@@ -114,7 +114,8 @@ def _sound(order: list[int]) -> Callable[[np.ndarray], np.ndarray]:
 
 def _timestamp(seconds: float, sep: str) -> str:
     ms = round(seconds * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+    hours, minutes, secs = ms // 3_600_000, ms // 60_000 % 60, ms // 1000 % 60
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{sep}{ms % 1000:03d}"
 
 
 def _write_transcript(path: Path, order: list[int], kind: str) -> None:

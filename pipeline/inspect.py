@@ -20,7 +20,6 @@ the first dot of the base name), so inspect sees exactly what the loader sees.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -37,11 +36,11 @@ import numpy as np
 from PIL import Image
 from webdataset.tariterators import base_plus_ext
 
-from pipeline.config import SCHEMA_VERSION, PrepareConfig
+from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.loader import MANIFEST_NAME, SHARD_GLOB, resolve_shards
-from pipeline.manifest import Totals
-from pipeline.outdir import OutputDir
+from pipeline.loader import SHARD_GLOB, resolve_shards
+from pipeline.manifest import Manifest, Totals, read_manifest
+from pipeline.outdir import MANIFEST_NAME, OutputDir
 from pipeline.schema import (
     CLIP_PREFIX,
     MEMBER_IMAGE,
@@ -172,11 +171,8 @@ def open_target(paths: Sequence[str | os.PathLike[str]]) -> Target:
 
 
 def _open_directory(folder: Path) -> Target:
-    manifest = folder / MANIFEST_NAME
-    if manifest.is_file():
-        target = _from_manifest(folder, manifest)
-    else:
-        target = _from_stats(folder)
+    manifest = read_manifest(folder)
+    target = _from_stats(folder) if manifest is None else _from_manifest(folder, manifest)
     temporary = sorted(folder.glob(SHARD_GLOB + ".tmp"))
     if temporary:
         target.notes.append(f"{len(temporary)} shard(s) still have temporary names (.tar.tmp): "
@@ -184,31 +180,20 @@ def _open_directory(folder: Path) -> Target:
     return target
 
 
-def _from_manifest(folder: Path, manifest: Path) -> Target:
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        shards = [(str(folder / entry["path"]),
-                   ShardExpectation(int(entry["samples"]), int(entry["bytes"])))
-                  for entry in data["shards"]]
-        config = PrepareConfig.from_dict(data["config"]).to_dict()
-        issues = [VideoIssue(str(item["source"]), FAILED, str(item["reason"]))
-                  for item in data.get("failures", [])]
-        issues += [VideoIssue(str(item["source"]), SKIPPED, str(item["reason"]))
-                   for item in data.get("skipped", [])]
-        issues += [VideoIssue(str(item["source"]), "warning", str(item["warning"]))
-                   for item in data.get("warnings", [])]
-        version = data.get("schema_version")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{manifest} is unreadable or malformed ({type(err).__name__}: "
-                          f"{err}); re-run omni prepare on the same folders to rewrite it") from err
-    if version != SCHEMA_VERSION:
-        raise ConfigError(f"{manifest} describes shard schema v{version}; this version of omni "
-                          f"reads v{SCHEMA_VERSION}: use a matching omni or re-run prepare")
+def _from_manifest(folder: Path, manifest: Manifest) -> Target:
+    issues = [VideoIssue(str(item["source"]), FAILED, str(item["reason"]))
+              for item in manifest.failures]
+    issues += [VideoIssue(str(item["source"]), SKIPPED, str(item["reason"]))
+               for item in manifest.skipped]
+    issues += [VideoIssue(str(item["source"]), "warning", str(item["warning"]))
+               for item in manifest.warnings]
     target = Target(
-        path=str(folder), kind="directory", shards=[path for path, _ in shards],
-        manifest=str(manifest), created=data.get("created"), config=config,
-        clip_encoding=data.get("clip_encoding"), expected=dict(shards),
-        totals=data.get("totals"), issues=issues,
+        path=str(folder), kind="directory", shards=[shard.path for shard in manifest.shards],
+        manifest=str(manifest.path), created=manifest.created,
+        config=manifest.config.to_dict(), clip_encoding=manifest.clip_encoding,
+        expected={shard.path: ShardExpectation(shard.samples, shard.bytes)
+                  for shard in manifest.shards},
+        totals=manifest.totals, issues=issues,
     )
     listed = set(target.shards)
     extra = [str(path) for path in sorted(folder.glob(SHARD_GLOB)) if str(path) not in listed]

@@ -21,7 +21,6 @@ with 0; ``has_text`` (B,) bool; ``__key__`` list[str]; ``meta`` list[dict] (the 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -38,8 +37,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from pipeline.config import SCHEMA_VERSION, PrepareConfig
+from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.manifest import read_manifest
+from pipeline.outdir import MANIFEST_NAME
 from pipeline.schema import (
     CLIP_PREFIX,
     MEL_CENTER,
@@ -58,7 +59,6 @@ from pipeline.tokenizer import PAD_ID, TokenizerFn, byte_tokenizer
 
 Batch = dict[str, Any]
 
-MANIFEST_NAME = "manifest.json"
 SHARD_GLOB = "shards/*.tar"
 MAX_ERRORS = 20  # reasons kept in LoaderStats.errors
 # "pipe:", "http://", "s3://", "file:" ... but not a Windows drive letter ("C:").
@@ -143,30 +143,19 @@ def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str
 
 
 def _resolve_directory(folder: Path) -> tuple[list[str], dict[str, int], PrepareConfig | None]:
-    manifest = folder / MANIFEST_NAME
-    if not manifest.is_file():
+    manifest = read_manifest(folder)
+    if manifest is None:
         paths = sorted(folder.glob(SHARD_GLOB))
         if not paths:
             raise ConfigError(f"{folder} holds neither {MANIFEST_NAME} nor {SHARD_GLOB}; run "
                               f"omni prepare into it first")
         return [str(path) for path in paths], {}, None
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        entries = [(str(folder / entry["path"]), int(entry["samples"]))
-                   for entry in data["shards"]]
-        config = PrepareConfig.from_dict(data["config"]) if "config" in data else None
-        version = data.get("schema_version", SCHEMA_VERSION)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{manifest} is unreadable or malformed ({err}); re-run omni prepare "
-                          f"to rewrite it") from err
-    if version != SCHEMA_VERSION:
-        raise ConfigError(f"{folder} holds shard schema v{version}, this loader reads "
-                          f"v{SCHEMA_VERSION}; re-run omni prepare or use a matching version")
-    for path, _ in entries:
-        if not Path(path).is_file():
-            raise ConfigError(f"{manifest} lists {path}, which does not exist; copy the whole "
-                              f"prepared folder")
-    return [path for path, _ in entries], dict(entries), config
+    for shard in manifest.shards:
+        if not Path(shard.path).is_file():
+            raise ConfigError(f"{manifest.path} lists {shard.path}, which does not exist; copy "
+                              f"the whole prepared folder")
+    return ([shard.path for shard in manifest.shards],
+            {shard.path: shard.samples for shard in manifest.shards}, manifest.config)
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:

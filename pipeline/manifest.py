@@ -21,12 +21,15 @@ Shard paths are relative to the folder (POSIX), so a prepared folder can be move
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.outdir import Fingerprint, OutputDir, UnitStats, write_json_atomic
+from pipeline.config import SCHEMA_VERSION, PrepareConfig
+from pipeline.errors import ConfigError
+from pipeline.outdir import MANIFEST_NAME, Fingerprint, OutputDir, UnitStats, write_json_atomic
 from pipeline.worker import FAILED, PREPARED, SKIPPED, VideoOutcome
 
 
@@ -91,3 +94,52 @@ def write_manifest(out: OutputDir, fingerprint: Fingerprint, units: list[UnitSta
     """Write `manifest.json` for the done `units` and return its path."""
     write_json_atomic(out.manifest, build_manifest(fingerprint, units))
     return out.manifest
+
+
+@dataclass(frozen=True)
+class ManifestShard:
+    path: str  # the shard's path: the folder joined with the manifest's relative path
+    samples: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed `manifest.json`; `read_manifest` is the one reader (loader, inspect, train)."""
+
+    path: Path
+    config: PrepareConfig
+    clip_encoding: str | None
+    created: str | None
+    shards: list[ManifestShard]
+    totals: dict[str, Any]
+    failures: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
+
+
+def read_manifest(folder: Path) -> Manifest | None:
+    """The manifest of a prepared folder, None when it has none (prepare unfinished), or a
+    ConfigError naming what is wrong with it."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        version = data.get("schema_version")
+        shards = [ManifestShard(str(folder / entry["path"]), int(entry["samples"]),
+                                int(entry["bytes"])) for entry in data["shards"]]
+        manifest = Manifest(
+            path=path, config=PrepareConfig.from_dict(data["config"]),
+            clip_encoding=data.get("clip_encoding"), created=data.get("created"),
+            shards=shards, totals=dict(data.get("totals", {})),
+            failures=list(data.get("failures", [])), skipped=list(data.get("skipped", [])),
+            warnings=list(data.get("warnings", [])),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f"{path} is unreadable or malformed ({type(err).__name__}: {err}); "
+                          f"re-run omni prepare on the same folders to rewrite it") from err
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"{path} describes shard schema v{version}; this version of omni "
+                          f"reads v{SCHEMA_VERSION}: use a matching omni or re-run prepare")
+    return manifest

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from webdataset import TarWriter
-
 from pipeline.plan import unit_name
 
 SHARD_DIR = "shards"
@@ -65,6 +63,10 @@ class PartWriter:
     """
 
     def __init__(self, path: Path) -> None:
+        # Imported here: webdataset imports torch (seconds), and only the worker processes
+        # write part files (their forkserver has it loaded); `omni prepare`'s parent does not.
+        from webdataset import TarWriter
+
         self.part = PartFile(path)
         self._file = open(path, "wb")  # closed in close()
         self._tar = TarWriter(self._file, encoder=False, mtime=MEMBER_MTIME)

@@ -58,7 +58,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import av
 
@@ -66,10 +66,15 @@ from pipeline.config import PrepareConfig
 from pipeline.decode import DecodeStats, Window, iter_windows, probe
 from pipeline.discover import VideoSource
 from pipeline.errors import DecodeError, PipelineError
-from pipeline.sample import NO_TRANSCRIPT, VideoContext, assemble_sample
 from pipeline.schema import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
 from pipeline.shards import PartFile, PartWriter
 from pipeline.transcripts import Transcript, find_transcript
+
+# `pipeline.sample` imports torch (the mel), which takes seconds: the worker-side functions
+# import it when they run, so the parent of `omni prepare` never loads torch; the forkserver
+# preloads it (`_PRELOAD`), so the workers forked from it find it loaded.
+if TYPE_CHECKING:
+    from pipeline.sample import VideoContext
 
 Status = Literal["prepared", "failed", "skipped"]
 PREPARED: Status = "prepared"
@@ -184,6 +189,8 @@ def _audio_only(path: Path) -> bool:
 
 def _transcript(path: Path, outcome: VideoOutcome) -> Transcript:
     """The video's transcript; a broken one becomes a warning and no text, never a failure."""
+    from pipeline.sample import NO_TRANSCRIPT
+
     try:
         return find_transcript(path)
     except PipelineError as err:
@@ -253,6 +260,8 @@ class _EncodeThread:
         self._thread.start()
 
     def _run(self) -> None:
+        from pipeline.sample import assemble_sample
+
         while (window := self._queue.get()) is not None:
             if self._error is not None:
                 continue  # keep draining so that `put` never blocks forever
@@ -323,6 +332,8 @@ def prepare_video(task: VideoTask, send: Callable[[tuple[Any, ...]], None]) -> V
 
 def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
              outcome: VideoOutcome) -> None:
+    from pipeline.sample import VideoContext
+
     source, config = task.source, task.config
     try:
         info = probe(source.path, config)
@@ -417,8 +428,10 @@ def _worker_main(task: VideoTask, conn: Connection, parent_pid: int) -> None:
 
 # --------------------------------------------------------------------------- parent side
 # Imported once by the forkserver so that each forked worker starts with them loaded (the
-# decode backends are otherwise imported lazily, on a video's first probe).
-_PRELOAD = [__name__, "pipeline.decode_pyav", "pipeline.decode_ffmpeg"]
+# decode backends are otherwise imported lazily, on a video's first probe; `pipeline.sample`
+# and webdataset, both importing torch, on its first sample).
+_PRELOAD = [__name__, "pipeline.decode_pyav", "pipeline.decode_ffmpeg", "pipeline.sample",
+            "webdataset"]
 
 
 def _context() -> multiprocessing.context.BaseContext:

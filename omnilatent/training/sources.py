@@ -8,7 +8,6 @@ the field names, never trained on.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,9 @@ from typing import Any
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import ConfigError
 from pipeline.config import PrepareConfig
-from pipeline.loader import MANIFEST_NAME, build_shard_loader, resolve_shards
+from pipeline.loader import build_shard_loader, resolve_shards
+from pipeline.manifest import read_manifest
+from pipeline.outdir import MANIFEST_NAME
 from pipeline.schema import expected_from_config
 from pipeline.tokenizer import TokenizerFn
 
@@ -58,18 +59,6 @@ class DataSource:
     description: str
 
 
-def _find_manifest(shards: str, first_url: str) -> Path | None:
-    """The manifest of a prepared folder given as the folder or as its shards/*.tar files."""
-    folder = Path(shards) if Path(shards).is_dir() else Path(first_url).parent.parent
-    path = folder / MANIFEST_NAME
-    return path if path.is_file() else None
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path} is unreadable ({err}); re-run omni prepare") from err
 
 
 def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
@@ -80,13 +69,14 @@ def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
     loader = build_shard_loader(shards, batch_size, tokenizer=tokenizer,
                                 max_text_len=max_text_len, seed=seed, num_workers=workers,
                                 shuffle_buffer=shuffle_buffer)
-    manifest_path = _find_manifest(shards, resolved.urls[0])
-    if manifest_path is None:
+    # a prepared folder, or its shards/*.tar given as files or a pattern
+    folder = Path(shards) if Path(shards).is_dir() else Path(resolved.urls[0]).parent.parent
+    manifest = read_manifest(folder)
+    if manifest is None:
         raise ConfigError(f"no {MANIFEST_NAME} found for {shards}; pass the folder written by "
                           "`omni prepare` once it is complete (all --part runs done)")
-    manifest = _read_manifest(manifest_path)
-    expected = expected_from_config(PrepareConfig.from_dict(manifest["config"]))
-    clips_with_text = manifest.get("totals", {}).get("clips_with_text")
+    expected = expected_from_config(manifest.config)
+    clips_with_text = manifest.totals.get("clips_with_text")
     has_text = None if clips_with_text is None else clips_with_text > 0
     return DataSource(loader, expected, has_text,
                       f"{len(resolved.urls)} shard(s) from {shards}")
