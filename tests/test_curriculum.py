@@ -202,3 +202,21 @@ def test_curriculum_resume_is_bit_identical(tmp_path, tiny_config) -> None:
     for (name, x), (_, y) in zip(straight.model.state_dict().items(),
                                  resumed.model.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
+
+
+def test_a_phase_no_batch_can_serve_stops_with_a_clear_error(tiny_config, tmp_path,
+                                                             monkeypatch) -> None:
+    import omnilatent.training.trainer as trainer_module
+    from omnilatent.errors import OmniLatentError
+
+    monkeypatch.setattr(trainer_module, "MAX_SKIPPED_IN_A_ROW", 5)
+    path = tmp_path / "text_only.json"
+    path.write_text(json.dumps({"phases": [{"name": "talk", "share": 1.0,
+                                            "tasks": ["video_to_text"]}]}))
+    seed_everything(0)
+    model = OmniLatentModel(tiny_config)
+    dataset = _NoText(SyntheticMultimodalDataset(tiny_config, length=8, seed=0, text_len=4))
+    trainer = CurriculumTrainer(model, TrainConfig(steps=3), build_dataloader(dataset, 2),
+                                schedule=parse_schedule(str(path)))
+    with pytest.raises(OmniLatentError, match="could serve no task"):
+        trainer.train()

@@ -34,6 +34,7 @@ from omnilatent.training.rng import capture_rng, restore_rng
 from omnilatent.training.tasks import PairSampler, Task, content_tokens
 
 METRICS_FILE = "metrics.jsonl"
+MAX_SKIPPED_IN_A_ROW = 1000  # batches no task could use, before the run is called stuck
 
 
 class TrainerCallbacks:
@@ -310,14 +311,22 @@ class Trainer:
         # Losses are averaged over the last log_interval steps (a sliding window), so with the
         # balanced task cycle every record mixes the target modalities in the same proportion.
         recent: deque[tuple[str, float]] = deque(maxlen=cfg.log_interval)
-        window_samples = window_tokens = skipped = 0
+        window_samples = window_tokens = skipped = in_a_row = 0
         window_start = time.perf_counter()
         while self.step < cfg.steps:
             lr = self.optimizer.param_groups[0]["lr"]
             outcome = self._train_step()
             if outcome is None:
                 skipped += 1
+                in_a_row += 1
+                if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                    raise OmniLatentError(
+                        f"{in_a_row} batches in a row could serve no task of step "
+                        f"{self.step + 1} (e.g. a phase of text tasks only, on data without "
+                        "transcripts); check the schedule against the data"
+                    )
                 continue
+            in_a_row = 0
             task, loss, samples, tokens = outcome
             self.step += 1
             recent.append((task.name, loss))
