@@ -320,18 +320,23 @@ def probe(path: str | os.PathLike[str], config: PrepareConfig) -> VideoInfo:
 
 
 def iter_windows(
-    path: str | os.PathLike[str], config: PrepareConfig, stats: DecodeStats | None = None
+    path: str | os.PathLike[str],
+    config: PrepareConfig,
+    stats: DecodeStats | None = None,
+    threads: int = 0,
 ) -> Iterator[Window]:
     """Stream the clip windows of one video, in order, with the backend `config.decoder` names.
 
-    Pass a `DecodeStats` to learn skipped packets, the duration and the memory peaks. Raises
-    `DecodeError` for files that cannot be decoded (no video stream, unreadable, no frames).
+    Pass a `DecodeStats` to learn skipped packets, the duration and the memory peaks.
+    `threads` is the video decoder's thread count (0: the decoder's choice, one more than the
+    CPUs); the windows do not depend on it. Raises `DecodeError` for files that cannot be
+    decoded (no video stream, unreadable, no frames).
     """
     stats = stats if stats is not None else DecodeStats()
     if config.decoder == "ffmpeg":
         from pipeline.decode_ffmpeg import iter_windows_ffmpeg
 
-        return iter_windows_ffmpeg(Path(path), config, stats)
+        return iter_windows_ffmpeg(Path(path), config, stats, threads)
     from pipeline.decode_pyav import iter_windows_pyav
 
-    return iter_windows_pyav(Path(path), config, stats)
+    return iter_windows_pyav(Path(path), config, stats, threads)

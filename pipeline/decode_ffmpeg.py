@@ -58,11 +58,16 @@ def _shift(info: VideoInfo) -> str:
     return f"PTS-({info.start_time!r})/TB"
 
 
-def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path) -> list[str]:
-    """ffmpeg arguments: grid frames as rgb24 on stdout, one byte per grid slot to `count_path`."""
+def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path,
+                  threads: int = 0) -> list[str]:
+    """ffmpeg arguments: grid frames as rgb24 on stdout, one byte per grid slot to `count_path`.
+
+    `threads` is the decoder's thread count (0: ffmpeg's choice).
+    """
     width, height = scaled_size(*info.coded_size, config.image_size)
     siting = {} if (info.pixel_format or "").startswith("yuvj") else {"in_chroma_loc": "left"}
-    source = ffmpeg.input(_file_url(info.path), noautorotate=None)
+    decoder = {"threads": threads} if threads > 0 else {}
+    source = ffmpeg.input(_file_url(info.path), noautorotate=None, **decoder)
     branches = source[str(info.video_stream_index)].filter("setpts", _shift(info)).split()
     grid = (
         branches[0]
@@ -157,7 +162,9 @@ class _AudioPipe:
                 self.stats.first_error = f"audio: {tail}"
 
 
-def iter_windows_ffmpeg(path: Path, config: PrepareConfig, stats: DecodeStats) -> Iterator[Window]:
+def iter_windows_ffmpeg(
+    path: Path, config: PrepareConfig, stats: DecodeStats, threads: int = 0
+) -> Iterator[Window]:
     """`pipeline.decode.iter_windows` with the ffmpeg CLI (see the module docstring)."""
     info = probe_pyav(path)
     with tempfile.TemporaryDirectory(prefix="omni-decode-") as tmp:
@@ -165,7 +172,8 @@ def iter_windows_ffmpeg(path: Path, config: PrepareConfig, stats: DecodeStats) -
         count_path = workdir / "grid.count"
         processes: list[_Process] = []
         try:
-            video = _Process(video_command(info, config, count_path), workdir, "video")
+            video = _Process(video_command(info, config, count_path, threads), workdir,
+                             "video")
             processes.append(video)
             audio = None
             if info.has_audio:

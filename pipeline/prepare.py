@@ -74,6 +74,21 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
+def decoder_threads(workers: int, cpus: int | None = None) -> int:
+    """Video decoder threads for each of `workers` workers: the CPUs shared out among them.
+
+    A lone worker gets the machine, so `--workers 1` decodes as fast as ffmpeg does; with a
+    worker per CPU each decodes on one thread, as frame threads would only fight the other
+    workers for the same cores (and each one costs CPU to hand frames over). A share of
+    several CPUs gets one thread more than CPUs, as FFmpeg's automatic choice does: frame
+    threads wait on each other's reference frames, so as many threads as cores leave cores
+    idle (one worker on two cores, a 24 s 720p30 video: 2.6-2.9 s with 3 threads, 3.0-3.2 s
+    with 2, 3.5-3.8 s with 1).
+    """
+    share = (cpus if cpus is not None else default_workers()) // workers
+    return share + 1 if share > 1 else 1
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How a prepare run works; none of it changes the samples, so it can change between
@@ -240,6 +255,7 @@ class _Run:
     def run(self, units: list[WorkUnit]) -> dict[int, UnitStats]:
         token = secrets.token_hex(4)  # part files of an earlier, killed run never collide
         fault = fault_from_env()
+        threads = decoder_threads(self.options.workers)
         tasks: deque[VideoTask] = deque()
         slots: dict[str, tuple[int, int]] = {}  # rel_path -> (unit, position)
         outcomes: dict[int, list[VideoOutcome | None]] = {}
@@ -251,7 +267,7 @@ class _Run:
                 slots[source.rel_path] = (unit.index, position)
                 part_path = self.out.unit_tmp(unit.index) / f"{position:04d}.{token}.tar"
                 tasks.append(VideoTask(source, part_path, self.config,
-                                       self.options.clip_encoding, fault))
+                                       self.options.clip_encoding, fault, threads))
         try:
             self._loop(tasks, slots, outcomes, by_index)
         except BaseException:

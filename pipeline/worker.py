@@ -106,6 +106,7 @@ class VideoTask:
     config: PrepareConfig
     clip_encoding: str = DEFAULT_CLIP_ENCODING
     fault: str | None = None  # test-only: see the module docstring
+    threads: int = 0  # video decoder threads, 0: the decoder's choice (never changes samples)
 
 
 @dataclass
@@ -294,7 +295,7 @@ def _decode_and_write(task: VideoTask, context: VideoContext, stats: DecodeStats
     decode_error = None
     last_sent = time.monotonic()
     try:
-        for window in iter_windows(task.source.path, task.config, stats):
+        for window in iter_windows(task.source.path, task.config, stats, task.threads):
             encoder.put(window)
             if time.monotonic() - last_sent >= PROGRESS_INTERVAL_S:
                 send(("progress", writer.samples, writer.last_end))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,17 @@ def test_help_has_the_options_and_examples() -> None:
     for text in ("Examples", "--clip-duration", "--part", "--overwrite", "--strict", "--json",
                  "--decoder", "--samples-per-shard", "--workers", "CPU count"):
         assert text in result.output, text
+
+
+def test_prepare_starts_without_importing_torch() -> None:
+    # torch takes seconds to import and only the workers need it (their forkserver loads it
+    # once), so `omni prepare` must not wait for it: not through the model package, the
+    # other commands, webdataset or the mel.
+    code = ("import sys; from cli.app import build_app; build_app(['prepare']); "
+            "print(sorted(name for name in ('torch', 'webdataset') if name in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_human_output_summarises_and_lists_failures(videos: Path, tmp_path: Path) -> None:

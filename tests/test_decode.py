@@ -33,6 +33,7 @@ from media import (
     truncate_file,
 )
 
+from pipeline import decode_pyav
 from pipeline.config import PrepareConfig
 from pipeline.decode import (
     DecodeStats,
@@ -166,6 +167,41 @@ def test_variable_frame_rate_picks_by_timestamp(media_dir: Path, decoder: str, s
     windows = decode(video.path, decoder, stats)
     assert len(windows) == 2
     assert_frames_follow(windows, video.frame_times)
+
+
+def assert_same_windows(got: list[Window], want: list[Window]) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert (a.index, a.start, a.end) == (b.index, b.start, b.end)
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.image, b.image)
+        assert np.array_equal(a.audio, b.audio)
+
+
+@pytest.mark.parametrize("pattern", ["counter", "waves"])
+def test_frames_no_grid_time_shows_are_not_decoded(media_dir: Path, pattern: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # 30 fps onto the 8 fps grid: most frames are replaced on screen before the next grid
+    # time, and x264's non-reference B-frames among them need not be decoded at all.
+    video = make_video(media_dir / f"bframes-{pattern}.mp4", duration=4.0, fps=30,
+                       pattern=pattern)
+    stats = DecodeStats()
+    windows = decode(video.path, "pyav", stats)
+    monkeypatch.setattr(decode_pyav._FrameSkipper, "applies", staticmethod(lambda _: False))
+    full_stats = DecodeStats()
+    full = decode(video.path, "pyav", full_stats)
+    assert full_stats.video_frames == len(video.frame_times)
+    assert stats.video_frames < full_stats.video_frames  # measured: 89 and 84 of 120
+    assert_same_windows(windows, full)  # bit for bit
+    if pattern == "counter":
+        assert_frames_follow(windows, video.frame_times)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_decoder_threads_do_not_change_the_windows(counter_video, decoder: str) -> None:
+    config = dataclasses.replace(CONFIG, decoder=decoder)
+    one = list(iter_windows(counter_video.path, config, threads=1))
+    assert_same_windows(one, list(iter_windows(counter_video.path, config, threads=3)))
+    assert_same_windows(one, decode(counter_video.path, decoder))
 
 
 @pytest.mark.parametrize("decoder", DECODERS)

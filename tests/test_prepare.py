@@ -38,7 +38,13 @@ from pipeline.decode import window_count
 from pipeline.discover import discover_videos
 from pipeline.errors import PipelineError
 from pipeline.plan import Part, plan_units, select_part
-from pipeline.prepare import ConfigMismatchError, PrepareResult, RunOptions, prepare
+from pipeline.prepare import (
+    ConfigMismatchError,
+    PrepareResult,
+    RunOptions,
+    decoder_threads,
+    prepare,
+)
 from pipeline.sample import VideoContext
 from pipeline.schema import decode_member
 from pipeline.shards import PartWriter, write_unit_shards
@@ -504,3 +510,10 @@ def test_output_inside_the_input_is_refused(trio, tmp_path) -> None:
     empty.mkdir()
     with pytest.raises(PipelineError, match="no videos"):
         prepare(empty, tmp_path / "out", TRIO_CONFIG)
+
+
+@pytest.mark.parametrize(("workers", "cpus", "threads"),
+                         [(1, 1, 1), (1, 2, 3), (2, 2, 1), (3, 2, 1), (2, 16, 9), (4, 16, 5)])
+def test_decoder_threads_share_the_cpus_among_workers(workers: int, cpus: int,
+                                                      threads: int) -> None:
+    assert decoder_threads(workers, cpus) == threads
