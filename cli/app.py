@@ -47,7 +47,7 @@ def build_app(names: Iterable[str] = COMMANDS) -> typer.Typer:
         rich_markup_mode="rich",
         pretty_exceptions_enable=False,
     )
-    app.callback()(root)
+    app.callback(invoke_without_command=True)(root)
     for name in names:
         module_name, function = COMMANDS[name]
         module = importlib.import_module(module_name)

@@ -20,6 +20,8 @@ TINY_ARGS = ["--synthetic", "--dim", "32", "--layers", "1", "--heads", "4", "--b
 def test_help_lists_commands_and_examples() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "train" in result.output
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith("omni ")
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for text in ("Examples", "--synthetic", "--resume", "--grad-checkpointing", "--no-amp"):
