@@ -164,6 +164,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     paths = make_videos(video_dir, args.videos, args.duration)
     generated_s = time.perf_counter() - started
+    # `omni prepare` gets a folder of links to exactly these videos: --video-dir may hold
+    # others (another --videos or --duration), which ffmpeg would not see.
+    set_dir = work / "set"
+    set_dir.mkdir()
+    for path in paths:
+        (set_dir / path.name).symlink_to(path.resolve())
     tiny_dir = work / "tiny"
     tiny_dir.mkdir()
     make_video(tiny_dir / "tiny.mp4", 0, 3.0, size="320x240")
@@ -178,7 +184,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for workers in args.workers:
         runs[f"workers_{workers}"] = (
-            lambda w=workers: summary.update(omni_prepare(video_dir, out, w, extra)))
+            lambda w=workers: summary.update(omni_prepare(set_dir, out, w, extra)))
     cpu_complete = adopt_orphans()
     load_before = os.getloadavg()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
