@@ -326,7 +326,7 @@ def inspect_command(
             if show:
                 _render_export(exported, export)
         if json_output:
-            console.out(json.dumps(document, ensure_ascii=False), highlight=False)
+            console.out(json.dumps(document, ensure_ascii=True), highlight=False)
         if result is not None and not result.ok:
             raise typer.Exit(EXIT_ERROR)
 

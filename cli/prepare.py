@@ -246,7 +246,7 @@ def prepare_command(
         finally:
             signal.signal(signal.SIGTERM, previous)
         if json_output:
-            console.out(json.dumps(result.to_dict(), ensure_ascii=False),
+            console.out(json.dumps(result.to_dict(), ensure_ascii=True),
                         highlight=False)
         else:
             _summary(result)

@@ -64,6 +64,7 @@ class VideoInfo:
     pixel_format: str | None = None  # of the first decoded frame, e.g. "yuv420p"
     video_stream_index: int = 0  # index among all streams of the file
     audio_stream_index: int | None = None
+    sample_aspect_ratio: float = 1.0  # width of a stored pixel over its height (DVD: 32/27)
 
     @property
     def coded_size(self) -> tuple[int, int]:
@@ -71,6 +72,18 @@ class VideoInfo:
         if self.rotation in (90, 270):
             return self.height, self.width
         return self.width, self.height
+
+    @property
+    def square_pixel_size(self) -> tuple[int, int]:
+        """`coded_size` with the width stretched by the sample aspect ratio: the unrotated
+        picture as players show it (720x480 at 32:27 -> 853x480)."""
+        width, height = self.coded_size
+        return square_pixel_width(width, self.sample_aspect_ratio), height
+
+
+def square_pixel_width(width: int, sample_aspect_ratio: float) -> int:
+    """A coded width in square pixels (rounded, at least 1)."""
+    return max(1, round(width * sample_aspect_ratio))
 
 
 @dataclass
@@ -108,8 +121,11 @@ def grid_frames_within(duration: float, config: PrepareConfig) -> int:
     """Grid frames that lie inside a video whose last frame ends at `duration` seconds.
 
     Frame k counts when a clip could end right after it: (k + 1) / fps <= D + END_TOLERANCE.
+    D is a float sum of rational timestamps (Matroska at 24 fps: 1.958 + 0.041 =
+    1.9989999999999999, exactly 1 ms short of 2 s), so the product is rounded to 1e-6 of a
+    frame before the floor; otherwise the tolerance is lost to the last bit.
     """
-    return max(0, math.floor((duration + END_TOLERANCE) * config.fps))
+    return max(0, math.floor(round((duration + END_TOLERANCE) * config.fps, 6)))
 
 
 def window_count(duration: float, config: PrepareConfig) -> int:
@@ -317,6 +333,14 @@ def probe(path: str | os.PathLike[str], config: PrepareConfig) -> VideoInfo:
     from pipeline.decode_pyav import probe_pyav
 
     return probe_pyav(Path(path))
+
+
+def video_end(path: str | os.PathLike[str]) -> float | None:
+    """Seconds from the origin to the end of the last video packet (demux only, no decoding);
+    None when the file states no video timestamps. See `decode_pyav.video_end_pyav`."""
+    from pipeline.decode_pyav import video_end_pyav
+
+    return video_end_pyav(Path(path))
 
 
 def iter_windows(

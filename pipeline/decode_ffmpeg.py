@@ -64,7 +64,7 @@ def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path,
 
     `threads` is the decoder's thread count (0: ffmpeg's choice).
     """
-    width, height = scaled_size(*info.coded_size, config.image_size)
+    width, height = scaled_size(*info.square_pixel_size, config.image_size)
     siting = {} if (info.pixel_format or "").startswith("yuvj") else {"in_chroma_loc": "left"}
     decoder = {"threads": threads} if threads > 0 else {}
     source = ffmpeg.input(_file_url(info.path), noautorotate=None, **decoder)
@@ -194,7 +194,7 @@ def _windows(
     audio: _AudioPipe | None,
     count_path: Path,
 ) -> Iterator[Window]:
-    width, height = scaled_size(*info.coded_size, config.image_size)
+    width, height = scaled_size(*info.square_pixel_size, config.image_size)
     frame_bytes = width * height * 3
     assembler = WindowAssembler(config, audio is not None, stats)
     while True:

@@ -31,6 +31,7 @@ from pipeline.decode import (
     Window,
     WindowAssembler,
     grid_frames_within,
+    square_pixel_width,
 )
 from pipeline.errors import DecodeError
 from pipeline.frames import SWS_INTERPOLATION, display_image, scaled_size
@@ -87,6 +88,15 @@ def frame_rotation(frame: av.VideoFrame, stream: VideoStream) -> int:
         return 0
 
 
+def sample_aspect_ratio(stream: VideoStream) -> float:
+    """The stream's pixel aspect ratio as ffmpeg guesses it: the container's if it states one,
+    else the codec's, else square pixels."""
+    for ratio in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if ratio is not None and ratio > 0:
+            return float(ratio)
+    return 1.0
+
+
 def probe_pyav(path: Path) -> VideoInfo:
     """`pipeline.decode.probe` for both backends: header fields plus the first frame's rotation."""
     with open_container(path) as container:
@@ -118,7 +128,32 @@ def probe_pyav(path: Path) -> VideoInfo:
             pixel_format=pixel_format,
             video_stream_index=video.index,
             audio_stream_index=audio.index if audio is not None else None,
+            sample_aspect_ratio=sample_aspect_ratio(video),
         )
+
+
+def video_end_pyav(path: Path) -> float | None:
+    """End of the last video packet (its time plus duration) from the origin, by demuxing the
+    video stream without decoding it; None when no packet has a timestamp.
+
+    Container durations are not the video's: they cover the longest stream (audio that runs on
+    after the picture), Matroska states the end timestamp rather than the span when the file
+    does not start at 0, and streamed Matroska/WebM states none. An untimed transcript must be
+    spread over the footage the windows actually cover, so it uses this instead.
+    """
+    with open_container(path) as container:
+        video, _ = select_streams(container)
+        start = origin(container)
+        end = None
+        try:
+            for packet in container.demux(video):
+                if packet.pts is None or packet.time_base is None:
+                    continue
+                stop = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                end = stop if end is None else max(end, stop)
+        except av.FFmpegError:
+            pass  # a cut-short file: the packets read so far are what decoding will see
+        return None if end is None else end - start
 
 
 def _note_error(stats: DecodeStats, err: Exception) -> None:
@@ -281,7 +316,8 @@ class _GridPicker:
             return
         time = float(frame.pts * frame.time_base) - self.start
         if self._frame is None:
-            self._size = scaled_size(frame.width, frame.height, self.config.image_size)
+            width = square_pixel_width(frame.width, sample_aspect_ratio(self.stream))
+            self._size = scaled_size(width, frame.height, self.config.image_size)
             self._rotation = frame_rotation(frame, self.stream)
         else:
             while self.next_index / self.config.fps + TIME_EPS < time:

@@ -108,7 +108,9 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     temporary = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}{TMP_SUFFIX}")
     try:
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, ensure_ascii=False)
+            # ASCII escapes: a file name that is not valid UTF-8 (latin-1 bytes from an old
+            # share) reaches us as lone surrogates, which a UTF-8 stream cannot encode.
+            json.dump(data, handle, indent=1, ensure_ascii=True)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())

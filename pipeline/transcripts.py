@@ -69,6 +69,7 @@ class Transcript:
     cues: list[Cue]
     source: TranscriptSource
     timed: bool = True
+    notes: tuple[str, ...] = ()  # cues that were skipped and why, for the video's warnings
 
     @functools.cached_property
     def word_offsets(self) -> tuple[list[str], list[int], int]:
@@ -122,20 +123,32 @@ def read_text_file(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+# A character reference with its terminating ";" (&amp; &#233; &#x2014;). html.unescape alone
+# also expands HTML's legacy names without ";", turning plain subtitle text such as
+# "Salt &notes" into "Salt ¬es" and "&copy holders" into "© holders".
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+# ASS/SSA escapes that survive conversion to SubRip: \N and \n line breaks, \h hard space.
+_ASS_ESCAPES = re.compile(r"\\[Nnh]")
+
+
 def clean_text(text: str) -> str:
     """Cue text without markup or entities, whitespace collapsed to single spaces."""
-    return " ".join(html.unescape(_MARKUP.sub("", text)).split())
+    text = _ASS_ESCAPES.sub(" ", _MARKUP.sub("", text))
+    return " ".join(_ENTITY.sub(lambda m: html.unescape(m.group(0)), text).split())
 
 
 def _timed(cues: list[Cue], source: TranscriptSource, name: str) -> Transcript:
-    for cue in cues:
-        if cue.end < cue.start:
-            raise TranscriptError(
-                f"{name}: cue {cue.text[:40]!r} ends ({cue.end:.3f} s) before it starts "
-                f"({cue.start:.3f} s)"
-            )
-    kept = [cue for cue in cues if cue.text]
-    return Transcript(sorted(kept, key=lambda c: (c.start, c.end)), source, timed=True)
+    """Sorted cues without empty ones. A cue that ends before it starts is skipped with a
+    note (as players skip it); only a file whose every cue is reversed raises."""
+    reversed_ = [cue for cue in cues if cue.end < cue.start]
+    messages = [f"cue {cue.text[:40]!r} ends ({cue.end:.3f} s) before it starts "
+                f"({cue.start:.3f} s)" for cue in reversed_]
+    if reversed_ and len(reversed_) == len(cues):
+        raise TranscriptError(f"{name}: {messages[0]}")
+    kept = [cue for cue in cues if cue.text and cue.end >= cue.start]
+    notes = tuple(f"{name}: skipped {message}" for message in messages)
+    return Transcript(sorted(kept, key=lambda c: (c.start, c.end)), source, timed=True,
+                      notes=notes)
 
 
 def parse_srt(text: str, name: str, source: TranscriptSource = "srt") -> Transcript:
@@ -245,14 +258,19 @@ def extract_embedded(video_path: Path, ffmpeg_binary: str | None = None) -> Tran
     """
     try:
         with av.open(str(video_path)) as container:
-            index = next((s.index for s in container.streams.subtitles
+            found = next(((s.index, s.codec_context.name) for s in container.streams.subtitles
                           if _is_text_codec(s.codec_context.name)), None)
     except av.error.FFmpegError as err:
         raise DecodeError(f"cannot open {video_path} to look for subtitles: {err}") from err
-    if index is None:
+    if found is None:
         return None
+    index, codec = found
+    # ASS/SSA is read as ASS: converted to SubRip, vector drawings ({\p1}m 0 0 l 100 0 ...)
+    # would come out as words of every cue they overlap.
+    ass = codec in ("ass", "ssa")
     command = [ffmpeg_binary or ffmpeg_bin.ffmpeg_binary(), "-nostdin", "-v", "error",
-               "-i", os.fspath(video_path), "-map", f"0:{index}", "-f", "srt", "-"]
+               "-i", os.fspath(video_path), "-map", f"0:{index}", "-f",
+               "ass" if ass else "srt", "-"]
     try:
         result = subprocess.run(command, capture_output=True, timeout=EMBEDDED_TIMEOUT_S,
                                 check=False)
@@ -264,7 +282,43 @@ def extract_embedded(video_path: Path, ffmpeg_binary: str | None = None) -> Tran
         raise TranscriptError(f"{video_path}: ffmpeg could not extract subtitle stream {index}: "
                               f"{reason or f'exit status {result.returncode}'}")
     text = result.stdout.decode("utf-8", errors="replace").replace("\r\n", "\n")
-    return parse_srt(text, f"{video_path} (subtitle stream {index})", source="embedded")
+    name = f"{video_path} (subtitle stream {index})"
+    if ass:
+        return parse_ass(text, name)
+    return parse_srt(text, name, source="embedded")
+
+
+# Override blocks that switch vector drawing on ({\p1}, {\an7\p2}) up to one that switches
+# it off ({\p0}) or the end of the event: shapes, not words.
+_ASS_DRAWING = re.compile(r"\{[^}]*\\p[1-9][^}]*\}.*?(?:\{[^}]*\\p0[^}]*\}|$)", re.S)
+
+
+def _ass_seconds(stamp: str) -> float:
+    hours, minutes, seconds = stamp.strip().split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def parse_ass(text: str, name: str) -> Transcript:
+    """The Dialogue events of an ASS/SSA script as cues (drawings dropped, markup stripped)."""
+    fields: list[str] | None = None
+    cues: list[Cue] = []
+    for line in text.split("\n"):
+        key, _, value = line.partition(":")
+        if key.strip() == "Format" and fields is None and "Text" in value:
+            fields = [field.strip() for field in value.split(",")]
+        elif key.strip() == "Dialogue":
+            names = fields or ["Layer", "Start", "End", "Style", "Name", "MarginL", "MarginR",
+                               "MarginV", "Effect", "Text"]
+            parts = value.split(",", len(names) - 1)
+            if len(parts) != len(names):
+                continue  # a broken event: skipped, like players do
+            event = dict(zip(names, parts, strict=True))
+            try:
+                start, end = _ass_seconds(event["Start"]), _ass_seconds(event["End"])
+            except (KeyError, ValueError):
+                continue
+            cues.append(Cue(start, end, clean_text(_ASS_DRAWING.sub(" ", event["Text"]))))
+    return _timed(cues, "embedded", name)
 
 
 def sidecar_path(video_path: Path) -> Path | None:

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import av
 
 from pipeline.config import PrepareConfig
-from pipeline.decode import DecodeStats, Window, iter_windows, probe
+from pipeline.decode import DecodeStats, Window, iter_windows, probe, video_end
 from pipeline.discover import VideoSource
 from pipeline.errors import DecodeError, PipelineError
 from pipeline.schema import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
@@ -193,7 +193,9 @@ def _transcript(path: Path, outcome: VideoOutcome) -> Transcript:
     from pipeline.sample import NO_TRANSCRIPT
 
     try:
-        return find_transcript(path)
+        transcript = find_transcript(path)
+        outcome.warnings.extend(f"transcript: {note}" for note in transcript.notes)
+        return transcript
     except PipelineError as err:
         outcome.transcript_error = str(err)
         outcome.warnings.append(f"transcript ignored: {err}")
@@ -347,8 +349,13 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
     send(("probe", info.duration_hint))
     outcome.has_audio, outcome.rotation = info.has_audio, info.rotation
     transcript = _transcript(source.path, outcome)
+    text_duration = info.duration_hint
+    if transcript.cues and not transcript.timed:
+        # Spread untimed words over the video itself, not the container's duration (longer
+        # audio, Matroska start offsets, streamed files without one).
+        text_duration = video_end(source.path) or text_duration
     context, warning = VideoContext.for_video(source, info.rotation, info.has_audio,
-                                              transcript, info.duration_hint,
+                                              transcript, text_duration,
                                               task.clip_encoding)
     if warning:
         outcome.warnings.append(warning)
