@@ -41,6 +41,13 @@ _ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
 # a packet on screen (B-frames come after them in the file). 16 is H.264's largest reorder
 # depth; the packets wait compressed (~0.5 s of video at 30 fps, and the audio around it).
 LOOKAHEAD_PACKETS = 16
+# Formats whose timestamps may restart or leap (MPEG-TS/PS: recordings joined with `cat`,
+# broadcast captures): libavformat's AVFMT_TS_DISCONT flag.
+_TS_DISCONT = 0x0200
+# In such a format, a stream whose time steps back by more than this, or leaps forward by more
+# than `MAX_TIME_LEAP_S` (the ffmpeg CLI's own -dts_delta_threshold), has a discontinuity.
+MAX_TIME_STEP_BACK_S = 1.0
+MAX_TIME_LEAP_S = 10.0
 # Packets of all streams held at most, so that a video stream of few frames (a slideshow)
 # cannot keep the audio of a long stretch waiting in memory; decisions then look less far.
 MAX_QUEUED_PACKETS = 256
@@ -363,6 +370,39 @@ class _GridPicker:
         return self._image
 
 
+class _Continuity:
+    """Finds the first timestamp discontinuity of each stream, in formats that allow them.
+
+    After a jump back, the grid would never be reached again (the rest of the file silently
+    dropped); after a leap forward, the last picture would be repeated, with silence, over the
+    gap. Both happen in MPEG-TS files joined with `cat`. Rebasing the times would need audio
+    and video rebased alike; instead decoding ends at the video's jump, as if the file ended
+    there, so every window before it is kept and correct, and the jump is reported.
+    """
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.jump: str | None = None  # the video's jump, once found
+        self._last: dict[int, float] = {}  # stream index -> time of its last frame
+        self._broken: set[int] = set()  # streams past their jump
+
+    def follows(self, stream: av.stream.Stream, frame: av.frame.Frame) -> bool:
+        """Whether `frame` continues its stream (False from its first jump on)."""
+        if stream.index in self._broken:
+            return False
+        if frame.pts is None or frame.time_base is None:
+            return True
+        time = float(frame.pts * frame.time_base) - self.start
+        last = self._last.get(stream.index)
+        if last is not None and not -MAX_TIME_STEP_BACK_S <= time - last <= MAX_TIME_LEAP_S:
+            self._broken.add(stream.index)
+            self.jump = (f"timestamps jump from {last:.2f} s to {time:.2f} s (recordings "
+                         f"joined end to end?): the rest of the file was not used")
+            return False
+        self._last[stream.index] = time
+        return True
+
+
 class _MonoResampler:
     """Any audio frame -> mono float32 at the target rate, with its position from the origin."""
 
@@ -415,7 +455,13 @@ def _windows(
     resampler = _MonoResampler(config.sample_rate, start) if audio is not None else None
     streams = [video] if audio is None else [video, audio]
     skipper = _FrameSkipper(video, config.fps, start) if _FrameSkipper.applies(video) else None
+    watch = _Continuity(start) if container.format.flags & _TS_DISCONT else None
     for stream, frame in _frames(container, streams, stats, skipper):
+        if watch is not None and not watch.follows(stream, frame):
+            if stream is video:
+                stats.first_error = stats.first_error or watch.jump
+                break
+            continue  # the audio after its jump is dropped; the video decides where to stop
         if stream is video:
             stats.video_frames += 1
             for image in picker.push(frame):

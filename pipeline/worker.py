@@ -87,6 +87,10 @@ FAULT_KINDS = ("crash", "hang", "raise")
 PROGRESS_INTERVAL_S = 0.25
 # How long a worker that reported its outcome may take to exit before it is killed.
 EXIT_GRACE_S = 5.0
+# A video whose picture ends this much (seconds, and fraction of the stated duration) before
+# the duration its container states gets a warning (`_short_of_stated`).
+SHORT_OF_STATED_S = 1.0
+SHORT_OF_STATED_FRACTION = 0.05
 # How often an orphaned worker checks that the process that started it is still alive.
 PARENT_CHECK_S = 1.0
 _ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
@@ -394,10 +398,26 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         writer.discard()
         raise
     outcome.status = PREPARED
+    short = _short_of_stated(outcome.footage_seconds, info.duration_hint)
+    if short and not stats.first_error and decode_error is None:
+        outcome.warnings.append(short)
     if stats.first_error:
         skipped = (f" ({stats.packets_skipped} corrupt packets skipped)"
                    if stats.packets_skipped else "")
         outcome.warnings.append(f"decoder: {stats.first_error}{skipped}")
+
+
+def _short_of_stated(decoded: float, stated: float | None) -> str | None:
+    """A warning when the picture ends well before the duration the container states.
+
+    Some demuxers (Matroska) reach the end of a cut-short file without an error, so this is
+    the only sign of a truncated file; it also flags audio that runs on long after the picture.
+    """
+    if stated is None or stated - decoded <= max(SHORT_OF_STATED_S, SHORT_OF_STATED_FRACTION
+                                                 * stated):
+        return None
+    return (f"the picture ends at {decoded:.2f} s of the {stated:.2f} s the container states "
+            f"(file cut short, or audio outlasting the picture)")
 
 
 def _watch_parent(parent_pid: int) -> None:

@@ -362,6 +362,28 @@ def test_truncated_stream_gives_the_same_windows_in_both_backends(media_dir: Pat
     assert counts["pyav"] == counts["ffmpeg"] >= 1
 
 
+@pytest.mark.parametrize("offset", [0.0, 40.0])
+def test_joined_recordings_stop_at_the_timestamp_jump(media_dir: Path, offset: float) -> None:
+    # Two 3 s MPEG-TS recordings joined with `cat`: the second restarts its clock (offset 0)
+    # or leaps 40 s ahead. Decoding ends at the jump, the first recording's windows all come
+    # out with correct frames, and the jump is reported; nothing of the second is mixed in.
+    video = make_video(media_dir / "part.mkv", duration=3.0, size=(64, 48))
+    first, second = media_dir / "first.ts", media_dir / f"second_{offset:g}.ts"
+    ffmpeg_run("-i", str(video.path), "-c", "copy", "-f", "mpegts", str(first))
+    ffmpeg_run("-i", str(video.path), "-c", "copy", "-output_ts_offset", str(offset),
+               "-f", "mpegts", str(second))
+    joined = media_dir / f"joined_{offset:g}.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    stats = DecodeStats()
+    windows = decode(joined, "pyav", stats)
+    alone = decode(first, "pyav")
+    assert len(windows) == len(alone) == 2
+    for got, want in zip(windows, alone, strict=True):
+        np.testing.assert_array_equal(got.frames, want.frames)
+        np.testing.assert_array_equal(got.audio, want.audio)
+    assert stats.first_error is not None and "timestamps jump" in stats.first_error
+
+
 # -- the two backends agree ---------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from pipeline.config import PrepareConfig
 from pipeline.decode import window_count
 from pipeline.discover import discover_videos
 from pipeline.errors import PipelineError
+from pipeline.ffmpeg_bin import ffmpeg_binary
 from pipeline.plan import Part, plan_units, select_part
 from pipeline.prepare import (
     ConfigMismatchError,
@@ -54,6 +55,8 @@ from pipeline.worker import FAULT_ENV, OutputError, VideoTask, prepare_video
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = PrepareConfig(videos_per_unit=4, samples_per_shard=5)
 SMALL = (64, 48)  # coded size; frames still come out at 112 and 224
+LATIN1_NAME = os.fsdecode(b"caf\xe9.mp4")
+LONGAUDIO_WORDS = [f"word{index:02d}" for index in range(12)]
 SRT_ALIGNED = """1
 00:00:00,200 --> 00:00:00,900
 first
@@ -127,6 +130,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, ob
     mux_subtitles(plain.path, subtitles, root / "embedded.mkv")
     plain.path.unlink()
     (root / "loop").symlink_to(root, target_is_directory=True)  # a symlink cycle
+    # A name that is not UTF-8 (latin-1 bytes from an old share): os.walk gives it to us with
+    # lone surrogates, which must survive the stats, the manifest and the sample json.
+    shutil.copyfile(root / "d2.mp4", root / LATIN1_NAME)
+    # Audio that runs 2 s past a 3 s picture, with an untimed transcript.
+    parts = tmp_path_factory.mktemp("parts")
+    picture = make_video(parts / "picture.mkv", duration=3.0, size=SMALL, audio=None)
+    sound = make_audio_only(parts / "sound.m4a", duration=5.0)
+    subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(picture.path),
+                    "-i", str(sound.path), "-map", "0:v", "-map", "1:a", "-c", "copy",
+                    str(root / "longaudio.mkv")], check=True)
+    (root / "longaudio.txt").write_text(" ".join(LONGAUDIO_WORDS), encoding="utf-8")
     return root, made
 
 
@@ -141,7 +155,7 @@ def prepared(corpus, tmp_path_factory) -> tuple[PrepareResult, dict[str, dict[st
 def test_every_video_is_reported_and_the_run_completes(prepared) -> None:
     result, samples = prepared
     status = {video.source: (video.status, video.reason) for video in result.videos}
-    assert len(status) == 18  # the symlink cycle adds nothing
+    assert len(status) == 20  # the symlink cycle adds nothing
     assert status["zero.mp4"] == ("failed", "empty file (0 bytes)")
     assert status["random.mp4"][0] == "failed" and "not a readable" in status["random.mp4"][1]
     assert status["audio_only.mp4"] == ("skipped", "no video stream (audio only)")
@@ -244,7 +258,28 @@ def test_truncated_file_keeps_the_clips_before_the_cut(prepared) -> None:
     result, samples = prepared
     video = by_source(result)["cut.mkv"]
     assert video.status == "prepared" and 1 <= video.clips < 5
+    # Matroska's demuxer reaches the cut without an error: the short picture is the sign.
+    assert any("file cut short" in warning for warning in video.warnings), video.warnings
     assert len(metas(samples, "cut.mkv")) == video.clips
+
+
+def test_file_names_that_are_not_utf8(prepared) -> None:
+    result, samples = prepared
+    assert by_source(result)[LATIN1_NAME].status == "prepared"
+    assert metas(samples, LATIN1_NAME)[0]["source"] == LATIN1_NAME
+    manifest = json.loads(result.manifest.read_text(encoding="utf-8"))
+    assert manifest["totals"]["clips"] == len(samples)
+
+
+def test_untimed_text_is_spread_over_the_picture_not_the_longer_audio(prepared) -> None:
+    # The container states 5 s (its audio); the windows cover the 3 s picture. Spread over
+    # 5 s, the last words would fall after every window.
+    result, samples = prepared
+    video = by_source(result)["longaudio.mkv"]
+    assert video.status == "prepared" and video.clips == 2
+    texts = [samples[m["key"]]["txt"].decode("utf-8") for m in metas(samples, "longaudio.mkv")]
+    assert sorted(set(" ".join(texts).split())) == LONGAUDIO_WORDS
+    assert any("audio outlasting the picture" in warning for warning in video.warnings)
 
 
 def test_names_with_spaces_and_non_ascii(prepared) -> None:
@@ -267,7 +302,7 @@ def test_manifest_lists_every_shard_and_failure(prepared) -> None:
         assert shard["samples"] <= CONFIG.samples_per_shard
     failures = {item["source"] for item in manifest["failures"]}
     assert failures == {"zero.mp4", "random.mp4"}
-    assert manifest["totals"]["videos"] == 18 and manifest["totals"]["clips"] == len(samples)
+    assert manifest["totals"]["videos"] == 20 and manifest["totals"]["clips"] == len(samples)
 
 
 def test_loader_reads_the_prepared_folder(prepared) -> None:

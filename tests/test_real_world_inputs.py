@@ -1,5 +1,5 @@
-"""Real-world inputs that once went wrong: byte file names, Matroska millisecond timestamps, SRT text
-that is not HTML, ASS drawings, reversed cues, anamorphic pixels."""
+"""Real-world inputs that once went wrong: byte file names, Matroska millisecond timestamps,
+SRT text that is not HTML, ASS drawings, reversed cues, anamorphic pixels."""
 
 from __future__ import annotations
 
