@@ -3,7 +3,10 @@
 Timing rules, shared by both backends (`decode_pyav`, `decode_ffmpeg`):
 
 - **Origin.** Time 0 is the container's start time (what ffprobe prints as ``start:``), so
-  video and audio keep their relative offset and subtitle cue times line up.
+  video and audio keep their relative offset and subtitle cue times line up. A file that stores
+  no timestamps (a raw MPEG-1/2 elementary stream, whose demuxer only guesses them, irregularly)
+  has its frames timed from 0 by their durations, as the ffmpeg CLI does: its first frame is at
+  0, each next one where the previous one ends.
 - **Frame grid.** Every clip samples one global grid ``t_k = k / fps``. Clip ``j`` starts at
   ``s_j = j * clip_stride`` and holds grid frames ``j*stride_frames ...`` (``frames_per_clip`` of
   them). The frame for ``t_k`` is the last decoded frame whose presentation time is
@@ -65,6 +68,7 @@ class VideoInfo:
     video_stream_index: int = 0  # index among all streams of the file
     audio_stream_index: int | None = None
     sample_aspect_ratio: float = 1.0  # width of a stored pixel over its height (DVD: 32/27)
+    flip: bool = False  # mirrored left-right for display, after the rotation
 
     @property
     def coded_size(self) -> tuple[int, int]:

@@ -11,9 +11,13 @@ Same rules as `pipeline.decode` describes, obtained from ffmpeg's filters:
 - A second ``fps`` branch, shifted by `END_TOLERANCE` and with ``round=down``, writes one tiny
   frame per grid slot to a file; its count is floor((D + END_TOLERANCE) * fps), the number of
   grid frames inside the video, which decides the last window exactly as the PyAV backend does
-  (the ``round=up`` branch alone only tells ceil(D * fps)).
-- ``-noautorotate`` and a scale to `scaled_size` of the coded size, in rgb24, so that rotation
-  and crop happen in `pipeline.frames`, the same code the PyAV backend uses.
+  (the ``round=up`` branch alone only tells ceil(D * fps)). It starts one slot early (at
+  -1/fps, filled with the first frame) and the extra slot is not counted: a video shorter than
+  one grid step (a single frame, an image) has no slot inside it, and current ffmpeg builds
+  fail a run whose output receives no frame ("Nothing was written into output file") instead
+  of writing an empty file.
+- ``-noautorotate`` and a scale to `scaled_size` of the coded size, in rgb24, so that rotation,
+  mirror and crop happen in `pipeline.frames`, the same code the PyAV backend uses.
 - Chroma siting: PyAV's libswscale assumes MPEG-style ("left") chroma for YUV and centred
   chroma only for the JPEG ``yuvj*`` formats; newer ffmpeg builds default to centred chroma.
   Telling ffmpeg ``in_chroma_loc=left`` for non-JPEG formats makes the two backends' frames
@@ -41,11 +45,12 @@ from pipeline.config import PrepareConfig
 from pipeline.decode import END_TOLERANCE, DecodeStats, VideoInfo, Window, WindowAssembler
 from pipeline.decode_pyav import probe_pyav
 from pipeline.errors import DecodeError
-from pipeline.ffmpeg_bin import ffmpeg_binary
+from pipeline.ffmpeg_bin import ffmpeg_binary, stderr_summary
 from pipeline.frames import SWS_INTERPOLATION, display_image, scaled_size
 
 AUDIO_CHUNK_SECONDS = 0.5
 _COUNT_BYTES = 1  # one 1x1 gray pixel per grid slot in the counting branch
+_COUNT_EARLY_SLOTS = 1  # slots the counting branch writes before time 0 (never empty)
 _GLOBAL_ARGS = ["-nostdin", "-hide_banner", "-loglevel", "error", "-copyts"]
 
 
@@ -78,7 +83,8 @@ def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path,
     count = (
         branches[1]
         .filter("setpts", f"PTS+{END_TOLERANCE!r}/TB")
-        .filter("fps", fps=config.fps, start_time=0, round="down")
+        .filter("fps", fps=config.fps, start_time=-_COUNT_EARLY_SLOTS / config.fps,
+                round="down")
         .filter("scale", 1, 1)
         .filter("format", "gray")
     )
@@ -101,12 +107,11 @@ def audio_command(info: VideoInfo, config: PrepareConfig) -> list[str]:
     return output.compile(cmd=[ffmpeg_binary(), *_GLOBAL_ARGS])
 
 
-def _stderr_tail(log: IO[bytes], lines: int = 5) -> str:
+def _stderr_tail(log: IO[bytes]) -> str:
     log.seek(0, 2)
     size = log.tell()
     log.seek(max(0, size - 4096))
-    text = log.read().decode("utf-8", errors="replace").strip().splitlines()
-    return " | ".join(text[-lines:])
+    return stderr_summary(log.read().decode("utf-8", errors="replace"))
 
 
 class _Process:
@@ -120,7 +125,7 @@ class _Process:
             )
         except OSError as err:
             self.log.close()
-            raise DecodeError(f"cannot run ffmpeg ({cmd[0]}): {err}") from err
+            raise DecodeError(f"cannot run ffmpeg ({cmd[0]}): {err.strerror or err}") from err
 
     def read(self, n: int) -> bytes:
         assert self.proc.stdout is not None
@@ -202,7 +207,8 @@ def _windows(
         if len(data) < frame_bytes:
             break
         rgb = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)  # (h, w, 3)
-        assembler.add_frame(display_image(rgb, info.rotation, config.image_size))
+        assembler.add_frame(display_image(rgb, info.rotation, config.image_size,
+                                          flip=info.flip))
         while audio is not None and assembler.audio_wanted():
             audio.pull(assembler)
         yield from assembler.ready()
@@ -214,7 +220,8 @@ def _windows(
         raise DecodeError(f"no decodable video frames{reason}")
     if tail and stats.first_error is None:
         stats.first_error = tail  # ffmpeg recovered from these (e.g. corrupt packets)
-    grid_frames = count_path.stat().st_size // _COUNT_BYTES if count_path.exists() else 0
+    slots = count_path.stat().st_size // _COUNT_BYTES if count_path.exists() else 0
+    grid_frames = max(0, slots - _COUNT_EARLY_SLOTS)
     stats.duration = grid_frames / config.fps
     while audio is not None and assembler.audio_wanted(grid_frames):
         audio.pull(assembler)

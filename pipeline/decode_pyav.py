@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import struct
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +39,9 @@ from pipeline.errors import DecodeError
 from pipeline.frames import SWS_INTERPOLATION, display_image, scaled_size
 
 _ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
+# First box of an MP4/MOV file: `ftyp`, or in old QuickTime files `wide` or the data itself.
+_MP4_FIRST_BOXES = (b"ftyp", b"wide", b"mdat")
+_NO_TIMESTAMPS = av.format.Flags.no_timestamps.value
 # Video packets read ahead of the decoder, so that `_FrameSkipper` sees the frames that follow
 # a packet on screen (B-frames come after them in the file). 16 is H.264's largest reorder
 # depth; the packets wait compressed (~0.5 s of video at 30 fps, and the audio around it).
@@ -53,6 +58,13 @@ MAX_TIME_LEAP_S = 10.0
 MAX_QUEUED_PACKETS = 256
 
 
+def ffmpeg_message(err: av.FFmpegError) -> str:
+    """FFmpeg's own words for an error ("Invalid data found when processing input"), without
+    what `str(err)` adds: the error number, the path or the C function ("[Errno 1094995529]
+    ...: 'avcodec_send_packet()'"). Reasons stay short and read the same on every machine."""
+    return err.strerror or type(err).__name__
+
+
 def open_container(path: Path) -> InputContainer:
     """Open a media file for reading, turning every failure into a `DecodeError` that says why."""
     if not path.is_file():
@@ -62,7 +74,46 @@ def open_container(path: Path) -> InputContainer:
     try:
         return av.open(str(path), metadata_errors="replace")
     except av.FFmpegError as err:
-        raise DecodeError(f"not a readable media file ({err})") from err
+        raise DecodeError(f"not a readable media file ({_open_problem(path, err)})") from err
+
+
+def _open_problem(path: Path, err: av.FFmpegError) -> str:
+    """Why libavformat could not open `path`, as precisely as the file tells."""
+    if _mp4_without_index(path):
+        return "no moov index: the file was cut before its writer finished"
+    if isinstance(err, av.error.EOFError):
+        return "it ends inside its header: cut short?"
+    return ffmpeg_message(err)
+
+
+def _mp4_without_index(path: Path) -> bool:
+    """Whether `path` is an MP4/MOV (first box `ftyp`, or QuickTime's `wide`/`mdat`) whose
+    top-level boxes hold no `moov`, the index of every sample.
+
+    MP4 writers (cameras, screen recorders, PyAV, ffmpeg without ``+faststart``) append the
+    index when they finish, so this is a recording or download that stopped early; FFmpeg
+    only says "Invalid data found when processing input". Reads one box header per box.
+    """
+    try:
+        with path.open("rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            offset = 0
+            while offset + 8 <= end:
+                handle.seek(offset)
+                header = handle.read(16)
+                size, kind = struct.unpack(">I4s", header[:8])
+                if kind == b"moov" or (offset == 0 and kind not in _MP4_FIRST_BOXES):
+                    return False
+                if size == 1 and len(header) == 16:
+                    size = struct.unpack(">Q", header[8:])[0]  # 64-bit box size
+                elif size == 0:
+                    size = end - offset  # the box runs to the end of the file
+                if size < 8:
+                    return False  # not a box structure after all: nothing to conclude
+                offset += size
+            return offset > 0
+    except OSError:
+        return False
 
 
 def select_streams(container: InputContainer) -> tuple[VideoStream, AudioStream | None]:
@@ -75,24 +126,65 @@ def select_streams(container: InputContainer) -> tuple[VideoStream, AudioStream 
 
 
 def origin(container: InputContainer) -> float:
-    """Time zero of the file in seconds: the container start time, as ffmpeg reports it."""
+    """Time zero of the file in seconds: the container start time, as ffmpeg reports it (0 for
+    a file without timestamps of its own, see `has_timestamps`)."""
     start = container.start_time
-    return start / av.time_base if start is not None else 0.0
+    if start is None or not has_timestamps(container):
+        return 0.0
+    return start / av.time_base
 
 
-def frame_rotation(frame: av.VideoFrame, stream: VideoStream) -> int:
-    """Clockwise display rotation (0/90/180/270) from the frame's display matrix.
+def has_timestamps(container: InputContainer) -> bool:
+    """Whether the file's timestamps time its frames.
 
-    PyAV >= 13 exposes the matrix angle as `frame.rotation` (counter-clockwise degrees); older
-    versions only carry the legacy `rotate` tag (clockwise degrees) in the stream metadata.
+    Raw elementary streams (MPEG-1/2 video or H.264 without a container) store none: their
+    demuxer guesses them, not even regularly (MPEG-1: 0, 0.08, 0.12 s, ... at 25 fps). The
+    ffmpeg CLI drops such guesses and times the frames from 0 by their durations; the PyAV
+    backend does the same (`_GridPicker`), or the two backends would show different frames.
     """
-    counter_clockwise = getattr(frame, "rotation", None)
-    if counter_clockwise is not None:
-        return (-round(counter_clockwise / 90) * 90) % 360
+    return not container.format.flags & _NO_TIMESTAMPS
+
+
+def frame_orientation(frame: av.VideoFrame, stream: VideoStream) -> tuple[int, bool]:
+    """(clockwise rotation, mirror) for display, from the frame's display matrix.
+
+    The matrix is read whole, not just its angle (`frame.rotation`): a phone's front camera or
+    ``ffmpeg -display_hflip`` also mirrors the picture, and the angle of a mirroring matrix is
+    not the rotation to apply. Files without a matrix on their frames (older FFmpeg builds)
+    may carry the legacy `rotate` tag (clockwise degrees, never a mirror) instead.
+    """
+    matrix = _display_matrix(frame)
+    if matrix is not None:
+        return matrix_orientation(matrix)
     try:
-        return (round(float(stream.metadata.get("rotate", 0)) / 90) * 90) % 360
+        return (round(float(stream.metadata.get("rotate", 0)) / 90) * 90) % 360, False
     except ValueError:
-        return 0
+        return 0, False
+
+
+def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    """The frame's 3x3 display matrix (nine int32, row by row), if it has one."""
+    for data in frame.side_data:
+        if data.type.name == "DISPLAYMATRIX":
+            return struct.unpack("=9i", bytes(data))
+    return None
+
+
+def matrix_orientation(matrix: tuple[int, ...]) -> tuple[int, bool]:
+    """(clockwise rotation in 0/90/180/270, mirror) that an FFmpeg display matrix asks for:
+    turn the picture clockwise by the rotation, then mirror it left-right if `mirror`.
+
+    This is what ffmpeg's autorotate and players show. The matrix's top-left 2x2 block
+    (a b / c d) maps a coded point (x, y) to (a x + c y, b x + d y); a negative determinant
+    means it mirrors. Negating the first column (what ``-display_hflip`` does to a matrix) takes
+    the mirror out, and what remains is a rotation by atan2(b, a) clockwise.
+    """
+    a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
+    mirror = a * d - b * c < 0
+    if mirror:
+        a = -a
+    rotation = round(math.degrees(math.atan2(b, a)) / 90) * 90 % 360
+    return rotation, mirror
 
 
 def sample_aspect_ratio(stream: VideoStream) -> float:
@@ -105,12 +197,13 @@ def sample_aspect_ratio(stream: VideoStream) -> float:
 
 
 def probe_pyav(path: Path) -> VideoInfo:
-    """`pipeline.decode.probe` for both backends: header fields plus the first frame's rotation."""
+    """`pipeline.decode.probe` for both backends: header fields plus the first frame's
+    orientation."""
     with open_container(path) as container:
         video, audio = select_streams(container)
-        rotation, pixel_format = 0, video.codec_context.pix_fmt
+        (rotation, flip), pixel_format = (0, False), video.codec_context.pix_fmt
         for _, frame in _frames(container, [video], DecodeStats()):
-            rotation, pixel_format = frame_rotation(frame, video), frame.format.name
+            (rotation, flip), pixel_format = frame_orientation(frame, video), frame.format.name
             break
         width, height = video.codec_context.width, video.codec_context.height
         if rotation in (90, 270):
@@ -127,6 +220,7 @@ def probe_pyav(path: Path) -> VideoInfo:
             width=width,
             height=height,
             rotation=rotation,
+            flip=flip,
             fps_hint=float(video.average_rate) if video.average_rate else None,
             has_audio=audio is not None,
             audio_channels=audio.layout.nb_channels if audio is not None else None,
@@ -163,9 +257,9 @@ def video_end_pyav(path: Path) -> float | None:
         return None if end is None else end - start
 
 
-def _note_error(stats: DecodeStats, err: Exception) -> None:
+def _note_error(stats: DecodeStats, problem: str) -> None:
     if stats.first_error is None:
-        stats.first_error = str(err)
+        stats.first_error = problem
 
 
 class _FrameSkipper:
@@ -262,7 +356,7 @@ def _frames(
         except StopIteration:
             break
         except av.FFmpegError as err:
-            _note_error(stats, err)
+            _note_error(stats, f"reading the file stopped early: {ffmpeg_message(err)}")
             broken = True
             break
         queue.append(packet)
@@ -292,7 +386,8 @@ def _decode(
         decoded = packet.decode()
     except av.FFmpegError as err:
         stats.packets_skipped += 1
-        _note_error(stats, err)
+        _note_error(stats, f"the {packet.stream.type} decoder rejected a packet: "
+                           f"{ffmpeg_message(err)}")
         return
     for frame in decoded:
         yield packet.stream, frame
@@ -301,10 +396,12 @@ def _decode(
 class _GridPicker:
     """Turns decoded video frames (presentation order) into display images on the fps grid."""
 
-    def __init__(self, config: PrepareConfig, stream: VideoStream, start: float) -> None:
+    def __init__(self, config: PrepareConfig, stream: VideoStream, start: float,
+                 timed: bool) -> None:
         self.config = config
         self.stream = stream
         self.start = start
+        self.timed = timed  # False: the file has no timestamps (see `has_timestamps`)
         self.next_index = 0  # next grid frame to deliver
         self._frame: av.VideoFrame | None = None  # the frame on screen now
         self._time = 0.0
@@ -312,6 +409,7 @@ class _GridPicker:
         self._image: np.ndarray | None = None  # `_frame` converted, once needed
         self._size: tuple[int, int] = (0, 0)
         self._rotation = 0
+        self._flip = False
         # One swscale context for the whole video: `VideoFrame.reformat` builds a new one per
         # call (5.9 ms per 720p frame against 2.1 ms reused, same pixels). Scaling runs on one
         # thread: the decoder's threads and the other workers already use the cores.
@@ -319,19 +417,29 @@ class _GridPicker:
 
     def push(self, frame: av.VideoFrame) -> Iterator[np.ndarray]:
         """Grid images whose time has passed now that `frame` is on screen."""
-        if frame.pts is None or frame.time_base is None:
+        time = self._frame_time(frame)
+        if time is None:
             return
-        time = float(frame.pts * frame.time_base) - self.start
         if self._frame is None:
             width = square_pixel_width(frame.width, sample_aspect_ratio(self.stream))
             self._size = scaled_size(width, frame.height, self.config.image_size)
-            self._rotation = frame_rotation(frame, self.stream)
+            self._rotation, self._flip = frame_orientation(frame, self.stream)
         else:
             while self.next_index / self.config.fps + TIME_EPS < time:
                 yield self._current_image()
                 self.next_index += 1
             self._step = time - self._time
         self._frame, self._time, self._image = frame, time, None
+
+    def _frame_time(self, frame: av.VideoFrame) -> float | None:
+        """Seconds from the origin at which `frame` goes on screen; None if it has no time."""
+        if not self.timed:
+            # The ffmpeg CLI's rule for such files: the first frame at 0, every next one where
+            # the previous one ends.
+            return 0.0 if self._frame is None else self._time + self._frame_duration(self._frame)
+        if frame.pts is None or frame.time_base is None:
+            return None
+        return float(frame.pts * frame.time_base) - self.start
 
     def end(self) -> float | None:
         """Duration D (end of the last frame), or None when no frame had a timestamp."""
@@ -366,7 +474,8 @@ class _GridPicker:
                 self._frame, width, height, format="rgb24",
                 interpolation=SWS_INTERPOLATION.upper(), threads=1,
             ).to_ndarray()  # (h, w, 3) coded orientation
-            self._image = display_image(rgb, self._rotation, self.config.image_size)
+            self._image = display_image(rgb, self._rotation, self.config.image_size,
+                                        flip=self._flip)
         return self._image
 
 
@@ -449,12 +558,14 @@ def _windows(
     video, audio = select_streams(container)
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
-    start = origin(container)
+    start, timed = origin(container), has_timestamps(container)
     assembler = WindowAssembler(config, audio is not None, stats)
-    picker = _GridPicker(config, video, start)
+    picker = _GridPicker(config, video, start, timed)
     resampler = _MonoResampler(config.sample_rate, start) if audio is not None else None
     streams = [video] if audio is None else [video, audio]
-    skipper = _FrameSkipper(video, config.fps, start) if _FrameSkipper.applies(video) else None
+    # The skipper reads frame times off packets: guessed ones would mislead it.
+    skipper = (_FrameSkipper(video, config.fps, start)
+               if timed and _FrameSkipper.applies(video) else None)
     watch = _Continuity(start) if container.format.flags & _TS_DISCONT else None
     for stream, frame in _frames(container, streams, stats, skipper):
         if watch is not None and not watch.follows(stream, frame):

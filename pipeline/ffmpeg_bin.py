@@ -1,4 +1,4 @@
-"""Which ffmpeg executable the pipeline runs.
+"""Which ffmpeg executable the pipeline runs, and how its complaints are reported.
 
 One place decides, so that the FFmpeg decode backend and subtitle extraction always use the same
 build: `OMNI_FFMPEG` wins (a system ffmpeg with more codecs, or a cluster module), otherwise the
@@ -8,6 +8,7 @@ static build that the `imageio-ffmpeg` wheel ships, which needs no system packag
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import imageio_ffmpeg
@@ -15,6 +16,10 @@ import imageio_ffmpeg
 from pipeline.errors import PipelineError
 
 ENV_VAR = "OMNI_FFMPEG"
+# The "[h264 @ 0x55d1d749fb80] " that starts ffmpeg's log lines: a component and a heap address.
+_LOG_PREFIX = re.compile(r"\[[^\[\]]* @ 0x[0-9a-fA-F]+\]\s*")
+# A line ffmpeg writes instead of repeating the previous one.
+_REPEATED = re.compile(r"^\s*Last message repeated \d+ times?$")
 
 
 def ffmpeg_binary() -> str:
@@ -39,3 +44,18 @@ def ffmpeg_binary() -> str:
             f"no ffmpeg binary found ({err}); install the imageio-ffmpeg wheel for this "
             f"platform or set {ENV_VAR} to an ffmpeg executable"
         ) from err
+
+
+def stderr_summary(text: str, lines: int = 5) -> str:
+    """The last `lines` lines ffmpeg wrote to stderr, joined with " | ".
+
+    The "[component @ 0x...]" prefixes go: the addresses differ on every run, so failure
+    reasons and warnings that kept them would never be the same twice (stats, manifests).
+    So do repeats of a line ("Last message repeated 1 times", or the line itself again).
+    """
+    kept: list[str] = []
+    for line in text.splitlines():
+        line = _LOG_PREFIX.sub("", line).strip()
+        if line and not _REPEATED.match(line) and line not in kept[-1:]:
+            kept.append(line)
+    return " | ".join(kept[-lines:])

@@ -45,14 +45,18 @@ def center_crop(picture: np.ndarray, size: int) -> np.ndarray:
     return picture[top : top + size, left : left + size]  # (size, size, C)
 
 
-def display_image(scaled: np.ndarray, rotation: int, image_size: int) -> np.ndarray:
+def display_image(scaled: np.ndarray, rotation: int, image_size: int, *,
+                  flip: bool = False) -> np.ndarray:
     """The clip's square image from a frame scaled to `scaled_size` of its coded size.
 
     `scaled` is (h, w, 3) uint8 in coded orientation; `rotation` is the clockwise display
-    rotation. Returns a contiguous (image_size, image_size, 3) uint8 array that owns its memory,
-    so it never pins a decoder's or a pipe's buffer.
+    rotation and `flip` a left-right mirror applied after it (a display matrix that mirrors,
+    e.g. a front camera's). Returns a contiguous (image_size, image_size, 3) uint8 array that
+    owns its memory, so it never pins a decoder's or a pipe's buffer.
     """
     upright = rotate(scaled, rotation)  # (H, W, 3) as displayed
+    if flip:
+        upright = upright[:, ::-1]  # (H, W, 3) mirrored
     return np.ascontiguousarray(center_crop(upright, image_size))  # (S, S, 3)
 
 

@@ -278,7 +278,7 @@ def extract_embedded(video_path: Path, ffmpeg_binary: str | None = None) -> Tran
         raise TranscriptError(f"{video_path}: extracting subtitle stream {index} took over "
                               f"{EMBEDDED_TIMEOUT_S:.0f} s") from err
     if result.returncode != 0:
-        reason = result.stderr.decode("utf-8", errors="replace").strip()
+        reason = ffmpeg_bin.stderr_summary(result.stderr.decode("utf-8", errors="replace"))
         raise TranscriptError(f"{video_path}: ffmpeg could not extract subtitle stream {index}: "
                               f"{reason or f'exit status {result.returncode}'}")
     text = result.stdout.decode("utf-8", errors="replace").replace("\r\n", "\n")

@@ -31,9 +31,9 @@ worker has probed the file the limit is `timeout_min_s`.
   the video without text (`transcript_source` "none", `transcript_error` set).
 - ``skipped``: nothing wrong with the file, but no sample to make: shorter than one clip
   ("shorter than one clip (1.50 s < 2 s)") or no video stream ("no video stream (audio only)").
-- ``failed``: unreadable (zero bytes, not media, no decodable frame, or no complete clip
-  before the decoder gave up), crashed ("worker crashed with SIGSEGV"), timed out ("timed out
-  after 60 s") or raised ("<ExceptionType>: message").
+- ``failed``: unreadable (zero bytes, not media, an MP4 cut before its index was written, no
+  decodable frame, or no complete clip before the decoder gave up), crashed ("worker crashed
+  with SIGSEGV"), timed out ("timed out after 60 s") or raised ("<ExceptionType>: message").
 
 A failure to *write* (full disk, quota, read-only filesystem) is not the video's fault: the
 worker reports it as an output error and the run stops (see `OutputError`).
@@ -127,6 +127,7 @@ class VideoOutcome:
     footage_seconds: float = 0.0  # decoded duration (0 when it could not be decoded)
     has_audio: bool | None = None
     rotation: int | None = None
+    flip: bool | None = None  # mirrored left-right for display, after the rotation
     transcript_source: str | None = None
     transcript_timed: bool | None = None
     transcript_error: str | None = None
@@ -351,7 +352,7 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
             outcome.reason = str(err)
         return
     send(("probe", info.duration_hint))
-    outcome.has_audio, outcome.rotation = info.has_audio, info.rotation
+    outcome.has_audio, outcome.rotation, outcome.flip = info.has_audio, info.rotation, info.flip
     transcript = _transcript(source.path, outcome)
     text_duration = info.duration_hint
     if transcript.cues and not transcript.timed:
@@ -386,7 +387,8 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         if outcome.clips == 0:
             writer.discard()
             if stats.first_error:
-                outcome.reason = (f"no complete clip before the decoder gave up: "
+                outcome.reason = (f"no complete clip before the decoder gave up "
+                                  f"({outcome.footage_seconds:.2f} s decoded): "
                                   f"{stats.first_error}")
             else:
                 outcome.status = SKIPPED
@@ -402,8 +404,8 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
     if short and not stats.first_error and decode_error is None:
         outcome.warnings.append(short)
     if stats.first_error:
-        skipped = (f" ({stats.packets_skipped} corrupt packets skipped)"
-                   if stats.packets_skipped else "")
+        count = stats.packets_skipped
+        skipped = f" ({count} corrupt packet{'s' * (count != 1)} skipped)" if count else ""
         outcome.warnings.append(f"decoder: {stats.first_error}{skipped}")
 
 

@@ -24,6 +24,7 @@ import av
 import numpy as np
 import pytest
 from media import (
+    counter_picture,
     make_audio_only,
     make_video,
     mux_subtitles,
@@ -32,6 +33,7 @@ from media import (
     stripe_side,
     truncate_file,
 )
+from PIL import Image
 
 from pipeline import decode_pyav
 from pipeline.config import PrepareConfig
@@ -44,7 +46,7 @@ from pipeline.decode import (
     window_count,
 )
 from pipeline.errors import DecodeError
-from pipeline.ffmpeg_bin import ffmpeg_binary
+from pipeline.ffmpeg_bin import ffmpeg_binary, stderr_summary
 
 DECODERS = ["pyav", "ffmpeg"]
 CONFIG = PrepareConfig()
@@ -221,6 +223,23 @@ def test_time_zero_is_the_container_start(media_dir: Path, decoder: str, counter
     assert read_counter(windows[0].frames[1]) == 2  # t = 0.125: frame 2 (0.106), not 3 (0.148)
 
 
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("codec", ["mpeg1video", "mpeg2video"])
+def test_raw_elementary_stream_is_timed_from_its_first_frame(media_dir: Path, decoder: str,
+                                                            codec: str, counter_video) -> None:
+    # A raw MPEG-1/2 stream named .mpg (no program-stream container) stores no timestamps.
+    # PyAV's demuxer guesses some (MPEG-2 frame k at (k + 1)/24; MPEG-1: 0, then (k + 1)/24),
+    # the ffmpeg CLI drops them and times frames from 0: both must show frame k at k/24.
+    path = media_dir / f"elementary_{codec}.mpg"
+    if not path.exists():
+        ffmpeg_run("-i", str(counter_video.path), "-an", "-c:v", codec, "-q:v", "2", "-f", codec,
+                   str(path))  # fmt: skip
+    assert probe(path, CONFIG).start_time == 0.0
+    windows = decode(path, decoder)
+    assert len(windows) == 3
+    assert_frames_follow(windows, counter_video.frame_times)
+
+
 # -- rotation -----------------------------------------------------------------------------
 
 
@@ -240,6 +259,56 @@ def test_display_rotation_is_applied(media_dir: Path, decoder: str, rotation: in
     # The stripe marks the top of the coded picture; a player turns it clockwise.
     assert stripe_side(window.image) == side
     assert stripe_side(window.frames[0]) == side
+
+
+# What ffmpeg's autorotate shows for each display matrix (a b / c d, in units of 1.0), made with
+# `ffmpeg -display_rotation R [-display_hflip] [-display_vflip] -i in.mp4 -c copy out.mov` and
+# measured with ffmpeg 8: turned clockwise by `rotation`, then mirrored left-right if `flip`.
+MATRIX_ORIENTATIONS = [
+    ((1, 0, 0, 1), 0, False),
+    ((0, 1, -1, 0), 90, False),
+    ((-1, 0, 0, -1), 180, False),
+    ((0, -1, 1, 0), 270, False),
+    ((-1, 0, 0, 1), 0, True),  # -display_hflip
+    ((0, 1, 1, 0), 90, True),
+    ((1, 0, 0, -1), 180, True),  # -display_vflip
+    ((0, -1, -1, 0), 270, True),  # -display_rotation 90 -display_hflip
+]
+
+
+@pytest.mark.parametrize(("abcd", "rotation", "flip"), MATRIX_ORIENTATIONS)
+def test_display_matrix_gives_ffmpegs_orientation(abcd: tuple[int, ...], rotation: int,
+                                                  flip: bool) -> None:
+    a, b, c, d = (value << 16 for value in abcd)  # 16.16 fixed point
+    matrix = (a, b, 0, c, d, 0, 0, 0, 1 << 30)
+    assert decode_pyav.matrix_orientation(matrix) == (rotation, flip)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize(
+    ("options", "rotation"),
+    [
+        (["-display_rotation", "90", "-display_hflip"], 270),
+        (["-display_rotation", "0", "-display_hflip"], 0),
+        (["-display_rotation", "0", "-display_vflip"], 180),
+    ],
+)
+def test_display_mirror_is_applied(media_dir: Path, decoder: str, options: list[str],
+                                   rotation: int) -> None:
+    # A square textured picture, so that the mirrored file's image is exactly the plain one's
+    # turned and mirrored (the centre crop cuts nothing to shift by a pixel).
+    plain = media_dir / "mirror_plain.mp4"
+    if not plain.exists():
+        make_video(plain, duration=2.0, size=(48, 48), audio=None, pattern="waves")
+    path = media_dir / f"mirror{''.join(options)}.mov"
+    if not path.exists():
+        ffmpeg_run(*options, "-i", str(plain), "-c", "copy", str(path))
+    info = probe(path, CONFIG)
+    assert (info.rotation, info.flip) == (rotation, True)
+    (window,) = decode(path, decoder)
+    (upright,) = decode(plain, decoder)
+    expected = np.fliplr(np.rot90(upright.image, k=-rotation // 90))
+    assert np.array_equal(window.image, expected)
 
 
 # -- audio --------------------------------------------------------------------------------
@@ -330,11 +399,68 @@ def test_unreadable_files_raise_decode_error(media_dir: Path, decoder: str, coun
     cut = media_dir / "cut.mp4"
     cut.write_bytes(counter_video.path.read_bytes())
     truncate_file(cut, 0.5)
-    for path, reason in [(empty, "empty file"), (noise, "not a readable"), (cut, "not a readable")]:
-        with pytest.raises(DecodeError, match=reason):
+    for path, reason in [
+        (empty, "empty file (0 bytes)"),
+        (noise, "not a readable media file (Invalid data found when processing input)"),
+        (cut, "not a readable media file (no moov index: the file was cut before its writer "
+              "finished)"),
+    ]:
+        with pytest.raises(DecodeError) as raised:
             decode(path, decoder)
+        assert str(raised.value) == reason  # no "[Errno N]", no path: the caller records it
     with pytest.raises(DecodeError, match="no such file"):
         decode(media_dir / "missing.mp4", decoder)
+
+
+def test_a_file_that_ends_inside_its_header_says_so(media_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # What libavformat raises for a file cut within its header (e.g. the first 40 bytes of a
+    # Matroska file; where exactly depends on the muxer, so the error is simulated).
+    path = random_bytes_file(media_dir / "header_only.mkv", 40)
+
+    def ends_early(*args: object, **kwargs: object) -> None:
+        raise av.error.EOFError(541478725, "End of file", str(path))
+
+    monkeypatch.setattr(av, "open", ends_early)
+    with pytest.raises(DecodeError) as raised:
+        probe(path, CONFIG)
+    assert str(raised.value) == "not a readable media file (it ends inside its header: cut short?)"
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_decoder_complaints_are_short_and_stable(media_dir: Path, decoder: str, counter_video):
+    # Index first (+faststart), then cut: the last packets are incomplete, decoding goes on.
+    path = media_dir / f"faststart_cut_{decoder}.mp4"
+    ffmpeg_run("-i", str(counter_video.path), "-c", "copy", "-movflags", "+faststart", str(path))
+    truncate_file(path, 0.9)
+    complaints = []
+    for _ in range(2):
+        stats = DecodeStats()
+        assert len(decode(path, decoder, stats)) == 2
+        complaints.append(stats.first_error)
+    complaint = complaints[0]
+    assert complaint and complaints[1] == complaint  # the same text on every run
+    for noise in ("Errno", "()", "@ 0x", str(path)):
+        assert noise not in complaint
+    if decoder == "pyav":
+        assert complaint == ("the audio decoder rejected a packet: "
+                             "Invalid data found when processing input")
+
+
+def test_ffmpeg_stderr_summary_drops_addresses_and_repeats() -> None:
+    stderr = (
+        "[h264 @ 0x55d1d749fb80] Error splitting the input into NAL units.\n"
+        "[vist#0:0/h264 @ 0x55d1d74458c0] [dec:h264 @ 0x55d1d749f280] Error submitting packet "
+        "to decoder: Invalid data found when processing input\n"
+        "[h264 @ 0x55d1d749fb80] co located POCs unavailable\n"
+        "    Last message repeated 1 times\n"
+        "[h264 @ 0x55d1d749fc00] co located POCs unavailable\n"
+        "[in#0/mov,mp4,m4a,3gp,3g2,mj2 @ 0x55561c49ab80] stream 0, offset 0x6697: partial file\n"
+    )
+    assert stderr_summary(stderr, lines=3) == (
+        "Error submitting packet to decoder: Invalid data found when processing input | "
+        "co located POCs unavailable | stream 0, offset 0x6697: partial file"
+    )
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -382,6 +508,23 @@ def test_joined_recordings_stop_at_the_timestamp_jump(media_dir: Path, offset: f
         np.testing.assert_array_equal(got.frames, want.frames)
         np.testing.assert_array_equal(got.audio, want.audio)
     assert stats.first_error is not None and "timestamps jump" in stats.first_error
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("name", ["one_frame.mp4", "png_image.mp4"])
+def test_video_of_one_frame_has_no_window_and_no_error(media_dir: Path, decoder: str,
+                                                       name: str) -> None:
+    # Shorter than one grid step: no grid slot lies inside it. The ffmpeg backend's counting
+    # output must not end up empty, which ffmpeg reports as a failure.
+    path = media_dir / name
+    if name == "one_frame.mp4":
+        make_video(path, duration=1 / 24, size=(64, 48), audio=None)
+    else:  # a photo with a video extension
+        Image.fromarray(counter_picture(0, 64, 48)).save(path, format="PNG")
+    stats = DecodeStats()
+    assert decode(path, decoder, stats) == []
+    assert stats.duration is not None and stats.duration < 0.1
+    assert stats.first_error is None
 
 
 # -- the two backends agree ---------------------------------------------------------------

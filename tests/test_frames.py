@@ -60,6 +60,17 @@ def test_display_image_rotates_then_crops_and_owns_its_memory() -> None:
     assert image[:, :-10].max() == 0
 
 
+def test_display_image_mirrors_after_rotating() -> None:
+    scaled = np.zeros((224, 224, 3), dtype=np.uint8)  # square: the crop cuts nothing
+    scaled[:10, :, 0] = 255  # red stripe on top
+    scaled[:, :10, 1] = 255  # green stripe on the left
+    image = display_image(scaled, 90, 224, flip=True)
+    # Turned clockwise: top -> right, left -> top; then mirrored: right -> left.
+    assert image[:, :10, 0].min() == 255 and image[:, 10:, 0].max() == 0
+    assert image[:10, :, 1].min() == 255 and image[10:, :, 1].max() == 0
+    assert image.flags.c_contiguous and image.base is None
+
+
 def test_clip_frame_shrinks_with_area_averaging() -> None:
     checker = np.indices((224, 224)).sum(axis=0) % 2 * 255  # (224, 224) finest detail
     image = np.repeat(checker[..., None], 3, axis=2).astype(np.uint8)  # (224, 224, 3)

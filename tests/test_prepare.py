@@ -327,6 +327,37 @@ def test_ffmpeg_decoder_gives_the_same_clips_and_text(tmp_path) -> None:
     assert texts["pyav"] == texts["ffmpeg"] and len(texts["pyav"]) == 3
 
 
+def test_one_frame_video_is_skipped_by_both_decoders(tmp_path) -> None:
+    # A single frame (a photo saved as .mp4) is too short, not broken: the ffmpeg backend once
+    # failed it with ffmpeg's "Nothing was written into output file".
+    (tmp_path / "in").mkdir()
+    make_video(tmp_path / "in" / "one.mp4", duration=1 / 24, size=SMALL, audio=None)
+    (source,) = discover_videos(tmp_path / "in")
+    for decoder in ("pyav", "ffmpeg"):
+        task = VideoTask(source, tmp_path / f"{decoder}.tar", PrepareConfig(decoder=decoder))
+        outcome = prepare_video(task, lambda message: None)
+        assert outcome.status == "skipped", decoder
+        assert outcome.reason and outcome.reason.startswith("shorter than one clip (0.0"), decoder
+
+
+def test_mirrored_video_is_shown_and_recorded_as_players_show_it(tmp_path) -> None:
+    # A front camera's display matrix turns and mirrors: ffmpeg's autorotate turns this one
+    # 270 degrees clockwise, then mirrors it left-right, so the coded top ends up on the right.
+    (tmp_path / "in").mkdir()
+    plain = make_video(tmp_path / "plain.mp4", duration=2.0, size=SMALL, audio=None).path
+    subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-display_rotation", "90",
+                    "-display_hflip", "-i", str(plain), "-c", "copy",
+                    str(tmp_path / "in" / "selfie.mov")], check=True)  # fmt: skip
+    (source,) = discover_videos(tmp_path / "in")
+    outcome = prepare_video(VideoTask(source, tmp_path / "part.tar", CONFIG), lambda message: None)
+    assert (outcome.status, outcome.rotation, outcome.flip) == ("prepared", 270, True)
+    assert outcome.to_dict()["flip"] is True  # kept in the unit's stats file
+    with tarfile.open(tmp_path / "part.tar") as tar:
+        (member,) = [m for m in tar if m.name.endswith(".frame.jpg")]
+        image = decode_member("frame.jpg", tar.extractfile(member).read())
+    assert stripe_side(image) == "right"
+
+
 # --------------------------------------------------------------------------- isolation
 def test_crash_hang_and_exception_fail_alone(tmp_path, monkeypatch) -> None:
     source = tmp_path / "in"
