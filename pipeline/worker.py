@@ -400,7 +400,7 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         writer.discard()
         raise
     outcome.status = PREPARED
-    short = _short_of_stated(outcome.footage_seconds, info.duration_hint)
+    short = _short_of_stated(outcome.footage_seconds, info.duration_hint, info.start_time)
     if short and not stats.first_error and decode_error is None:
         outcome.warnings.append(short)
     if stats.first_error:
@@ -409,14 +409,18 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         outcome.warnings.append(f"decoder: {stats.first_error}{skipped}")
 
 
-def _short_of_stated(decoded: float, stated: float | None) -> str | None:
+def _short_of_stated(decoded: float, stated: float | None, start: float) -> str | None:
     """A warning when the picture ends well before the duration the container states.
 
     Some demuxers (Matroska) reach the end of a cut-short file without an error, so this is
     the only sign of a truncated file; it also flags audio that runs on long after the picture.
+    Matroska states its end time rather than its span when the file starts at `start` > 0, so
+    the picture counts as complete if it fills either reading of the stated duration.
     """
-    if stated is None or stated - decoded <= max(SHORT_OF_STATED_S, SHORT_OF_STATED_FRACTION
-                                                 * stated):
+    if stated is None:
+        return None
+    shortfall = min(stated - decoded, stated - start - decoded if start > 0 else stated)
+    if shortfall <= max(SHORT_OF_STATED_S, SHORT_OF_STATED_FRACTION * stated):
         return None
     return (f"the picture ends at {decoded:.2f} s of the {stated:.2f} s the container states "
             f"(file cut short, or audio outlasting the picture)")

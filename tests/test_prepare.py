@@ -340,6 +340,18 @@ def test_one_frame_video_is_skipped_by_both_decoders(tmp_path) -> None:
         assert outcome.reason and outcome.reason.startswith("shorter than one clip (0.0"), decoder
 
 
+def test_a_matroska_that_starts_late_is_complete_not_cut_short(tmp_path) -> None:
+    # Matroska starting at 10 s states 13 s (its end time): the 3 s picture fills it. A file
+    # cut short still gets the warning (see test_truncated_file_keeps_the_clips_before_the_cut).
+    (tmp_path / "in").mkdir()
+    plain = make_video(tmp_path / "plain.mkv", duration=3.0, size=SMALL).path
+    subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(plain), "-c", "copy",
+                    "-output_ts_offset", "10", str(tmp_path / "in" / "late.mkv")], check=True)
+    (source,) = discover_videos(tmp_path / "in")
+    outcome = prepare_video(VideoTask(source, tmp_path / "part.tar", CONFIG), lambda message: None)
+    assert (outcome.status, outcome.clips, outcome.warnings) == ("prepared", 2, [])
+
+
 def test_mirrored_video_is_shown_and_recorded_as_players_show_it(tmp_path) -> None:
     # A front camera's display matrix turns and mirrors: ffmpeg's autorotate turns this one
     # 270 degrees clockwise, then mirrors it left-right, so the coded top ends up on the right.
