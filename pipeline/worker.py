@@ -32,7 +32,8 @@ worker has probed the file the limit is `timeout_min_s`.
 - ``skipped``: nothing wrong with the file, but no sample to make: shorter than one clip
   ("shorter than one clip (1.50 s < 2 s)") or no video stream ("no video stream (audio only)").
 - ``failed``: unreadable (zero bytes, not media, an MP4 cut before its index was written, no
-  decodable frame, or no complete clip before the decoder gave up), crashed ("worker crashed
+  decodable frame, no complete clip before the decoder gave up, or cut short before the
+  first clip ends while the container states a longer duration), crashed ("worker crashed
   with SIGSEGV"), timed out ("timed out after 60 s") or raised ("<ExceptionType>: message").
 
 A failure to *write* (full disk, quota, read-only filesystem) is not the video's fault: the
@@ -386,10 +387,14 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         outcome.packets_skipped = stats.packets_skipped
         if outcome.clips == 0:
             writer.discard()
+            short = _short_of_stated(outcome.footage_seconds, info.duration_hint,
+                                     info.start_time)
             if stats.first_error:
                 outcome.reason = (f"no complete clip before the decoder gave up "
                                   f"({outcome.footage_seconds:.2f} s decoded): "
                                   f"{stats.first_error}")
+            elif short:  # a long video cut short is broken, not short
+                outcome.reason = f"no complete clip: {short}"
             else:
                 outcome.status = SKIPPED
                 outcome.reason = (f"shorter than one clip ({outcome.footage_seconds:.2f} s < "

@@ -352,6 +352,19 @@ def test_a_matroska_that_starts_late_is_complete_not_cut_short(tmp_path) -> None
     assert (outcome.status, outcome.clips, outcome.warnings) == ("prepared", 2, [])
 
 
+def test_a_long_video_cut_before_its_first_clip_fails_rather_than_skips(tmp_path) -> None:
+    # Matroska cut after ~1 s of a 6 s video reads to the cut without a decoder error: it is
+    # broken, not a short clip, and the reason says how much of it is there.
+    (tmp_path / "in").mkdir()
+    make_video(tmp_path / "in" / "cut.mkv", duration=6.0, size=SMALL)
+    truncate_file(tmp_path / "in" / "cut.mkv", 0.15)
+    (source,) = discover_videos(tmp_path / "in")
+    outcome = prepare_video(VideoTask(source, tmp_path / "part.tar", CONFIG), lambda message: None)
+    assert outcome.status == "failed" and outcome.clips == 0
+    assert outcome.reason is not None
+    assert outcome.reason.startswith("no complete clip: the picture ends at"), outcome.reason
+
+
 def test_mirrored_video_is_shown_and_recorded_as_players_show_it(tmp_path) -> None:
     # A front camera's display matrix turns and mirrors: ffmpeg's autorotate turns this one
     # 270 degrees clockwise, then mirrors it left-right, so the coded top ends up on the right.
