@@ -34,8 +34,9 @@ from typing import Any
 
 from prepare import make_videos, omni_prepare
 
-from pipeline.loader import build_shard_loader, resolve_shards
+from pipeline.loader import build_shard_loader
 from pipeline.prepare import default_workers
+from pipeline.shardset import resolve_shards
 
 
 def tar_epoch(urls: list[str]) -> int:

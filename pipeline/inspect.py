@@ -34,11 +34,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from webdataset.tariterators import base_plus_ext
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.loader import SHARD_GLOB, resolve_shards
 from pipeline.manifest import Manifest, Totals, read_manifest
 from pipeline.outdir import MANIFEST_NAME, OutputDir
 from pipeline.schema import (
@@ -56,6 +54,7 @@ from pipeline.schema import (
     expected_from_meta,
     validate_sample,
 )
+from pipeline.shardset import SHARD_GLOB, URL_SCHEME, resolve_shards, split_member_name
 from pipeline.worker import FAILED, SKIPPED
 
 # Called with the samples and bytes read since the previous call, for progress bars.
@@ -66,7 +65,6 @@ PROBLEM_LIMIT = 100  # problems `verify` keeps in detail; the rest are only coun
 _END_OF_ARCHIVE = 1024  # a tar ends with two zero 512-byte blocks
 _META_MEMBERS = frozenset({MEMBER_JSON, MEMBER_TEXT})
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
-_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # pipe:, http://, s3:// (not "C:")
 # Viridis at 9 evenly spaced points: perceptually uniform and readable in grey, so a mel image
 # needs no plotting library.
 _VIRIDIS = np.array([
@@ -150,7 +148,7 @@ def open_target(paths: Sequence[str | os.PathLike[str]]) -> Target:
     for item in items:
         if "{" in item or Path(item).exists():
             continue
-        if _URL_SCHEME.match(item):
+        if URL_SCHEME.match(item):
             raise ConfigError(f"{item} is not a local file; omni inspect reads local shards "
                               f"(copy remote ones first)")
         raise ConfigError(f"{item} does not exist; pass a folder written by omni prepare, "
@@ -287,7 +285,7 @@ def iter_raw_samples(path: str, read: Callable[[str], bool]) -> Iterator[RawSamp
             for info in tar:
                 if not info.isreg():
                     continue
-                prefix, suffix = base_plus_ext(info.name)
+                prefix, suffix = split_member_name(info.name)
                 if prefix is None:  # no type at all: a sample of its own, with one odd member
                     prefix, suffix = info.name, ""
                 suffix = suffix.lower()

@@ -23,24 +23,18 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.manifest import read_manifest
-from pipeline.outdir import MANIFEST_NAME
 from pipeline.schema import (
     CLIP_PREFIX,
     MEL_CENTER,
@@ -51,18 +45,15 @@ from pipeline.schema import (
     MEMBER_TEXT,
     CorruptMemberError,
     decode_sample,
-    expected_from_config,
     expected_from_meta,
     validate_sample,
 )
+from pipeline.shardset import ShardSet, resolve_shards
 from pipeline.tokenizer import PAD_ID, TokenizerFn, byte_tokenizer
 
 Batch = dict[str, Any]
 
-SHARD_GLOB = "shards/*.tar"
 MAX_ERRORS = 20  # reasons kept in LoaderStats.errors
-# "pipe:", "http://", "s3://", "file:" ... but not a Windows drive letter ("C:").
-_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 @dataclass
@@ -93,69 +84,6 @@ class LoaderStats:
         for item in fields(self):
             setattr(self, item.name, [] if item.name == "errors" else 0)
         return news
-
-
-@dataclass(frozen=True)
-class ShardSet:
-    """Resolved input: the shard URLs, their manifest sample counts and expected sizes."""
-
-    urls: tuple[str, ...]
-    sample_counts: dict[str, int]  # url -> samples, for shards listed in a manifest
-    expected: dict[str, Any] | None  # expected_from_config of the manifest's config
-
-
-def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> ShardSet:
-    """Expand the loader's `urls` argument into a list of shard URLs.
-
-    Each item is a directory written by ``omni prepare`` (its ``manifest.json``, or
-    ``shards/*.tar`` if it has none), a local tar path or brace pattern
-    (``out/shards/shard-{000000..000003}.tar``), or a URL webdataset's gopen can open
-    (``pipe:...``, ``http(s)://...``), passed on unchecked. Local shards must exist. Raises
-    ConfigError when nothing is found or two manifests disagree on the sample format.
-    """
-    items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
-    found: list[str] = []
-    counts: dict[str, int] = {}
-    expected: dict[str, Any] | None = None
-    for item in items:
-        text = os.fspath(item)
-        if _URL_SCHEME.match(text):
-            found += expand_urls(text)
-        elif Path(text).is_dir():
-            shard_urls, shard_counts, config = _resolve_directory(Path(text))
-            found += shard_urls
-            counts.update(shard_counts)
-            if config is not None:
-                wanted = expected_from_config(config)
-                if expected is not None and wanted != expected:
-                    raise ConfigError(f"{text} was prepared with other sizes than the shards "
-                                      f"before it ({wanted} vs {expected}); load them apart")
-                expected = wanted
-        else:
-            for url in expand_urls(text):
-                if not Path(url).is_file():
-                    raise ConfigError(f"shard {url} does not exist; check the path or pattern")
-                found.append(url)
-    if not found:
-        raise ConfigError(f"no shards in {urls!r}; pass a folder written by omni prepare, a "
-                          f"tar file or a pattern like out/shards/shard-{{000000..000003}}.tar")
-    return ShardSet(tuple(found), counts, expected)
-
-
-def _resolve_directory(folder: Path) -> tuple[list[str], dict[str, int], PrepareConfig | None]:
-    manifest = read_manifest(folder)
-    if manifest is None:
-        paths = sorted(folder.glob(SHARD_GLOB))
-        if not paths:
-            raise ConfigError(f"{folder} holds neither {MANIFEST_NAME} nor {SHARD_GLOB}; run "
-                              f"omni prepare into it first")
-        return [str(path) for path in paths], {}, None
-    for shard in manifest.shards:
-        if not Path(shard.path).is_file():
-            raise ConfigError(f"{manifest.path} lists {shard.path}, which does not exist; copy "
-                              f"the whole prepared folder")
-    return ([shard.path for shard in manifest.shards],
-            {shard.path: shard.samples for shard in manifest.shards}, manifest.config)
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from pipeline.discover import video_id
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.loader import ShardLoader, build_shard_loader
 from pipeline.schema import MEL_CENTER, MEL_SCALE, SampleMeta, encode_sample
+from pipeline.shardset import expand_urls, split_member_name
 from pipeline.tokenizer import byte_detokenize
 
 # Small sizes keep the shards tiny; the loader must take them from the manifest or the json.
@@ -419,3 +420,20 @@ def test_unknown_member_bytes_are_dropped_before_decoding(tmp_path: Path) -> Non
     loader = build_shard_loader(tmp_path, batch_size=4)
     assert sorted(all_keys(loader)) == sorted(keys)
     assert loader.stats.unsafe_members == len(keys)
+
+
+@pytest.mark.parametrize("name", [
+    "vid_a1b2_000003.json", "vid_a1b2_000003.mel.npy", "dir/sub/key_000001.clip.mp4",
+    "no_type", "dir.with.dots/key.txt", "key.", ".hidden", "a/b/.c.d", "K.JPG",
+])
+def test_member_names_split_as_webdataset_splits_them(name: str) -> None:
+    assert split_member_name(name) == wds.tariterators.base_plus_ext(name)
+
+
+@pytest.mark.parametrize("text", [
+    "out/shards/unit-000000-{000000..000003}.tar", "a-{0..2}.tar::b-{x,y}.tar", "plain.tar",
+    "pipe:cat s-{00..01}.tar",
+])
+def test_shard_patterns_expand_as_webdataset_expands_them(text: str) -> None:
+    assert expand_urls(text) == wds.shardlists.expand_urls(text)
+

@@ -306,7 +306,7 @@ def test_manifest_lists_every_shard_and_failure(prepared) -> None:
 
 
 def test_loader_reads_the_prepared_folder(prepared) -> None:
-    from pipeline.loader import resolve_shards
+    from pipeline.shardset import resolve_shards
 
     result, samples = prepared
     shard_set = resolve_shards(result.out_dir)

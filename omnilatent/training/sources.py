@@ -15,10 +15,11 @@ from typing import Any
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import ConfigError
 from pipeline.config import PrepareConfig
-from pipeline.loader import build_shard_loader, resolve_shards
+from pipeline.loader import build_shard_loader
 from pipeline.manifest import read_manifest
 from pipeline.outdir import MANIFEST_NAME
 from pipeline.schema import expected_from_config
+from pipeline.shardset import resolve_shards
 from pipeline.tokenizer import TokenizerFn
 
 # OmniLatentConfig field -> key of pipeline.schema.expected_from_config

@@ -1,0 +1,109 @@
+"""Which shards a path names: a prepared folder (its manifest), tar files, brace patterns, URLs.
+
+Shared by the streaming loader and `omni inspect`. It imports neither torch nor webdataset
+(webdataset's package imports torch, which takes seconds), so `omni inspect` starts at once;
+the two small rules it needs from webdataset are restated here and tested to agree with it:
+brace expansion of ``::``-separated patterns (webdataset's `expand_urls`, less its ``WDS_``
+environment substitution) and the split of a member name into sample key and type
+(`base_plus_ext`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from braceexpand import braceexpand
+
+from pipeline.config import PrepareConfig
+from pipeline.errors import ConfigError
+from pipeline.manifest import read_manifest
+from pipeline.outdir import MANIFEST_NAME
+from pipeline.schema import expected_from_config
+
+SHARD_GLOB = "shards/*.tar"
+# "pipe:", "http://", "s3://", "file:" ... but not a Windows drive letter ("C:").
+URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+# A member "dir/key.type.more" -> ("dir/key", "type.more"): the key ends at the first dot
+# after the last slash, as in webdataset.
+_MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+def split_member_name(name: str) -> tuple[str, str] | tuple[None, None]:
+    """(sample key, member type) of a tar member name, or (None, None) if it has no type."""
+    match = _MEMBER_NAME.match(name)
+    if not match:
+        return None, None
+    return match.group(1), match.group(2)
+
+
+def expand_urls(text: str) -> list[str]:
+    """Shard URLs from ``a-{000..009}.tar::b-{0..3}.tar``: split at ``::``, expand braces."""
+    return [url for pattern in text.split("::") for url in braceexpand(pattern)]
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """Resolved input: the shard URLs, their manifest sample counts and expected sizes."""
+
+    urls: tuple[str, ...]
+    sample_counts: dict[str, int]  # url -> samples, for shards listed in a manifest
+    expected: dict[str, Any] | None  # expected_from_config of the manifest's config
+
+
+def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> ShardSet:
+    """Expand the loader's `urls` argument into a list of shard URLs.
+
+    Each item is a directory written by ``omni prepare`` (its ``manifest.json``, or
+    ``shards/*.tar`` if it has none), a local tar path or brace pattern
+    (``out/shards/shard-{000000..000003}.tar``), or a URL webdataset's gopen can open
+    (``pipe:...``, ``http(s)://...``), passed on unchecked. Local shards must exist. Raises
+    ConfigError when nothing is found or two manifests disagree on the sample format.
+    """
+    items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
+    found: list[str] = []
+    counts: dict[str, int] = {}
+    expected: dict[str, Any] | None = None
+    for item in items:
+        text = os.fspath(item)
+        if URL_SCHEME.match(text):
+            found += expand_urls(text)
+        elif Path(text).is_dir():
+            shard_urls, shard_counts, config = _resolve_directory(Path(text))
+            found += shard_urls
+            counts.update(shard_counts)
+            if config is not None:
+                wanted = expected_from_config(config)
+                if expected is not None and wanted != expected:
+                    raise ConfigError(f"{text} was prepared with other sizes than the shards "
+                                      f"before it ({wanted} vs {expected}); load them apart")
+                expected = wanted
+        else:
+            for url in expand_urls(text):
+                if not Path(url).is_file():
+                    raise ConfigError(f"shard {url} does not exist; check the path or pattern")
+                found.append(url)
+    if not found:
+        raise ConfigError(f"no shards in {urls!r}; pass a folder written by omni prepare, a "
+                          f"tar file or a pattern like out/shards/shard-{{000000..000003}}.tar")
+    return ShardSet(tuple(found), counts, expected)
+
+
+def _resolve_directory(folder: Path) -> tuple[list[str], dict[str, int], PrepareConfig | None]:
+    manifest = read_manifest(folder)
+    if manifest is None:
+        paths = sorted(folder.glob(SHARD_GLOB))
+        if not paths:
+            raise ConfigError(f"{folder} holds neither {MANIFEST_NAME} nor {SHARD_GLOB}; run "
+                              f"omni prepare into it first")
+        return [str(path) for path in paths], {}, None
+    for shard in manifest.shards:
+        if not Path(shard.path).is_file():
+            raise ConfigError(f"{manifest.path} lists {shard.path}, which does not exist; copy "
+                              f"the whole prepared folder")
+    return ([shard.path for shard in manifest.shards],
+            {shard.path: shard.samples for shard in manifest.shards}, manifest.config)
