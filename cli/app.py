@@ -1,8 +1,8 @@
 """The `omni` command: assembles one module per command; nothing else lives here.
 
 `main` imports only the module of the command on its command line (every module, for
-`omni --help` or an unknown name): `omni train` and `omni inspect` import torch, which takes
-seconds, and `omni prepare` should not wait for it. `app`, the whole command with every
+`omni --help` or an unknown name). No command module imports torch when it is imported (that
+takes seconds); `omni train` imports it when it runs. `app`, the whole command with every
 subcommand, is built on first access (PEP 562), for tests and for embedding.
 """
 

@@ -1,10 +1,14 @@
-"""`omni train`: build the model and a data source, then run the trainer with live progress."""
+"""`omni train`: build the model and a data source, then run the trainer with live progress.
+
+The options live here; torch-backed modules are imported when the command runs (see
+`cli/train_display.py`), so `omni --help` lists every command without loading torch.
+"""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -15,31 +19,13 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from cli.console import console
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import SaveDir, Seed, Workers
-from omnilatent import OmniLatentConfig, OmniLatentModel
-from omnilatent.training import (
-    SyntheticMultimodalDataset,
-    TrainConfig,
-    Trainer,
-    TrainerCallbacks,
-    build_dataloader,
-)
-from omnilatent.training.checkpoint import find_latest_checkpoint, list_checkpoints
-from omnilatent.training.curriculum import (
-    DEFAULT_SCHEDULE,
-    CurriculumTrainer,
-    Schedule,
-    default_schedule,
-    parse_schedule,
-)
-from omnilatent.training.rng import seed_everything
-from omnilatent.training.sources import model_sizes, shard_source, video_dir_source
-from omnilatent.training.trainer import METRICS_FILE
-from pipeline.tokenizer import byte_tokenizer, sentencepiece_tokenizer
+
+if TYPE_CHECKING:
+    from omnilatent.training.curriculum import Schedule
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -69,44 +55,9 @@ EXAMPLES = """
 """
 
 
-class RichCallbacks(TrainerCallbacks):
-    """Draws a progress bar and prints log records, checkpoints and events."""
-
-    def __init__(self, progress: Progress, total: int) -> None:
-        self.progress = progress
-        self.task_id = progress.add_task("training", total=total, loss="-", pair="-")
-        self.records: list[dict[str, Any]] = []
-
-    def on_start(self, trainer: Trainer) -> None:
-        amp = trainer.amp_dtype
-        console.print(
-            f"model: {trainer.model.num_parameters() / 1e6:.2f}M parameters | device: "
-            f"{trainer.device} | AMP: {'off' if amp is None else str(amp).replace('torch.', '')}"
-            f" | gradient checkpointing: "
-            f"{'on' if trainer.model.gradient_checkpointing else 'off'}"
-        )
-        self.progress.update(self.task_id, completed=trainer.step)
-
-    def on_step(self, step: int, total: int, loss: float, task: str) -> None:
-        self.progress.update(self.task_id, completed=step, loss=f"{loss:.4f}", pair=task)
-
-    def on_log(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        phase = f" | {record['phase']}" if "phase" in record else ""
-        console.print(
-            f"step {record['step']:>7}{phase} | loss {record['loss']:.4f} | "
-            f"lr {record['lr']:.2e} | "
-            f"{record['samples_per_s']:.1f} samples/s | {record['tokens_per_s']:.0f} tokens/s"
-        )
-
-    def on_checkpoint(self, path: Path) -> None:
-        console.print(f"[green]checkpoint[/] {path}")
-
-    def on_event(self, message: str) -> None:
-        console.print(f"[yellow]{message}[/]")
-
-
 def _resolve_resume(resume: str, save_dir: Path) -> Path | None:
+    from omnilatent.training.checkpoint import find_latest_checkpoint, list_checkpoints
+
     if resume == "none":
         existing = list_checkpoints(save_dir)
         if existing:
@@ -146,34 +97,9 @@ def _install_stop_handler() -> list[bool]:
     return flag
 
 
-def _summary(records: list[dict[str, Any]], save_dir: Path, result: Any) -> None:
-    table = Table(title=f"training summary: {result.step} steps")
-    table.add_column("task")
-    table.add_column("first logged loss", justify="right")
-    table.add_column("last logged loss", justify="right")
-    first: dict[str, tuple[int, float]] = {}
-    last: dict[str, tuple[int, float]] = {}
-    for record in records:
-        for task, loss in record["losses"].items():
-            first.setdefault(task, (record["step"], loss))
-            last[task] = (record["step"], loss)
-    for task in first:
-        table.add_row(task, f"{first[task][1]:.4f} (step {first[task][0]})",
-                      f"{last[task][1]:.4f} (step {last[task][0]})")
-    if records:
-        table.add_row("[bold]all (window mean)[/]", f"{records[0]['loss']:.4f} "
-                      f"(step {records[0]['step']})",
-                      f"{records[-1]['loss']:.4f} (step {records[-1]['step']})")
-    console.print(table)
-    if result.interrupted:
-        console.print("[yellow]interrupted: rerun with --resume auto to continue[/]")
-    # paths on their own unwrapped lines, so they can be copied whatever the terminal width
-    if result.last_checkpoint is not None:
-        console.print(f"checkpoint: {result.last_checkpoint}", soft_wrap=True)
-    console.print(f"metrics:    {save_dir / METRICS_FILE}", soft_wrap=True)
-
-
 def _schedule(phase_schedule: str | None, fracs: dict[str, float | None]) -> Schedule | None:
+    from omnilatent.training.curriculum import default_schedule, parse_schedule
+
     given = {name: value for name, value in fracs.items() if value is not None}
     if given and phase_schedule not in (None, "default"):
         raise CLIError("use either --phase-schedule or the --*-frac shortcuts, not both",
@@ -256,6 +182,19 @@ def train(
     continues exactly where it stopped."""
 
     def body() -> None:
+        from cli.train_display import RichCallbacks, print_summary
+        from omnilatent import OmniLatentConfig, OmniLatentModel
+        from omnilatent.training import (
+            SyntheticMultimodalDataset,
+            TrainConfig,
+            Trainer,
+            build_dataloader,
+        )
+        from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer
+        from omnilatent.training.rng import seed_everything
+        from omnilatent.training.sources import model_sizes, shard_source, video_dir_source
+        from pipeline.tokenizer import byte_tokenizer, sentencepiece_tokenizer
+
         chosen = [name for name, on in (("--synthetic", synthetic), ("--shards", shards),
                                         ("--video-dir", video_dir)) if on]
         if len(chosen) != 1:
@@ -316,7 +255,7 @@ def train(
         stop = _install_stop_handler()
         with progress:
             result = trainer.train(should_stop=lambda: stop[0])
-        _summary(callbacks.records, save_dir, result)
+        print_summary(callbacks.records, save_dir, result)
         if result.interrupted:
             raise typer.Exit(130)
 

@@ -35,11 +35,13 @@ def test_help_has_the_options_and_examples() -> None:
         assert text in result.output, text
 
 
-def test_prepare_starts_without_importing_torch() -> None:
-    # torch takes seconds to import and only the workers need it (their forkserver loads it
-    # once), so `omni prepare` must not wait for it: not through the model package, the
-    # other commands, webdataset or the mel.
-    code = ("import sys; from cli.app import build_app; build_app(['prepare']); "
+@pytest.mark.parametrize("commands", [["prepare"], ["inspect"], None])
+def test_commands_start_without_importing_torch(commands: list[str] | None) -> None:
+    # torch takes seconds to import. `omni prepare` never needs it (the workers' forkserver
+    # loads it once), `omni inspect` reads tars with numpy, PIL and PyAV, and `omni --help`
+    # (None: every command) only lists options; `omni train` imports it when it runs.
+    names = "" if commands is None else repr(commands)
+    code = (f"import sys; from cli.app import build_app; build_app({names}); "
             "print(sorted(name for name in ('torch', 'webdataset') if name in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
