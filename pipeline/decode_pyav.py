@@ -48,7 +48,7 @@ _NO_TIMESTAMPS = av.format.Flags.no_timestamps.value
 LOOKAHEAD_PACKETS = 16
 # Formats whose timestamps may restart or leap (MPEG-TS/PS: recordings joined with `cat`,
 # broadcast captures): libavformat's AVFMT_TS_DISCONT flag.
-_TS_DISCONT = 0x0200
+_TS_DISCONT = av.format.Flags.ts_discont.value
 # In such a format, a stream whose time steps back by more than this, or leaps forward by more
 # than `MAX_TIME_LEAP_S` (the ffmpeg CLI's own -dts_delta_threshold), has a discontinuity.
 MAX_TIME_STEP_BACK_S = 1.0
@@ -491,7 +491,7 @@ class _Continuity:
 
     def __init__(self, start: float) -> None:
         self.start = start
-        self.jump: str | None = None  # the video's jump, once found
+        self.jump: str | None = None  # the latest jump found, read when `follows` says no
         self._last: dict[int, float] = {}  # stream index -> time of its last frame
         self._broken: set[int] = set()  # streams past their jump
 

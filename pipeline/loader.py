@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import base_plus_ext, tar_file_iterator
+from webdataset.tariterators import tar_file_iterator
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.schema import (
@@ -48,7 +48,7 @@ from pipeline.schema import (
     expected_from_meta,
     validate_sample,
 )
-from pipeline.shardset import ShardSet, resolve_shards
+from pipeline.shardset import ShardSet, resolve_shards, split_member_name
 from pipeline.tokenizer import PAD_ID, TokenizerFn, byte_tokenizer
 
 Batch = dict[str, Any]
@@ -147,7 +147,7 @@ def tar_samples(src: Iterable[str], stats: LoaderStats,
             stream = wds.gopen(url)
             try:
                 for member in tar_file_iterator(stream):
-                    prefix, suffix = base_plus_ext(member["fname"])
+                    prefix, suffix = split_member_name(member["fname"])
                     if prefix is None:
                         stats.unsafe_members += 1
                         stats.note(f"{url}: member {member['fname']!r} has no type; dropped")

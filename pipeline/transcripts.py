@@ -293,6 +293,11 @@ def extract_embedded(video_path: Path, ffmpeg_binary: str | None = None) -> Tran
 _ASS_DRAWING = re.compile(r"\{[^}]*\\p[1-9][^}]*\}.*?(?:\{[^}]*\\p0[^}]*\}|$)", re.S)
 
 
+# The event fields when a script has no "Format:" line (the ASS v4+ default).
+_ASS_FIELDS = ["Layer", "Start", "End", "Style", "Name", "MarginL", "MarginR", "MarginV",
+               "Effect", "Text"]
+
+
 def _ass_seconds(stamp: str) -> float:
     hours, minutes, seconds = stamp.strip().split(":")
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
@@ -307,8 +312,7 @@ def parse_ass(text: str, name: str) -> Transcript:
         if key.strip() == "Format" and fields is None and "Text" in value:
             fields = [field.strip() for field in value.split(",")]
         elif key.strip() == "Dialogue":
-            names = fields or ["Layer", "Start", "End", "Style", "Name", "MarginL", "MarginR",
-                               "MarginV", "Effect", "Text"]
+            names = fields or _ASS_FIELDS
             parts = value.split(",", len(names) - 1)
             if len(parts) != len(names):
                 continue  # a broken event: skipped, like players do

@@ -385,10 +385,9 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         outcome.footage_seconds = (stats.duration if stats.duration is not None
                                    else writer.last_end)
         outcome.packets_skipped = stats.packets_skipped
+        short = _short_of_stated(outcome.footage_seconds, info.duration_hint, info.start_time)
         if outcome.clips == 0:
             writer.discard()
-            short = _short_of_stated(outcome.footage_seconds, info.duration_hint,
-                                     info.start_time)
             if stats.first_error:
                 outcome.reason = (f"no complete clip before the decoder gave up "
                                   f"({outcome.footage_seconds:.2f} s decoded): "
@@ -405,7 +404,6 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         writer.discard()
         raise
     outcome.status = PREPARED
-    short = _short_of_stated(outcome.footage_seconds, info.duration_hint, info.start_time)
     if short and not stats.first_error and decode_error is None:
         outcome.warnings.append(short)
     if stats.first_error:
@@ -424,7 +422,9 @@ def _short_of_stated(decoded: float, stated: float | None, start: float) -> str 
     """
     if stated is None:
         return None
-    shortfall = min(stated - decoded, stated - start - decoded if start > 0 else stated)
+    shortfall = stated - decoded
+    if start > 0:
+        shortfall = min(shortfall, stated - start - decoded)
     if shortfall <= max(SHORT_OF_STATED_S, SHORT_OF_STATED_FRACTION * stated):
         return None
     return (f"the picture ends at {decoded:.2f} s of the {stated:.2f} s the container states "
