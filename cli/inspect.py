@@ -148,6 +148,8 @@ def _render_summary(summary: Summary) -> None:
                    f"[red]{totals.get('failed')} failed[/], "
                    f"[yellow]{totals.get('skipped')} skipped[/]")
     table.add_row("videos", videos)
+    for split, text in _splits(summary).items():
+        table.add_row(f"{split} split", text)
     if summary.footage_seconds is not None:
         table.add_row("footage", f"{_seconds(summary.footage_seconds)} of prepared video")
     else:
@@ -187,6 +189,22 @@ def _render_summary(summary: Summary) -> None:
     _render_issues(target)
     for note in target.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+
+
+def _splits(summary: Summary) -> dict[str, str]:
+    """Per split: samples, videos and shards found, next to what prepare recorded."""
+    recorded_splits = summary.target.splits or {}
+    described = {}
+    for split, found in summary.splits.items():
+        text = (f"{_count(found.samples, 'sample')} of {_count(found.videos, 'video')} in "
+                f"{_count(found.shards, 'shard')}")
+        recorded = recorded_splits.get(split)
+        if recorded is not None:
+            colour = "green" if recorded.get("clips") == found.samples else "red"
+            text += (f" [{colour}](recorded: {_count(recorded.get('clips', 0), 'clip')} of "
+                     f"{_count(recorded.get('videos', 0), 'video')})[/]")
+        described[split] = text
+    return described
 
 
 def _render_issues(target: Target) -> None:

@@ -42,6 +42,7 @@ from pipeline.prepare import (
     default_workers,
     prepare,
 )
+from pipeline.split import EVAL
 from pipeline.worker import FAILED, SKIPPED, VideoOutcome
 
 EXAMPLES = """
@@ -55,6 +56,9 @@ EXAMPLES = """
 
   Split a corpus over a Slurm job array of 8 tasks (each prepares every 8th unit):
     [cyan]omni prepare /corpus /scratch/prepared --part $((SLURM_ARRAY_TASK_ID + 1))/8[/]
+
+  Hold out 10% of the videos (all their clips) as an eval split, in shards of their own:
+    [cyan]omni prepare ~/videos data/prepared --eval-fraction 0.1 --split-seed 0[/]
 
   Start over with 4 s clips, and fail the job if any video failed:
     [cyan]omni prepare ~/videos data/prepared --clip-duration 4 --overwrite --strict[/]
@@ -104,7 +108,7 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _summary(result: PrepareResult) -> None:
+def _summary(result: PrepareResult, eval_fraction: float) -> None:
     totals, plan = result.totals, result.plan
     table = Table(title="prepare summary", show_header=False)
     scope = f"part {plan.part}" if plan.part.count > 1 else "total"
@@ -112,6 +116,14 @@ def _summary(result: PrepareResult) -> None:
                   f"[green]{totals.prepared} prepared[/], [red]{totals.failed} failed[/], "
                   f"[yellow]{totals.skipped} skipped[/]")
     table.add_row("clips", f"{totals.clips}")
+    held_out = result.splits[EVAL]
+    if eval_fraction > 0:
+        table.add_row("eval split", f"{_count(held_out.videos, 'video')} ({held_out.prepared} "
+                      f"prepared), {_count(held_out.clips, 'clip')} in "
+                      f"{_count(held_out.shards, 'shard')} (--eval-fraction "
+                      f"{eval_fraction:g}); training never sees them")
+    else:
+        table.add_row("eval split", "none (--eval-fraction 0): training sees every video")
     table.add_row("footage", f"{totals.footage_seconds / 3600:.2f} h "
                   f"({totals.footage_seconds:.0f} s)")
     table.add_row("shards", f"{totals.shards} ({human_bytes(totals.bytes)})")
@@ -123,6 +135,15 @@ def _summary(result: PrepareResult) -> None:
         table.add_row("removed", f"{result.units_removed} stale units no longer in the input")
     table.add_row("time", f"{result.elapsed_s:.1f} s")
     console.print(table)
+    if eval_fraction > 0 and totals.prepared and not held_out.prepared:
+        # A hash threshold holds out each video with probability eval_fraction: a small corpus
+        # may get none at all (10 videos at 0.05: 60 % of the time).
+        console.print(f"[yellow]warning:[/] the eval split holds no prepared video: "
+                      f"--eval-fraction {eval_fraction:g} of "
+                      f"{_count(totals.prepared, 'prepared video')} holds out "
+                      f"{eval_fraction * totals.prepared:.2g} on average; pass a larger "
+                      f"--eval-fraction (with --overwrite) to evaluate on held-out videos",
+                      soft_wrap=True)
 
     problems = [video for video in result.videos if video.status in (FAILED, SKIPPED)]
     if problems:
@@ -193,6 +214,15 @@ def prepare_command(
         "--videos-per-unit", min=1,
         help="Videos per work unit, the grain of resume and of --part.")]
     = _DEFAULTS.videos_per_unit,
+    eval_fraction: Annotated[float, typer.Option(
+        "--eval-fraction",
+        help="Share of the videos held out as the eval split, in [0, 1): all clips of a video "
+             "go to unit-NNNNNN-eval-SSSSSS.tar shards, which training skips; 0: no eval split.")]
+    = _DEFAULTS.eval_fraction,
+    split_seed: Annotated[int, typer.Option(
+        "--split-seed", help="Seed of the eval split (a video's split is a hash of this seed "
+                             "and its id, so it never changes as videos are added).")]
+    = _DEFAULTS.split_seed,
     part: Annotated[str, typer.Option("--part", help="Prepare only part I of N: every N-th "
                                       "unit, starting with unit I-1 (for job arrays).")]
     = "1/1",
@@ -218,6 +248,7 @@ def prepare_command(
                 frame_size=frame_size, image_size=image_size, sample_rate=sample_rate,
                 n_mels=n_mels, samples_per_shard=samples_per_shard,
                 videos_per_unit=videos_per_unit, decoder=decoder,
+                eval_fraction=eval_fraction, split_seed=split_seed,
             )
             options = RunOptions(workers=workers or default_workers(), part=Part.parse(part),
                                  overwrite=overwrite)
@@ -249,7 +280,7 @@ def prepare_command(
             console.out(json.dumps(result.to_dict(), ensure_ascii=True),
                         highlight=False)
         else:
-            _summary(result)
+            _summary(result, config.eval_fraction)
         failed = result.totals.failed
         if strict and failed:
             if not json_output:

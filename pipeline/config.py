@@ -1,6 +1,7 @@
 """Configuration of `omni prepare`.
 
-`PrepareConfig` holds every setting that changes the bytes written to the shards. It is stored
+`PrepareConfig` holds every setting that changes the bytes written to the shards, or which
+shard a sample lands in (the eval split: `eval_fraction`, `split_seed`). It is stored
 in each unit's stats file and in the manifest, and a rerun into the same output directory with a
 different `PrepareConfig` is refused unless `--overwrite`. Settings that only change *how* the
 work runs (workers, `--part`, `--strict`) live in `RunOptions` and never invalidate earlier work.
@@ -42,6 +43,9 @@ class PrepareConfig:
     samples_per_shard: int = 1000
     videos_per_unit: int = 8
     decoder: str = "pyav"
+    # Held-out videos (`pipeline.split`): which shard a sample lands in, so part of the config.
+    eval_fraction: float = 0.05
+    split_seed: int = 0
 
     def __post_init__(self) -> None:
         positive = ("clip_duration", "clip_stride", "fps", "frame_size", "image_size",
@@ -78,6 +82,10 @@ class PrepareConfig:
             raise ConfigError(f"jpeg_quality must lie in [1, 100], got {self.jpeg_quality}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        # `not (0 <= x < 1)` also refuses NaN
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction (the share of videos held out for evaluation) "
+                              f"must lie in [0, 1), got {self.eval_fraction!r}")
 
     @property
     def frames_per_clip(self) -> int:

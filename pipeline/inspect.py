@@ -4,13 +4,16 @@ What `omni inspect` runs, as a library (it returns dataclasses and never prints)
 
 - `open_target`: a prepared folder (its ``manifest.json``; without one, the shards on disk and
   the stats files of the finished units), one or more ``.tar`` shards, or brace patterns.
-- `summarize`: shards, samples, footage, transcript coverage and audio share. It reads the
-  ``json`` and ``txt`` of every sample but seeks past the media members, so it costs a small
-  fraction of a full read; the first few samples are decoded for member dtypes and shapes.
+- `summarize`: shards, samples, footage, transcript coverage and audio share, in all and per
+  split (train/eval, `pipeline.split`). It reads the ``json`` and ``txt`` of every sample but
+  seeks past the media members, so it costs a small fraction of a full read; the first few
+  samples are decoded for member dtypes and shapes.
 - `verify`: every member of every sample decoded with `schema.decode_sample` (nothing is ever
   unpickled; unknown or unsafe members are problems) and checked with `schema.validate_sample`
-  against the prepare config; sample counts and sizes against the manifest; duplicate keys;
-  unreadable and truncated tars. Shards can be verified in parallel processes.
+  against the prepare config; sample counts and sizes against the manifest, shard by shard,
+  per split and in total; keys duplicated anywhere in the set (both splits together: a video
+  is in one split only); unreadable and truncated tars. Shards can be verified in parallel
+  processes.
 - `list_samples` / `export_samples`: the first samples as text, or as files a person can open
   (frame PNG, clip GIF and contact sheet, mel PNG, transcript).
 
@@ -37,7 +40,7 @@ from PIL import Image
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.manifest import Manifest, Totals, read_manifest
+from pipeline.manifest import Manifest, Totals, read_manifest, split_totals
 from pipeline.outdir import MANIFEST_NAME, OutputDir
 from pipeline.schema import (
     CLIP_PREFIX,
@@ -54,7 +57,9 @@ from pipeline.schema import (
     expected_from_meta,
     validate_sample,
 )
+from pipeline.shards import shard_split
 from pipeline.shardset import SHARD_GLOB, URL_SCHEME, resolve_shards, split_member_name
+from pipeline.split import SPLITS, TRAIN, Split
 from pipeline.worker import FAILED, SKIPPED
 
 # Called with the samples and bytes read since the previous call, for progress bars.
@@ -92,6 +97,7 @@ class ShardExpectation:
 
     samples: int
     bytes: int
+    split: Split = TRAIN
 
 
 @dataclass(frozen=True)
@@ -107,8 +113,9 @@ class VideoIssue:
 class Target:
     """What PATH resolved to: the shards to read and what was recorded about them.
 
-    `expected` maps a shard path to its recorded count and size; `totals` are the manifest's
-    (or, without a manifest, those of the finished units' stats files).
+    `expected` maps a shard path to its recorded count, size and split; `totals` and `splits`
+    (the same counts per split) are the manifest's (or, without a manifest, those of the
+    finished units' stats files).
     """
 
     path: str
@@ -120,6 +127,7 @@ class Target:
     clip_encoding: str | None = None
     expected: dict[str, ShardExpectation] = field(default_factory=dict)
     totals: dict[str, Any] | None = None
+    splits: dict[Split, dict[str, Any]] | None = None
     issues: list[VideoIssue] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unlisted: list[str] = field(default_factory=list)  # shards no finished unit claims
@@ -133,6 +141,11 @@ class Target:
     def shard_bytes(self) -> int:
         """Bytes of the shards that exist now (what a full read goes through)."""
         return sum(os.path.getsize(path) for path in self.shards if os.path.isfile(path))
+
+    def split_of(self, path: str) -> Split:
+        """The split of a shard: as recorded, else as its file name says."""
+        recorded = self.expected.get(path)
+        return recorded.split if recorded is not None else shard_split(path)
 
 
 def open_target(paths: Sequence[str | os.PathLike[str]]) -> Target:
@@ -189,9 +202,9 @@ def _from_manifest(folder: Path, manifest: Manifest) -> Target:
         path=str(folder), kind="directory", shards=[shard.path for shard in manifest.shards],
         manifest=str(manifest.path), created=manifest.created,
         config=manifest.config.to_dict(), clip_encoding=manifest.clip_encoding,
-        expected={shard.path: ShardExpectation(shard.samples, shard.bytes)
+        expected={shard.path: ShardExpectation(shard.samples, shard.bytes, shard.split)
                   for shard in manifest.shards},
-        totals=manifest.totals, issues=issues,
+        totals=manifest.totals, splits=manifest.splits, issues=issues,
     )
     listed = set(target.shards)
     extra = [str(path) for path in sorted(folder.glob(SHARD_GLOB)) if str(path) not in listed]
@@ -219,7 +232,8 @@ def _from_stats(folder: Path) -> Target:
         videos += stats.videos
         infos += stats.shards
         configs.append(stats.fingerprint)
-        target.expected.update({str(folder / info.path): ShardExpectation(info.samples, info.bytes)
+        target.expected.update({str(folder / info.path): ShardExpectation(info.samples, info.bytes,
+                                                                          info.split)
                                 for info in stats.shards})
     recorded = (f"counts are checked against the stats files of {len(configs)} finished "
                 f"unit(s)" if configs else "there are no stats files either (shards copied "
@@ -236,6 +250,8 @@ def _from_stats(folder: Path) -> Target:
                                 "omni prepare with --overwrite to make the folder consistent")
         totals = Totals.of(videos, len(infos), sum(info.bytes for info in infos))
         target.totals = totals.to_dict()
+        target.splits = {split: counts.to_dict()
+                         for split, counts in split_totals(videos, infos).items()}
         target.issues = [VideoIssue(v.source, v.status, v.reason or "") for v in videos
                          if v.status in (FAILED, SKIPPED)]
         target.issues += [VideoIssue(v.source, "warning", text) for v in videos
@@ -343,6 +359,16 @@ class ShardEntry:
     expected_samples: int | None = None
     expected_bytes: int | None = None
     error: str | None = None  # why it could not be read to its end
+    split: Split = TRAIN
+
+
+@dataclass
+class SplitCount:
+    """One split's shards as found: how many, their samples, and the videos among them."""
+
+    shards: int = 0
+    samples: int = 0
+    videos: int = 0
 
 
 @dataclass(frozen=True)
@@ -380,6 +406,7 @@ class Summary:
     unreadable_meta: int  # samples whose json or txt is missing or broken (see verify)
     transcripts: list[TranscriptCoverage]
     members: list[MemberInfo]
+    splits: dict[Split, SplitCount] = field(default_factory=dict)
 
     @property
     def expected_samples(self) -> int | None:
@@ -418,12 +445,15 @@ def summarize(target: Target, progress: ProgressFn | None = None) -> Summary:
     clip_seconds = 0.0
     spans: dict[str, tuple[float, float]] = {}
     coverage: dict[str, list[int]] = {}
+    splits = {split: SplitCount() for split in SPLITS}
+    split_videos: dict[Split, set[str]] = {split: set() for split in SPLITS}
     for path in target.shards:
         recorded = target.expected.get(path)
-        entry = ShardEntry(path, None, None)
+        entry = ShardEntry(path, None, None, split=target.split_of(path))
         if recorded is not None:
             entry.expected_samples, entry.expected_bytes = recorded.samples, recorded.bytes
         entries.append(entry)
+        splits[entry.split].shards += 1
         if not os.path.isfile(path):
             entry.error = "missing"
             continue
@@ -442,6 +472,7 @@ def summarize(target: Target, progress: ProgressFn | None = None) -> Summary:
                 clip_seconds += meta.end - meta.start
                 first, last = spans.get(meta.video_id, (meta.start, meta.end))
                 spans[meta.video_id] = (min(first, meta.start), max(last, meta.end))
+                split_videos[entry.split].add(meta.video_id)
                 counts = coverage.setdefault(meta.transcript_source, [0, 0])
                 counts[0] += 1
                 counts[1] += bool(text.strip())
@@ -452,6 +483,9 @@ def summarize(target: Target, progress: ProgressFn | None = None) -> Summary:
         if progress is not None:
             progress(0, entry.bytes - position)
         samples += entry.samples
+        splits[entry.split].samples += entry.samples
+    for split, ids in split_videos.items():
+        splits[split].videos = len(ids)
     return Summary(
         target=target, shards=entries, samples=samples, videos=len(spans),
         clip_seconds=round(clip_seconds, 3),
@@ -459,7 +493,7 @@ def summarize(target: Target, progress: ProgressFn | None = None) -> Summary:
         with_text=with_text, with_audio=with_audio, unreadable_meta=unreadable,
         transcripts=[TranscriptCoverage(source, counts[0], counts[1])
                      for source, counts in sorted(coverage.items())],
-        members=_probe_members(target),
+        members=_probe_members(target), splits=splits,
     )
 
 
@@ -855,4 +889,13 @@ def _check_records(target: Target, reports: list[ShardReport], problems: _Proble
     if "clips" in totals and listed != totals["clips"]:
         problems.add(None, None, f"the manifest's shard list holds {listed} samples but its "
                                  f"totals say {totals['clips']} clips (a damaged manifest?)")
+    for split, recorded in (target.splits or {}).items():
+        mine = [report for report in reports if target.split_of(report.path) == split]
+        counted = {"clips": sum(report.samples for report in mine),
+                   "shards": sum(report.bytes is not None for report in mine)}
+        for name, value in counted.items():
+            if name in recorded and recorded[name] != value:
+                noun = name.replace("clips", "samples")
+                problems.add(None, None, f"the {split} shards hold {value} {noun}, the "
+                                         f"manifest's {split} split says {recorded[name]}")
 

@@ -35,10 +35,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tar_file_iterator
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.normalize import mel_to_model, pixels_to_unit
 from pipeline.schema import (
     CLIP_PREFIX,
-    MEL_CENTER,
-    MEL_SCALE,
     MEMBER_IMAGE,
     MEMBER_JSON,
     MEMBER_MEL,
@@ -49,6 +48,7 @@ from pipeline.schema import (
     validate_sample,
 )
 from pipeline.shardset import ShardSet, resolve_shards, split_member_name
+from pipeline.split import Split
 from pipeline.tokenizer import PAD_ID, TokenizerFn, byte_tokenizer
 
 Batch = dict[str, Any]
@@ -223,27 +223,49 @@ def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
 
 def to_tensors(src: Iterable[dict[str, Any]], tokenizer: TokenizerFn,
                max_text_len: int) -> Iterator[dict[str, Any]]:
-    """Tensors of one decoded sample: pixels stay uint8 until `collate` (4x less memory)."""
+    """`sample_tensors` of each decoded sample."""
     for sample in src:
         clip = next(value for name, value in sample.items() if name.startswith(CLIP_PREFIX))
-        text = tokenizer(sample[MEMBER_TEXT], max_text_len)  # (L,)
-        if text.dim() != 1:
-            raise PipelineError(f"the tokenizer returned shape {tuple(text.shape)}; a "
+        yield sample_tensors(clip, sample[MEMBER_IMAGE], sample[MEMBER_MEL], sample[MEMBER_TEXT],
+                             tokenizer=tokenizer, max_text_len=max_text_len,
+                             key=sample["__key__"], meta=sample[MEMBER_JSON])
+
+
+def sample_tensors(
+    frames: np.ndarray | None,
+    image: np.ndarray | None,
+    mel: np.ndarray | None,
+    text: str | None,
+    *,
+    tokenizer: TokenizerFn = byte_tokenizer,
+    max_text_len: int = 128,
+    key: str = "",
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One sample as `collate` takes it: what the loader yields, and what `omni generate`
+    builds from its input files, so the model sees both in the same units.
+
+    `frames` (T, H, W, 3) and `image` (S, S, 3) stay uint8 until `collate` (4x less memory);
+    `mel` (M, T_mel) log-mel becomes model units (`pipeline.normalize.mel_to_model`); `text`
+    is tokenized. A modality given as None is left out (generating from a picture has only
+    `image`), and `collate` leaves it out of the batch.
+    """
+    tensors: dict[str, Any] = {}
+    if frames is not None:
+        tensors["video"] = torch.from_numpy(frames)  # (T, H, W, 3) uint8
+    if image is not None:
+        tensors["image"] = torch.from_numpy(image)  # (S, S, 3) uint8
+    if mel is not None:
+        tensors["audio"] = mel_to_model(torch.from_numpy(mel))  # (M, T_mel) float32
+    if text is not None:
+        ids = tokenizer(text, max_text_len)  # (L,)
+        if ids.dim() != 1:
+            raise PipelineError(f"the tokenizer returned shape {tuple(ids.shape)}; a "
                                 f"TokenizerFn must return a 1-D tensor of ids")
-        audio = torch.from_numpy(sample[MEMBER_MEL].astype(np.float32))  # (M, T_mel)
-        yield {
-            "video": torch.from_numpy(clip),  # (T, H, W, 3) uint8
-            "image": torch.from_numpy(sample[MEMBER_IMAGE]),  # (S, S, 3) uint8
-            "audio": audio.sub_(MEL_CENTER).div_(MEL_SCALE),  # (M, T_mel)
-            "text": text.long(),
-            "__key__": sample["__key__"],
-            "meta": sample[MEMBER_JSON],
-        }
-
-
-def _unit_range(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels to float32 (x / 255 - 0.5) / 0.5 = x / 127.5 - 1, in [-1, 1]."""
-    return pixels.float().div_(127.5).sub_(1.0)
+        tensors["text"] = ids.long()
+    tensors["__key__"] = key
+    tensors["meta"] = {} if meta is None else meta
+    return tensors
 
 
 def batch_samples(src: Iterable[dict[str, Any]], batch_size: int) -> Iterator[Batch]:
@@ -264,23 +286,33 @@ def batch_samples(src: Iterable[dict[str, Any]], batch_size: int) -> Iterator[Ba
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> Batch:
-    """Stack tensors; right-pad text with PAD_ID to the longest in the batch (at least 1)."""
-    lengths = [int(sample["text"].shape[0]) for sample in samples]
-    text = torch.full((len(samples), max(1, *lengths)), PAD_ID, dtype=torch.long)  # (B, L)
-    for row, (sample, length) in enumerate(zip(samples, lengths, strict=True)):
-        text[row, :length] = sample["text"]
-    video = torch.stack([sample["video"] for sample in samples])  # (B, T, H, W, 3) uint8
-    image = torch.stack([sample["image"] for sample in samples])  # (B, S, S, 3) uint8
-    return {
-        # Channels first while still uint8: the strided copy moves a quarter of the bytes.
-        "video": _unit_range(video.permute(0, 4, 1, 2, 3).contiguous()),  # (B, 3, T, H, W)
-        "image": _unit_range(image.permute(0, 3, 1, 2).contiguous()),  # (B, 3, S, S)
-        "audio": torch.stack([sample["audio"] for sample in samples]),  # (B, M, T_mel)
-        "text": text,
-        "has_text": torch.tensor(lengths) > 0,  # (B,)
-        "__key__": [sample["__key__"] for sample in samples],
-        "meta": [sample["meta"] for sample in samples],
-    }
+    """Stack `sample_tensors` outputs; right-pad text with PAD_ID to the longest in the batch
+    (at least 1). A modality that any sample lacks is left out of the batch (and with text,
+    `has_text`), as `omnilatent.training.collate_multimodal` does."""
+    def held(name: str) -> bool:
+        return all(name in sample for sample in samples)
+
+    batch: Batch = {}
+    # Channels first while still uint8: the strided copy moves a quarter of the bytes.
+    if held("video"):
+        video = torch.stack([sample["video"] for sample in samples])  # (B, T, H, W, 3) uint8
+        video = video.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W) uint8
+        batch["video"] = pixels_to_unit(video)  # (B, 3, T, H, W)
+    if held("image"):
+        image = torch.stack([sample["image"] for sample in samples])  # (B, S, S, 3) uint8
+        batch["image"] = pixels_to_unit(image.permute(0, 3, 1, 2).contiguous())  # (B, 3, S, S)
+    if held("audio"):
+        batch["audio"] = torch.stack([sample["audio"] for sample in samples])  # (B, M, T_mel)
+    if held("text"):
+        lengths = [int(sample["text"].shape[0]) for sample in samples]
+        text = torch.full((len(samples), max(1, *lengths)), PAD_ID, dtype=torch.long)  # (B, L)
+        for row, (sample, length) in enumerate(zip(samples, lengths, strict=True)):
+            text[row, :length] = sample["text"]
+        batch["text"] = text
+        batch["has_text"] = torch.tensor(lengths) > 0  # (B,)
+    batch["__key__"] = [sample["__key__"] for sample in samples]
+    batch["meta"] = [sample["meta"] for sample in samples]
+    return batch
 
 
 @dataclass
@@ -455,8 +487,10 @@ def build_shard_loader(
     epochs: int | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    split: Split | None = None,
 ) -> ShardLoader:
-    """A `ShardLoader` over `urls` (see `resolve_shards` for what they may be).
+    """A `ShardLoader` over `urls` (see `resolve_shards` for what they may be, and for `split`:
+    "train" or "eval" keeps that split of a prepared folder, None both).
 
     `shuffle_buffer` raw samples (0: no sample shuffle) are held per worker before the first
     one leaves; `epochs` caps the epochs (None: endless); `rank`/`world_size` default to
@@ -471,7 +505,7 @@ def build_shard_loader(
     if epochs is not None and epochs < 1:
         raise ConfigError(f"epochs must be >= 1 or None (endless), got {epochs}")
     rank, world_size = resolve_rank(rank, world_size)
-    shards = resolve_shards(urls)
+    shards = resolve_shards(urls, split)
     if len(shards.urls) < world_size:
         raise ConfigError(f"{len(shards.urls)} shard(s) cannot feed {world_size} ranks (each "
                           f"needs at least one); prepare with a smaller --samples-per-shard")

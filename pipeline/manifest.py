@@ -7,16 +7,24 @@ from the units' stats files alone, so any part can write it and rewriting it is 
 the sample counts and the `PrepareConfig` from it:
 
 ```
-{"schema_version": 1, "clip_encoding": "mp4", "config": {PrepareConfig fields},
+{"schema_version": 1, "clip_encoding": "mp4",
+ "config": {PrepareConfig fields, eval_fraction and split_seed among them},
  "created": "2025-01-31T12:00:00Z", "units": 3,
  "shards": [{"path": "shards/unit-000000-000000.tar", "samples": 812, "bytes": 51234816,
-             "unit": 0}, ...],
+             "split": "train", "unit": 0},
+            {"path": "shards/unit-000000-eval-000000.tar", ..., "split": "eval", "unit": 0},
+            ...],
  "totals": {"videos", "prepared", "failed", "skipped", "clips", "clips_with_text",
             "footage_seconds", "shards", "bytes"},
+ "splits": {"train": {same keys as totals}, "eval": {same keys as totals}},
  "failures": [{"source", "reason"}], "skipped": [{"source", "reason"}],
  "warnings": [{"source", "warning"}]}
 ```
 Shard paths are relative to the folder (POSIX), so a prepared folder can be moved or copied.
+`totals` counts every video; `splits` counts each video in its split (`pipeline.split`; a
+failed or skipped video too, though it has no samples), so the two splits add up to `totals`.
+A manifest written before splits existed has neither `split` nor `splits` nor `eval_fraction`:
+it reads as all train (`eval_fraction` 0).
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from typing import Any
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.errors import ConfigError
 from pipeline.outdir import MANIFEST_NAME, Fingerprint, OutputDir, UnitStats, write_json_atomic
+from pipeline.shards import ShardInfo
+from pipeline.split import EVAL, SPLITS, TRAIN, Split, parse_split
 from pipeline.worker import FAILED, PREPARED, SKIPPED, VideoOutcome
 
 
@@ -66,6 +76,14 @@ class Totals:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
+def split_totals(videos: list[VideoOutcome], shards: list[ShardInfo]) -> dict[Split, Totals]:
+    """`Totals` per split: each video counts in its split, each shard in the split it holds."""
+    return {split: Totals.of([video for video in videos if video.split == split],
+                             sum(shard.split == split for shard in shards),
+                             sum(shard.bytes for shard in shards if shard.split == split))
+            for split in SPLITS}
+
+
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -73,14 +91,16 @@ def utc_now() -> str:
 def build_manifest(fingerprint: Fingerprint, units: list[UnitStats]) -> dict[str, Any]:
     """The manifest of a folder whose done units are `units` (all of them, in unit order)."""
     videos = [video for unit in units for video in unit.videos]
-    shards = [{**shard.to_dict(), "unit": unit.unit} for unit in units for shard in unit.shards]
-    size = sum(int(shard["bytes"]) for shard in shards)
+    infos = [shard for unit in units for shard in unit.shards]
     return {
         **fingerprint.to_dict(),
         "created": utc_now(),
         "units": len(units),
-        "shards": shards,
-        "totals": Totals.of(videos, len(shards), size).to_dict(),
+        "shards": [{**shard.to_dict(), "unit": unit.unit} for unit in units
+                   for shard in unit.shards],
+        "totals": Totals.of(videos, len(infos), sum(shard.bytes for shard in infos)).to_dict(),
+        "splits": {split: totals.to_dict()
+                   for split, totals in split_totals(videos, infos).items()},
         "failures": [{"source": v.source, "reason": v.reason} for v in videos
                      if v.status == FAILED],
         "skipped": [{"source": v.source, "reason": v.reason} for v in videos
@@ -101,6 +121,7 @@ class ManifestShard:
     path: str  # the shard's path: the folder joined with the manifest's relative path
     samples: int
     bytes: int
+    split: Split = TRAIN
 
 
 @dataclass(frozen=True)
@@ -113,6 +134,7 @@ class Manifest:
     created: str | None
     shards: list[ManifestShard]
     totals: dict[str, Any]
+    splits: dict[Split, dict[str, Any]]  # per split, the same keys as `totals`
     failures: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)
@@ -128,11 +150,16 @@ def read_manifest(folder: Path) -> Manifest | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         version = data.get("schema_version")
         shards = [ManifestShard(str(folder / entry["path"]), int(entry["samples"]),
-                                int(entry["bytes"])) for entry in data["shards"]]
+                                int(entry["bytes"]), parse_split(entry.get("split", TRAIN)))
+                  for entry in data["shards"]]
+        totals = dict(data.get("totals", {}))
+        # Written before splits existed: every video was trained on.
+        splits = data.get("splits") or {TRAIN: totals, EVAL: Totals().to_dict()}
         manifest = Manifest(
-            path=path, config=PrepareConfig.from_dict(data["config"]),
+            path=path, config=PrepareConfig.from_dict({"eval_fraction": 0.0, **data["config"]}),
             clip_encoding=data.get("clip_encoding"), created=data.get("created"),
-            shards=shards, totals=dict(data.get("totals", {})),
+            shards=shards, totals=totals,
+            splits={parse_split(name): dict(counts) for name, counts in splits.items()},
             failures=list(data.get("failures", [])), skipped=list(data.get("skipped", [])),
             warnings=list(data.get("warnings", [])),
         )

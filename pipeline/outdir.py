@@ -2,10 +2,11 @@
 
 ```
 OUT_DIR/
-  shards/unit-000012-000000.tar   finished shards (temporary ones end in ".tar.tmp")
-  stats/unit-000012.json          commit marker of unit 12, written last
-  tmp/unit-000012/                part files of unit 12 while it is being prepared
-  manifest.json                   once every unit is done
+  shards/unit-000012-000000.tar        finished shards (temporary ones end in ".tar.tmp")
+  shards/unit-000012-eval-000000.tar   those of its eval-split videos (`pipeline.split`)
+  stats/unit-000012.json               commit marker of unit 12, written last
+  tmp/unit-000012/                     part files of unit 12 while it is being prepared
+  manifest.json                        once every unit is done
 ```
 
 A unit is **done** iff its stats file exists, was written for the same `Fingerprint` (schema
@@ -31,6 +32,7 @@ from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.errors import PipelineError
 from pipeline.plan import WorkUnit, unit_name
 from pipeline.shards import SHARD_DIR, TMP_SUFFIX, ShardInfo, unit_shard_paths
+from pipeline.split import TRAIN, parse_split
 from pipeline.worker import VideoOutcome
 
 STATS_DIR = "stats"
@@ -94,8 +96,8 @@ class UnitStats:
             fingerprint=fingerprint,
             sources=[str(source) for source in data["sources"]],
             videos=[VideoOutcome.from_dict(video) for video in data["videos"]],
-            shards=[ShardInfo(str(s["path"]), int(s["samples"]), int(s["bytes"]))
-                    for s in data["shards"]],
+            shards=[ShardInfo(str(s["path"]), int(s["samples"]), int(s["bytes"]),
+                              parse_split(s.get("split", TRAIN))) for s in data["shards"]],
             finished_at=str(data.get("finished_at", "")),
         )
 

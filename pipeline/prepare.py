@@ -11,7 +11,8 @@ The stages, in order (`prepare`):
    trace of the others (stale temporary files, shards of an interrupted commit);
 5. prepare the remaining videos, each in its own worker process (`pipeline.worker`), up to
    `workers` at once; commit a unit (shards renamed into place, then its stats file) as soon as
-   its last video is finished;
+   its last video is finished; the samples of its eval-split videos (`pipeline.split`) go to
+   shards of their own;
 6. write `manifest.json` if every unit of the plan is now done (other parts included).
 
 Decisions:
@@ -48,11 +49,12 @@ from typing import Any
 from pipeline.config import PrepareConfig
 from pipeline.discover import VIDEO_EXTENSIONS, discover_videos
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.manifest import Totals, utc_now, write_manifest
+from pipeline.manifest import Totals, split_totals, utc_now, write_manifest
 from pipeline.outdir import Fingerprint, OutputDir, UnitStats
 from pipeline.plan import Part, WorkUnit, plan_units, select_part, unit_name
 from pipeline.schema import CLIP_ENCODINGS, DEFAULT_CLIP_ENCODING
-from pipeline.shards import ShardInfo, write_unit_shards
+from pipeline.shards import PartFile, ShardInfo, write_unit_shards
+from pipeline.split import SPLITS, Split, split_of
 from pipeline.worker import (
     FAILED,
     OutputError,
@@ -181,6 +183,11 @@ class PrepareResult:
         return Totals.of(self.videos, len(self.shards), sum(s.bytes for s in self.shards))
 
     @property
+    def splits(self) -> dict[Split, Totals]:
+        """`totals` per split (see `pipeline.manifest.split_totals`)."""
+        return split_totals(self.videos, self.shards)
+
+    @property
     def failures(self) -> list[VideoOutcome]:
         return [video for video in self.videos if video.status == FAILED]
 
@@ -194,6 +201,7 @@ class PrepareResult:
                       "done_before": plan.units_done, "prepared_now": plan.units_todo,
                       "missing": self.units_missing, "removed": self.units_removed},
             "totals": self.totals.to_dict(),
+            "splits": {split: totals.to_dict() for split, totals in self.splits.items()},
             "manifest": str(self.manifest) if self.manifest is not None else None,
             "elapsed_s": round(self.elapsed_s, 3),
             "videos": [video.to_dict() for video in self.videos],
@@ -266,8 +274,10 @@ class _Run:
             for position, source in enumerate(unit.sources):
                 slots[source.rel_path] = (unit.index, position)
                 part_path = self.out.unit_tmp(unit.index) / f"{position:04d}.{token}.tar"
+                split = split_of(source.video_id, self.config.eval_fraction,
+                                 self.config.split_seed)
                 tasks.append(VideoTask(source, part_path, self.config,
-                                       self.options.clip_encoding, fault, threads))
+                                       self.options.clip_encoding, fault, threads, split))
         try:
             self._loop(tasks, slots, outcomes, by_index)
         except BaseException:
@@ -308,7 +318,10 @@ class _Run:
 
     def _commit(self, unit: WorkUnit, videos: list[VideoOutcome]) -> None:
         """Publish a finished unit: shards under their final names, then its stats file."""
-        parts = [video.part for video in videos if video.part is not None]
+        parts: dict[Split, list[PartFile]] = {split: [] for split in SPLITS}
+        for video in videos:
+            if video.part is not None:
+                parts[video.split].append(video.part)
         try:
             shards = write_unit_shards(parts, self.out.root, unit.index,
                                        self.config.samples_per_shard)

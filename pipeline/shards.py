@@ -14,6 +14,11 @@ written:
    contiguous byte range that can be copied without parsing; each shard ends with the two
    zero blocks that mark the end of an archive.
 
+The videos of the eval split (`pipeline.split`) go to shards of their own,
+`unit-NNNNNN-eval-SSSSSS.tar`, so a loader takes one split by its shard list alone. The names
+keep the unit prefix (`unit-NNNNNN-`, which clearing a unit removes) and the `.tar` suffix,
+and a unit's train shards sort before its eval shards.
+
 Member headers carry a fixed mtime (0) and owner, so the same input and configuration give
 byte-identical shards on every run, whether or not it was interrupted and resumed.
 """
@@ -21,12 +26,14 @@ byte-identical shards on every run, whether or not it was interrupted and resume
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.plan import unit_name
+from pipeline.split import EVAL, SPLITS, TRAIN, Split
 
 SHARD_DIR = "shards"
 TMP_SUFFIX = ".tmp"
@@ -34,6 +41,7 @@ TMP_SUFFIX = ".tmp"
 MEMBER_MTIME = 0.0
 _END_OF_ARCHIVE = bytes(1024)  # two zero 512-byte blocks
 _COPY_CHUNK = 1 << 20
+_EVAL_SHARD = re.compile(rf"unit-\d{{6}}-{EVAL}-\d{{6}}\.tar")
 
 
 @dataclass
@@ -93,19 +101,30 @@ class PartWriter:
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """A finished shard: its path relative to the output folder, samples and size in bytes."""
+    """A finished shard: its path relative to the output folder, samples, size in bytes and
+    the split its samples belong to."""
 
     path: str
     samples: int
     bytes: int
+    split: Split = TRAIN
 
     def to_dict(self) -> dict[str, str | int]:
-        return {"path": self.path, "samples": self.samples, "bytes": self.bytes}
+        return {"path": self.path, "samples": self.samples, "bytes": self.bytes,
+                "split": self.split}
 
 
-def shard_name(unit: int, shard: int) -> str:
-    """`unit-000012-000003.tar`: shard 3 of unit 12 (names sort in sample order)."""
-    return f"{unit_name(unit)}-{shard:06d}.tar"
+def shard_name(unit: int, shard: int, split: Split = TRAIN) -> str:
+    """`unit-000012-000003.tar`: shard 3 of unit 12's train samples;
+    `unit-000012-eval-000003.tar`: shard 3 of its eval samples (names sort in sample order)."""
+    infix = "" if split == TRAIN else f"{split}-"
+    return f"{unit_name(unit)}-{infix}{shard:06d}.tar"
+
+
+def shard_split(name: str) -> Split:
+    """The split a shard's file name (or path) says, for shards without a manifest: "eval" for
+    `unit-NNNNNN-eval-SSSSSS.tar`, "train" for every other name."""
+    return EVAL if _EVAL_SHARD.fullmatch(Path(name).name) else TRAIN
 
 
 def unit_shard_paths(out_dir: Path, unit: int) -> list[Path]:
@@ -131,7 +150,7 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, start: int, stop: int) -> None:
 _Run = tuple[PartFile, int, int]  # samples [first, stop) of one part file
 
 
-def _batches(parts: list[PartFile], samples_per_shard: int) -> list[list[_Run]]:
+def _batches(parts: Sequence[PartFile], samples_per_shard: int) -> list[list[_Run]]:
     """Group every sample of `parts` into shards: per shard, its runs of consecutive samples."""
     shards: list[list[_Run]] = []
     current: list[_Run] = []
@@ -152,24 +171,27 @@ def _batches(parts: list[PartFile], samples_per_shard: int) -> list[list[_Run]]:
 
 
 def write_unit_shards(
-    parts: list[PartFile], out_dir: Path, unit: int, samples_per_shard: int
+    parts: Mapping[Split, Sequence[PartFile]], out_dir: Path, unit: int, samples_per_shard: int
 ) -> list[ShardInfo]:
-    """Build a unit's shards from its videos' part files (in order) and publish them.
+    """Build a unit's shards from its videos' part files (per split, in video order) and
+    publish them: train shards first, then eval shards.
 
-    All shards are written and flushed under temporary names first, then renamed; if anything
-    fails (e.g. the disk is full) the temporary files are removed and the error propagates,
-    so a final name only ever holds a complete shard. Part files are left to the caller.
-    A unit without samples has no shards.
+    All shards of both splits are written and flushed under temporary names first, then
+    renamed; if anything fails (e.g. the disk is full) the temporary files are removed and the
+    error propagates, so a final name only ever holds a complete shard. Part files are left to
+    the caller. A split without samples has no shards.
     """
     folder = out_dir / SHARD_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    written: list[tuple[Path, Path, int]] = []  # (temporary, final, samples)
+    batches = [(split, index, runs) for split in SPLITS
+               for index, runs in enumerate(_batches(parts.get(split, ()), samples_per_shard))]
+    written: list[tuple[Path, Path, int, Split]] = []  # (temporary, final, samples, split)
     try:
-        for index, runs in enumerate(_batches(parts, samples_per_shard)):
-            final = folder / shard_name(unit, index)
+        for split, index, runs in batches:
+            final = folder / shard_name(unit, index, split)
             temporary = final.with_name(final.name + TMP_SUFFIX)
             with open(temporary, "wb") as dst:
-                written.append((temporary, final, 0))
+                written.append((temporary, final, 0, split))
                 samples = 0
                 for part, first, stop in runs:
                     with open(part.path, "rb") as src:
@@ -182,14 +204,14 @@ def write_unit_shards(
                 # A full disk may only surface at fsync; a shard must be on disk before its
                 # name says it is complete.
                 os.fsync(dst.fileno())
-            written[-1] = (temporary, final, samples)
+            written[-1] = (temporary, final, samples, split)
     except BaseException:
-        for temporary, _, _ in written:
+        for temporary, _, _, _ in written:
             temporary.unlink(missing_ok=True)
         raise
     shards = []
-    for temporary, final, samples in written:
+    for temporary, final, samples, split in written:
         os.replace(temporary, final)
         shards.append(ShardInfo(final.relative_to(out_dir).as_posix(), samples,
-                                final.stat().st_size))
+                                final.stat().st_size, split))
     return shards

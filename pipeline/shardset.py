@@ -1,4 +1,5 @@
-"""Which shards a path names: a prepared folder (its manifest), tar files, brace patterns, URLs.
+"""Which shards a path names: a prepared folder (its manifest), tar files, brace patterns, URLs;
+of a prepared folder, optionally one split (train or eval, see `pipeline.split`).
 
 Shared by the streaming loader and `omni inspect`. It imports neither torch nor webdataset
 (webdataset's package imports torch, which takes seconds), so `omni inspect` starts at once;
@@ -24,6 +25,8 @@ from pipeline.errors import ConfigError
 from pipeline.manifest import read_manifest
 from pipeline.outdir import MANIFEST_NAME
 from pipeline.schema import expected_from_config
+from pipeline.shards import shard_split
+from pipeline.split import EVAL, SPLITS, Split
 
 SHARD_GLOB = "shards/*.tar"
 # "pipe:", "http://", "s3://", "file:" ... but not a Windows drive letter ("C:").
@@ -55,15 +58,24 @@ class ShardSet:
     expected: dict[str, Any] | None  # expected_from_config of the manifest's config
 
 
-def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> ShardSet:
+def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                   split: Split | None = None) -> ShardSet:
     """Expand the loader's `urls` argument into a list of shard URLs.
 
     Each item is a directory written by ``omni prepare`` (its ``manifest.json``, or
     ``shards/*.tar`` if it has none), a local tar path or brace pattern
     (``out/shards/shard-{000000..000003}.tar``), or a URL webdataset's gopen can open
-    (``pipe:...``, ``http(s)://...``), passed on unchecked. Local shards must exist. Raises
-    ConfigError when nothing is found or two manifests disagree on the sample format.
+    (``pipe:...``, ``http(s)://...``), passed on unchecked. Local shards must exist.
+
+    `split` ("train" or "eval"; None: both) keeps only that split's shards of a directory, as
+    its manifest records them (without a manifest, as their file names say:
+    ``unit-NNNNNN-eval-SSSSSS.tar``). Tar paths, patterns and URLs are taken as given: whoever
+    named them chose them. Raises ConfigError when nothing is found, a directory holds none of
+    the requested split, or two manifests disagree on the sample format.
     """
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)} or None (both), "
+                          f"got {split!r}")
     items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
     found: list[str] = []
     counts: dict[str, int] = {}
@@ -73,7 +85,7 @@ def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str
         if URL_SCHEME.match(text):
             found += expand_urls(text)
         elif Path(text).is_dir():
-            shard_urls, shard_counts, config = _resolve_directory(Path(text))
+            shard_urls, shard_counts, config = _resolve_directory(Path(text), split)
             found += shard_urls
             counts.update(shard_counts)
             if config is not None:
@@ -93,17 +105,37 @@ def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     return ShardSet(tuple(found), counts, expected)
 
 
-def _resolve_directory(folder: Path) -> tuple[list[str], dict[str, int], PrepareConfig | None]:
+def _resolve_directory(folder: Path, split: Split | None
+                       ) -> tuple[list[str], dict[str, int], PrepareConfig | None]:
     manifest = read_manifest(folder)
     if manifest is None:
         paths = sorted(folder.glob(SHARD_GLOB))
         if not paths:
             raise ConfigError(f"{folder} holds neither {MANIFEST_NAME} nor {SHARD_GLOB}; run "
                               f"omni prepare into it first")
-        return [str(path) for path in paths], {}, None
-    for shard in manifest.shards:
+        chosen = [str(path) for path in paths if split in (None, shard_split(path.name))]
+        if not chosen:
+            raise _no_split(folder, split, None)
+        return chosen, {}, None
+    shards = [shard for shard in manifest.shards if split in (None, shard.split)]
+    if manifest.shards and not shards:
+        raise _no_split(folder, split, manifest.config)
+    for shard in shards:
         if not Path(shard.path).is_file():
             raise ConfigError(f"{manifest.path} lists {shard.path}, which does not exist; copy "
                               f"the whole prepared folder")
-    return ([shard.path for shard in manifest.shards],
-            {shard.path: shard.samples for shard in manifest.shards}, manifest.config)
+    return ([shard.path for shard in shards],
+            {shard.path: shard.samples for shard in shards}, manifest.config)
+
+
+def _no_split(folder: Path, split: Split | None, config: PrepareConfig | None) -> ConfigError:
+    """The error for a folder whose shards all belong to the other split, with what to do."""
+    if split != EVAL:
+        why = ("every video with samples fell into the eval split; prepare with a smaller "
+               "--eval-fraction")
+    elif config is not None and config.eval_fraction > 0:
+        why = (f"none of its videos with samples fell into it at --eval-fraction "
+               f"{config.eval_fraction:g}; prepare with a larger --eval-fraction (or more videos)")
+    else:
+        why = "prepare with --eval-fraction > 0"
+    return ConfigError(f"{folder} holds no {split} split: {why}")

@@ -69,6 +69,7 @@ from pipeline.discover import VideoSource
 from pipeline.errors import DecodeError, PipelineError
 from pipeline.schema import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
 from pipeline.shards import PartFile, PartWriter
+from pipeline.split import TRAIN, Split
 from pipeline.transcripts import Transcript, find_transcript
 
 # `pipeline.sample` imports torch (the mel), which takes seconds: the worker-side functions
@@ -112,6 +113,7 @@ class VideoTask:
     clip_encoding: str = DEFAULT_CLIP_ENCODING
     fault: str | None = None  # test-only: see the module docstring
     threads: int = 0  # video decoder threads, 0: the decoder's choice (never changes samples)
+    split: Split = TRAIN  # decided by the parent (`pipeline.split`), recorded in the outcome
 
 
 @dataclass
@@ -134,6 +136,7 @@ class VideoOutcome:
     transcript_error: str | None = None
     packets_skipped: int = 0
     wall_seconds: float = 0.0
+    split: Split = TRAIN  # which shards its samples went to; stats files without it: train
     part: PartFile | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,7 +328,7 @@ def prepare_video(task: VideoTask, send: Callable[[tuple[Any, ...]], None]) -> V
     only `OutputError` (the part file cannot be written) propagates.
     """
     started = time.perf_counter()
-    outcome = VideoOutcome(task.source.rel_path, task.source.video_id)
+    outcome = VideoOutcome(task.source.rel_path, task.source.video_id, split=task.split)
     try:
         _prepare(task, send, outcome)
     except OutputError:
@@ -613,7 +616,7 @@ class VideoRunner:
         self._remove(job, kill=True)
         task.part_path.unlink(missing_ok=True)
         return VideoOutcome(task.source.rel_path, task.source.video_id, FAILED, reason,
-                            wall_seconds=elapsed)
+                            wall_seconds=elapsed, split=task.split)
 
     def _remove(self, job: _Job, kill: bool) -> None:
         if kill:

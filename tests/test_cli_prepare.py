@@ -31,7 +31,8 @@ def test_help_has_the_options_and_examples() -> None:
     result = runner.invoke(app, ["prepare", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for text in ("Examples", "--clip-duration", "--part", "--overwrite", "--strict", "--json",
-                 "--decoder", "--samples-per-shard", "--workers", "CPU count"):
+                 "--decoder", "--samples-per-shard", "--workers", "CPU count",
+                 "--eval-fraction", "--split-seed"):
         assert text in result.output, text
 
 
@@ -54,7 +55,10 @@ def test_human_output_summarises_and_lists_failures(videos: Path, tmp_path: Path
                            env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     for text in ("prepare summary", "1 prepared", "1 failed", "1 skipped", "bad.mkv",
-                 "not a readable media file", "shorter than one clip", "manifest:"):
+                 "not a readable media file", "shorter than one clip", "manifest:",
+                 # tiny.mp4 falls into the eval split at the default 0.05, but is too short
+                 "eval split", "1 video (0 prepared), 0 clips in 0 shards",
+                 "the eval split holds no prepared video", "pass a larger --eval-fraction"):
         assert text in result.output, text
     again = runner.invoke(app, ["prepare", str(videos), str(out), *FAST],
                           env={"COLUMNS": "200"})
@@ -70,6 +74,11 @@ def test_json_prints_one_document(videos: Path, tmp_path: Path) -> None:
     assert document["totals"]["failed"] == 1 and document["manifest"].endswith("manifest.json")
     status = {video["source"]: video["status"] for video in document["videos"]}
     assert status == {"bad.mkv": "failed", "good.mp4": "prepared", "tiny.mp4": "skipped"}
+    assert {video["source"]: video["split"] for video in document["videos"]} == {
+        "bad.mkv": "train", "good.mp4": "train", "tiny.mp4": "eval"}
+    held, trained = document["splits"]["eval"], document["splits"]["train"]
+    assert (held["videos"], held["skipped"], held["clips"]) == (1, 1, 0)
+    assert (trained["prepared"], trained["clips"]) == (1, 2)
 
 
 def test_strict_fails_when_a_video_failed(videos: Path, tmp_path: Path) -> None:
@@ -98,6 +107,14 @@ def test_bad_arguments_are_usage_errors(videos: Path, tmp_path: Path, args: list
     result = runner.invoke(app, ["prepare", str(videos), str(tmp_path / "out"), *args])
     assert result.exit_code == 2, result.output
     assert "Error:" in result.output
+
+
+def test_eval_fraction_outside_zero_one_is_refused(videos: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["prepare", str(videos), str(tmp_path / "out"),
+                                 "--eval-fraction", "1.5"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "eval_fraction" in result.output and "must lie in [0, 1), got 1.5" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_changed_settings_are_refused_without_overwrite(videos: Path, tmp_path: Path) -> None:

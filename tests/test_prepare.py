@@ -564,20 +564,24 @@ def test_part_selection_is_disjoint_and_complete(trio) -> None:
 
 def test_unit_shards_split_by_count_and_keep_order(tmp_path) -> None:
     parts = []
-    for video, count in enumerate([2, 0, 4]):
+    for video, count in enumerate([2, 0, 4, 3]):
         with PartWriter(tmp_path / f"{video}.tar") as writer:
             for clip in range(count):
                 writer.write({"__key__": f"v{video}_{clip:06d}", "txt": f"{video}/{clip}".encode()})
         parts.append(writer.close())
-    shards = write_unit_shards(parts, tmp_path, 7, samples_per_shard=4)
-    assert [(s.path, s.samples) for s in shards] == [("shards/unit-000007-000000.tar", 4),
-                                                    ("shards/unit-000007-000001.tar", 2)]
+    shards = write_unit_shards({"train": parts[:3], "eval": parts[3:]}, tmp_path, 7,
+                               samples_per_shard=4)
+    assert [(s.path, s.samples, s.split) for s in shards] == [
+        ("shards/unit-000007-000000.tar", 4, "train"),
+        ("shards/unit-000007-000001.tar", 2, "train"),
+        ("shards/unit-000007-eval-000000.tar", 3, "eval")]
     keys = []
     for shard in shards:
         assert_complete_tar(tmp_path / shard.path)
         with tarfile.open(tmp_path / shard.path) as tar:
             keys += [member.name for member in tar]
-    assert keys == ["v0_000000.txt", "v0_000001.txt"] + [f"v2_{i:06d}.txt" for i in range(4)]
+    assert keys == (["v0_000000.txt", "v0_000001.txt"] + [f"v2_{i:06d}.txt" for i in range(4)]
+                    + [f"v3_{i:06d}.txt" for i in range(3)])
     assert not list((tmp_path / "shards").glob("*.tmp"))
 
 

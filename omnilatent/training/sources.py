@@ -65,11 +65,12 @@ class DataSource:
 def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
                  tokenizer: TokenizerFn, max_text_len: int,
                  shuffle_buffer: int = 1000) -> DataSource:
-    """The streaming loader over prepared shards (a folder, a tar, or a brace pattern)."""
-    resolved = resolve_shards(shards)
+    """The streaming loader over prepared shards (a folder, a tar, or a brace pattern); of a
+    folder, its train split only: its eval videos are held out (`pipeline.split`)."""
+    resolved = resolve_shards(shards, split="train")
     loader = build_shard_loader(shards, batch_size, tokenizer=tokenizer,
                                 max_text_len=max_text_len, seed=seed, num_workers=workers,
-                                shuffle_buffer=shuffle_buffer)
+                                shuffle_buffer=shuffle_buffer, split="train")
     # a prepared folder, or its shards/*.tar given as files or a pattern
     folder = Path(shards) if Path(shards).is_dir() else Path(resolved.urls[0]).parent.parent
     manifest = read_manifest(folder)
@@ -80,7 +81,7 @@ def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
     clips_with_text = manifest.totals.get("clips_with_text")
     has_text = None if clips_with_text is None else clips_with_text > 0
     return DataSource(loader, expected, has_text,
-                      f"{len(resolved.urls)} shard(s) from {shards}")
+                      f"{len(resolved.urls)} train shard(s) from {shards}")
 
 
 def video_dir_source(video_dir: Path, batch_size: int, *, seed: int, workers: int,
