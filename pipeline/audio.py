@@ -1,4 +1,5 @@
-"""Log-mel spectrograms for the audio modality, with `torch.stft` and our own filterbank.
+"""Log-mel spectrograms for the audio modality, with `torch.stft` and our own filterbank,
+and back to a waveform (`mel_to_waveform`, Griffin-Lim) for audio a model generates.
 
 torchaudio is not a dependency (no wheel for every platform we run on), so the mel filterbank is
 written here from torchaudio's definition (`melscale_fbanks(norm=None, mel_scale="htk")`); the
@@ -124,3 +125,96 @@ def silent_log_mel(config: PrepareConfig) -> np.ndarray:
     """
     return np.full((config.n_mels, config.mel_frames), math.log(LOG_FLOOR),
                    dtype=np.float16)  # (M, T)
+
+
+# Griffin-Lim, measured on a tone, a chirp, a click train and noise (bench/griffin_lim.py):
+# momentum 0.9 beat 0, 0.8, 0.95, 0.99 (torchaudio's default) and 1.1 at 16, 32 and 64
+# iterations; 50 multiplicative NNLS steps bring a chirp's re-analysed log-mel from 0.73 (the
+# clamped pseudo-inverse alone) to 0.17 mean error at 32 iterations; 200 steps give 0.169.
+GRIFFIN_LIM_MOMENTUM = 0.9
+NNLS_STEPS = 50
+
+
+def mel_to_waveform(mel: np.ndarray, config: PrepareConfig, iterations: int = 32,
+                    seed: int = 0) -> np.ndarray:
+    """Audio whose `log_mel` is close to `mel`, a (n_mels, T) log-mel: float32
+    (T * hop_length,) in [-1, 1] at `config.sample_rate`. The inverse of `log_mel`, for audio
+    a model generates.
+
+    Undoes the log and `LOG_FLOOR`, maps mel power back to linear-frequency power with the
+    same filterbank (its pseudo-inverse, clamped to >= 0, refined by `NNLS_STEPS`
+    non-negative least-squares steps, since many more bins than filters leave the exact
+    inverse underdetermined), takes the square root as magnitude and recovers a phase by
+    fast Griffin-Lim (momentum `GRIFFIN_LIM_MOMENTUM`, `iterations` rounds) with `log_mel`'s
+    own analysis: periodic Hann `n_fft`, `hop_length`, centred frames with reflect padding.
+    The initial phase is drawn from `seed`, so the output is deterministic.
+
+    `log_mel` keeps T of the 1 + T centred frames (the last, centred on the clip's end,
+    belongs to the next clip); it is taken equal to frame T - 1 here. Raises ConfigError when
+    the mel's bands do not match `config` or it is too short to frame.
+    """
+    values = torch.tensor(np.asarray(mel, dtype=np.float32))  # (M, T)
+    if values.ndim != 2 or values.shape[0] != config.n_mels:
+        raise ConfigError(f"expected a log-mel of shape (n_mels={config.n_mels}, frames), got "
+                          f"{tuple(values.shape)}; pass the prepare config the model was "
+                          f"trained with")
+    length = values.shape[1] * config.hop_length
+    if length <= config.n_fft // 2:
+        raise ConfigError(f"a log-mel of {values.shape[1]} frames is too short to invert with "
+                          f"n_fft={config.n_fft}; it needs more than "
+                          f"{config.n_fft // 2 // config.hop_length} frames")
+    if iterations < 0:
+        raise ConfigError(f"iterations must be >= 0, got {iterations}")
+    if not torch.isfinite(values).all():
+        raise ConfigError("the log-mel holds NaN or infinite values; cannot invert it")
+    numbers = (config.n_fft, config.sample_rate, config.n_mels, float(config.f_min),
+               float(config.mel_f_max))
+    window, fb_t = _analysis(*numbers)
+    mel_power = (values.exp() - LOG_FLOOR).clamp_(min=0.0)  # (M, T)
+    power = _mel_to_power(mel_power, fb_t, _pseudo_inverse(*numbers))  # (F, T)
+    magnitude = power.sqrt()  # (F, T)
+    magnitude = torch.cat([magnitude, magnitude[:, -1:]], dim=1)  # (F, T + 1)
+
+    def stft(signal: torch.Tensor) -> torch.Tensor:
+        return torch.stft(signal, n_fft=config.n_fft, hop_length=config.hop_length,
+                          win_length=config.n_fft, window=window, center=True,
+                          pad_mode="reflect", return_complex=True)  # (F, T + 1)
+
+    def istft(spec: torch.Tensor) -> torch.Tensor:
+        return torch.istft(spec, n_fft=config.n_fft, hop_length=config.hop_length,
+                           win_length=config.n_fft, window=window, center=True,
+                           length=length)  # (S,)
+
+    generator = torch.Generator().manual_seed(seed)
+    phase = torch.rand(magnitude.shape, generator=generator) * (2 * math.pi)  # (F, T + 1)
+    angles = torch.polar(torch.ones_like(magnitude), phase)  # (F, T + 1) complex
+    previous = torch.zeros_like(angles)
+    for _ in range(iterations):
+        rebuilt = stft(istft(magnitude * angles))  # (F, T + 1)
+        angles = rebuilt - previous * (GRIFFIN_LIM_MOMENTUM / (1 + GRIFFIN_LIM_MOMENTUM))
+        angles = angles / (angles.abs() + 1e-16)
+        previous = rebuilt
+    return istft(magnitude * angles).clamp_(-1.0, 1.0).numpy()  # (S,)
+
+
+@functools.lru_cache(maxsize=8)
+def _pseudo_inverse(
+    n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_max: float
+) -> torch.Tensor:
+    """(F, M) Moore-Penrose pseudo-inverse of `_analysis`'s filterbank, computed in float64."""
+    _, fb_t = _analysis(n_fft, sample_rate, n_mels, f_min, f_max)  # (M, F)
+    return torch.linalg.pinv(fb_t.double()).float()  # (F, M)
+
+
+def _mel_to_power(mel_power: torch.Tensor, fb_t: torch.Tensor,
+                  pseudo_inverse: torch.Tensor) -> torch.Tensor:
+    """Non-negative linear-frequency power (F, T) whose mel projection fits `mel_power` (M, T).
+
+    Starts from the clamped pseudo-inverse and applies Lee-Seung multiplicative updates for
+    min ||fb_t @ P - mel||^2, P >= 0: each step keeps P non-negative and lowers the error.
+    """
+    power = (pseudo_inverse @ mel_power).clamp_(min=1e-10)  # (F, T)
+    numerator = fb_t.T @ mel_power  # (F, T)
+    for _ in range(NNLS_STEPS):
+        power = power * numerator / (fb_t.T @ (fb_t @ power) + 1e-12)  # (F, T)
+    return power

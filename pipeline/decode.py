@@ -144,12 +144,19 @@ def grid_window_count(grid_frames: int, config: PrepareConfig) -> int:
     return (grid_frames - config.frames_per_clip) // config.stride_frames + 1
 
 
-class _AudioBuffer:
-    """Mono samples from absolute index `base` on; everything before `base` is forgotten."""
+class AudioBuffer:
+    """Mono samples from absolute index `base` on; everything before `base` is forgotten.
+
+    Places decoded chunks on the timeline by the rules in the module docstring; the windows
+    of a video and an audio file given to `omni generate` (`pipeline.media_in`) both use it.
+    `end` is where the signal received so far ends, so that the next chunk is placed against
+    it; samples forgotten ahead of it (a gap between windows) are dropped as they arrive.
+    """
 
     def __init__(self, tolerance: int) -> None:
         self.tolerance = tolerance  # samples of timestamp jitter to ignore
         self.base = 0
+        self._wanted_from = 0  # samples before this index are no longer needed
         self._data = np.zeros(0, dtype=np.float32)  # (N,)
         self._pending: list[np.ndarray] = []  # appended chunks, joined lazily
         self._pending_len = 0
@@ -178,6 +185,8 @@ class _AudioBuffer:
             samples = samples[self.end - position :]
         self.started = True
         self._append(samples)
+        if self.base < self._wanted_from:
+            self._trim()
 
     def _append(self, samples: np.ndarray) -> None:
         if len(samples):
@@ -200,6 +209,14 @@ class _AudioBuffer:
         return out
 
     def forget_before(self, index: int) -> None:
+        """Drop the samples before `index`, including those still to arrive."""
+        self._wanted_from = max(self._wanted_from, index)
+        self._trim()
+
+    def _trim(self) -> None:
+        # Never past `end`: moving it would misplace the next chunk (a chunk within the
+        # jitter tolerance of a forgotten index would be appended at it, not trimmed).
+        index = min(self._wanted_from, self.end)
         if index > self.base:
             self._data = self._joined()[index - self.base :].copy()
             self.base = index
@@ -224,7 +241,7 @@ class WindowAssembler:
         self._received = 0  # grid frames received so far
         self._next = 0  # next window index
         tolerance = round(AUDIO_HARD_COMPENSATION_S * config.sample_rate)
-        self._audio = _AudioBuffer(tolerance) if has_audio else None
+        self._audio = AudioBuffer(tolerance) if has_audio else None
 
     # -- inputs ---------------------------------------------------------------------------
     def add_frame(self, image: np.ndarray) -> None:
@@ -234,7 +251,13 @@ class WindowAssembler:
         offset = index - cfg.frames_per_clip // 2
         if offset >= 0 and offset % cfg.stride_frames == 0:
             self._images[index] = image
-        self._frames.append(clip_frame(image, cfg.frame_size))  # (F, F, 3)
+        if index < self._span(self._next)[0]:
+            # Before the next window (a stride longer than a clip leaves gaps): no window
+            # uses it, and keeping it would grow memory with the gap. `_forget` has emptied
+            # the queue up to here, so it just moves on.
+            self._base += 1
+        else:
+            self._frames.append(clip_frame(image, cfg.frame_size))  # (F, F, 3)
         self._received += 1
         self.stats.grid_frames = self._received
         self.stats.peak_buffered_frames = max(self.stats.peak_buffered_frames, len(self._frames))

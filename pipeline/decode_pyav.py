@@ -202,7 +202,7 @@ def probe_pyav(path: Path) -> VideoInfo:
     with open_container(path) as container:
         video, audio = select_streams(container)
         (rotation, flip), pixel_format = (0, False), video.codec_context.pix_fmt
-        for _, frame in _frames(container, [video], DecodeStats()):
+        for _, frame in decoded_frames(container, [video], DecodeStats()):
             (rotation, flip), pixel_format = frame_orientation(frame, video), frame.format.name
             break
         width, height = video.codec_context.width, video.codec_context.height
@@ -335,7 +335,7 @@ class _FrameSkipper:
                    for other in itertools.chain(self._sent, self._ahead))
 
 
-def _frames(
+def decoded_frames(
     container: InputContainer,
     streams: list[av.stream.Stream],
     stats: DecodeStats,
@@ -393,6 +393,23 @@ def _decode(
         yield packet.stream, frame
 
 
+def scale_to_rgb(frame: av.VideoFrame, size: tuple[int, int],
+                 reformatter: VideoReformatter) -> np.ndarray:
+    """`frame` as (height, width, 3) uint8 RGB at `size` (width, height), by libswscale's
+    `SWS_INTERPOLATION` filter in one step from whatever pixel format it has.
+
+    The one conversion every picture the model sees goes through: a video frame on the grid
+    here, a still image given to `omni generate` in `pipeline.media_in`. Pass one reformatter
+    per stream of pictures of one size (it keeps the swscale context); one thread, because the
+    decoder's threads and the other workers already use the cores.
+    """
+    width, height = size
+    return reformatter.reformat(
+        frame, width, height, format="rgb24", interpolation=SWS_INTERPOLATION.upper(),
+        threads=1,
+    ).to_ndarray()  # (height, width, 3)
+
+
 class _GridPicker:
     """Turns decoded video frames (presentation order) into display images on the fps grid."""
 
@@ -411,8 +428,7 @@ class _GridPicker:
         self._rotation = 0
         self._flip = False
         # One swscale context for the whole video: `VideoFrame.reformat` builds a new one per
-        # call (5.9 ms per 720p frame against 2.1 ms reused, same pixels). Scaling runs on one
-        # thread: the decoder's threads and the other workers already use the cores.
+        # call (5.9 ms per 720p frame against 2.1 ms reused, same pixels).
         self._reformatter = VideoReformatter()
 
     def push(self, frame: av.VideoFrame) -> Iterator[np.ndarray]:
@@ -469,11 +485,7 @@ class _GridPicker:
     def _current_image(self) -> np.ndarray:
         if self._image is None:
             assert self._frame is not None
-            width, height = self._size
-            rgb = self._reformatter.reformat(
-                self._frame, width, height, format="rgb24",
-                interpolation=SWS_INTERPOLATION.upper(), threads=1,
-            ).to_ndarray()  # (h, w, 3) coded orientation
+            rgb = scale_to_rgb(self._frame, self._size, self._reformatter)  # (h, w, 3) coded
             self._image = display_image(rgb, self._rotation, self.config.image_size,
                                         flip=self._flip)
         return self._image
@@ -512,8 +524,12 @@ class _Continuity:
         return True
 
 
-class _MonoResampler:
-    """Any audio frame -> mono float32 at the target rate, with its position from the origin."""
+class MonoResampler:
+    """Any audio frame -> mono float32 at the target rate, with its position from the origin.
+
+    Every sound the model hears goes through it: a video's audio here, an audio file given to
+    `omni generate` in `pipeline.media_in`, so both are downmixed and resampled alike.
+    """
 
     def __init__(self, sample_rate: int, start: float) -> None:
         self.sample_rate = sample_rate
@@ -524,6 +540,7 @@ class _MonoResampler:
         return av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
 
     def resample(self, frame: av.AudioFrame | None) -> Iterator[tuple[np.ndarray, int | None]]:
+        """(samples, index of the first one from the origin, if timed); None flushes."""
         try:
             outs = self._resampler.resample(frame)
         except ValueError:
@@ -561,13 +578,13 @@ def _windows(
     start, timed = origin(container), has_timestamps(container)
     assembler = WindowAssembler(config, audio is not None, stats)
     picker = _GridPicker(config, video, start, timed)
-    resampler = _MonoResampler(config.sample_rate, start) if audio is not None else None
+    resampler = MonoResampler(config.sample_rate, start) if audio is not None else None
     streams = [video] if audio is None else [video, audio]
     # The skipper reads frame times off packets: guessed ones would mislead it.
     skipper = (_FrameSkipper(video, config.fps, start)
                if timed and _FrameSkipper.applies(video) else None)
     watch = _Continuity(start) if container.format.flags & _TS_DISCONT else None
-    for stream, frame in _frames(container, streams, stats, skipper):
+    for stream, frame in decoded_frames(container, streams, stats, skipper):
         if watch is not None and not watch.follows(stream, frame):
             if stream is video:
                 stats.first_error = stats.first_error or watch.jump

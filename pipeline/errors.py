@@ -15,3 +15,8 @@ class DecodeError(PipelineError):
 
 class TranscriptError(PipelineError):
     """A subtitle or transcript file could not be read or parsed."""
+
+
+class MediaError(PipelineError):
+    """A file given to `omni generate` cannot be used, or an output cannot be written; the
+    message names the file and what to do."""

@@ -1,0 +1,320 @@
+"""Input files for `omni generate`, turned into exactly the arrays `omni prepare` stores.
+
+A model only knows its inputs through the prepare pipeline, so every input goes through that
+pipeline's own code, never a look-alike:
+
+- **Video**: the window at `start` comes out of `pipeline.decode.iter_windows` (either
+  backend, `config.decoder`) and `pipeline.sample.sample_fields`: same frame grid, geometry,
+  log-mel (or the silent one when the video has no audio) and transcript text.
+- **Audio file**: PyAV decodes it; the PyAV backend's `MonoResampler` and `AudioBuffer`
+  downmix, resample and place it on the timeline as they do a video's sound; `log_mel`.
+- **Picture**: EXIF orientation applied, then the PyAV backend's `scale_to_rgb` (libswscale
+  bilinear, short side to `image_size`) and `display_image`'s centre crop: a still picture
+  gives the same `image` as a losslessly stored video of it does through prepare.
+- **Text**: whitespace collapsed to single spaces, as windows of a transcript are joined.
+
+`sample_arrays_batch` turns the arrays into a batch of one with the loader's own
+`sample_tensors` and `collate`, so the model also sees the training normalisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.audio import log_mel
+from pipeline.config import PrepareConfig
+from pipeline.decode import (
+    AUDIO_HARD_COMPENSATION_S,
+    END_TOLERANCE,
+    AudioBuffer,
+    DecodeStats,
+    Window,
+    grid_frames_within,
+    iter_windows,
+    probe,
+    video_end,
+)
+from pipeline.decode_pyav import (
+    MonoResampler,
+    decoded_frames,
+    open_container,
+    origin,
+    scale_to_rgb,
+)
+from pipeline.discover import VIDEO_EXTENSIONS, VideoSource, video_id
+from pipeline.errors import DecodeError, MediaError, PipelineError
+from pipeline.frames import display_image, scaled_size
+from pipeline.loader import Batch, collate, sample_tensors
+from pipeline.sample import NO_TRANSCRIPT, VideoContext, sample_fields
+from pipeline.tokenizer import TokenizerFn, byte_tokenizer
+from pipeline.transcripts import find_transcript, read_text_file
+
+Modality = Literal["text", "audio", "image", "video"]
+MODALITY_EXTENSIONS: dict[Modality, frozenset[str]] = {
+    "video": VIDEO_EXTENSIONS,
+    "audio": frozenset({".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".aac"}),
+    "image": frozenset({".png", ".jpg", ".jpeg", ".webp"}),
+    "text": frozenset({".txt"}),
+}
+
+
+@dataclass(frozen=True)
+class SampleArrays:
+    """One input as the shards would hold it; a modality the input does not have is None.
+
+    `start` is where the window begins in the source, on the frame grid for a video (None for
+    a picture or text); `notes` are things worth telling the user (a rounded start, a
+    transcript that could not be read, a decoder complaint).
+    """
+
+    source: str  # the input's path, or "<text>"
+    start: float | None = None
+    frames: np.ndarray | None = None  # (T, frame_size, frame_size, 3) uint8
+    image: np.ndarray | None = None  # (image_size, image_size, 3) uint8
+    mel: np.ndarray | None = None  # (n_mels, mel_frames) float16 log-mel, as `log_mel` makes it
+    text: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+def guess_modality(path: str | os.PathLike[str]) -> Modality:
+    """The modality of an input file, from its extension (any case)."""
+    suffix = Path(path).suffix.lower()
+    for modality, extensions in MODALITY_EXTENSIONS.items():
+        if suffix in extensions:
+            return modality
+    known = "; ".join(f"{modality} {' '.join(sorted(extensions))}"
+                      for modality, extensions in MODALITY_EXTENSIONS.items())
+    raise MediaError(f"cannot tell what {path} holds from its extension "
+                     f"({suffix or 'none'}); known: {known}; name it with --from-modality")
+
+
+def load_input(path: str | os.PathLike[str], config: PrepareConfig,
+               modality: Modality | None = None, start: float = 0.0) -> SampleArrays:
+    """`path` read as `modality` (guessed from the extension when None).
+
+    `start` (seconds) picks the window of a video or an audio file; pictures and text have
+    none, and a non-zero `start` for them is refused rather than ignored.
+    """
+    modality = guess_modality(path) if modality is None else modality
+    if modality == "video":
+        return load_video_window(path, config, start)
+    if modality == "audio":
+        return load_audio_file(path, config, start)
+    if start:
+        raise MediaError(f"{path}: a start time only applies to video and audio, not "
+                         f"{modality}; drop --start")
+    if modality == "image":
+        return load_image_file(path, config)
+    if modality == "text":
+        return load_text_file(path)
+    raise MediaError(f"unknown modality {modality!r}; use one of "
+                     f"{', '.join(MODALITY_EXTENSIONS)}")
+
+
+# --------------------------------------------------------------------------- video
+def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
+                      start: float = 0.0) -> SampleArrays:
+    """The clip window of a video that begins at `start` seconds, as `omni prepare` makes it.
+
+    `start` is rounded to the frame grid (1 / fps; a note says so when that moves it). The
+    window comes from `iter_windows` run with `clip_stride` = that start, where it is window
+    1 (window 0 for start 0): the grid, the frames and the audio do not depend on the stride,
+    so it is bit for bit the window prepare makes at that time with any stride that lands
+    there. Decoding stops right after it, with memory bounded by about one clip; the video
+    is still decoded from its beginning, so a late start takes as long as decoding up to it,
+    and a start past the end is found at the end (container durations can be estimates, so
+    they do not decide it).
+    """
+    path = Path(path)
+    index, start, notes = _grid_start(path, start, config)
+    try:
+        info = probe(path, config)
+    except DecodeError as err:
+        raise MediaError(f"cannot read video {path}: {err}") from err
+    context, note = _video_context(path, info.rotation, info.has_audio, info.duration_hint)
+    notes += note
+    if not info.has_audio:
+        notes += ("the video has no audio stream: its mel is digital silence, as prepare "
+                  "stores such videos",)
+    windowed = replace(config, clip_stride=index / config.fps) if index else config
+    wanted = 1 if index else 0
+    stats = DecodeStats()
+    window: Window | None = None
+    try:
+        with contextlib.closing(iter_windows(path, windowed, stats)) as windows:
+            for window in windows:
+                if window.index == wanted:
+                    break
+            else:
+                window = None
+    except DecodeError as err:
+        raise MediaError(f"cannot decode video {path}: {err}") from err
+    if window is None:
+        raise MediaError(_past_end(path, start, stats.duration, config))
+    if stats.first_error:
+        notes += (f"decoder: {stats.first_error}",)
+    fields = sample_fields(window, context, config)
+    return SampleArrays(str(path), window.start, fields.frames, fields.image, fields.mel,
+                        fields.text, notes)
+
+
+def _grid_start(path: Path, start: float,
+                config: PrepareConfig) -> tuple[int, float, tuple[str, ...]]:
+    """(grid index, seconds, notes) of the frame-grid time nearest `start`."""
+    if not math.isfinite(start) or start < 0:
+        raise MediaError(f"{path}: the start must be a time of 0 s or more, got {start}")
+    index = round(start * config.fps)
+    seconds = index / config.fps
+    notes: tuple[str, ...] = ()
+    if abs(seconds - start) > 1e-9:
+        notes = (f"start {start:g} s rounded to {seconds:g} s, the nearest frame of the "
+                 f"{config.fps} fps grid",)
+    return index, seconds, notes
+
+
+def _past_end(path: Path, start: float, duration: float | None, config: PrepareConfig) -> str:
+    """Why no window starts at `start`, with the video's length and the latest start."""
+    length = "of unknown length" if duration is None else f"{duration:.2f} s long"
+    if duration is None or duration + END_TOLERANCE < config.clip_duration:
+        return (f"{path}: no {config.clip_duration:g} s window starts at {start:g} s: the "
+                f"video is {length}, shorter than one clip")
+    latest = (grid_frames_within(duration, config) - config.frames_per_clip) / config.fps
+    return (f"{path}: the {config.clip_duration:g} s window from {start:g} s runs past the end "
+            f"of the video ({length}); use a start of at most {latest:g} s")
+
+
+def _video_context(path: Path, rotation: int, has_audio: bool,
+                   duration_hint: float | None) -> tuple[VideoContext, tuple[str, ...]]:
+    """The video's `VideoContext` as the prepare worker builds it, and notes for the user.
+
+    A transcript that cannot be read costs the text, not the input (as in prepare).
+    """
+    notes: tuple[str, ...] = ()
+    try:
+        transcript = find_transcript(path)
+        notes += tuple(f"transcript: {note}" for note in transcript.notes)
+    except PipelineError as err:
+        transcript = NO_TRANSCRIPT
+        notes += (f"transcript ignored: {err}",)
+    text_duration = duration_hint
+    if transcript.cues and not transcript.timed:
+        text_duration = video_end(path) or text_duration
+    source = VideoSource(path, path.name, video_id(path.name))
+    context, warning = VideoContext.for_video(source, rotation, has_audio, transcript,
+                                              text_duration)
+    return context, notes + ((warning,) if warning else ())
+
+
+# --------------------------------------------------------------------------- audio
+def load_audio_file(path: str | os.PathLike[str], config: PrepareConfig,
+                    start: float = 0.0) -> SampleArrays:
+    """`config.clip_duration` of an audio file from `start` seconds, as a prepared log-mel.
+
+    The first audio stream is decoded with PyAV, downmixed to mono and resampled to
+    `config.sample_rate` by the PyAV backend's `MonoResampler`, and placed on the timeline by
+    its `AudioBuffer` (time 0 is the container's start, as for a video); a clip that runs past
+    the end is padded with silence, as prepare pads a video's. Decoding stops once the clip
+    is complete and keeps at most about one clip of samples.
+    """
+    path = Path(path)
+    if not math.isfinite(start) or start < 0:
+        raise MediaError(f"{path}: the start must be a time of 0 s or more, got {start}")
+    try:
+        container = open_container(path)
+    except DecodeError as err:
+        raise MediaError(f"cannot read audio from {path}: {err}") from err
+    first = round(start * config.sample_rate)
+    stop = first + config.samples_per_clip
+    stats = DecodeStats()
+    buffer = AudioBuffer(round(AUDIO_HARD_COMPENSATION_S * config.sample_rate))
+    with container:
+        if not container.streams.audio:
+            raise MediaError(f"{path} has no audio stream; pass an audio file or a video with "
+                             f"sound")
+        stream = container.streams.audio[0]
+        resampler = MonoResampler(config.sample_rate, origin(container))
+        buffer.forget_before(first)  # keeps memory bounded however late `start` is
+        try:
+            for _, frame in decoded_frames(container, [stream], stats):
+                for samples, position in resampler.resample(frame):
+                    buffer.add(samples, position)
+                if buffer.end >= stop:
+                    break
+            else:
+                for samples, position in resampler.resample(None):
+                    buffer.add(samples, position)
+        except av.FFmpegError as err:
+            raise MediaError(f"cannot decode audio from {path}: {err.strerror or err}") from err
+    if not buffer.started:
+        reason = f": {stats.first_error}" if stats.first_error else ""
+        raise MediaError(f"{path}: no decodable audio{reason}")
+    if buffer.end <= first:
+        raise MediaError(f"{path}: the audio is {buffer.end / config.sample_rate:.2f} s long; "
+                         f"a start of {start:g} s is past its end")
+    samples = np.clip(buffer.take(first, config.samples_per_clip), -1.0, 1.0)  # (S,)
+    notes = (f"decoder: {stats.first_error}",) if stats.first_error else ()
+    return SampleArrays(str(path), first / config.sample_rate, mel=log_mel(samples, config),
+                        notes=notes)
+
+
+# --------------------------------------------------------------------------- picture
+def load_image_file(path: str | os.PathLike[str], config: PrepareConfig) -> SampleArrays:
+    """A picture as the clip image prepare would make of it: upright (EXIF orientation), RGB,
+    then `still_image`. Animated files give their first frame."""
+    path = Path(path)
+    try:
+        with Image.open(path) as picture:
+            rgb = np.asarray(ImageOps.exif_transpose(picture).convert("RGB"))  # (H, W, 3)
+    except FileNotFoundError as err:
+        raise MediaError(f"no such picture: {path}") from err
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as err:
+        raise MediaError(f"cannot read picture {path}: {err}") from err
+    return SampleArrays(str(path), image=still_image(rgb, config.image_size))
+
+
+def still_image(rgb: np.ndarray, image_size: int) -> np.ndarray:
+    """A (H, W, 3) uint8 RGB picture as a clip image: (image_size, image_size, 3) uint8.
+
+    The PyAV backend's own steps for a frame with square pixels and no rotation: libswscale
+    bilinear to `scaled_size` (`scale_to_rgb`), then `display_image`'s centre crop.
+    """
+    height, width = rgb.shape[:2]
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    scaled = scale_to_rgb(frame, scaled_size(width, height, image_size),
+                          VideoReformatter())  # (h, w, 3)
+    return display_image(scaled, 0, image_size)  # (S, S, 3)
+
+
+# --------------------------------------------------------------------------- text
+def load_text_file(path: str | os.PathLike[str]) -> SampleArrays:
+    """The text of a file (encoding detected as for transcripts) as `text_input` makes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"no such text file: {path}")
+    return replace(text_input(read_text_file(path)), source=str(path))
+
+
+def text_input(text: str) -> SampleArrays:
+    """Text as the transcript windows of the shards hold it: words joined by single spaces."""
+    return SampleArrays("<text>", text=" ".join(text.split()))
+
+
+# --------------------------------------------------------------------------- batch
+def sample_arrays_batch(arrays: SampleArrays, tokenizer: TokenizerFn = byte_tokenizer,
+                        max_text_len: int = 128) -> Batch:
+    """A batch of one in the loader's format and units, with only the input's modalities
+    (`video` (1, 3, T, F, F), `image` (1, 3, S, S), `audio` (1, M, T_mel), `text` (1, L))."""
+    tensors = sample_tensors(arrays.frames, arrays.image, arrays.mel, arrays.text,
+                             tokenizer=tokenizer, max_text_len=max_text_len, key=arrays.source,
+                             meta={"source": arrays.source, "start": arrays.start})
+    return collate([tensors])
