@@ -1,39 +1,87 @@
-"""`omni demo-videos`: write short sample videos to try the pipeline without footage."""
+"""`omni demo-videos`: write a sample world of short videos to try the pipeline and training.
+
+The videos come from `pipeline.demo_media`: eight classes whose shape, sound and sentence go
+together, with random variation per video, so a model trained on them has something to
+learn and a set made with another seed tests it on unseen videos.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
-from cli.console import console
+from cli.console import console, human_bytes
 from cli.errors import run_command
-from pipeline.demo_media import make_demo_videos
+from pipeline.demo_media import DEMO_CLASSES, DemoVideo, make_demo_videos
 
 EXAMPLES = """
 [bold]Examples[/]
 
-  Four 6-second videos with sound and .srt/.vtt/.txt transcripts, then prepare them:
+  16 videos of 4 s (two of each class), then prepare them:
     [cyan]omni demo-videos demo/videos[/]
     [cyan]omni prepare demo/videos demo/shards[/]
+
+  A training set, and an unseen evaluation set of the same classes (another seed):
+    [cyan]omni demo-videos world/train --count 96 --seed 0[/]
+    [cyan]omni demo-videos world/eval --count 32 --seed 1 --duration 2[/]
 """
 
 
+def _summary(videos: list[DemoVideo], out_dir: Path) -> None:
+    per_class = Counter(video.class_name for video in videos)
+    table = Table(title=f"{len(videos)} demo videos", show_edge=False)
+    table.add_column("class")
+    table.add_column("videos", justify="right")
+    table.add_column("transcript")
+    for demo_class in DEMO_CLASSES:
+        if per_class[demo_class.name]:
+            table.add_row(demo_class.name, str(per_class[demo_class.name]), demo_class.sentence)
+    console.print(table)
+    size = sum(video.path.stat().st_size for video in videos)
+    console.print(f"{human_bytes(size)} in {out_dir} ({videos[0].duration:g} s each, "
+                  f".srt and .vtt transcripts)", soft_wrap=True)
+    console.print(f"next: [cyan]omni prepare {out_dir} SHARD_DIR[/]", soft_wrap=True)
+
+
 def demo_videos(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the videos into.")],
-    count: Annotated[int, typer.Option("--count", min=1, help="How many videos.")] = 4,
-    scenes: Annotated[int, typer.Option("--scenes", min=1,
-                                        help="1.5-second scenes per video.")] = 4,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the scene order.")] = 0,
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the videos into (created "
+                                            "if missing).", show_default=False)],
+    count: Annotated[int, typer.Option("--count", min=1, help="How many videos; the classes "
+                                       "take turns, so multiples of 8 are balanced.")] = 16,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the class order and "
+                                      "of every video's variation; another seed gives "
+                                      "unseen videos.")] = 0,
+    duration: Annotated[float, typer.Option("--duration", min=1.0,
+                                            help="Seconds per video.")] = 4.0,
 ) -> None:
-    """Write sample videos (H.264 + AAC) whose picture, tone and transcript change together
-    scene by scene; the i-th video gets a .srt, .vtt, .txt or no transcript, in turn."""
+    """Write sample videos (H.264 + AAC, 160x120) of eight classes, e.g. "the red circle
+    hums": a shape moving over grey noise, its sound and its sentence as a transcript (.srt
+    or .vtt). File names carry the class and seed, e.g. red-circle_s0_007.mp4."""
 
     def body() -> None:
-        videos = make_demo_videos(out_dir, count=count, scenes_per_video=scenes, seed=seed)
-        for video in videos:
-            transcript = video.transcript.name if video.transcript else "no transcript"
-            console.print(f"{video.path}  ({video.duration:g} s, {transcript})", soft_wrap=True)
+        progress = Progress(
+            TextColumn("[bold]demo-videos"), BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} videos"),
+            TextColumn("{task.fields[rate]} videos/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        with progress:
+            task = progress.add_task("demo-videos", total=count, rate="-")
+
+            def advance(_video: DemoVideo) -> None:
+                progress.advance(task)
+                done = progress.tasks[task]
+                if done.elapsed:
+                    progress.update(task, rate=f"{done.completed / done.elapsed:.1f}")
+
+            videos = make_demo_videos(out_dir, count=count, seed=seed, duration=duration,
+                                      on_video=advance)
+        _summary(videos, out_dir)
 
     run_command(body)

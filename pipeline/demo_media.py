@@ -1,156 +1,437 @@
-"""Sample footage for the demo and for trying the pipeline without videos of your own.
+"""A small learnable world of sample videos, for the demo and for trying the pipeline.
 
-Each video is a sequence of "scenes" (a coloured shape moving over a tinted background) with a
-tone whose pitch belongs to the scene, and a transcript naming the scene while it is on
-screen. Picture, sound and text therefore agree with each other in time, which gives the
-cross-modal tasks something real to learn. Transcripts come as .srt, .vtt and untimed .txt
-sidecars (and one video has none) so every transcript path of `omni prepare` is exercised.
+Eight classes (`DEMO_CLASSES`) each tie a coloured shape, a kind of sound and a sentence
+together: "the red circle hums" shows a red circle over grey noise, sounds a 150 Hz hum and
+has that sentence as its transcript. Within a class every video differs (shape size, path and
+speed, colour, background, pitch, loudness, onsets, noise), so a model has to learn the
+class, not memorise footage; a new seed gives new videos of the same classes, an unseen set
+to evaluate cross-modal retrieval and transcript generation on.
+
+Everything a video shows follows from `demo_params(seed, index)`: its class (balanced over a
+seeded class order) and its random variation. Rendering is pure numpy and vectorised over
+frames and samples, so a 4 s video takes a small fraction of a second to make; the file name
+(`red-circle_s0_007.mp4`) carries class and seed, so `demo_class_of` recovers the label from
+a path alone, e.g. from the `source` of a prepared sample.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import av
 import numpy as np
 
 from pipeline.errors import PipelineError
 
-# (name, RGB colour, tone in Hz): a scene's picture, sound and words all derive from it.
-SCENES = (
-    ("red circle", (220, 40, 40), 330.0),
-    ("green square", (40, 180, 60), 440.0),
-    ("blue triangle", (50, 80, 220), 550.0),
-    ("yellow star", (230, 200, 40), 660.0),
-    ("purple wave", (150, 60, 190), 770.0),
+SIZE = (160, 120)  # (width, height): small, so encoding and decoding stay fast
+FPS = 16  # a multiple of the 8 fps clip grid of `omni prepare`: no frame is picked twice
+SAMPLE_RATE = 16000
+MAX_DURATION = 600.0  # seconds: longer teaches nothing more, and catches "4000" for "4"
+_FRAMES_PER_BLOCK = 32  # frames rendered at once: bounds memory for long videos
+_AUDIO_CHUNK = 1024  # samples per AAC frame
+_NOISE_FLOOR = 0.01  # background hiss, -40 dB below full scale
+
+
+@dataclass(frozen=True)
+class DemoClass:
+    """One class of the demo world: what its videos show, sound like and say.
+
+    `hz` is the base frequency of the sound (the click rate for "clicks"); a video's pitch
+    jitter scales it.
+    """
+
+    name: str
+    colour: tuple[int, int, int]
+    shape: str
+    sound: str
+    hz: float
+    sentence: str
+
+    @property
+    def slug(self) -> str:
+        """The class in file names: "red circle" -> "red-circle"."""
+        return self.name.replace(" ", "-")
+
+
+DEMO_CLASSES = (
+    DemoClass("red circle", (225, 35, 35), "circle", "hums", 150.0, "the red circle hums"),
+    DemoClass("green square", (40, 190, 60), "square", "beeps", 1000.0,
+              "the green square beeps"),
+    DemoClass("blue triangle", (45, 75, 235), "triangle", "buzzes", 220.0,
+              "the blue triangle buzzes"),
+    DemoClass("yellow star", (240, 220, 30), "star", "whistles", 2000.0,
+              "the yellow star whistles"),
+    DemoClass("purple ring", (160, 50, 210), "ring", "chirps", 500.0, "the purple ring chirps"),
+    DemoClass("orange cross", (250, 135, 15), "cross", "rings", 700.0, "the orange cross rings"),
+    DemoClass("cyan diamond", (30, 215, 225), "diamond", "clicks", 10.0,
+              "the cyan diamond clicks"),
+    DemoClass("white bar", (245, 245, 245), "bar", "drones", 300.0, "the white bar drones"),
 )
-SCENE_SECONDS = 1.5
+_BY_SLUG = {demo_class.slug: demo_class for demo_class in DEMO_CLASSES}
+_FILE_NAME = re.compile(r"(?P<slug>[a-z]+-[a-z]+)_s(?P<seed>\d+)_(?P<index>\d+)\.[A-Za-z0-9]+")
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    """Everything random about one video; rendering is a pure function of these.
+
+    Lengths are in pixels of the `SIZE` picture, times in seconds, levels in 0-255.
+    """
+
+    demo_class: DemoClass
+    colour: tuple[int, int, int]  # the class colour, jittered by up to 10 per channel
+    radius: float  # half the shape's extent: 1/10 to 1/6 of the picture height
+    start: tuple[float, float]  # shape centre (x, y) at t = 0
+    velocity: tuple[float, float]  # pixels per second; the shape bounces off the edges
+    background: float  # mean grey level of the noise background
+    noise: float  # standard deviation of the background's grey level
+    pitch: float  # frequency factor, 0.97-1.03
+    loudness: float  # peak amplitude of the sound, 0.25-0.6
+    phase: float  # oscillator phase, radians
+    onset: float  # offset of repeating sound events (beeps, chirps, rings, clicks), seconds
+    noise_seed: int  # seeds the picture and sound noise
 
 
 @dataclass(frozen=True)
 class DemoVideo:
+    """One written video, its transcript sidecar and its class."""
+
     path: Path
-    transcript: Path | None
+    transcript: Path
     duration: float
+    class_name: str
 
 
-def encode_video(
-    path: Path,
-    duration: float,
-    picture: Callable[[float], np.ndarray],
-    sound: Callable[[np.ndarray], np.ndarray] | None,
-    fps: int = 24,
-    size: tuple[int, int] = (320, 240),
-    sample_rate: int = 16000,
-) -> None:
-    """Write an H.264 (+ AAC when ``sound`` is given) file. ``picture(t)`` returns an
-    (H, W, 3) uint8 frame; ``sound(times)`` returns mono float32 samples in [-1, 1]."""
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    width, height = size
-    with av.open(str(path), mode="w") as container:
-        video = container.add_stream(codec, rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        audio = None
-        if sound is not None:
-            audio = container.add_stream("aac", rate=sample_rate, layout="mono")
-        n_frames = round(duration * fps)
-        samples_per_frame = sample_rate // fps
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(picture(i / fps), format="rgb24")
-            frame.pts = i
-            container.mux(video.encode(frame))
-            if audio is not None:
-                start = i * samples_per_frame
-                times = (start + np.arange(samples_per_frame)) / sample_rate
-                chunk = av.AudioFrame.from_ndarray(sound(times)[None, :].astype(np.float32),
-                                                   format="fltp", layout="mono")
-                chunk.sample_rate, chunk.pts = sample_rate, start
-                chunk.time_base = Fraction(1, sample_rate)
-                container.mux(audio.encode(chunk))
-        container.mux(video.encode(None))
-        if audio is not None:
-            container.mux(audio.encode(None))
+def class_order(seed: int) -> tuple[DemoClass, ...]:
+    """The seeded permutation of `DEMO_CLASSES`: video i gets class `order[i % 8]`."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    return tuple(DEMO_CLASSES[i] for i in rng.permutation(len(DEMO_CLASSES)))
 
 
-def _scene_at(order: list[int], t: float) -> int:
-    return order[min(int(t // SCENE_SECONDS), len(order) - 1)]
+def demo_params(seed: int, index: int) -> DemoParams:
+    """The class and random variation of video `index` of the set made with `seed`.
+
+    Each video draws from its own stream (a child of the seed keyed by `index`), so a video's
+    parameters do not depend on how many videos the set holds.
+    """
+    if seed < 0 or index < 0:
+        raise PipelineError(f"seed and index must be >= 0, got seed={seed}, index={index}")
+    demo_class = class_order(seed)[index % len(DEMO_CLASSES)]
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+    width, height = SIZE
+    radius = height * rng.uniform(1 / 10, 1 / 6)
+    speed = rng.uniform(15.0, 60.0)
+    angle = rng.uniform(0, 2 * math.pi)
+    red, green, blue = (int(c) for c in np.clip(demo_class.colour + rng.integers(-10, 11, 3),
+                                                0, 255))
+    return DemoParams(
+        demo_class=demo_class,
+        colour=(red, green, blue),
+        radius=float(radius),
+        start=(float(rng.uniform(radius, width - radius)),
+               float(rng.uniform(radius, height - radius))),
+        velocity=(speed * math.cos(angle), speed * math.sin(angle)),
+        background=float(rng.uniform(60.0, 150.0)),
+        noise=float(rng.uniform(8.0, 30.0)),
+        pitch=float(rng.uniform(0.97, 1.03)),
+        loudness=float(rng.uniform(0.25, 0.6)),
+        phase=float(rng.uniform(0, 2 * math.pi)),
+        onset=float(rng.uniform(0, 1.0)),
+        noise_seed=int(rng.integers(2**63)),
+    )
 
 
-def _picture(order: list[int], size: tuple[int, int]) -> Callable[[float], np.ndarray]:
-    width, height = size
-    yy, xx = np.mgrid[0:height, 0:width]
-
-    def draw(t: float) -> np.ndarray:
-        name, colour, _ = SCENES[_scene_at(order, t)]
-        frame = np.empty((height, width, 3), dtype=np.uint8)  # (H, W, 3)
-        frame[:] = np.array(colour) // 4 + 30
-        cx = width * (0.2 + 0.6 * ((t / SCENE_SECONDS) % 1.0))
-        cy = height * (0.5 + 0.25 * np.sin(2 * np.pi * t / 3))
-        radius = height / 5
-        if "square" in name:
-            mask = (abs(xx - cx) < radius) & (abs(yy - cy) < radius)
-        elif "triangle" in name:
-            mask = (yy - cy > -radius) & (abs(xx - cx) < (yy - cy + radius) / 2)
-        else:
-            mask = (xx - cx) ** 2 + (yy - cy) ** 2 < radius**2
-        frame[mask] = colour
-        return frame
-
-    return draw
+def demo_file_stem(params: DemoParams, seed: int, index: int) -> str:
+    """"red-circle_s0_007": class, seed and index; `demo_class_of` reads it back."""
+    return f"{params.demo_class.slug}_s{seed}_{index:03d}"
 
 
-def _sound(order: list[int]) -> Callable[[np.ndarray], np.ndarray]:
-    def tone(times: np.ndarray) -> np.ndarray:
-        scene = np.minimum((times // SCENE_SECONDS).astype(int), len(order) - 1)
-        hz = np.array([SCENES[order[s]][2] for s in scene])
-        envelope = np.minimum(1.0, 10 * (times % SCENE_SECONDS))  # soft onset per scene
-        return (0.4 * envelope * np.sin(2 * np.pi * hz * times)).astype(np.float32)
-
-    return tone
+def demo_class_of(path: str | os.PathLike[str]) -> DemoClass | None:
+    """The class of a demo video from its path or a prepared sample's `source` (any folder
+    prefix, any extension); None when the name is not a demo video's."""
+    match = _FILE_NAME.fullmatch(PurePath(path).name)
+    return _BY_SLUG.get(match["slug"]) if match else None
 
 
+# --------------------------------------------------------------------------- picture
+def shape_centres(params: DemoParams, times: np.ndarray) -> np.ndarray:
+    """Shape centre (x, y) at each of `times`: (T, 2). A straight path that bounces off the
+    picture's edges (folded back into [radius, side - radius])."""
+    lows = np.array([params.radius, params.radius])  # (2,)
+    spans = np.array(SIZE) - 2 * params.radius  # (2,) free travel per axis
+    travel = np.array(params.start) - lows + times[:, None] * np.array(params.velocity)  # (T, 2)
+    folded = np.mod(travel, 2 * spans)  # (T, 2) position on a there-and-back loop
+    return lows + np.where(folded > spans, 2 * spans - folded, folded)  # (T, 2)
+
+
+def _inside_star(u: np.ndarray, v: np.ndarray, inner: float = 0.45) -> np.ndarray:
+    """Points (u, v), in units of the outer radius, inside a 5-point star with a point up."""
+    rho = np.hypot(u, v)
+    sector = 2 * math.pi / 5
+    # Fold the angle into one half-point: 0 at an inner corner, sector/2 at a tip.
+    alpha = np.abs(np.mod(np.arctan2(u, -v), sector) - sector / 2)
+    x, y = rho * np.cos(alpha), rho * np.sin(alpha)
+    # Inside when on the origin's side of the edge from the inner corner to the tip.
+    dx, dy = math.cos(sector / 2) - inner, math.sin(sector / 2)
+    return dx * y - dy * (x - inner) >= 0
+
+
+def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Points (u, v), in units of the radius around the centre (v pointing down), inside
+    `shape`; each shape fills most of the [-1, 1] square."""
+    if shape == "circle":
+        return u**2 + v**2 <= 1
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    if shape == "triangle":
+        return (v <= 0.8) & (np.abs(u) <= (v + 1) / 1.8)
+    if shape == "star":
+        return _inside_star(u, v)
+    if shape == "ring":
+        return (u**2 + v**2 <= 1) & (u**2 + v**2 >= 0.55**2)
+    if shape == "cross":
+        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 1)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1))
+    if shape == "diamond":
+        return np.abs(u) + np.abs(v) <= 1
+    if shape == "bar":
+        return (np.abs(u) <= 1) & (np.abs(v) <= 0.3)
+    raise PipelineError(f"unknown demo shape {shape!r}")
+
+
+def shape_mask(params: DemoParams, frames: np.ndarray) -> np.ndarray:
+    """Where the shape is in each of the `frames` (indices at `FPS`): bool (T, H, W).
+
+    Only a box around the shape is tested (the star's trigonometry over whole frames would
+    cost more than encoding them).
+    """
+    width, height = SIZE
+    centres = shape_centres(params, frames / FPS)  # (T, 2)
+    side = math.ceil(2 * params.radius) + 2
+    origins = np.maximum(np.floor(centres - params.radius).astype(int), 0)  # (T, 2) box corner
+    pixels = origins[:, :, None] + np.arange(side) + 0.5  # (T, 2, S) pixel centres in the box
+    offsets = (pixels - centres[:, :, None]) / params.radius  # (T, 2, S)
+    u, v = offsets[:, 0, None, :], offsets[:, 1, :, None]  # (T, 1, S), (T, S, 1)
+    inside = _inside(params.demo_class.shape, u, v)  # (T, S, S)
+    mask = np.zeros((len(frames), height, width), dtype=bool)  # (T, H, W)
+    for frame_mask, (x, y), box in zip(mask, origins, inside, strict=True):
+        region = frame_mask[y : y + side, x : x + side]  # cut at the right and bottom edges
+        region[:] = box[: region.shape[0], : region.shape[1]]
+    return mask
+
+
+def _yuv(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
+    """BT.601 limited-range Y, Cb, Cr of an RGB colour, as decoders assume for this video."""
+    r, g, b = rgb
+    return (16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255,
+            128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255,
+            128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255)
+
+
+def render_frames(params: DemoParams, frames: np.ndarray) -> np.ndarray:
+    """The pictures of the `frames` (indices at `FPS`), as yuv420p planes stacked the way
+    PyAV's `VideoFrame.from_ndarray` takes them: uint8 (T, H * 3 / 2, W).
+
+    Grey-level noise in 2x2 pixel blocks, new in every frame (seeded per frame, so any frame
+    renders alone), under the shape in its colour. Drawing in YUV skips an RGB conversion
+    that costs as much as the encoding; blocks, rather than single pixels, survive the
+    encoder's quantisation at a quarter of the bits.
+    """
+    width, height = SIZE
+    noise = np.empty((len(frames), height // 2, width // 2), dtype=np.float32)  # (T, H/2, W/2)
+    for i, frame in enumerate(frames):
+        rng = np.random.default_rng([params.noise_seed, int(frame)])
+        noise[i] = rng.standard_normal((height // 2, width // 2), dtype=np.float32)
+    grey = np.clip(params.background + params.noise * noise, 0, 255)  # (T, H/2, W/2)
+    luma = np.round(16 + 219 / 255 * grey).astype(np.uint8)  # (T, H/2, W/2) limited range
+    luma = luma.repeat(2, axis=1).repeat(2, axis=2)  # (T, H, W)
+    mask = shape_mask(params, frames)  # (T, H, W)
+    y, cb, cr = _yuv(params.colour)
+    luma[mask] = round(y)  # (T, H, W)
+    # Chroma is at half resolution: a 2x2 block takes the shape's share of its pixels.
+    cover = (mask[:, 0::2, 0::2].astype(np.uint8) + mask[:, 0::2, 1::2] + mask[:, 1::2, 0::2]
+             + mask[:, 1::2, 1::2])  # (T, H/2, W/2) shape pixels per block, 0-4
+    chroma = [np.round(128 + np.arange(5) / 4 * (c - 128)).astype(np.uint8)[cover]
+              for c in (cb, cr)]  # 2 x (T, H/2, W/2): pixel count -> Cb, Cr by lookup
+    # Each (H/2, W/2) chroma plane fills H/4 rows of W in PyAV's stacked layout.
+    planes = [plane.reshape(len(frames), height // 4, width) for plane in chroma]
+    return np.concatenate([luma, *planes], axis=1)  # (T, H * 3 / 2, W)
+
+
+# --------------------------------------------------------------------------- sound
+def _periodic(t: np.ndarray, period: float, onset: float) -> np.ndarray:
+    """Seconds since the latest event of a train that repeats every `period` from `onset`."""
+    return np.mod(t - onset, period)
+
+
+def _ramp(tau: np.ndarray, length: float, seconds: float) -> np.ndarray:
+    """1 inside [0, length), rising and falling linearly over `seconds` at either end."""
+    return np.clip(np.minimum(tau, length - tau) / seconds, 0, 1)
+
+
+def _synth(params: DemoParams, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The class's sound at times `t` (N,), before loudness and hiss: (N,)."""
+    kind, hz = params.demo_class.sound, params.demo_class.hz * params.pitch
+    phase, onset = params.phase, params.onset
+    if kind == "hums":  # a low tone with a few falling harmonics
+        return sum(a * np.sin(2 * math.pi * k * hz * t + k * phase)
+                   for k, a in enumerate((1.0, 0.6, 0.4, 0.25), start=1))
+    if kind == "beeps":  # a tone switched on and off four times a second
+        gate = _ramp(_periodic(t, 0.25, onset), 0.125, 0.005)
+        return gate * np.sin(2 * math.pi * hz * t + phase)
+    if kind == "buzzes":  # a band-limited square wave: odd harmonics at 1/k
+        odd = range(1, int(4000 / hz) + 1, 2)
+        return sum(np.sin(2 * math.pi * k * hz * t + k * phase) / k for k in odd)
+    if kind == "whistles":  # a high tone with a 2 % vibrato at 5.5 Hz
+        rate, depth = 5.5, 0.02
+        return np.sin(2 * math.pi * hz * t + depth * hz / rate * np.sin(2 * math.pi * rate * t)
+                      + phase)
+    if kind == "chirps":  # 0.3 s linear sweeps hz -> 3 * hz, every 0.5 s
+        sweep = 0.3
+        tau = _periodic(t, 0.5, onset)
+        swept = 2 * math.pi * (hz * tau + (2 * hz) * tau**2 / (2 * sweep))
+        return _ramp(tau, sweep, 0.01) * np.sin(swept + phase)
+    if kind == "rings":  # a struck bell: inharmonic partials decaying, struck every 0.7 s
+        tau = _periodic(t, 0.7, onset)
+        envelope = np.exp(-tau / 0.18) * np.clip(tau / 0.002, 0, 1)
+        partials = sum(a * np.sin(2 * math.pi * r * hz * tau + phase)
+                       for r, a in ((1.0, 1.0), (2.0, 0.4), (2.76, 0.25)))
+        return envelope * partials
+    if kind == "clicks":  # short bursts of white noise, `hz` a second
+        tau = _periodic(t, 1 / hz, onset)
+        return np.exp(-tau / 0.001) * (tau < 0.004) * rng.standard_normal(len(t))
+    if kind == "drones":  # a steady fifth, hz and 1.5 * hz
+        return (np.sin(2 * math.pi * hz * t + phase)
+                + 0.8 * np.sin(2 * math.pi * 1.5 * hz * t + 2 * phase))
+    raise PipelineError(f"unknown demo sound {kind!r}")
+
+
+def render_sound(params: DemoParams, duration: float) -> np.ndarray:
+    """`duration` seconds of the video's sound at `SAMPLE_RATE`: float32 (N,) in [-1, 1],
+    the class's sound peaking at `params.loudness`, over a -40 dB hiss."""
+    rng = np.random.default_rng([params.noise_seed, 1 << 32])  # apart from frame seeds
+    t = np.arange(round(duration * SAMPLE_RATE)) / SAMPLE_RATE  # (N,)
+    sound = _synth(params, t, rng)  # (N,)
+    sound = params.loudness * sound / max(float(np.abs(sound).max()), 1e-9)
+    # Fade in and out over 0.1 s: on a sudden start the AAC encoder's first frames overshoot
+    # (peaks of 0.9 for 0.55 at 48 kbit/s).
+    sound *= _ramp(t, duration, 0.1)
+    hiss = _NOISE_FLOOR * rng.standard_normal(len(t))  # (N,)
+    return np.clip(sound + hiss, -1, 1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- files
 def _timestamp(seconds: float, sep: str) -> str:
     ms = round(seconds * 1000)
     hours, minutes, secs = ms // 3_600_000, ms // 60_000 % 60, ms // 1000 % 60
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{sep}{ms % 1000:03d}"
 
 
-def _write_transcript(path: Path, order: list[int], kind: str) -> None:
-    cues = [(i * SCENE_SECONDS, (i + 1) * SCENE_SECONDS, f"a {SCENES[s][0]}")
-            for i, s in enumerate(order)]
-    if kind == "srt":
-        text = "".join(f"{i + 1}\n{_timestamp(a, ',')} --> {_timestamp(b, ',')}\n{words}\n\n"
-                       for i, (a, b, words) in enumerate(cues))
-    elif kind == "vtt":
-        text = "WEBVTT\n\n" + "".join(
-            f"{_timestamp(a, '.')} --> {_timestamp(b, '.')}\n{words}\n\n" for a, b, words in cues)
-    else:
-        text = " ".join(words for _, _, words in cues) + "\n"
+def write_srt(path: Path, cues: list[tuple[float, float, str]]) -> None:
+    """Write (start, end, text) cues as SubRip."""
+    text = "".join(f"{i + 1}\n{_timestamp(a, ',')} --> {_timestamp(b, ',')}\n{words}\n\n"
+                   for i, (a, b, words) in enumerate(cues))
     path.write_text(text, encoding="utf-8")
 
 
-def make_demo_videos(out_dir: Path, count: int = 4, scenes_per_video: int = 4,
-                     seed: int = 0) -> list[DemoVideo]:
-    """Write ``count`` short videos (``scenes_per_video`` × 1.5 s each) with transcripts:
-    the i-th uses .srt, .vtt, .txt, none, in turn."""
-    if count <= 0 or scenes_per_video <= 0:
-        raise PipelineError("count and scenes_per_video must be > 0")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    kinds = ("srt", "vtt", "txt", None)
+def write_vtt(path: Path, cues: list[tuple[float, float, str]]) -> None:
+    """Write (start, end, text) cues as WebVTT."""
+    text = "WEBVTT\n\n" + "".join(f"{_timestamp(a, '.')} --> {_timestamp(b, '.')}\n{words}\n\n"
+                                  for a, b, words in cues)
+    path.write_text(text, encoding="utf-8")
+
+
+def encode_video(path: Path, params: DemoParams, duration: float) -> None:
+    """Write the video of `params` as H.264 (libx264 if PyAV has it, else MPEG-4 part 2)
+    yuv420p at `FPS` with mono AAC at `SAMPLE_RATE`.
+
+    One encoder thread: the pictures are tiny, so threads cost more than they save, and the
+    output stays byte-identical run to run. Noise is costly to code and nothing needs it
+    exact: x264's "ultrafast" preset at CRF 33 keeps the grain in a quarter of the CPU time
+    that "veryfast" takes, at about the same size (~65 KB per 4 s).
+    """
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    width, height = SIZE
+    n_frames = round(duration * FPS)
+    sound = render_sound(params, duration)  # (N,)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        video = container.add_stream(codec, rate=FPS)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.time_base = Fraction(1, FPS)
+        video.thread_count = 1
+        if codec == "libx264":
+            video.options = {"preset": "ultrafast", "crf": "33"}
+        else:
+            video.bit_rate = 400_000
+        audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+        audio.bit_rate = 48_000
+        audio_pos = 0
+        for first in range(0, n_frames, _FRAMES_PER_BLOCK):
+            frames = np.arange(first, min(first + _FRAMES_PER_BLOCK, n_frames))
+            for index, planes in zip(frames, render_frames(params, frames), strict=True):
+                frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+                frame.pts = int(index)
+                container.mux(video.encode(frame))
+            # Interleave: audio up to the end of this block of pictures (all of it after the
+            # last block, also when `duration` is not a whole number of frames).
+            end = frames[-1] + 1
+            until = len(sound) if end == n_frames else round(end / FPS * SAMPLE_RATE)
+            for start in range(audio_pos, until, _AUDIO_CHUNK):
+                chunk = sound[start:min(start + _AUDIO_CHUNK, until)]
+                samples = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp",
+                                                     layout="mono")
+                samples.sample_rate, samples.pts = SAMPLE_RATE, start
+                samples.time_base = Fraction(1, SAMPLE_RATE)
+                container.mux(audio.encode(samples))
+            audio_pos = until
+        container.mux(video.encode(None))
+        container.mux(audio.encode(None))
+
+
+def make_demo_videos(
+    out_dir: Path,
+    count: int = 16,
+    seed: int = 0,
+    duration: float = 4.0,
+    on_video: Callable[[DemoVideo], None] | None = None,
+) -> list[DemoVideo]:
+    """Write `count` videos of `duration` seconds into `out_dir` (created if missing), with
+    one transcript cue spanning each: .srt for even indices, .vtt for odd ones.
+
+    Video i is of class `class_order(seed)[i % 8]`, so the classes are balanced; its name is
+    `demo_file_stem` (files of the same name are replaced). Each video is written under a
+    temporary name and renamed when complete, after its transcript, so a folder never holds
+    a partial video. `on_video` is called after each one (for progress displays).
+    """
+    if count < 1:
+        raise PipelineError(f"count must be >= 1, got {count}")
+    if seed < 0:
+        raise PipelineError(f"seed must be >= 0, got {seed}")
+    if not 1.0 <= duration <= MAX_DURATION:
+        raise PipelineError(f"duration must lie in [1, {MAX_DURATION:g}] seconds, "
+                            f"got {duration}")
     videos = []
-    for i in range(count):
-        order = [int(s) for s in rng.integers(0, len(SCENES), scenes_per_video)]
-        duration = scenes_per_video * SCENE_SECONDS
-        path = out_dir / f"demo_{i:02d}.mp4"
-        encode_video(path, duration, _picture(order, (320, 240)), _sound(order))
-        kind = kinds[i % len(kinds)]
-        transcript = None
-        if kind is not None:
-            transcript = path.with_suffix(f".{kind}")
-            _write_transcript(transcript, order, kind)
-        videos.append(DemoVideo(path, transcript, duration))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            params = demo_params(seed, index)
+            path = out_dir / f"{demo_file_stem(params, seed, index)}.mp4"
+            writer, suffix = (write_srt, ".srt") if index % 2 == 0 else (write_vtt, ".vtt")
+            transcript = path.with_suffix(suffix)
+            writer(transcript, [(0.0, duration, params.demo_class.sentence)])
+            partial = path.with_name(f".{path.stem}.partial.mp4")
+            encode_video(partial, params, duration)
+            partial.replace(path)
+            video = DemoVideo(path, transcript, duration, params.demo_class.name)
+            videos.append(video)
+            if on_video is not None:
+                on_video(video)
+    except OSError as err:
+        raise PipelineError(f"cannot write demo videos into {out_dir}: "
+                            f"{err.strerror or err}") from err
     return videos
