@@ -8,6 +8,7 @@ from typing import Any
 from omnilatent.errors import ConfigError
 
 MODALITIES = ("text", "audio", "image", "video")
+TEXT_DECODINGS = ("autoregressive", "parallel")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class OmniLatentConfig:
     video_size: int = 112
     video_frames: int = 16
     tubelet_size: int = 4
+    # target decoder: query blocks between the backbone and each modality's output head
+    decoder_layers: int = 2
+    text_decoding: str = "autoregressive"  # or "parallel" (see omnilatent/model/decoder.py)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     dropout: float = 0.0
@@ -45,7 +49,7 @@ class OmniLatentConfig:
             object.__setattr__(self, "mlp_hidden_dim", -(-self.hidden_dim * 10 // 3 // 32) * 32)
         positive = ("hidden_dim", "num_layers", "num_heads", "mlp_hidden_dim", "vocab_size",
                     "max_text_len", "n_mels", "audio_frames", "audio_stride", "image_size",
-                    "patch_size", "video_size", "video_frames", "tubelet_size")
+                    "patch_size", "video_size", "video_frames", "tubelet_size", "decoder_layers")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -72,6 +76,9 @@ class OmniLatentConfig:
                 f"video_frames ({self.video_frames}) must be a multiple of "
                 f"tubelet_size ({self.tubelet_size})"
             )
+        if self.text_decoding not in TEXT_DECODINGS:
+            raise ConfigError(f"text_decoding must be one of {', '.join(TEXT_DECODINGS)}, "
+                              f"got {self.text_decoding!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout!r}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:

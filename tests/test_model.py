@@ -10,14 +10,15 @@ from omnilatent.errors import ConfigError
 from tests.conftest import TINY, make_inputs
 
 
-def test_default_config_is_about_140m_and_quick_start_shapes() -> None:
+def test_default_config_is_about_156m_and_quick_start_shapes() -> None:
     torch.manual_seed(0)
     model = OmniLatentModel(OmniLatentConfig()).eval()
-    assert 130e6 < model.num_parameters() < 150e6
+    assert 150e6 < model.num_parameters() < 160e6
     image = torch.randn(1, 3, 224, 224)
     tokens = torch.randint(1, 32000, (1, 64))
     with torch.no_grad():
-        assert model("image", image, "text")["output"].shape == (1, 196, 32000)
+        # without a target, text is generated greedily (one step per position): 12 here
+        assert model("image", image, "text", target_length=12)["output"].shape == (1, 12, 32000)
         assert model("text", tokens, "image")["output"].shape == (1, 3, 224, 224)
         assert model("audio", torch.randn(1, 128, 200), "video")["output"].shape == (
             1, 3, 16, 112, 112)
@@ -26,9 +27,10 @@ def test_default_config_is_about_140m_and_quick_start_shapes() -> None:
         rec = model.reconstruct("image", image)
         assert rec["output"].shape == image.shape and torch.isfinite(rec["loss"])
         multi = model.forward_multimodal(inputs={"text": tokens, "image": image},
-                                         target_modalities=["text", "image"])
+                                         target_modalities=["text", "image"],
+                                         target_lengths={"text": 5})
         assert multi["outputs"]["image"].shape == (1, 3, 224, 224)
-        assert multi["outputs"]["text"].shape == (1, 64 + 196, 32000)
+        assert multi["outputs"]["text"].shape == (1, 5, 32000)
 
 
 @pytest.mark.parametrize("source", MODALITIES)
@@ -55,6 +57,9 @@ def test_default_output_lengths_without_target(tiny_model, tiny_config) -> None:
     with torch.no_grad():
         assert tiny_model("image", x["image"], "text")["output"].shape[1] == 4  # 2x2 patches
         assert tiny_model("image", x["image"], "text", target_length=5)["output"].shape[1] == 5
+        multi = tiny_model.forward_multimodal({"text": x["text"], "image": x["image"]},
+                                              ["text"])["outputs"]["text"]
+        assert multi.shape[1] == 7 + 4  # every content token of every input
         audio = tiny_model("text", x["text"], "audio")["output"]
         assert audio.shape == (2, tiny_config.n_mels, tiny_config.audio_frames)
         odd = tiny_model("audio", torch.randn(2, tiny_config.n_mels, 21), "audio",

@@ -1,8 +1,9 @@
 """OmniLatentModel: one backbone, any input modality to any output modality.
 
 Sequence: [target token, source token(s), content tokens] -> pre-norm transformer blocks (with
-any registered Latent Neural Hooks joining at their layers) -> final norm -> sequence adapter to
-the target length -> target decoder. Text output is tied to the text embedding.
+any registered Latent Neural Hooks joining at their layers) -> final norm -> target decoder
+(one query per output position, see `decoder.py`) -> modality output head. Text output is
+tied to the text embedding.
 
 Notation: B batch, S sequence length (prefix + content), N content tokens, L target tokens,
 D model dim, V vocabulary.
@@ -18,7 +19,6 @@ from torch.utils.checkpoint import checkpoint
 
 from omnilatent.config import MODALITIES, OmniLatentConfig
 from omnilatent.errors import ConfigError, HookError
-from omnilatent.model.adapter import SequenceAdapter
 from omnilatent.model.attention import Block
 from omnilatent.model.codecs import (
     AudioDecoder,
@@ -28,6 +28,7 @@ from omnilatent.model.codecs import (
     VideoDecoder,
     VideoEncoder,
 )
+from omnilatent.model.decoder import TargetDecoder
 from omnilatent.model.hooks import LatentNeuralHook
 from omnilatent.model.layers import RMSNorm, rope_tables
 from omnilatent.model.losses import PAD_ID, modality_loss
@@ -57,7 +58,7 @@ class OmniLatentModel(nn.Module):
             for _ in range(config.num_layers)
         )
         self.final_norm = RMSNorm(d, config.norm_eps)
-        self.adapter = SequenceAdapter(config)
+        self.decoder = TargetDecoder(config)
         self.decoders = nn.ModuleDict({
             "audio": AudioDecoder(config),
             "image": ImageDecoder(config),
@@ -187,6 +188,61 @@ class OmniLatentModel(nn.Module):
                 states[hook.name] = state
         return self.final_norm(x), states
 
+    def _target_grid(self, modality: str, length: int) -> tuple[int, ...]:
+        """The target's token grid: what its decoder positions mean (row-major order)."""
+        cfg = self.config
+        side = cfg.image_size // cfg.patch_size
+        if modality == "image":
+            return (side, side)
+        if modality == "video":
+            t, h, w = self.config.video_grid
+            return (length // (h * w), h, w)
+        return (length,)
+
+    def _text_logits(self, memory: Tensor, mask: Tensor | None, length: int,
+                     target: Tensor | None, vocab_limit: int | None = None,
+                     eos_id: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, L, V) for L text positions, and the greedy ids (B, L) when generating.
+
+        With a target (teacher forcing) or parallel decoding this is one pass. Without a
+        target, autoregressive decoding is greedy, one position per step with the decoder's
+        keys and values cached; ``vocab_limit`` keeps choices below the tokenizer's size, and
+        rows stop after ``eos_id`` (later ids are padding), all rows at once ending early.
+        """
+        decoder = self.decoder
+        if target is not None or not decoder.autoregressive_text:
+            previous = None
+            if decoder.autoregressive_text:
+                previous = decoder.shifted(self.text_embed(target))  # (B, L, D)
+            hidden = decoder(memory, "text", (length,), mask, previous)  # (B, L, D)
+            logits = hidden @ self.text_embed.weight.t()  # (B, L, V), tied weights
+            ids = None if target is not None else _greedy(logits, vocab_limit)
+            return logits, ids
+        batch = memory.shape[0]
+        state = decoder.start_text(memory, length)
+        previous = decoder.start.to(memory.dtype).expand(batch, -1)  # (B, D)
+        chosen: list[Tensor] = []
+        steps: list[Tensor] = []
+        done = torch.zeros(batch, dtype=torch.bool, device=memory.device)  # (B,)
+        for position in range(length):
+            hidden = decoder.step_text(state, position, previous, mask)  # (B, D)
+            logits = hidden @ self.text_embed.weight.t()  # (B, V)
+            steps.append(logits)
+            choice = _greedy(logits, vocab_limit).masked_fill(done, PAD_ID)  # (B,)
+            chosen.append(choice)
+            previous = self.text_embed(choice)  # (B, D)
+            if eos_id is not None:
+                done |= choice == eos_id
+                if bool(done.all()):
+                    break
+        ids = torch.stack(chosen, dim=1)  # (B, steps)
+        logits = torch.stack(steps, dim=1)  # (B, steps, V)
+        if logits.shape[1] < length:  # every row ended: the rest is padding
+            pad = logits.new_zeros(batch, length - logits.shape[1], logits.shape[2])
+            logits = torch.cat([logits, pad], dim=1)
+            ids = torch.cat([ids, ids.new_zeros(batch, length - ids.shape[1])], dim=1)
+        return logits, ids
+
     def forward_multimodal(
         self,
         inputs: dict[str, Tensor],
@@ -203,47 +259,13 @@ class OmniLatentModel(nn.Module):
             raise ConfigError("forward_multimodal needs at least one input modality")
         targets = targets or {}
         target_lengths = target_lengths or {}
-        encoded = [(m, *self._encode(m, x)) for m, x in inputs.items()]
-        batch = encoded[0][1].shape[0]
-        if any(tokens.shape[0] != batch for _, tokens, _ in encoded):
-            raise ConfigError("all input modalities must have the same batch size")
-        any_mask = any(keep is not None for _, _, keep in encoded)
-        device = encoded[0][1].device
-        source_ids = torch.tensor([MODALITY_INDEX[m] for m, _, _ in encoded], device=device)
-        prefix_len = 1 + len(encoded)
-
         outputs: dict[str, Tensor] = {}
         losses: dict[str, Tensor] = {}
         hook_states: dict[str, dict[str, Tensor]] = {}
         for target_mod in target_modalities:
-            if target_mod not in MODALITY_INDEX:
-                raise ConfigError(f"unknown target modality {target_mod!r}; "
-                                  f"expected one of {MODALITIES}")
-            t_idx = MODALITY_INDEX[target_mod]
-            prefix = torch.cat([self.target_tokens.weight[t_idx:t_idx + 1],
-                                self.source_tokens(source_ids)])  # (1 + n_sources, D)
-            seq = torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1)]
-                            + [tokens for _, tokens, _ in encoded], dim=1)  # (B, S, D)
-            keep = None
-            if any_mask:
-                parts = [torch.ones(batch, prefix_len, dtype=torch.bool, device=device)]
-                parts += [k if k is not None else torch.ones(t.shape[:2], dtype=torch.bool,
-                                                             device=device)
-                          for _, t, k in encoded]
-                keep = torch.cat(parts, dim=1)  # (B, S)
-            hidden, states = self._backbone(seq, keep)
-            content = hidden[:, prefix_len:]  # (B, N, D)
-            padding = None if keep is None else ~keep[:, prefix_len:]
             target = targets.get(target_mod)
-            length, size = self._target_length(target_mod, content.shape[1], target,
-                                               target_lengths.get(target_mod))
-            adapted = self.adapter(content, length, t_idx, padding)  # (B, L, D)
-            if target_mod == "text":
-                out = adapted @ self.text_embed.weight.t()  # (B, L, V), tied weights
-            elif target_mod == "audio":
-                out = self.decoders["audio"](adapted, size)  # (B, M, T)
-            else:
-                out = self.decoders[target_mod](adapted)
+            out, states = self._predict(inputs, target_mod, target,
+                                        target_lengths.get(target_mod))
             outputs[target_mod] = out
             hook_states[target_mod] = states
             if target is not None:
@@ -253,6 +275,75 @@ class OmniLatentModel(nn.Module):
             result["losses"] = losses
             result["loss"] = torch.stack(list(losses.values())).sum()
         return result
+
+    def _run_backbone(self, inputs: dict[str, Tensor], target_mod: str
+                      ) -> tuple[Tensor, Tensor | None, int, dict[str, Tensor]]:
+        """Backbone output (B, S, D) for ``[target token, source tokens, content]``, its
+        keep-mask (B, S) or None, the prefix length, and the hook states."""
+        if target_mod not in MODALITY_INDEX:
+            raise ConfigError(f"unknown target modality {target_mod!r}; "
+                              f"expected one of {MODALITIES}")
+        encoded = [(m, *self._encode(m, x)) for m, x in inputs.items()]
+        batch = encoded[0][1].shape[0]
+        if any(tokens.shape[0] != batch for _, tokens, _ in encoded):
+            raise ConfigError("all input modalities must have the same batch size")
+        device = encoded[0][1].device
+        source_ids = torch.tensor([MODALITY_INDEX[m] for m, _, _ in encoded], device=device)
+        prefix_len = 1 + len(encoded)
+        t_idx = MODALITY_INDEX[target_mod]
+        prefix = torch.cat([self.target_tokens.weight[t_idx:t_idx + 1],
+                            self.source_tokens(source_ids)])  # (1 + n_sources, D)
+        seq = torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1)]
+                        + [tokens for _, tokens, _ in encoded], dim=1)  # (B, S, D)
+        keep = None
+        if any(k is not None for _, _, k in encoded):
+            parts = [torch.ones(batch, prefix_len, dtype=torch.bool, device=device)]
+            parts += [k if k is not None else torch.ones(t.shape[:2], dtype=torch.bool,
+                                                         device=device)
+                      for _, t, k in encoded]
+            keep = torch.cat(parts, dim=1)  # (B, S)
+        hidden, states = self._backbone(seq, keep)
+        return hidden, keep, prefix_len, states
+
+    def _predict(self, inputs: dict[str, Tensor], target_mod: str, target: Tensor | None,
+                 target_length: int | None, vocab_limit: int | None = None,
+                 eos_id: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The output for one target modality (and the hook states of its backbone pass)."""
+        hidden, keep, prefix_len, states = self._run_backbone(inputs, target_mod)
+        content = hidden[:, prefix_len:]  # (B, N, D)
+        length, size = self._target_length(target_mod, content.shape[1], target, target_length)
+        mask = None if keep is None else keep[:, None, None, :]  # (B, 1, 1, S)
+        # Token i of the output is token i of the backbone only where they are the same
+        # place on the same grid: one source of the target's own modality, equal lengths.
+        same_grid = list(inputs) == [target_mod] and content.shape[1] == length
+        if target_mod == "text":
+            if same_grid:
+                return content @ self.text_embed.weight.t(), states  # (B, L, V)
+            logits, _ = self._text_logits(hidden, mask, length, target, vocab_limit, eos_id)
+            return logits, states
+        decoded = content if same_grid else self.decoder(
+            hidden, target_mod, self._target_grid(target_mod, length), mask)  # (B, L, D)
+        if target_mod == "audio":
+            return self.decoders["audio"](decoded, size), states  # (B, M, T)
+        return self.decoders[target_mod](decoded), states
+
+    @torch.no_grad()
+    def generate_text(self, source_modality: str, source: Tensor, max_length: int,
+                      vocab_limit: int | None = None, eos_id: int | None = None) -> Tensor:
+        """Greedy token ids (B, max_length) for ``source``; padding (0) after ``eos_id``.
+
+        ``vocab_limit`` restricts choices to ids below it (the tokenizer's vocabulary, when the
+        model's is larger), so every id decodes to text.
+        """
+        hidden, keep, _, _ = self._run_backbone({source_modality: source}, "text")
+        mask = None if keep is None else keep[:, None, None, :]
+        logits, ids = self._text_logits(hidden, mask, max_length, None, vocab_limit, eos_id)
+        if ids is None:  # parallel decoding: greedy per position, then cut at EOS
+            ids = _greedy(logits, vocab_limit)
+        if eos_id is not None:
+            ended = (ids == eos_id).long().cumsum(dim=1) - (ids == eos_id).long()  # (B, L)
+            ids = ids.masked_fill(ended > 0, PAD_ID)
+        return ids
 
     def forward(
         self,
@@ -280,3 +371,10 @@ class OmniLatentModel(nn.Module):
     def reconstruct(self, modality: str, x: Tensor) -> dict[str, Any]:
         """Auto-encode ``x`` through the shared latent space (output plus loss against x)."""
         return self.forward(modality, x, modality, target=x)
+
+
+def _greedy(logits: Tensor, vocab_limit: int | None) -> Tensor:
+    """Argmax over the last axis, restricted to ids below ``vocab_limit`` when given."""
+    if vocab_limit is not None:
+        logits = logits[..., :vocab_limit]
+    return logits.argmax(dim=-1)

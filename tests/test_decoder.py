@@ -1,0 +1,96 @@
+"""The target decoder: positions for every output, identity only within a grid, text decoding."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.errors import ConfigError
+from pipeline.tokenizer import BYTE_VOCAB_SIZE, EOS_ID, byte_detokenize, byte_tokenizer
+from tests.conftest import TINY
+
+# Image and video with the same token count (2x2 patches; 1x2x2 tubelets): the case where the
+# old adapter paired image patch i with video tubelet i.
+SAME_COUNT = dict(TINY, video_frames=4)
+
+
+def _decoder_calls(model: OmniLatentModel) -> list[str]:
+    calls: list[str] = []
+    model.decoder.register_forward_hook(lambda _m, args, _out: calls.append(args[1]))
+    return calls
+
+
+def test_identity_only_for_the_same_modality_on_the_same_grid() -> None:
+    torch.manual_seed(0)
+    cfg = OmniLatentConfig(**SAME_COUNT)
+    model = OmniLatentModel(cfg).eval()
+    assert cfg.image_tokens == cfg.video_tokens == 4
+    calls = _decoder_calls(model)
+    image = torch.randn(2, 3, 32, 32)
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        model("image", image, "video")
+        assert calls == ["video"]  # equal counts, other modality: decoded by position queries
+        model("video", video, "video", target=video)
+        model("image", image, "image")
+        assert calls == ["video"]  # reconstruction keeps token-to-token correspondence
+        model("video", video[:, :, :4], "video", target=torch.randn(2, 3, 8, 32, 32))
+        assert calls == ["video", "video"]  # another length: queries again
+
+
+@pytest.mark.parametrize("decoding", ["autoregressive", "parallel"])
+def test_a_model_trained_to_write_a_fixed_string_writes_it(decoding: str) -> None:
+    """Text positions work: from any picture, the model learns to produce one sentence."""
+    torch.manual_seed(0)
+    cfg = OmniLatentConfig(**dict(TINY, vocab_size=BYTE_VOCAB_SIZE, text_decoding=decoding))
+    model = OmniLatentModel(cfg)
+    sentence = "the red circle hums"
+    target = byte_tokenizer(sentence, 32).expand(4, -1)  # (4, 20) with EOS
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(120):
+        loss = model("image", torch.randn(4, 3, 32, 32), "text", target=target)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    ids = model.eval().generate_text("image", torch.randn(3, 3, 32, 32), 32,
+                                     vocab_limit=BYTE_VOCAB_SIZE, eos_id=EOS_ID)
+    assert [byte_detokenize(row) for row in ids] == [sentence] * 3
+    assert bool((ids[:, target.shape[1]:] == 0).all())  # padding after EOS
+
+
+def test_generation_never_picks_ids_outside_the_tokenizer() -> None:
+    """A model whose vocabulary is larger than its tokenizer's (the seed's 32000 with bytes)
+    must not produce ids that decode to nothing."""
+    torch.manual_seed(0)
+    model = OmniLatentModel(OmniLatentConfig(**TINY)).eval()  # vocab 300 > 259
+    with torch.no_grad():
+        model.text_embed.weight[299] = 5 * model.text_embed.weight[299] / (
+            model.text_embed.weight[299].norm() / 10)  # id 299 wins every argmax
+        unrestricted = model.generate_text("image", torch.randn(2, 3, 32, 32), 8)
+        restricted = model.generate_text("image", torch.randn(2, 3, 32, 32), 8,
+                                         vocab_limit=BYTE_VOCAB_SIZE)
+    assert bool((unrestricted == 299).any())
+    assert int(restricted.max()) < BYTE_VOCAB_SIZE
+
+
+def test_teacher_forcing_and_greedy_generation_agree() -> None:
+    """The logits of the greedy loop are those of one teacher-forced pass over its own
+    output: the causal mask hides every later token."""
+    torch.manual_seed(0)
+    model = OmniLatentModel(OmniLatentConfig(**TINY)).eval()
+    audio = torch.randn(2, 16, 24)
+    with torch.no_grad():
+        greedy = model("audio", audio, "text", target_length=7)["output"]  # (2, 7, V)
+        ids = greedy.argmax(-1)
+        forced = model("audio", audio, "text", target=ids)["output"]
+    torch.testing.assert_close(greedy, forced, atol=1e-5, rtol=1e-4)
+
+
+def test_text_decoding_must_be_known() -> None:
+    with pytest.raises(ConfigError, match="text_decoding"):
+        OmniLatentConfig(**dict(TINY, text_decoding="beam"))
+    with pytest.raises(ConfigError, match="decoder_layers"):
+        dataclasses.replace(OmniLatentConfig(**TINY), decoder_layers=0)
