@@ -20,6 +20,8 @@ COMMANDS = {
     "prepare": ("cli.prepare", "prepare_command"),
     "inspect": ("cli.inspect", "inspect_command"),
     "train": ("cli.train", "train"),
+    "eval": ("cli.evaluate", "eval_command"),
+    "generate": ("cli.generate", "generate_command"),
     "demo-videos": ("cli.demo_videos", "demo_videos"),
 }
 

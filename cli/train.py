@@ -22,9 +22,13 @@ from rich.progress import (
 
 from cli.console import console
 from cli.errors import EXIT_USAGE, CLIError, run_command
-from cli.options import SaveDir, Seed, Workers
+from cli.options import Device, SaveDir, Seed, Workers
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from omnilatent.inference.text import TextCodec
+    from omnilatent.model import OmniLatentModel
     from omnilatent.training.curriculum import Schedule
 
 EXAMPLES = """
@@ -109,6 +113,29 @@ def _schedule(phase_schedule: str | None, fracs: dict[str, float | None]) -> Sch
     return None if phase_schedule is None else parse_schedule(phase_schedule)
 
 
+def _evaluator(shards: str | None, explicit: bool, eval_every: int | None, samples: int,
+               batch_size: int, codec: TextCodec, max_text_len: int,
+               model: OmniLatentModel) -> Callable[[OmniLatentModel], dict] | None:
+    """The held-out evaluation of a run, or None (with a note) when there is no held-out
+    data: `--eval-shards` as given (all its shards), else the eval split of `--shards`."""
+    from omnilatent.evaluation.evaluate import check_shards_fit, held_out_split, shard_evaluator
+
+    if eval_every == 0 or shards is None:
+        return None
+    split = None if explicit else held_out_split(shards)
+    if not explicit and split is None:
+        message = (f"{shards} has no eval split (prepare with --eval-fraction > 0, or pass "
+                   "--eval-shards): no evaluation during training")
+        if eval_every is not None:
+            raise CLIError(message, exit_code=EXIT_USAGE)
+        console.print(f"[yellow]{message}[/]", soft_wrap=True)
+        return None
+    check_shards_fit(shards, split, model)
+    console.print(f"eval: {samples} windows of {shards}"
+                  + ("" if split is None else f" ({split} split)"), soft_wrap=True)
+    return shard_evaluator(shards, codec, max_text_len, batch_size, samples, split)
+
+
 def _frac(name: str) -> Any:
     return typer.Option(f"--{name}-frac", min=0.0, max=1.0,
                         help=f"Share of steps for the {name} phase (shortcut; "
@@ -173,8 +200,17 @@ def train(
     resume: Annotated[str, typer.Option("--resume", help="'auto' (newest complete checkpoint "
                                         "in --save-dir), 'none', or a checkpoint path.")]
     = "none",
+    eval_every: Annotated[int | None, typer.Option(
+        "--eval-every", min=0, help="Evaluate on held-out data every N steps (default: at "
+        "each checkpoint; 0: never). Records go to metrics.jsonl.")] = None,
+    eval_shards: Annotated[str | None, typer.Option(
+        "--eval-shards", help="Held-out data to evaluate on (default: the eval split of "
+        "--shards, when it has one).")] = None,
+    eval_samples: Annotated[int, typer.Option(
+        "--eval-samples", min=1, help="Windows per evaluation (the first ones, always the "
+        "same).")] = 256,
     seed: Seed = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
     workers: Workers = 0,
 ) -> None:
     """Train OmniLatent on prepared shards, raw videos or synthetic data. Stop with Ctrl-C or
@@ -184,6 +220,8 @@ def train(
     def body() -> None:
         from cli.train_display import RichCallbacks, print_summary
         from omnilatent import OmniLatentConfig, OmniLatentModel
+        from omnilatent.inference.card import CheckpointCard
+        from omnilatent.inference.text import codec_for
         from omnilatent.training import (
             SyntheticMultimodalDataset,
             TrainConfig,
@@ -193,7 +231,7 @@ def train(
         from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer
         from omnilatent.training.rng import seed_everything
         from omnilatent.training.sources import model_sizes, shard_source, video_dir_source
-        from pipeline.tokenizer import byte_tokenizer, sentencepiece_tokenizer
+        from pipeline.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer, sentencepiece_tokenizer
 
         chosen = [name for name, on in (("--synthetic", synthetic), ("--shards", shards),
                                         ("--video-dir", video_dir)) if on]
@@ -207,11 +245,13 @@ def train(
             "grounding": grounding_frac, "joint": joint_frac})
         tokenizer = (sentencepiece_tokenizer(tokenizer_path) if tokenizer_path
                      else byte_tokenizer)
-        vocab = max(OmniLatentConfig.vocab_size, getattr(tokenizer, "vocab_size", 0))
+        # The tokenizer's own vocabulary: a byte model needs 259 ids, not 32000 of which
+        # 31741 can never be a target (their logits only cost time and learning).
+        vocab = getattr(tokenizer, "vocab_size", BYTE_VOCAB_SIZE)
         config = TrainConfig(steps=steps, lr=lr, grad_accum=grad_accum, amp=not no_amp,
                              compile=compile_model, device=device, seed=seed,
                              save_dir=save_dir, save_every=save_every, keep_last=keep_last,
-                             log_interval=log_interval)
+                             log_interval=log_interval, eval_every=eval_every)
         checkpoint = _resolve_resume(resume, save_dir)
         seed_everything(seed)
         sizes: dict[str, int] = {}
@@ -239,6 +279,13 @@ def train(
             has_text = True
         else:
             loader, has_text = source.loader, source.corpus_has_text
+        card = CheckpointCard(
+            tokenizer="sentencepiece" if tokenizer_path else "byte", max_text_len=max_text_len,
+            data_config=None if source is None or source.prepare_config is None
+            else source.prepare_config.to_dict(),
+            tokenizer_source=tokenizer_path)
+        evaluator = _evaluator(eval_shards or shards, eval_shards is not None, eval_every,
+                               eval_samples, batch_size, codec_for(card), max_text_len, model)
         progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]} [dim]{task.fields[pair]}[/]"),
@@ -246,10 +293,11 @@ def train(
         )
         callbacks = RichCallbacks(progress, steps)
         if schedule is None:
-            trainer = Trainer(model, config, loader, callbacks)
+            trainer = Trainer(model, config, loader, callbacks, card, evaluator)
         else:
             trainer = CurriculumTrainer(model, config, loader, schedule=schedule,
-                                        corpus_has_text=has_text, callbacks=callbacks)
+                                        corpus_has_text=has_text, callbacks=callbacks,
+                                        card=card, evaluator=evaluator)
         if checkpoint is not None:
             trainer.resume(checkpoint)
         stop = _install_stop_handler()

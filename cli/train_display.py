@@ -47,11 +47,26 @@ class RichCallbacks(TrainerCallbacks):
             f"{record['samples_per_s']:.1f} samples/s | {record['tokens_per_s']:.0f} tokens/s"
         )
 
+    def on_eval(self, record: dict[str, Any]) -> None:
+        console.print(f"[cyan]eval[/] step {record['step']} | {eval_line(record['eval'])}",
+                      soft_wrap=True)
+
     def on_checkpoint(self, path: Path) -> None:
         console.print(f"[green]checkpoint[/] {path}")
 
     def on_event(self, message: str) -> None:
         console.print(f"[yellow]{message}[/]")
+
+
+def eval_line(metrics: dict[str, Any]) -> str:
+    """The headline of an evaluation: retrieval R@1 beside chance, transcript accuracy."""
+    parts = [f"{metrics['samples']} windows"]
+    for name, m in metrics.get("retrieval", {}).items():
+        parts.append(f"{name.replace('_to_', '->')} R@1 {m['r1']:.2f} ({m['chance_r1']:.2f})")
+    for name, m in metrics.get("text", {}).items():
+        parts.append(f"{name.replace('_to_', '->')} acc {m['token_accuracy']:.2f} "
+                     f"CER {m['cer']:.2f}")
+    return " | ".join(parts)
 
 
 def print_summary(records: list[dict[str, Any]], save_dir: Path, result: Any) -> None:

@@ -92,6 +92,25 @@ class SentencePieceTokenizer:
             self._processor = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
         return self._processor
 
+    @property
+    def eos_id(self) -> int | None:
+        """The (shifted) id of the model's EOS, or None when it has none."""
+        eos = int(self._load().eos_id())
+        return eos + 1 if eos >= 0 else None
+
+    def decode(self, ids: torch.Tensor | Iterable[int]) -> str:
+        """Text of (shifted) ids, for display: stops at EOS, skips padding and unknown ids."""
+        values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        processor = self._load()
+        size, eos = processor.get_piece_size(), self.eos_id
+        pieces = []
+        for value in values:
+            if value == eos:
+                break
+            if 0 < value <= size:
+                pieces.append(value - 1)
+        return str(processor.decode(pieces))
+
     def __call__(self, text: str, max_len: int) -> torch.Tensor:
         _check_max_len(max_len)
         processor = self._load()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -208,3 +209,39 @@ def test_resumable_loader_continues_mid_epoch(tiny_config) -> None:
 def test_train_config_validation(overrides, field) -> None:
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**overrides)
+
+
+def test_evaluation_during_training_changes_nothing_and_is_logged(tmp_path, tiny_config) -> None:
+    """A run that evaluates every 2 steps ends with the same parameters as one that does not,
+    and its metrics.jsonl holds an {"step", "eval"} record per evaluation. With dropout the
+    run draws random numbers, and this evaluator draws some too (as one that samples would):
+    the trainer's RNG snapshots keep them apart."""
+    from omnilatent.evaluation.evaluate import evaluate
+    from omnilatent.inference.text import BYTE_CODEC
+
+    tiny_config = dataclasses.replace(tiny_config, dropout=0.1)
+    dataset = SyntheticMultimodalDataset(tiny_config, length=8, seed=5, text_len=6)
+    held_out = []
+    for batch in build_dataloader(dataset, batch_size=4, seed=1):
+        keys = [f"held-{len(held_out)}-{i}" for i in range(4)]
+        held_out.append({**batch, "__key__": keys, "meta": [{"source": k} for k in keys]})
+
+    def evaluator(model):
+        torch.rand(3)
+        return evaluate(model, held_out, BYTE_CODEC).metrics
+
+    plain = _trainer(tiny_config, tmp_path / "plain", 6)
+    plain.train()
+    evaluated = _trainer(tiny_config, tmp_path / "eval", 6, eval_every=2)
+    evaluated.evaluator = evaluator
+    evaluated.train()
+    for (name, a), b in zip(plain.model.state_dict().items(),
+                            evaluated.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    records = [json.loads(line) for line in (tmp_path / "eval" / "metrics.jsonl").read_text()
+               .splitlines()]
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4, 6]
+    assert evals[0]["eval"]["samples"] == 8 and "audio_to_video" in evals[0]["eval"]["retrieval"]
+    with pytest.raises(ConfigError, match="eval_every"):
+        TrainConfig(eval_every=-1)

@@ -4,8 +4,10 @@ on load.
 Layout of ``SAVE_DIR/step-00000030/``:
   model.safetensors   model weights (hooks included)
   training.pt         optimizer, scheduler and GradScaler state (torch.load weights_only=True)
-  state.json          step, configs, RNG states, data position, and the size and SHA-256 of
-                      both files above, so truncation or corruption is detected, not loaded.
+  tokenizer.model     the SentencePiece model, when the run used one (see inference/card.py)
+  state.json          step, configs, card, RNG states, data position, and the size and
+                      SHA-256 of every file above, so truncation or corruption is detected,
+                      not loaded.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from safetensors.torch import load_file, save_file
 
 from omnilatent.errors import CheckpointError
 
-FORMAT_VERSION = 1
+# 2: target decoder with position queries (replacing the sequence adapter), and a card.
+FORMAT_VERSION = 2
 MODEL_FILE = "model.safetensors"
 TRAINING_FILE = "training.pt"
 STATE_FILE = "state.json"
+REQUIRED_FILES = frozenset({MODEL_FILE, TRAINING_FILE})
+OPTIONAL_FILES = frozenset({"tokenizer.model"})
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -57,11 +62,14 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor],
     training_state: dict[str, Any],
     state: dict[str, Any],
+    extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write a complete checkpoint for ``step`` and return its final directory.
 
-    Everything goes into ``.tmp-step-…`` first; the directory is renamed only after every file
-    is flushed, so a crash leaves either no checkpoint or a complete one.
+    ``extra_files`` (name in the checkpoint -> source, names from ``OPTIONAL_FILES``) are
+    copied in and hashed like the rest. Everything goes into ``.tmp-step-…`` first; the
+    directory is renamed only after every file is flushed, so a crash leaves either no
+    checkpoint or a complete one.
     """
     save_dir.mkdir(parents=True, exist_ok=True)
     final = save_dir / step_dir_name(step)
@@ -72,8 +80,14 @@ def save_checkpoint(
     tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
     save_file(tensors, str(tmp / MODEL_FILE))
     torch.save(training_state, tmp / TRAINING_FILE)
+    extra = dict(extra_files or {})
+    unknown = sorted(set(extra) - OPTIONAL_FILES)
+    if unknown:
+        raise CheckpointError(f"unknown checkpoint file name(s): {', '.join(unknown)}")
+    for name, source in extra.items():
+        shutil.copyfile(source, tmp / name)
     files = {}
-    for name in (MODEL_FILE, TRAINING_FILE):
+    for name in (MODEL_FILE, TRAINING_FILE, *sorted(extra)):
         _fsync(tmp / name)
         files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
     full_state = {"format": FORMAT_VERSION, "step": step, **state, "files": files}
@@ -100,7 +114,8 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     if state.get("format") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {state.get('format')!r} is not supported "
-            f"(expected {FORMAT_VERSION})"
+            f"(this omni reads format {FORMAT_VERSION}; the model changed since it was "
+            "written: retrain, or use the omni version that wrote it)"
         )
     for name, meta in state.get("files", {}).items():
         file = path / name
@@ -113,8 +128,11 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             )
         if _sha256(file) != meta["sha256"]:
             raise CheckpointError(f"{path}: {name} does not match its recorded SHA-256 (corrupt)")
-    if set(state.get("files", {})) != {MODEL_FILE, TRAINING_FILE}:
-        raise CheckpointError(f"{path}: state.json does not list {MODEL_FILE} and {TRAINING_FILE}")
+    listed = set(state.get("files", {}))
+    if not REQUIRED_FILES <= listed or not listed <= REQUIRED_FILES | OPTIONAL_FILES:
+        raise CheckpointError(f"{path}: state.json must list {MODEL_FILE} and {TRAINING_FILE} "
+                              f"(and optionally {', '.join(sorted(OPTIONAL_FILES))}), "
+                              f"not {', '.join(sorted(listed)) or 'nothing'}")
     return state
 
 

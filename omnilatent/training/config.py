@@ -32,6 +32,7 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     keep_last: int = 3  # checkpoints kept on disk; 0 keeps all
     log_interval: int = 16  # one full cycle of the 16 task pairs
+    eval_every: int | None = None  # None: with every checkpoint; 0: never (needs an evaluator)
 
     def __post_init__(self) -> None:
         for name in ("steps", "grad_accum", "log_interval"):
@@ -42,6 +43,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.eval_every is not None and (not isinstance(self.eval_every, int)
+                                            or self.eval_every < 0):
+            raise ConfigError(f"eval_every must be None (with each checkpoint) or an integer "
+                              f">= 0 (0: never), got {self.eval_every!r}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise ConfigError(
                 f"warmup_steps must lie in [0, steps={self.steps}], got {self.warmup_steps}"
@@ -63,6 +68,10 @@ class TrainConfig:
 
     @property
     def effective_warmup(self) -> int:
+        if self.eval_every is not None and (not isinstance(self.eval_every, int)
+                                            or self.eval_every < 0):
+            raise ConfigError(f"eval_every must be None (with each checkpoint) or an integer "
+                              f">= 0 (0: never), got {self.eval_every!r}")
         if self.warmup_steps is not None:
             return self.warmup_steps
         return max(1, self.steps // 20)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from omnilatent.errors import ConfigError, OmniLatentError
+from omnilatent.inference.card import CheckpointCard
 from omnilatent.model import OmniLatentModel
 from omnilatent.training.config import TrainConfig
 from omnilatent.training.tasks import Task, TemporalTask, present_modalities
@@ -311,12 +312,14 @@ class CurriculumTrainer(Trainer):
         schedule: Schedule | str = DEFAULT_SCHEDULE,
         corpus_has_text: bool | None = None,
         callbacks: TrainerCallbacks | None = None,
+        card: CheckpointCard | None = None,
+        evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
     ) -> None:
         if total_steps is not None:
             config.steps = total_steps
         if save_dir is not None:
             config.save_dir = Path(save_dir)
-        super().__init__(model, config, dataloader, callbacks)
+        super().__init__(model, config, dataloader, callbacks, card, evaluator)
         if isinstance(schedule, str):
             schedule = parse_schedule(schedule)
         self.notes: list[str] = []

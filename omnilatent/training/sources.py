@@ -58,8 +58,7 @@ class DataSource:
     expected: dict[str, Any] | None  # sizes the data fixes (None: synthetic, model decides)
     corpus_has_text: bool | None  # None: unknown in advance
     description: str
-
-
+    prepare_config: PrepareConfig | None = None  # how the data was prepared, for the card
 
 
 def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
@@ -78,10 +77,10 @@ def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
         raise ConfigError(f"no {MANIFEST_NAME} found for {shards}; pass the folder written by "
                           "`omni prepare` once it is complete (all --part runs done)")
     expected = expected_from_config(manifest.config)
-    clips_with_text = manifest.totals.get("clips_with_text")
+    clips_with_text = manifest.splits.get("train", manifest.totals).get("clips_with_text")
     has_text = None if clips_with_text is None else clips_with_text > 0
     return DataSource(loader, expected, has_text,
-                      f"{len(resolved.urls)} train shard(s) from {shards}")
+                      f"{len(resolved.urls)} train shard(s) from {shards}", manifest.config)
 
 
 def video_dir_source(video_dir: Path, batch_size: int, *, seed: int, workers: int,
@@ -95,4 +94,5 @@ def video_dir_source(video_dir: Path, batch_size: int, *, seed: int, workers: in
                                                        max_text_len=max_text_len, seed=seed)
     loader = video_watching_loader(dataset, batch_size, num_workers=workers)
     return DataSource(loader, expected_from_config(prepare), dataset.corpus_has_text,
-                      f"{len(dataset.videos)} video(s) from {video_dir}, decoded on the fly")
+                      f"{len(dataset.videos)} video(s) from {video_dir}, decoded on the fly",
+                      prepare)

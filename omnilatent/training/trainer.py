@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import CheckpointError, ConfigError, OmniLatentError
+from omnilatent.inference.card import CheckpointCard
 from omnilatent.model import OmniLatentModel
 from omnilatent.training.checkpoint import (
     load_checkpoint,
@@ -48,6 +49,8 @@ class TrainerCallbacks:
 
     def on_checkpoint(self, path: Path) -> None: ...
 
+    def on_eval(self, record: dict[str, Any]) -> None: ...
+
     def on_event(self, message: str) -> None: ...
 
 
@@ -58,6 +61,7 @@ class TrainResult:
     last_checkpoint: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per step
     last_record: dict[str, Any] | None = None
+    last_eval: dict[str, Any] | None = None  # the latest {"step", "eval"} record
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +104,11 @@ class Trainer:
     image ``(B, 3, H, W)``, video ``(B, 3, T, H, W)``). If it has ``state_dict`` /
     ``load_state_dict`` its position is checkpointed; otherwise resume skips the batches
     already consumed.
+
+    ``card`` goes into every checkpoint so that it can be used without the training command
+    (see `omnilatent.inference.card`). ``evaluator`` measures the model on held-out data
+    (``config.eval_every``); its metrics are appended to metrics.jsonl as
+    ``{"step", "eval"}`` records. It runs between RNG snapshots, so it never changes the run.
     """
 
     def __init__(
@@ -108,8 +117,12 @@ class Trainer:
         config: TrainConfig,
         dataloader: Any,
         callbacks: TrainerCallbacks | None = None,
+        card: CheckpointCard | None = None,
+        evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
     ) -> None:
         self.config = config
+        self.card = card
+        self.evaluator = evaluator
         self.callbacks = callbacks or TrainerCallbacks()
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
@@ -190,6 +203,7 @@ class Trainer:
             "pair_sampler": self.pair_sampler.state_dict(),
             "data": {"batches_seen": self.batches_seen, "loader": loader_state},
             "extra": self.extra_state(),
+            "card": None if self.card is None else self.card.to_state(),
         }
         training_state = {
             "optimizer": self.optimizer.state_dict(),
@@ -197,7 +211,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
         }
         path = save_checkpoint(self.config.save_dir, self.step, self.model.state_dict(),
-                               training_state, state)
+                               training_state, state,
+                               None if self.card is None else self.card.files())
         prune_checkpoints(self.config.save_dir, self.config.keep_last)
         self.callbacks.on_checkpoint(path)
         return path
@@ -255,6 +270,32 @@ class Trainer:
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a half-written last line from a kill
         path.write_text("".join(line + "\n" for line in kept))
+
+    # ------------------------------------------------------------- evaluation
+    def _eval_due(self, saving: bool) -> bool:
+        every = self.config.eval_every
+        if self.evaluator is None or every == 0:
+            return False
+        if every is None:
+            return saving
+        return self.step % every == 0 or self.step == self.config.steps
+
+    def run_eval(self) -> dict[str, Any]:
+        """Evaluate now and log ``{"step", "eval"}``; RNG states are restored afterwards."""
+        if self.evaluator is None:
+            raise ConfigError("this trainer has no evaluator")
+        rng = capture_rng()
+        try:
+            metrics = self.evaluator(self.model)
+        finally:
+            restore_rng(rng)
+        record = {"step": self.step, "eval": metrics}
+        path = self._metrics_path()
+        if path is not None:
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.callbacks.on_eval(record)
+        return record
 
     # ------------------------------------------------------------- training
     def _train_step(self) -> tuple[Task, float, int, int] | None:
@@ -358,7 +399,10 @@ class Trainer:
                 window_start = time.perf_counter()
             stop = should_stop is not None and should_stop()
             periodic = cfg.save_every > 0 and self.step % cfg.save_every == 0
-            if cfg.save_dir is not None and (periodic or self.step == cfg.steps or stop):
+            saving = cfg.save_dir is not None and (periodic or self.step == cfg.steps or stop)
+            if self._eval_due(saving):  # before the checkpoint, so a resume keeps the record
+                result.last_eval = self.run_eval()
+            if saving:
                 result.last_checkpoint = self.save()
             if stop and self.step < cfg.steps:
                 result.interrupted = True

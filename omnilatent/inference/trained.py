@@ -1,0 +1,89 @@
+"""Load a checkpoint for use (eval, generate): weights, hooks, tokenizer and data settings.
+
+Only the weights are read (safetensors; the optimizer state is not needed), after the whole
+checkpoint verifies against the sizes and hashes in its state.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from omnilatent.config import OmniLatentConfig
+from omnilatent.errors import CheckpointError, OmniLatentError
+from omnilatent.inference.card import CheckpointCard
+from omnilatent.inference.text import TextCodec, codec_for
+from omnilatent.model import OmniLatentModel
+from omnilatent.model.hooks import LatentNeuralHook
+from omnilatent.training.checkpoint import (
+    MODEL_FILE,
+    STATE_FILE,
+    find_latest_checkpoint,
+    verify_checkpoint,
+)
+from pipeline.config import PrepareConfig
+
+
+@dataclass
+class TrainedModel:
+    """A model ready for inference (eval mode) and what it needs to read and write data."""
+
+    path: Path  # the checkpoint folder
+    step: int
+    model: OmniLatentModel
+    card: CheckpointCard
+    text: TextCodec
+
+    @property
+    def data_config(self) -> PrepareConfig:
+        """The prepare settings of the training data (the defaults for synthetic runs, whose
+        sizes the model config fixes)."""
+        if self.card.data_config is None:
+            return PrepareConfig()
+        return PrepareConfig.from_dict(self.card.data_config)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder itself, or the newest complete checkpoint of a save dir."""
+    if (path / STATE_FILE).is_file():
+        return path
+    search = find_latest_checkpoint(path)
+    if search.latest is None:
+        reasons = "; ".join(f"{p.name}: {why}" for p, why in search.skipped)
+        raise CheckpointError(f"{path} is neither a checkpoint folder nor a save dir holding a "
+                              f"complete checkpoint" + (f" ({reasons})" if reasons else ""))
+    return search.latest
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu",
+                 hooks: Sequence[str | Path] = ()) -> TrainedModel:
+    """Load the checkpoint at ``path`` (a checkpoint or a save dir) for inference, then
+    register the saved Latent Neural Hooks in ``hooks`` (folders written by ``hook.save``)."""
+    folder = resolve_checkpoint(Path(path))
+    state = verify_checkpoint(folder)
+    card = CheckpointCard.from_state(state.get("card"), folder)
+    try:
+        config = OmniLatentConfig.from_dict(state["model_config"])
+        model = OmniLatentModel(config)
+        for settings in state.get("hooks", []):
+            model.register_hook(LatentNeuralHook(**settings))
+        model.load_state_dict(load_file(str(folder / MODEL_FILE)))
+    except (KeyError, TypeError, RuntimeError, OmniLatentError) as err:
+        raise CheckpointError(f"{folder}: the weights do not fit this version's model "
+                              f"({type(err).__name__}: {err})") from err
+    for hook_dir in hooks:
+        model.register_hook(LatentNeuralHook.load(hook_dir))
+    model.to(device).eval()
+    return TrainedModel(folder, int(state["step"]), model, card, codec_for(card))
+
+
+def describe(trained: TrainedModel) -> dict[str, Any]:
+    """A short summary for display: where, step, size, tokenizer, hooks."""
+    return {"checkpoint": str(trained.path), "step": trained.step,
+            "parameters": trained.model.num_parameters(), "tokenizer": trained.card.tokenizer,
+            "hooks": list(trained.model.hooks)}
