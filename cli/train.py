@@ -180,6 +180,9 @@ def train(
     dim: Annotated[int, typer.Option("--dim", min=8, help="Model width.")] = 768,
     layers: Annotated[int, typer.Option("--layers", min=1)] = 12,
     heads: Annotated[int, typer.Option("--heads", min=1)] = 12,
+    text_decoding: Annotated[str, typer.Option(
+        "--text-decoding", help="autoregressive (default) or parallel text output (see the "
+        "README's measurement).")] = "autoregressive",
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate.")] = 6e-4,
     no_amp: Annotated[bool, typer.Option("--no-amp", help="Disable mixed precision on GPU "
                                          "(it is always off on CPU).")] = False,
@@ -269,7 +272,7 @@ def train(
             schedule = schedule or DEFAULT_SCHEDULE
             console.print(f"data: {source.description}", soft_wrap=True)
         model_config = OmniLatentConfig(hidden_dim=dim, num_layers=layers, num_heads=heads,
-                                        vocab_size=vocab,
+                                        vocab_size=vocab, text_decoding=text_decoding,
                                         gradient_checkpointing=grad_checkpointing, **sizes)
         model = OmniLatentModel(model_config)
         if source is None:

@@ -94,3 +94,32 @@ def test_text_decoding_must_be_known() -> None:
         OmniLatentConfig(**dict(TINY, text_decoding="beam"))
     with pytest.raises(ConfigError, match="decoder_layers"):
         dataclasses.replace(OmniLatentConfig(**TINY), decoder_layers=0)
+
+
+def test_only_autoregressive_text_commits_to_one_likely_transcript() -> None:
+    """Why text is autoregressive: when several transcripts are likely given the source,
+    greedy autoregressive decoding writes one of them; parallel positions, each predicted on
+    its own, take each character from whichever sentence is likeliest there, and the most
+    likely first character ("a", 60%) is not that of the most likely sentence (40%)."""
+    sentences = ("the red circle hums", "a red circle is humming", "a red circle hums loudly")
+    outputs = {}
+    for decoding in ("autoregressive", "parallel"):
+        torch.manual_seed(0)
+        cfg = OmniLatentConfig(**dict(TINY, vocab_size=BYTE_VOCAB_SIZE, text_decoding=decoding))
+        model = OmniLatentModel(cfg)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(200):
+            pick = torch.multinomial(torch.tensor([0.4, 0.3, 0.3]), 8, replacement=True)
+            rows = [byte_tokenizer(sentences[i], 32) for i in pick.tolist()]
+            target = torch.zeros(8, max(len(r) for r in rows), dtype=torch.long)
+            for row, ids in zip(target, rows, strict=True):
+                row[:len(ids)] = ids
+            loss = model("image", torch.randn(8, 3, 32, 32), "text", target=target)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        ids = model.eval().generate_text("image", torch.randn(4, 3, 32, 32), 32,
+                                         vocab_limit=BYTE_VOCAB_SIZE, eos_id=EOS_ID)
+        outputs[decoding] = [byte_detokenize(row) for row in ids]
+    assert all(text in sentences for text in outputs["autoregressive"]), outputs
+    assert not any(text in sentences for text in outputs["parallel"]), outputs

@@ -91,7 +91,7 @@ def test_curriculum_over_shards_resumes_inside_a_phase_bit_identically(prepared,
 
     first, _ = _trainer(out, tmp_path / "b", steps)
     first.train(should_stop=lambda: first.step >= 6)
-    assert first.span_at(5).phase.name == first.span_at(6).phase.name == "temporal"  # inside
+    assert first.span_at(5).phase.name == first.span_at(6).phase.name == "grounding"  # inside
     resumed, seen_b = _trainer(out, tmp_path / "b", steps)
     resumed.resume(tmp_path / "b" / "step-00000006")
     result_b = resumed.train()
@@ -129,8 +129,8 @@ def test_omni_train_shards_end_to_end(prepared, tmp_path) -> None:
                                  "--save-dir", str(save)])
     assert result.exit_code == 0, result.output
     records = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in records] == (["warmup"] + ["crossmodal"] * 3 + ["temporal"] * 2
-                                             + ["grounding"] * 2 + ["joint"] * 2)
+    assert [r["phase"] for r in records] == (["warmup"] + ["crossmodal"] * 2 + ["temporal"]
+                                             + ["grounding"] * 3 + ["joint"] * 3)
     assert (save / "step-00000010" / "model.safetensors").is_file()
     for phase in ("warmup", "crossmodal", "temporal", "grounding", "joint"):
         assert f"phase '{phase}'" in result.output

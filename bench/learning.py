@@ -1,0 +1,210 @@
+"""Does the model learn? Sample world -> prepare -> train -> `omni eval` on unseen videos.
+
+Every stage is the `omni` command a user runs, as a subprocess, and its CPU seconds (user +
+system of the process and its children) are measured:
+
+1. `omni demo-videos` a training world (`--train-videos`, seed 0, 4 s each) and an unseen
+   evaluation world (`--eval-videos`, seed 1, 2 s each: one clip per video, so N clips are N
+   different videos) of the same 8 classes (`pipeline.demo_media`);
+2. `omni prepare` both (no held-out split inside either: the eval world is the held-out set);
+3. `omni train` with the default curriculum at the tiny size (`--dim 128 --layers 4 --heads 4`,
+   batch 8) for `--steps` steps, the trainer's other settings at their defaults;
+4. `omni eval --json` on the eval world, labels from the file names (the class), with every
+   generated transcript kept.
+
+It prints the CPU seconds per stage and the metrics beside chance: retrieval by class and by
+window, transcripts (token accuracy, CER, and the share of windows whose generated transcript
+names the class, e.g. contains "red circle"), reconstruction. Then the issue's targets, each
+with PASS/FAIL: training <= 10 CPU-minutes; audio->video and video->audio R@1 by class >= 0.9;
+video->text and audio->text naming the class in >= 80% of unseen windows.
+
+    python bench/learning.py                         # about 15 minutes on 2 cores
+    python bench/learning.py --steps 600 --work /tmp/learn --keep
+    python bench/learning.py --phase-schedule bench/seed_schedule.toml   # the seed's curriculum
+    python bench/learning.py --json > learning.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prepare import adopt_orphans, measure, omni_command
+
+from pipeline.demo_media import demo_class_of
+
+TRAIN_CPU_TARGET_S = 600.0
+RETRIEVAL_TARGET = 0.9
+NAMED_TARGET = 0.8
+LABEL_PATTERN = r"^([a-z]+-[a-z]+)_s\d+_"  # the class slug of a demo file name
+
+
+def run_stage(name: str, args: list[str], timings: dict[str, dict[str, float]],
+              capture: bool = False) -> str:
+    """Run one `omni` command; record its wall and CPU seconds (every process it started,
+    prepare's workers included: see bench/prepare.py's `adopt_orphans`)."""
+    done: list[subprocess.CompletedProcess[str]] = []
+    wall, cpu = measure(lambda: done.append(subprocess.run(
+        [*omni_command(), *args], capture_output=True, text=True,
+        env={**os.environ, "COLUMNS": "200"})))
+    result = done[0]
+    if result.returncode != 0:
+        sys.exit(f"{name} failed ({' '.join(args)}):\n{result.stdout}\n{result.stderr}")
+    timings[name] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+    print(f"{name:<14} {wall:7.1f} s wall {cpu:8.1f} s CPU", file=sys.stderr, flush=True)
+    return result.stdout if capture else ""
+
+
+def class_mean_ceiling(train: Path, unseen: Path) -> dict[str, dict[str, float]]:
+    """R@1 by class when each unseen clip's "prediction" is the mean target of its class over
+    the training clips: the best a prediction from another modality can do, ranked by
+    correlation (what `omni eval` uses) and by mean squared error (what it does not)."""
+    import torch
+    import torch.nn.functional as F
+
+    from omnilatent.evaluation.metrics import correlation_distance, retrieval_metrics
+    from pipeline.loader import build_shard_loader
+
+    def load(shards: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+        loader = build_shard_loader(str(shards), 32, shuffle_shards=False, shuffle_buffer=0,
+                                    epochs=1)
+        parts: dict[str, list[torch.Tensor]] = {"video": [], "audio": []}
+        labels: list[str] = []
+        for batch in loader:
+            parts["video"].append(F.avg_pool3d(batch["video"], (1, 4, 4)))  # as omni eval
+            parts["audio"].append(batch["audio"])
+            labels += [str(demo_class_of(meta["source"])) for meta in batch["meta"]]
+        return {k: torch.cat(v) for k, v in parts.items()}, labels
+
+    (seen, seen_labels), (clips, labels) = load(train), load(unseen)
+    ceiling = {}
+    for modality, values in clips.items():
+        means = {c: seen[modality][[x == c for x in seen_labels]].mean(0) for c in set(labels)}
+        prediction = torch.stack([means[label] for label in labels])
+        p = prediction.flatten(1).double()
+        c = values.flatten(1).double()
+        mse = (p * p).sum(1)[:, None] + (c * c).sum(1)[None] - 2 * p @ c.T
+        ceiling[modality] = {
+            "correlation": retrieval_metrics(correlation_distance(prediction, values),
+                                             labels)["r1"],
+            "mse": retrieval_metrics(mse, labels)["r1"]}
+    return ceiling
+
+
+def named_share(captions: list[dict[str, Any]], task: str) -> float | None:
+    """Share of windows whose generated transcript contains the name of the window's class."""
+    rows = [row for row in captions if row["task"] == task]
+    if not rows:
+        return None
+    hits = 0
+    for row in rows:
+        demo_class = demo_class_of(row["source"])
+        hits += demo_class is not None and demo_class.name in row["generated"]
+    return hits / len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, help="Working folder (default: a temporary one).")
+    parser.add_argument("--keep", action="store_true", help="Keep the working folder.")
+    parser.add_argument("--train-videos", type=int, default=96)
+    parser.add_argument("--eval-videos", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--phase-schedule", default="default")
+    parser.add_argument("--lr", help="Peak learning rate (default: omni train's).")
+    parser.add_argument("--text-decoding", default="autoregressive",
+                        choices=("autoregressive", "parallel"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="Print one JSON document.")
+    args = parser.parse_args()
+
+    adopt_orphans()
+    work = args.work or Path(tempfile.mkdtemp(prefix="omni-learning-"))
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, dict[str, float]] = {}
+    try:
+        for name, count, seed, duration in (("train", args.train_videos, 0, 4),
+                                            ("eval", args.eval_videos, 1, 2)):
+            videos, shards = work / f"{name}-videos", work / f"{name}-shards"
+            if not (shards / "manifest.json").is_file():
+                shutil.rmtree(videos, ignore_errors=True)
+                run_stage(f"{name} videos", ["demo-videos", str(videos), "--count", str(count),
+                                             "--seed", str(seed), "--duration", str(duration)],
+                          timings)
+                run_stage(f"{name} prepare", ["prepare", str(videos), str(shards),
+                                              "--eval-fraction", "0", "--overwrite"], timings)
+        run_dir = work / "run"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_stage("train", ["train", "--shards", str(work / "train-shards"),
+                            "--phase-schedule", args.phase_schedule,
+                            "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                            "--dim", str(args.dim), "--layers", str(args.layers),
+                            "--heads", str(args.heads), "--seed", str(args.seed),
+                            "--text-decoding", args.text_decoding,
+                            *(["--lr", args.lr] if args.lr else []),
+                            "--device", "cpu", "--eval-every", "0",
+                            "--save-dir", str(run_dir)], timings)
+        captions_path = work / "captions.jsonl"
+        metrics = json.loads(run_stage(
+            "eval", ["eval", str(run_dir), str(work / "eval-shards"), "--json",
+                     "--label-pattern", LABEL_PATTERN, "--captions", str(captions_path),
+                     "--device", "cpu"], timings, capture=True))
+        captions = [json.loads(line) for line in captions_path.read_text().splitlines()]
+        ceiling = class_mean_ceiling(work / "train-shards", work / "eval-shards")
+    finally:
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    named = {task: named_share(captions, task)
+             for task in ("video_to_text", "audio_to_text", "image_to_text")}
+    by_label = metrics["retrieval_by_label"]
+    targets = {
+        "train CPU s <= 600": timings["train"]["cpu_s"] <= TRAIN_CPU_TARGET_S,
+        "audio->video R@1 by class >= 0.9": by_label["audio_to_video"]["r1"] >= RETRIEVAL_TARGET,
+        "video->audio R@1 by class >= 0.9": by_label["video_to_audio"]["r1"] >= RETRIEVAL_TARGET,
+        "video->text names the class >= 0.8": (named["video_to_text"] or 0) >= NAMED_TARGET,
+        "audio->text names the class >= 0.8": (named["audio_to_text"] or 0) >= NAMED_TARGET,
+    }
+    settings = {key: value for key, value in vars(args).items() if key not in ("work", "keep",
+                                                                               "json")}
+    if args.json:
+        print(json.dumps({"settings": settings, "timings": timings, "metrics": metrics,
+                          "named": named, "ceiling": ceiling, "targets": targets}, indent=1))
+        return
+    print(f"\nsettings: {settings}")
+    print(f"{metrics['samples']} unseen clips, {len(by_label)} retrieval tasks")
+    print(f"{'retrieval':<16}{'R@1 class':>10}{'chance':>8}{'R@1 clip':>10}{'chance':>8}"
+          f"{'R@5 clip':>10}{'median':>8}")
+    for task, m in by_label.items():
+        clip = metrics["retrieval"][task]
+        print(f"{task:<16}{m['r1']:>10.3f}{m['chance_r1']:>8.3f}{clip['r1']:>10.3f}"
+              f"{clip['chance_r1']:>8.3f}{clip['r5']:>10.3f}{clip['median_rank']:>8g}")
+    print(f"{'transcripts':<16}{'names class':>12}{'token acc':>10}{'CER':>8}")
+    for task, m in metrics["text"].items():
+        share = named.get(task)
+        print(f"{task:<16}{'-' if share is None else f'{share:.3f}':>12}"
+              f"{m['token_accuracy']:>10.3f}{m['cer']:>8.3f}")
+    recon = metrics["reconstruction"]
+    print(f"reconstruction: image PSNR {recon['image']['psnr']:.2f} dB, video PSNR "
+          f"{recon['video']['psnr']:.2f} dB, audio mel L1 {recon['audio']['mel_l1']:.3f}")
+    print("chance for 'names class': 1/8 = 0.125 if a model named a class at random")
+    for modality, m in ceiling.items():
+        print(f"ceiling, R@1 by class of the true class-mean {modality} of the training clips: "
+              f"{m['correlation']:.3f} ranked by correlation, {m['mse']:.3f} by MSE")
+    for name, ok in targets.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+
+
+if __name__ == "__main__":
+    main()
