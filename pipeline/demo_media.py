@@ -1,7 +1,7 @@
 """A small learnable world of sample videos, for the demo and for trying the pipeline.
 
 Eight classes (`DEMO_CLASSES`) each tie a coloured shape, a kind of sound and a sentence
-together: "the red circle hums" shows a red circle over grey noise, sounds a 150 Hz hum and
+together: "the red circle hums" shows a red circle over grey noise, sounds a 110 Hz hum and
 has that sentence as its transcript. Within a class every video differs (shape size, path and
 speed, colour, background, pitch, loudness, onsets, noise), so a model has to learn the
 class, not memorise footage; a new seed gives new videos of the same classes, an unseen set
@@ -42,7 +42,7 @@ _NOISE_FLOOR = 0.01  # background hiss, -40 dB below full scale
 class DemoClass:
     """One class of the demo world: what its videos show, sound like and say.
 
-    `hz` is the base frequency of the sound (the click rate for "clicks"); a video's pitch
+    `hz` is the base frequency of the sound (the pips of "clicks" too); a video's pitch
     jitter scales it.
     """
 
@@ -59,19 +59,22 @@ class DemoClass:
         return self.name.replace(" ", "-")
 
 
+# Colours at the corners of the RGB cube and sounds in bands of their own (110 Hz to 6.5 kHz,
+# each at least ~1.4x above the last): any two classes differ by a whole colour channel and a
+# whole stretch of the mel scale, so a prediction that knows the class can tell it apart.
 DEMO_CLASSES = (
-    DemoClass("red circle", (225, 35, 35), "circle", "hums", 150.0, "the red circle hums"),
-    DemoClass("green square", (40, 190, 60), "square", "beeps", 1000.0,
+    DemoClass("red circle", (230, 30, 30), "circle", "hums", 110.0, "the red circle hums"),
+    DemoClass("green square", (30, 210, 50), "square", "beeps", 1600.0,
               "the green square beeps"),
-    DemoClass("blue triangle", (45, 75, 235), "triangle", "buzzes", 220.0,
+    DemoClass("blue triangle", (40, 60, 240), "triangle", "buzzes", 3300.0,
               "the blue triangle buzzes"),
-    DemoClass("yellow star", (240, 220, 30), "star", "whistles", 2000.0,
+    DemoClass("yellow star", (240, 230, 30), "star", "whistles", 2400.0,
               "the yellow star whistles"),
-    DemoClass("purple ring", (160, 50, 210), "ring", "chirps", 500.0, "the purple ring chirps"),
-    DemoClass("orange cross", (250, 135, 15), "cross", "rings", 700.0, "the orange cross rings"),
-    DemoClass("cyan diamond", (30, 215, 225), "diamond", "clicks", 10.0,
+    DemoClass("purple ring", (200, 40, 220), "ring", "chirps", 4200.0, "the purple ring chirps"),
+    DemoClass("black cross", (15, 15, 15), "cross", "rings", 1100.0, "the black cross rings"),
+    DemoClass("cyan diamond", (30, 220, 230), "diamond", "clicks", 6500.0,
               "the cyan diamond clicks"),
-    DemoClass("white bar", (245, 245, 245), "bar", "drones", 300.0, "the white bar drones"),
+    DemoClass("white bar", (245, 245, 245), "bar", "drones", 500.0, "the white bar drones"),
 )
 _BY_SLUG = {demo_class.slug: demo_class for demo_class in DEMO_CLASSES}
 _FILE_NAME = re.compile(r"(?P<slug>[a-z]+-[a-z]+)_s(?P<seed>\d+)_(?P<index>\d+)\.[A-Za-z0-9]+")
@@ -86,7 +89,7 @@ class DemoParams:
 
     demo_class: DemoClass
     colour: tuple[int, int, int]  # the class colour, jittered by up to 10 per channel
-    radius: float  # half the shape's extent: 1/10 to 1/6 of the picture height
+    radius: float  # half the shape's extent: 1/5 to 1/3 of the picture height
     start: tuple[float, float]  # shape centre (x, y) at t = 0
     velocity: tuple[float, float]  # pixels per second; the shape bounces off the edges
     background: float  # mean grey level of the noise background
@@ -125,7 +128,7 @@ def demo_params(seed: int, index: int) -> DemoParams:
     demo_class = class_order(seed)[index % len(DEMO_CLASSES)]
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
     width, height = SIZE
-    radius = height * rng.uniform(1 / 10, 1 / 6)
+    radius = height * rng.uniform(1 / 4, 1 / 2.8)
     speed = rng.uniform(15.0, 60.0)
     angle = rng.uniform(0, 2 * math.pi)
     red, green, blue = (int(c) for c in np.clip(demo_class.colour + rng.integers(-10, 11, 3),
@@ -137,8 +140,8 @@ def demo_params(seed: int, index: int) -> DemoParams:
         start=(float(rng.uniform(radius, width - radius)),
                float(rng.uniform(radius, height - radius))),
         velocity=(speed * math.cos(angle), speed * math.sin(angle)),
-        background=float(rng.uniform(60.0, 150.0)),
-        noise=float(rng.uniform(8.0, 30.0)),
+        background=float(rng.uniform(85.0, 135.0)),
+        noise=float(rng.uniform(5.0, 15.0)),
         pitch=float(rng.uniform(0.97, 1.03)),
         loudness=float(rng.uniform(0.25, 0.6)),
         phase=float(rng.uniform(0, 2 * math.pi)),
@@ -170,7 +173,7 @@ def shape_centres(params: DemoParams, times: np.ndarray) -> np.ndarray:
     return lows + np.where(folded > spans, 2 * spans - folded, folded)  # (T, 2)
 
 
-def _inside_star(u: np.ndarray, v: np.ndarray, inner: float = 0.45) -> np.ndarray:
+def _inside_star(u: np.ndarray, v: np.ndarray, inner: float = 0.55) -> np.ndarray:
     """Points (u, v), in units of the outer radius, inside a 5-point star with a point up."""
     rho = np.hypot(u, v)
     sector = 2 * math.pi / 5
@@ -196,11 +199,11 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "ring":
         return (u**2 + v**2 <= 1) & (u**2 + v**2 >= 0.55**2)
     if shape == "cross":
-        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 1)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1))
+        return ((np.abs(u) <= 0.35) & (np.abs(v) <= 1)) | ((np.abs(v) <= 0.35) & (np.abs(u) <= 1))
     if shape == "diamond":
         return np.abs(u) + np.abs(v) <= 1
     if shape == "bar":
-        return (np.abs(u) <= 1) & (np.abs(v) <= 0.3)
+        return (np.abs(u) <= 1) & (np.abs(v) <= 0.5)
     raise PipelineError(f"unknown demo shape {shape!r}")
 
 
@@ -274,37 +277,36 @@ def _ramp(tau: np.ndarray, length: float, seconds: float) -> np.ndarray:
     return np.clip(np.minimum(tau, length - tau) / seconds, 0, 1)
 
 
-def _synth(params: DemoParams, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _synth(params: DemoParams, t: np.ndarray) -> np.ndarray:
     """The class's sound at times `t` (N,), before loudness and hiss: (N,)."""
     kind, hz = params.demo_class.sound, params.demo_class.hz * params.pitch
     phase, onset = params.phase, params.onset
-    if kind == "hums":  # a low tone with a few falling harmonics
+    if kind == "hums":  # a low tone with two falling harmonics
         return sum(a * np.sin(2 * math.pi * k * hz * t + k * phase)
-                   for k, a in enumerate((1.0, 0.6, 0.4, 0.25), start=1))
+                   for k, a in enumerate((1.0, 0.5, 0.3), start=1))
     if kind == "beeps":  # a tone switched on and off four times a second
         gate = _ramp(_periodic(t, 0.25, onset), 0.125, 0.005)
         return gate * np.sin(2 * math.pi * hz * t + phase)
-    if kind == "buzzes":  # a band-limited square wave: odd harmonics at 1/k
-        odd = range(1, int(4000 / hz) + 1, 2)
-        return sum(np.sin(2 * math.pi * k * hz * t + k * phase) / k for k in odd)
+    if kind == "buzzes":  # a tone with a deep 40 Hz tremolo
+        return (0.6 + 0.4 * np.sin(2 * math.pi * 40 * t + onset)) * np.sin(
+            2 * math.pi * hz * t + phase)
     if kind == "whistles":  # a high tone with a 2 % vibrato at 5.5 Hz
         rate, depth = 5.5, 0.02
         return np.sin(2 * math.pi * hz * t + depth * hz / rate * np.sin(2 * math.pi * rate * t)
                       + phase)
-    if kind == "chirps":  # 0.3 s linear sweeps hz -> 3 * hz, every 0.5 s
+    if kind == "chirps":  # 0.3 s linear sweeps hz -> 1.25 * hz, every 0.5 s
         sweep = 0.3
         tau = _periodic(t, 0.5, onset)
-        swept = 2 * math.pi * (hz * tau + (2 * hz) * tau**2 / (2 * sweep))
+        swept = 2 * math.pi * (hz * tau + (0.25 * hz) * tau**2 / (2 * sweep))
         return _ramp(tau, sweep, 0.01) * np.sin(swept + phase)
-    if kind == "rings":  # a struck bell: inharmonic partials decaying, struck every 0.7 s
+    if kind == "rings":  # a struck bell: a decaying tone and a faint partial, every 0.7 s
         tau = _periodic(t, 0.7, onset)
-        envelope = np.exp(-tau / 0.18) * np.clip(tau / 0.002, 0, 1)
-        partials = sum(a * np.sin(2 * math.pi * r * hz * tau + phase)
-                       for r, a in ((1.0, 1.0), (2.0, 0.4), (2.76, 0.25)))
-        return envelope * partials
-    if kind == "clicks":  # short bursts of white noise, `hz` a second
-        tau = _periodic(t, 1 / hz, onset)
-        return np.exp(-tau / 0.001) * (tau < 0.004) * rng.standard_normal(len(t))
+        envelope = np.exp(-tau / 0.25) * np.clip(tau / 0.002, 0, 1)
+        return envelope * (np.sin(2 * math.pi * hz * tau + phase)
+                           + 0.2 * np.sin(2 * math.pi * 1.5 * hz * tau + phase))
+    if kind == "clicks":  # 10 short tone pips a second
+        tau = _periodic(t, 0.1, onset)
+        return _ramp(tau, 0.012, 0.002) * np.sin(2 * math.pi * hz * t + phase)
     if kind == "drones":  # a steady fifth, hz and 1.5 * hz
         return (np.sin(2 * math.pi * hz * t + phase)
                 + 0.8 * np.sin(2 * math.pi * 1.5 * hz * t + 2 * phase))
@@ -316,7 +318,7 @@ def render_sound(params: DemoParams, duration: float) -> np.ndarray:
     the class's sound peaking at `params.loudness`, over a -40 dB hiss."""
     rng = np.random.default_rng([params.noise_seed, 1 << 32])  # apart from frame seeds
     t = np.arange(round(duration * SAMPLE_RATE)) / SAMPLE_RATE  # (N,)
-    sound = _synth(params, t, rng)  # (N,)
+    sound = _synth(params, t)  # (N,)
     sound = params.loudness * sound / max(float(np.abs(sound).max()), 1e-9)
     # Fade in and out over 0.1 s: on a sudden start the AAC encoder's first frames overshoot
     # (peaks of 0.9 for 0.55 at 48 kbit/s).
