@@ -23,16 +23,30 @@ lint: install
 
 ci: lint test
 
-# The main job on an embedded default: generated footage -> shards -> checks -> a short
-# curriculum through all five phases, on CPU.
+# The main job on an embedded default: a generated world of 8 classes -> shards with a held-out
+# split -> checks -> a short curriculum through all five phases on CPU (evaluated on the held-out
+# videos at its checkpoint) -> omni eval -> generated text, picture, sound and clip from videos
+# the model never saw, in $(DEMO_DIR)/generated/.
+DEMO_GEN = $(BIN)/omni generate $(DEMO_DIR)/train --device cpu
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(BIN)/omni demo-videos $(DEMO_DIR)/videos
-	$(BIN)/omni prepare $(DEMO_DIR)/videos $(DEMO_DIR)/shards
+	$(BIN)/omni demo-videos $(DEMO_DIR)/videos --count 96
+	$(BIN)/omni prepare $(DEMO_DIR)/videos $(DEMO_DIR)/shards --eval-fraction 0.25
 	$(BIN)/omni inspect $(DEMO_DIR)/shards --verify --samples 3
-	$(BIN)/omni train --shards $(DEMO_DIR)/shards --phase-schedule default --steps 60 \
-		--batch-size 4 --dim 64 --layers 2 --heads 4 --device cpu --log-interval 10 \
+	$(BIN)/omni train --shards $(DEMO_DIR)/shards --phase-schedule default --steps 1200 \
+		--batch-size 8 --dim 128 --layers 4 --heads 4 --device cpu --log-interval 100 \
 		--save-dir $(DEMO_DIR)/train
+	$(BIN)/omni eval $(DEMO_DIR)/train $(DEMO_DIR)/shards --device cpu \
+		--label-pattern '^([a-z]+-[a-z]+)_s'
+	$(BIN)/omni demo-videos $(DEMO_DIR)/unseen --count 2 --seed 7 --duration 2
+	$(DEMO_GEN) --from $$(ls $(DEMO_DIR)/unseen/*.mp4 | head -1) --to text \
+		--out $(DEMO_DIR)/generated/from-video.txt
+	$(DEMO_GEN) --from $$(ls $(DEMO_DIR)/unseen/*.mp4 | head -1) --to audio \
+		--out $(DEMO_DIR)/generated/from-video.wav
+	$(DEMO_GEN) --from $$(ls $(DEMO_DIR)/unseen/*.mp4 | tail -1) --from-modality audio \
+		--to video --out $(DEMO_DIR)/generated/from-sound.mp4
+	$(DEMO_GEN) --from $$(ls $(DEMO_DIR)/unseen/*.mp4 | tail -1) --from-modality audio \
+		--to image --out $(DEMO_DIR)/generated/from-sound.png
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache build *.egg-info

@@ -12,15 +12,13 @@ import contextlib
 import os
 import wave
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
 from pipeline.errors import MediaError
-from pipeline.schema import MP4_CRF, MP4_PIX_FMT
+from pipeline.schema import encode_clip
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -66,9 +64,9 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray) -> Path:
 def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int) -> Path:
     """Write (T, H, W, 3) uint8 RGB frames at `fps` as `.mp4` or `.gif`.
 
-    mp4: H.264 (libx264 at the shards' CRF 18, yuv420p; MPEG-4 Part 2 where the FFmpeg
-    build lacks libx264) with frame i at i / fps, so a decoder gets exactly T frames back; H
-    and W must be even (yuv420p). gif: Pillow, as `omni inspect --export` writes clips; GIF
+    mp4: exactly as the shards store clips (`pipeline.schema.encode_clip`: H.264, CRF 18,
+    yuv420p) with frame i at i / fps, so a decoder gets exactly T frames back; H and W must be
+    even (yuv420p). gif: Pillow, as `omni inspect --export` writes clips; GIF
     times frames in hundredths of a second, so frame i lasts from i / fps to (i + 1) / fps
     rounded to those (8 fps: 120 and 130 ms in turn) and the clip plays T / fps seconds;
     Pillow merges identical consecutive frames (adding up their durations), so a still
@@ -96,21 +94,9 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int) -> P
     if height % 2 or width % 2:
         raise MediaError(f"cannot write {path}: H.264 in yuv420p needs an even frame size, "
                          f"got {width}x{height}; write a .gif instead")
-    rate = Fraction(fps).limit_denominator(1_000_000)
-    with _atomic(path) as temporary, av.open(str(temporary), "w", format="mp4") as container:
-        if "libx264" in av.codecs_available:
-            stream = container.add_stream("libx264", rate=rate,
-                                          options={"crf": str(MP4_CRF), "preset": "medium"})
-        else:
-            stream = container.add_stream("mpeg4", rate=rate)
-            stream.bit_rate = round(2 * width * height * rate)  # 2 bits per pixel and frame
-        stream.width, stream.height, stream.pix_fmt = width, height, MP4_PIX_FMT
-        stream.time_base = 1 / rate
-        for index, picture in enumerate(frames):  # picture: (H, W, 3)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
-            frame.pts, frame.time_base = index, stream.time_base
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    data = encode_clip(frames, "mp4", fps)  # the shards' own H.264 encoding
+    with _atomic(path) as temporary:
+        temporary.write_bytes(data)
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -41,22 +42,31 @@ def test_identity_only_for_the_same_modality_on_the_same_grid() -> None:
         assert calls == ["video", "video"]  # another length: queries again
 
 
-@pytest.mark.parametrize("decoding", ["autoregressive", "parallel"])
-def test_a_model_trained_to_write_a_fixed_string_writes_it(decoding: str) -> None:
-    """Text positions work: from any picture, the model learns to produce one sentence."""
+def _caption_noise(decoding: str, targets: Callable[[], torch.Tensor], steps: int,
+                   captions: int) -> torch.Tensor:
+    """Train a tiny model to write ``targets()`` (B, L) from random pictures, then return its
+    greedy ids (captions, 32) for new random pictures: the source carries no information, so
+    whatever it writes is what its text decoding makes of the targets alone."""
     torch.manual_seed(0)
     cfg = OmniLatentConfig(**dict(TINY, vocab_size=BYTE_VOCAB_SIZE, text_decoding=decoding))
     model = OmniLatentModel(cfg)
-    sentence = "the red circle hums"
-    target = byte_tokenizer(sentence, 32).expand(4, -1)  # (4, 20) with EOS
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(120):
-        loss = model("image", torch.randn(4, 3, 32, 32), "text", target=target)["loss"]
+    for _ in range(steps):
+        target = targets()
+        loss = model("image", torch.randn(len(target), 3, 32, 32), "text", target=target)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    ids = model.eval().generate_text("image", torch.randn(3, 3, 32, 32), 32,
-                                     vocab_limit=BYTE_VOCAB_SIZE, eos_id=EOS_ID)
+    return model.eval().generate_text("image", torch.randn(captions, 3, 32, 32), 32,
+                                      vocab_limit=BYTE_VOCAB_SIZE, eos_id=EOS_ID)
+
+
+@pytest.mark.parametrize("decoding", ["autoregressive", "parallel"])
+def test_a_model_trained_to_write_a_fixed_string_writes_it(decoding: str) -> None:
+    """Text positions work: from any picture, the model learns to produce one sentence."""
+    sentence = "the red circle hums"
+    target = byte_tokenizer(sentence, 32).expand(4, -1)  # (4, 20) with EOS
+    ids = _caption_noise(decoding, lambda: target, steps=120, captions=3)
     assert [byte_detokenize(row) for row in ids] == [sentence] * 3
     assert bool((ids[:, target.shape[1]:] == 0).all())  # padding after EOS
 
@@ -102,24 +112,17 @@ def test_only_autoregressive_text_commits_to_one_likely_transcript() -> None:
     its own, take each character from whichever sentence is likeliest there, and the most
     likely first character ("a", 60%) is not that of the most likely sentence (40%)."""
     sentences = ("the red circle hums", "a red circle is humming", "a red circle hums loudly")
-    outputs = {}
-    for decoding in ("autoregressive", "parallel"):
-        torch.manual_seed(0)
-        cfg = OmniLatentConfig(**dict(TINY, vocab_size=BYTE_VOCAB_SIZE, text_decoding=decoding))
-        model = OmniLatentModel(cfg)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        for _ in range(200):
-            pick = torch.multinomial(torch.tensor([0.4, 0.3, 0.3]), 8, replacement=True)
-            rows = [byte_tokenizer(sentences[i], 32) for i in pick.tolist()]
-            target = torch.zeros(8, max(len(r) for r in rows), dtype=torch.long)
-            for row, ids in zip(target, rows, strict=True):
-                row[:len(ids)] = ids
-            loss = model("image", torch.randn(8, 3, 32, 32), "text", target=target)["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        ids = model.eval().generate_text("image", torch.randn(4, 3, 32, 32), 32,
-                                         vocab_limit=BYTE_VOCAB_SIZE, eos_id=EOS_ID)
-        outputs[decoding] = [byte_detokenize(row) for row in ids]
+
+    def mixture() -> torch.Tensor:
+        pick = torch.multinomial(torch.tensor([0.4, 0.3, 0.3]), 8, replacement=True)
+        rows = [byte_tokenizer(sentences[i], 32) for i in pick.tolist()]
+        target = torch.zeros(8, max(len(r) for r in rows), dtype=torch.long)  # (8, L)
+        for row, ids in zip(target, rows, strict=True):
+            row[:len(ids)] = ids
+        return target
+
+    outputs = {decoding: [byte_detokenize(row) for row in
+                          _caption_noise(decoding, mixture, steps=200, captions=4)]
+               for decoding in ("autoregressive", "parallel")}
     assert all(text in sentences for text in outputs["autoregressive"]), outputs
     assert not any(text in sentences for text in outputs["parallel"]), outputs
