@@ -131,7 +131,7 @@ def _evaluator(shards: str | None, explicit: bool, eval_every: int | None, sampl
         console.print(f"[yellow]{message}[/]", soft_wrap=True)
         return None
     check_shards_fit(shards, split, model)
-    console.print(f"eval: {samples} windows of {shards}"
+    console.print(f"eval: up to {samples} windows of {shards}"
                   + ("" if split is None else f" ({split} split)"), soft_wrap=True)
     return shard_evaluator(shards, codec, max_text_len, batch_size, samples, split)
 
