@@ -225,3 +225,46 @@ def test_a_checkpoint_of_another_version_is_refused(checkpoint, tmp_path) -> Non
     result = runner.invoke(app, ["generate", str(old), "--text", "hi", "--to", "text",
                                  "--out", str(tmp_path / "x.txt")])
     assert result.exit_code == 1 and "format 1 is not supported" in result.output
+
+
+def test_saved_hooks_are_registered_before_generating(checkpoint, tmp_path) -> None:
+    from omnilatent.model.hooks import LatentNeuralHook
+
+    hook = LatentNeuralHook("style", num_tokens=2, dim=32, target_layers=[0])
+    hook.save(tmp_path / "style")
+    assert "style" in load_trained(checkpoint, hooks=[tmp_path / "style"]).model.hooks
+    plain, hooked = tmp_path / "plain.png", tmp_path / "hooked.png"
+    for out, extra in ((plain, []), (hooked, ["--hook", str(tmp_path / "style")])):
+        result = runner.invoke(app, ["generate", str(checkpoint), "--text", "a red circle",
+                                     "--to", "image", "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+    assert plain.read_bytes() != hooked.read_bytes()  # the hook took part
+    wrong = LatentNeuralHook("wide", num_tokens=2, dim=64, target_layers=[0])
+    wrong.save(tmp_path / "wide")
+    result = runner.invoke(app, ["generate", str(checkpoint), "--text", "x", "--to", "text",
+                                 "--out", str(tmp_path / "x.txt"), "--hook",
+                                 str(tmp_path / "wide")])
+    assert result.exit_code == 1 and "dim 64" in result.output
+
+
+def test_a_sentencepiece_model_travels_inside_the_checkpoint(tmp_path) -> None:
+    """The tokenizer file is copied in and hashed like the weights: eval and generate need
+    nothing else, and a damaged copy is caught."""
+    from omnilatent.errors import CheckpointError
+    from omnilatent.training.checkpoint import verify_checkpoint
+
+    source = tmp_path / "spm.model"
+    source.write_bytes(b"not really a sentencepiece model")
+    config = OmniLatentConfig(hidden_dim=32, num_layers=1, num_heads=4,
+                              **model_sizes(expected_from_config(PREP)))
+    card = CheckpointCard(tokenizer="sentencepiece", max_text_len=16,
+                          data_config=PREP.to_dict(), tokenizer_source=source)
+    path = Trainer(OmniLatentModel(config), TrainConfig(steps=1, save_dir=tmp_path / "run"),
+                   [], card=card).save()
+    state = verify_checkpoint(path)
+    assert (path / "tokenizer.model").read_bytes() == source.read_bytes()
+    assert state["card"]["tokenizer_file"] == "tokenizer.model"
+    assert "tokenizer.model" in state["files"]
+    (path / "tokenizer.model").write_bytes(b"tampered")
+    with pytest.raises(CheckpointError, match="tokenizer.model"):
+        verify_checkpoint(path)
