@@ -42,7 +42,6 @@ from pipeline.decode import (
     grid_frames_within,
     iter_windows,
     probe,
-    video_end,
 )
 from pipeline.decode_pyav import (
     MonoResampler,
@@ -52,12 +51,12 @@ from pipeline.decode_pyav import (
     scale_to_rgb,
 )
 from pipeline.discover import VIDEO_EXTENSIONS, VideoSource, video_id
-from pipeline.errors import DecodeError, MediaError, PipelineError
+from pipeline.errors import DecodeError, MediaError
 from pipeline.frames import display_image, scaled_size
 from pipeline.loader import Batch, collate, sample_tensors
-from pipeline.sample import NO_TRANSCRIPT, VideoContext, sample_fields
+from pipeline.sample import sample_fields, video_context
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer
-from pipeline.transcripts import find_transcript, read_text_file
+from pipeline.transcripts import read_text_file
 
 Modality = Literal["text", "audio", "image", "video"]
 MODALITY_EXTENSIONS: dict[Modality, frozenset[str]] = {
@@ -141,8 +140,8 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
         info = probe(path, config)
     except DecodeError as err:
         raise MediaError(f"cannot read video {path}: {err}") from err
-    context, note = _video_context(path, info.rotation, info.has_audio, info.duration_hint)
-    notes += note
+    probed = video_context(VideoSource(path, path.name, video_id(path.name)), info)
+    context, notes = probed.context, notes + probed.warnings
     if not info.has_audio:
         notes += ("the video has no audio stream: its mel is digital silence, as prepare "
                   "stores such videos",)
@@ -171,8 +170,7 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
 def _grid_start(path: Path, start: float,
                 config: PrepareConfig) -> tuple[int, float, tuple[str, ...]]:
     """(grid index, seconds, notes) of the frame-grid time nearest `start`."""
-    if not math.isfinite(start) or start < 0:
-        raise MediaError(f"{path}: the start must be a time of 0 s or more, got {start}")
+    _check_start(path, start)
     index = round(start * config.fps)
     seconds = index / config.fps
     notes: tuple[str, ...] = ()
@@ -180,6 +178,11 @@ def _grid_start(path: Path, start: float,
         notes = (f"start {start:g} s rounded to {seconds:g} s, the nearest frame of the "
                  f"{config.fps} fps grid",)
     return index, seconds, notes
+
+
+def _check_start(path: Path, start: float) -> None:
+    if not math.isfinite(start) or start < 0:
+        raise MediaError(f"{path}: the start must be a time of 0 s or more, got {start}")
 
 
 def _past_end(path: Path, start: float, duration: float | None, config: PrepareConfig) -> str:
@@ -191,28 +194,6 @@ def _past_end(path: Path, start: float, duration: float | None, config: PrepareC
     latest = (grid_frames_within(duration, config) - config.frames_per_clip) / config.fps
     return (f"{path}: the {config.clip_duration:g} s window from {start:g} s runs past the end "
             f"of the video ({length}); use a start of at most {latest:g} s")
-
-
-def _video_context(path: Path, rotation: int, has_audio: bool,
-                   duration_hint: float | None) -> tuple[VideoContext, tuple[str, ...]]:
-    """The video's `VideoContext` as the prepare worker builds it, and notes for the user.
-
-    A transcript that cannot be read costs the text, not the input (as in prepare).
-    """
-    notes: tuple[str, ...] = ()
-    try:
-        transcript = find_transcript(path)
-        notes += tuple(f"transcript: {note}" for note in transcript.notes)
-    except PipelineError as err:
-        transcript = NO_TRANSCRIPT
-        notes += (f"transcript ignored: {err}",)
-    text_duration = duration_hint
-    if transcript.cues and not transcript.timed:
-        text_duration = video_end(path) or text_duration
-    source = VideoSource(path, path.name, video_id(path.name))
-    context, warning = VideoContext.for_video(source, rotation, has_audio, transcript,
-                                              text_duration)
-    return context, notes + ((warning,) if warning else ())
 
 
 # --------------------------------------------------------------------------- audio
@@ -227,8 +208,7 @@ def load_audio_file(path: str | os.PathLike[str], config: PrepareConfig,
     is complete and keeps at most about one clip of samples.
     """
     path = Path(path)
-    if not math.isfinite(start) or start < 0:
-        raise MediaError(f"{path}: the start must be a time of 0 s or more, got {start}")
+    _check_start(path, start)
     try:
         container = open_container(path)
     except DecodeError as err:

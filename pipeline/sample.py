@@ -21,10 +21,11 @@ import numpy as np
 
 from pipeline.audio import log_mel, silent_log_mel
 from pipeline.config import PrepareConfig
-from pipeline.decode import Window
+from pipeline.decode import VideoInfo, Window, video_end
 from pipeline.discover import VideoSource
+from pipeline.errors import PipelineError
 from pipeline.schema import DEFAULT_CLIP_ENCODING, SampleMeta, encode_sample
-from pipeline.transcripts import Transcript, text_for_window
+from pipeline.transcripts import Transcript, find_transcript, text_for_window
 
 NO_TRANSCRIPT = Transcript([], "none", timed=True)
 
@@ -67,6 +68,43 @@ class VideoContext:
             transcript = NO_TRANSCRIPT
         text_duration = None if transcript.timed else duration_hint
         return cls(source, rotation, has_audio, transcript, text_duration, clip_encoding), warning
+
+
+@dataclass(frozen=True)
+class ProbedContext:
+    """`video_context`'s result: the context, warnings for the user (transcript notes, a
+    transcript ignored, an untimed one dropped) and why the transcript was unreadable."""
+
+    context: VideoContext
+    warnings: tuple[str, ...] = ()
+    transcript_error: str | None = None
+
+
+def video_context(source: VideoSource, info: VideoInfo,
+                  clip_encoding: str = DEFAULT_CLIP_ENCODING) -> ProbedContext:
+    """The context `omni prepare` gives a probed video (and `omni generate` an input video).
+
+    Its transcript is found as for any video; one that cannot be read costs the text, never the
+    video. Untimed words are spread over the picture itself (the end of the last video packet),
+    not the container's duration, which covers longer audio, Matroska start offsets, or
+    nothing at all for streamed files.
+    """
+    warnings: list[str] = []
+    error = None
+    try:
+        transcript = find_transcript(source.path)
+        warnings += [f"transcript: {note}" for note in transcript.notes]
+    except PipelineError as err:
+        transcript, error = NO_TRANSCRIPT, str(err)
+        warnings.append(f"transcript ignored: {err}")
+    text_duration = info.duration_hint
+    if transcript.cues and not transcript.timed:
+        text_duration = video_end(source.path) or text_duration
+    context, warning = VideoContext.for_video(source, info.rotation, info.has_audio,
+                                              transcript, text_duration, clip_encoding)
+    if warning:
+        warnings.append(warning)
+    return ProbedContext(context, tuple(warnings), error)
 
 
 def window_text(window: Window, context: VideoContext) -> str:

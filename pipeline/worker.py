@@ -64,13 +64,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import av
 
 from pipeline.config import PrepareConfig
-from pipeline.decode import DecodeStats, Window, iter_windows, probe, video_end
+from pipeline.decode import DecodeStats, Window, iter_windows, probe
 from pipeline.discover import VideoSource
 from pipeline.errors import DecodeError, PipelineError
 from pipeline.schema import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
 from pipeline.shards import PartFile, PartWriter
 from pipeline.split import TRAIN, Split
-from pipeline.transcripts import Transcript, find_transcript
 
 # `pipeline.sample` imports torch (the mel), which takes seconds: the worker-side functions
 # import it when they run, so the parent of `omni prepare` never loads torch; the forkserver
@@ -195,20 +194,6 @@ def _audio_only(path: Path) -> bool:
             return bool(container.streams.audio) and not videos
     except (av.FFmpegError, OSError):
         return False
-
-
-def _transcript(path: Path, outcome: VideoOutcome) -> Transcript:
-    """The video's transcript; a broken one becomes a warning and no text, never a failure."""
-    from pipeline.sample import NO_TRANSCRIPT
-
-    try:
-        transcript = find_transcript(path)
-        outcome.warnings.extend(f"transcript: {note}" for note in transcript.notes)
-        return transcript
-    except PipelineError as err:
-        outcome.transcript_error = str(err)
-        outcome.warnings.append(f"transcript ignored: {err}")
-        return NO_TRANSCRIPT
 
 
 class _Writer:
@@ -344,7 +329,7 @@ def prepare_video(task: VideoTask, send: Callable[[tuple[Any, ...]], None]) -> V
 
 def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
              outcome: VideoOutcome) -> None:
-    from pipeline.sample import VideoContext
+    from pipeline.sample import video_context
 
     source, config = task.source, task.config
     try:
@@ -357,17 +342,10 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         return
     send(("probe", info.duration_hint))
     outcome.has_audio, outcome.rotation, outcome.flip = info.has_audio, info.rotation, info.flip
-    transcript = _transcript(source.path, outcome)
-    text_duration = info.duration_hint
-    if transcript.cues and not transcript.timed:
-        # Spread untimed words over the video itself, not the container's duration (longer
-        # audio, Matroska start offsets, streamed files without one).
-        text_duration = video_end(source.path) or text_duration
-    context, warning = VideoContext.for_video(source, info.rotation, info.has_audio,
-                                              transcript, text_duration,
-                                              task.clip_encoding)
-    if warning:
-        outcome.warnings.append(warning)
+    probed = video_context(source, info, task.clip_encoding)
+    context = probed.context
+    outcome.warnings.extend(probed.warnings)
+    outcome.transcript_error = probed.transcript_error
     outcome.transcript_source = context.transcript.source
     outcome.transcript_timed = context.transcript.timed
     _inject_fault(task.fault, source.path)
