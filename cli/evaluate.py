@@ -138,7 +138,6 @@ def eval_command(
         )
         from omnilatent.inference.trained import load_trained
         from omnilatent.training.trainer import resolve_device
-        from pipeline.shardset import resolve_shards
 
         if split not in SPLITS:
             raise CLIError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}",
@@ -147,8 +146,8 @@ def eval_command(
             None if split == "all" else split)
         labels = _labeller(label_pattern)
         trained = load_trained(checkpoint, resolve_device(device), hooks or [])
-        check_shards_fit(shards, chosen, trained.model)
-        total = sum(resolve_shards(shards, split=chosen).sample_counts.values()) or None
+        total = sum(check_shards_fit(shards, chosen, trained.model).sample_counts.values())
+        total = total or None  # shards named without a manifest: count unknown
         if samples is not None:
             total = min(total, samples) if total else samples
         if not json_output:

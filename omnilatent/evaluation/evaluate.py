@@ -44,11 +44,15 @@ from omnilatent.training.sources import check_data_fits_model
 from pipeline.loader import ShardLoader, build_shard_loader
 from pipeline.manifest import read_manifest
 from pipeline.schema import MEL_SCALE
-from pipeline.shardset import resolve_shards
+from pipeline.shardset import ShardSet, resolve_shards
 from pipeline.split import EVAL, Split
 
 RETRIEVAL_PAIRS = (("audio", "video"), ("video", "audio"), ("image", "audio"),
                    ("audio", "image"))
+# Each retrieval pair and reconstruction is also a curriculum task: its predictions are the
+# outputs of that task's forward pass, not a second one.
+RETRIEVAL_TASKS = {f"{source}_to_{target}": target for source, target in RETRIEVAL_PAIRS}
+RECONSTRUCTION_TASKS = ("video_recon", "audio_recon")
 TEXT_SOURCES = ("video", "audio", "image")
 POOL = 4  # spatial downsampling of stored video/image candidates
 
@@ -77,6 +81,16 @@ def _pooled(modality: str, x: Tensor) -> Tensor:
     elif modality == "image":
         x = F.avg_pool2d(x.float(), POOL)  # (B, 3, S/4, S/4)
     return x.detach().to("cpu", torch.float16)
+
+
+@dataclass
+class _TextTally:
+    """Counts over the windows of one text task, turned into rates at the end."""
+
+    hits: int = 0  # generated tokens equal to the reference's
+    tokens: int = 0  # reference tokens
+    edits: int = 0  # character edits from generated to reference text
+    chars: int = 0  # reference characters
 
 
 class _Sums:
@@ -123,7 +137,7 @@ def evaluate(
     recon = _Sums()
     stored: dict[str, list[Tensor]] = defaultdict(list)
     metas: list[dict[str, Any]] = []
-    text_counts: dict[str, list[int]] = {s: [0, 0, 0, 0] for s in TEXT_SOURCES}
+    tallies = {source: _TextTally() for source in TEXT_SOURCES}
     captions: dict[str, list[Caption]] = {f"{s}_to_text": [] for s in TEXT_SOURCES}
     seen = 0
     try:
@@ -141,60 +155,59 @@ def evaluate(
                 if data is None:
                     continue
                 source, target = task.inputs(data)
-                loss = model(task.source, source, task.target, target=target)["loss"]
+                out = model(task.source, source, task.target, target=target)
                 weight = int(target.ne(0).sum()) if task.target == "text" else len(source)
-                losses.add(task.name, float(loss), weight)
-            for src, tgt in RETRIEVAL_PAIRS:
-                prediction = model(src, batch[src], tgt, target=batch[tgt])["output"]
-                stored[f"{src}_to_{tgt}"].append(_pooled(tgt, prediction))
+                losses.add(task.name, float(out["loss"]), weight)
+                if task.name in RETRIEVAL_TASKS:
+                    stored[task.name].append(_pooled(task.target, out["output"]))
+                elif task.name in RECONSTRUCTION_TASKS:
+                    _reconstruction(task.target, out["output"], target, recon)
+            image = model.reconstruct("image", batch["image"])["output"]  # not a task
+            _reconstruction("image", image, batch["image"], recon)
             for modality in ("audio", "image", "video"):
                 stored[f"real_{modality}"].append(_pooled(modality, batch[modality]))
-            _reconstruction(model, batch, recon)
             if with_text is not None:
-                _transcripts(model, with_text, text, text_counts, captions)
+                _transcripts(model, with_text, text, tallies, captions)
             metas.extend(batch["meta"])
             seen += size
             if progress is not None:
                 progress(seen)
     finally:
         model.train(was_training)
-    metrics = _metrics(seen, losses, recon, stored, metas, text_counts, labels)
+    metrics = _metrics(seen, losses, recon, stored, metas, tallies, labels)
     return EvalReport(metrics, captions)
 
 
-def _reconstruction(model: OmniLatentModel, batch: dict[str, Any], sums: _Sums) -> None:
-    size = len(batch["__key__"])
-    for modality in ("image", "video"):
-        out = model.reconstruct(modality, batch[modality])["output"]
-        sums.add(f"{modality}.psnr", float(psnr(out, batch[modality]).mean()), size)
-    mel = model.reconstruct("audio", batch["audio"])["output"]
-    error = (mel.float() - batch["audio"].float()).abs().mean() * MEL_SCALE
-    sums.add("audio.mel_l1", float(error), size)
+def _reconstruction(modality: str, output: Tensor, target: Tensor, sums: _Sums) -> None:
+    """PSNR of pictures, mean absolute log-mel error of sound, weighted by batch rows."""
+    if modality == "audio":
+        error = (output.float() - target.float()).abs().mean() * MEL_SCALE
+        sums.add("audio.mel_l1", float(error), len(target))
+    else:
+        sums.add(f"{modality}.psnr", float(psnr(output, target).mean()), len(target))
 
 
 def _transcripts(model: OmniLatentModel, batch: dict[str, Any], text: TextCodec,
-                 counts: dict[str, list[int]], captions: dict[str, list[Caption]]) -> None:
+                 tallies: dict[str, _TextTally], captions: dict[str, list[Caption]]) -> None:
     reference = batch["text"]  # (B, L)
     refs = [text.decode(row) for row in reference.cpu()]
     for source in TEXT_SOURCES:
         ids = model.generate_text(source, batch[source], reference.shape[1],
                                   vocab_limit=text.vocab_limit, eos_id=text.eos_id)  # (B, L)
-        hits, total = token_accuracy(ids, reference)
-        edits = chars = 0
+        tally = tallies[source]
+        hits, tokens = token_accuracy(ids, reference)
+        tally.hits, tally.tokens = tally.hits + hits, tally.tokens + tokens
         for row, ref, key, meta in zip(ids.cpu(), refs, batch["__key__"], batch["meta"],
                                        strict=True):
             generated = text.decode(row)
-            e, c = character_errors(generated, ref)
-            edits, chars = edits + e, chars + c
+            edits, chars = character_errors(generated, ref)
+            tally.edits, tally.chars = tally.edits + edits, tally.chars + chars
             captions[f"{source}_to_text"].append(
                 Caption(key, str(meta.get("source", "")), ref, generated))
-        tally = counts[source]
-        tally[0], tally[1] = tally[0] + hits, tally[1] + total
-        tally[2], tally[3] = tally[2] + edits, tally[3] + chars
 
 
 def _metrics(seen: int, losses: _Sums, recon: _Sums, stored: dict[str, list[Tensor]],
-             metas: list[dict[str, Any]], text_counts: dict[str, list[int]],
+             metas: list[dict[str, Any]], tallies: dict[str, _TextTally],
              labels: Callable[[dict[str, Any]], object] | None) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "samples": seen,
@@ -215,11 +228,11 @@ def _metrics(seen: int, losses: _Sums, recon: _Sums, stored: dict[str, list[Tens
         metrics["retrieval"][name] = retrieval_metrics(distances)
         if label_list is not None:
             metrics["retrieval_by_label"][name] = retrieval_metrics(distances, label_list)
-    for source, (hits, total, edits, chars) in text_counts.items():
-        if total:
+    for source, tally in tallies.items():
+        if tally.tokens:
             metrics["text"][f"{source}_to_text"] = {
-                "token_accuracy": hits / total, "cer": edits / max(chars, 1),
-                "tokens": total}
+                "token_accuracy": tally.hits / tally.tokens,
+                "cer": tally.edits / max(tally.chars, 1), "tokens": tally.tokens}
     for name, value in recon.means().items():
         modality, metric = name.split(".")
         metrics["reconstruction"].setdefault(modality, {})[metric] = value
@@ -246,11 +259,13 @@ def eval_loader(shards: str, text: TextCodec, max_text_len: int, batch_size: int
                               shuffle_buffer=0, num_workers=0, epochs=1, split=split)
 
 
-def check_shards_fit(shards: str, split: Split | None, model: OmniLatentModel) -> None:
-    """Refuse shards whose sizes (frames, image, mel) differ from the model's, naming them."""
-    expected = resolve_shards(shards, split=split).expected
-    if expected is not None:
-        check_data_fits_model(expected, model.config)
+def check_shards_fit(shards: str, split: Split | None, model: OmniLatentModel) -> ShardSet:
+    """The shards to evaluate on; refused when their sizes (frames, image, mel) differ from
+    the model's, naming them."""
+    resolved = resolve_shards(shards, split=split)
+    if resolved.expected is not None:
+        check_data_fits_model(resolved.expected, model.config)
+    return resolved
 
 
 def shard_evaluator(shards: str, text: TextCodec, max_text_len: int, batch_size: int,

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -81,9 +80,3 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu",
     model.to(device).eval()
     return TrainedModel(folder, int(state["step"]), model, card, codec_for(card))
 
-
-def describe(trained: TrainedModel) -> dict[str, Any]:
-    """A short summary for display: where, step, size, tokenizer, hooks."""
-    return {"checkpoint": str(trained.path), "step": trained.step,
-            "parameters": trained.model.num_parameters(), "tokenizer": trained.card.tokenizer,
-            "hooks": list(trained.model.hooks)}

@@ -155,20 +155,20 @@ class TargetDecoder(nn.Module):
         )
         self.norm = RMSNorm(d, cfg.norm_eps)
 
-    def queries(self, modality: str, grid: tuple[int, ...], batch: int,
-                device: torch.device) -> Tensor:
-        """(B, L, D): target embedding + position on the target's grid, L = prod(grid)."""
+    def queries(self, modality: str, grid: tuple[int, ...], memory: Tensor) -> Tensor:
+        """(B, L, D): target embedding + position on the target's grid (L = prod(grid)) + the
+        target token's reading of the source (memory[:, 0])."""
         index = MODALITIES.index(modality)
-        pos = self.position[modality](grid_features(grid, device))  # (L, D)
-        return (pos + self.target_embed.weight[index]).unsqueeze(0).expand(batch, -1, -1)
+        pos = self.position[modality](grid_features(grid, memory.device))  # (L, D)
+        fixed = pos + self.target_embed.weight[index]  # (L, D)
+        return fixed.unsqueeze(0) + self.summary(memory[:, 0])[:, None, :]  # (B, L, D)
 
     def forward(self, memory: Tensor, modality: str, grid: tuple[int, ...],
                 mask: Tensor | None = None, previous: Tensor | None = None) -> Tensor:
         """memory: (B, S, D) backbone output; mask: (B, 1, 1, S) keep-mask or None;
         previous: (B, L, D) embeddings of the tokens before each text position (teacher
         forcing or generation so far), required for autoregressive text."""
-        q = self.queries(modality, grid, memory.shape[0], memory.device)  # (B, L, D)
-        q = q + self.summary(memory[:, 0])[:, None, :]  # the target token's reading of the source
+        q = self.queries(modality, grid, memory)  # (B, L, D)
         causal = modality == "text" and self.autoregressive_text
         if causal:
             if previous is None:
@@ -180,8 +180,7 @@ class TargetDecoder(nn.Module):
 
     def start_text(self, memory: Tensor, length: int) -> TextState:
         """State for generating up to ``length`` text positions from ``memory`` (B, S, D)."""
-        queries = self.queries("text", (length,), memory.shape[0], memory.device)  # (B, L, D)
-        queries = queries + self.summary(memory[:, 0])[:, None, :]
+        queries = self.queries("text", (length,), memory)  # (B, L, D)
         caches = []
         for block in self.blocks:
             k, v = block.cross_attn.keys_values(block.memory_norm(memory))

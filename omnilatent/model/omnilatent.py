@@ -337,10 +337,9 @@ class OmniLatentModel(nn.Module):
         """
         hidden, keep, _, _ = self._run_backbone({source_modality: source}, "text")
         mask = None if keep is None else keep[:, None, None, :]
-        logits, ids = self._text_logits(hidden, mask, max_length, None, vocab_limit, eos_id)
-        if ids is None:  # parallel decoding: greedy per position, then cut at EOS
-            ids = _greedy(logits, vocab_limit)
-        if eos_id is not None:
+        _, ids = self._text_logits(hidden, mask, max_length, None, vocab_limit, eos_id)
+        assert ids is not None  # without a target, _text_logits always chooses ids
+        if eos_id is not None:  # parallel decoding chooses every position: cut at EOS
             ended = (ids == eos_id).long().cumsum(dim=1) - (ids == eos_id).long()  # (B, L)
             ids = ids.masked_fill(ended > 0, PAD_ID)
         return ids
