@@ -1,8 +1,8 @@
 """Train on a folder of raw videos without preparing shards first.
 
-Each video goes through exactly the functions `omni prepare` uses (probe, transcript lookup,
-windowing, log-mel, transcript alignment: `pipeline.decode`, `pipeline.transcripts`,
-`pipeline.sample`), and each sample becomes tensors through the shard loader's own
+Each video goes through exactly the functions `omni prepare` uses (probe, then
+`pipeline.sample.video_context` for the transcript and where untimed words go, windowing,
+log-mel, transcript alignment), and each sample becomes tensors through the shard loader's own
 `to_tensors` and `collate`, so a batch from here equals one from the prepared shards except for
 the JPEG/H.264 compression the shards add.
 
@@ -27,10 +27,10 @@ from pipeline.decode import iter_windows, probe
 from pipeline.discover import VideoSource, discover_videos
 from pipeline.errors import PipelineError
 from pipeline.loader import collate, to_tensors
-from pipeline.sample import NO_TRANSCRIPT, VideoContext, sample_fields
+from pipeline.sample import sample_fields, video_context
 from pipeline.schema import MEMBER_IMAGE, MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT, clip_member
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer
-from pipeline.transcripts import find_transcript, sidecar_path
+from pipeline.transcripts import sidecar_path
 
 collate_video_watching = collate
 """Batches in the shard loader's format: video (B,3,T,H,W) and image in [-1, 1], audio
@@ -99,13 +99,8 @@ class VideoWatchingDataset(IterableDataset):
 
     def video_samples(self, source: VideoSource) -> Iterator[dict[str, Any]]:
         """Decoded members of each window of one video, as the shard loader would yield."""
-        info = probe(source.path, self.prepare)
-        try:
-            transcript = find_transcript(source.path)
-        except PipelineError:
-            transcript = NO_TRANSCRIPT  # a broken transcript costs the text, not the video
-        context, _ = VideoContext.for_video(source, info.rotation, info.has_audio, transcript,
-                                            info.duration_hint, clip_encoding="npy")
+        context = video_context(source, probe(source.path, self.prepare),
+                                clip_encoding="npy").context
         for window in iter_windows(source.path, self.prepare):
             f = sample_fields(window, context, self.prepare)
             yield {"__key__": f.key, MEMBER_JSON: f.meta.to_dict(), MEMBER_MEL: f.mel,
