@@ -202,3 +202,14 @@ def test_hooks_are_not_shared_between_models() -> None:
     a, b = OmniLatentModel(cfg), OmniLatentModel(cfg)
     a.register_hook(LatentNeuralHook("h", 1, 32, [0]))
     assert len(b.hooks) == 0
+
+
+def test_a_hook_takes_the_models_dtype_when_registered(tiny_model, tiny_config) -> None:
+    tiny_model.to(torch.bfloat16).eval()
+    hook = tiny_model.register_hook(LatentNeuralHook("h", 4, tiny_config.hidden_dim, [0]))
+    assert {p.dtype for p in hook.parameters()} == {torch.bfloat16}
+    x = {name: value.to(torch.bfloat16) if value.is_floating_point() else value
+         for name, value in make_inputs(tiny_config).items()}
+    with torch.no_grad():
+        out = _out(tiny_model, x)["output"]
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()

@@ -98,8 +98,10 @@ class OmniLatentModel(nn.Module):
             )
         if hook.name in self.hooks:
             raise HookError(f"a hook named {hook.name!r} is already registered; remove it first")
+        # The hook's tokens join the residual stream, so they must share its device and dtype
+        # (a bf16 model with an fp32 hook would fail in attention, or upcast silently).
         param = next(self.parameters())
-        self.hooks[hook.name] = hook.to(device=param.device)
+        self.hooks[hook.name] = hook.to(device=param.device, dtype=param.dtype)
         return hook
 
     def remove_hook(self, name: str) -> LatentNeuralHook:
