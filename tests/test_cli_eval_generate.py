@@ -87,6 +87,8 @@ def test_checkpoint_is_self_describing(trained_run) -> None:
     assert trained.step == 4 and trained.card.tokenizer == "byte"
     assert trained.data_config == PREP
     assert trained.model.config.vocab_size == BYTE_VOCAB_SIZE  # sized to the tokenizer
+    # a file inside a checkpoint names that checkpoint (issue 9)
+    assert load_trained(trained_run / "step-00000002" / "training.pt").step == 2
 
 
 def test_eval_json_has_every_documented_key(world, trained_run) -> None:

@@ -22,6 +22,7 @@ from omnilatent.model.hooks import LatentNeuralHook
 from omnilatent.training.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
+    checkpoint_dir,
     find_latest_checkpoint,
     verify_checkpoint,
 )
@@ -48,9 +49,10 @@ class TrainedModel:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder itself, or the newest complete checkpoint of a save dir."""
-    if (path / STATE_FILE).is_file():
-        return path
+    """A checkpoint folder itself (or the one holding a file named by `path`), or the newest
+    complete checkpoint of a save dir."""
+    if path.is_file() or (path / STATE_FILE).is_file():
+        return checkpoint_dir(path)
     search = find_latest_checkpoint(path)
     if search.latest is None:
         reasons = "; ".join(f"{p.name}: {why}" for p, why in search.skipped)

@@ -1,13 +1,18 @@
 """Checkpoint directories: written under a temporary name, renamed when complete, verified
-on load.
+on load; pruning deletes only verified checkpoints older than the ones it keeps.
 
 Layout of ``SAVE_DIR/step-00000030/``:
   model.safetensors   model weights (hooks included)
   training.pt         optimizer, scheduler and GradScaler state (torch.load weights_only=True)
   tokenizer.model     the SentencePiece model, when the run used one (see inference/card.py)
-  state.json          step, configs, card, RNG states, data position, and the size and
+  state.json          format, step, configs, card, RNG states, data position, the size and
                       SHA-256 of every file above, so truncation or corruption is detected,
-                      not loaded.
+                      not loaded, and ``state_sha256``: the SHA-256 of state.json's own
+                      canonical JSON without that key, so a hand-edited or damaged state.json
+                      is refused with a reason instead of crashing a resume half-way.
+
+Format 3 added ``state_sha256``; format 2 checkpoints (the same layout, written before it) are
+still read, their state.json checked against the schema only.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +33,47 @@ from safetensors.torch import load_file, save_file
 from omnilatent.errors import CheckpointError
 
 # 2: target decoder with position queries (replacing the sequence adapter), and a card.
-FORMAT_VERSION = 2
+# 3: state.json carries state_sha256 (same layout, so format 2 is still read).
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)
+MAX_STEP = 99_999_999  # the folder name holds 8 digits
 MODEL_FILE = "model.safetensors"
 TRAINING_FILE = "training.pt"
 STATE_FILE = "state.json"
+STATE_HASH_KEY = "state_sha256"
 REQUIRED_FILES = frozenset({MODEL_FILE, TRAINING_FILE})
 OPTIONAL_FILES = frozenset({"tokenizer.model"})
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_RESERVED_KEYS = frozenset({"format", "step", "files", STATE_HASH_KEY})
+_STEP_DIR = re.compile(r"step-([0-9]{8})")  # used with fullmatch: no Unicode digits, no "\n"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+# A check a caller adds to verification (e.g. the trainer's own state.json keys): it raises
+# CheckpointError saying why the checkpoint at the path, with that state, is unusable.
+StateCheck = Callable[[Path, dict[str, Any]], None]
 
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    """A JSON value for an error message, cut short: a hostile file may hold megabytes."""
+    try:
+        text = json.dumps(value)
+    except RecursionError:
+        text = f"a {type(value).__name__} nested too deep"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _state_hash(state: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``state`` without its own hash (ValueError on NaN)."""
+    body = {key: value for key, value in state.items() if key != STATE_HASH_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -69,8 +105,24 @@ def save_checkpoint(
     ``extra_files`` (name in the checkpoint -> source, names from ``OPTIONAL_FILES``) are
     copied in and hashed like the rest. Everything goes into ``.tmp-step-…`` first; the
     directory is renamed only after every file is flushed, so a crash leaves either no
-    checkpoint or a complete one.
+    checkpoint or a complete one. ``state`` must be plain JSON (no NaN): state.json records
+    the SHA-256 of its canonical form, which readers recompute.
     """
+    if not _is_int(step) or not 0 <= step <= MAX_STEP:
+        raise CheckpointError(f"cannot save a checkpoint at step {step!r}: the step must be an "
+                              f"integer from 0 to {MAX_STEP} (the folder name has 8 digits)")
+    reserved = sorted(_RESERVED_KEYS & set(state))
+    if reserved:
+        raise CheckpointError(f"the checkpoint state must not set {', '.join(reserved)}: "
+                              "save_checkpoint writes these itself")
+    try:  # as a reader will see it: tuples become lists, keys strings
+        body = json.loads(json.dumps(state, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint state is not plain JSON ({exc})") from exc
+    extra = dict(extra_files or {})
+    unknown = sorted(set(extra) - OPTIONAL_FILES)
+    if unknown:
+        raise CheckpointError(f"unknown checkpoint file name(s): {', '.join(unknown)}")
     save_dir.mkdir(parents=True, exist_ok=True)
     final = save_dir / step_dir_name(step)
     for stale in save_dir.glob(".tmp-step-*"):  # left by a run killed while saving
@@ -80,18 +132,15 @@ def save_checkpoint(
     tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
     save_file(tensors, str(tmp / MODEL_FILE))
     torch.save(training_state, tmp / TRAINING_FILE)
-    extra = dict(extra_files or {})
-    unknown = sorted(set(extra) - OPTIONAL_FILES)
-    if unknown:
-        raise CheckpointError(f"unknown checkpoint file name(s): {', '.join(unknown)}")
     for name, source in extra.items():
         shutil.copyfile(source, tmp / name)
     files = {}
     for name in (MODEL_FILE, TRAINING_FILE, *sorted(extra)):
         _fsync(tmp / name)
         files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-    full_state = {"format": FORMAT_VERSION, "step": step, **state, "files": files}
-    (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1))
+    full_state = {"format": FORMAT_VERSION, "step": step, **body, "files": files}
+    full_state[STATE_HASH_KEY] = _state_hash(full_state)
+    (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1), encoding="utf-8")
     _fsync(tmp / STATE_FILE)
     if final.exists():
         shutil.rmtree(final)
@@ -100,39 +149,98 @@ def save_checkpoint(
     return final
 
 
-def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """Return the checkpoint's state.json after checking every file; raise CheckpointError."""
+def _read_state(path: Path) -> dict[str, Any]:
+    """state.json of the checkpoint folder ``path``, checked against the generic schema (and,
+    from format 3, its own hash); whatever is wrong becomes a CheckpointError saying what."""
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint directory")
-    state_path = path / STATE_FILE
     try:
-        state = json.loads(state_path.read_text())
+        state = json.loads((path / STATE_FILE).read_bytes())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: {STATE_FILE} is missing (partial checkpoint)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: {STATE_FILE} is a directory, not a file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read {STATE_FILE} ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, nesting
         raise CheckpointError(f"{path}: {STATE_FILE} is not valid JSON ({exc})") from exc
-    if state.get("format") != FORMAT_VERSION:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: {STATE_FILE} must hold a JSON object, not {_shown(state)}")
+    for key in ("format", "step", "files"):
+        if key not in state:
+            raise CheckpointError(f"{path}: {STATE_FILE} has no {key!r} (it was edited or "
+                                  "corrupted, or not written by omni)")
+    fmt = state["format"]
+    if not _is_int(fmt) or fmt not in READABLE_FORMATS:
         raise CheckpointError(
-            f"{path}: checkpoint format {state.get('format')!r} is not supported "
-            f"(this omni reads format {FORMAT_VERSION}; the model changed since it was "
+            f"{path}: checkpoint format {_shown(fmt)} is not supported (this omni reads formats "
+            f"{' and '.join(map(str, READABLE_FORMATS))}; the model changed since it was "
             "written: retrain, or use the omni version that wrote it)"
         )
-    for name, meta in state.get("files", {}).items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{path}: {name} is missing (partial checkpoint)")
-        size = file.stat().st_size
-        if size != meta["bytes"]:
-            raise CheckpointError(
-                f"{path}: {name} has {size} bytes, state.json says {meta['bytes']} (truncated?)"
-            )
-        if _sha256(file) != meta["sha256"]:
-            raise CheckpointError(f"{path}: {name} does not match its recorded SHA-256 (corrupt)")
-    listed = set(state.get("files", {}))
+    step = state["step"]
+    if not _is_int(step) or not 0 <= step <= MAX_STEP:
+        raise CheckpointError(f"{path}: {STATE_FILE} step must be an integer from 0 to "
+                              f"{MAX_STEP}, not {_shown(step)}")
+    named = _STEP_DIR.fullmatch(path.name)
+    if named and int(named.group(1)) != step:
+        raise CheckpointError(f"{path}: {STATE_FILE} says step {step} but the folder is "
+                              f"{path.name} (edited, or copied into the wrong folder?)")
+    files = state["files"]
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{path}: {STATE_FILE} 'files' must be an object of file name "
+                              f"-> size and hash, not {_shown(files)}")
+    listed = set(files)
     if not REQUIRED_FILES <= listed or not listed <= REQUIRED_FILES | OPTIONAL_FILES:
         raise CheckpointError(f"{path}: state.json must list {MODEL_FILE} and {TRAINING_FILE} "
                               f"(and optionally {', '.join(sorted(OPTIONAL_FILES))}), "
                               f"not {', '.join(sorted(listed)) or 'nothing'}")
+    for name, meta in files.items():
+        if not (isinstance(meta, dict) and _is_int(meta.get("bytes")) and meta["bytes"] >= 0
+                and isinstance(meta.get("sha256"), str) and _SHA256_HEX.fullmatch(meta["sha256"])):
+            raise CheckpointError(f"{path}: {STATE_FILE} entry of {name} must be "
+                                  '{"bytes": a size >= 0, "sha256": 64 lowercase hex digits}, '
+                                  f"not {_shown(meta)}")
+    if fmt >= 3:
+        recorded = state.get(STATE_HASH_KEY)
+        try:
+            actual = _state_hash(state)
+        except (ValueError, RecursionError):  # NaN or Infinity: never written by omni
+            actual = None
+        if recorded != actual:
+            raise CheckpointError(f"{path}: {STATE_FILE} was edited or corrupted (its content "
+                                  f"does not match its {STATE_HASH_KEY})")
+    elif STATE_HASH_KEY in state:
+        raise CheckpointError(f"{path}: {STATE_FILE} was edited or corrupted (it says format "
+                              f"{fmt}, which has no {STATE_HASH_KEY}, yet carries one)")
+    return state
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Return the checkpoint's state.json after checking it and the size and SHA-256 of every
+    file it lists.
+
+    Anything wrong (a partial folder, a truncated or corrupt file, a state.json that is not
+    what save_checkpoint wrote) is a CheckpointError naming the problem, never another
+    exception, so a search can skip the checkpoint and say why. Only the generic schema is
+    checked; the trainer's own keys are checked by the ``check`` of find_latest_checkpoint.
+    """
+    state = _read_state(path)
+    files = state["files"]
+    try:
+        for name, meta in files.items():  # sizes first: a partial copy costs no hashing
+            file = path / name
+            if not file.is_file():
+                raise CheckpointError(f"{path}: {name} is missing (partial checkpoint)")
+            size = file.stat().st_size
+            if size != meta["bytes"]:
+                raise CheckpointError(f"{path}: {name} has {size} bytes, state.json says "
+                                      f"{meta['bytes']} (truncated?)")
+        for name, meta in files.items():
+            if _sha256(path / name) != meta["sha256"]:
+                raise CheckpointError(f"{path}: {name} does not match its recorded SHA-256 "
+                                      "(corrupt)")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint's files ({exc})") from exc
     return state
 
 
@@ -169,18 +277,42 @@ def list_checkpoints(save_dir: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for entry in save_dir.iterdir():
-        match = _STEP_DIR.match(entry.name)
+        match = _STEP_DIR.fullmatch(entry.name)
         if match and entry.is_dir():
             found.append((int(match.group(1)), entry))
     return sorted(found, reverse=True)
 
 
-def find_latest_checkpoint(save_dir: Path) -> CheckpointSearch:
-    """Newest checkpoint that verifies; corrupt or partial ones are reported, never loaded."""
+def _looks_like_checkpoint(folder: Path) -> bool:
+    return (folder / STATE_FILE).exists() or _STEP_DIR.fullmatch(folder.name) is not None
+
+
+def checkpoint_dir(path: Path) -> Path:
+    """The checkpoint folder ``path`` names: the folder itself, or the one holding the file
+    ``path`` points at (``SAVE_DIR/step-00000010/training.pt``), since a user may pass
+    either. The folder is not verified here; CheckpointError when ``path`` is neither."""
+    if path.is_dir() and _looks_like_checkpoint(path):
+        return path
+    if path.exists() and not path.is_dir() and _looks_like_checkpoint(path.parent):
+        return path.parent
+    why = "it does not exist" if not path.exists() else (
+        f"a checkpoint folder holds {STATE_FILE} and is named like {step_dir_name(100)}")
+    raise CheckpointError(f"{path} is neither a checkpoint folder nor a file in one ({why})")
+
+
+def _check_usable(path: Path, check: StateCheck | None) -> None:
+    state = verify_checkpoint(path)
+    if check is not None:
+        check(path, state)
+
+
+def find_latest_checkpoint(save_dir: Path, check: StateCheck | None = None) -> CheckpointSearch:
+    """Newest checkpoint that verifies and passes ``check``; the newer ones (corrupt, partial,
+    or refused by ``check``) are reported with the reason, never loaded."""
     search = CheckpointSearch(latest=None)
     for _, path in list_checkpoints(save_dir):
         try:
-            verify_checkpoint(path)
+            _check_usable(path, check)
         except CheckpointError as exc:
             search.skipped.append((path, str(exc)))
             continue
@@ -189,12 +321,35 @@ def find_latest_checkpoint(save_dir: Path) -> CheckpointSearch:
     return search
 
 
-def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints (0 keeps all); return the removed."""
+def prune_checkpoints(save_dir: Path, keep_last: int, *, keep: Path | None = None,
+                      check: StateCheck | None = None) -> list[Path]:
+    """Keep the newest ``keep_last`` usable checkpoints, delete older usable ones (0 keeps
+    all); return the removed.
+
+    Usable means it verifies and passes ``check``. A partial or corrupt folder is neither
+    counted (else it could push the last good checkpoint out) nor deleted (someone may want
+    to look at it). ``keep``, the checkpoint just written, is trusted without re-hashing,
+    never deleted, and counts as one of the kept wherever its step falls.
+    """
     if keep_last <= 0:
         return []
-    removed = []
-    for _, path in list_checkpoints(save_dir)[keep_last:]:
-        shutil.rmtree(path)
-        removed.append(path)
+    kept_path = None if keep is None else keep.resolve()
+    kept, removed = 0, []
+    for _, path in list_checkpoints(save_dir):
+        if path.resolve() == kept_path:
+            kept += 1
+            continue
+        try:
+            _check_usable(path, check)
+        except CheckpointError:
+            continue
+        if kept < keep_last:
+            kept += 1
+        elif not path.is_symlink():  # a link to a checkpoint elsewhere is not ours to delete
+            try:
+                shutil.rmtree(path)
+            except OSError as exc:
+                raise CheckpointError(f"cannot delete the old checkpoint {path} ({exc}); "
+                                      "delete it by hand or pass a larger keep_last") from exc
+            removed.append(path)
     return removed
