@@ -2,13 +2,16 @@
 
 The reading happens in `pipeline.inspect`; this module picks what to run from the options,
 draws the progress bars and renders the results as tables or, with `--json`, as one JSON
-document on stdout (nothing else is printed there). Exit status: 0 when all went well, 1 when
-`--verify` found a problem or PATH is unusable, 2 for bad usage.
+document on stdout (nothing else is printed there; strict JSON: a NaN or infinity read from
+a manifest or a sample is null). Exit status: 0 when all went well, 1 when `--verify` found a
+problem, a shard is missing or unreadable (README.md, random bytes, a compressed tar), PATH
+holds no sample or is unusable, 2 for bad usage.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -101,6 +104,33 @@ def _with_bar(step: Callable[[ProgressFn | None], T], description: str, target: 
     )
     with progress:
         return step(_Bar(progress, description, target.shard_bytes()))
+
+
+def _strict_json(value: Any) -> Any:
+    """`value` with every NaN and infinity replaced by None: strict JSON parsers reject them,
+    and a manifest or a sample's json may hold them (Python's json module reads them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
+def _incomplete(summary: Summary) -> CLIError | None:
+    """The error for a summary that read nothing or not everything, which must not pass for a
+    clean one (exit 0 with a table of zeros); None when every shard was read."""
+    damaged = [entry for entry in summary.shards if entry.error is not None]
+    if damaged:
+        return CLIError(f"{len(damaged)} of {_count(len(summary.shards), 'shard')} missing or "
+                        f"unreadable (listed above), so the numbers are incomplete",
+                        hint="omni inspect reads the plain .tar shards omni prepare writes; "
+                             "--verify says what is wrong with each")
+    if summary.samples == 0:
+        return CLIError(f"{summary.target.path} holds no samples",
+                        hint="pass a folder written by omni prepare, or its .tar shards")
+    return None
 
 
 def _count(number: int, noun: str) -> str:
@@ -344,8 +374,14 @@ def inspect_command(
             if show:
                 _render_export(exported, export)
         if json_output:
-            console.out(json.dumps(document, ensure_ascii=True), highlight=False)
+            console.out(json.dumps(_strict_json(document), ensure_ascii=True, allow_nan=False),
+                        highlight=False)
         if result is not None and not result.ok:
             raise typer.Exit(EXIT_ERROR)
+        incomplete = _incomplete(summary)
+        if incomplete is not None:
+            if json_output:  # the document says it; stdout holds nothing else
+                raise typer.Exit(EXIT_ERROR)
+            raise incomplete
 
     run_command(body)

@@ -9,16 +9,19 @@ What `omni inspect` runs, as a library (it returns dataclasses and never prints)
   seeks past the media members, so it costs a small fraction of a full read; the first few
   samples are decoded for member dtypes and shapes.
 - `verify`: every member of every sample decoded with `schema.decode_sample` (nothing is ever
-  unpickled; unknown or unsafe members are problems) and checked with `schema.validate_sample`
-  against the prepare config; sample counts and sizes against the manifest, shard by shard,
-  per split and in total; keys duplicated anywhere in the set (both splits together: a video
-  is in one split only); unreadable and truncated tars. Shards can be verified in parallel
-  processes.
+  unpickled; unknown or unsafe members are problems, never read) and checked with
+  `schema.validate_sample` against the prepare config; sample counts and sizes against the
+  manifest, shard by shard, per split and in total; keys duplicated anywhere in the set (both
+  splits together: a video is in one split only); unreadable and truncated tars. Shards can be
+  verified in parallel processes.
 - `list_samples` / `export_samples`: the first samples as text, or as files a person can open
   (frame PNG, clip GIF and contact sheet, mel PNG, transcript).
 
 Samples are grouped the way webdataset groups them (consecutive members sharing the name up to
-the first dot of the base name), so inspect sees exactly what the loader sees.
+the first dot of the base name), so inspect sees exactly what the loader sees. It reads them
+the way the loader does too: as plain local tars, each member's declared size checked against
+`schema.member_cap` before it is read, media decoded by the same size-checking decoder, and of
+a prepared folder only the shards inside it (`pipeline.manifest.listed_shard_path`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from PIL import Image
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.manifest import Manifest, Totals, read_manifest, split_totals
+from pipeline.manifest import Manifest, Totals, listed_shard_path, read_manifest, split_totals
 from pipeline.outdir import MANIFEST_NAME, OutputDir
 from pipeline.schema import (
     CLIP_PREFIX,
@@ -55,10 +58,17 @@ from pipeline.schema import (
     decode_sample,
     expected_from_config,
     expected_from_meta,
+    oversized_member,
     validate_sample,
 )
 from pipeline.shards import shard_split
-from pipeline.shardset import SHARD_GLOB, URL_SCHEME, resolve_shards, split_member_name
+from pipeline.shardset import (
+    SHARD_GLOB,
+    URL_SCHEME,
+    resolve_shards,
+    shards_on_disk,
+    split_member_name,
+)
 from pipeline.split import SPLITS, TRAIN, Split
 from pipeline.worker import FAILED, SKIPPED
 
@@ -216,7 +226,7 @@ def _from_manifest(folder: Path, manifest: Manifest) -> Target:
 
 def _from_stats(folder: Path) -> Target:
     out = OutputDir(folder)
-    shards = [str(path) for path in sorted(folder.glob(SHARD_GLOB))]
+    shards = [str(path) for path in shards_on_disk(folder)]
     units = out.stats_units()
     if not shards and not units:
         raise ConfigError(f"{folder} holds neither {MANIFEST_NAME} nor {SHARD_GLOB}; pass a "
@@ -232,9 +242,11 @@ def _from_stats(folder: Path) -> Target:
         videos += stats.videos
         infos += stats.shards
         configs.append(stats.fingerprint)
-        target.expected.update({str(folder / info.path): ShardExpectation(info.samples, info.bytes,
-                                                                          info.split)
-                                for info in stats.shards})
+        source = out.stats_path(unit)
+        target.expected.update({
+            listed_shard_path(folder, info.path, source): ShardExpectation(info.samples,
+                                                                           info.bytes, info.split)
+            for info in stats.shards})
     recorded = (f"counts are checked against the stats files of {len(configs)} finished "
                 f"unit(s)" if configs else "there are no stats files either (shards copied "
                 "without them?), so there are no recorded counts to check against")
@@ -273,24 +285,36 @@ def _from_stats(folder: Path) -> Target:
 class RawSample:
     """One sample's members as bytes, grouped like webdataset groups them.
 
-    `names` lists every member type in tar order, read or not; `members` holds the bytes of
-    those that were asked for. `end` is the byte offset just past the sample's last member.
+    `names` lists every member type in tar order, read or not, and `sizes` the bytes each
+    declares; `members` holds the bytes of those that were asked for, are schema members and
+    are within their cap; `too_large` says which ones were over it (left unread). `end` is the
+    byte offset just past the sample's last member.
     """
 
     key: str
     names: list[str]
     members: dict[str, bytes]
     end: int
+    sizes: dict[str, int] = field(default_factory=dict)
+    too_large: list[str] = field(default_factory=list)  # why, per member over its cap
 
     @property
     def duplicates(self) -> list[str]:
         return sorted({name for name in self.names if self.names.count(name) > 1})
 
+    def for_decoding(self) -> dict[str, bytes | None]:
+        """The members as `schema.decode_sample` takes them: the bytes that were read, and
+        every other member by name only (None), so that it is dropped undecoded."""
+        return {name: self.members.get(name) for name in self.names}
 
-def iter_raw_samples(path: str, read: Callable[[str], bool]) -> Iterator[RawSample]:
+
+def iter_raw_samples(path: str, read: Callable[[str], bool],
+                     sample_format: dict[str, Any] | None = None) -> Iterator[RawSample]:
     """The samples of the shard at `path`, in order, with the bytes of the members `read` wants.
 
-    Members that are not wanted are skipped by seeking, not read. Raises ShardReadError after
+    Only schema members are ever read, and only within `schema.member_cap` of `sample_format`
+    (the shard set's sizes, when known); the rest are skipped by seeking, not read. Only plain
+    tars are read: a compressed one is unreadable. Raises ShardReadError after
     the last complete sample when the tar cannot be read to its end, including a tar cut
     short at a member boundary (tarfile reads that as a clean end; its missing end-of-archive
     blocks give it away). The sample being read when the damage showed is not yielded.
@@ -311,9 +335,14 @@ def iter_raw_samples(path: str, read: Callable[[str], bool]) -> Iterator[RawSamp
                 if current is None:
                     current = RawSample(prefix, [], {}, 0)
                 current.names.append(suffix)
-                if read(suffix):
-                    extracted = tar.extractfile(info)
-                    current.members[suffix] = extracted.read() if extracted else b""
+                current.sizes[suffix] = info.size
+                if read(suffix) and suffix in SCHEMA_MEMBERS:
+                    reason = oversized_member(suffix, info.size, sample_format)
+                    if reason is not None:
+                        current.too_large.append(reason)
+                    else:
+                        extracted = tar.extractfile(info)
+                        current.members[suffix] = extracted.read() if extracted else b""
                 current.end = info.offset_data + info.size
             # After the last member tarfile's offset is where the end-of-archive blocks start.
             handle.seek(tar.offset)
@@ -324,7 +353,7 @@ def iter_raw_samples(path: str, read: Callable[[str], bool]) -> Iterator[RawSamp
                                            f"copy or write)")
     except (OSError, tarfile.TarError) as err:
         raise ShardReadError(path, f"unreadable {_where(current)}: {type(err).__name__}: "
-                                   f"{err}") from err
+                                   f"{err} (shards are plain, uncompressed tars)") from err
     if current is not None:
         yield current
 
@@ -501,9 +530,12 @@ def _probe_members(target: Target) -> list[MemberInfo]:
     """Member dtypes and shapes from the first PROBE_SAMPLES samples that decode."""
     found: dict[str, list[Any]] = {}  # name -> [kind, dtype, shape, total bytes, count]
     decoded_samples = 0
-    for raw in _iter_all(target, lambda name: True):
+    sample_format = target.sample_format
+    for raw in _iter_all(target, lambda name: True, sample_format):
+        if raw.too_large:
+            continue
         try:
-            sample, dropped = decode_sample(raw.members)
+            sample, dropped = decode_sample(raw.for_decoding(), sample_format)
         except CorruptMemberError:
             continue
         for name in dropped:
@@ -516,7 +548,7 @@ def _probe_members(target: Target) -> list[MemberInfo]:
                 kind = "str"
             found.setdefault(name, [kind, dtype, shape, 0, 0])
         for name in {*sample, *dropped}:
-            found[name][3] += len(raw.members[name])
+            found[name][3] += raw.sizes[name]
             found[name][4] += 1
         decoded_samples += 1
         if decoded_samples == PROBE_SAMPLES:
@@ -527,14 +559,15 @@ def _probe_members(target: Target) -> list[MemberInfo]:
             in sorted(found.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))]
 
 
-def _iter_all(target: Target, read: Callable[[str], bool]) -> Iterator[RawSample]:
+def _iter_all(target: Target, read: Callable[[str], bool],
+              sample_format: dict[str, Any] | None = None) -> Iterator[RawSample]:
     """Samples of every readable shard in order; damaged shards end early, missing are skipped
     (`summarize` and `verify` report both)."""
     for path in target.shards:
         if not os.path.isfile(path):
             continue
         try:
-            yield from iter_raw_samples(path, read)
+            yield from iter_raw_samples(path, read, sample_format)
         except ShardReadError:
             continue
 
@@ -603,20 +636,28 @@ def export_samples(target: Target, out_dir: str | os.PathLike[str],
     used: set[str] = set()
     if count <= 0:
         return exported
-    for raw in _iter_all(target, lambda name: True):
-        stem = _file_stem(raw.key, used)
-        try:
-            sample, _ = decode_sample(raw.members)
-            meta = SampleMeta.from_dict(sample[MEMBER_JSON])
-            clip = next(value for name, value in sample.items() if name.startswith(CLIP_PREFIX))
-            files = _write_files(folder, stem, meta, sample[MEMBER_IMAGE], clip,
-                                 sample[MEMBER_MEL], sample[MEMBER_TEXT])
-            exported.append(ExportedSample(raw.key, files))
-        except (CorruptMemberError, KeyError, ValueError, TypeError, StopIteration) as err:
-            exported.append(ExportedSample(raw.key, {}, f"{type(err).__name__}: {err}"))
+    sample_format = target.sample_format
+    for raw in _iter_all(target, lambda name: True, sample_format):
+        exported.append(_export(raw, folder, _file_stem(raw.key, used), sample_format))
         if len(exported) == count:
             break
     return exported
+
+
+def _export(raw: RawSample, folder: Path, stem: str,
+            sample_format: dict[str, Any] | None) -> ExportedSample:
+    """One sample's files, decoded as the loader decodes it (sizes checked first)."""
+    if raw.too_large:
+        return ExportedSample(raw.key, {}, "; ".join(raw.too_large))
+    try:
+        sample, _ = decode_sample(raw.for_decoding(), sample_format)
+        meta = SampleMeta.from_dict(sample[MEMBER_JSON])
+        clip = next(value for name, value in sample.items() if name.startswith(CLIP_PREFIX))
+        files = _write_files(folder, stem, meta, sample[MEMBER_IMAGE], clip,
+                             sample[MEMBER_MEL], sample[MEMBER_TEXT])
+    except (CorruptMemberError, KeyError, ValueError, TypeError, StopIteration) as err:
+        return ExportedSample(raw.key, {}, f"{type(err).__name__}: {err}")
+    return ExportedSample(raw.key, files)
 
 
 def _file_stem(key: str, used: set[str]) -> str:
@@ -745,10 +786,13 @@ class _Problems:
 
 def sample_problems(raw: RawSample, sample_format: dict[str, Any] | None,
                     clip_encoding: str | None) -> list[str]:
-    """Everything wrong with one raw sample whose members were all read."""
+    """Everything wrong with one raw sample whose members were all asked for."""
     problems = [f"member {name!r} appears twice" for name in raw.duplicates]
+    if raw.too_large:
+        return [*problems, *raw.too_large]
     try:
-        sample, dropped = decode_sample({"__key__": raw.key, **raw.members})
+        sample, dropped = decode_sample({"__key__": raw.key, **raw.for_decoding()},
+                                        sample_format)
     except CorruptMemberError as err:
         return [*problems, str(err)]
     problems += [f"member {name!r} is not part of shard schema v1 (unknown or unsafe type); "
@@ -774,7 +818,7 @@ def verify_shard(path: str, sample_format: dict[str, Any] | None, clip_encoding:
     size = os.path.getsize(path)
     position = 0
     try:
-        for raw in iter_raw_samples(path, lambda name: True):
+        for raw in iter_raw_samples(path, lambda name: True, sample_format):
             keys.append(raw.key)
             for message in sample_problems(raw, sample_format, clip_encoding):
                 problems.add(path, raw.key, message)

@@ -3,7 +3,8 @@
 One epoch is a visible list of webdataset stages (`_EpochStream.stages`):
 
     shard list -> shard shuffle (seed, epoch) -> split by rank -> split by worker
-    -> tar to raw samples (a broken shard is counted, the run goes on)
+    -> tar to raw samples (a broken shard is counted, the run goes on; each member's declared
+       size checked before it is read)
     -> sample shuffle buffer (seed, epoch, rank, worker) -> skip what was consumed
     -> safe decode (`schema.decode_sample`) + `schema.validate_sample`
     -> tensors -> batches
@@ -12,6 +13,11 @@ Every random choice comes from a generator seeded with (seed, epoch[, rank, work
 same seed gives the same order. Errors never stop the stream and never sleep (webdataset's
 `warn_and_continue` sleeps 0.5 s per error): a broken shard, a corrupt member or an incomplete
 sample is dropped and counted in `ShardLoader.stats`, with the last few reasons.
+
+Shards are read as plain tars: a local shard as a file, only a URL the caller named
+(`ShardSet.streamed`) through webdataset's gopen. A compressed "tar" is a broken shard, never
+decompressed, and no member is read whose declared size exceeds `schema.member_cap`, so a
+small hostile shard cannot make a worker read or decode gigabytes.
 
 Batch (B samples, T frames, M mel bins, L the longest text in the batch, at least 1):
 ``video`` (B, 3, T, H, W) and ``image`` (B, 3, S, S) float32 in [-1, 1]; ``audio`` (B, M,
@@ -23,16 +29,17 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import tar_file_iterator
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.normalize import mel_to_model, pixels_to_unit
@@ -42,9 +49,11 @@ from pipeline.schema import (
     MEMBER_JSON,
     MEMBER_MEL,
     MEMBER_TEXT,
+    SCHEMA_MEMBERS,
     CorruptMemberError,
     decode_sample,
     expected_from_meta,
+    oversized_member,
     validate_sample,
 )
 from pipeline.shardset import ShardSet, resolve_shards, split_member_name
@@ -54,6 +63,8 @@ from pipeline.tokenizer import PAD_ID, TokenizerFn, byte_tokenizer
 Batch = dict[str, Any]
 
 MAX_ERRORS = 20  # reasons kept in LoaderStats.errors
+# Members webdataset skips entirely ("__key__.txt" and the like): not part of any sample.
+_META_MEMBER = re.compile(r"__[^/]*__($|/)")
 
 
 @dataclass
@@ -65,7 +76,13 @@ class LoaderStats:
     skipped_samples: int = 0  # corrupt, incomplete or inconsistent samples
     unsafe_members: int = 0  # members of unknown or unsafe types, dropped undecoded
     corrupt_shards: int = 0  # shards that failed to open or read to the end, or came up short
+    surplus_shards: int = 0  # shards with more samples than their manifest entry (all used)
     errors: list[str] = field(default_factory=list)  # the last MAX_ERRORS reasons, oldest first
+
+    @property
+    def dropped(self) -> int:
+        """Samples lost: read from a shard but never delivered (`skipped_samples`)."""
+        return self.skipped_samples
 
     def note(self, reason: str) -> None:
         self.errors.append(reason)
@@ -130,27 +147,36 @@ def split_by_worker(src: Iterable[str], worker: int, num_workers: int) -> Iterat
     return split_by_node(src, worker, num_workers)
 
 
-def tar_samples(src: Iterable[str], stats: LoaderStats,
-                sample_counts: dict[str, int]) -> Iterator[dict[str, Any]]:
+def tar_samples(src: Iterable[str], stats: LoaderStats, sample_counts: dict[str, int],
+                streamed: frozenset[str] = frozenset(),
+                expected: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Raw samples (``__key__``, ``__url__`` and member bytes) from each shard in turn.
 
     A shard that cannot be opened or read to its end counts as corrupt: the samples before
     the damage are kept, the one being read is dropped (it may be cut short), and the stream
     goes on with the next shard. A shard with fewer samples than its manifest entry (a tar cut
-    at a member boundary reads as complete) counts as corrupt too. Two members of one sample
-    with the same name mark the sample for `decode_samples` to drop.
+    at a member boundary reads as complete) counts as corrupt too; one with more counts as
+    surplus, and its samples are used: each is validated on its own, and which of them would
+    be the extra ones is unknowable. Members outside the schema are recorded by name with the
+    value None, their bytes skipped unread (`decode_samples` drops them by name). Two members
+    of one sample with the same name, or a member declaring more bytes than
+    `schema.member_cap` of `expected` (skipped unread), mark the sample for `decode_samples`
+    to drop.
     """
     for url in src:
         current: dict[str, Any] | None = None
         count = 0
         try:
-            stream = wds.gopen(url)
-            try:
-                for member in tar_file_iterator(stream):
-                    prefix, suffix = split_member_name(member["fname"])
+            with _open_shard(url, streamed) as stream, \
+                    tarfile.open(fileobj=stream, mode="r|" if url in streamed else "r:") as tar:
+                while (info := tar.next()) is not None:
+                    tar.members.clear()  # tarfile keeps every header it has read otherwise
+                    if not info.isreg() or _META_MEMBER.match(info.name):
+                        continue
+                    prefix, suffix = split_member_name(info.name)
                     if prefix is None:
                         stats.unsafe_members += 1
-                        stats.note(f"{url}: member {member['fname']!r} has no type; dropped")
+                        stats.note(f"{url}: member {info.name!r} has no type; dropped")
                         continue
                     if current is not None and prefix != current["__key__"]:
                         count += 1
@@ -160,14 +186,12 @@ def tar_samples(src: Iterable[str], stats: LoaderStats,
                         current = {"__key__": prefix, "__url__": url}
                     suffix = suffix.lower()
                     if suffix in current:
-                        current["__error__"] = f"member {suffix!r} appears twice"
-                    current[suffix] = member["data"]
-            finally:
-                stream.close()
+                        current.setdefault("__error__", f"member {suffix!r} appears twice")
+                    current[suffix] = _member_bytes(tar, info, suffix, expected, current)
         except Exception as err:  # whatever the tar reader or the transport raise
             stats.corrupt_shards += 1
-            stats.note(f"{url}: unreadable shard, skipping the rest of it: "
-                       f"{type(err).__name__}: {err}")
+            stats.note(f"{url}: unreadable shard (shards are plain, uncompressed tars), "
+                       f"skipping the rest of it: {type(err).__name__}: {err}")
             if current is not None:
                 stats.skipped_samples += 1
             continue
@@ -178,6 +202,30 @@ def tar_samples(src: Iterable[str], stats: LoaderStats,
         if wanted is not None and count < wanted:
             stats.corrupt_shards += 1
             stats.note(f"{url}: {count} samples, its manifest entry says {wanted} (truncated?)")
+        elif wanted is not None and count > wanted:
+            stats.surplus_shards += 1
+            stats.note(f"{url}: {count} samples, its manifest entry says {wanted} (the shard "
+                       f"was replaced or appended to after prepare); its samples are used")
+
+
+def _open_shard(url: str, streamed: frozenset[str]) -> IO[bytes]:
+    """A shard's bytes: a URL the caller named through gopen, anything else as a local file
+    (never gopen, which would run a ``pipe:`` name through a shell)."""
+    return wds.gopen(url) if url in streamed else open(url, "rb")
+
+
+def _member_bytes(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str,
+                  expected: dict[str, Any] | None, sample: dict[str, Any]) -> bytes | None:
+    """The bytes of a schema member within its cap; None, unread, for any other member (and
+    an over-cap one marks `sample` to be dropped)."""
+    if name not in SCHEMA_MEMBERS:
+        return None
+    reason = oversized_member(name, info.size, expected)
+    if reason is not None:
+        sample.setdefault("__error__", reason)
+        return None
+    extracted = tar.extractfile(info)
+    return extracted.read() if extracted is not None else b""
 
 
 def skip_consumed(src: Iterable[dict[str, Any]], cursor: _Cursor) -> Iterator[dict[str, Any]]:
@@ -200,7 +248,7 @@ def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
         try:
             if "__error__" in raw:
                 raise CorruptMemberError(raw["__error__"])
-            sample, dropped = decode_sample(raw)
+            sample, dropped = decode_sample(raw, expected)
         except CorruptMemberError as err:
             stats.skipped_samples += 1
             stats.note(f"{where}: {err}")
@@ -363,7 +411,8 @@ class _EpochStream(IterableDataset):
             partial(shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
             partial(split_by_node, rank=self.rank, world_size=self.world_size),
             partial(split_by_worker, worker=worker, num_workers=num_workers),
-            partial(tar_samples, stats=stats, sample_counts=self.shards.sample_counts),
+            partial(tar_samples, stats=stats, sample_counts=self.shards.sample_counts,
+                    streamed=self.shards.streamed, expected=self.shards.expected),
             (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=sample_rng)
              if self.shuffle_buffer > 0 else None),
             partial(skip_consumed, cursor=cursor),

@@ -7,6 +7,10 @@ the two small rules it needs from webdataset are restated here and tested to agr
 brace expansion of ``::``-separated patterns (webdataset's `expand_urls`, less its ``WDS_``
 environment substitution) and the split of a member name into sample key and type
 (`base_plus_ext`).
+
+Only what a person names on the command line is ever opened as a URL (webdataset's gopen runs
+``pipe:cmd`` through a shell): the shards of a prepared folder, from its manifest or found on
+disk, are local files inside it (`pipeline.manifest.listed_shard_path`), opened as files.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from braceexpand import braceexpand
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError
-from pipeline.manifest import read_manifest
+from pipeline.manifest import inside_shard_dir, read_manifest
 from pipeline.outdir import MANIFEST_NAME
 from pipeline.schema import expected_from_config
 from pipeline.shards import shard_split
@@ -51,11 +55,16 @@ def expand_urls(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class ShardSet:
-    """Resolved input: the shard URLs, their manifest sample counts and expected sizes."""
+    """Resolved input: the shard URLs, their manifest sample counts and expected sizes.
+
+    Every url is a local file, opened as one, except those in `streamed`: URLs the caller
+    passed as such (``pipe:``, ``http(s)://`` ...), which only webdataset's gopen can open.
+    """
 
     urls: tuple[str, ...]
     sample_counts: dict[str, int]  # url -> samples, for shards listed in a manifest
     expected: dict[str, Any] | None  # expected_from_config of the manifest's config
+    streamed: frozenset[str] = frozenset()
 
 
 def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -63,9 +72,10 @@ def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     """Expand the loader's `urls` argument into a list of shard URLs.
 
     Each item is a directory written by ``omni prepare`` (its ``manifest.json``, or
-    ``shards/*.tar`` if it has none), a local tar path or brace pattern
-    (``out/shards/shard-{000000..000003}.tar``), or a URL webdataset's gopen can open
-    (``pipe:...``, ``http(s)://...``), passed on unchecked. Local shards must exist.
+    ``shards/*.tar`` if it has none; either way only files that, links followed, lie in its
+    ``shards/``), a local tar path or brace pattern (``out/shards/shard-{000000..000003}.tar``),
+    or a URL webdataset's gopen can open (``pipe:...``, ``http(s)://...``), passed on
+    unchecked: the caller named it. Local shards must exist.
 
     `split` ("train" or "eval"; None: both) keeps only that split's shards of a directory, as
     its manifest records them (without a manifest, as their file names say:
@@ -78,12 +88,15 @@ def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str
                           f"got {split!r}")
     items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
     found: list[str] = []
+    streamed: set[str] = set()
     counts: dict[str, int] = {}
     expected: dict[str, Any] | None = None
     for item in items:
         text = os.fspath(item)
         if URL_SCHEME.match(text):
-            found += expand_urls(text)
+            named = expand_urls(text)
+            found += named
+            streamed.update(named)
         elif Path(text).is_dir():
             shard_urls, shard_counts, config = _resolve_directory(Path(text), split)
             found += shard_urls
@@ -102,14 +115,25 @@ def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     if not found:
         raise ConfigError(f"no shards in {urls!r}; pass a folder written by omni prepare, a "
                           f"tar file or a pattern like out/shards/shard-{{000000..000003}}.tar")
-    return ShardSet(tuple(found), counts, expected)
+    return ShardSet(tuple(found), counts, expected, frozenset(streamed))
+
+
+def shards_on_disk(folder: Path) -> list[Path]:
+    """The ``shards/*.tar`` files of a prepared folder, sorted; a ConfigError for a link that
+    leads outside its ``shards/`` (a folder's shards are its own files)."""
+    paths = sorted(folder.glob(SHARD_GLOB))
+    for path in paths:
+        if not inside_shard_dir(folder, path):
+            raise ConfigError(f"{path} is a link that leads outside {path.parent}; copy the "
+                              f"shard itself into the folder")
+    return paths
 
 
 def _resolve_directory(folder: Path, split: Split | None
                        ) -> tuple[list[str], dict[str, int], PrepareConfig | None]:
     manifest = read_manifest(folder)
     if manifest is None:
-        paths = sorted(folder.glob(SHARD_GLOB))
+        paths = shards_on_disk(folder)
         if not paths:
             raise ConfigError(f"{folder} holds neither {MANIFEST_NAME} nor {SHARD_GLOB}; run "
                               f"omni prepare into it first")

@@ -7,6 +7,7 @@ The shards are built here with webdataset's TarWriter and `schema.encode_sample`
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import pickle
@@ -38,7 +39,7 @@ from pipeline.inspect import (
 )
 from pipeline.manifest import write_manifest
 from pipeline.outdir import Fingerprint, OutputDir, UnitStats
-from pipeline.schema import SampleMeta, encode_sample
+from pipeline.schema import MAX_TEXT_BYTES, SampleMeta, encode_clip, encode_sample
 from pipeline.shards import ShardInfo, shard_name
 from pipeline.worker import FAILED, PREPARED, VideoOutcome
 
@@ -441,6 +442,104 @@ def test_unusable_folders_and_usage_errors(prepared: Path, tmp_path: Path) -> No
     assert inspect(str(prepared), "--samples", "-1").exit_code == 2
     with pytest.raises(ConfigError, match="local file"):
         open_target(["pipe:cat x.tar"])
+
+
+# --------------------------------------------------------------------------- hostile input
+def _no_tar(root: Path) -> bytes:
+    return b"# OmniLatent\n\nA README is no shard.\n" * 40
+
+
+def _random_bytes(root: Path) -> bytes:
+    return np.random.default_rng(0).integers(0, 256, 8000, np.uint8).tobytes()
+
+
+def _gzipped_shard(root: Path) -> bytes:
+    return gzip.compress((root / "shards" / shard_name(0, 0)).read_bytes())
+
+
+@pytest.mark.parametrize("content", [_no_tar, _random_bytes, _gzipped_shard])
+def test_a_file_that_is_no_plain_tar_exits_1(prepared: Path, tmp_path: Path,
+                                             content: Callable[[Path], bytes]) -> None:
+    path = tmp_path / "README.md"
+    path.write_bytes(content(prepared))
+    result = inspect(str(path))
+    assert result.exit_code == 1, result.output
+    assert "1 of 1 shard missing or unreadable" in result.output
+    assert inspect(str(path), "--json").exit_code == 1
+    assert not verify(open_target([path])).ok
+
+
+def test_json_holds_null_where_a_manifest_holds_nan(prepared: Path) -> None:
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    manifest["totals"]["footage_seconds"] = float("nan")
+    (prepared / "manifest.json").write_text(json.dumps(manifest))  # Python writes NaN
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    result = inspect(str(prepared), "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout, parse_constant=strict)
+    assert document["summary"]["footage_seconds"] is None
+    assert document["summary"]["target"]["totals"]["footage_seconds"] is None
+
+
+def test_shard_entries_outside_the_folder_are_refused(prepared: Path, tmp_path: Path) -> None:
+    elsewhere = write_prepared(tmp_path / "elsewhere")
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    manifest["shards"][1]["path"] = f"../elsewhere/shards/{shard_name(0, 0)}"
+    (prepared / "manifest.json").write_text(json.dumps(manifest))
+    result = inspect(str(prepared), "--verify")
+    assert result.exit_code == 1 and "never an absolute path" in result.output, result.output
+
+    (prepared / "manifest.json").unlink()  # the stats files are read instead: the same rule
+    stats_path = OutputDir(prepared).stats_path(0)
+    stats = json.loads(stats_path.read_text())
+    stats["shards"][0]["path"] = str(elsewhere / "shards" / shard_name(0, 0))
+    stats_path.write_text(json.dumps(stats))
+    with pytest.raises(ConfigError, match="unit-000000.json lists the shard"):
+        open_target([prepared])
+
+
+def test_a_shard_link_out_of_a_folder_without_manifest_is_refused(tmp_path: Path) -> None:
+    elsewhere = write_prepared(tmp_path / "elsewhere")
+    root = write_prepared(tmp_path / "out", manifest=False)
+    link = root / "shards" / shard_name(1, 0)
+    link.unlink()
+    link.symlink_to(elsewhere / "shards" / shard_name(1, 0))
+    with pytest.raises(ConfigError, match="a link that leads outside"):
+        open_target([root])
+
+
+def _wide_clip(source: str, index: int, members: dict[str, Any]) -> None:
+    if source == "videos/a.mp4" and index == 1:  # 64 px frames in a set of 32 px clips
+        members["clip.mp4"] = encode_clip(np.zeros((16, 64, 64, 3), np.uint8), "mp4", 16)
+
+
+@pytest.mark.parametrize("manifest", [True, False])
+def test_verify_and_export_refuse_a_clip_of_another_size_undecoded(
+        tmp_path: Path, manifest: bool) -> None:
+    root = write_prepared(tmp_path / "out", _wide_clip, manifest=manifest)
+    message = "member 'clip.mp4': frames of 64x64, the shard set's clips are 32x32"
+    result = verify(open_target([root]))
+    assert [p.message for p in result.problems if p.key and p.key.endswith("1")] == [message]
+    exported = export_samples(open_target([root]), tmp_path / "look", 2)
+    assert exported[1].files == {} and message in (exported[1].error or "")
+    assert len(exported[0].files) == 5
+
+
+def test_a_member_over_its_cap_is_a_problem_and_left_unread(tmp_path: Path) -> None:
+    def long_text(source: str, index: int, members: dict[str, Any]) -> None:
+        if source == "videos/a.mp4" and index == 1:
+            members["txt"] = b"a" * (MAX_TEXT_BYTES + 1)
+
+    root = write_prepared(tmp_path / "out", long_text)
+    target = open_target([root])
+    assert summarize(target).unreadable_meta == 1
+    messages = [p.message for p in verify(target).problems]
+    assert messages == [f"member 'txt' declares {MAX_TEXT_BYTES + 1} bytes, more than the "
+                        f"{MAX_TEXT_BYTES} such a member may hold; skipped unread"]
+    assert "skipped unread" in (export_samples(target, tmp_path / "look", 2)[1].error or "")
 
 
 def test_help_has_examples() -> None:

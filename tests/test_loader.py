@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import pickle
@@ -19,7 +20,7 @@ from pipeline.config import PrepareConfig
 from pipeline.discover import video_id
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.loader import ShardLoader, build_shard_loader
-from pipeline.schema import MEL_CENTER, MEL_SCALE, SampleMeta, encode_sample
+from pipeline.schema import MAX_TEXT_BYTES, MEL_CENTER, MEL_SCALE, SampleMeta, encode_sample
 from pipeline.shardset import expand_urls, split_member_name
 from pipeline.tokenizer import byte_detokenize
 
@@ -179,7 +180,8 @@ def test_manifest_config_sets_the_expected_sizes(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="no valid sample"):
         list(loader)
     assert loader.stats.skipped_samples == SHARDS * PER_SHARD
-    assert "image_size is 64" in loader.stats.errors[-1]
+    # refused from the jpeg's header, before its pixels are decoded
+    assert "image of 64x64, the shard set's images are 96x96" in loader.stats.errors[-1]
 
 
 def test_manifest_of_another_schema_version_is_refused(tmp_path: Path) -> None:
@@ -407,6 +409,108 @@ def test_state_from_another_worker_count_is_refused(prepared: tuple[Path, list[s
         loader.load_state_dict({"epoch": 0, "batches": 3, "consumed": [4, 2]})
     with pytest.raises(ConfigError, match="not a ShardLoader state"):
         loader.load_state_dict({"epoch": 0, "batch": 3})
+
+
+def _set_entry(root: Path, shard: int, path: str) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["shards"][shard]["path"] = path
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_pipe_entry_in_a_manifest_is_refused_never_run(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "out"
+    write_shards(root)
+    marker = tmp_path / "ran"
+    (root / "evil.sh").write_text(f"touch {marker}\n")
+    (root / "pipe:sh evil.sh").write_bytes(b"")  # so that the entry names an existing file
+    _set_entry(root, 1, "pipe:sh evil.sh")
+    monkeypatch.chdir(root)  # `omni train --shards .`: the folder joined with the entry is it
+    with pytest.raises(ConfigError, match=r"manifest.json lists the shard 'pipe:sh evil.sh'"):
+        list(build_shard_loader(".", batch_size=4))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("entry", [
+    "{outside}", "shards/../../elsewhere/shards/shard-000000.tar",
+    "../elsewhere/shards/shard-000000.tar",
+    "shards\\shard-000001.tar", "file:shards/shard-000001.tar", "shards/sub/x.tar",
+])
+def test_manifest_entries_outside_the_shards_folder_are_refused(tmp_path: Path,
+                                                                entry: str) -> None:
+    outside = tmp_path / "elsewhere"
+    write_shards(outside)  # a readable tar outside the folder: the loader must not reach it
+    root = tmp_path / "out"
+    write_shards(root)
+    listed = entry.format(outside=outside / "shards" / "shard-000000.tar")
+    _set_entry(root, 1, listed)
+    with pytest.raises(ConfigError, match="never an absolute path") as raised:
+        build_shard_loader(root, batch_size=4)
+    assert str(root / "manifest.json") in str(raised.value) and repr(listed) in str(raised.value)
+
+
+@pytest.mark.parametrize("manifest", [True, False])
+def test_a_shard_link_leading_out_of_the_folder_is_refused(tmp_path: Path,
+                                                           manifest: bool) -> None:
+    write_shards(tmp_path / "elsewhere")
+    root = tmp_path / "out"
+    write_shards(root, manifest=manifest)
+    link = root / "shards" / "shard-000001.tar"
+    link.unlink()
+    link.symlink_to(tmp_path / "elsewhere" / "shards" / "shard-000001.tar")
+    with pytest.raises(ConfigError, match="a link that leads outside"):
+        build_shard_loader(root, batch_size=4)
+    link.unlink()
+    link.symlink_to(root / "shards" / "shard-000000.tar")  # a link within shards/ is fine
+    assert len(build_shard_loader(root, batch_size=4).shards.urls) == SHARDS
+
+
+def test_local_shards_are_never_opened_through_gopen(prepared: tuple[Path, list[str]],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    root, keys = prepared
+
+    def refuse(url: str, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"gopen({url!r}) would interpret pipe: names")
+
+    monkeypatch.setattr(wds, "gopen", refuse)
+    loader = build_shard_loader(root, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
+    assert all_keys(loader) == keys and loader.stats.corrupt_shards == 0
+
+
+def test_a_compressed_shard_is_corrupt_never_decompressed(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path)
+    shard = tmp_path / "shards" / "shard-000001.tar"
+    shard.write_bytes(gzip.compress(shard.read_bytes()))  # a valid tar.gz under a .tar name
+    loader = build_shard_loader(tmp_path, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
+    assert all_keys(loader) == keys[:4] + keys[8:]
+    assert loader.stats.corrupt_shards == 1
+    assert "plain, uncompressed tars" in " | ".join(loader.stats.errors)
+
+
+def test_a_member_over_its_cap_drops_its_sample_unread(tmp_path: Path) -> None:
+    def long_text(shard: int, index: int, members: dict[str, Any]) -> None:
+        if (shard, index) == (0, 2):
+            members["txt"] = b"a" * (MAX_TEXT_BYTES + 1)  # valid UTF-8, but no window is so long
+
+    keys = write_shards(tmp_path, edit=long_text)
+    loader = build_shard_loader(tmp_path, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
+    assert all_keys(loader) == keys[:2] + keys[3:]
+    assert loader.stats.skipped_samples == loader.stats.dropped == 1
+    assert f"member 'txt' declares {MAX_TEXT_BYTES + 1} bytes" in loader.stats.errors[-1]
+    assert "skipped unread" in loader.stats.errors[-1]
+
+
+def test_a_shard_with_more_samples_than_its_manifest_entry_is_flagged(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["shards"][1]["samples"] = PER_SHARD - 1
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    loader = build_shard_loader(tmp_path, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
+    assert all_keys(loader) == keys  # the extra sample is valid, and used
+    assert loader.stats.surplus_shards == 1 and loader.stats.corrupt_shards == 0
+    assert f"{PER_SHARD} samples, its manifest entry says {PER_SHARD - 1}" in (
+        loader.stats.errors[-1])
+    assert loader.stats.dropped == 0
 
 
 def test_unknown_member_bytes_are_dropped_before_decoding(tmp_path: Path) -> None:

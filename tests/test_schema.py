@@ -17,6 +17,8 @@ from pipeline.discover import video_id
 from pipeline.schema import (
     CLIP_ENCODINGS,
     DEFAULT_CLIP_ENCODING,
+    MAX_MEMBER_BYTES,
+    MAX_TEXT_BYTES,
     CorruptMemberError,
     SampleMeta,
     UnsafeMemberError,
@@ -25,6 +27,8 @@ from pipeline.schema import (
     encode_clip,
     encode_sample,
     expected_from_config,
+    member_cap,
+    oversized_member,
     sample_key,
     validate_sample,
 )
@@ -334,3 +338,71 @@ def test_decode_sample_drops_unknown_members_unread(tmp_path: Path) -> None:
     sample, dropped = decode_sample(members)
     assert sorted(dropped) == ["clip.pickle", "evil.pyd"]
     assert "evil.pyd" not in sample and not marker.exists()
+
+
+# --------------------------------------------------------------------------- size bounds
+SMALL = PrepareConfig(clip_duration=0.5, fps=8, frame_size=32, image_size=32, n_mels=8)
+
+
+def test_mp4_of_another_frame_size_is_refused_before_decoding() -> None:
+    clip = encode_clip(np.zeros((4, 64, 64, 3), np.uint8), "mp4", 8)  # the set's are 32x32
+    with pytest.raises(CorruptMemberError, match="frames of 64x64, the shard set's clips are "
+                                                 "32x32"):
+        decode_member("clip.mp4", clip, expected_from_config(SMALL))
+
+
+def test_mp4_with_more_frames_than_expected_is_refused() -> None:
+    clip = encode_clip(np.zeros((6, 32, 32, 3), np.uint8), "mp4", 8)  # the set's hold 4
+    with pytest.raises(CorruptMemberError, match="6 frames, more than 4"):
+        decode_member("clip.mp4", clip, expected_from_config(SMALL))
+    assert decode_member("clip.mp4", clip).shape == (6, 32, 32, 3)  # sizes unknown: bounded
+
+
+def test_image_of_another_size_is_refused_before_its_pixels(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buffer, format="JPEG")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("pixels decoded")
+
+    monkeypatch.setattr(Image.Image, "convert", refuse)
+    with pytest.raises(CorruptMemberError, match="image of 64x48, the shard set's images are "
+                                                 "32x32"):
+        decode_member("frame.jpg", buffer.getvalue(), expected_from_config(SMALL))
+
+
+def test_npy_declaring_a_huge_array_is_refused_unallocated() -> None:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (10**6, 10**6)})
+    with pytest.raises(CorruptMemberError, match="declares a uint8 array of shape"):
+        decode_member("clip.npy", header.getvalue())
+
+
+def test_without_expected_sizes_a_sample_is_decoded_to_those_of_its_json() -> None:
+    meta = make_meta(SMALL, encoding="mp4")
+    members = encode_sample(meta.key, meta, np.zeros((8, SMALL.mel_frames), np.float16),
+                            np.zeros((32, 32, 3), np.uint8), np.zeros((4, 32, 32, 3), np.uint8),
+                            "", SMALL)
+    assert decode_sample(members)[0]["clip.mp4"].shape == (4, 32, 32, 3)
+    members["clip.mp4"] = encode_clip(np.zeros((4, 64, 64, 3), np.uint8), "mp4", 8)
+    with pytest.raises(CorruptMemberError, match="frames of 64x64"):
+        decode_sample(members)
+    del members["json"]
+    with pytest.raises(CorruptMemberError, match="missing member 'json': its media members"):
+        decode_sample(members)
+
+
+def test_member_caps_follow_the_expected_sizes() -> None:
+    expected = expected_from_config(SMALL)
+    assert member_cap("txt", expected) == member_cap("json", None) == MAX_TEXT_BYTES
+    assert member_cap("clip.mp4", None) == MAX_MEMBER_BYTES
+    raw_clip = 4 * 32 * 32 * 3
+    assert raw_clip < member_cap("clip.mp4", expected) < 3 * raw_clip + 2**17
+    assert member_cap("mel.npy", expected) > 8 * SMALL.mel_frames * 2  # float16
+    huge = expected_from_config(PrepareConfig(frame_size=10**5))
+    assert member_cap("clip.npy", huge) == MAX_MEMBER_BYTES  # whatever a manifest claims
+    assert oversized_member("txt", MAX_TEXT_BYTES, None) is None
+    reason = oversized_member("txt", MAX_TEXT_BYTES + 1, None)
+    assert reason is not None and f"declares {MAX_TEXT_BYTES + 1} bytes" in reason
