@@ -2,7 +2,9 @@
 
 Library code raises its own exceptions (OmniLatentError, PipelineError); commands may raise
 CLIError for bad arguments. ``run_command`` renders all of them the same way, with the
-traceback only when OMNI_DEBUG=1.
+traceback only when OMNI_DEBUG=1. A plain ValueError is rendered too: it is what third-party
+code raises for a value a user passed on (braceexpand for an unbalanced `--shards` pattern,
+torch for a state that does not fit), so it is a message to act on, not a crash to report.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def run_command(fn: Callable[[], T]) -> T:
     """Call ``fn`` and turn known errors into a one-line message and a non-zero exit."""
     try:
         return fn()
-    except (CLIError, OmniLatentError, PipelineError) as exc:
+    except (CLIError, OmniLatentError, PipelineError, ValueError) as exc:
         if os.environ.get("OMNI_DEBUG") == "1":
             console.print_exception()
         console.print(f"[bold red]Error:[/] {exc}")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from omnilatent.inference.text import TextCodec
     from omnilatent.model import OmniLatentModel
+    from omnilatent.training.checkpoint import StateCheck
     from omnilatent.training.curriculum import Schedule
 
 EXAMPLES = """
@@ -59,8 +60,15 @@ EXAMPLES = """
 """
 
 
-def _resolve_resume(resume: str, save_dir: Path) -> Path | None:
-    from omnilatent.training.checkpoint import find_latest_checkpoint, list_checkpoints
+def _resolve_resume(resume: str, save_dir: Path, check: StateCheck) -> Path | None:
+    """The checkpoint to resume from (None: start at step 0); ``check`` is the trainer's test
+    of a checkpoint's state, so `auto` passes over (and names) those it could not restore."""
+    from omnilatent.errors import CheckpointError
+    from omnilatent.training.checkpoint import (
+        checkpoint_dir,
+        find_latest_checkpoint,
+        list_checkpoints,
+    )
 
     if resume == "none":
         existing = list_checkpoints(save_dir)
@@ -72,18 +80,18 @@ def _resolve_resume(resume: str, save_dir: Path) -> Path | None:
             )
         return None
     if resume == "auto":
-        search = find_latest_checkpoint(save_dir)
+        search = find_latest_checkpoint(save_dir, check=check)
         for path, reason in search.skipped:
             console.print(f"[yellow]skipping unusable checkpoint[/] {path.name}: {reason}")
         if search.latest is None:
             console.print(f"no complete checkpoint in {save_dir}: starting from step 0")
         return search.latest
-    path = Path(resume)
-    if not path.is_dir():
-        raise CLIError(f"--resume {resume}: no such checkpoint directory",
+    try:
+        return checkpoint_dir(Path(resume))
+    except CheckpointError as exc:
+        raise CLIError(f"--resume {resume}: {exc}",
                        hint="use 'auto', 'none' or a path like SAVE_DIR/step-00000100",
-                       exit_code=EXIT_USAGE)
-    return path
+                       exit_code=EXIT_USAGE) from None
 
 
 def _install_stop_handler() -> list[bool]:
@@ -221,6 +229,14 @@ def train(
     continues exactly where it stopped."""
 
     def body() -> None:
+        # checked before torch is imported (seconds): a usage error needs no model
+        chosen = [name for name, on in (("--synthetic", synthetic), ("--shards", shards),
+                                        ("--video-dir", video_dir)) if on]
+        if len(chosen) != 1:
+            raise CLIError("choose exactly one data source" + (f" (got {', '.join(chosen)})"
+                                                               if chosen else ""),
+                           hint="pass --synthetic, --shards OUT_DIR or --video-dir VIDEOS",
+                           exit_code=EXIT_USAGE)
         from cli.train_display import RichCallbacks, print_summary
         from omnilatent import OmniLatentConfig, OmniLatentModel
         from omnilatent.inference.card import CheckpointCard
@@ -236,13 +252,6 @@ def train(
         from omnilatent.training.sources import model_sizes, shard_source, video_dir_source
         from pipeline.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer, sentencepiece_tokenizer
 
-        chosen = [name for name, on in (("--synthetic", synthetic), ("--shards", shards),
-                                        ("--video-dir", video_dir)) if on]
-        if len(chosen) != 1:
-            raise CLIError("choose exactly one data source" + (f" (got {', '.join(chosen)})"
-                                                               if chosen else ""),
-                           hint="pass --synthetic, --shards OUT_DIR or --video-dir VIDEOS",
-                           exit_code=EXIT_USAGE)
         schedule = _schedule(phase_schedule, {
             "warmup": warmup_frac, "crossmodal": crossmodal_frac, "temporal": temporal_frac,
             "grounding": grounding_frac, "joint": joint_frac})
@@ -255,7 +264,6 @@ def train(
                              compile=compile_model, device=device, seed=seed,
                              save_dir=save_dir, save_every=save_every, keep_last=keep_last,
                              log_interval=log_interval, eval_every=eval_every)
-        checkpoint = _resolve_resume(resume, save_dir)
         seed_everything(seed)
         sizes: dict[str, int] = {}
         if shards is not None:
@@ -295,17 +303,23 @@ def train(
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
         )
         callbacks = RichCallbacks(progress, steps)
+        data_source = chosen[0].removeprefix("--")
         if schedule is None:
-            trainer = Trainer(model, config, loader, callbacks, card, evaluator)
+            trainer = Trainer(model, config, loader, callbacks, card, evaluator, data_source)
         else:
             trainer = CurriculumTrainer(model, config, loader, schedule=schedule,
                                         corpus_has_text=has_text, callbacks=callbacks,
-                                        card=card, evaluator=evaluator)
-        if checkpoint is not None:
-            trainer.resume(checkpoint)
-        stop = _install_stop_handler()
-        with progress:
-            result = trainer.train(should_stop=lambda: stop[0])
+                                        card=card, evaluator=evaluator, data_source=data_source)
+        trainer.claim_save_dir()  # before the save dir is read: another run may be writing it
+        try:
+            checkpoint = _resolve_resume(resume, save_dir, trainer.check_state)
+            if checkpoint is not None:
+                trainer.resume(checkpoint)
+            stop = _install_stop_handler()
+            with progress:
+                result = trainer.train(should_stop=lambda: stop[0])
+        finally:
+            trainer.release_save_dir()
         print_summary(callbacks.records, save_dir, result)
         if result.interrupted:
             raise typer.Exit(130)

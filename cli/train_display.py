@@ -13,8 +13,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from cli.console import console
-from omnilatent.training import Trainer, TrainerCallbacks
-from omnilatent.training.trainer import METRICS_FILE
+from omnilatent.training import Trainer, TrainerCallbacks, TrainResult
+from omnilatent.training.trainer import DROPPED_WARNING, METRICS_FILE, dropped_share
 
 
 class RichCallbacks(TrainerCallbacks):
@@ -41,10 +41,12 @@ class RichCallbacks(TrainerCallbacks):
     def on_log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         phase = f" | {record['phase']}" if "phase" in record else ""
+        data = f" | {data_line(record['data'])}" if "data" in record else ""
         console.print(
             f"step {record['step']:>7}{phase} | loss {record['loss']:.4f} | "
             f"lr {record['lr']:.2e} | "
             f"{record['samples_per_s']:.1f} samples/s | {record['tokens_per_s']:.0f} tokens/s"
+            f"{data}", soft_wrap=True
         )
 
     def on_eval(self, record: dict[str, Any]) -> None:
@@ -58,6 +60,16 @@ class RichCallbacks(TrainerCallbacks):
         console.print(f"[yellow]{message}[/]")
 
 
+def data_line(counters: dict[str, int]) -> str:
+    """The loader's counters: samples read and dropped, and any other loss that happened."""
+    line = (f"data: {counters['samples']} samples, {counters['dropped']} dropped "
+            f"({dropped_share(counters):.1%})")
+    for name in ("unsafe_members", "corrupt_shards", "surplus_shards"):
+        if counters[name]:
+            line += f", {counters[name]} {name.replace('_', ' ')}"
+    return line
+
+
 def eval_line(metrics: dict[str, Any]) -> str:
     """The headline of an evaluation: retrieval R@1 beside chance, transcript accuracy."""
     parts = [f"{metrics['samples']} windows"]
@@ -69,7 +81,7 @@ def eval_line(metrics: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def print_summary(records: list[dict[str, Any]], save_dir: Path, result: Any) -> None:
+def print_summary(records: list[dict[str, Any]], save_dir: Path, result: TrainResult) -> None:
     table = Table(title=f"training summary: {result.step} steps")
     table.add_column("task")
     table.add_column("first logged loss", justify="right")
@@ -88,6 +100,11 @@ def print_summary(records: list[dict[str, Any]], save_dir: Path, result: Any) ->
                       f"(step {records[0]['step']})",
                       f"{records[-1]['loss']:.4f} (step {records[-1]['step']})")
     console.print(table)
+    if result.data is not None:
+        warn = dropped_share(result.data) > DROPPED_WARNING
+        console.print(("[yellow]warning:[/] " if warn else "") + data_line(result.data)
+                      + (f": more than {DROPPED_WARNING:.0%} of the samples were dropped; check "
+                         "the data with `omni inspect`" if warn else ""), soft_wrap=True)
     if result.interrupted:
         console.print("[yellow]interrupted: rerun with --resume auto to continue[/]")
     # paths on their own unwrapped lines, so they can be copied whatever the terminal width

@@ -8,10 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+from rich.progress import Progress
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cli.app import app
+from cli.console import console
+from cli.train_display import RichCallbacks, print_summary
+from omnilatent.training import TrainResult
+from omnilatent.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.lock import FolderLock
 
 runner = CliRunner()
 TINY_ARGS = ["--synthetic", "--dim", "32", "--layers", "1", "--heads", "4", "--batch-size", "2"]
@@ -112,3 +118,82 @@ def test_sigterm_checkpoints_the_current_step(tmp_path) -> None:
     assert proc.returncode == 130, output
     checkpoints = list(save.glob("step-*"))
     assert len(checkpoints) == 1 and "interrupted" in output
+
+
+def test_without_a_data_source_torch_is_not_even_imported() -> None:
+    """Issue 9, item 9: the usage error comes before the seconds torch takes to import."""
+    code = ("import sys; from typer.testing import CliRunner; from cli.app import build_app; "
+            "r = CliRunner().invoke(build_app(['train']), ['train', '--steps', '1']); "
+            "print(r.exit_code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+
+
+def test_resume_accepts_a_file_inside_the_checkpoint(tmp_path) -> None:
+    args = ["train", *TINY_ARGS, "--save-dir", str(tmp_path)]
+    assert runner.invoke(app, [*args, "--steps", "2"]).exit_code == 0
+    resumed = runner.invoke(app, [*args, "--steps", "3", "--resume",
+                                  str(tmp_path / "step-00000002" / "training.pt")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from" in resumed.output and (tmp_path / "step-00000003").is_dir()
+
+
+def test_a_checkpoint_with_garbage_state_is_skipped_or_one_error_line(tmp_path) -> None:
+    """Issue 9, item 5: `--resume auto` passes over it and says why; naming it is an error
+    message, not a traceback."""
+    args = ["train", *TINY_ARGS, "--save-dir", str(tmp_path), "--save-every", "1",
+            "--keep-last", "0"]
+    assert runner.invoke(app, [*args, "--steps", "2"]).exit_code == 0
+    loaded = load_checkpoint(tmp_path / "step-00000002")
+    state = {k: v for k, v in loaded.state.items()
+             if k not in ("format", "step", "files", "state_sha256")}
+    state["rng"]["numpy"][2] = 10**6  # an MT position far past its 624 words
+    save_checkpoint(tmp_path, 2, loaded.model_state, loaded.training_state, state)
+
+    named = runner.invoke(app, [*args, "--steps", "3", "--resume",
+                                str(tmp_path / "step-00000002")])
+    assert named.exit_code == 1 and "Error:" in named.output and "rng.numpy" in named.output
+    assert named.exception is None or isinstance(named.exception, SystemExit)
+    auto = runner.invoke(app, [*args, "--steps", "3", "--resume", "auto"],
+                         env={"COLUMNS": "400"})
+    assert auto.exit_code == 0, auto.output
+    assert "skipping unusable checkpoint step-00000002" in auto.output
+    assert "rng.numpy" in auto.output and "at step 1" in auto.output
+
+
+def test_a_save_dir_in_use_by_another_run_is_refused(tmp_path) -> None:
+    """Issue 9, item 6: the second run stops at once, naming the first one's pid."""
+    with FolderLock(tmp_path):
+        result = runner.invoke(app, ["train", *TINY_ARGS, "--steps", "1", "--save-dir",
+                                     str(tmp_path)], env={"COLUMNS": "400"})
+    assert result.exit_code == 1
+    assert f"another run (pid {os.getpid()}) is using {tmp_path}" in result.output
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_plain_value_error_is_one_error_line(tmp_path) -> None:
+    """Issue 9, item 9: braceexpand raises a ValueError for an unbalanced --shards pattern."""
+    result = runner.invoke(app, ["train", "--shards", str(tmp_path / "{a,b"), "--dim", "32",
+                                 "--layers", "1", "--heads", "4", "--save-dir",
+                                 str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "Error:" in result.output and "Unbalanced braces" in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_log_lines_and_summary_show_dropped_samples(tmp_path) -> None:
+    """Issue 9, item 7: the loader's counters in the summary, with a warning past 1 %."""
+    counters = {"samples": 2, "dropped": 8, "unsafe_members": 0, "corrupt_shards": 1,
+                "surplus_shards": 0}
+    record = {"step": 4, "loss": 1.0, "losses": {"video->audio": 1.0}, "lr": 1e-3,
+              "tokens_per_s": 10.0, "samples_per_s": 1.0, "skipped_batches": 0,
+              "data": counters}
+    result = TrainResult(step=4, interrupted=False, last_checkpoint=None, data=counters)
+    with console.capture() as captured:
+        RichCallbacks(Progress(console=console), 4).on_log(record)
+        print_summary([record], tmp_path, result)
+    line, *summary = captured.get().splitlines()
+    assert line.startswith("step       4") and "data: 2 samples, 8 dropped (80.0%)" in line
+    assert any(text.startswith("warning: data: 2 samples, 8 dropped (80.0%), 1 corrupt shards")
+               for text in summary)

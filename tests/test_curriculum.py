@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -239,3 +240,56 @@ def test_a_phase_no_batch_can_serve_stops_with_a_clear_error(tiny_config, tmp_pa
                                 schedule=parse_schedule(str(path)))
     with pytest.raises(OmniLatentError, match="could serve no task"):
         trainer.train()
+
+
+def test_curriculum_trainer_copies_and_validates_the_config(tiny_config, tmp_path) -> None:
+    """Issue 9, item 10: total_steps and save_dir go into a validated copy of the config."""
+    model = OmniLatentModel(tiny_config)
+    loader = build_dataloader(SyntheticMultimodalDataset(tiny_config, length=4), 2)
+    with pytest.raises(ConfigError, match="warmup_steps must lie in \\[0, steps=10\\]"):
+        CurriculumTrainer(model, TrainConfig(warmup_steps=50), loader, total_steps=10)
+    config = TrainConfig(steps=1000)
+    trainer = CurriculumTrainer(model, config, loader, total_steps=20, save_dir=tmp_path)
+    assert (config.steps, config.save_dir) == (1000, None)
+    assert (trainer.config.steps, trainer.config.save_dir) == (20, tmp_path)
+
+
+def test_temporal_on_clips_shorter_than_two_tubelets_is_refused_up_front(tiny_config) -> None:
+    """Issue 9, item 9: not at the first temporal step, after the earlier phases ran."""
+    short = dataclasses.replace(tiny_config, video_frames=4)  # one tubelet of 4
+    model = OmniLatentModel(short)
+    loader = build_dataloader(SyntheticMultimodalDataset(short, length=4), 2)
+    with pytest.raises(ConfigError, match="phase 'temporal' trains 'temporal'.*at least 8 "
+                                          "frames.*clips have 4"):
+        CurriculumTrainer(model, TrainConfig(), loader, total_steps=20)
+    no_temporal = parse_schedule("warmup=0.5,crossmodal=0.5,temporal=0,grounding=0,joint=0")
+    assert CurriculumTrainer(model, TrainConfig(), loader, total_steps=20,
+                             schedule=no_temporal).train().step == 20
+
+
+def test_with_grad_accum_a_phase_task_fits_every_micro_batch(tiny_config) -> None:
+    """Issue 9, item 10: with transcript text in every other batch and two batches per step,
+    the grounding phase trains its non-text tasks and counts the text it could not serve."""
+    dataset = _TextOnEven(SyntheticMultimodalDataset(tiny_config, length=16, seed=0,
+                                                     text_len=4))
+    grounding_only = parse_schedule("warmup=0,crossmodal=0,temporal=0,grounding=1,joint=0")
+    seed_everything(0)
+    trainer = CurriculumTrainer(OmniLatentModel(tiny_config),
+                                TrainConfig(steps=4, log_interval=1, grad_accum=2),
+                                build_dataloader(dataset, 1, shuffle=False),
+                                schedule=grounding_only)
+    result = trainer.train()
+    assert result.step == 4 and not any("text" in h["task"] for h in result.history)
+    assert trainer.text_skipped == 4
+
+
+class _TextOnEven(torch.utils.data.Dataset):
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        sample = self.inner[i]
+        return sample if i % 2 == 0 else {**sample, "text": torch.zeros(0, dtype=torch.long)}

@@ -191,3 +191,21 @@ def test_two_data_sources_are_refused(prepared, tmp_path) -> None:
     result = runner.invoke(app, ["train", "--shards", str(out), "--video-dir", str(videos),
                                  "--save-dir", str(tmp_path)])
     assert result.exit_code == 2 and "exactly one data source" in result.output
+
+
+def test_resume_on_another_data_source_is_refused_naming_both(prepared, tmp_path) -> None:
+    """Issue 9, item 9: not a KeyError from the other loader (--synthetic), nor a silent
+    switch of data (--video-dir)."""
+    videos, out = prepared
+    common = ["--batch-size", "2", "--dim", "32", "--layers", "1", "--heads", "4",
+              "--save-dir", str(tmp_path)]
+    first = runner.invoke(app, ["train", "--shards", str(out), "--steps", "2", *common])
+    assert first.exit_code == 0, first.output
+    for source, name in ((["--synthetic"], "synthetic"),
+                         (["--video-dir", str(videos)], "video-dir")):
+        again = runner.invoke(app, ["train", *source, "--steps", "3", "--resume", "auto",
+                                    *common], env={"COLUMNS": "400"})
+        assert again.exit_code == 1, again.output
+        assert isinstance(again.exception, SystemExit)
+        assert f"was trained on shards data but this run reads {name} data" in again.output
+    assert not (tmp_path / "step-00000003").exists()

@@ -3,12 +3,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from omnilatent import MODALITIES, OmniLatentModel
+from omnilatent import MODALITIES, OmniLatentConfig, OmniLatentModel
 from omnilatent.errors import CheckpointError, ConfigError
 from omnilatent.training import (
     SyntheticMultimodalDataset,
@@ -20,30 +22,46 @@ from omnilatent.training import (
 from omnilatent.training.checkpoint import (
     find_latest_checkpoint,
     load_checkpoint,
+    save_checkpoint,
     verify_checkpoint,
 )
 from omnilatent.training.rng import seed_everything
 from omnilatent.training.tasks import PairSampler
-from omnilatent.training.trainer import lr_factor
+from omnilatent.training.trainer import WALL_CLOCK_FIELDS, TrainerCallbacks, lr_factor
+from pipeline.loader import LoaderStats
+from pipeline.lock import FolderInUseError, FolderLock
+from tests.conftest import TINY
 
-TIMING_FIELDS = ("tokens_per_s", "samples_per_s")
 
-
-def _trainer(cfg, save_dir: Path | None, steps: int, **overrides) -> Trainer:
+def _trainer(cfg, save_dir: Path | None, steps: int, *, loader=None, data_source=None,
+             **overrides) -> Trainer:
     seed_everything(0)
     model = OmniLatentModel(cfg)
-    dataset = SyntheticMultimodalDataset(cfg, length=24, seed=0, text_len=6)
-    loader = build_dataloader(dataset, batch_size=2, seed=0)
-    config = TrainConfig(steps=steps, lr=1e-3, log_interval=1, save_dir=save_dir, **overrides)
-    return Trainer(model, config, loader)
+    if loader is None:
+        dataset = SyntheticMultimodalDataset(cfg, length=24, seed=0, text_len=6)
+        loader = build_dataloader(dataset, batch_size=2, seed=0)
+    config = TrainConfig(**{"steps": steps, "lr": 1e-3, "log_interval": 1,
+                            "save_dir": save_dir, **overrides})
+    return Trainer(model, config, loader, data_source=data_source)
 
 
 def _metrics(path: Path) -> list[dict]:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     for r in records:
-        for name in TIMING_FIELDS:
+        for name in WALL_CLOCK_FIELDS:
             r.pop(name)
     return records
+
+
+def _rewrite_state(checkpoint: Path, step: int, edit) -> Path:
+    """Write the checkpoint ``checkpoint`` again at ``step``, its trainer state changed by
+    ``edit``: a complete, hash-valid checkpoint whose content the trainer must judge."""
+    loaded = load_checkpoint(checkpoint)
+    state = {k: v for k, v in loaded.state.items()
+             if k not in ("format", "step", "files", "state_sha256")}
+    edit(state)
+    return save_checkpoint(checkpoint.parent, step, loaded.model_state, loaded.training_state,
+                           state)
 
 
 def test_exact_resume_is_bit_identical(tmp_path, tiny_config) -> None:
@@ -245,3 +263,210 @@ def test_evaluation_during_training_changes_nothing_and_is_logged(tmp_path, tiny
     assert evals[0]["eval"]["samples"] == 8 and "audio_to_video" in evals[0]["eval"]["retrieval"]
     with pytest.raises(ConfigError, match="eval_every"):
         TrainConfig(eval_every=-1)
+
+
+def _garbage_rng(state: dict) -> None:
+    state["rng"]["torch"] = [7] * len(state["rng"]["torch"])  # right size, invalid MT state
+
+
+def test_save_prunes_around_the_new_checkpoint_and_skips_unrestorable_ones(tmp_path,
+                                                                          tiny_config) -> None:
+    """Issue 9, item 4: the checkpoint just written is never pruned, and a newer one this
+    trainer could not restore neither counts as kept nor pushes a good one out."""
+    trainer = _trainer(tiny_config, tmp_path, 4, save_every=1, keep_last=0)
+    trainer.train()
+    _rewrite_state(tmp_path / "step-00000004", 9, _garbage_rng)  # e.g. an edited later run
+    trainer.config.keep_last = 2
+    trainer.save()  # step 4 again
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == [
+        "step-00000003", "step-00000004", "step-00000009"]
+    trainer.config.keep_last = 1
+    trainer.save()
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000004",
+                                                                "step-00000009"]
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory) -> Path:
+    save = tmp_path_factory.mktemp("run")
+    _trainer(OmniLatentConfig(**TINY), save, 2, save_every=1, keep_last=0).train()
+    return save
+
+
+def _set(path: str, value):
+    def edit(state: dict) -> None:
+        *parents, last = path.split(".")
+        target = state
+        for key in parents:
+            target = target[key]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    (_garbage_rng, "invalid torch generator state"),
+    (_set("rng.numpy", ["MT19937", [1] * 624, 10**6, 0, 0.0]), "rng.numpy"),
+    (_set("rng.python", [3, [1] * 10, None]), "rng.python"),
+    (_set("rng", []), "'rng' must be an object"),
+    (_set("pair_sampler", KeyError), "has no 'pair_sampler'"),
+    (_set("pair_sampler.turn", "3"), "pair_sampler"),
+    (_set("data", [1, 2]), "'data' must be"),
+    (_set("data.batches_seen", -1), "'data' must be"),
+    (_set("model_config.hidden_dim", "wide"), "model_config"),
+    (_set("hooks", {}), "'hooks' must be"),
+    (_set("extra", []), "'extra' must be"),
+    (_set("log_window.recent", [["video->audio"]]), "log_window"),
+    (_set("card", {"tokenizer": 5}), "card"),
+])
+def test_unrestorable_trainer_state_is_skipped_or_refused_unchanged(two_checkpoints, tmp_path,
+                                                                    tiny_config, edit,
+                                                                    reason) -> None:
+    """Issue 9, item 5: an edited state.json (hash-valid) is skipped by the search with its
+    reason, and resuming it explicitly is a CheckpointError before anything changed."""
+    save = tmp_path / "run"
+    shutil.copytree(two_checkpoints, save)
+    _rewrite_state(save / "step-00000002", 2, edit)
+    trainer = _trainer(tiny_config, save, 4)
+    search = find_latest_checkpoint(save, check=trainer.check_state)
+    assert search.latest == save / "step-00000001"
+    assert [path.name for path, _ in search.skipped] == ["step-00000002"]
+    assert reason in search.skipped[0][1]
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    metrics = (save / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match="step-00000002"):
+        trainer.resume(save / "step-00000002")
+    assert trainer.step == 0 and trainer.pair_sampler.turn == 0
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert (save / "metrics.jsonl").read_text() == metrics
+    FolderLock(save).acquire().release()  # the failed resume gave the save dir back
+
+
+def test_a_second_run_into_a_save_dir_in_use_is_refused(tmp_path, tiny_config) -> None:
+    """Issue 9, item 6: a run holds its save dir's lock for its whole length and gives it
+    back when it ends, also by an error."""
+    with FolderLock(tmp_path):  # another run
+        second = _trainer(tiny_config, tmp_path, 2)
+        with pytest.raises(FolderInUseError, match=f"another run \\(pid {os.getpid()}\\)"):
+            second.train()
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+    class _Holder(TrainerCallbacks):
+        def on_step(self, step: int, total: int, loss: float, task: str) -> None:
+            with pytest.raises(FolderInUseError):
+                FolderLock(tmp_path).acquire()
+            raise RuntimeError("boom")
+
+    failing = _trainer(tiny_config, tmp_path, 2)
+    failing.callbacks = _Holder()
+    with pytest.raises(RuntimeError, match="boom"):
+        failing.train()
+    assert _trainer(tiny_config, tmp_path, 1).train().step == 1
+
+
+class _Lossy:
+    """A loader that drops 4 samples for each batch of 2 it delivers, counted as the shard
+    loader counts them."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.stats = inner, LoaderStats()
+
+    def __iter__(self):
+        for batch in self.inner:
+            self.stats.skipped_samples += 4
+            self.stats.samples += 2
+            self.stats.batches += 1
+            self.stats.note("a.tar: sample 7: missing mel")
+            yield batch
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.inner.load_state_dict(state)
+
+
+def _lossy_trainer(cfg, save_dir: Path, steps: int, **overrides) -> Trainer:
+    dataset = SyntheticMultimodalDataset(cfg, length=24, seed=0, text_len=6)
+    return _trainer(cfg, save_dir, steps, loader=_Lossy(build_dataloader(dataset, 2, seed=0)),
+                    **overrides)
+
+
+class _Events(TrainerCallbacks):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_event(self, message: str) -> None:
+        self.events.append(message)
+
+
+def test_dropped_samples_are_logged_warned_and_counted_across_a_resume(tmp_path,
+                                                                       tiny_config) -> None:
+    """Issue 9, item 7: the loader's counters reach every record and the result, over the
+    whole run (a resume included), with one warning past 1 % dropped."""
+    first = _lossy_trainer(tiny_config, tmp_path, 4, log_interval=2, save_every=2)
+    events = first.callbacks = _Events()
+    result = first.train(should_stop=lambda: first.step >= 2)
+    assert result.data == {"samples": 4, "dropped": 8, "unsafe_members": 0,
+                           "corrupt_shards": 0, "surplus_shards": 0}
+    warnings = [e for e in events.events if "dropped" in e]
+    assert len(warnings) == 1
+    assert "8 of 12 samples (66.7%)" in warnings[0] and "missing mel" in warnings[0]
+    resumed = _lossy_trainer(tiny_config, tmp_path, 4, log_interval=2, save_every=2)
+    resumed.resume(tmp_path / "step-00000002")
+    assert resumed.train().data["dropped"] == 16
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["data"]["samples"], r["data"]["dropped"]) for r in records] == [
+        (2, 4, 8), (4, 8, 16)]
+
+
+def test_resume_logs_the_records_an_uninterrupted_run_logs(tmp_path, tiny_config) -> None:
+    """Issue 9, item 8: the window a record averages over is checkpointed, so records after
+    a resume inside a window are the uninterrupted run's (wall-clock fields aside)."""
+    _trainer(tiny_config, tmp_path / "a", 8, log_interval=4).train()
+    first = _trainer(tiny_config, tmp_path / "b", 8, log_interval=4, save_every=3)
+    first.train(should_stop=lambda: first.step >= 3)
+    resumed = _trainer(tiny_config, tmp_path / "b", 8, log_interval=4)
+    resumed.resume(tmp_path / "b" / "step-00000003")
+    resumed.train()
+    straight = _metrics(tmp_path / "a" / "metrics.jsonl")
+    assert [r["step"] for r in straight] == [4, 8]
+    assert _metrics(tmp_path / "b" / "metrics.jsonl") == straight
+
+
+def test_resume_on_another_kind_of_data_is_refused_naming_both(tmp_path, tiny_config) -> None:
+    """Issue 9, item 9: the data source is checkpointed; another one is refused, before its
+    loader is handed a position that means nothing to it."""
+    _trainer(tiny_config, tmp_path, 2, data_source="shards").train()
+    other = _trainer(tiny_config, tmp_path, 4, data_source="synthetic")
+    with pytest.raises(CheckpointError, match="trained on shards data but this run reads "
+                                              "synthetic data"):
+        other.resume(tmp_path / "step-00000002")
+    assert other.step == 0 and other.dataloader.state_dict() == {"epoch": 0, "batch": 0}
+    with pytest.raises(ConfigError, match="not a position of this loader"):
+        other.dataloader.load_state_dict({"epoch": 0, "batches": 3, "consumed": [6]})
+
+
+class _TextOnEvenSamples(torch.utils.data.Dataset):
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        sample = self.inner[i]
+        return sample if i % 2 == 0 else {**sample, "text": torch.zeros(0, dtype=torch.long)}
+
+
+def test_with_grad_accum_the_task_fits_every_micro_batch(tiny_config) -> None:
+    """Issue 9, item 10: each step's task is chosen from what all its micro-batches hold; here
+    every step pairs a batch with transcript text and one without, so no text task."""
+    dataset = _TextOnEvenSamples(SyntheticMultimodalDataset(tiny_config, length=16, seed=0,
+                                                            text_len=4))
+    loader = build_dataloader(dataset, batch_size=1, shuffle=False)
+    result = _trainer(tiny_config, None, 6, loader=loader, grad_accum=2).train()
+    assert result.step == 6
+    assert not any("text" in h["task"] for h in result.history)

@@ -68,10 +68,6 @@ class TrainConfig:
 
     @property
     def effective_warmup(self) -> int:
-        if self.eval_every is not None and (not isinstance(self.eval_every, int)
-                                            or self.eval_every < 0):
-            raise ConfigError(f"eval_every must be None (with each checkpoint) or an integer "
-                              f">= 0 (0: never), got {self.eval_every!r}")
         if self.warmup_steps is not None:
             return self.warmup_steps
         return max(1, self.steps // 20)

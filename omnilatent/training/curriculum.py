@@ -26,6 +26,7 @@ a corpus without any text drops them from every phase at the start.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -34,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omnilatent.errors import ConfigError, OmniLatentError
+from omnilatent.errors import CheckpointError, ConfigError
 from omnilatent.inference.card import CheckpointCard
 from omnilatent.model import OmniLatentModel
 from omnilatent.training.config import TrainConfig
-from omnilatent.training.tasks import Task, TemporalTask, present_modalities
+from omnilatent.training.tasks import Task, TemporalTask
 from omnilatent.training.trainer import Trainer, TrainerCallbacks, TrainResult
 
 PAIR_TASKS: dict[str, tuple[str, str]] = {
@@ -314,7 +315,8 @@ class CurriculumTrainer(Trainer):
     """The trainer with a phased task schedule.
 
     ``corpus_has_text`` False (known from the manifest) drops text tasks up front; None means
-    unknown, and batches without text simply pass over text tasks.
+    unknown, and batches without text simply pass over text tasks. ``total_steps`` and
+    ``save_dir`` override those of ``config`` in a validated copy; the caller's is untouched.
     """
 
     def __init__(
@@ -329,12 +331,15 @@ class CurriculumTrainer(Trainer):
         callbacks: TrainerCallbacks | None = None,
         card: CheckpointCard | None = None,
         evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
+        data_source: str | None = None,
     ) -> None:
+        overrides: dict[str, Any] = {}
         if total_steps is not None:
-            config.steps = total_steps
+            overrides["steps"] = total_steps
         if save_dir is not None:
-            config.save_dir = Path(save_dir)
-        super().__init__(model, config, dataloader, callbacks, card, evaluator)
+            overrides["save_dir"] = Path(save_dir)
+        config = dataclasses.replace(config, **overrides)  # runs TrainConfig's validation
+        super().__init__(model, config, dataloader, callbacks, card, evaluator, data_source)
         if isinstance(schedule, str):
             schedule = parse_schedule(schedule)
         self.notes: list[str] = []
@@ -343,10 +348,25 @@ class CurriculumTrainer(Trainer):
             self.notes.insert(0, "the corpus has no transcripts: text tasks are skipped")
         self.schedule = schedule
         self.spans = schedule.spans(config.steps)
+        self._check_clip_length(model.config.video_frames, model.config.tubelet_size)
         self.tasks = {name: build_task(name, model.config.tubelet_size) for name in TASK_NAMES}
         self._rr = _RoundRobin()
         self._phase_name: str | None = None
         self.text_skipped = 0
+
+    def _check_clip_length(self, frames: int, tubelet: int) -> None:
+        """Future-frame prediction cuts a clip in two at a whole tubelet; refuse it up front on
+        clips too short for that, not at the first temporal step after earlier phases ran."""
+        if frames >= 2 * tubelet:
+            return
+        for span in self.spans:
+            if "temporal" in span.phase.tasks and span.end > span.start:
+                raise ConfigError(
+                    f"phase {span.phase.name!r} trains 'temporal' (future frames from past "
+                    f"ones), which needs clips of at least {2 * tubelet} frames (two tubelets "
+                    f"of {tubelet}), but the clips have {frames}; prepare longer clips "
+                    "(--clip-duration, --fps) or use a schedule without 'temporal'"
+                )
 
     def train(self, should_stop: Callable[[], bool] | None = None) -> TrainResult:
         for note in self.notes:
@@ -360,7 +380,7 @@ class CurriculumTrainer(Trainer):
                 return span
         return self.spans[-1]
 
-    def select_task(self, batch: dict) -> Task | None:
+    def select_task(self, present: set[str]) -> Task | None:
         span = self.span_at(self.step)
         if span.phase.name != self._phase_name:
             self._rr = _RoundRobin()
@@ -369,7 +389,6 @@ class CurriculumTrainer(Trainer):
                 f"phase {span.phase.name!r} (steps {span.start + 1}-{span.end}): "
                 f"{', '.join(span.phase.tasks)}"
             )
-        present = set(present_modalities(batch))
         eligible = {name: w for name, w in span.phase.tasks.items()
                     if {self.tasks[name].source, self.tasks[name].target} <= present}
         if len(eligible) < len(span.phase.tasks) and "text" not in present:
@@ -388,10 +407,29 @@ class CurriculumTrainer(Trainer):
                 "text_skipped": self.text_skipped,
                 "phase_step": self.step - self.span_at(max(self.step - 1, 0)).start}
 
+    def check_extra_state(self, state: dict[str, Any]) -> None:
+        if not state:  # a run without a curriculum: refused by check_compatible
+            return
+        robin = state.get("round_robin")
+        if not (isinstance(state.get("phase"), (str, type(None)))
+                and isinstance(robin, dict)
+                and all(name in TASK_NAMES and isinstance(value, (int, float))
+                        and not isinstance(value, bool) and math.isfinite(value)
+                        for name, value in robin.items())
+                and isinstance(state.get("text_skipped"), int)
+                and not isinstance(state["text_skipped"], bool) and state["text_skipped"] >= 0):
+            raise CheckpointError("'extra' (the curriculum state) must be {phase: a name or "
+                                  "null, round_robin: task -> number, text_skipped: an integer "
+                                  ">= 0}")
+
+    def check_compatible(self, path: Path, state: dict[str, Any]) -> None:
+        super().check_compatible(path, state)
+        if not state["extra"]:
+            raise CheckpointError(f"{path} holds no curriculum state: it was written by a run "
+                                  "without a phase schedule; resume it that way, or start a "
+                                  "new run in another save dir")
+
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if not state:
-            raise OmniLatentError("this checkpoint holds no curriculum state; it was not "
-                                  "written by a curriculum run")
         self._phase_name = state["phase"]
         self._rr = _RoundRobin(dict(state["round_robin"]))
-        self.text_skipped = int(state["text_skipped"])
+        self.text_skipped = state["text_skipped"]

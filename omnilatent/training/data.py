@@ -114,8 +114,16 @@ class ResumableLoader:
         return {"epoch": self.epoch, "batch": self.batch}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = int(state["epoch"])
-        self.batch = int(state["batch"])
+        """Continue from ``state_dict``; ConfigError (nothing changed) for any other state,
+        e.g. that of a shard loader when a run is resumed on other data."""
+        valid = (isinstance(state, dict) and set(state) == {"epoch", "batch"}
+                 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                         for v in state.values()))
+        if not valid:
+            raise ConfigError(f"not a position of this loader (epoch and batch, integers "
+                              f">= 0): {str(state)[:100]}")
+        self.epoch = state["epoch"]
+        self.batch = state["batch"]
 
 
 def build_dataloader(

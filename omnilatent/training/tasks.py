@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from omnilatent.config import MODALITIES
+from omnilatent.errors import ConfigError, OmniLatentError
 from omnilatent.model.losses import PAD_ID
 
 
@@ -46,8 +47,8 @@ class TemporalTask(Task):
         video = batch["video"]
         cut = video.shape[2] // 2 // self.tubelet * self.tubelet
         if cut == 0:
-            raise ValueError(f"temporal prediction needs at least {2 * self.tubelet} frames, "
-                             f"got {video.shape[2]}")
+            raise ConfigError(f"temporal prediction needs at least {2 * self.tubelet} frames, "
+                              f"got {video.shape[2]}")
         return video[:, :, :cut], video[:, :, cut:]
 
 
@@ -83,9 +84,14 @@ class PairSampler:
         self.turn = 0
 
     def next(self, batch: dict) -> Task:
-        present = set(present_modalities(batch))
+        """The next pair that ``batch`` can serve."""
+        return self.choose(set(present_modalities(batch)))
+
+    def choose(self, present: set[str]) -> Task:
+        """The next pair whose source and target are both in ``present``."""
         if not present:
-            raise ValueError("the batch holds no modality tensor (text, audio, image or video)")
+            raise OmniLatentError("no modality (text, audio, image or video) is held by every "
+                                  "batch of the step; check the data source")
         n = len(MODALITIES)
         while True:
             target = MODALITIES[self.turn % n]
@@ -99,6 +105,11 @@ class PairSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.turn = int(state["turn"])
+
+
+def common_modalities(batches: list[dict]) -> set[str]:
+    """Modalities every one of ``batches`` can serve (see `present_modalities`)."""
+    return set.intersection(*(set(present_modalities(batch)) for batch in batches))
 
 
 def content_tokens(modality: str, x: Tensor, audio_stride: int, patch: int, tubelet: int) -> int:

@@ -1,9 +1,15 @@
 """The training loop: AdamW, warmup + cosine, clipping, accumulation, AMP, exact resume.
 
-Exact resume rests on three things being restored together from a checkpoint: the weights and
+Exact resume rests on four things being restored together from a checkpoint: the weights and
 optimizer/scheduler/scaler state, every RNG (including the generator that picks each step's
-task), and the data position (the loader's own state, or a count of batches to skip). On CPU
-with 0 loader workers a resumed run is then bit-identical to an uninterrupted one.
+task), the data position (the loader's own state, or a count of batches to skip), and the
+window the next metrics record averages over. On CPU with 0 loader workers a resumed run is
+then bit-identical to an uninterrupted one, and so are its metrics.jsonl records except the
+wall-clock fields (``WALL_CLOCK_FIELDS``).
+
+A run holds its save dir's lock (`pipeline.lock.FolderLock`) from its first touch (resume or
+train) to its end, so a second run into the same folder stops at once instead of mixing its
+checkpoints and metrics with the first one's.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +32,28 @@ from omnilatent.errors import CheckpointError, ConfigError, OmniLatentError
 from omnilatent.inference.card import CheckpointCard
 from omnilatent.model import OmniLatentModel
 from omnilatent.training.checkpoint import (
+    STATE_FILE,
+    TRAINING_FILE,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
 from omnilatent.training.config import TrainConfig
-from omnilatent.training.rng import capture_rng, restore_rng
-from omnilatent.training.tasks import PairSampler, Task, content_tokens
+from omnilatent.training.rng import capture_rng, check_rng_state, restore_rng
+from omnilatent.training.tasks import PairSampler, Task, common_modalities, content_tokens
+from pipeline.errors import PipelineError
+from pipeline.lock import FolderLock
 
 METRICS_FILE = "metrics.jsonl"
-MAX_SKIPPED_IN_A_ROW = 1000  # batches no task could use, before the run is called stuck
+MAX_SKIPPED_IN_A_ROW = 1000  # steps no task could use, before the run is called stuck
+# Record fields measured with the wall clock: the only ones a resumed run may log differently.
+WALL_CLOCK_FIELDS = ("tokens_per_s", "samples_per_s")
+# The loader's counters in each record's "data" (when the loader keeps `stats`, as the shard
+# loader does); "dropped" are samples it could not use (corrupt, incomplete, inconsistent).
+DATA_COUNTERS = ("samples", "dropped", "unsafe_members", "corrupt_shards", "surplus_shards")
+DROPPED_WARNING = 0.01  # warn once the loader has dropped more than this share of samples
+STATE_KEYS = ("model_config", "train_config", "hooks", "rng", "pair_sampler", "data", "extra",
+              "card")
 
 
 class TrainerCallbacks:
@@ -62,6 +80,130 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per step
     last_record: dict[str, Any] | None = None
     last_eval: dict[str, Any] | None = None  # the latest {"step", "eval"} record
+    data: dict[str, int] | None = None  # the loader's counters (DATA_COUNTERS), if it has any
+
+
+def dropped_share(counters: dict[str, int]) -> float:
+    """Share of the samples the loader read that it dropped (0 before any)."""
+    read = counters["samples"] + counters["dropped"]
+    return counters["dropped"] / read if read else 0.0
+
+
+def loader_counters(loader: Any) -> dict[str, int] | None:
+    """The loader's `stats` as DATA_COUNTERS, or None for a loader that keeps none."""
+    stats = getattr(loader, "stats", None)
+    if stats is None:
+        return None
+    return {"samples": int(stats.samples),
+            "dropped": int(getattr(stats, "dropped", stats.skipped_samples)),
+            "unsafe_members": int(stats.unsafe_members),
+            "corrupt_shards": int(stats.corrupt_shards),
+            "surplus_shards": int(getattr(stats, "surplus_shards", 0))}
+
+
+@dataclass
+class LogWindow:
+    """What the next metrics record is computed from: the losses of the last ``log_interval``
+    steps (a sliding window) and the samples, tokens, skipped batches and wall-clock seconds
+    since the previous record. Checkpointed, so a resumed run logs the same records."""
+
+    recent: deque[tuple[str, float]]
+    samples: int = 0
+    tokens: int = 0
+    skipped: int = 0
+    seconds: float = 0.0  # before `started`
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return self.seconds + time.perf_counter() - self.started
+
+    def restart(self) -> None:
+        """Start the next record's counts (the loss window slides on)."""
+        self.samples = self.tokens = self.skipped = 0
+        self.seconds, self.started = 0.0, time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent": [[name, loss] for name, loss in self.recent], "samples": self.samples,
+                "tokens": self.tokens, "skipped": self.skipped, "seconds": self.elapsed()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.recent.clear()
+        self.recent.extend((name, float(loss)) for name, loss in state["recent"])
+        self.samples, self.tokens = state["samples"], state["tokens"]
+        self.skipped, self.seconds = state["skipped"], float(state["seconds"])
+        self.started = time.perf_counter()
+
+
+def _is_int(value: Any) -> bool:
+    """An integer >= 0 (JSON's true and false are not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any, low: float = 0.0) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= low)
+
+
+def _check_log_window(window: Any) -> None:
+    if not (isinstance(window, dict)
+            and {"recent", "samples", "tokens", "skipped", "seconds"} <= set(window)
+            and isinstance(window["recent"], list)
+            and all(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                    and _is_number(item[1], -math.inf) for item in window["recent"])
+            and all(_is_int(window[k]) for k in ("samples", "tokens", "skipped"))
+            and _is_number(window["seconds"])):
+        raise CheckpointError("'log_window' must be {recent: [[task, loss], ...], samples, "
+                              "tokens, skipped (integers >= 0), seconds (>= 0)}")
+
+
+def _check_data(data: Any) -> None:
+    if not (isinstance(data, dict) and _is_int(data.get("batches_seen"))
+            and "loader" in data and (data["loader"] is None or isinstance(data["loader"], dict))
+            and (data.get("source") is None or isinstance(data["source"], str))):
+        raise CheckpointError("'data' must be {batches_seen: an integer >= 0, loader: the "
+                              "loader's position or null, source: the data source's name}")
+    counters = data.get("counters")
+    if counters is not None and not (isinstance(counters, dict)
+                                     and set(counters) == set(DATA_COUNTERS)
+                                     and all(_is_int(v) for v in counters.values())):
+        raise CheckpointError(f"'data.counters' must hold {', '.join(DATA_COUNTERS)} "
+                              "(integers >= 0)")
+
+
+def check_trainer_state(state: dict[str, Any]) -> None:
+    """Raise CheckpointError saying which of the trainer's own state.json keys is unusable.
+
+    The generic keys (format, step, files, hash) are checked by `verify_checkpoint`; these are
+    the ones `Trainer.resume` reads, checked for everything it relies on, so a resume never
+    fails half-way through restoring them. Keys added after format 2 (``log_window``,
+    ``data.source``, ``data.counters``) may be missing.
+    """
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"has no {', '.join(map(repr, missing))} (edited, or not "
+                              "written by a training run)")
+    if not isinstance(state["model_config"], dict):
+        raise CheckpointError("'model_config' must be an object")
+    try:
+        OmniLatentConfig.from_dict(state["model_config"])
+    except (OmniLatentError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"'model_config' is not a valid model configuration ({exc})") \
+            from None
+    if not isinstance(state["train_config"], dict):
+        raise CheckpointError("'train_config' must be an object")
+    hooks = state["hooks"]
+    if not (isinstance(hooks, list)
+            and all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in hooks)):
+        raise CheckpointError("'hooks' must be a list of hook settings (objects with a name)")
+    check_rng_state(state["rng"])
+    sampler = state["pair_sampler"]
+    if not (isinstance(sampler, dict) and _is_int(sampler.get("turn"))):
+        raise CheckpointError("'pair_sampler' must be {turn: an integer >= 0}")
+    _check_data(state["data"])
+    if "log_window" in state:
+        _check_log_window(state["log_window"])
+    if not isinstance(state["extra"], dict):
+        raise CheckpointError("'extra' must be an object")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,6 +251,8 @@ class Trainer:
     (see `omnilatent.inference.card`). ``evaluator`` measures the model on held-out data
     (``config.eval_every``); its metrics are appended to metrics.jsonl as
     ``{"step", "eval"}`` records. It runs between RNG snapshots, so it never changes the run.
+    ``data_source`` names the kind of data (e.g. "shards"); it is checkpointed, and a resume
+    on another kind is refused (its loader position would mean nothing there).
     """
 
     def __init__(
@@ -119,9 +263,11 @@ class Trainer:
         callbacks: TrainerCallbacks | None = None,
         card: CheckpointCard | None = None,
         evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
+        data_source: str | None = None,
     ) -> None:
         self.config = config
         self.card = card
+        self.data_source = data_source
         self.evaluator = evaluator
         self.callbacks = callbacks or TrainerCallbacks()
         self.device = resolve_device(config.device)
@@ -145,18 +291,48 @@ class Trainer:
         self.batches_seen = 0
         self._skip_batches = 0
         self._iterator: Iterator | None = None
+        self.window = LogWindow(deque(maxlen=config.log_interval))
+        # counters of earlier runs (from the checkpoint), and the loader's when it resumed
+        self._data_before = dict.fromkeys(DATA_COUNTERS, 0)
+        self._data_mark = dict.fromkeys(DATA_COUNTERS, 0)
+        self._warned_dropped = False
+        self._lock = None if config.save_dir is None else FolderLock(config.save_dir)
 
     # ------------------------------------------------------------- overridable
-    def select_task(self, batch: dict) -> Task | None:
-        """The task for this step, or None to skip the batch. Default: every pair in turn."""
-        return self.pair_sampler.next(batch)
+    def select_task(self, present: set[str]) -> Task | None:
+        """The task for this step, or None to skip it, given the modalities that every batch
+        of the step holds. Default: every pair in turn."""
+        return self.pair_sampler.choose(present)
 
     def extra_state(self) -> dict[str, Any]:
         """Subclasses add their own resumable state (e.g. the curriculum phase)."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Counterpart of ``extra_state``."""
+        """Counterpart of ``extra_state`` (given a state that passed ``check_extra_state``)."""
+
+    def check_extra_state(self, state: dict[str, Any]) -> None:
+        """Raise CheckpointError (the reason, without the path) if ``load_extra_state`` could
+        not restore ``state``; it is an object, possibly empty (a run of another kind)."""
+
+    def check_compatible(self, path: Path, state: dict[str, Any]) -> None:
+        """Raise CheckpointError if this run cannot continue the run that wrote ``state``
+        (which passed ``check_state``): another kind of data (checked first: the sizes of
+        the model follow from the data) or another model."""
+        saved = state["data"].get("source")
+        if saved is not None and self.data_source is not None and saved != self.data_source:
+            raise CheckpointError(
+                f"{path} was trained on {saved} data but this run reads {self.data_source} "
+                f"data; resume with the data source it was trained on, or start a new run in "
+                "another save dir"
+            )
+        saved_cfg = OmniLatentConfig.from_dict(state["model_config"])
+        diffs = [f"{k}: checkpoint {v!r} vs now {getattr(self.model_config, k)!r}"
+                 for k, v in saved_cfg.to_dict().items()
+                 if getattr(self.model_config, k) != v and k != "gradient_checkpointing"]
+        if diffs:
+            raise CheckpointError(f"{path} was trained with a different model: "
+                                  + "; ".join(diffs))
 
     def log_fields(self) -> dict[str, Any]:
         """Extra fields for each metrics record."""
@@ -189,6 +365,24 @@ class Trainer:
     def _metrics_path(self) -> Path | None:
         return None if self.config.save_dir is None else self.config.save_dir / METRICS_FILE
 
+    def claim_save_dir(self) -> None:
+        """Take the save dir's lock (if there is a save dir; a no-op when held already):
+        FolderInUseError, naming the holder's pid, when another run holds it."""
+        if self._lock is not None:
+            self._lock.acquire()
+
+    def release_save_dir(self) -> None:
+        """Give the save dir's lock up (``train`` does when it ends, also on an error)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def data_counters(self) -> dict[str, int] | None:
+        """The loader's counters over the whole run, checkpointed runs before included."""
+        now = loader_counters(self.dataloader)
+        if now is None:
+            return None
+        return {k: self._data_before[k] + now[k] - self._data_mark[k] for k in DATA_COUNTERS}
+
     def save(self) -> Path:
         """Checkpoint the current step into ``save_dir`` and prune old checkpoints."""
         if self.config.save_dir is None:
@@ -201,7 +395,9 @@ class Trainer:
             "hooks": [hook.settings() for hook in self.model.hooks.values()],
             "rng": capture_rng(),
             "pair_sampler": self.pair_sampler.state_dict(),
-            "data": {"batches_seen": self.batches_seen, "loader": loader_state},
+            "data": {"batches_seen": self.batches_seen, "loader": loader_state,
+                     "source": self.data_source, "counters": self.data_counters()},
+            "log_window": self.window.state_dict(),
             "extra": self.extra_state(),
             "card": None if self.card is None else self.card.to_state(),
         }
@@ -213,45 +409,101 @@ class Trainer:
         path = save_checkpoint(self.config.save_dir, self.step, self.model.state_dict(),
                                training_state, state,
                                None if self.card is None else self.card.files())
-        prune_checkpoints(self.config.save_dir, self.config.keep_last)
+        prune_checkpoints(self.config.save_dir, self.config.keep_last, keep=path,
+                          check=self.check_state)
         self.callbacks.on_checkpoint(path)
         return path
 
-    def resume(self, path: Path) -> None:
-        """Restore weights, optimizer, scheduler, scaler, RNGs and data position from ``path``."""
-        ckpt = load_checkpoint(Path(path))
-        saved_cfg = OmniLatentConfig.from_dict(ckpt.state["model_config"])
-        if saved_cfg != self.model_config:
-            diffs = [f"{k}: checkpoint {v!r} vs now {getattr(self.model_config, k)!r}"
-                     for k, v in saved_cfg.to_dict().items()
-                     if getattr(self.model_config, k) != v and k != "gradient_checkpointing"]
-            if diffs:
-                raise CheckpointError(f"{path} was trained with a different model: "
-                                      + "; ".join(diffs))
+    def check_state(self, path: Path, state: dict[str, Any]) -> None:
+        """Raise CheckpointError with the reason if this trainer could not restore the
+        checkpoint at ``path`` whose verified state.json is ``state`` (see
+        `check_trainer_state`, ``check_extra_state``). The ``check`` of
+        find_latest_checkpoint and prune_checkpoints; resume runs it before changing
+        anything."""
         try:
-            self.model.load_state_dict(ckpt.model_state)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{path}: weights do not fit the model (registered hooks differ?): {exc}"
-            ) from exc
-        self.optimizer.load_state_dict(ckpt.training_state["optimizer"])
-        self.scheduler.load_state_dict(ckpt.training_state["scheduler"])
-        self.scaler.load_state_dict(ckpt.training_state["scaler"])
+            check_trainer_state(state)
+            self.check_extra_state(state["extra"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {STATE_FILE} {exc}") from None
+        if state["card"] is not None:
+            CheckpointCard.from_state(state["card"], path)
+
+    def _check_weights(self, path: Path, weights: dict[str, Tensor]) -> None:
+        """Refuse weights that load_state_dict would fail on half-way (it copies what fits
+        before it raises)."""
+        own = self.model.state_dict()
+        problems = sorted(
+            [f"missing {k}" for k in own.keys() - weights.keys()]
+            + [f"unexpected {k}" for k in weights.keys() - own.keys()]
+            + [f"{k} has shape {tuple(weights[k].shape)}, the model {tuple(own[k].shape)}"
+               for k in own.keys() & weights.keys() if weights[k].shape != own[k].shape])
+        if problems:
+            raise CheckpointError(f"{path}: weights do not fit the model (registered hooks "
+                                  f"differ?): " + "; ".join(problems[:5])
+                                  + (f" and {len(problems) - 5} more" if len(problems) > 5
+                                     else ""))
+
+    def resume(self, path: Path) -> None:
+        """Restore weights, optimizer, scheduler, scaler, RNGs, data position and the log
+        window from the checkpoint folder ``path``.
+
+        The checkpoint is verified, loaded and checked (``check_state``,
+        ``check_compatible``, the weights' names and shapes) before anything changes, so a
+        bad one is a CheckpointError that leaves the trainer and the save dir's metrics as
+        they were. Takes the save dir's lock, kept for ``train`` (released if this fails).
+        """
+        path = Path(path)
+        held = self._lock is not None and self._lock.held
+        self.claim_save_dir()
+        try:
+            self._resume(path)
+        except BaseException:
+            if not held:
+                self.release_save_dir()
+            raise
+
+    def _resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        self.check_state(path, ckpt.state)
+        self.check_compatible(path, ckpt.state)
+        self._check_weights(path, ckpt.model_state)
+        training = ckpt.training_state
+        if not (isinstance(training, dict)
+                and all(isinstance(training.get(k), dict)
+                        for k in ("optimizer", "scheduler", "scaler"))):
+            raise CheckpointError(f"{path}: {TRAINING_FILE} must hold the optimizer, scheduler "
+                                  "and scaler states")
+        data = ckpt.state["data"]
+        if data["loader"] is not None and hasattr(self.dataloader, "load_state_dict"):
+            try:  # first: loaders check a position before they take it
+                self.dataloader.load_state_dict(data["loader"])
+            except (OmniLatentError, PipelineError, KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: the data loader cannot continue from the "
+                                      f"saved position ({exc})") from exc
+            self.batches_seen = data["batches_seen"]
+        else:
+            self.batches_seen, self._skip_batches = 0, data["batches_seen"]
+        self.model.load_state_dict(ckpt.model_state)
+        try:
+            self.optimizer.load_state_dict(training["optimizer"])
+            self.scheduler.load_state_dict(training["scheduler"])
+            self.scaler.load_state_dict(training["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: {TRAINING_FILE} does not fit this run's optimizer "
+                                  f"({type(exc).__name__}: {exc})") from exc
         restore_rng(ckpt.state["rng"])
         self.pair_sampler.load_state_dict(ckpt.state["pair_sampler"])
-        self.step = int(ckpt.state["step"])
-        data = ckpt.state["data"]
-        self.batches_seen = int(data["batches_seen"])
-        if data.get("loader") is not None and hasattr(self.dataloader, "load_state_dict"):
-            self.dataloader.load_state_dict(data["loader"])
-        else:
-            self.batches_seen, self._skip_batches = 0, int(data["batches_seen"])
-        self.load_extra_state(ckpt.state.get("extra", {}))
+        self.step = ckpt.state["step"]
+        self.load_extra_state(ckpt.state["extra"])
+        if "log_window" in ckpt.state:
+            self.window.load_state_dict(ckpt.state["log_window"])
+        if data.get("counters") is not None:
+            self._data_before = dict(data["counters"])
+            self._data_mark = loader_counters(self.dataloader) or self._data_mark
+        known = {item.name for item in fields(TrainConfig)} - {"save_dir", "device"}
         changed = [f"{k} {v!r} -> {getattr(self.config, k)!r}"
                    for k, v in ckpt.state["train_config"].items()
-                   if k not in ("save_dir", "device") and
-                   (str(getattr(self.config, k)) if k == "save_dir" else getattr(self.config, k))
-                   != v]
+                   if k in known and getattr(self.config, k) != v]
         if changed:
             self.callbacks.on_event("resuming with changed settings: " + ", ".join(changed))
         self._truncate_metrics()
@@ -299,20 +551,25 @@ class Trainer:
 
     # ------------------------------------------------------------- training
     def _train_step(self) -> tuple[Task, float, int, int] | None:
-        """One optimizer step over ``grad_accum`` batches: (task, loss, samples, tokens)."""
+        """One optimizer step over ``grad_accum`` batches: (task, loss, samples, tokens), or
+        None when no task can use them.
+
+        The step's batches are drawn first and its task is chosen from the modalities all of
+        them hold, so every micro-batch serves the task (a task chosen from the first batch
+        alone fails on a later one without, e.g., transcript text). The cost: the step's
+        batches are in host memory together.
+        """
         cfg = self.config
         mcfg = self.model_config
         self.model.train()
-        task: Task | None = None
         total_loss, samples, tokens = 0.0, 0, 0
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())
-        for _micro in range(cfg.grad_accum):
-            batch = self._next_batch()
-            if task is None:
-                task = self.select_task(batch)
-                if task is None:
-                    return None
+        batches = [self._next_batch() for _ in range(cfg.grad_accum)]
+        task = self.select_task(common_modalities(batches))
+        if task is None:
+            return None
+        for batch in batches:
             batch = self._to_device(batch)
             source, target = task.inputs(batch)
             with autocast:
@@ -339,7 +596,48 @@ class Trainer:
 
     def train(self, should_stop: Callable[[], bool] | None = None) -> TrainResult:
         """Run until ``config.steps`` (or until ``should_stop()`` turns true after a step, in
-        which case a checkpoint is written when ``save_dir`` is set)."""
+        which case a checkpoint is written when ``save_dir`` is set). Holds the save dir's
+        lock until it returns or raises."""
+        self.claim_save_dir()
+        try:
+            return self._train(should_stop)
+        finally:
+            self.release_save_dir()
+
+    def _log(self, lr: float) -> dict[str, Any]:
+        """The metrics record of the current step (see `LogWindow`)."""
+        window = self.window
+        elapsed = max(window.elapsed(), 1e-9)
+        per_task: dict[str, list[float]] = defaultdict(list)
+        for name, value in window.recent:
+            per_task[name].append(value)
+        record = {
+            "step": self.step,
+            "loss": sum(value for _, value in window.recent) / len(window.recent),
+            "losses": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
+            "lr": lr,
+            "tokens_per_s": window.tokens / elapsed,
+            "samples_per_s": window.samples / elapsed,
+            "skipped_batches": window.skipped,
+            **self.log_fields(),
+        }
+        counters = self.data_counters()
+        if counters is not None:
+            record["data"] = counters
+            share = dropped_share(counters)
+            if share > DROPPED_WARNING and not self._warned_dropped:
+                self._warned_dropped = True
+                stats = getattr(self.dataloader, "stats", None)
+                reasons = list(getattr(stats, "errors", []))[-1:]
+                self.callbacks.on_event(
+                    f"the loader dropped {counters['dropped']} of "
+                    f"{counters['samples'] + counters['dropped']} samples ({share:.1%}), more "
+                    f"than {DROPPED_WARNING:.0%}; check the data with `omni inspect`"
+                    + (f" (last reason: {reasons[0]})" if reasons else ""))
+        window.restart()
+        return record
+
+    def _train(self, should_stop: Callable[[], bool] | None) -> TrainResult:
         cfg = self.config
         metrics_path = self._metrics_path()
         if metrics_path is not None:
@@ -351,18 +649,18 @@ class Trainer:
         result = TrainResult(step=self.step, interrupted=False, last_checkpoint=None)
         # Losses are averaged over the last log_interval steps (a sliding window), so with the
         # balanced task cycle every record mixes the target modalities in the same proportion.
-        recent: deque[tuple[str, float]] = deque(maxlen=cfg.log_interval)
-        window_samples = window_tokens = skipped = in_a_row = 0
-        window_start = time.perf_counter()
+        window = self.window
+        window.started = time.perf_counter()
+        in_a_row = 0
         while self.step < cfg.steps:
             lr = self.optimizer.param_groups[0]["lr"]
             outcome = self._train_step()
             if outcome is None:
-                skipped += 1
+                window.skipped += cfg.grad_accum  # the record counts skipped batches
                 in_a_row += 1
                 if in_a_row >= MAX_SKIPPED_IN_A_ROW:
                     raise OmniLatentError(
-                        f"{in_a_row} batches in a row could serve no task of step "
+                        f"{in_a_row} steps in a row could serve no task of step "
                         f"{self.step + 1} (e.g. a phase of text tasks only, on data without "
                         "transcripts); check the schedule against the data"
                     )
@@ -370,33 +668,18 @@ class Trainer:
             in_a_row = 0
             task, loss, samples, tokens = outcome
             self.step += 1
-            recent.append((task.name, loss))
-            window_samples += samples
-            window_tokens += tokens
+            window.recent.append((task.name, loss))
+            window.samples += samples
+            window.tokens += tokens
             result.history.append({"step": self.step, "task": task.name, "loss": loss})
             self.callbacks.on_step(self.step, cfg.steps, loss, task.name)
             if self.step % cfg.log_interval == 0 or self.step == cfg.steps:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                per_task: dict[str, list[float]] = defaultdict(list)
-                for name, value in recent:
-                    per_task[name].append(value)
-                record = {
-                    "step": self.step,
-                    "loss": sum(value for _, value in recent) / len(recent),
-                    "losses": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
-                    "lr": lr,
-                    "tokens_per_s": window_tokens / elapsed,
-                    "samples_per_s": window_samples / elapsed,
-                    "skipped_batches": skipped,
-                    **self.log_fields(),
-                }
+                record = self._log(lr)
                 if metrics_path is not None:
                     with metrics_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                 self.callbacks.on_log(record)
                 result.last_record = record
-                window_samples = window_tokens = skipped = 0
-                window_start = time.perf_counter()
             stop = should_stop is not None and should_stop()
             periodic = cfg.save_every > 0 and self.step % cfg.save_every == 0
             saving = cfg.save_dir is not None and (periodic or self.step == cfg.steps or stop)
@@ -408,4 +691,5 @@ class Trainer:
                 result.interrupted = True
                 break
         result.step = self.step
+        result.data = self.data_counters()
         return result
