@@ -14,7 +14,8 @@ from rich.table import Table
 
 from cli.console import console
 from omnilatent.training import Trainer, TrainerCallbacks, TrainResult
-from omnilatent.training.trainer import DROPPED_WARNING, METRICS_FILE, dropped_share
+from omnilatent.training.run_log import DROPPED_WARNING, dropped_share
+from omnilatent.training.trainer import METRICS_FILE
 
 
 class RichCallbacks(TrainerCallbacks):

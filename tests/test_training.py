@@ -26,8 +26,9 @@ from omnilatent.training.checkpoint import (
     verify_checkpoint,
 )
 from omnilatent.training.rng import seed_everything
+from omnilatent.training.run_log import WALL_CLOCK_FIELDS
 from omnilatent.training.tasks import PairSampler
-from omnilatent.training.trainer import WALL_CLOCK_FIELDS, TrainerCallbacks, lr_factor
+from omnilatent.training.trainer import TrainerCallbacks, lr_factor
 from pipeline.loader import LoaderStats
 from pipeline.lock import FolderInUseError, FolderLock
 from tests.conftest import TINY

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from omnilatent.errors import CheckpointError
+from omnilatent.training.json_values import is_int
 
 # 2: target decoder with position queries (replacing the sequence adapter), and a card.
 # 3: state.json carries state_sha256 (same layout, so format 2 is still read).
@@ -54,10 +55,6 @@ StateCheck = Callable[[Path, dict[str, Any]], None]
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _shown(value: Any) -> str:
@@ -108,7 +105,7 @@ def save_checkpoint(
     checkpoint or a complete one. ``state`` must be plain JSON (no NaN): state.json records
     the SHA-256 of its canonical form, which readers recompute.
     """
-    if not _is_int(step) or not 0 <= step <= MAX_STEP:
+    if not is_int(step) or not 0 <= step <= MAX_STEP:
         raise CheckpointError(f"cannot save a checkpoint at step {step!r}: the step must be an "
                               f"integer from 0 to {MAX_STEP} (the folder name has 8 digits)")
     reserved = sorted(_RESERVED_KEYS & set(state))
@@ -171,14 +168,14 @@ def _read_state(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: {STATE_FILE} has no {key!r} (it was edited or "
                                   "corrupted, or not written by omni)")
     fmt = state["format"]
-    if not _is_int(fmt) or fmt not in READABLE_FORMATS:
+    if not is_int(fmt) or fmt not in READABLE_FORMATS:
         raise CheckpointError(
             f"{path}: checkpoint format {_shown(fmt)} is not supported (this omni reads formats "
             f"{' and '.join(map(str, READABLE_FORMATS))}; the model changed since it was "
             "written: retrain, or use the omni version that wrote it)"
         )
     step = state["step"]
-    if not _is_int(step) or not 0 <= step <= MAX_STEP:
+    if not is_int(step) or not 0 <= step <= MAX_STEP:
         raise CheckpointError(f"{path}: {STATE_FILE} step must be an integer from 0 to "
                               f"{MAX_STEP}, not {_shown(step)}")
     named = _STEP_DIR.fullmatch(path.name)
@@ -195,7 +192,7 @@ def _read_state(path: Path) -> dict[str, Any]:
                               f"(and optionally {', '.join(sorted(OPTIONAL_FILES))}), "
                               f"not {', '.join(sorted(listed)) or 'nothing'}")
     for name, meta in files.items():
-        if not (isinstance(meta, dict) and _is_int(meta.get("bytes")) and meta["bytes"] >= 0
+        if not (isinstance(meta, dict) and is_int(meta.get("bytes")) and meta["bytes"] >= 0
                 and isinstance(meta.get("sha256"), str) and _SHA256_HEX.fullmatch(meta["sha256"])):
             raise CheckpointError(f"{path}: {STATE_FILE} entry of {name} must be "
                                   '{"bytes": a size >= 0, "sha256": 64 lowercase hex digits}, '

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from omnilatent.errors import CheckpointError
+from omnilatent.training.json_values import is_int
 
 _MT_WORDS = 624  # Mersenne Twister state words (python and numpy)
 
@@ -53,14 +54,10 @@ def restore_rng(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(_list_to_tensor(values), device)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _words(value: Any, count: int | None, limit: int) -> bool:
     """Whether ``value`` is a list of ``count`` (any, if None) integers in [0, limit)."""
     return (isinstance(value, list) and (count is None or len(value) == count)
-            and all(_is_int(v) and 0 <= v < limit for v in value))
+            and all(is_int(v) and 0 <= v < limit for v in value))
 
 
 def check_rng_state(state: Any) -> None:
@@ -74,13 +71,13 @@ def check_rng_state(state: Any) -> None:
         raise CheckpointError("'rng' must be an object with the python, numpy, torch and cuda "
                               "generator states")
     python = state["python"]
-    if not (isinstance(python, list) and len(python) == 3 and _is_int(python[0])
+    if not (isinstance(python, list) and len(python) == 3 and is_int(python[0])
             and _words(python[1], _MT_WORDS + 1, 2**32) and python[1][-1] <= _MT_WORDS
             and (python[2] is None or isinstance(python[2], float))):
         raise CheckpointError("'rng.python' must be [version, 625 words, gauss]")
     numpy = state["numpy"]
     if not (isinstance(numpy, list) and len(numpy) == 5 and numpy[0] == "MT19937"
-            and _words(numpy[1], _MT_WORDS, 2**32) and _is_int(numpy[2])
+            and _words(numpy[1], _MT_WORDS, 2**32) and is_int(numpy[2])
             and 0 <= numpy[2] <= _MT_WORDS and numpy[3] in (0, 1)
             and isinstance(numpy[4], (int, float)) and math.isfinite(numpy[4])):
         raise CheckpointError("'rng.numpy' must be ['MT19937', 624 words, position 0-624, "

@@ -5,7 +5,7 @@ optimizer/scheduler/scaler state, every RNG (including the generator that picks 
 task), the data position (the loader's own state, or a count of batches to skip), and the
 window the next metrics record averages over. On CPU with 0 loader workers a resumed run is
 then bit-identical to an uninterrupted one, and so are its metrics.jsonl records except the
-wall-clock fields (``WALL_CLOCK_FIELDS``).
+wall-clock fields (`omnilatent.training.run_log.WALL_CLOCK_FIELDS`).
 
 A run holds its save dir's lock (`pipeline.lock.FolderLock`) from its first touch (resume or
 train) to its end, so a second run into the same folder stops at once instead of mixing its
@@ -39,21 +39,21 @@ from omnilatent.training.checkpoint import (
     save_checkpoint,
 )
 from omnilatent.training.config import TrainConfig
-from omnilatent.training.rng import capture_rng, check_rng_state, restore_rng
+from omnilatent.training.rng import capture_rng, restore_rng
+from omnilatent.training.run_log import (
+    DATA_COUNTERS,
+    DROPPED_WARNING,
+    LogWindow,
+    dropped_share,
+    loader_counters,
+)
+from omnilatent.training.state_check import check_trainer_state
 from omnilatent.training.tasks import PairSampler, Task, common_modalities, content_tokens
 from pipeline.errors import PipelineError
 from pipeline.lock import FolderLock
 
 METRICS_FILE = "metrics.jsonl"
 MAX_SKIPPED_IN_A_ROW = 1000  # steps no task could use, before the run is called stuck
-# Record fields measured with the wall clock: the only ones a resumed run may log differently.
-WALL_CLOCK_FIELDS = ("tokens_per_s", "samples_per_s")
-# The loader's counters in each record's "data" (when the loader keeps `stats`, as the shard
-# loader does); "dropped" are samples it could not use (corrupt, incomplete, inconsistent).
-DATA_COUNTERS = ("samples", "dropped", "unsafe_members", "corrupt_shards", "surplus_shards")
-DROPPED_WARNING = 0.01  # warn once the loader has dropped more than this share of samples
-STATE_KEYS = ("model_config", "train_config", "hooks", "rng", "pair_sampler", "data", "extra",
-              "card")
 
 
 class TrainerCallbacks:
@@ -81,129 +81,6 @@ class TrainResult:
     last_record: dict[str, Any] | None = None
     last_eval: dict[str, Any] | None = None  # the latest {"step", "eval"} record
     data: dict[str, int] | None = None  # the loader's counters (DATA_COUNTERS), if it has any
-
-
-def dropped_share(counters: dict[str, int]) -> float:
-    """Share of the samples the loader read that it dropped (0 before any)."""
-    read = counters["samples"] + counters["dropped"]
-    return counters["dropped"] / read if read else 0.0
-
-
-def loader_counters(loader: Any) -> dict[str, int] | None:
-    """The loader's `stats` as DATA_COUNTERS, or None for a loader that keeps none."""
-    stats = getattr(loader, "stats", None)
-    if stats is None:
-        return None
-    return {"samples": int(stats.samples),
-            "dropped": int(getattr(stats, "dropped", stats.skipped_samples)),
-            "unsafe_members": int(stats.unsafe_members),
-            "corrupt_shards": int(stats.corrupt_shards),
-            "surplus_shards": int(getattr(stats, "surplus_shards", 0))}
-
-
-@dataclass
-class LogWindow:
-    """What the next metrics record is computed from: the losses of the last ``log_interval``
-    steps (a sliding window) and the samples, tokens, skipped batches and wall-clock seconds
-    since the previous record. Checkpointed, so a resumed run logs the same records."""
-
-    recent: deque[tuple[str, float]]
-    samples: int = 0
-    tokens: int = 0
-    skipped: int = 0
-    seconds: float = 0.0  # before `started`
-    started: float = field(default_factory=time.perf_counter)
-
-    def elapsed(self) -> float:
-        return self.seconds + time.perf_counter() - self.started
-
-    def restart(self) -> None:
-        """Start the next record's counts (the loss window slides on)."""
-        self.samples = self.tokens = self.skipped = 0
-        self.seconds, self.started = 0.0, time.perf_counter()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"recent": [[name, loss] for name, loss in self.recent], "samples": self.samples,
-                "tokens": self.tokens, "skipped": self.skipped, "seconds": self.elapsed()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.recent.clear()
-        self.recent.extend((name, float(loss)) for name, loss in state["recent"])
-        self.samples, self.tokens = state["samples"], state["tokens"]
-        self.skipped, self.seconds = state["skipped"], float(state["seconds"])
-        self.started = time.perf_counter()
-
-
-def _is_int(value: Any) -> bool:
-    """An integer >= 0 (JSON's true and false are not)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_number(value: Any, low: float = 0.0) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and value >= low)
-
-
-def _check_log_window(window: Any) -> None:
-    if not (isinstance(window, dict)
-            and {"recent", "samples", "tokens", "skipped", "seconds"} <= set(window)
-            and isinstance(window["recent"], list)
-            and all(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-                    and _is_number(item[1], -math.inf) for item in window["recent"])
-            and all(_is_int(window[k]) for k in ("samples", "tokens", "skipped"))
-            and _is_number(window["seconds"])):
-        raise CheckpointError("'log_window' must be {recent: [[task, loss], ...], samples, "
-                              "tokens, skipped (integers >= 0), seconds (>= 0)}")
-
-
-def _check_data(data: Any) -> None:
-    if not (isinstance(data, dict) and _is_int(data.get("batches_seen"))
-            and "loader" in data and (data["loader"] is None or isinstance(data["loader"], dict))
-            and (data.get("source") is None or isinstance(data["source"], str))):
-        raise CheckpointError("'data' must be {batches_seen: an integer >= 0, loader: the "
-                              "loader's position or null, source: the data source's name}")
-    counters = data.get("counters")
-    if counters is not None and not (isinstance(counters, dict)
-                                     and set(counters) == set(DATA_COUNTERS)
-                                     and all(_is_int(v) for v in counters.values())):
-        raise CheckpointError(f"'data.counters' must hold {', '.join(DATA_COUNTERS)} "
-                              "(integers >= 0)")
-
-
-def check_trainer_state(state: dict[str, Any]) -> None:
-    """Raise CheckpointError saying which of the trainer's own state.json keys is unusable.
-
-    The generic keys (format, step, files, hash) are checked by `verify_checkpoint`; these are
-    the ones `Trainer.resume` reads, checked for everything it relies on, so a resume never
-    fails half-way through restoring them. Keys added after format 2 (``log_window``,
-    ``data.source``, ``data.counters``) may be missing.
-    """
-    missing = [key for key in STATE_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(f"has no {', '.join(map(repr, missing))} (edited, or not "
-                              "written by a training run)")
-    if not isinstance(state["model_config"], dict):
-        raise CheckpointError("'model_config' must be an object")
-    try:
-        OmniLatentConfig.from_dict(state["model_config"])
-    except (OmniLatentError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"'model_config' is not a valid model configuration ({exc})") \
-            from None
-    if not isinstance(state["train_config"], dict):
-        raise CheckpointError("'train_config' must be an object")
-    hooks = state["hooks"]
-    if not (isinstance(hooks, list)
-            and all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in hooks)):
-        raise CheckpointError("'hooks' must be a list of hook settings (objects with a name)")
-    check_rng_state(state["rng"])
-    sampler = state["pair_sampler"]
-    if not (isinstance(sampler, dict) and _is_int(sampler.get("turn"))):
-        raise CheckpointError("'pair_sampler' must be {turn: an integer >= 0}")
-    _check_data(state["data"])
-    if "log_window" in state:
-        _check_log_window(state["log_window"])
-    if not isinstance(state["extra"], dict):
-        raise CheckpointError("'extra' must be an object")
 
 
 def resolve_device(name: str) -> torch.device:
