@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError
@@ -50,7 +50,11 @@ def split_member_name(name: str) -> tuple[str, str] | tuple[None, None]:
 
 def expand_urls(text: str) -> list[str]:
     """Shard URLs from ``a-{000..009}.tar::b-{0..3}.tar``: split at ``::``, expand braces."""
-    return [url for pattern in text.split("::") for url in braceexpand(pattern)]
+    try:
+        return [url for pattern in text.split("::") for url in braceexpand(pattern)]
+    except UnbalancedBracesError as err:
+        raise ConfigError(f"{text!r} is not a shard pattern ({err}); write ranges as "
+                          f"shard-{{000000..000003}}.tar") from None
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import typer
 from rich.progress import Progress
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cli.app import app
 from cli.console import console
+from cli.errors import run_command
 from cli.train_display import RichCallbacks, print_summary
 from omnilatent.training import TrainResult
 from omnilatent.training.checkpoint import load_checkpoint, save_checkpoint
@@ -173,12 +176,19 @@ def test_a_save_dir_in_use_by_another_run_is_refused(tmp_path) -> None:
 
 
 def test_a_plain_value_error_is_one_error_line(tmp_path) -> None:
-    """Issue 9, item 9: braceexpand raises a ValueError for an unbalanced --shards pattern."""
+    """Issue 9, item 9: a ValueError from a library (braceexpand's, for an unbalanced --shards
+    pattern, before the loader turned it into a ConfigError) is rendered, not a traceback."""
+    def fail() -> None:
+        raise ValueError("Unbalanced braces in pattern")
+
+    with pytest.raises(typer.Exit) as exit_info:
+        run_command(fail)
+    assert exit_info.value.exit_code == 1
     result = runner.invoke(app, ["train", "--shards", str(tmp_path / "{a,b"), "--dim", "32",
                                  "--layers", "1", "--heads", "4", "--save-dir",
                                  str(tmp_path / "run")])
     assert result.exit_code == 1
-    assert "Error:" in result.output and "Unbalanced braces" in result.output
+    assert "Error:" in result.output and "not a shard pattern" in result.output
     assert isinstance(result.exception, SystemExit)
 
 
