@@ -3,7 +3,8 @@
 The work happens in `pipeline.prepare`; this module turns options into its configs, draws the
 progress bar, and renders the result as tables or, with `--json`, as one JSON document on
 stdout (nothing else is printed there). Exit status: 0 when the run completed, even with
-failed videos (they are listed); non-zero for bad arguments, an unusable output folder, a
+failed videos (they are listed); 2 for bad arguments (a missing VIDEO_DIR, an OUT_DIR that
+holds other things); 1 for an unusable output folder, one another run is using, a
 configuration that differs from the folder's (without `--overwrite`), a full disk, or
 `--strict` with any failed video.
 """
@@ -34,6 +35,7 @@ from pipeline.config import DECODERS, PrepareConfig
 from pipeline.errors import ConfigError
 from pipeline.plan import Part
 from pipeline.prepare import (
+    FolderArgumentError,
     PrepareCallbacks,
     PrepareResult,
     RunOptions,
@@ -231,6 +233,11 @@ def prepare_command(
                                             "--part: only that part's units).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any video "
                                          "failed.")] = False,
+    follow_symlinks: Annotated[bool, typer.Option(
+        "--follow-symlinks",
+        help="Read videos and transcripts that symlinks lead to outside VIDEO_DIR; without "
+             "it they are skipped with a warning, so a link cannot pull a private file into "
+             "the shards.")] = _DEFAULTS.follow_symlinks,
     json_output: Json = False,
 ) -> None:
     """Turn a folder of videos into time-aligned WebDataset shards.
@@ -249,6 +256,7 @@ def prepare_command(
                 n_mels=n_mels, samples_per_shard=samples_per_shard,
                 videos_per_unit=videos_per_unit, decoder=decoder,
                 eval_fraction=eval_fraction, split_seed=split_seed,
+                follow_symlinks=follow_symlinks,
             )
             options = RunOptions(workers=workers or default_workers(), part=Part.parse(part),
                                  overwrite=overwrite)
@@ -271,6 +279,9 @@ def prepare_command(
                 with progress:
                     result = prepare(video_dir, out_dir, config, options,
                                      _ProgressBar(progress))
+        except FolderArgumentError as err:
+            raise CLIError(str(err), hint="see omni prepare --help",
+                           exit_code=EXIT_USAGE) from err
         except KeyboardInterrupt:
             raise CLIError("interrupted: the units finished so far are kept",
                            hint="rerun the same command to resume", exit_code=130) from None

@@ -46,6 +46,10 @@ class PrepareConfig:
     # Held-out videos (`pipeline.split`): which shard a sample lands in, so part of the config.
     eval_fraction: float = 0.05
     split_seed: int = 0
+    # Read videos and sidecar transcripts that symlinks lead to outside the input folder
+    # (`pipeline.discover`): what the samples hold, so part of the config. Manifests and stats
+    # files written before it existed read as False (`pipeline.outdir.Fingerprint`).
+    follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
         positive = ("clip_duration", "clip_stride", "fps", "frame_size", "image_size",
@@ -82,6 +86,9 @@ class PrepareConfig:
             raise ConfigError(f"jpeg_quality must lie in [1, 100], got {self.jpeg_quality}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if not isinstance(self.follow_symlinks, bool):
+            raise ConfigError(f"follow_symlinks must be true or false, got "
+                              f"{self.follow_symlinks!r}")
         # `not (0 <= x < 1)` also refuses NaN
         if not 0 <= self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction (the share of videos held out for evaluation) "

@@ -2,6 +2,11 @@
 
 The order (sorted relative POSIX paths) defines the work units, so it must not depend on the
 filesystem's listing order; the id names every sample of the video in the shards.
+
+A symlink may lead anywhere, and prepare copies what it reads into shards that get shared:
+a file reached through a symlink that leaves the input folder is refused unless the caller
+asks to follow symlinks (`omni prepare --follow-symlinks`), so a link planted in a downloaded
+corpus cannot pull in a private file.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ class VideoSource:
     path: Path
     rel_path: str
     video_id: str
+    # Why it must not be read (a symlink out of the input folder); prepare reports it skipped.
+    refused: str | None = None
+
+    @property
+    def root(self) -> Path:
+        """The input folder: `path` without the folders and name of `rel_path`."""
+        return self.path.parents[len(PurePosixPath(self.rel_path).parts) - 1]
 
 
 def video_id(rel_path: str) -> str:
@@ -60,18 +72,35 @@ def _raise_walk_error(err: OSError) -> None:
     ) from err
 
 
-def discover_videos(root: Path) -> list[VideoSource]:
+def leaves_folder(path: Path, root: Path) -> bool:
+    """Whether `path`, symlinks resolved, lies outside `root` (symlinks resolved too)."""
+    real = Path(os.path.realpath(path))
+    return not real.is_relative_to(os.path.realpath(root))
+
+
+def refusal(rel_path: str) -> str:
+    """Why a file reached through a symlink out of the input folder is not read."""
+    return (f"{rel_path} leads out of the input folder through a symlink; not read (pass "
+            f"--follow-symlinks to read files that symlinks lead to)")
+
+
+def discover_videos(root: Path, follow_symlinks: bool = False, *,
+                    with_refused: bool = False) -> list[VideoSource]:
     """All videos under `root`, recursively, sorted by relative POSIX path.
 
     A file is a video by its extension (`VIDEO_EXTENSIONS`, any case). Names starting with "."
-    (hidden files and folders) are skipped. Symlinked folders are followed, but a folder is
-    listed once, at the first path the walk reaches it by, so symlink cycles terminate. Raises
-    PipelineError if `root` is not a directory or a folder under it cannot be listed.
+    (hidden files and folders) are skipped. Symlinked folders are walked, but a folder is
+    listed once, at the first path the walk reaches it by, so symlink cycles terminate. A
+    video whose real path lies outside `root` (a symlink, or a symlinked folder, leading out)
+    is left out unless `follow_symlinks`; `with_refused` lists it anyway, with `refused` set,
+    so that prepare can report it. Raises PipelineError if `root` is not a directory or a
+    folder under it cannot be listed.
     """
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a directory"
         raise PipelineError(f"input folder {root} {what}; pass a folder of videos")
     root = root.absolute()
+    real_root = os.path.realpath(root)
     seen: set[str] = set()
     found: list[VideoSource] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True,
@@ -81,6 +110,7 @@ def discover_videos(root: Path) -> list[VideoSource]:
             dirnames.clear()
             continue
         seen.add(real)
+        outside = not Path(real).is_relative_to(real_root)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             path = Path(dirpath, name)
@@ -88,6 +118,10 @@ def discover_videos(root: Path) -> list[VideoSource]:
                     or not path.is_file()):
                 continue
             rel_path = path.relative_to(root).as_posix()
-            found.append(VideoSource(path, rel_path, video_id(rel_path)))
+            # Only a folder or a file that is a symlink can lead out: resolve no other.
+            leaves = outside or (path.is_symlink() and leaves_folder(path, root))
+            refused = refusal(rel_path) if leaves and not follow_symlinks else None
+            if refused is None or with_refused:
+                found.append(VideoSource(path, rel_path, video_id(rel_path), refused))
     found.sort(key=lambda source: source.rel_path)
     return found

@@ -5,6 +5,10 @@ into the same place stops at once with the first one's pid instead of interleavi
 it. The kernel drops the lock when the holder's file descriptor closes, also when the process
 is killed, so a crashed run never leaves a stale lock behind; the file itself stays (removing
 it would let a third run lock a fresh inode while the second still holds the old one).
+
+A shared lock lets several holders in at once and keeps exclusive ones out: the parts of an
+`omni prepare --part I/N` job array share their output folder, which a whole run into it may
+not.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from types import TracebackType
 from pipeline.errors import PipelineError
 
 LOCK_NAME = ".omni.lock"
+_PID_WIDTH = 11  # digits of the largest pid Linux allows (2**22) and more
 
 
 class FolderInUseError(PipelineError):
@@ -24,13 +29,14 @@ class FolderInUseError(PipelineError):
 
 
 class FolderLock:
-    """An exclusive lock on `folder` (created if missing), held from `acquire` to `release`;
-    also a context manager. Locks are per open file, so a second lock of the same folder fails
-    in the same process too."""
+    """An exclusive (or, with `shared`, a shared) lock on `folder` (created if missing), held
+    from `acquire` to `release`; also a context manager. Locks are per open file, so a second
+    lock of the same folder fails in the same process too."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, shared: bool = False) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
+        self.shared = shared
         self._fd: int | None = None
 
     def acquire(self) -> FolderLock:
@@ -40,7 +46,7 @@ class FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
@@ -50,8 +56,10 @@ class FolderLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # One fixed-width record that every holder overwrites whole: with a shared lock the
+        # file names one of the holders, never a mix of two pids' digits.
+        os.pwrite(fd, f"{os.getpid():<{_PID_WIDTH}}\n".encode(), 0)
+        os.ftruncate(fd, _PID_WIDTH + 1)
         self._fd = fd
         return self
 

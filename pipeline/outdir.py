@@ -6,7 +6,9 @@ OUT_DIR/
   shards/unit-000012-eval-000000.tar   those of its eval-split videos (`pipeline.split`)
   stats/unit-000012.json               commit marker of unit 12, written last
   tmp/unit-000012/                     part files of unit 12 while it is being prepared
+  tmp/part-2-of-8/.omni.lock           the lock of a `--part 2/8` run (`pipeline.lock`)
   manifest.json                        once every unit is done
+  .omni.lock                           the lock of a run without `--part`
 ```
 
 A unit is **done** iff its stats file exists, was written for the same `Fingerprint` (schema
@@ -15,7 +17,10 @@ every shard it lists exists with its recorded size. Anything else about a unit (
 files, shards renamed before a crash cut the stats write short, outputs of an older input
 listing) is stale and removed before the unit is prepared again.
 
-Only these names are ever created or deleted, so an output folder may hold other files.
+Only these names are ever created or deleted, so an output folder may hold other files; but
+prepare starts only in a new or empty folder or one that has `shards/` or `stats/`
+(`OutputDir.unrelated_entries`), so that a mistyped OUT_DIR (`omni prepare videos .`) does not
+spread shards through a folder of other things.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from typing import Any
 
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.errors import PipelineError
-from pipeline.plan import WorkUnit, unit_name
+from pipeline.lock import LOCK_NAME
+from pipeline.plan import Part, WorkUnit, unit_name
 from pipeline.shards import SHARD_DIR, TMP_SUFFIX, ShardInfo, unit_shard_paths
 from pipeline.split import TRAIN, parse_split
 from pipeline.worker import VideoOutcome
@@ -38,6 +44,11 @@ from pipeline.worker import VideoOutcome
 STATS_DIR = "stats"
 TMP_DIR = "tmp"
 MANIFEST_NAME = "manifest.json"
+# Config fields added after folders were prepared without them, and the value a stats file
+# that lacks one counts as. Runs before `follow_symlinks` read every symlink, but their units
+# differ from a run's that does not only where a link leaves the input folder: resuming such
+# a folder must not need --overwrite.
+_ADDED_FIELDS: dict[str, Any] = {"follow_symlinks": False}
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ class Fingerprint:
         "field: stored -> ours" lines; empty when they match."""
         ours = self.to_dict()
         stored_config = data.get("config") if isinstance(data.get("config"), dict) else {}
+        stored_config = {**_ADDED_FIELDS, **stored_config}
         lines = [f"{name}: {data.get(name)!r} -> {ours[name]!r}"
                  for name in ("schema_version", "clip_encoding") if data.get(name) != ours[name]]
         for name in sorted(set(ours["config"]) | set(stored_config)):
@@ -146,6 +158,22 @@ class OutputDir:
         except OSError as err:
             raise PipelineError(f"cannot write to the output folder {self.root}: "
                                 f"{err.strerror or err}; choose a writable folder") from err
+
+    def unrelated_entries(self) -> list[str]:
+        """The names in the folder, sorted, when it holds anything but a lock file and has no
+        `shards/` or `stats/` folder (which prepare creates first thing); else []."""
+        if not self.root.is_dir() or self.shards.is_dir() or self.stats.is_dir():
+            return []
+        return sorted(entry.name for entry in self.root.iterdir() if entry.name != LOCK_NAME)
+
+    def lock_folder(self, part: Part) -> Path:
+        """The folder whose lock a run of `part` holds alone: the output folder itself for a
+        whole run; for one part of several (which share the output folder's lock), a folder
+        of its own, so that the parts of a job array run side by side while two runs of one
+        part cannot."""
+        if part.count == 1:
+            return self.root
+        return self.tmp / f"part-{part.index}-of-{part.count}"
 
     def stats_path(self, unit: int) -> Path:
         return self.stats / f"{unit_name(unit)}.json"

@@ -2,7 +2,8 @@
 
 The stages, in order (`prepare`):
 
-1. check the folders: the output is (or can be made) a writable folder outside the input;
+1. check the folders: the input is a folder; the output is (or can be made) a writable folder
+   outside the input, new, empty or prepared before; lock it (`pipeline.lock`) for the run;
 2. `discover_videos` (sorted) and `plan_units` (consecutive videos, `videos_per_unit` each);
 3. refuse to mix configurations: every stats file already in the output must carry the same
    `Fingerprint`, unless `overwrite` (which deletes the outputs of the units this run owns:
@@ -30,7 +31,16 @@ Decisions:
   temporary files are removed, and `prepare` raises `OutputError`; units committed before are
   kept, and rerunning the same command resumes.
 - The output folder may not be the input folder or lie inside it: prepare never writes into
-  what it reads (the input may be a read-only mount shared by many jobs).
+  what it reads (the input may be a read-only mount shared by many jobs). Nor may it be a
+  folder of other things (`OutputDir.unrelated_entries`): `omni prepare videos .` in a
+  repository is a slip, refused like a missing input folder (`FolderArgumentError`).
+- One run at a time per output folder: a second one stops at once naming the first's pid
+  (`pipeline.lock.FolderInUseError`). Parts of a job array (`--part I/N`) share the folder's
+  lock and each hold their own part's (`OutputDir.lock_folder`): they run side by side, but
+  not beside a whole run nor beside another run of the same part.
+- A video or sidecar that a symlink leads out of the input folder is not read unless
+  `config.follow_symlinks`: the video is "skipped" with a reason saying so, the sidecar is a
+  transcript warning.
 - Units beyond the current plan (the input folder lost videos) are removed, and a unit whose
   video list changed is prepared again, so a folder always mirrors its current input.
 """
@@ -47,8 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PrepareConfig
-from pipeline.discover import VIDEO_EXTENSIONS, discover_videos
+from pipeline.discover import VIDEO_EXTENSIONS, VideoSource, discover_videos
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.lock import FolderLock
 from pipeline.manifest import Totals, split_totals, utc_now, write_manifest
 from pipeline.outdir import Fingerprint, OutputDir, UnitStats
 from pipeline.plan import Part, WorkUnit, plan_units, select_part, unit_name
@@ -97,7 +108,7 @@ class RunOptions:
     reruns into the same folder.
 
     `timeout_factor` and `timeout_min_s` set each video's time limit:
-    `max(timeout_min_s, timeout_factor * duration)` (see `pipeline.worker`).
+    `max(timeout_min_s, timeout_factor * duration)` (see `pipeline.worker.time_limit`).
     """
 
     workers: int = field(default_factory=default_workers)
@@ -117,6 +128,11 @@ class RunOptions:
         if self.clip_encoding not in CLIP_ENCODINGS:
             raise ConfigError(f"clip_encoding must be one of {', '.join(CLIP_ENCODINGS)}, "
                               f"got {self.clip_encoding!r}")
+
+
+class FolderArgumentError(PipelineError):
+    """VIDEO_DIR or OUT_DIR cannot be used as given (a missing input folder, an output folder
+    of other things): a bad argument, which the CLI exits 2 for."""
 
 
 class ConfigMismatchError(PipelineError):
@@ -209,16 +225,30 @@ class PrepareResult:
         }
 
 
+_LISTED_ENTRIES = 3  # names of an unrelated output folder's contents quoted in the error
+
+
 def check_folders(video_dir: Path, out_dir: Path) -> None:
-    """Raise PipelineError unless `video_dir` is a folder and `out_dir` lies outside it."""
+    """Raise unless `video_dir` is a folder and `out_dir` lies outside it and is new, empty or
+    a prepared folder: FolderArgumentError for a missing input and an output folder of other
+    things, PipelineError for an output inside the input."""
     if not video_dir.is_dir():
         what = "does not exist" if not video_dir.exists() else "is not a folder"
-        raise PipelineError(f"input folder {video_dir} {what}; pass a folder of videos")
+        raise FolderArgumentError(f"input folder {video_dir} {what}; pass a folder of videos")
     source, target = video_dir.resolve(), out_dir.resolve()
     if target == source or source in target.parents:
         raise PipelineError(f"output folder {out_dir} is inside the input folder {video_dir}; "
                             f"choose an output folder outside it (prepare never writes into "
                             f"the folder it reads)")
+    unrelated = OutputDir(out_dir).unrelated_entries()
+    if unrelated:
+        shown = ", ".join(unrelated[:_LISTED_ENTRIES])
+        if len(unrelated) > _LISTED_ENTRIES:
+            shown += f" and {len(unrelated) - _LISTED_ENTRIES} more"
+        raise FolderArgumentError(
+            f"output folder {out_dir} already holds other things ({shown}) and no "
+            f"prepared data (shards/, stats/); pass a new or empty folder, so that shards are "
+            f"not mixed into it")
 
 
 def _check_fingerprints(out: OutputDir, fingerprint: Fingerprint) -> None:
@@ -346,9 +376,11 @@ def prepare(
     """Prepare every video under `video_dir` into shards in `out_dir` (see the module doc).
 
     Returns a `PrepareResult` once the units of `options.part` are done; failed videos are
-    in it, not raised. Raises PipelineError for unusable folders or an empty input,
-    ConfigMismatchError when `out_dir` holds another configuration's units and
-    `options.overwrite` is off, and OutputError when the output cannot be written.
+    in it, not raised. Raises FolderArgumentError or PipelineError for unusable folders (see
+    `check_folders`) or an empty input, FolderInUseError while another run prepares into
+    `out_dir` (the same part of it), ConfigMismatchError when `out_dir` holds another
+    configuration's units and `options.overwrite` is off, and OutputError when the output
+    cannot be written.
     """
     started = time.monotonic()
     config = config if config is not None else PrepareConfig()
@@ -356,14 +388,42 @@ def prepare(
     callbacks = callbacks if callbacks is not None else PrepareCallbacks()
     video_dir, out_dir = Path(video_dir), Path(out_dir)
     check_folders(video_dir, out_dir)
-    sources = discover_videos(video_dir)
+    # Videos a symlink leads out of the input folder are planned too (and reported skipped),
+    # so that the units do not depend on what the links point at.
+    sources = discover_videos(video_dir, config.follow_symlinks, with_refused=True)
     if not sources:
         raise PipelineError(f"no videos under {video_dir} (looked for "
                             f"{' '.join(sorted(VIDEO_EXTENSIONS))}, any case, recursively)")
+    out = OutputDir(out_dir)
+    out.create()  # only empty folders: harmless while another run is at work
+    # A whole run holds the folder alone; the parts of a job array share it, each holding its
+    # own part alone.
+    locks = [FolderLock(out.root, shared=options.part.count > 1)]
+    if options.part.count > 1:
+        locks.append(FolderLock(out.lock_folder(options.part)))
+    try:
+        for lock in locks:
+            _acquire(lock, out_dir)
+        return _prepare_locked(out, sources, config, options, callbacks, started)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _acquire(lock: FolderLock, out_dir: Path) -> None:
+    try:
+        lock.acquire()
+    except OSError as err:  # a filesystem without locks (some network mounts)
+        raise PipelineError(f"cannot lock the output folder {out_dir}: {err.strerror or err}; "
+                            f"choose a folder on a filesystem with file locks") from err
+
+
+def _prepare_locked(out: OutputDir, sources: list[VideoSource], config: PrepareConfig,
+                    options: RunOptions, callbacks: PrepareCallbacks,
+                    started: float) -> PrepareResult:
+    """`prepare` from the work plan on, while the run holds its lock on the output folder."""
     units = plan_units(sources, config.videos_per_unit)
     fingerprint = Fingerprint(config, options.clip_encoding)
-    out = OutputDir(out_dir)
-    out.create()
     part = options.part
     if options.overwrite and part.count == 1:
         out.clear_all()
@@ -411,7 +471,7 @@ def prepare(
     manifest = write_manifest(out, fingerprint, all_done) if missing == 0 else None
     ordered = [done[unit.index] for unit in mine]
     return PrepareResult(
-        out_dir=out_dir,
+        out_dir=out.root,
         plan=plan,
         videos=[video for stats in ordered for video in stats.videos],
         shards=[shard for stats in ordered for shard in stats.shards],

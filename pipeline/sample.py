@@ -10,7 +10,8 @@ checks and encodes them. Choices made here:
   timed transcripts (SRT, WebVTT, embedded); for an untimed `.txt`, the words spread evenly
   over the video's duration as stated by its container (`transcript_timed: false`). A video
   whose untimed transcript cannot be placed because the container states no duration gets
-  no text (see `VideoContext.for_video`).
+  no text (see `VideoContext.for_video`). A window's text is cut to
+  `pipeline.transcripts.MAX_WINDOW_TEXT_BYTES` (`SampleFields.text_cut`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline.decode import VideoInfo, Window, video_end
 from pipeline.discover import VideoSource
 from pipeline.errors import PipelineError
 from pipeline.schema import DEFAULT_CLIP_ENCODING, SampleMeta, encode_sample
-from pipeline.transcripts import Transcript, find_transcript, text_for_window
+from pipeline.transcripts import Transcript, WindowText, find_transcript, text_for_window
 
 NO_TRANSCRIPT = Transcript([], "none", timed=True)
 
@@ -81,18 +82,21 @@ class ProbedContext:
 
 
 def video_context(source: VideoSource, info: VideoInfo,
-                  clip_encoding: str = DEFAULT_CLIP_ENCODING) -> ProbedContext:
+                  clip_encoding: str = DEFAULT_CLIP_ENCODING, *,
+                  follow_symlinks: bool = False) -> ProbedContext:
     """The context `omni prepare` gives a probed video (and `omni generate` an input video).
 
-    Its transcript is found as for any video; one that cannot be read costs the text, never the
-    video. Untimed words are spread over the picture itself (the end of the last video packet),
-    not the container's duration, which covers longer audio, Matroska start offsets, or
-    nothing at all for streamed files.
+    Its transcript is found as for any video (`find_transcript` in the source's input folder:
+    a sidecar that a symlink leads out of it is not read unless `follow_symlinks`); one that
+    cannot be read costs the text, never the video. Untimed words are spread over the picture
+    itself (the end of the last video packet), not the container's duration, which covers
+    longer audio, Matroska start offsets, or nothing at all for streamed files.
     """
     warnings: list[str] = []
     error = None
     try:
-        transcript = find_transcript(source.path)
+        transcript = find_transcript(source.path, root=source.root,
+                                     follow_symlinks=follow_symlinks)
         warnings += [f"transcript: {note}" for note in transcript.notes]
     except PipelineError as err:
         transcript, error = NO_TRANSCRIPT, str(err)
@@ -107,10 +111,10 @@ def video_context(source: VideoSource, info: VideoInfo,
     return ProbedContext(context, tuple(warnings), error)
 
 
-def window_text(window: Window, context: VideoContext) -> str:
+def window_text(window: Window, context: VideoContext) -> WindowText:
     """The transcript text of one window (empty when the video has no transcript)."""
     if not context.transcript.cues:
-        return ""
+        return WindowText("")
     return text_for_window(context.transcript, window.start, window.end,
                            context.text_duration or 0.0)
 
@@ -125,6 +129,7 @@ class SampleFields:
     image: np.ndarray  # (image_size, image_size, 3) uint8
     frames: np.ndarray  # (frames_per_clip, frame_size, frame_size, 3) uint8
     text: str
+    text_cut: bool = False  # the window's text was longer than MAX_WINDOW_TEXT_BYTES
 
 
 def sample_fields(window: Window, context: VideoContext, config: PrepareConfig) -> SampleFields:
@@ -144,17 +149,13 @@ def sample_fields(window: Window, context: VideoContext, config: PrepareConfig) 
         clip_encoding=context.clip_encoding,
     )
     mel = log_mel(window.audio, config) if context.has_audio else silent_log_mel(config)
-    return SampleFields(meta.key, meta, mel, window.image, window.frames,
-                        window_text(window, context))
+    text = window_text(window, context)
+    return SampleFields(meta.key, meta, mel, window.image, window.frames, text.text, text.cut)
 
 
-def assemble_sample(
-    window: Window, context: VideoContext, config: PrepareConfig
-) -> dict[str, str | bytes]:
-    """The webdataset members of one window: `pipeline.schema.encode_sample`'s output.
-
-    Raises ValueError (from the schema's checks) if the window does not match `config`.
-    """
-    f = sample_fields(window, context, config)
-    return encode_sample(f.key, f.meta, f.mel, f.image, f.frames, f.text, config,
-                         context.clip_encoding)
+def encode_fields(fields: SampleFields, config: PrepareConfig,
+                  clip_encoding: str = DEFAULT_CLIP_ENCODING) -> dict[str, str | bytes]:
+    """The webdataset members of one window's fields: `pipeline.schema.encode_sample`'s
+    output. Raises ValueError (from the schema's checks) if they do not match `config`."""
+    return encode_sample(fields.key, fields.meta, fields.mel, fields.image, fields.frames,
+                         fields.text, config, clip_encoding)

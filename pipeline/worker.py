@@ -22,7 +22,10 @@ second thread encodes and writes samples while the main thread decodes (`_Encode
 **Time limit.** `max(timeout_min_s, timeout_factor * D)`, where D is the larger of the duration
 the container states and the footage decoded so far (so a file with no stated duration, or a
 wrong one, keeps its time as long as it decodes at least 1/factor of real time). Before the
-worker has probed the file the limit is `timeout_min_s`.
+worker has probed the file the limit is `timeout_min_s`. The stated duration is a header
+field anyone can patch, so it counts only up to what the file's size can hold
+(`MIN_BYTES_PER_SECOND`) and never past `MAX_STATED_S` (`time_limit`); decoded footage has
+no such bound, being real work done.
 
 **Outcome of a video** (`VideoOutcome.status`):
 
@@ -30,7 +33,8 @@ worker has probed the file the limit is `timeout_min_s`.
   packets) and transcript problems are listed in `warnings`; a malformed subtitle file leaves
   the video without text (`transcript_source` "none", `transcript_error` set).
 - ``skipped``: nothing wrong with the file, but no sample to make: shorter than one clip
-  ("shorter than one clip (1.50 s < 2 s)") or no video stream ("no video stream (audio only)").
+  ("shorter than one clip (1.50 s < 2 s)"), no video stream ("no video stream (audio only)"),
+  or not to be read (a symlink out of the input folder, `VideoSource.refused`; never opened).
 - ``failed``: unreadable (zero bytes, not media, an MP4 cut before its index was written, no
   decodable frame, no complete clip before the decoder gave up, or cut short before the
   first clip ends while the container states a longer duration), crashed ("worker crashed
@@ -70,6 +74,7 @@ from pipeline.errors import DecodeError, PipelineError
 from pipeline.schema import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
 from pipeline.shards import PartFile, PartWriter
 from pipeline.split import TRAIN, Split
+from pipeline.transcripts import MAX_WINDOW_TEXT_BYTES
 
 # `pipeline.sample` imports torch (the mel), which takes seconds: the worker-side functions
 # import it when they run, so the parent of `omni prepare` never loads torch; the forkserver
@@ -94,6 +99,11 @@ SHORT_OF_STATED_S = 1.0
 SHORT_OF_STATED_FRACTION = 0.05
 # How often an orphaned worker checks that the process that started it is still alive.
 PARENT_CHECK_S = 1.0
+# The stated duration counts for the time limit up to the file's size at this rate (32 kbit/s,
+# below any video whose decoding is slow), and never past MAX_STATED_S: beyond that, decoded
+# footage must carry a video, at 1/timeout_factor of real time or faster.
+MIN_BYTES_PER_SECOND = 4000
+MAX_STATED_S = 4 * 3600.0
 _ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
 
 
@@ -203,6 +213,7 @@ class _Writer:
         self.path = path
         self.last_end = 0.0
         self.with_text = 0  # samples whose transcript text is not empty
+        self.text_cut = 0  # samples whose text was cut to MAX_WINDOW_TEXT_BYTES
         try:
             self._writer = PartWriter(path)
         except OSError as err:
@@ -212,7 +223,7 @@ class _Writer:
     def samples(self) -> int:
         return self._writer.part.samples
 
-    def write(self, sample: dict[str, str | bytes], end: float) -> None:
+    def write(self, sample: dict[str, str | bytes], end: float, text_cut: bool = False) -> None:
         """Append a sample; `end` is its window's end, the footage covered so far."""
         try:
             self._writer.write(sample)
@@ -220,6 +231,7 @@ class _Writer:
             raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
         self.last_end = end
         self.with_text += bool(sample.get(MEMBER_TEXT))
+        self.text_cut += text_cut
 
     def close(self) -> PartFile:
         try:
@@ -257,14 +269,15 @@ class _EncodeThread:
         self._thread.start()
 
     def _run(self) -> None:
-        from pipeline.sample import assemble_sample
+        from pipeline.sample import encode_fields, sample_fields
 
         while (window := self._queue.get()) is not None:
             if self._error is not None:
                 continue  # keep draining so that `put` never blocks forever
             try:
-                self._writer.write(assemble_sample(window, self._context, self._config),
-                                   window.end)
+                fields = sample_fields(window, self._context, self._config)
+                sample = encode_fields(fields, self._config, self._context.clip_encoding)
+                self._writer.write(sample, window.end, fields.text_cut)
             except BaseException as err:
                 self._error = err
 
@@ -332,6 +345,9 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
     from pipeline.sample import video_context
 
     source, config = task.source, task.config
+    if source.refused is not None:
+        outcome.status, outcome.reason = SKIPPED, source.refused
+        return
     try:
         info = probe(source.path, config)
     except DecodeError as err:
@@ -342,7 +358,8 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         return
     send(("probe", info.duration_hint))
     outcome.has_audio, outcome.rotation, outcome.flip = info.has_audio, info.rotation, info.flip
-    probed = video_context(source, info, task.clip_encoding)
+    probed = video_context(source, info, task.clip_encoding,
+                           follow_symlinks=config.follow_symlinks)
     context = probed.context
     outcome.warnings.extend(probed.warnings)
     outcome.transcript_error = probed.transcript_error
@@ -356,6 +373,10 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         decode_error = _decode_and_write(task, context, stats, writer, send)
         outcome.clips = writer.samples
         outcome.clips_with_text = writer.with_text
+        if writer.text_cut:
+            outcome.warnings.append(
+                f"transcript: the text of {writer.text_cut} clip(s) was cut to "
+                f"{MAX_WINDOW_TEXT_BYTES} bytes (a clip's text may not be longer)")
         if decode_error is not None:
             if outcome.clips == 0:
                 outcome.reason = str(decode_error)
@@ -474,9 +495,26 @@ class _Job:
     outcome: VideoOutcome | None = None
     output_error: str | None = None
     eof: bool = False
+    file_bytes: int = 0  # bounds how far the stated duration is believed (`time_limit`)
 
     def limit(self, factor: float, minimum: float) -> float:
-        return max(minimum, factor * max(self.duration_hint or 0.0, self.decoded))
+        return time_limit(self.duration_hint, self.decoded, self.file_bytes, factor, minimum)
+
+
+def time_limit(stated: float | None, decoded: float, file_bytes: int, factor: float,
+               minimum: float) -> float:
+    """Seconds a video's worker may run: `max(minimum, factor * D)`, D the larger of the
+    footage decoded so far and the `stated` duration, the latter believed only up to
+    `file_bytes / MIN_BYTES_PER_SECOND` and MAX_STATED_S (see the module docstring)."""
+    credible = min(stated or 0.0, file_bytes / MIN_BYTES_PER_SECOND, MAX_STATED_S)
+    return max(minimum, factor * max(credible, decoded))
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # the worker reports why it cannot read the file
 
 
 def _signal_name(exitcode: int) -> str:
@@ -524,7 +562,8 @@ class VideoRunner:
                                         daemon=True)
         process.start()
         sender.close()  # the worker holds the only write end: EOF means it is gone
-        self._jobs.append(_Job(task, process, receiver, time.monotonic()))
+        self._jobs.append(_Job(task, process, receiver, time.monotonic(),
+                               file_bytes=_file_size(task.source.path)))
 
     def wait(self, timeout: float) -> list[VideoOutcome]:
         """Block up to `timeout` seconds for news; return the videos that finished.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from media import make_video, random_bytes_file
 from typer.testing import CliRunner
 
 from cli.app import app
+from pipeline.lock import FolderLock
 
 runner = CliRunner()
 FAST = ["--workers", "2", "--videos-per-unit", "2"]
@@ -32,7 +34,7 @@ def test_help_has_the_options_and_examples() -> None:
     assert result.exit_code == 0
     for text in ("Examples", "--clip-duration", "--part", "--overwrite", "--strict", "--json",
                  "--decoder", "--samples-per-shard", "--workers", "CPU count",
-                 "--eval-fraction", "--split-seed"):
+                 "--eval-fraction", "--split-seed", "--follow-symlinks"):
         assert text in result.output, text
 
 
@@ -128,3 +130,35 @@ def test_changed_settings_are_refused_without_overwrite(videos: Path, tmp_path: 
                                  "--overwrite", "--json"])
     assert redone.exit_code == 0, redone.output
     assert json.loads(redone.stdout)["units"]["prepared_now"] == 2
+
+
+def test_a_second_run_into_a_folder_in_use_names_the_first(videos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with FolderLock(out):  # as the first run holds it
+        result = runner.invoke(app, ["prepare", str(videos), str(out), *FAST],
+                               env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert f"another run (pid {os.getpid()}) is using {out}" in result.output
+    assert "free some space" not in result.output
+    assert not list((out / "stats").iterdir())
+    again = runner.invoke(app, ["prepare", str(videos), str(out), *FAST, "--json"])
+    assert again.exit_code == 0, again.output  # the lock went with its holder
+
+
+def test_an_output_folder_of_other_things_is_a_usage_error(videos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    result = runner.invoke(app, ["prepare", str(videos), str(out), *FAST],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "already holds other things (notes.md)" in result.output
+    assert sorted(path.name for path in out.iterdir()) == ["notes.md"]
+
+
+def test_a_missing_input_folder_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["prepare", str(tmp_path / "no-such-folder"),
+                                 str(tmp_path / "out")], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "no-such-folder does not exist" in result.output
+    assert not (tmp_path / "out").exists()

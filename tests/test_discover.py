@@ -85,11 +85,37 @@ def test_symlinked_folders_are_followed(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     touch(outside, "x.mp4")
     root = tmp_path / "root"
-    touch(root, "own.mkv")
+    touch(root, "own.mkv", "sub/y.mp4")
     (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "inner").symlink_to(root / "sub", target_is_directory=True)
     (root / "dangling.mp4").symlink_to(tmp_path / "missing.mp4")
     (root / "alias.mp4").symlink_to(root / "own.mkv")
-    assert rel_paths(root) == ["alias.mp4", "linked/x.mp4", "own.mkv"]
+    followed = [s.rel_path for s in discover_videos(root, follow_symlinks=True)]
+    assert followed == ["alias.mp4", "inner/y.mp4", "linked/x.mp4", "own.mkv"]
+    # Links that stay inside the input folder need no permission
+    assert rel_paths(root) == ["alias.mp4", "inner/y.mp4", "own.mkv"]
+
+
+def test_symlinks_out_of_the_input_folder_are_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    touch(outside, "secret.mp4", "folder/x.mp4")
+    root = tmp_path / "root"
+    touch(root, "own.mp4")
+    (root / "leak.mp4").symlink_to(outside / "secret.mp4")
+    (root / "linked").symlink_to(outside / "folder", target_is_directory=True)
+    (root / "up.mp4").symlink_to(Path("..") / "outside" / "secret.mp4")  # relative link
+    assert rel_paths(root) == ["own.mp4"]
+    listed = discover_videos(root, with_refused=True)
+    assert [(s.rel_path, s.refused is None) for s in listed] == [
+        ("leak.mp4", False), ("linked/x.mp4", False), ("own.mp4", True), ("up.mp4", False)]
+    reason = listed[0].refused
+    assert reason is not None and reason.startswith("leak.mp4 ")
+    assert "--follow-symlinks" in reason and str(outside) not in reason
+
+
+def test_a_source_knows_its_input_folder(tmp_path: Path) -> None:
+    touch(tmp_path, "a/b/v.mp4", "w.mp4")
+    assert [s.root for s in discover_videos(tmp_path)] == [tmp_path, tmp_path]
 
 
 def test_order_is_by_relative_posix_path(tmp_path: Path) -> None:

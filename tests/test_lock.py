@@ -53,3 +53,14 @@ def test_another_process_is_named_and_a_killed_holder_frees_the_folder(tmp_path:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def test_shared_holders_keep_an_exclusive_one_out(tmp_path: Path) -> None:
+    first = FolderLock(tmp_path, shared=True).acquire()
+    second = FolderLock(tmp_path, shared=True).acquire()
+    with pytest.raises(FolderInUseError, match=rf"pid {os.getpid()}"):
+        FolderLock(tmp_path).acquire()
+    first.release()
+    second.release()
+    with FolderLock(tmp_path), pytest.raises(FolderInUseError):
+        FolderLock(tmp_path, shared=True).acquire()

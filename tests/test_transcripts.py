@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import codecs
+import os
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
 
 from pipeline import ffmpeg_bin
+from pipeline import transcripts as transcripts_module
 from pipeline.errors import DecodeError, PipelineError, TranscriptError
 from pipeline.transcripts import (
+    MAX_WINDOW_TEXT_BYTES,
     Cue,
     Transcript,
     _is_text_codec,
+    collapse_whitespace,
     extract_embedded,
     find_transcript,
     load_sidecar,
     read_text_file,
+    sidecar_path,
     text_for_window,
 )
 
@@ -170,44 +177,186 @@ def test_unsupported_extension_raises(tmp_path: Path) -> None:
         load_sidecar(write(tmp_path / "notes.ass", "x"))
 
 
+def test_a_fifo_is_never_opened(tmp_path: Path) -> None:
+    fifo = tmp_path / "v.srt"
+    os.mkfifo(fifo)
+    raised: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_sidecar(fifo)
+        except BaseException as err:
+            raised.append(err)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():  # blocked in open(): give it a writer so that the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        pytest.fail("opening a FIFO sidecar blocked until a writer came")
+    assert len(raised) == 1 and isinstance(raised[0], TranscriptError)
+    assert str(raised[0]) == f"{fifo} is a FIFO, not a regular file; not read"
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    assert sidecar_path(video) is None  # nor is it taken for the video's sidecar
+
+
+def test_a_folder_is_not_read_as_text(tmp_path: Path) -> None:
+    with pytest.raises(TranscriptError, match="is a folder, not a regular file"):
+        read_text_file(tmp_path)
+
+
+def test_a_sparse_1gb_sidecar_is_refused_without_reading_it(tmp_path: Path) -> None:
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    with open(tmp_path / "v.srt", "wb") as handle:
+        handle.truncate(1 << 30)
+    with pytest.raises(TranscriptError, match=r"^v\.srt is 1073\.7 MB, over the 20 MB a "
+                                              r"transcript may take; not read$"):
+        find_transcript(video)
+
+
+def test_a_sidecar_symlink_out_of_the_input_folder_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "in", tmp_path / "outside"
+    (root / "talk").mkdir(parents=True)
+    outside.mkdir()
+    write(outside / "shadow", "root:secret\n")
+    video = root / "talk" / "v.mp4"
+    video.write_bytes(b"")
+    (root / "talk" / "v.txt").symlink_to(outside / "shadow")
+    with pytest.raises(TranscriptError) as caught:
+        find_transcript(video, root=root)
+    message = str(caught.value)
+    assert message.startswith("talk/v.txt leads out of the input folder through a symlink")
+    assert "--follow-symlinks" in message and str(outside) not in message
+    followed = find_transcript(video, root=root, follow_symlinks=True)
+    assert followed.cues == [Cue(0.0, 0.0, "root:secret")]
+    # A symlink that stays inside the input folder is read as any file.
+    (root / "talk" / "v.txt").unlink()
+    write(root / "shared.srt", "1\n00:00:01,000 --> 00:00:02,000\nshared\n")
+    (root / "talk" / "v.srt").symlink_to(root / "shared.srt")
+    assert find_transcript(video, root=root).cues == [Cue(1.0, 2.0, "shared")]
+
+
+def test_messages_name_files_relative_to_the_input_folder(
+    tmp_path: Path, videos: dict[str, Path]
+) -> None:
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    video = root / "sub" / "v.mp4"
+    video.write_bytes(b"")
+    write(root / "sub" / "v.srt", "garbage\n")
+    with pytest.raises(TranscriptError, match=r"^sub/v\.srt: malformed SubRip"):
+        find_transcript(video, root=root)
+    movie = root / "sub" / "movie.mkv"
+    movie.write_bytes(videos["srt"].read_bytes())
+    with pytest.raises(TranscriptError, match=r"^sub/movie\.mkv: ffmpeg could not extract"):
+        find_transcript(movie, "false", root=root)
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("v.srt", "".join(f"{i}\n00:00:0{i},000 --> 00:00:0{i},500\nw{i}\n\n" for i in range(1, 5))),
+    ("v.vtt", "WEBVTT\n\n" + "".join(f"00:0{i}.000 --> 00:0{i}.500\nw{i}\n\n"
+                                    for i in range(1, 5))),
+])
+def test_too_many_cues_raise_before_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            name: str, text: str) -> None:
+    monkeypatch.setattr(transcripts_module, "MAX_CUES", 3)
+    with pytest.raises(TranscriptError, match=rf"{name}: 4 cues, over the 3 a transcript may "
+                                              rf"have; its text is dropped"):
+        load_sidecar(write(tmp_path / name, text))
+    monkeypatch.setattr(transcripts_module, "MAX_CUES", 4)
+    assert len(load_sidecar(tmp_path / name).cues) == 4
+
+
+def test_a_sidecar_of_short_words_takes_bounded_memory(tmp_path: Path) -> None:
+    # ~20 MB of two-letter words: a list of them (6.6 million strings) took 800 MB.
+    path = write(tmp_path / "v.txt", "ab " * 6_600_000)
+    code = ("import sys\n"
+            "from pathlib import Path\n"
+            "from pipeline.transcripts import load_sidecar, text_for_window\n"
+            "def peak():\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'):\n"
+            "            return int(line.split()[1]) // 1024\n"
+            "before = peak()\n"
+            "transcript = load_sidecar(Path(sys.argv[1]))\n"
+            "text_for_window(transcript, 0.0, 2.0, 3600.0)\n"
+            "print(peak() - before)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, check=True, timeout=120)
+    assert int(done.stdout) < 300, f"{done.stdout.strip()} MB over the interpreter's"
+
+
+def test_collapse_whitespace_is_split_and_join() -> None:
+    spaces = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+    text = f"{spaces}a{spaces}bb  c\n\nd{' ' * 1000}é{spaces}"
+    assert collapse_whitespace(text) == " ".join(text.split()) == "a bb c d é"
+
+
 # -- windows ------------------------------------------------------------------------------------
+def test_window_text_is_cut_at_a_character_boundary() -> None:
+    euros = Transcript([Cue(0.0, 10.0, "€" * 2000)], "srt")  # 3 bytes each: 6000 bytes
+    cut = text_for_window(euros, 0.0, 2.0, 10.0)
+    assert cut.cut and cut.text == "€" * (MAX_WINDOW_TEXT_BYTES // 3)
+    many = Transcript([Cue(i / 10, 10.0, "word" * 100) for i in range(50)], "srt")
+    cut = text_for_window(many, 5.0, 7.0, 10.0)
+    assert cut.cut and len(cut.text.encode()) == MAX_WINDOW_TEXT_BYTES
+    assert cut.text.startswith("word" * 100 + " ")
+    exact = Transcript([Cue(0.0, 1.0, "a" * MAX_WINDOW_TEXT_BYTES)], "srt")
+    assert text_for_window(exact, 0.0, 2.0, 10.0) == ("a" * MAX_WINDOW_TEXT_BYTES, False)
+    untimed = Transcript([Cue(0.0, 0.0, "ab " * 100_000)], "txt", timed=False)
+    first = text_for_window(untimed, 0.0, 1.0, 2.0)
+    assert first.cut and first.text == ("ab " * 2000)[:MAX_WINDOW_TEXT_BYTES].rstrip()
+
+
+def test_embedded_stream_over_the_size_limit_is_not_read(
+    videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transcripts_module, "MAX_TRANSCRIPT_BYTES", 40)
+    with pytest.raises(TranscriptError, match=r"subrip\.mkv \(subtitle stream 1\): over "
+                                              r"4e-05 MB of subtitles"):
+        extract_embedded(videos["srt"])
+
 
 
 def test_overlap_rule_is_strict_on_both_ends() -> None:
     transcript = Transcript([Cue(2.0, 3.0, "cue")], "srt")
-    assert text_for_window(transcript, 1.0, 3.0, 10.0) == "cue"
-    assert text_for_window(transcript, 2.0, 4.0, 10.0) == "cue"
-    assert text_for_window(transcript, 2.5, 2.6, 10.0) == "cue"
-    assert text_for_window(transcript, 0.0, 2.0, 10.0) == ""
-    assert text_for_window(transcript, 3.0, 5.0, 10.0) == ""
+    assert text_for_window(transcript, 1.0, 3.0, 10.0).text == "cue"
+    assert text_for_window(transcript, 2.0, 4.0, 10.0).text == "cue"
+    assert text_for_window(transcript, 2.5, 2.6, 10.0).text == "cue"
+    assert text_for_window(transcript, 0.0, 2.0, 10.0).text == ""
+    assert text_for_window(transcript, 3.0, 5.0, 10.0).text == ""
 
 
 def test_window_joins_overlapping_cues_in_time_order() -> None:
     transcript = Transcript(
         [Cue(0.0, 1.5, "one"), Cue(1.0, 2.5, "two"), Cue(2.5, 4.0, "three")], "vtt")
-    assert text_for_window(transcript, 1.0, 3.0, 4.0) == "one two three"
-    assert text_for_window(transcript, 2.0, 2.5, 4.0) == "two"
-    assert text_for_window(Transcript([], "none"), 0.0, 2.0, 4.0) == ""
+    assert text_for_window(transcript, 1.0, 3.0, 4.0).text == "one two three"
+    assert text_for_window(transcript, 2.0, 2.5, 4.0).text == "two"
+    assert text_for_window(Transcript([], "none"), 0.0, 2.0, 4.0).text == ""
 
 
 def test_untimed_words_spread_by_character_position() -> None:
     # "aaa bb c dddd" has 13 characters; words start at characters 0, 4, 7 and 9, so over a
     # 13 s video they are placed at 0, 4, 7 and 9 s.
     transcript = Transcript([Cue(0.0, 0.0, "aaa bb c dddd")], "txt", timed=False)
-    assert text_for_window(transcript, 0.0, 4.0, 13.0) == "aaa"
-    assert text_for_window(transcript, 4.0, 7.0, 13.0) == "bb"
-    assert text_for_window(transcript, 7.0, 9.0, 13.0) == "c"
-    assert text_for_window(transcript, 9.0, 13.0, 13.0) == "dddd"
-    assert text_for_window(transcript, 0.0, 7.5, 13.0) == "aaa bb c"
+    assert text_for_window(transcript, 0.0, 4.0, 13.0).text == "aaa"
+    assert text_for_window(transcript, 4.0, 7.0, 13.0).text == "bb"
+    assert text_for_window(transcript, 7.0, 9.0, 13.0).text == "c"
+    assert text_for_window(transcript, 9.0, 13.0, 13.0).text == "dddd"
+    assert text_for_window(transcript, 0.0, 7.5, 13.0).text == "aaa bb c"
     # Over a 6.5 s video the same words are placed at 0, 2, 3.5 and 4.5 s.
-    assert text_for_window(transcript, 0.0, 4.0, 6.5) == "aaa bb c"
+    assert text_for_window(transcript, 0.0, 4.0, 6.5).text == "aaa bb c"
 
 
 def test_untimed_tiling_windows_share_out_every_word_once() -> None:
     words = [f"w{i}" * (1 + i % 5) for i in range(300)]
     transcript = Transcript([Cue(0.0, 0.0, " ".join(words))], "txt", timed=False)
     duration = 61.3
-    pieces = [text_for_window(transcript, float(s), float(s + 1), duration) for s in range(62)]
+    pieces = [text_for_window(transcript, float(s), float(s + 1), duration).text
+              for s in range(62)]
     assert " ".join(p for p in pieces if p).split() == words
 
 
@@ -215,7 +364,7 @@ def test_untimed_needs_a_positive_duration() -> None:
     transcript = Transcript([Cue(0.0, 0.0, "words")], "txt", timed=False)
     with pytest.raises(ValueError, match="video_duration"):
         text_for_window(transcript, 0.0, 1.0, 0.0)
-    assert text_for_window(Transcript([], "txt", timed=False), 0.0, 1.0, 0.0) == ""
+    assert text_for_window(Transcript([], "txt", timed=False), 0.0, 1.0, 0.0).text == ""
 
 
 # -- sidecar lookup -----------------------------------------------------------------------------
