@@ -140,7 +140,9 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
         info = probe(path, config)
     except DecodeError as err:
         raise MediaError(f"cannot read video {path}: {err}") from err
-    probed = video_context(VideoSource(path, path.name, video_id(path.name)), info)
+    # The user named this file: its sidecar is read wherever a link next to it leads.
+    probed = video_context(VideoSource(path, path.name, video_id(path.name)), info,
+                           follow_symlinks=True)
     context, notes = probed.context, notes + probed.warnings
     if not info.has_audio:
         notes += ("the video has no audio stream: its mel is digital silence, as prepare "

@@ -79,7 +79,7 @@ class VideoWatchingDataset(IterableDataset):
         self.max_text_len = max_text_len
         self.seed = seed
         self.epoch = 0
-        self.videos: list[VideoSource] = discover_videos(video_dir)
+        self.videos: list[VideoSource] = discover_videos(video_dir, prepare.follow_symlinks)
         if not self.videos:
             raise ConfigError(f"no videos found under {video_dir}")
         self.failures: dict[str, str] = {}  # filled per process (workers keep their own)
@@ -99,8 +99,8 @@ class VideoWatchingDataset(IterableDataset):
 
     def video_samples(self, source: VideoSource) -> Iterator[dict[str, Any]]:
         """Decoded members of each window of one video, as the shard loader would yield."""
-        context = video_context(source, probe(source.path, self.prepare),
-                                clip_encoding="npy").context
+        context = video_context(source, probe(source.path, self.prepare), clip_encoding="npy",
+                                follow_symlinks=self.prepare.follow_symlinks).context
         for window in iter_windows(source.path, self.prepare):
             f = sample_fields(window, context, self.prepare)
             yield {"__key__": f.key, MEMBER_JSON: f.meta.to_dict(), MEMBER_MEL: f.mel,
