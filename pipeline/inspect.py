@@ -21,7 +21,7 @@ Samples are grouped the way webdataset groups them (consecutive members sharing 
 the first dot of the base name), so inspect sees exactly what the loader sees. It reads them
 the way the loader does too: as plain local tars, each member's declared size checked against
 `schema.member_cap` before it is read, media decoded by the same size-checking decoder, and of
-a prepared folder only the shards inside it (`pipeline.manifest.listed_shard_path`).
+a prepared folder only the shards inside it (`pipeline.shards.listed_shard_path`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from PIL import Image
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.manifest import Manifest, Totals, listed_shard_path, read_manifest, split_totals
+from pipeline.manifest import Manifest, Totals, read_manifest, split_totals
 from pipeline.outdir import MANIFEST_NAME, OutputDir
 from pipeline.schema import (
     CLIP_PREFIX,
@@ -61,7 +61,7 @@ from pipeline.schema import (
     oversized_member,
     validate_sample,
 )
-from pipeline.shards import shard_split
+from pipeline.shards import listed_shard_path, shard_split
 from pipeline.shardset import (
     SHARD_GLOB,
     URL_SCHEME,

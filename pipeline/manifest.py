@@ -22,9 +22,9 @@ the sample counts and the `PrepareConfig` from it:
 ```
 Shard paths are relative to the folder (POSIX), so a prepared folder can be moved or copied.
 A reader accepts nothing else: an entry must be ``shards/<name>.tar`` and resolve to a file
-in the folder's ``shards/`` directory (`listed_shard_path`), since whoever wrote the file
-would otherwise choose what a loader opens (``/etc/passwd``, ``../other.tar``) or runs
-(webdataset opens ``pipe:cmd`` through a shell).
+in the folder's ``shards/`` directory (`pipeline.shards.listed_shard_path`), since whoever
+wrote the file would otherwise choose what a loader opens (``/etc/passwd``, ``../other.tar``)
+or runs (webdataset opens ``pipe:cmd`` through a shell).
 `totals` counts every video; `splits` counts each video in its split (`pipeline.split`; a
 failed or skipped video too, though it has no samples), so the two splits add up to `totals`.
 A manifest written before splits existed has neither `split` nor `splits` nor `eval_fraction`:
@@ -34,7 +34,6 @@ it reads as all train (`eval_fraction` 0).
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from typing import Any
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.errors import ConfigError
 from pipeline.outdir import MANIFEST_NAME, Fingerprint, OutputDir, UnitStats, write_json_atomic
-from pipeline.shards import SHARD_DIR, ShardInfo
+from pipeline.shards import ShardInfo, listed_shard_path
 from pipeline.split import EVAL, SPLITS, TRAIN, Split, parse_split
 from pipeline.worker import FAILED, PREPARED, SKIPPED, VideoOutcome
 
@@ -119,35 +118,6 @@ def write_manifest(out: OutputDir, fingerprint: Fingerprint, units: list[UnitSta
     """Write `manifest.json` for the done `units` and return its path."""
     write_json_atomic(out.manifest, build_manifest(fingerprint, units))
     return out.manifest
-
-
-# The only shard entry a manifest or stats file may hold: a plain file name under shards/.
-_SHARD_ENTRY = re.compile(rf"{SHARD_DIR}/[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
-
-
-def inside_shard_dir(folder: Path, path: Path) -> bool:
-    """Whether `path`, links followed, is a file name directly in `folder`'s shards/."""
-    try:
-        return path.resolve().parent == (folder / SHARD_DIR).resolve()
-    except (OSError, RuntimeError):  # a link loop
-        return False
-
-
-def listed_shard_path(folder: Path, entry: Any, source: Path) -> str:
-    """The path of a shard that `source` (a manifest or a unit's stats file in `folder`) lists
-    as `entry`: ``folder / entry``, once `entry` is ``shards/<name>.tar`` (relative, no "..",
-    no URL or ``pipe:``, no backslash) and the file, links followed, lies in folder/shards.
-    Raises ConfigError naming `source` and the entry otherwise."""
-    if not isinstance(entry, str) or not _SHARD_ENTRY.fullmatch(entry):
-        raise ConfigError(f"{source} lists the shard {entry!r}; a prepared folder lists only "
-                          f"{SHARD_DIR}/<name>.tar files inside it (never an absolute path, "
-                          f"'..', a URL or pipe:); this one was not written by omni prepare: "
-                          f"re-run omni prepare to rewrite it")
-    path = folder / entry
-    if not inside_shard_dir(folder, path):
-        raise ConfigError(f"{source} lists the shard {entry!r}, a link that leads outside "
-                          f"{folder / SHARD_DIR}; copy the shard itself into the folder")
-    return str(path)
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.lock import LOCK_NAME
 from pipeline.plan import Part, WorkUnit, unit_name
-from pipeline.shards import SHARD_DIR, TMP_SUFFIX, ShardInfo, unit_shard_paths
+from pipeline.shards import SHARD_DIR, TMP_SUFFIX, ShardInfo, listed_shard_path, unit_shard_paths
 from pipeline.split import TRAIN, parse_split
 from pipeline.worker import VideoOutcome
 
@@ -216,10 +216,11 @@ class OutputDir:
         if stats.unit != unit.index or stats.sources != unit.rel_paths:
             return None
         for shard in stats.shards:
-            try:
-                if (self.root / shard.path).stat().st_size != shard.bytes:
+            try:  # a stats file naming anything but its own shards is not ours: redo the unit
+                if Path(listed_shard_path(self.root, shard.path, self.stats_path(unit.index))
+                        ).stat().st_size != shard.bytes:
                     return None
-            except OSError:
+            except (OSError, ConfigError):
                 return None
         return stats
 

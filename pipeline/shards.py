@@ -30,8 +30,9 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from pipeline.errors import ConfigError
 from pipeline.plan import unit_name
 from pipeline.split import EVAL, SPLITS, TRAIN, Split
 
@@ -215,3 +216,32 @@ def write_unit_shards(
         shards.append(ShardInfo(final.relative_to(out_dir).as_posix(), samples,
                                 final.stat().st_size, split))
     return shards
+
+
+# The only shard entry a manifest or stats file may hold: a plain file name under shards/.
+_SHARD_ENTRY = re.compile(rf"{SHARD_DIR}/[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
+
+
+def inside_shard_dir(folder: Path, path: Path) -> bool:
+    """Whether `path`, links followed, is a file name directly in `folder`'s shards/."""
+    try:
+        return path.resolve().parent == (folder / SHARD_DIR).resolve()
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
+def listed_shard_path(folder: Path, entry: Any, source: Path) -> str:
+    """The path of a shard that `source` (a manifest or a unit's stats file in `folder`) lists
+    as `entry`: ``folder / entry``, once `entry` is ``shards/<name>.tar`` (relative, no "..",
+    no URL or ``pipe:``, no backslash) and the file, links followed, lies in folder/shards.
+    Raises ConfigError naming `source` and the entry otherwise."""
+    if not isinstance(entry, str) or not _SHARD_ENTRY.fullmatch(entry):
+        raise ConfigError(f"{source} lists the shard {entry!r}; a prepared folder lists only "
+                          f"{SHARD_DIR}/<name>.tar files inside it (never an absolute path, "
+                          f"'..', a URL or pipe:); this one was not written by omni prepare: "
+                          f"re-run omni prepare to rewrite it")
+    path = folder / entry
+    if not inside_shard_dir(folder, path):
+        raise ConfigError(f"{source} lists the shard {entry!r}, a link that leads outside "
+                          f"{folder / SHARD_DIR}; copy the shard itself into the folder")
+    return str(path)

@@ -10,7 +10,7 @@ environment substitution) and the split of a member name into sample key and typ
 
 Only what a person names on the command line is ever opened as a URL (webdataset's gopen runs
 ``pipe:cmd`` through a shell): the shards of a prepared folder, from its manifest or found on
-disk, are local files inside it (`pipeline.manifest.listed_shard_path`), opened as files.
+disk, are local files inside it (`pipeline.shards.listed_shard_path`), opened as files.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from braceexpand import UnbalancedBracesError, braceexpand
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError
-from pipeline.manifest import inside_shard_dir, read_manifest
+from pipeline.manifest import read_manifest
 from pipeline.outdir import MANIFEST_NAME
 from pipeline.schema import expected_from_config
-from pipeline.shards import shard_split
+from pipeline.shards import inside_shard_dir, shard_split
 from pipeline.split import EVAL, SPLITS, Split
 
 SHARD_GLOB = "shards/*.tar"

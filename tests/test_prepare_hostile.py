@@ -290,3 +290,23 @@ def test_a_missing_input_folder_is_a_bad_argument(tmp_path) -> None:
     with pytest.raises(FolderArgumentError, match="does not exist"):
         prepare(tmp_path / "nope", tmp_path / "out", CONFIG)
     assert isinstance(FolderArgumentError("x"), PipelineError)
+
+
+def test_a_stats_file_naming_a_shard_outside_the_folder_makes_its_unit_redone(tmp_path) -> None:
+    """A stats file is trusted only for its own shards: one that names another file (of the
+    right size, even) does not mark its unit done, so the rerun rewrites it."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_video(videos / "a.mp4", duration=3.0, size=SMALL)
+    out = tmp_path / "out"
+    prepare(videos, out, CONFIG, RunOptions(workers=1))
+    (stats_path,) = (out / "stats").glob("*.json")
+    stats = json.loads(stats_path.read_text())
+    shard = out / stats["shards"][0]["path"]
+    outside = tmp_path / "outside.tar"
+    outside.write_bytes(shard.read_bytes())
+    stats["shards"][0]["path"] = "../outside.tar"
+    stats_path.write_text(json.dumps(stats))
+    again = prepare(videos, out, CONFIG, RunOptions(workers=1))
+    assert again.plan.units_todo == 1
+    assert json.loads(stats_path.read_text())["shards"][0]["path"].startswith("shards/")
