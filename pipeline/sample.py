@@ -8,9 +8,10 @@ checks and encodes them. Choices made here:
   digital silence, and `has_audio: false` in its json so a trainer can mask the modality.
 - **Text.** `text_for_window` of the video's transcript: the cues overlapping the window for
   timed transcripts (SRT, WebVTT, embedded); for an untimed `.txt`, the words spread evenly
-  over the video's duration as stated by its container (`transcript_timed: false`). A video
-  whose untimed transcript cannot be placed because the container states no duration gets
-  no text (see `VideoContext.for_video`). A window's text is cut to
+  over the picture's duration (the end of its last video packet, else the container's stated
+  duration; see `video_context`), with `transcript_timed: false`. A video whose untimed
+  transcript cannot be placed because neither is known gets no text (see
+  `VideoContext.for_video`). A window's text is cut to
   `pipeline.transcripts.MAX_WINDOW_TEXT_BYTES` (`SampleFields.text_cut`).
 """
 
