@@ -28,6 +28,7 @@ import av
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.h264 import x264_options
 
 SIZE = (160, 120)  # (width, height): small, so encoding and decoding stay fast
 FPS = 16  # a multiple of the 8 fps clip grid of `omni prepare`: no frame is picked twice
@@ -367,7 +368,7 @@ def encode_video(path: Path, params: DemoParams, duration: float) -> None:
         video.codec_context.time_base = Fraction(1, FPS)
         video.thread_count = 1
         if codec == "libx264":
-            video.options = {"preset": "ultrafast", "crf": "33"}
+            video.options = dict(x264_options(33, "ultrafast"))
         else:
             video.bit_rate = 400_000
         audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")

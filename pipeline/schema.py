@@ -37,6 +37,7 @@ from PIL import Image
 
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.errors import PipelineError
+from pipeline.h264 import x264_options
 from pipeline.transcripts import TranscriptSource
 
 MEMBER_JSON = "json"
@@ -263,8 +264,9 @@ def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_C
                 preset: str = MP4_PRESET) -> bytes:
     """The bytes of a clip member: `frames` (T, H, W, 3) uint8 as ``npy`` or ``mp4``.
 
-    ``mp4`` is H.264 (libx264, `crf`, `preset`, yuv420p, one thread) at `fps` with frame i at
-    time i / fps, so decoding gives back exactly T frames. H and W must be even (yuv420p).
+    ``mp4`` is H.264 (libx264, `crf`, `preset`, yuv420p, one thread, the same bytes on every
+    run: `pipeline.h264`) at `fps` with frame i at time i / fps, so decoding gives back
+    exactly T frames. H and W must be even (yuv420p).
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"a clip must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
@@ -282,7 +284,7 @@ def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_C
     buffer = BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
         stream = container.add_stream(
-            "libx264", rate=fps, options={"crf": str(crf), "preset": preset, "threads": "1"},
+            "libx264", rate=fps, options=dict(x264_options(crf, preset)),
         )
         stream.width, stream.height, stream.pix_fmt = width, height, MP4_PIX_FMT
         stream.time_base = Fraction(1, fps)
