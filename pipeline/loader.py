@@ -67,6 +67,10 @@ MAX_ERRORS = 20  # reasons kept in LoaderStats.errors
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")
 
 
+# The counters the tar stage reports as findings (`LoaderStats.find`).
+_FINDING_COUNTERS = ("skipped_samples", "unsafe_members", "corrupt_shards", "surplus_shards")
+
+
 @dataclass
 class LoaderStats:
     """What the loader has delivered and dropped since it was built (all epochs, all workers)."""
@@ -78,6 +82,9 @@ class LoaderStats:
     corrupt_shards: int = 0  # shards that failed to open or read to the end, or came up short
     surplus_shards: int = 0  # shards with more samples than their manifest entry (all used)
     errors: list[str] = field(default_factory=list)  # the last MAX_ERRORS reasons, oldest first
+    # What the tar stage found, as (counter, what) pairs that `ShardLoader` counts once per
+    # epoch: a resumed epoch reads its shards again from the start, and would count twice.
+    findings: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def dropped(self) -> int:
@@ -88,18 +95,25 @@ class LoaderStats:
         self.errors.append(reason)
         del self.errors[:-MAX_ERRORS]
 
+    def find(self, counter: str, what: str, reason: str) -> None:
+        """Record a finding of the tar stage (`counter` one of the int fields, `what` naming it
+        within the epoch, e.g. the shard's URL) with its reason."""
+        self.findings.append((counter, what))
+        self.note(reason)
+
     def add(self, other: LoaderStats) -> None:
         for item in fields(self):
-            if item.name != "errors":
+            if item.name not in ("errors", "findings"):
                 setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
         for reason in other.errors:
             self.note(reason)
+        self.findings += other.findings
 
     def take(self) -> LoaderStats:
         """A copy of the counters, which are then reset: how a worker reports its news."""
-        news = replace(self, errors=list(self.errors))
+        news = replace(self, errors=list(self.errors), findings=list(self.findings))
         for item in fields(self):
-            setattr(self, item.name, [] if item.name == "errors" else 0)
+            setattr(self, item.name, [] if item.name in ("errors", "findings") else 0)
         return news
 
 
@@ -175,8 +189,8 @@ def tar_samples(src: Iterable[str], stats: LoaderStats, sample_counts: dict[str,
                         continue
                     prefix, suffix = split_member_name(info.name)
                     if prefix is None:
-                        stats.unsafe_members += 1
-                        stats.note(f"{url}: member {info.name!r} has no type; dropped")
+                        stats.find("unsafe_members", f"{url}/{info.name}",
+                                   f"{url}: member {info.name!r} has no type; dropped")
                         continue
                     if current is not None and prefix != current["__key__"]:
                         count += 1
@@ -189,22 +203,22 @@ def tar_samples(src: Iterable[str], stats: LoaderStats, sample_counts: dict[str,
                         current.setdefault("__error__", f"member {suffix!r} appears twice")
                     current[suffix] = _member_bytes(tar, info, suffix, expected, current)
         except Exception as err:  # whatever the tar reader or the transport raise
-            stats.corrupt_shards += 1
-            stats.note(f"{url}: unreadable shard (shards are plain, uncompressed tars), "
+            stats.find("corrupt_shards", url,
+                       f"{url}: unreadable shard (shards are plain, uncompressed tars), "
                        f"skipping the rest of it: {type(err).__name__}: {err}")
             if current is not None:
-                stats.skipped_samples += 1
+                stats.findings.append(("skipped_samples", f"{url}/{current['__key__']}"))
             continue
         if current is not None:
             count += 1
             yield current
         wanted = sample_counts.get(url)
         if wanted is not None and count < wanted:
-            stats.corrupt_shards += 1
-            stats.note(f"{url}: {count} samples, its manifest entry says {wanted} (truncated?)")
+            stats.find("corrupt_shards", url, f"{url}: {count} samples, its manifest entry "
+                       f"says {wanted} (truncated?)")
         elif wanted is not None and count > wanted:
-            stats.surplus_shards += 1
-            stats.note(f"{url}: {count} samples, its manifest entry says {wanted} (the shard "
+            stats.find("surplus_shards", url,
+                       f"{url}: {count} samples, its manifest entry says {wanted} (the shard "
                        f"was replaced or appended to after prepare); its samples are used")
 
 
@@ -445,6 +459,8 @@ class ShardLoader:
     worker reads its own shards and resumes exactly where it stopped (no sample repeated or
     lost), but the order of batches depends on the worker count and the DataLoader's
     round-robin over workers starts afresh, so the interleaving after a resume may differ.
+    The state also holds what the tar stage found this epoch (`LoaderStats.findings`), so the
+    shards a resumed epoch reads again are not counted corrupt twice.
     """
 
     def __init__(self, shards: ShardSet, batch_size: int, *, tokenizer: TokenizerFn,
@@ -465,6 +481,7 @@ class ShardLoader:
         self.epoch = 0
         self.batches = 0  # yielded in the current epoch
         self.consumed = self._no_progress()
+        self.found: set[tuple[str, str]] = set()  # findings counted in the current epoch
 
     def _no_progress(self) -> list[int]:
         return [0] * max(1, self.num_workers)
@@ -483,7 +500,7 @@ class ShardLoader:
             chunks = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                 collate_fn=_unchanged, persistent_workers=False)
         for chunk in chunks:
-            self.stats.add(chunk.stats)
+            self._count(chunk.stats)
             self.consumed[chunk.worker] = chunk.position
             if chunk.batch is None:
                 continue
@@ -501,26 +518,45 @@ class ShardLoader:
         self.epoch += 1
         self.batches = 0
         self.consumed = self._no_progress()
+        self.found = set()
+
+    def _count(self, news: LoaderStats) -> None:
+        """Add a worker's news to `stats`, each tar-stage finding once per epoch."""
+        for finding in news.findings:
+            if finding not in self.found:
+                self.found.add(finding)
+                counter = finding[0]
+                setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        news.findings = []
+        self.stats.add(news)
 
     def state_dict(self) -> dict[str, Any]:
-        """The position in plain ints, for the trainer's checkpoint JSON."""
-        return {"epoch": self.epoch, "batches": self.batches, "consumed": list(self.consumed)}
+        """The position in plain ints, and this epoch's findings, for the trainer's checkpoint
+        JSON."""
+        return {"epoch": self.epoch, "batches": self.batches, "consumed": list(self.consumed),
+                "found": sorted([counter, what] for counter, what in self.found)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict` of a loader built with the same arguments."""
         try:
             epoch, batches = int(state["epoch"]), int(state["batches"])
             consumed = [int(value) for value in state["consumed"]]
-        except (KeyError, TypeError, ValueError) as err:
-            raise ConfigError(f"not a ShardLoader state (need epoch, batches, consumed): "
-                              f"{state!r}") from err
+            # Written before findings were kept: none are known, as then.
+            found = {(str(counter), str(what)) for counter, what in state.get("found", [])}
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ConfigError(f"not a ShardLoader state (need epoch, batches, consumed, "
+                              f"found): {state!r}"[:500]) from err
+        unknown = {counter for counter, _ in found} - set(_FINDING_COUNTERS)
+        if unknown:
+            raise ConfigError(f"not a ShardLoader state: findings of unknown counters "
+                              f"{', '.join(sorted(unknown))}")
         if len(consumed) != len(self.consumed):
             raise ConfigError(
                 f"the loader state was saved with {len(consumed)} worker position(s), this "
                 f"loader has {len(self.consumed)}; resume with num_workers={len(consumed)} "
                 f"(0 and 1 are the same)"
             )
-        self.epoch, self.batches, self.consumed = epoch, batches, consumed
+        self.epoch, self.batches, self.consumed, self.found = epoch, batches, consumed, found
 
 
 def build_shard_loader(

@@ -225,7 +225,7 @@ def test_epochs_advance_and_reshuffle(prepared: tuple[Path, list[str]]) -> None:
     root, keys = prepared
     loader = build_shard_loader(root, batch_size=5, seed=3, shuffle_buffer=6, epochs=2)
     epoch0 = all_keys(loader)
-    assert loader.state_dict() == {"epoch": 1, "batches": 0, "consumed": [0]}
+    assert loader.state_dict() == {"epoch": 1, "batches": 0, "consumed": [0], "found": []}
     epoch1 = all_keys(loader)
     assert sorted(epoch0) == sorted(epoch1) == sorted(keys)
     assert epoch0 != epoch1
@@ -362,6 +362,32 @@ def test_resume_continues_with_the_next_batch(tmp_path: Path) -> None:
         resumed.load_state_dict(state)
         rest = [b["__key__"] for b in resumed] + [b["__key__"] for b in resumed]
         assert seen + rest == expected, taken
+
+
+def test_a_resumed_epoch_counts_a_corrupt_shard_once(tmp_path: Path) -> None:
+    """A resumed epoch reads its shards again from the start: what the tar stage found before
+    the checkpoint must not be counted again (issue 9, items 7 and 8)."""
+    write_shards(tmp_path, manifest=False)
+    (tmp_path / "shards" / "shard-000000.tar").write_bytes(b"this is no tar file" * 100)
+
+    def build() -> ShardLoader:
+        return build_shard_loader(tmp_path, batch_size=2, shuffle_shards=False,
+                                  shuffle_buffer=0, epochs=1)
+
+    reference = build()
+    all_keys(reference)
+    assert reference.stats.corrupt_shards == 1
+    first = build()
+    iterator = iter(first)
+    next(iterator)  # the broken shard came first: it was found before this batch left
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["found"] == [["corrupt_shards", str(tmp_path / "shards" / "shard-000000.tar")]]
+    resumed = build()
+    resumed.load_state_dict(state)
+    all_keys(resumed)
+    assert first.stats.corrupt_shards + resumed.stats.corrupt_shards == 1
+    with pytest.raises(ConfigError, match="unknown counters"):
+        build().load_state_dict({**state, "found": [["samples", "x"]]})
 
 
 def test_resume_after_the_last_batch_of_an_epoch_starts_the_next(
