@@ -7,6 +7,7 @@ import torch
 
 from omnilatent import MODALITIES, OmniLatentConfig, OmniLatentModel
 from omnilatent.errors import ConfigError
+from omnilatent.model.losses import modality_loss
 from tests.conftest import TINY, make_inputs
 
 
@@ -97,6 +98,14 @@ def test_text_loss_ignores_padding_and_all_padding_is_zero(tiny_model, tiny_conf
     out = tiny_model("image", x["image"], "text", target=empty)
     assert out["loss"].item() == 0.0
     out["loss"].backward()  # graph stays connected
+
+
+def test_text_loss_is_the_mean_over_real_tokens() -> None:
+    logits = torch.randn(2, 5, 11)  # (B, L, V)
+    labels = torch.tensor([[3, 4, 0, 0, 0], [5, 6, 7, 8, 0]])  # 6 real tokens
+    real = labels != 0
+    expected = torch.nn.functional.cross_entropy(logits[real], labels[real])
+    torch.testing.assert_close(modality_loss("text", logits, labels), expected)
 
 
 def test_gradient_checkpointing_gives_same_loss_and_grads(tiny_config) -> None:
