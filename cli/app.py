@@ -69,3 +69,7 @@ def main() -> None:
     # The root takes no option with a value, so the first bare word names the command.
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     build_app([command] if command in COMMANDS else COMMANDS)()
+
+
+if __name__ == "__main__":  # `python -m cli.app`, e.g. under torchrun -m cli.app
+    main()

@@ -6,19 +6,13 @@ The options live here; torch-backed modules are imported when the command runs (
 
 from __future__ import annotations
 
+import copy
 import signal
+from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from cli.console import console
 from cli.errors import EXIT_USAGE, CLIError, run_command
@@ -26,6 +20,8 @@ from cli.options import Device, SaveDir, Seed, Workers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from torch import Tensor
 
     from omnilatent.inference.text import TextCodec
     from omnilatent.model import OmniLatentModel
@@ -58,6 +54,19 @@ EXAMPLES = """
     [cyan]omni train --shards data/prepared --steps 5000 --batch-size 4 --device cuda \\
       --grad-checkpointing --save-dir runs/base --save-every 500[/]
 """
+
+# `omni train --help` groups its options under these headings
+DATA, MODEL, CURRICULUM = "Data", "Model", "Curriculum"
+OPTIMISATION, CHECKPOINTS, RUNTIME = "Optimisation", "Checkpoints and evaluation", "Runtime"
+
+
+def _in_panel(alias: Any, panel: str) -> Any:
+    """A shared option alias of `cli.options` (``Annotated[type, OptionInfo]``), shown under
+    ``panel`` here: typer takes one OptionInfo per parameter, so a copy carries the panel."""
+    base, info = get_args(alias)
+    info = copy.copy(info)
+    info.rich_help_panel = panel
+    return Annotated[base, info]
 
 
 def _resolve_resume(resume: str, save_dir: Path, check: StateCheck) -> Path | None:
@@ -123,9 +132,11 @@ def _schedule(phase_schedule: str | None, fracs: dict[str, float | None]) -> Sch
 
 def _evaluator(shards: str | None, explicit: bool, eval_every: int | None, samples: int,
                batch_size: int, codec: TextCodec, max_text_len: int,
-               model: OmniLatentModel) -> Callable[[OmniLatentModel], dict] | None:
+               model: OmniLatentModel, on_samples: Callable[[dict[str, Tensor]], None]
+               ) -> Callable[[OmniLatentModel], dict] | None:
     """The held-out evaluation of a run, or None (with a note) when there is no held-out
-    data: `--eval-shards` as given (all its shards), else the eval split of `--shards`."""
+    data: `--eval-shards` as given (all its shards), else the eval split of `--shards`.
+    ``on_samples`` receives a few predictions of each evaluation."""
     from omnilatent.evaluation.evaluate import check_shards_fit, held_out_split, shard_evaluator
 
     if eval_every == 0 or shards is None:
@@ -141,88 +152,103 @@ def _evaluator(shards: str | None, explicit: bool, eval_every: int | None, sampl
     check_shards_fit(shards, split, model)
     console.print(f"eval: up to {samples} windows of {shards}"
                   + ("" if split is None else f" ({split} split)"), soft_wrap=True)
-    return shard_evaluator(shards, codec, max_text_len, batch_size, samples, split)
+    return shard_evaluator(shards, codec, max_text_len, batch_size, samples, split,
+                           on_samples)
 
 
 def _frac(name: str) -> Any:
-    return typer.Option(f"--{name}-frac", min=0.0, max=1.0,
+    return typer.Option(f"--{name}-frac", min=0.0, max=1.0, rich_help_panel=CURRICULUM,
                         help=f"Share of steps for the {name} phase (shortcut; "
                         + ("takes what the others leave when omitted)." if name == "joint"
                            else "others keep their default share)."))
 
 
 def train(
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on seeded synthetic "
-                                            "multimodal data (checks pipeline and memory).")]
+    synthetic: Annotated[bool, typer.Option(
+        "--synthetic", rich_help_panel=DATA,
+        help="Train on seeded synthetic multimodal data (checks pipeline and memory).")]
     = False,
     shards: Annotated[str | None, typer.Option(
-        "--shards", help="A folder written by `omni prepare` (or its shards as a brace "
-        "pattern): stream its samples.")] = None,
+        "--shards", rich_help_panel=DATA, help="A folder written by `omni prepare` (or its "
+        "shards as a brace pattern): stream its samples.")] = None,
     video_dir: Annotated[Path | None, typer.Option(
-        "--video-dir", help="Decode the videos of this folder on the fly (no shards).")]
-    = None,
+        "--video-dir", rich_help_panel=DATA,
+        help="Decode the videos of this folder on the fly (no shards).")] = None,
+    tokenizer_path: Annotated[Path | None, typer.Option(
+        "--tokenizer", rich_help_panel=DATA,
+        help="A SentencePiece .model file (default: byte-level tokens).")] = None,
+    max_text_len: Annotated[int, typer.Option(
+        "--max-text-len", rich_help_panel=DATA, min=1, help="Tokens kept per transcript.")]
+    = 128,
+    clip_duration: Annotated[float, typer.Option(
+        "--clip-duration", rich_help_panel=DATA, help="--video-dir: seconds per clip.")] = 2.0,
+    clip_stride: Annotated[float, typer.Option(
+        "--clip-stride", rich_help_panel=DATA,
+        help="--video-dir: seconds between clip starts.")] = 1.0,
+    workers: _in_panel(Workers, DATA) = 0,
+    dim: Annotated[int, typer.Option("--dim", rich_help_panel=MODEL, min=8,
+                                     help="Model width.")] = 768,
+    layers: Annotated[int, typer.Option("--layers", rich_help_panel=MODEL, min=1)] = 12,
+    heads: Annotated[int, typer.Option("--heads", rich_help_panel=MODEL, min=1)] = 12,
+    text_decoding: Annotated[str, typer.Option(
+        "--text-decoding", rich_help_panel=MODEL, help="autoregressive (default) or parallel "
+        "text output (see the README's measurement).")] = "autoregressive",
     phase_schedule: Annotated[str | None, typer.Option(
-        "--phase-schedule", help="Curriculum: 'default', an inline spec like "
-        "'warmup=0.1,crossmodal=0.25,temporal=0.25,grounding=0.15,joint=0.25', or a "
-        ".toml/.json file. Default for --shards/--video-dir; without it --synthetic trains "
-        "all 16 modality pairs in turn.")] = None,
+        "--phase-schedule", rich_help_panel=CURRICULUM, help="Curriculum: 'default', an "
+        "inline spec like 'warmup=0.1,crossmodal=0.25,temporal=0.25,grounding=0.15,joint=0.25'"
+        ", or a .toml/.json file. Default for --shards/--video-dir; without it --synthetic "
+        "trains all 16 modality pairs in turn.")] = None,
     warmup_frac: Annotated[float | None, _frac("warmup")] = None,
     crossmodal_frac: Annotated[float | None, _frac("crossmodal")] = None,
     temporal_frac: Annotated[float | None, _frac("temporal")] = None,
     grounding_frac: Annotated[float | None, _frac("grounding")] = None,
     joint_frac: Annotated[float | None, _frac("joint")] = None,
-    tokenizer_path: Annotated[Path | None, typer.Option(
-        "--tokenizer", help="A SentencePiece .model file (default: byte-level tokens).")]
-    = None,
-    max_text_len: Annotated[int, typer.Option("--max-text-len", min=1,
-                                              help="Tokens kept per transcript.")] = 128,
-    clip_duration: Annotated[float, typer.Option(
-        "--clip-duration", help="--video-dir: seconds per clip.")] = 2.0,
-    clip_stride: Annotated[float, typer.Option(
-        "--clip-stride", help="--video-dir: seconds between clip starts.")] = 1.0,
-    steps: Annotated[int, typer.Option("--steps", "--total-steps", min=1,
-                                       help="Optimizer steps to train for.")] = 1000,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1,
-                                            help="Batches accumulated per step.")] = 1,
-    dim: Annotated[int, typer.Option("--dim", min=8, help="Model width.")] = 768,
-    layers: Annotated[int, typer.Option("--layers", min=1)] = 12,
-    heads: Annotated[int, typer.Option("--heads", min=1)] = 12,
-    text_decoding: Annotated[str, typer.Option(
-        "--text-decoding", help="autoregressive (default) or parallel text output (see the "
-        "README's measurement).")] = "autoregressive",
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate.")] = 6e-4,
-    no_amp: Annotated[bool, typer.Option("--no-amp", help="Disable mixed precision on GPU "
-                                         "(it is always off on CPU).")] = False,
-    grad_checkpointing: Annotated[bool, typer.Option(
-        "--grad-checkpointing/--no-grad-checkpointing",
-        help="Recompute activations in backward to save memory.")] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
-    = False,
-    log_interval: Annotated[int, typer.Option("--log-interval", min=1,
-                                              help="Steps per metrics line (16 = one cycle "
-                                              "of all modality pairs).")] = 16,
-    save_dir: SaveDir = Path("runs/omni"),
-    save_every: Annotated[int, typer.Option("--save-every", min=0,
-                                            help="Checkpoint every N steps (0 = only at the "
-                                            "end).")] = 0,
-    keep_last: Annotated[int, typer.Option("--keep-last", min=0,
+    steps: Annotated[int, typer.Option(
+        "--steps", "--total-steps", rich_help_panel=OPTIMISATION, min=1,
+        help="Optimizer steps to train for.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=OPTIMISATION,
+                                            min=1)] = 4,
+    grad_accum: Annotated[int, typer.Option(
+        "--grad-accum", rich_help_panel=OPTIMISATION, min=1,
+        help="Batches accumulated per step.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", rich_help_panel=OPTIMISATION, min=0.0,
+                                      help="Peak learning rate.")] = 6e-4,
+    save_dir: _in_panel(SaveDir, CHECKPOINTS) = Path("runs/omni"),
+    save_every: Annotated[int, typer.Option(
+        "--save-every", rich_help_panel=CHECKPOINTS, min=0,
+        help="Checkpoint every N steps (0 = only at the end).")] = 0,
+    keep_last: Annotated[int, typer.Option("--keep-last", rich_help_panel=CHECKPOINTS, min=0,
                                            help="Checkpoints kept (0 = all).")] = 3,
-    resume: Annotated[str, typer.Option("--resume", help="'auto' (newest complete checkpoint "
-                                        "in --save-dir), 'none', or a checkpoint path.")]
-    = "none",
+    resume: Annotated[str, typer.Option(
+        "--resume", rich_help_panel=CHECKPOINTS, help="'auto' (newest complete checkpoint in "
+        "--save-dir), 'none', or a checkpoint path.")] = "none",
     eval_every: Annotated[int | None, typer.Option(
-        "--eval-every", min=0, help="Evaluate on held-out data every N steps (default: at "
-        "each checkpoint; 0: never). Records go to metrics.jsonl.")] = None,
+        "--eval-every", rich_help_panel=CHECKPOINTS, min=0, help="Evaluate on held-out data "
+        "every N steps (default: at each checkpoint; 0: never). Records go to metrics.jsonl.")]
+    = None,
     eval_shards: Annotated[str | None, typer.Option(
-        "--eval-shards", help="Held-out data to evaluate on (default: the eval split of "
-        "--shards, when it has one).")] = None,
+        "--eval-shards", rich_help_panel=CHECKPOINTS, help="Held-out data to evaluate on "
+        "(default: the eval split of --shards, when it has one).")] = None,
     eval_samples: Annotated[int, typer.Option(
-        "--eval-samples", min=1, help="Windows per evaluation (the first ones, always the "
-        "same).")] = 256,
-    seed: Seed = 0,
-    device: Device = "auto",
-    workers: Workers = 0,
+        "--eval-samples", rich_help_panel=CHECKPOINTS, min=1, help="Windows per evaluation "
+        "(the first ones, always the same).")] = 256,
+    device: _in_panel(Device, RUNTIME) = "auto",
+    no_amp: Annotated[bool, typer.Option(
+        "--no-amp", rich_help_panel=RUNTIME,
+        help="Disable mixed precision on GPU (it is always off on CPU).")] = False,
+    grad_checkpointing: Annotated[bool, typer.Option(
+        "--grad-checkpointing/--no-grad-checkpointing", rich_help_panel=RUNTIME,
+        help="Recompute activations in backward to save memory.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", rich_help_panel=RUNTIME,
+                                                help="torch.compile the model.")] = False,
+    fsdp: Annotated[bool, typer.Option(
+        "--fsdp", rich_help_panel="Runtime", help="Under torchrun: shard the model over the "
+        "processes (FSDP2) instead of replicating it (DDP), for models too big for one GPU.")]
+    = False,
+    log_interval: Annotated[int, typer.Option(
+        "--log-interval", rich_help_panel=RUNTIME, min=1, help="Steps per metrics line (16 = "
+        "one cycle of all modality pairs).")] = 16,
+    seed: _in_panel(Seed, RUNTIME) = 0,
 ) -> None:
     """Train OmniLatent on prepared shards, raw videos or synthetic data. Stop with Ctrl-C or
     SIGTERM: the current step finishes and a checkpoint is written, so `--resume auto`
@@ -237,7 +263,12 @@ def train(
                                                                if chosen else ""),
                            hint="pass --synthetic, --shards OUT_DIR or --video-dir VIDEOS",
                            exit_code=EXIT_USAGE)
-        from cli.train_display import RichCallbacks, print_summary
+        from cli.train_display import (
+            CompositeCallbacks,
+            RichCallbacks,
+            print_summary,
+            progress_bar,
+        )
         from omnilatent import OmniLatentConfig, OmniLatentModel
         from omnilatent.inference.card import CheckpointCard
         from omnilatent.inference.text import codec_for
@@ -245,11 +276,18 @@ def train(
             SyntheticMultimodalDataset,
             TrainConfig,
             Trainer,
+            TrainerCallbacks,
             build_dataloader,
         )
         from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer
+        from omnilatent.training.distributed import (
+            init_distributed,
+            rank_loader,
+            teardown_distributed,
+        )
         from omnilatent.training.rng import seed_everything
         from omnilatent.training.sources import model_sizes, shard_source, video_dir_source
+        from omnilatent.training.tensorboard import TensorBoardCallbacks
         from pipeline.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer, sentencepiece_tokenizer
 
         schedule = _schedule(phase_schedule, {
@@ -264,6 +302,7 @@ def train(
                              compile=compile_model, device=device, seed=seed,
                              save_dir=save_dir, save_every=save_every, keep_last=keep_last,
                              log_interval=log_interval, eval_every=eval_every)
+        context = init_distributed(device, fsdp)  # before the loaders: they split by rank
         seed_everything(seed)
         sizes: dict[str, int] = {}
         if shards is not None:
@@ -286,7 +325,9 @@ def train(
         if source is None:
             dataset = SyntheticMultimodalDataset(
                 model_config, length=max(1000, steps * batch_size * grad_accum), seed=seed)
-            loader = build_dataloader(dataset, batch_size, seed=seed, num_workers=workers)
+            loader = (rank_loader(dataset, batch_size, context, seed=seed, num_workers=workers)
+                      if context.enabled
+                      else build_dataloader(dataset, batch_size, seed=seed, num_workers=workers))
             has_text = True
         else:
             loader, has_text = source.loader, source.corpus_has_text
@@ -295,32 +336,38 @@ def train(
             data_config=None if source is None or source.prepare_config is None
             else source.prepare_config.to_dict(),
             tokenizer_source=tokenizer_path)
+        board = TensorBoardCallbacks(save_dir)
         evaluator = _evaluator(eval_shards or shards, eval_shards is not None, eval_every,
-                               eval_samples, batch_size, codec_for(card), max_text_len, model)
-        progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]} [dim]{task.fields[pair]}[/]"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
-        )
-        callbacks = RichCallbacks(progress, steps)
+                               eval_samples, batch_size, codec_for(card), max_text_len, model,
+                               board.eval_samples)
+        progress = progress_bar()
+        callbacks = RichCallbacks(progress, steps, batch_size * grad_accum)
+        console.print(f"tensorboard: tensorboard --logdir {save_dir}", soft_wrap=True)
+        composite = (CompositeCallbacks(callbacks, board) if context.is_main  # rank 0 shows
+                     else TrainerCallbacks())
         data_source = chosen[0].removeprefix("--")
         if schedule is None:
-            trainer = Trainer(model, config, loader, callbacks, card, evaluator, data_source)
+            trainer = Trainer(model, config, loader, composite, card, evaluator, data_source,
+                              context)
         else:
             trainer = CurriculumTrainer(model, config, loader, schedule=schedule,
-                                        corpus_has_text=has_text, callbacks=callbacks,
-                                        card=card, evaluator=evaluator, data_source=data_source)
+                                        corpus_has_text=has_text, callbacks=composite,
+                                        card=card, evaluator=evaluator, data_source=data_source,
+                                        distributed=context)
         trainer.claim_save_dir()  # before the save dir is read: another run may be writing it
         try:
             checkpoint = _resolve_resume(resume, save_dir, trainer.check_state)
             if checkpoint is not None:
                 trainer.resume(checkpoint)
             stop = _install_stop_handler()
-            with progress:
+            with progress if context.is_main else nullcontext():
                 result = trainer.train(should_stop=lambda: stop[0])
         finally:
+            board.close()
             trainer.release_save_dir()
-        print_summary(callbacks.records, save_dir, result)
+            teardown_distributed()
+        if context.is_main:
+            print_summary(callbacks.records, save_dir, result)
         if result.interrupted:
             raise typer.Exit(130)
 

@@ -55,6 +55,9 @@ RETRIEVAL_TASKS = {f"{source}_to_{target}": target for source, target in RETRIEV
 RECONSTRUCTION_TASKS = ("video_recon", "audio_recon")
 TEXT_SOURCES = ("video", "audio", "image")
 POOL = 4  # spatial downsampling of stored video/image candidates
+# Predictions kept for a look (e.g. in TensorBoard): one per output modality, a few windows
+SAMPLE_TASKS = ("audio_to_image", "audio_to_video", "video_to_audio")
+SAMPLE_WINDOWS = 2
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,14 @@ class Caption:
 @dataclass
 class EvalReport:
     """``metrics`` is the JSON document of `omni eval --json`; ``captions`` every generated
-    transcript per text task, for display and for benchmarks that check their content."""
+    transcript per text task, for display and for benchmarks that check their content;
+    ``samples`` the predictions of the first ``SAMPLE_WINDOWS`` windows for each of
+    ``SAMPLE_TASKS`` (float32 on the CPU: image ``(N, 3, H, W)`` and video
+    ``(N, 3, T, H, W)`` in [-1, 1], log-mel ``(N, M, T)``), to be looked at."""
 
     metrics: dict[str, Any]
     captions: dict[str, list[Caption]] = field(default_factory=dict)
+    samples: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _pooled(modality: str, x: Tensor) -> Tensor:
@@ -139,6 +146,7 @@ def evaluate(
     metas: list[dict[str, Any]] = []
     tallies = {source: _TextTally() for source in TEXT_SOURCES}
     captions: dict[str, list[Caption]] = {f"{s}_to_text": [] for s in TEXT_SOURCES}
+    samples: dict[str, Tensor] = {}
     seen = 0
     try:
         for batch in batches:
@@ -160,6 +168,8 @@ def evaluate(
                 losses.add(task.name, float(out["loss"]), weight)
                 if task.name in RETRIEVAL_TASKS:
                     stored[task.name].append(_pooled(task.target, out["output"]))
+                if task.name in SAMPLE_TASKS and task.name not in samples:
+                    samples[task.name] = out["output"][:SAMPLE_WINDOWS].detach().float().cpu()
                 elif task.name in RECONSTRUCTION_TASKS:
                     _reconstruction(task.target, out["output"], target, recon)
             image = model.reconstruct("image", batch["image"])["output"]  # not a task
@@ -175,7 +185,7 @@ def evaluate(
     finally:
         model.train(was_training)
     metrics = _metrics(seen, losses, recon, stored, metas, tallies, labels)
-    return EvalReport(metrics, captions)
+    return EvalReport(metrics, captions, samples)
 
 
 def _reconstruction(modality: str, output: Tensor, target: Tensor, sums: _Sums) -> None:
@@ -253,10 +263,12 @@ def held_out_split(shards: str) -> Split | None:
 def eval_loader(shards: str, text: TextCodec, max_text_len: int, batch_size: int,
                 split: Split | None) -> ShardLoader:
     """One pass over ``shards`` in file order, unshuffled, in the main process: the same
-    windows in the same order on every call, so numbers from two checkpoints compare."""
+    windows in the same order on every call, so numbers from two checkpoints compare. Every
+    shard, also under torchrun (where rank 0 alone evaluates): not the rank's share."""
     return build_shard_loader(shards, batch_size, tokenizer=text.encode,
                               max_text_len=max_text_len, seed=0, shuffle_shards=False,
-                              shuffle_buffer=0, num_workers=0, epochs=1, split=split)
+                              shuffle_buffer=0, num_workers=0, epochs=1, split=split,
+                              rank=0, world_size=1)
 
 
 def check_shards_fit(shards: str, split: Split | None, model: OmniLatentModel) -> ShardSet:
@@ -269,12 +281,18 @@ def check_shards_fit(shards: str, split: Split | None, model: OmniLatentModel) -
 
 
 def shard_evaluator(shards: str, text: TextCodec, max_text_len: int, batch_size: int,
-                    max_samples: int | None, split: Split | None = EVAL
+                    max_samples: int | None, split: Split | None = EVAL,
+                    on_samples: Callable[[dict[str, Tensor]], None] | None = None,
                     ) -> Callable[[OmniLatentModel], dict[str, Any]]:
-    """An evaluator for `Trainer`: the metrics of `evaluate` on ``shards`` (eval split)."""
+    """An evaluator for `Trainer`: the metrics of `evaluate` on ``shards`` (eval split).
+    ``on_samples`` receives each evaluation's ``EvalReport.samples`` (tensors have no place
+    in the JSON metrics the trainer logs)."""
 
     def run(model: OmniLatentModel) -> dict[str, Any]:
         loader = eval_loader(shards, text, max_text_len, batch_size, split)
-        return evaluate(model, loader, text, max_samples=max_samples).metrics
+        report = evaluate(model, loader, text, max_samples=max_samples)
+        if on_samples is not None:
+            on_samples(report.samples)
+        return report.metrics
 
     return run

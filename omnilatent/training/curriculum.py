@@ -39,6 +39,7 @@ from omnilatent.errors import CheckpointError, ConfigError
 from omnilatent.inference.card import CheckpointCard
 from omnilatent.model import OmniLatentModel
 from omnilatent.training.config import TrainConfig
+from omnilatent.training.distributed import SINGLE, DistributedContext
 from omnilatent.training.tasks import Task, TemporalTask
 from omnilatent.training.trainer import Trainer, TrainerCallbacks, TrainResult
 
@@ -332,6 +333,7 @@ class CurriculumTrainer(Trainer):
         card: CheckpointCard | None = None,
         evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
         data_source: str | None = None,
+        distributed: DistributedContext = SINGLE,
     ) -> None:
         overrides: dict[str, Any] = {}
         if total_steps is not None:
@@ -339,7 +341,8 @@ class CurriculumTrainer(Trainer):
         if save_dir is not None:
             overrides["save_dir"] = Path(save_dir)
         config = dataclasses.replace(config, **overrides)  # runs TrainConfig's validation
-        super().__init__(model, config, dataloader, callbacks, card, evaluator, data_source)
+        super().__init__(model, config, dataloader, callbacks, card, evaluator, data_source,
+                         distributed)
         if isinstance(schedule, str):
             schedule = parse_schedule(schedule)
         self.notes: list[str] = []

@@ -10,6 +10,11 @@ wall-clock fields (`omnilatent.training.run_log.WALL_CLOCK_FIELDS`).
 A run holds its save dir's lock (`pipeline.lock.FolderLock`) from its first touch (resume or
 train) to its end, so a second run into the same folder stops at once instead of mixing its
 checkpoints and metrics with the first one's.
+
+Under torchrun (see `omnilatent.training.distributed`) every rank runs this loop in step: the
+task is chosen from the modalities all ranks hold, losses and counts are reduced over ranks,
+and rank 0 alone logs, holds the lock and writes checkpoints, which also keep every rank's data
+position and RNG states; a resume with another number of processes is refused.
 """
 
 from __future__ import annotations
@@ -37,9 +42,23 @@ from omnilatent.training.checkpoint import (
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
+    step_dir_name,
 )
 from omnilatent.training.config import TrainConfig
-from omnilatent.training.rng import capture_rng, restore_rng
+from omnilatent.training.distributed import (
+    SINGLE,
+    DistributedContext,
+    all_reduce,
+    any_rank,
+    barrier,
+    common_present,
+    full_state,
+    gather_to_main,
+    load_full_state,
+    wrap_model,
+)
+from omnilatent.training.json_values import is_count
+from omnilatent.training.rng import capture_rng, check_rng_state, restore_rng
 from omnilatent.training.run_log import (
     DATA_COUNTERS,
     DROPPED_WARNING,
@@ -130,6 +149,8 @@ class Trainer:
     ``{"step", "eval"}`` records. It runs between RNG snapshots, so it never changes the run.
     ``data_source`` names the kind of data (e.g. "shards"); it is checkpointed, and a resume
     on another kind is refused (its loader position would mean nothing there).
+    ``distributed`` is this process's place in a torchrun job (default: a single process);
+    the model is wrapped in DDP, or sharded by FSDP2, accordingly.
     """
 
     def __init__(
@@ -141,14 +162,23 @@ class Trainer:
         card: CheckpointCard | None = None,
         evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
         data_source: str | None = None,
+        distributed: DistributedContext = SINGLE,
     ) -> None:
         self.config = config
+        self.dist = distributed
+        if distributed.fsdp and evaluator is not None:
+            raise ConfigError("evaluation during training is not supported with --fsdp (the "
+                              "held-out shards are split by rank); pass --eval-every 0 and "
+                              "evaluate the checkpoints with `omni eval`")
         self.card = card
         self.data_source = data_source
         self.evaluator = evaluator
         self.callbacks = callbacks or TrainerCallbacks()
         self.device = resolve_device(config.device)
+        if distributed.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", distributed.local_rank)
         self.model = model.to(self.device)
+        self.wrapped = wrap_model(self.model, distributed, self.device)  # before the optimizer
         self.model_config: OmniLatentConfig = model.config
         self.dataloader = dataloader
         self.amp_dtype = amp_dtype_for(self.device, config.amp)
@@ -161,7 +191,7 @@ class Trainer:
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         self.forward_model: Callable[..., dict] = (
-            torch.compile(self.model) if config.compile else self.model
+            torch.compile(self.wrapped) if config.compile else self.wrapped
         )
         self.pair_sampler = PairSampler(config.seed)
         self.step = 0
@@ -173,7 +203,8 @@ class Trainer:
         self._data_before = dict.fromkeys(DATA_COUNTERS, 0)
         self._data_mark = dict.fromkeys(DATA_COUNTERS, 0)
         self._warned_dropped = False
-        self._lock = None if config.save_dir is None else FolderLock(config.save_dir)
+        self._lock = (None if config.save_dir is None or not distributed.is_main
+                      else FolderLock(config.save_dir))
 
     # ------------------------------------------------------------- overridable
     def select_task(self, present: set[str]) -> Task | None:
@@ -194,8 +225,17 @@ class Trainer:
 
     def check_compatible(self, path: Path, state: dict[str, Any]) -> None:
         """Raise CheckpointError if this run cannot continue the run that wrote ``state``
-        (which passed ``check_state``): another kind of data (checked first: the sizes of
-        the model follow from the data) or another model."""
+        (which passed ``check_state``): another number of processes (each rank's data
+        position belongs to one rank of the saved run), another kind of data (checked first:
+        the sizes of the model follow from the data) or another model."""
+        saved_world = state.get("distributed", {}).get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(
+                f"{path} was written by a run of {saved_world} process(es) but this run has "
+                f"{self.dist.world_size}: each process's data position and random state belong "
+                f"to one process of that run; resume with {saved_world} process(es) in all "
+                "(torchrun --nnodes x --nproc_per_node), or start a new run in another save dir"
+            )
         saved = state["data"].get("source")
         if saved is not None and self.data_source is not None and saved != self.data_source:
             raise CheckpointError(
@@ -255,17 +295,45 @@ class Trainer:
 
     def data_counters(self) -> dict[str, int] | None:
         """The loader's counters over the whole run, checkpointed runs before included."""
+        mine = self._local_counters()
+        if mine is None or not self.dist.enabled:
+            return mine
+        totals = all_reduce([mine[k] for k in DATA_COUNTERS], torch.distributed.ReduceOp.SUM)
+        return {k: int(v) for k, v in zip(DATA_COUNTERS, totals, strict=True)}
+
+    def _local_counters(self) -> dict[str, int] | None:
+        """This rank's share of ``data_counters``."""
         now = loader_counters(self.dataloader)
         if now is None:
             return None
         return {k: self._data_before[k] + now[k] - self._data_mark[k] for k in DATA_COUNTERS}
 
     def save(self) -> Path:
-        """Checkpoint the current step into ``save_dir`` and prune old checkpoints."""
+        """Checkpoint the current step into ``save_dir`` and prune old checkpoints. Under
+        torchrun every rank calls it: rank 0 writes, with every rank's data position and RNG
+        states, and all ranks wait until the checkpoint is complete."""
         if self.config.save_dir is None:
             raise ConfigError("cannot save a checkpoint: TrainConfig.save_dir is not set")
         loader_state = (self.dataloader.state_dict()
                         if hasattr(self.dataloader, "state_dict") else None)
+        counters = self.data_counters()
+        ranks = gather_to_main(self.dist, {
+            "rng": capture_rng(), "loader": loader_state, "batches_seen": self.batches_seen,
+            "counters": self._local_counters()})
+        weights, optimizer_state = full_state(self.dist, self.model, self.optimizer)
+        path = self.config.save_dir / step_dir_name(self.step)
+        if ranks is not None:
+            path = self._write(weights, optimizer_state, loader_state, counters, ranks)
+        barrier(self.dist)
+        return path
+
+    def _write(self, weights: dict[str, Tensor], optimizer_state: dict[str, Any],
+               loader_state: dict | None, counters: dict[str, int] | None,
+               ranks: list[dict[str, Any]]) -> Path:
+        assert self.config.save_dir is not None
+        distributed: dict[str, Any] = {"world_size": self.dist.world_size}
+        if self.dist.enabled:
+            distributed["ranks"] = ranks
         state = {
             "model_config": self.model_config.to_dict(),
             "train_config": self.config.to_dict(),
@@ -273,17 +341,18 @@ class Trainer:
             "rng": capture_rng(),
             "pair_sampler": self.pair_sampler.state_dict(),
             "data": {"batches_seen": self.batches_seen, "loader": loader_state,
-                     "source": self.data_source, "counters": self.data_counters()},
+                     "source": self.data_source, "counters": counters},
+            "distributed": distributed,
             "log_window": self.window.state_dict(),
             "extra": self.extra_state(),
             "card": None if self.card is None else self.card.to_state(),
         }
         training_state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
         }
-        path = save_checkpoint(self.config.save_dir, self.step, self.model.state_dict(),
+        path = save_checkpoint(self.config.save_dir, self.step, weights,
                                training_state, state,
                                None if self.card is None else self.card.files())
         prune_checkpoints(self.config.save_dir, self.config.keep_last, keep=path,
@@ -299,11 +368,34 @@ class Trainer:
         anything."""
         try:
             check_trainer_state(state)
+            self._check_distributed_state(state.get("distributed", {"world_size": 1}))
             self.check_extra_state(state["extra"])
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {STATE_FILE} {exc}") from None
         if state["card"] is not None:
             CheckpointCard.from_state(state["card"], path)
+
+    @staticmethod
+    def _check_distributed_state(state: Any) -> None:
+        """``state["distributed"]``: the world size, and each rank's position when over 1."""
+        if not (isinstance(state, dict) and is_count(state.get("world_size"))
+                and state["world_size"] >= 1):
+            raise CheckpointError("'distributed' must be {world_size: an integer >= 1, ranks}")
+        if state["world_size"] == 1:
+            return
+        ranks = state.get("ranks")
+        if not (isinstance(ranks, list) and len(ranks) == state["world_size"]
+                and all(isinstance(r, dict) and is_count(r.get("batches_seen"))
+                        and (r.get("loader") is None or isinstance(r["loader"], dict))
+                        and (r.get("counters") is None or (
+                            isinstance(r["counters"], dict)
+                            and set(r["counters"]) == set(DATA_COUNTERS)
+                            and all(is_count(v) for v in r["counters"].values())))
+                        and "rng" in r for r in ranks)):
+            raise CheckpointError("'distributed.ranks' must hold one {rng, loader, "
+                                  "batches_seen, counters} per process")
+        for rank in ranks:
+            check_rng_state(rank["rng"])
 
     def _check_weights(self, path: Path, weights: dict[str, Tensor]) -> None:
         """Refuse weights that load_state_dict would fail on half-way (it copies what fits
@@ -350,7 +442,13 @@ class Trainer:
                         for k in ("optimizer", "scheduler", "scaler"))):
             raise CheckpointError(f"{path}: {TRAINING_FILE} must hold the optimizer, scheduler "
                                   "and scaler states")
-        data = ckpt.state["data"]
+        data = dict(ckpt.state["data"])
+        rng = ckpt.state["rng"]
+        if self.dist.enabled:  # this rank's own position and generators
+            mine = ckpt.state["distributed"]["ranks"][self.dist.rank]
+            rng = mine["rng"]
+            data.update(loader=mine["loader"], batches_seen=mine["batches_seen"],
+                        counters=mine["counters"])
         if data["loader"] is not None and hasattr(self.dataloader, "load_state_dict"):
             try:  # first: loaders check a position before they take it
                 self.dataloader.load_state_dict(data["loader"])
@@ -360,15 +458,15 @@ class Trainer:
             self.batches_seen = data["batches_seen"]
         else:
             self.batches_seen, self._skip_batches = 0, data["batches_seen"]
-        self.model.load_state_dict(ckpt.model_state)
         try:
-            self.optimizer.load_state_dict(training["optimizer"])
+            load_full_state(self.dist, self.model, self.optimizer, ckpt.model_state,
+                            training["optimizer"])
             self.scheduler.load_state_dict(training["scheduler"])
             self.scaler.load_state_dict(training["scaler"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: {TRAINING_FILE} does not fit this run's optimizer "
                                   f"({type(exc).__name__}: {exc})") from exc
-        restore_rng(ckpt.state["rng"])
+        restore_rng(rng)
         self.pair_sampler.load_state_dict(ckpt.state["pair_sampler"])
         self.step = ckpt.state["step"]
         self.load_extra_state(ckpt.state["extra"])
@@ -389,7 +487,7 @@ class Trainer:
     def _truncate_metrics(self) -> None:
         """Drop records a killed run wrote after its last checkpoint, so logs stay exact."""
         path = self._metrics_path()
-        if path is None or not path.exists():
+        if path is None or not path.exists() or not self.dist.is_main:
             return
         kept = []
         for line in path.read_text().splitlines():
@@ -420,7 +518,7 @@ class Trainer:
             restore_rng(rng)
         record = {"step": self.step, "eval": metrics}
         path = self._metrics_path()
-        if path is not None:
+        if path is not None and self.dist.is_main:
             with path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         self.callbacks.on_eval(record)
@@ -443,7 +541,7 @@ class Trainer:
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())
         batches = [self._next_batch() for _ in range(cfg.grad_accum)]
-        task = self.select_task(common_modalities(batches))
+        task = self.select_task(common_present(self.dist, common_modalities(batches)))
         if task is None:
             return None
         for batch in batches:
@@ -457,6 +555,11 @@ class Trainer:
             samples += source.shape[0]
             tokens += content_tokens(task.source, source, mcfg.audio_stride, mcfg.patch_size,
                                      mcfg.tubelet_size)
+        if self.dist.enabled:  # the step's loss is the mean over ranks; counts are totals
+            total_loss, samples_f, tokens_f = all_reduce(
+                [total_loss, samples, tokens], torch.distributed.ReduceOp.SUM)
+            total_loss /= self.dist.world_size
+            samples, tokens = int(samples_f), int(tokens_f)
         if not math.isfinite(total_loss):
             raise OmniLatentError(
                 f"loss became {total_loss} at step {self.step + 1} (task {task.name}); "
@@ -519,7 +622,7 @@ class Trainer:
         metrics_path = self._metrics_path()
         if metrics_path is not None:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            if self.step == 0:
+            if self.step == 0 and self.dist.is_main:
                 metrics_path.write_text("")
         self.callbacks.on_start(self)
         self._fast_forward()
@@ -552,15 +655,17 @@ class Trainer:
             self.callbacks.on_step(self.step, cfg.steps, loss, task.name)
             if self.step % cfg.log_interval == 0 or self.step == cfg.steps:
                 record = self._log(lr)
-                if metrics_path is not None:
+                if metrics_path is not None and self.dist.is_main:
                     with metrics_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                 self.callbacks.on_log(record)
                 result.last_record = record
-            stop = should_stop is not None and should_stop()
+            stop = any_rank(self.dist, should_stop is not None and should_stop())
             periodic = cfg.save_every > 0 and self.step % cfg.save_every == 0
             saving = cfg.save_dir is not None and (periodic or self.step == cfg.steps or stop)
-            if self._eval_due(saving):  # before the checkpoint, so a resume keeps the record
+            # before the checkpoint, so a resume keeps the record; under DDP rank 0 evaluates
+            # alone while the others wait (FSDP refuses an evaluator)
+            if self._eval_due(saving) and self.dist.is_main:
                 result.last_eval = self.run_eval()
             if saving:
                 result.last_checkpoint = self.save()

@@ -1,0 +1,224 @@
+"""Training on several processes (GPUs, machines): DDP or FSDP2, launched by torchrun.
+
+`torchrun` starts one process per device and sets RANK, WORLD_SIZE, LOCAL_RANK and the
+rendezvous; `init_distributed` joins the process group (NCCL on CUDA, gloo on CPU). Every rank
+builds the same model from the same seed (DDP also broadcasts rank 0's weights), reads its own
+part of the data (the shard loader splits shards by rank; `rank_loader` splits map-style
+datasets by sample) and runs the same number of forward/backward passes per step; the task of a
+step is chosen from the modalities present on *all* ranks (`common_present`), so the curriculum
+and the task order stay in step. Rank 0 alone logs, holds the save dir's lock and writes
+checkpoints, which keep the single-process format (FSDP2 weights and optimizer state are
+gathered to rank 0 as full tensors) plus every rank's data position and RNG states
+(``state["distributed"]``), so each rank continues its own stream on resume.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from omnilatent.config import MODALITIES
+from omnilatent.errors import ConfigError
+from omnilatent.training.data import Batch, ResumableLoader, collate_multimodal
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in the job: ``rank`` of ``world_size``; ``fsdp`` shards the
+    model (FSDP2) instead of replicating it (DDP). A world of 1 is a plain single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    fsdp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank must lie in [0, world_size={self.world_size}), "
+                              f"got {self.rank}")
+        if self.local_rank < 0:
+            raise ConfigError(f"local_rank must be >= 0, got {self.local_rank}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistributedContext()
+
+
+def init_distributed(device: str, fsdp: bool = False) -> DistributedContext:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else a
+    single-process context. On CUDA each process takes GPU LOCAL_RANK. ``fsdp`` in a single
+    process is refused: there is nothing to shard over."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        if fsdp:
+            raise ConfigError("--fsdp shards the model over several processes; launch with "
+                              "torchrun --nproc_per_node N (N >= 2)")
+        return SINGLE
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, fsdp)
+
+
+def teardown_distributed() -> None:
+    """Leave the process group (a no-op when none was joined)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _reduce_device() -> torch.device:
+    return (torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl" else torch.device("cpu"))
+
+
+def all_reduce(values: Sequence[float], op: dist.ReduceOp.RedOpType) -> list[float]:
+    """``values`` combined over all ranks with ``op`` (float64, so counts stay exact)."""
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=_reduce_device())  # (N,)
+    dist.all_reduce(tensor, op=op)
+    return tensor.tolist()
+
+
+def common_present(context: DistributedContext, present: set[str]) -> set[str]:
+    """The modalities present on every rank: the same set everywhere, so every rank picks the
+    same task (or skips the step together)."""
+    if not context.enabled:
+        return present
+    mask = all_reduce([float(m in present) for m in MODALITIES], dist.ReduceOp.MIN)
+    return {m for m, flag in zip(MODALITIES, mask, strict=True) if flag == 1.0}
+
+
+def any_rank(context: DistributedContext, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any (e.g. a stop request that reached one)."""
+    if not context.enabled:
+        return flag
+    return all_reduce([float(flag)], dist.ReduceOp.MAX)[0] == 1.0
+
+
+def gather_to_main(context: DistributedContext, value: Any) -> list[Any] | None:
+    """Every rank's ``value`` (picklable), in rank order, on rank 0; None on the others."""
+    if not context.enabled:
+        return [value]
+    out: list[Any] | None = [None] * context.world_size if context.is_main else None
+    dist.gather_object(value, out, dst=0)
+    return out
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+def _slice_batch(samples: Sequence[dict[str, Any]], rank: int, world_size: int) -> Batch:
+    """Rank ``rank``'s samples of a global batch: every ``world_size``-th from ``rank``,
+    collated with the global batch (text padded to its longest, as one process would)."""
+    batch = collate_multimodal(samples)
+    return {key: value[rank::world_size] for key, value in batch.items()}
+
+
+def rank_loader(dataset: Dataset, batch_size: int, context: DistributedContext, seed: int = 0,
+                num_workers: int = 0) -> ResumableLoader:
+    """A resumable loader giving rank r samples r, r + N, r + 2N, ... of the global batches
+    of ``batch_size * N`` samples that one process would read in the same order. So N
+    processes with batch B train on exactly the samples of 1 process with batch N*B (each rank
+    reads every sample of the global batch and keeps its own: map-style data is cheap)."""
+    collate: Callable[[Sequence[dict[str, Any]]], Batch] = partial(
+        _slice_batch, rank=context.rank, world_size=context.world_size)
+    return ResumableLoader(dataset, batch_size * context.world_size, seed=seed,
+                           num_workers=num_workers, collate_fn=collate)
+
+
+def wrap_model(model: nn.Module, context: DistributedContext,
+               device: torch.device) -> nn.Module:
+    """The module to run forward/backward through: ``model`` itself in one process, a DDP
+    wrapper around it, or ``model`` sharded in place by FSDP2 (every transformer block, then
+    the rest). Call before the optimizer is built: FSDP2 replaces the parameters."""
+    if not context.enabled:
+        return model
+    if context.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in getattr(model, "blocks", []):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True)  # each task uses only its modalities' parameters
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each optimizer parameter, in the order of its integer state keys."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_state(context: DistributedContext, model: nn.Module,
+               optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The model and optimizer state dicts in the single-process format (full tensors,
+    integer optimizer keys). FSDP2: gathered to rank 0 on CPU, a collective every rank must
+    call (the other ranks get empty dicts)."""
+    if not context.fsdp:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, optimizer, options=options)
+    if not context.is_main:
+        return {}, {}
+    index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
+    return weights, {
+        "state": {index[name]: value for name, value in optim["state"].items()},
+        "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                         for group in optim["param_groups"]],
+    }
+
+
+def load_full_state(context: DistributedContext, model: nn.Module,
+                    optimizer: torch.optim.Optimizer, weights: dict[str, Tensor],
+                    optim: dict[str, Any]) -> None:
+    """Load a single-process checkpoint's states (every rank read the same files); FSDP2
+    keeps each rank's shard of them."""
+    if not context.fsdp:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optim)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    names = _param_names(model, optimizer)
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, {
+        "state": {names[int(i)]: value for i, value in optim["state"].items()},
+        "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]}
+                         for group in optim["param_groups"]],
+    }, options=options)
