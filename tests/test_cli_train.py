@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,16 +12,20 @@ from pathlib import Path
 
 import pytest
 import typer
+from rich.console import Console
 from rich.progress import Progress
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 from cli.app import app
 from cli.console import console
 from cli.errors import run_command
-from cli.train_display import RichCallbacks, print_summary
-from omnilatent.training import TrainResult
+from cli.train_display import RichCallbacks, print_summary, progress_bar
+from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.training import TrainConfig, TrainResult
 from omnilatent.training.checkpoint import load_checkpoint, save_checkpoint
+from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer
 from pipeline.lock import FolderLock
 
 runner = CliRunner()
@@ -201,9 +207,100 @@ def test_log_lines_and_summary_show_dropped_samples(tmp_path) -> None:
               "data": counters}
     result = TrainResult(step=4, interrupted=False, last_checkpoint=None, data=counters)
     with console.capture() as captured:
-        RichCallbacks(Progress(console=console), 4).on_log(record)
+        RichCallbacks(Progress(console=console), 4, 2).on_log(record)
         print_summary([record], tmp_path, result)
     line, *summary = captured.get().splitlines()
     assert line.startswith("step       4") and "data: 2 samples, 8 dropped (80.0%)" in line
     assert any(text.startswith("warning: data: 2 samples, 8 dropped (80.0%), 1 corrupt shards")
                for text in summary)
+
+
+def _tiny_curriculum_trainer() -> CurriculumTrainer:
+    """A curriculum trainer that is never run: what the display reads at the start."""
+    model = OmniLatentModel(OmniLatentConfig(hidden_dim=32, num_layers=1, num_heads=4))
+    config = TrainConfig(steps=40, device="cpu", log_interval=4)
+    return CurriculumTrainer(model, config, [], schedule=DEFAULT_SCHEDULE)
+
+
+def test_bar_says_what_it_does_then_phase_smoothed_loss_and_rates() -> None:
+    """Issue 10: before the first step the bar says what it waits for; then it shows the
+    phase, the mean loss of the last log_interval steps (not one task's), steps/s and
+    samples/s."""
+    progress = progress_bar()
+    callbacks = RichCallbacks(progress, 40, samples_per_step=8)
+    screen = Console(width=200, record=True)
+    with console.capture():
+        callbacks.on_start(_tiny_curriculum_trainer())
+    screen.print(progress.get_renderable())
+    assert "first step: loading data…" in screen.export_text()
+    for step, loss in enumerate((9.0, 2.76, 0.23, 2.24, 0.25), start=1):
+        callbacks.on_step(step, 40, loss, "video->audio")
+    screen.print(progress.get_renderable())
+    bar = screen.export_text()
+    assert "warmup | loss 1.3700 |" in bar  # the mean of the last 4 steps
+    assert re.search(r"\| (\d+\.\d\d) steps/s \| (\d+\.\d) samples/s", bar)
+
+
+def test_summary_shows_a_mean_row_per_phase(tmp_path) -> None:
+    records = [{"step": step, "loss": loss, "losses": {"video->audio": loss}, "phase": phase}
+               for step, loss, phase in ((4, 2.0, "warmup"), (8, 1.0, "warmup"),
+                                         (12, 3.0, "joint"), (16, 2.5, "joint"))]
+    with console.capture() as captured:
+        print_summary(records, tmp_path, TrainResult(16, False, None))
+    text = captured.get()
+    assert re.search(r"phase warmup \(window mean\).*2\.0000 \(step 4\).*1\.0000 \(step 8\)",
+                     text)
+    assert re.search(r"phase joint \(window mean\).*3\.0000 \(step 12\).*2\.5000 \(step 16\)",
+                     text)
+    assert "all (window mean)" not in text
+
+
+def test_log_lines_do_not_wrap_on_a_narrow_console(tmp_path) -> None:
+    """Piped output is 80 columns wide to rich: each record must stay one line."""
+    callbacks = RichCallbacks(progress_bar(), 40, 2)
+    record = {"step": 4, "loss": 1.0, "losses": {}, "lr": 1e-3, "tokens_per_s": 10.0,
+              "samples_per_s": 1.0, "skipped_batches": 0, "phase": "crossmodal"}
+    width = console.width
+    console.width = 40
+    try:
+        with console.capture() as captured:
+            callbacks.on_start(_tiny_curriculum_trainer())
+            callbacks.on_log(record)
+            callbacks.on_event("resuming with changed settings: lr 0.0006 -> 0.0003, steps 40")
+            callbacks.on_checkpoint(tmp_path / "a-rather-long-folder-name" / "step-00000004")
+            callbacks.on_eval({"step": 4, "eval": {"samples": 8, "retrieval": {
+                "audio_to_video": {"r1": 0.5, "chance_r1": 0.125}}}})
+    finally:
+        console.width = width
+    lines = captured.get().splitlines()
+    assert len(lines) == 5 and all(len(line) > 40 for line in lines), lines
+
+
+def test_help_groups_options_under_headings() -> None:
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    headings = ["Data", "Model", "Curriculum", "Optimisation", "Checkpoints and evaluation",
+                "Runtime"]
+    positions = [result.output.find(f"─ {name} ─") for name in headings]
+    assert -1 not in positions and positions == sorted(positions), positions
+    data = result.output[positions[0]:positions[1]]
+    assert "--shards" in data and "--workers" in data and "--dim" not in data
+
+
+def test_train_writes_tensorboard_events_without_duplicates_on_resume(tmp_path) -> None:
+    """Issue 10: events in the save dir, the `tensorboard --logdir` command printed; a run
+    killed after logging step 4 but before its checkpoint resumes from step 2 without
+    logging steps 3-4 twice."""
+    args = ["train", *TINY_ARGS, "--log-interval", "1", "--save-every", "2", "--keep-last",
+            "0", "--save-dir", str(tmp_path)]
+    first = runner.invoke(app, [*args, "--steps", "4"], env={"COLUMNS": "400"})
+    assert first.exit_code == 0, first.output
+    assert f"tensorboard --logdir {tmp_path}" in first.output
+    shutil.rmtree(tmp_path / "step-00000004")
+    resumed = runner.invoke(app, [*args, "--steps", "4", "--resume", "auto"])
+    assert resumed.exit_code == 0, resumed.output
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert {"loss/all", "lr", "throughput/samples_per_s", "throughput/tokens_per_s"} <= set(
+        events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss/all")] == [1, 2, 3, 4]
