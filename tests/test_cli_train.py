@@ -255,23 +255,21 @@ def test_summary_shows_a_mean_row_per_phase(tmp_path) -> None:
     assert "all (window mean)" not in text
 
 
-def test_log_lines_do_not_wrap_on_a_narrow_console(tmp_path) -> None:
+def test_log_lines_do_not_wrap_on_a_narrow_console(tmp_path, monkeypatch) -> None:
     """Piped output is 80 columns wide to rich: each record must stay one line."""
     callbacks = RichCallbacks(progress_bar(), 40, 2)
     record = {"step": 4, "loss": 1.0, "losses": {}, "lr": 1e-3, "tokens_per_s": 10.0,
               "samples_per_s": 1.0, "skipped_batches": 0, "phase": "crossmodal"}
-    width = console.width
-    console.width = 40
-    try:
-        with console.capture() as captured:
-            callbacks.on_start(_tiny_curriculum_trainer())
-            callbacks.on_log(record)
-            callbacks.on_event("resuming with changed settings: lr 0.0006 -> 0.0003, steps 40")
-            callbacks.on_checkpoint(tmp_path / "a-rather-long-folder-name" / "step-00000004")
-            callbacks.on_eval({"step": 4, "eval": {"samples": 8, "retrieval": {
-                "audio_to_video": {"r1": 0.5, "chance_r1": 0.125}}}})
-    finally:
-        console.width = width
+    # The shared console's width is left unset (sized from the terminal or COLUMNS); setting
+    # it through the property would pin it for every later test.
+    monkeypatch.setattr(console, "_width", 40)
+    with console.capture() as captured:
+        callbacks.on_start(_tiny_curriculum_trainer())
+        callbacks.on_log(record)
+        callbacks.on_event("resuming with changed settings: lr 0.0006 -> 0.0003, steps 40")
+        callbacks.on_checkpoint(tmp_path / "a-rather-long-folder-name" / "step-00000004")
+        callbacks.on_eval({"step": 4, "eval": {"samples": 8, "retrieval": {
+            "audio_to_video": {"r1": 0.5, "chance_r1": 0.125}}}})
     lines = captured.get().splitlines()
     assert len(lines) == 5 and all(len(line) > 40 for line in lines), lines
 
