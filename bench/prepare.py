@@ -5,17 +5,26 @@ On a set of generated H.264 videos (720p, 30 fps, AAC audio) it times, in the sa
 (a) the decode limit: ``ffmpeg -i F -vf fps=8,scale=112:112 -f null -`` over every file, one
     process per file, one after the other (ffmpeg's default threading; the same with
     ``-threads 1`` is printed too, and the cores ffmpeg used, to tell decode from threading);
-(b) ``omni prepare --workers 1`` on the folder, as a CLI subprocess;
-(c) ``omni prepare --workers 2`` likewise;
+(b) ``omni prepare --workers 1`` on the folder, as a CLI subprocess (default threads: a lone
+    worker decodes on every core);
+(d) ``omni prepare`` at the default worker count (one per CPU);
+(c1, c2) ``omni prepare --workers 1`` and ``--workers 2``, both with ``--decoder-threads 1``:
+    the per-worker scaling, which a lone worker's frame threads would otherwise hide;
 (s) the fixed start-up cost: ``omni prepare --workers 1`` on a folder with one 3 s video
-    (starting the CLI, the forkserver that imports torch, one worker; writing the manifest).
+    (starting the CLI, the forkserver, one worker; writing the manifest).
 
-and prints the ratio (b)/(a) (target <= 1.3) and the speed-up (b)/(c) (target >= 1.7 on two
-cores), each with PASS/FAIL, and the same figures with (s) taken off (b) and (c), i.e. for the
-per-video work alone. Every measurement is the fastest of `--repeats` rounds; the rounds
-interleave (a), (s), (b) and (c), so a burst of load from other jobs on a shared machine hits
-all of them alike, and the fastest run is the one it disturbed least. The load average before
-and after is printed with the figures.
+and prints with PASS/FAIL the ratios (b)/(a) (target <= 1.3) and (d)/(a) (target <= 1.0), the
+speed-up (c1)/(c2) (target >= 1.7) and (s) (target <= 1.0 s), and the ratios with (s) taken
+off, i.e. for the per-video work alone. Every measurement is the fastest of `--repeats`
+rounds; the rounds interleave the runs, so a burst of load from other jobs on a shared machine
+hits all of them alike, and the fastest run is the one it disturbed least. The load average
+before and after is printed with the figures.
+
+Memory: while each `omni prepare` runs, /proc is sampled every `MEMORY_INTERVAL_S` for the
+whole process tree (the CLI, the forkserver and the workers, ffmpeg children included; `time
+-v` sees only the parent), and the peak of the summed PSS (shared pages split among the
+processes that share them, so a page the forkserver shares with its forks counts once) and of
+the summed RSS (shared pages counted in every process: an upper bound) is reported per run.
 
 Content: ffmpeg's ``testsrc2`` (moving patterns, scrolling colour bars, a running clock), its
 hue turned per video, plus temporal noise of strength 6 so that no two frames are alike, at a
@@ -40,6 +49,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +59,10 @@ from pipeline.ffmpeg_bin import ffmpeg_binary
 from pipeline.prepare import default_workers
 
 RATIO_TARGET = 1.3  # omni prepare --workers 1 over the ffmpeg decode, at most
-SPEEDUP_TARGET = 1.7  # --workers 1 over --workers 2, at least
+DEFAULT_RATIO_TARGET = 1.0  # omni prepare at the default worker count over it, at most
+SPEEDUP_TARGET = 1.7  # --workers 1 over --workers 2, one decoder thread each, at least
+STARTUP_TARGET_S = 1.0  # omni prepare of one 3 s video, the whole command, at most
+MEMORY_INTERVAL_S = 0.1
 PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
 _QUIET = ["-nostdin", "-hide_banner", "-loglevel", "error"]
 
@@ -109,17 +122,77 @@ def ffmpeg_decode(paths: list[Path], threads: int | None = None) -> None:
                         "-vf", "fps=8,scale=112:112", "-f", "null", "-"], check=True)
 
 
-def omni_prepare(video_dir: Path, out_dir: Path, workers: int,
-                 extra: list[str]) -> dict[str, Any]:
-    """Run `omni prepare --json` into a fresh `out_dir`; return its summary."""
+def _tree(root: int) -> list[int]:
+    """`root` and its descendants now, from the parent pids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # exited meanwhile
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces
+            children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) of one process in KiB; (0, 0) once it has exited."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0, 0
+    values = {line.split(":")[0]: int(line.split()[1]) for line in rollup.splitlines()[1:]}
+    return values.get("Pss", 0), values.get("Rss", 0)
+
+
+class TreeMemory:
+    """Peak summed PSS and RSS of a process tree, sampled from /proc in a thread."""
+
+    def __init__(self, root: int) -> None:
+        self.peak_pss_kb = self.peak_rss_kb = 0
+        self._root = root
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(MEMORY_INTERVAL_S):
+            pss = rss = 0
+            for pid in _tree(self._root):
+                one_pss, one_rss = _memory_kb(pid)
+                pss, rss = pss + one_pss, rss + one_rss
+            self.peak_pss_kb = max(self.peak_pss_kb, pss)
+            self.peak_rss_kb = max(self.peak_rss_kb, rss)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def omni_prepare(video_dir: Path, out_dir: Path, options: list[str],
+                 memory: dict[str, int]) -> dict[str, Any]:
+    """Run `omni prepare --json OPTIONS` into a fresh `out_dir`; return its summary. Raises
+    `memory`'s "pss_kb" and "rss_kb" to the peaks of its process tree (where /proc exists)."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    command = [*omni_command(), "prepare", str(video_dir), str(out_dir),
-               "--workers", str(workers), "--json", *extra]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} exited with {done.returncode}:\n"
-                         f"{done.stdout}{done.stderr}")
-    return json.loads(done.stdout)
+    command = [*omni_command(), "prepare", str(video_dir), str(out_dir), "--json", *options]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    sampler = TreeMemory(process.pid) if os.path.isdir("/proc") else None
+    stdout, stderr = process.communicate()
+    if sampler is not None:
+        sampler.stop()
+        memory["pss_kb"] = max(memory.get("pss_kb", 0), sampler.peak_pss_kb)
+        memory["rss_kb"] = max(memory.get("rss_kb", 0), sampler.peak_rss_kb)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited with {process.returncode}:\n"
+                         f"{stdout}{stderr}")
+    return json.loads(stdout)
 
 
 def adopt_orphans() -> bool:
@@ -173,18 +246,25 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tiny_dir = work / "tiny"
     tiny_dir.mkdir()
     make_video(tiny_dir / "tiny.mp4", 0, 3.0, size="320x240")
-    extra = ["--decoder", args.decoder]
+    extra = ["--decoder", args.decoder, "--follow-symlinks"]  # the set is links to the videos
     out = work / "out"
 
+    options = {
+        "startup": (tiny_dir, ["--workers", "1"]),
+        "workers_1": (set_dir, ["--workers", "1"]),
+        "workers_default": (set_dir, []),
+        "workers_1_thread_1": (set_dir, ["--workers", "1", "--decoder-threads", "1"]),
+        "workers_2_thread_1": (set_dir, ["--workers", "2", "--decoder-threads", "1"]),
+    }
     runs: dict[str, Callable[[], object]] = {
         "ffmpeg": lambda: ffmpeg_decode(paths),
         "ffmpeg_1_thread": lambda: ffmpeg_decode(paths, threads=1),
-        "startup": lambda: omni_prepare(tiny_dir, out, 1, extra),
     }
     summary: dict[str, Any] = {}
-    for workers in args.workers:
-        runs[f"workers_{workers}"] = (
-            lambda w=workers: summary.update(omni_prepare(set_dir, out, w, extra)))
+    memory: dict[str, dict[str, int]] = {name: {} for name in options}
+    for name, (folder, more) in options.items():
+        runs[name] = lambda name=name, folder=folder, more=more: summary.update(
+            omni_prepare(folder, out, [*more, *extra], memory[name]))
     cpu_complete = adopt_orphans()
     load_before = os.getloadavg()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
@@ -208,19 +288,26 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "cpu_s": {name: round(min(cpu for _, cpu in values), 3)
                   for name, values in times.items()},
         "cpu_complete": cpu_complete,
+        "peak_pss_mb": {name: round(peak.get("pss_kb", 0) / 1024, 1)
+                        for name, peak in memory.items()},
+        "peak_rss_mb": {name: round(peak.get("rss_kb", 0) / 1024, 1)
+                        for name, peak in memory.items()},
     }
     decode = best["ffmpeg"][0]
     fixed = best["startup"][0]
-    one = best["workers_1"][0] if "workers_1" in best else None
-    two = best["workers_2"][0] if "workers_2" in best else None
-    if one is not None:
-        result["ratio"] = one / decode
-        result["ratio_without_startup"] = (one - fixed) / decode
-        result["ratio_pass"] = result["ratio"] <= RATIO_TARGET
-    if one is not None and two is not None:
-        result["speedup"] = one / two
-        result["speedup_without_startup"] = (one - fixed) / (two - fixed)
-        result["speedup_pass"] = result["speedup"] >= SPEEDUP_TARGET
+    one, default = best["workers_1"][0], best["workers_default"][0]
+    one_thread, two_threads = best["workers_1_thread_1"][0], best["workers_2_thread_1"][0]
+    result.update(
+        ratio=one / decode, ratio_without_startup=(one - fixed) / decode,
+        ratio_pass=one / decode <= RATIO_TARGET,
+        default_ratio=default / decode, default_ratio_without_startup=(default - fixed) / decode,
+        default_ratio_pass=default / decode <= DEFAULT_RATIO_TARGET,
+        speedup=one_thread / two_threads,
+        speedup_without_startup=(one_thread - fixed) / (two_threads - fixed),
+        speedup_pass=one_thread / two_threads >= SPEEDUP_TARGET,
+        speedup_default_threads=one / best["workers_default"][0],
+        startup_pass=fixed <= STARTUP_TARGET_S,
+    )
     return result
 
 
@@ -233,24 +320,33 @@ def report(result: dict[str, Any]) -> None:
           f"average {result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after")
     rows = [("(a) ffmpeg -vf fps=8,scale=112:112 -f null", "ffmpeg"),
             ("    the same with -threads 1", "ffmpeg_1_thread")]
-    rows += [(f"(b/c) omni prepare --workers {name.removeprefix('workers_')}", name)
-             for name in best if name.startswith("workers_")]
-    rows.append(("(s) start-up: omni prepare of one 3 s video", "startup"))
-    print(f"  {'':<44} {'wall s':>7} {'CPU s':>7} {'cores':>6} {'footage-s/s':>12}")
+    rows += [("(b) omni prepare --workers 1", "workers_1"),
+             (f"(d) omni prepare (default: {result['cpus']} workers)", "workers_default"),
+             ("(c1) omni prepare -w 1 --decoder-threads 1", "workers_1_thread_1"),
+             ("(c2) omni prepare -w 2 --decoder-threads 1", "workers_2_thread_1"),
+             ("(s) start-up: omni prepare of one 3 s video", "startup")]
+    pss, rss = result["peak_pss_mb"], result["peak_rss_mb"]
+    print(f"  {'':<44} {'wall s':>7} {'CPU s':>7} {'cores':>6} {'footage-s/s':>12} "
+          f"{'PSS MB':>7} {'RSS MB':>7}")
     for label, name in rows:
-        rate = f"{footage / best[name]:12.1f}" if name != "startup" else ""
+        rate = f"{footage / best[name]:12.1f}" if name != "startup" else " " * 12
+        peaks = f" {pss[name]:7.0f} {rss[name]:7.0f}" if name in pss else ""
         print(f"  {label:<44} {best[name]:7.2f} {cpu[name]:7.2f} {cpu[name] / best[name]:6.2f} "
-              f"{rate}")
+              f"{rate}{peaks}")
     if not result["cpu_complete"]:
         print("  (CPU of prepare's workers not counted: no subreaper on this system)")
-    if "ratio" in result:
-        print(f"ratio    prepare -w1 / ffmpeg  = {result['ratio']:.2f}  (target <= "
-              f"{RATIO_TARGET})  {verdict(result['ratio_pass'])};  without start-up "
-              f"{result['ratio_without_startup']:.2f}")
-    if "speedup" in result:
-        print(f"speed-up prepare -w1 / -w2     = {result['speedup']:.2f}  (target >= "
-              f"{SPEEDUP_TARGET})  {verdict(result['speedup_pass'])};  without start-up "
-              f"{result['speedup_without_startup']:.2f}")
+    print(f"ratio    (b) -w1 / ffmpeg          = {result['ratio']:.2f}  (target <= "
+          f"{RATIO_TARGET})  {verdict(result['ratio_pass'])};  without start-up "
+          f"{result['ratio_without_startup']:.2f}")
+    print(f"ratio    (d) default / ffmpeg      = {result['default_ratio']:.2f}  (target <= "
+          f"{DEFAULT_RATIO_TARGET})  {verdict(result['default_ratio_pass'])};  without "
+          f"start-up {result['default_ratio_without_startup']:.2f}")
+    print(f"speed-up (c1) / (c2), 1 thread each = {result['speedup']:.2f}  (target >= "
+          f"{SPEEDUP_TARGET})  {verdict(result['speedup_pass'])};  without start-up "
+          f"{result['speedup_without_startup']:.2f}; default threads (b) / (d) "
+          f"{result['speedup_default_threads']:.2f}")
+    print(f"start-up (s)                      = {best['startup']:.2f} s  (target <= "
+          f"{STARTUP_TARGET_S} s)  {verdict(result['startup_pass'])}")
 
 
 def main() -> None:
@@ -261,7 +357,6 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per video")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the best one counts")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--decoder", choices=["pyav", "ffmpeg"], default="pyav")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()

@@ -207,6 +207,10 @@ def prepare_command(
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, show_default=False,
         help="Videos prepared in parallel, one process each \\[default: CPU count].")] = None,
+    decoder_threads: Annotated[int | None, typer.Option(
+        "--decoder-threads", min=1, show_default=False,
+        help="Video decoder threads per worker \\[default: the CPUs shared out among the "
+             "workers, plus one when a worker gets several].")] = None,
     decoder: Annotated[str, typer.Option("--decoder", help=f"Decode backend: "
                                          f"{' or '.join(DECODERS)}.")] = _DEFAULTS.decoder,
     samples_per_shard: Annotated[int, typer.Option("--samples-per-shard", min=1,
@@ -259,7 +263,7 @@ def prepare_command(
                 follow_symlinks=follow_symlinks,
             )
             options = RunOptions(workers=workers or default_workers(), part=Part.parse(part),
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, threads=decoder_threads)
         except ConfigError as err:
             raise CLIError(str(err), hint="see omni prepare --help",
                            exit_code=EXIT_USAGE) from err

@@ -1,5 +1,10 @@
-"""Log-mel spectrograms for the audio modality, with `torch.stft` and our own filterbank,
+"""Log-mel spectrograms for the audio modality, computed with numpy and our own filterbank,
 and back to a waveform (`mel_to_waveform`, Griffin-Lim) for audio a model generates.
+
+`log_mel` runs in every `omni prepare` worker, which must not import torch (seconds of start-up
+per run, and memory per worker): it frames, windows and transforms with `numpy.fft.rfft`. The
+tests pin it to `torch.stft` with the same window and padding. `mel_to_waveform`, used by
+`omni generate` where torch is loaded anyway, imports torch when it runs.
 
 torchaudio is not a dependency (no wheel for every platform we run on), so the mel filterbank is
 written here from torchaudio's definition (`melscale_fbanks(norm=None, mel_scale="htk")`); the
@@ -12,12 +17,15 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 # Added to the mel power before the log. 1e-6 sits near the mel power of 16-bit quantisation
 # noise (a full-scale sine gives ~1e4 at the default 25 ms window), so digital silence and a
@@ -31,13 +39,9 @@ def _hz_to_mel(freq: float) -> float:
     return 2595.0 * math.log10(1.0 + freq / 700.0)
 
 
-def _mel_to_hz(mels: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
-
-
 def mel_filterbank(
     n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int
-) -> torch.Tensor:
+) -> np.ndarray:
     """Triangular HTK-mel filters as a float32 `(n_freqs, n_mels)` matrix, unnormalised.
 
     Same definition as `torchaudio.functional.melscale_fbanks(norm=None, mel_scale="htk")`, so
@@ -53,26 +57,28 @@ def mel_filterbank(
         raise ConfigError(f"need n_freqs >= 2 and n_mels >= 1, got {n_freqs} and {n_mels}")
     if not 0 <= f_min < f_max:
         raise ConfigError(f"need 0 <= f_min < f_max, got f_min={f_min} and f_max={f_max}")
-    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)  # (F,)
-    m_pts = torch.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2,
-                           dtype=torch.float64)  # (M + 2,)
-    f_pts = _mel_to_hz(m_pts)  # (M + 2,)
+    all_freqs = np.linspace(0, sample_rate // 2, n_freqs, dtype=np.float64)  # (F,)
+    m_pts = np.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2)  # (M + 2,)
+    f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)  # (M + 2,)
     f_diff = f_pts[1:] - f_pts[:-1]  # (M + 1,)
-    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # (F, M + 2)
+    slopes = f_pts[np.newaxis, :] - all_freqs[:, np.newaxis]  # (F, M + 2)
     down = -slopes[:, :-2] / f_diff[:-1]  # (F, M) rising edge: (f - left) / width
     up = slopes[:, 2:] / f_diff[1:]  # (F, M) falling edge: (right - f) / width
-    fb = torch.clamp(torch.minimum(down, up), min=0.0)  # (F, M)
-    return fb.to(torch.float32)
+    fb = np.maximum(np.minimum(down, up), 0.0)  # (F, M)
+    return fb.astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)
 def _analysis(
     n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_max: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hann window `(n_fft,)` and transposed filterbank `(M, F)`, built once per setting."""
-    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float32)  # (n_fft,)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Periodic Hann window `(n_fft,)` and filterbank `(F, M)`, both float32 and read-only,
+    built once per setting."""
+    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
     fb = mel_filterbank(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate)  # (F, M)
-    return window, fb.T.contiguous()  # (n_fft,), (M, F)
+    window.flags.writeable = False
+    fb.flags.writeable = False
+    return window, fb  # (n_fft,), (F, M)
 
 
 def log_mel(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
@@ -92,8 +98,13 @@ def log_mel(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
     Raises ValueError for input of the wrong shape or with non-finite values, and ConfigError
     if the clip is too short for reflect padding.
     """
+    return _log_mel_float32(samples, config).astype(np.float16)  # (M, T)
+
+
+def _log_mel_float32(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
+    """`log_mel` before its cast to float16: float32 `(n_mels, mel_frames)`."""
     expected = config.samples_per_clip
-    x = np.array(samples, dtype=np.float32)  # a copy: torch needs writable memory
+    x = np.asarray(samples, dtype=np.float32)  # (S,)
     if x.ndim != 1 or x.shape[0] != expected:
         raise ValueError(
             f"log_mel expects mono audio of shape ({expected},) "
@@ -106,16 +117,16 @@ def log_mel(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
             f"a clip of {expected} samples is too short for n_fft={config.n_fft}: reflect "
             f"padding needs more than n_fft // 2 samples; lengthen clip_duration or lower n_fft"
         )
-    window, fb_t = _analysis(config.n_fft, config.sample_rate, config.n_mels,
-                             float(config.f_min), float(config.mel_f_max))
-    spec = torch.stft(
-        torch.from_numpy(x), n_fft=config.n_fft, hop_length=config.hop_length,
-        win_length=config.n_fft, window=window, center=True, pad_mode="reflect",
-        return_complex=True,
-    )  # (F, 1 + S // hop)
-    power = spec.real.square() + spec.imag.square()  # (F, 1 + S // hop)
-    mel = fb_t @ power[:, : config.mel_frames]  # (M, T)
-    return torch.log(mel + LOG_FLOOR).numpy().astype(np.float16)  # (M, T)
+    window, fb = _analysis(config.n_fft, config.sample_rate, config.n_mels,
+                           float(config.f_min), float(config.mel_f_max))
+    half = config.n_fft // 2
+    padded = np.pad(x, half, mode="reflect")  # (S + 2 * half,)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)  # (S + 1, n_fft)
+    frames = frames[:: config.hop_length][: config.mel_frames]  # (T, n_fft) a view, no copy
+    spec = np.fft.rfft(frames * window, axis=1)  # (T, F) complex64
+    power = spec.real * spec.real + spec.imag * spec.imag  # (T, F)
+    mel = power @ fb  # (T, M)
+    return np.log(mel.T + np.float32(LOG_FLOOR))  # (M, T)
 
 
 def silent_log_mel(config: PrepareConfig) -> np.ndarray:
@@ -153,6 +164,8 @@ def mel_to_waveform(mel: np.ndarray, config: PrepareConfig, iterations: int = 32
     belongs to the next clip); it is taken equal to frame T - 1 here. Raises ConfigError when
     the mel's bands do not match `config` or it is too short to frame.
     """
+    import torch
+
     values = torch.tensor(np.asarray(mel, dtype=np.float32))  # (M, T)
     if values.ndim != 2 or values.shape[0] != config.n_mels:
         raise ConfigError(f"expected a log-mel of shape (n_mels={config.n_mels}, frames), got "
@@ -169,7 +182,7 @@ def mel_to_waveform(mel: np.ndarray, config: PrepareConfig, iterations: int = 32
         raise ConfigError("the log-mel holds NaN or infinite values; cannot invert it")
     numbers = (config.n_fft, config.sample_rate, config.n_mels, float(config.f_min),
                float(config.mel_f_max))
-    window, fb_t = _analysis(*numbers)
+    window, fb_t = _torch_analysis(*numbers)
     mel_power = (values.exp() - LOG_FLOOR).clamp_(min=0.0)  # (M, T)
     power = _mel_to_power(mel_power, fb_t, _pseudo_inverse(*numbers))  # (F, T)
     magnitude = power.sqrt()  # (F, T)
@@ -198,11 +211,24 @@ def mel_to_waveform(mel: np.ndarray, config: PrepareConfig, iterations: int = 32
 
 
 @functools.lru_cache(maxsize=8)
+def _torch_analysis(
+    n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_max: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_analysis` as torch tensors: Hann window `(n_fft,)` and transposed filterbank `(M, F)`."""
+    import torch
+
+    window, fb = _analysis(n_fft, sample_rate, n_mels, f_min, f_max)  # (n_fft,), (F, M)
+    return torch.tensor(window), torch.tensor(fb.T)  # (n_fft,), (M, F)
+
+
+@functools.lru_cache(maxsize=8)
 def _pseudo_inverse(
     n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_max: float
 ) -> torch.Tensor:
     """(F, M) Moore-Penrose pseudo-inverse of `_analysis`'s filterbank, computed in float64."""
-    _, fb_t = _analysis(n_fft, sample_rate, n_mels, f_min, f_max)  # (M, F)
+    import torch
+
+    _, fb_t = _torch_analysis(n_fft, sample_rate, n_mels, f_min, f_max)  # (M, F)
     return torch.linalg.pinv(fb_t.double()).float()  # (F, M)
 
 

@@ -873,8 +873,8 @@ def verify(target: Target, workers: int = 1, progress: ProgressFn | None = None,
 
 def _process_context() -> multiprocessing.context.BaseContext:
     """Worker processes forked from a server that has imported this module (and with it
-    torch, webdataset and PyAV) once, rather than each importing them; plain spawn where there
-    is no forkserver. Not fork: the caller may run threads (a progress bar)."""
+    numpy, PIL and PyAV) once, rather than each importing them; plain spawn where there is no
+    forkserver. Not fork: the caller may run threads (a progress bar)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])

@@ -117,10 +117,16 @@ class RunOptions:
     timeout_factor: float = 10.0
     timeout_min_s: float = 60.0
     clip_encoding: str = DEFAULT_CLIP_ENCODING
+    # Video decoder threads per worker; None: `decoder_threads(workers)`. One per worker keeps
+    # a worker from using idle cores, so a run's speed-up with workers is the scaling alone.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1 (or None: the CPUs shared out among the "
+                              f"workers), got {self.threads}")
         if self.timeout_factor <= 0:
             raise ConfigError(f"timeout_factor must be > 0, got {self.timeout_factor}")
         if self.timeout_min_s <= 0:
@@ -293,7 +299,7 @@ class _Run:
     def run(self, units: list[WorkUnit]) -> dict[int, UnitStats]:
         token = secrets.token_hex(4)  # part files of an earlier, killed run never collide
         fault = fault_from_env()
-        threads = decoder_threads(self.options.workers)
+        threads = self.options.threads or decoder_threads(self.options.workers)
         tasks: deque[VideoTask] = deque()
         slots: dict[str, tuple[int, int]] = {}  # rel_path -> (unit, position)
         outcomes: dict[int, list[VideoOutcome | None]] = {}

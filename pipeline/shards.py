@@ -4,7 +4,7 @@ Two steps, so that parallel workers never share a file and no shard is ever visi
 written:
 
 1. A worker process writes the samples of its one video to a *part file*
-   (`tmp/unit-NNNNNN/<video>.<token>.tar`) with webdataset's `TarWriter`, noting the byte
+   (`tmp/unit-NNNNNN/<video>.<token>.tar`) with the stdlib's `tarfile`, noting the byte
    offset where each sample's first member starts. A video that fails leaves only a part
    file that is deleted.
 2. When every video of the unit is finished, the parent copies the samples' byte ranges, in
@@ -25,8 +25,10 @@ byte-identical shards on every run, whether or not it was interrupted and resume
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,8 @@ SHARD_DIR = "shards"
 TMP_SUFFIX = ".tmp"
 # Fixed header fields: reproducible shards (cf. SOURCE_DATE_EPOCH in reproducible builds).
 MEMBER_MTIME = 0.0
+MEMBER_MODE = 0o444
+MEMBER_OWNER = "bigdata"  # user and group, as webdataset's TarWriter writes them
 _END_OF_ARCHIVE = bytes(1024)  # two zero 512-byte blocks
 _COPY_CHUNK = 1 << 20
 _EVAL_SHARD = re.compile(rf"unit-\d{{6}}-{EVAL}-\d{{6}}\.tar")
@@ -72,19 +76,26 @@ class PartWriter:
     """
 
     def __init__(self, path: Path) -> None:
-        # Imported here: webdataset imports torch (seconds), and only the worker processes
-        # write part files (their forkserver has it loaded); `omni prepare`'s parent does not.
-        from webdataset import TarWriter
-
         self.part = PartFile(path)
         self._file = open(path, "wb")  # closed in close()
-        self._tar = TarWriter(self._file, encoder=False, mtime=MEMBER_MTIME)
+        # Not webdataset's TarWriter: its package imports torch (seconds per worker). The
+        # members get the headers TarWriter gives them, so the bytes are the same.
+        self._tar = tarfile.open(fileobj=self._file, mode="w|")
 
     def write(self, sample: Mapping[str, str | bytes]) -> None:
         """Append one sample (`__key__` plus bytes members, as `schema.encode_sample` makes)."""
-        self.part.offsets.append(self._tar.tarstream.offset)
-        self._tar.write(dict(sample))
-        self.part.end = self._tar.tarstream.offset
+        self.part.offsets.append(self._tar.offset)
+        key = sample["__key__"]
+        for name in sorted(sample):
+            if name == "__key__":
+                continue
+            value = sample[name]
+            data = value.encode("utf-8") if isinstance(value, str) else value
+            member = tarfile.TarInfo(f"{key}.{name}")
+            member.size, member.mtime, member.mode = len(data), MEMBER_MTIME, MEMBER_MODE
+            member.uname = member.gname = MEMBER_OWNER
+            self._tar.addfile(member, io.BytesIO(data))
+        self.part.end = self._tar.offset
 
     def close(self) -> PartFile:
         """Finish the tar, flush it to the OS and return what was written."""

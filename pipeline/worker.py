@@ -4,11 +4,12 @@
 own process down; the parent sees the exit (signal name for a crash) or the deadline pass,
 kills the process group, records the reason and goes on. A pool that reuses processes would
 either die with the first crash (`ProcessPoolExecutor` breaks every pending future) or need
-the same bookkeeping. Processes come from a *forkserver* that has imported the decoder, torch
-and the schema once, so starting one costs a fork (milliseconds), not an interpreter start;
-where forkserver is unavailable (Windows) plain spawn is used. Each worker leads its own
-process group (so a kill also reaches the ffmpeg processes of the ffmpeg backend), ignores
-Ctrl-C (the parent stops it), and exits within a second if the parent is killed outright.
+the same bookkeeping. Processes come from a *forkserver* that has imported the decoder, the
+sample code and the schema once, so starting one costs a fork (milliseconds), not an
+interpreter start; where forkserver is unavailable (Windows) plain spawn is used. Each worker
+leads its own process group (so a kill also reaches the ffmpeg processes of the ffmpeg
+backend), ignores Ctrl-C (the parent stops it), and exits within a second if the parent is
+killed outright.
 
 **Samples never cross a pipe.** The worker writes its video's samples itself, to a part file
 (`pipeline.shards.PartWriter`); the parent later copies byte ranges of finished part files into
@@ -51,13 +52,14 @@ the parent reads it when it builds tasks (`fault_from_env`) and passes it to the
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
@@ -76,9 +78,10 @@ from pipeline.shards import PartFile, PartWriter
 from pipeline.split import TRAIN, Split
 from pipeline.transcripts import MAX_WINDOW_TEXT_BYTES
 
-# `pipeline.sample` imports torch (the mel), which takes seconds: the worker-side functions
-# import it when they run, so the parent of `omni prepare` never loads torch; the forkserver
-# preloads it (`_PRELOAD`), so the workers forked from it find it loaded.
+# `pipeline.sample` (the mel, transcripts) is needed only in workers: the worker-side functions
+# import it when they run, so the parent of `omni prepare` does not load it; the forkserver
+# preloads it (`_PRELOAD`), so the workers forked from it find it loaded. Neither side imports
+# torch (seconds of start-up): tests/test_torch_free.py checks both.
 if TYPE_CHECKING:
     from pipeline.sample import VideoContext
 
@@ -104,6 +107,11 @@ PARENT_CHECK_S = 1.0
 # footage must carry a video, at 1/timeout_factor of real time or faster.
 MIN_BYTES_PER_SECOND = 4000
 MAX_STATED_S = 4 * 3600.0
+# Set for worker processes (and the forkserver they fork from) when it starts them. numpy's
+# BLAS reads these when it loads: unset, OpenBLAS starts a thread per core in every worker, and
+# the mel projection ((T, F) @ (F, M), once per window) measured 0.7 ms with 2 threads spinning
+# against the other workers and the decoder, 0.09 ms with one.
+WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
 
 
@@ -451,9 +459,6 @@ def _worker_main(task: VideoTask, conn: Connection, parent_pid: int) -> None:
     if hasattr(os, "setpgid"):
         os.setpgid(0, 0)  # own process group: a timeout kills ffmpeg children too
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    import torch
-
-    torch.set_num_threads(1)  # one mel per window; the cores belong to the other workers
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     try:
         outcome = prepare_video(task, conn.send)
@@ -463,16 +468,15 @@ def _worker_main(task: VideoTask, conn: Connection, parent_pid: int) -> None:
     except BrokenPipeError:
         os._exit(1)  # the parent is gone
     conn.close()
-    # Skip interpreter teardown (torch, PyAV): the outcome is sent and the part file closed.
+    # Skip interpreter teardown (PyAV, threads): the outcome is sent and the part file closed.
     os._exit(0)
 
 
 # --------------------------------------------------------------------------- parent side
 # Imported once by the forkserver so that each forked worker starts with them loaded (the
 # decode backends are otherwise imported lazily, on a video's first probe; `pipeline.sample`
-# and webdataset, both importing torch, on its first sample).
-_PRELOAD = [__name__, "pipeline.decode_pyav", "pipeline.decode_ffmpeg", "pipeline.sample",
-            "webdataset"]
+# on its first sample).
+_PRELOAD = [__name__, "pipeline.decode_pyav", "pipeline.decode_ffmpeg", "pipeline.sample"]
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -560,7 +564,8 @@ class VideoRunner:
         process = self._context.Process(target=_worker_main, args=(task, sender, os.getpid()),
                                         name=f"omni-prepare:{task.source.rel_path}",
                                         daemon=True)
-        process.start()
+        with _environment(WORKER_ENV):
+            process.start()  # starts the forkserver too, the first time
         sender.close()  # the worker holds the only write end: EOF means it is gone
         self._jobs.append(_Job(task, process, receiver, time.monotonic(),
                                file_bytes=_file_size(task.source.path)))
@@ -652,6 +657,22 @@ class VideoRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the processes started inside, then restore them: the
+    forkserver (or a spawned worker) inherits them, this process's loaded libraries ignore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _kill_group(process: BaseProcess) -> None:

@@ -40,8 +40,8 @@ def test_help_has_the_options_and_examples() -> None:
 
 @pytest.mark.parametrize("commands", [["prepare"], ["inspect"], None])
 def test_commands_start_without_importing_torch(commands: list[str] | None) -> None:
-    # torch takes seconds to import. `omni prepare` never needs it (the workers' forkserver
-    # loads it once), `omni inspect` reads tars with numpy, PIL and PyAV, and `omni --help`
+    # torch takes seconds to import. `omni prepare` never needs it (nor do its workers: see
+    # test_torch_free.py), `omni inspect` reads tars with numpy, PIL and PyAV, and `omni --help`
     # (None: every command) only lists options; `omni train` imports it when it runs.
     names = "" if commands is None else repr(commands)
     code = (f"import sys; from cli.app import build_app; build_app({names}); "
