@@ -61,9 +61,9 @@ from pipeline.discover import VIDEO_EXTENSIONS, VideoSource, discover_videos
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.lock import FolderLock
 from pipeline.manifest import Totals, split_totals, utc_now, write_manifest
+from pipeline.members import CLIP_ENCODINGS, DEFAULT_CLIP_ENCODING
 from pipeline.outdir import Fingerprint, OutputDir, UnitStats
 from pipeline.plan import Part, WorkUnit, plan_units, select_part, unit_name
-from pipeline.schema import CLIP_ENCODINGS, DEFAULT_CLIP_ENCODING
 from pipeline.shards import PartFile, ShardInfo, write_unit_shards
 from pipeline.split import SPLITS, Split, split_of
 from pipeline.worker import (

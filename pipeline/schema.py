@@ -38,21 +38,18 @@ from PIL import Image
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.errors import PipelineError
 from pipeline.h264 import x264_options
+from pipeline.members import (  # re-exported: the names are part of the schema
+    CLIP_ENCODINGS,
+    CLIP_MEMBERS,
+    CLIP_PREFIX,
+    DEFAULT_CLIP_ENCODING,
+    MEMBER_IMAGE,
+    MEMBER_JSON,
+    MEMBER_MEL,
+    MEMBER_TEXT,
+    SCHEMA_MEMBERS,
+)
 from pipeline.transcripts import TranscriptSource
-
-MEMBER_JSON = "json"
-MEMBER_MEL = "mel.npy"
-MEMBER_IMAGE = "frame.jpg"
-MEMBER_TEXT = "txt"
-CLIP_PREFIX = "clip."
-CLIP_ENCODINGS = ("npy", "mp4")
-# Chosen by bench/clip_encoding.py on natural-like content: mp4 makes the clip 19x and the
-# whole sample 5.7x smaller (122 kB vs 693 kB) for ~7 ms more decode per clip, i.e. ~2.7x the
-# loader CPU per sample. Disk, network and shuffle-buffer memory are the scarcer resources at
-# corpus scale, and loader CPU scales with workers.
-DEFAULT_CLIP_ENCODING = "mp4"
-CLIP_MEMBERS = tuple(CLIP_PREFIX + encoding for encoding in CLIP_ENCODINGS)
-SCHEMA_MEMBERS = (MEMBER_JSON, MEMBER_MEL, MEMBER_IMAGE, MEMBER_TEXT, *CLIP_MEMBERS)
 
 # H.264 settings of the mp4 clip encoding. At CRF 18 the codec adds ~1 grey level of mean
 # error to the ~2.4 that yuv420p colour subsampling costs by itself on natural content; each

@@ -67,22 +67,21 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import av
-
 from pipeline.config import PrepareConfig
-from pipeline.decode import DecodeStats, Window, iter_windows, probe
 from pipeline.discover import VideoSource
 from pipeline.errors import DecodeError, PipelineError
-from pipeline.schema import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
+from pipeline.members import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
 from pipeline.shards import PartFile, PartWriter
 from pipeline.split import TRAIN, Split
-from pipeline.transcripts import MAX_WINDOW_TEXT_BYTES
 
-# `pipeline.sample` (the mel, transcripts) is needed only in workers: the worker-side functions
-# import it when they run, so the parent of `omni prepare` does not load it; the forkserver
-# preloads it (`_PRELOAD`), so the workers forked from it find it loaded. Neither side imports
-# torch (seconds of start-up): tests/test_torch_free.py checks both.
+# PyAV, numpy, PIL and the modules built on them (`pipeline.decode`, `pipeline.sample`, the
+# schema's encoders, the transcript parsers) are needed only in workers: the worker-side
+# functions import them when they run, so the parent of `omni prepare`, which only plans, runs
+# workers and writes stats, starts without them (~0.5 s less); the forkserver preloads them
+# (`_PRELOAD`), so the workers forked from it find them loaded. Neither side imports torch
+# (seconds of start-up): tests/test_torch_free.py checks both.
 if TYPE_CHECKING:
+    from pipeline.decode import DecodeStats, Window
     from pipeline.sample import VideoContext
 
 Status = Literal["prepared", "failed", "skipped"]
@@ -112,7 +111,6 @@ MAX_STATED_S = 4 * 3600.0
 # the mel projection ((T, F) @ (F, M), once per window) measured 0.7 ms with 2 threads spinning
 # against the other workers and the decoder, 0.09 ms with one.
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-_ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
 
 
 class OutputError(PipelineError):
@@ -205,10 +203,13 @@ def _inject_fault(spec: str | None, path: Path) -> None:
 
 def _audio_only(path: Path) -> bool:
     """Whether the file opens and has audio but no real video stream (cover art aside)."""
+    import av
+
+    attached_pic = int(av.stream.Disposition.attached_pic)
     try:
         with av.open(str(path)) as container:
             videos = [s for s in container.streams.video
-                      if not int(s.disposition) & _ATTACHED_PIC]
+                      if not int(s.disposition) & attached_pic]
             return bool(container.streams.audio) and not videos
     except (av.FFmpegError, OSError):
         return False
@@ -309,6 +310,8 @@ def _decode_and_write(task: VideoTask, context: VideoContext, stats: DecodeStats
     """Decode every window into `writer`; return the DecodeError that ended decoding early,
     if any (the windows before it are written). Other errors propagate."""
     encoder = _EncodeThread(writer, context, task.config)
+    from pipeline.decode import iter_windows
+
     decode_error = None
     last_sent = time.monotonic()
     try:
@@ -350,7 +353,9 @@ def prepare_video(task: VideoTask, send: Callable[[tuple[Any, ...]], None]) -> V
 
 def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
              outcome: VideoOutcome) -> None:
+    from pipeline.decode import DecodeStats, probe
     from pipeline.sample import video_context
+    from pipeline.transcripts import MAX_WINDOW_TEXT_BYTES
 
     source, config = task.source, task.config
     if source.refused is not None:

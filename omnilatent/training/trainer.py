@@ -274,10 +274,6 @@ class Trainer:
             self._next_batch()
             self._skip_batches -= 1
 
-    def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v
-                for k, v in batch.items()}
-
     # ------------------------------------------------------------- checkpoints
     def _metrics_path(self) -> Path | None:
         return None if self.config.save_dir is None else self.config.save_dir / METRICS_FILE
@@ -537,7 +533,10 @@ class Trainer:
         cfg = self.config
         mcfg = self.model_config
         self.model.train()
-        total_loss, samples, tokens = 0.0, 0, 0
+        samples, tokens = 0, 0
+        # Summed on the device and read once per step, not once per micro-batch: each read
+        # waits for the GPU to finish.
+        step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())
         batches = [self._next_batch() for _ in range(cfg.grad_accum)]
@@ -545,16 +544,18 @@ class Trainer:
         if task is None:
             return None
         for batch in batches:
-            batch = self._to_device(batch)
-            source, target = task.inputs(batch)
+            source, target = task.inputs(batch)  # host tensors: only these two travel
+            samples += source.shape[0]
+            tokens += content_tokens(task.source, source, mcfg.audio_stride, mcfg.patch_size,
+                                     mcfg.tubelet_size)  # counted before the copy: no sync
+            source = source.to(self.device, non_blocking=True)
+            target = target.to(self.device, non_blocking=True)
             with autocast:
                 out = self.forward_model(task.source, source, task.target, target=target)
             loss = out["loss"] / cfg.grad_accum
             self.scaler.scale(loss).backward()
-            total_loss += float(loss.detach())
-            samples += source.shape[0]
-            tokens += content_tokens(task.source, source, mcfg.audio_stride, mcfg.patch_size,
-                                     mcfg.tubelet_size)
+            step_loss += loss.detach()
+        total_loss = float(step_loss)
         if self.dist.enabled:  # the step's loss is the mean over ranks; counts are totals
             total_loss, samples_f, tokens_f = all_reduce(
                 [total_loss, samples, tokens], torch.distributed.ReduceOp.SUM)
