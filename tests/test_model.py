@@ -7,6 +7,7 @@ import torch
 
 from omnilatent import MODALITIES, OmniLatentConfig, OmniLatentModel
 from omnilatent.errors import ConfigError
+from omnilatent.model.layers import rope_tables
 from omnilatent.model.losses import modality_loss
 from tests.conftest import TINY, make_inputs
 
@@ -179,3 +180,19 @@ def test_unknown_modality_is_rejected(tiny_model, tiny_config) -> None:
         tiny_model("smell", x["image"], "text")
     with pytest.raises(ConfigError, match="unknown target"):
         tiny_model("image", x["image"], "smell")
+
+
+def test_rope_tables_are_cached_unsaved_and_change_nothing(tiny_model, tiny_config) -> None:
+    tiny_model.eval()
+    x = make_inputs(tiny_config)
+    with torch.no_grad():
+        first = tiny_model("image", x["image"], "text", target=x["text"])["output"]
+        cached = tiny_model.rope_cos
+        tiny_model("video", x["video"], "audio", target=x["audio"])  # another length
+        again = tiny_model("image", x["image"], "text", target=x["text"])["output"]
+    assert cached.numel() > 0 and tiny_model.rope_cos.shape[0] >= cached.shape[0]
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert not any(name.startswith("rope_") for name in tiny_model.state_dict())
+    cos, sin = rope_tables(5, tiny_config.head_dim, tiny_config.rope_theta, torch.device("cpu"))
+    torch.testing.assert_close(tiny_model._rope(5, torch.device("cpu")), (cos, sin), rtol=0,
+                               atol=0)

@@ -65,6 +65,10 @@ class OmniLatentModel(nn.Module):
             "video": VideoDecoder(config),
         })
         self.hooks = nn.ModuleDict()
+        # RoPE cos/sin of positions 0..n-1, grown on demand (not saved: they are a function of
+        # the config); rows do not depend on n, so a slice equals a fresh table.
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -168,10 +172,21 @@ class OmniLatentModel(nn.Module):
         return self.decoders["video"].tokens_for(frames), frames
 
     # ----------------------------------------------------------------- backbone
+    def _rope(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """RoPE tables for `length` positions from the cache, rebuilt (float32, on `device`)
+        when it is shorter, elsewhere, or was cast by ``model.to(dtype)``."""
+        cached = self.rope_cos
+        if (cached.shape[0] < length or cached.device != device
+                or cached.dtype != torch.float32):
+            self.rope_cos, self.rope_sin = rope_tables(
+                max(length, cached.shape[0]), self.config.head_dim, self.config.rope_theta,
+                device)
+        return self.rope_cos[:length], self.rope_sin[:length]
+
     def _backbone(self, x: Tensor, keep: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
         """x: (B, S, D) -> (B, S, D), plus the final state of every hook (B, K_i, D)."""
         b, s, _ = x.shape
-        cos, sin = rope_tables(s, self.config.head_dim, self.config.rope_theta, x.device)
+        cos, sin = self._rope(s, x.device)  # (S, Dh/2) each
         mask = None if keep is None else keep[:, None, None, :]  # (B, 1, 1, S)
         states: dict[str, Tensor] = {}
         for index, block in enumerate(self.blocks):
