@@ -213,3 +213,18 @@ def test_a_hook_takes_the_models_dtype_when_registered(tiny_model, tiny_config) 
     with torch.no_grad():
         out = _out(tiny_model, x)["output"]
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_all_hooks_of_a_layer_share_one_qkv_and_one_mlp_call(tiny_model, tiny_config) -> None:
+    """Issue 10: per layer, content and hooks take one qkv projection each, and one MLP call
+    covers every hook's tokens, however many hooks are registered."""
+    tiny_model.register_hook(LatentNeuralHook("a", 3, tiny_config.hidden_dim, [0]))
+    tiny_model.register_hook(LatentNeuralHook("b", 2, tiny_config.hidden_dim, [0]))
+    calls = {"qkv": 0, "mlp": 0}
+    block = tiny_model.blocks[0]
+    block.attn.qkv.register_forward_hook(lambda *_: calls.__setitem__("qkv", calls["qkv"] + 1))
+    block.mlp.register_forward_hook(lambda *_: calls.__setitem__("mlp", calls["mlp"] + 1))
+    x = make_inputs(tiny_config)
+    with torch.no_grad():
+        _out(tiny_model, x)
+    assert calls == {"qkv": 2, "mlp": 2}  # content + all hooks, for each

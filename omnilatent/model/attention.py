@@ -58,25 +58,23 @@ class Attention(nn.Module):
         if not hooks:
             return self._merge(out), []
 
-        hook_qkv = [self._heads(h) for h in hooks]
-        for (_, hk, hv), gate in zip(hook_qkv, gates, strict=True):
-            read = F.scaled_dot_product_attention(q, hk, hv, dropout_p=drop)  # (B, H, S, Dh)
+        sizes = [h.shape[1] for h in hooks]
+        hq, hk, hv = self._heads(torch.cat(hooks, dim=1))  # one qkv for all hooks: (B,H,ΣK,Dh)
+        for hook_k, hook_v, gate in zip(hk.split(sizes, dim=2), hv.split(sizes, dim=2), gates,
+                                        strict=True):
+            # A softmax per hook (see the module docstring): one call each, K_i keys only.
+            read = F.scaled_dot_product_attention(q, hook_k, hook_v, dropout_p=drop)  # (B,H,S,Dh)
             out = out + gate.to(read.dtype) * read
 
-        all_k = [k] + [hk for _, hk, _ in hook_qkv]
-        all_v = [v] + [hv for _, _, hv in hook_qkv]
-        keys = torch.cat(all_k, dim=2)  # (B, H, S + sum K_i, Dh)
-        values = torch.cat(all_v, dim=2)
+        keys = torch.cat([k, hk], dim=2)  # (B, H, S + ΣK, Dh)
+        values = torch.cat([v, hv], dim=2)
         hook_mask = None
         if mask is not None:
-            extra = keys.shape[2] - mask.shape[-1]
-            hook_mask = F.pad(mask, (0, extra), value=True)  # hooks are never padding
-        hook_out = []
-        for hq, _, _ in hook_qkv:
-            o = F.scaled_dot_product_attention(hq, keys, values, attn_mask=hook_mask,
-                                               dropout_p=drop)  # (B, H, K_i, Dh)
-            hook_out.append(self._merge(o))  # (B, K_i, D)
-        return self._merge(out), hook_out
+            hook_mask = F.pad(mask, (0, hk.shape[2]), value=True)  # hooks are never padding
+        # Every hook token reads the same keys in one softmax: one call for all of them.
+        o = F.scaled_dot_product_attention(hq, keys, values, attn_mask=hook_mask,
+                                           dropout_p=drop)  # (B, H, ΣK, Dh)
+        return self._merge(out), list(self._merge(o).split(sizes, dim=1))  # each (B, K_i, D)
 
 
 class Block(nn.Module):
@@ -104,8 +102,8 @@ class Block(nn.Module):
         )
         x = x + self.drop(attn)
         x = x + self.drop(self.mlp(self.mlp_norm(x)))  # (B, S, D)
-        new_hooks = []
-        for h, a in zip(hooks, hook_attn, strict=True):
-            h = h + a
-            new_hooks.append(h + self.mlp(self.mlp_norm(h)))  # (B, K_i, D)
-        return x, new_hooks
+        if not hooks:
+            return x, []
+        h = torch.cat(hooks, dim=1) + torch.cat(hook_attn, dim=1)  # (B, ΣK, D)
+        h = h + self.mlp(self.mlp_norm(h))  # one MLP call for every hook's tokens
+        return x, list(h.split([state.shape[1] for state in hooks], dim=1))  # each (B, K_i, D)
