@@ -68,6 +68,12 @@ def __getattr__(name: str) -> typer.Typer:
 def main() -> None:
     # The root takes no option with a value, so the first bare word names the command.
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if command == "prepare":
+        # The workers' forkserver imports numpy, PyAV and PIL (~0.5 s): started first, it does
+        # so while this process imports the CLI, parses and plans, not after.
+        from pipeline.worker import start_forkserver
+
+        start_forkserver()
     build_app([command] if command in COMMANDS else COMMANDS)()
 
 

@@ -74,6 +74,7 @@ from pipeline.worker import (
     VideoRunner,
     VideoTask,
     fault_from_env,
+    start_forkserver,
 )
 
 # How long the orchestrator sleeps between looks at its workers when nothing happens.
@@ -394,6 +395,7 @@ def prepare(
     callbacks = callbacks if callbacks is not None else PrepareCallbacks()
     video_dir, out_dir = Path(video_dir), Path(out_dir)
     check_folders(video_dir, out_dir)
+    start_forkserver()  # its imports overlap discovery and planning (the CLI starts it sooner)
     # Videos a symlink leads out of the input folder are planned too (and reported skipped),
     # so that the units do not depend on what the links point at.
     sources = discover_videos(video_dir, config.follow_symlinks, with_refused=True)

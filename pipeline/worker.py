@@ -492,6 +492,21 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def start_forkserver() -> None:
+    """Start the forkserver that workers are forked from, if not running, and return at once.
+
+    It imports `_PRELOAD` (numpy, PyAV, PIL, the sample code: ~0.5 s) in its own process, so a
+    caller that starts it before its own work (importing the CLI, discovery, planning) overlaps
+    the two instead of waiting for it at the first `VideoRunner.start`. Where forkserver is
+    unavailable this does nothing: spawned workers have no server to start.
+    """
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver  # POSIX only
+
+        with _environment(WORKER_ENV):
+            forkserver.ensure_running()
+
+
 @dataclass
 class _Job:
     task: VideoTask
