@@ -34,3 +34,17 @@ def make_inputs(cfg: OmniLatentConfig, batch: int = 2, text_len: int = 7,
         "video": torch.randn(batch, 3, cfg.video_frames, cfg.video_size, cfg.video_size,
                              generator=g),
     }
+
+
+class TextOnEvenSamples(torch.utils.data.Dataset):
+    """`inner` with the text of every odd sample emptied: batches whose text comes and goes."""
+
+    def __init__(self, inner: torch.utils.data.Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.inner[i]
+        return sample if i % 2 == 0 else {**sample, "text": torch.zeros(0, dtype=torch.long)}

@@ -20,7 +20,7 @@ from omnilatent.training.curriculum import (
 )
 from omnilatent.training.rng import seed_everything
 from omnilatent.training.trainer import TrainerCallbacks
-from tests.conftest import make_inputs
+from tests.conftest import TextOnEvenSamples, make_inputs
 
 
 def _bounds(schedule, total):
@@ -270,7 +270,7 @@ def test_temporal_on_clips_shorter_than_two_tubelets_is_refused_up_front(tiny_co
 def test_with_grad_accum_a_phase_task_fits_every_micro_batch(tiny_config) -> None:
     """Issue 9, item 10: with transcript text in every other batch and two batches per step,
     the grounding phase trains its non-text tasks and counts the text it could not serve."""
-    dataset = _TextOnEven(SyntheticMultimodalDataset(tiny_config, length=16, seed=0,
+    dataset = TextOnEvenSamples(SyntheticMultimodalDataset(tiny_config, length=16, seed=0,
                                                      text_len=4))
     grounding_only = parse_schedule("warmup=0,crossmodal=0,temporal=0,grounding=1,joint=0")
     seed_everything(0)
@@ -283,13 +283,3 @@ def test_with_grad_accum_a_phase_task_fits_every_micro_batch(tiny_config) -> Non
     assert trainer.text_skipped == 4
 
 
-class _TextOnEven(torch.utils.data.Dataset):
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i):
-        sample = self.inner[i]
-        return sample if i % 2 == 0 else {**sample, "text": torch.zeros(0, dtype=torch.long)}

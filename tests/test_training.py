@@ -31,7 +31,7 @@ from omnilatent.training.tasks import PairSampler
 from omnilatent.training.trainer import TrainerCallbacks, lr_factor
 from pipeline.loader import LoaderStats
 from pipeline.lock import FolderInUseError, FolderLock
-from tests.conftest import TINY
+from tests.conftest import TINY, TextOnEvenSamples
 
 
 def _trainer(cfg, save_dir: Path | None, steps: int, *, loader=None, data_source=None,
@@ -450,22 +450,10 @@ def test_resume_on_another_kind_of_data_is_refused_naming_both(tmp_path, tiny_co
         other.dataloader.load_state_dict({"epoch": 0, "batches": 3, "consumed": [6]})
 
 
-class _TextOnEvenSamples(torch.utils.data.Dataset):
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i):
-        sample = self.inner[i]
-        return sample if i % 2 == 0 else {**sample, "text": torch.zeros(0, dtype=torch.long)}
-
-
 def test_with_grad_accum_the_task_fits_every_micro_batch(tiny_config) -> None:
     """Issue 9, item 10: each step's task is chosen from what all its micro-batches hold; here
     every step pairs a batch with transcript text and one without, so no text task."""
-    dataset = _TextOnEvenSamples(SyntheticMultimodalDataset(tiny_config, length=16, seed=0,
+    dataset = TextOnEvenSamples(SyntheticMultimodalDataset(tiny_config, length=16, seed=0,
                                                             text_len=4))
     loader = build_dataloader(dataset, batch_size=1, shuffle=False)
     result = _trainer(tiny_config, None, 6, loader=loader, grad_accum=2).train()
