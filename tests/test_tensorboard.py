@@ -4,19 +4,23 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from omnilatent import OmniLatentModel
 from omnilatent.evaluation.evaluate import evaluate
+from omnilatent.inference.card import CheckpointCard
 from omnilatent.inference.text import BYTE_CODEC
 from omnilatent.training import SyntheticMultimodalDataset, build_dataloader
 from omnilatent.training.tensorboard import TensorBoardCallbacks, flat_scalars
+from pipeline.config import PrepareConfig
 
 
-def _trainer(step: int, phases: tuple[str, ...] = ()) -> Any:
-    """What the callbacks read of a trainer: its step and a curriculum's phase spans."""
+def _trainer(step: int, phases: tuple[str, ...] = (), card: CheckpointCard | None = None
+             ) -> Any:
+    """What the callbacks read of a trainer: its step, a curriculum's phase spans, its card."""
     spans = [SimpleNamespace(phase=SimpleNamespace(name=name)) for name in phases]
-    return SimpleNamespace(step=step, spans=spans)
+    return SimpleNamespace(step=step, spans=spans, card=card)
 
 
 def _record(step: int, loss: float, phase: str | None = None) -> dict[str, Any]:
@@ -119,3 +123,21 @@ def test_eval_predictions_become_images_at_the_eval_step(tmp_path, tiny_config) 
     assert shapes == {"eval/audio_to_image": [(6, 2 * 32, 32)],
                       "eval/audio_to_video": [(6, 2 * 8 * 32, 32)],
                       "eval/video_to_audio": [(6, 2 * 24, 16)]}
+    assert events.Tags()["audio"] == []  # synthetic data: the mels have no sample rate
+
+
+def test_eval_mels_become_audio_at_the_data_sample_rate(tmp_path) -> None:
+    """With the card of prepared data, each predicted mel window is also Griffin-Lim audio of
+    T * hop samples at the data's sample rate, at the eval record's step."""
+    data = PrepareConfig(n_mels=16, sample_rate=8000, n_fft=200, hop_length=80)
+    board = TensorBoardCallbacks(tmp_path)
+    board.on_start(_trainer(0, card=CheckpointCard(data_config=data.to_dict())))
+    mels = torch.randn(2, 16, 24)  # (N, M, T) model units
+    board.eval_samples({"video_to_audio": mels, "audio_to_image": torch.zeros(2, 3, 8, 8)})
+    board.on_eval({"step": 4, "eval": {}})
+    board.close()
+    events = _events(tmp_path)
+    assert sorted(events.Tags()["audio"]) == ["eval/video_to_audio/0", "eval/video_to_audio/1"]
+    for tag in events.Tags()["audio"]:
+        (clip,) = events.Audio(tag)
+        assert (clip.step, clip.sample_rate, clip.length_frames) == (4, 8000, 24 * 80)

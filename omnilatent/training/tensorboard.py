@@ -11,10 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from omnilatent.training.trainer import Trainer, TrainerCallbacks
+from pipeline.audio import mel_to_waveform
+from pipeline.config import PrepareConfig
+from pipeline.normalize import model_to_mel
 
 
 def _picture(prediction: Tensor) -> Tensor:
@@ -54,7 +58,10 @@ class TensorBoardCallbacks(TrainerCallbacks):
     ``data/<counter>`` with ``data/dropped_share``, ``phase`` (the phase's index in the
     curriculum, with its name as text when it changes), ``eval/...`` (every number of an eval
     record), and images of the predictions given to ``eval_samples`` (``eval/<task>``, e.g.
-    ``eval/audio_to_image``) at the next eval record's step. ``enabled=False`` writes nothing
+    ``eval/audio_to_image``) at the next eval record's step; a predicted log-mel is also
+    audio (``eval/<task>/<window>``, Griffin-Lim at the training data's sample rate) when the
+    trainer's card names the `omni prepare` settings of its data (not for synthetic data,
+    whose mels belong to no sample rate). ``enabled=False`` writes nothing
     (e.g. on ranks other than 0 of a distributed run). The writer opens in ``on_start``, where
     the trainer's step (after a resume) is known; call ``close`` when the run ends to flush
     it.
@@ -67,6 +74,7 @@ class TensorBoardCallbacks(TrainerCallbacks):
         self._phases: list[str] = []
         self._phase: str | None = None
         self._samples: dict[str, Tensor] = {}
+        self._audio: PrepareConfig | None = None  # the data's settings, to make mels audible
 
     def on_start(self, trainer: Trainer) -> None:
         if not self.enabled:
@@ -78,6 +86,9 @@ class TensorBoardCallbacks(TrainerCallbacks):
         spans = getattr(trainer, "spans", [])  # a CurriculumTrainer's phases, in order
         self._phases = list(dict.fromkeys(span.phase.name for span in spans))
         self._phase = None
+        card = getattr(trainer, "card", None)
+        data = None if card is None else card.data_config
+        self._audio = None if data is None else PrepareConfig.from_dict(data)
 
     def on_log(self, record: dict[str, Any]) -> None:
         if self.writer is None:
@@ -109,6 +120,11 @@ class TensorBoardCallbacks(TrainerCallbacks):
             self.writer.add_scalar(tag, value, record["step"])
         for task, prediction in self._samples.items():
             self.writer.add_images(f"eval/{task}", _picture(prediction), record["step"])
+            if prediction.dim() == 3 and self._audio is not None:  # (N, M, T) log-mels
+                for window, mel in enumerate(prediction):
+                    wave = mel_to_waveform(model_to_mel(mel).numpy(), self._audio)  # (S,)
+                    self.writer.add_audio(f"eval/{task}/{window}", torch.from_numpy(wave),
+                                          record["step"], sample_rate=self._audio.sample_rate)
         self._samples = {}
         self.writer.flush()  # evaluations are rare: show them at once
 
