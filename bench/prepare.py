@@ -8,8 +8,9 @@ On a set of generated H.264 videos (720p, 30 fps, AAC audio) it times, in the sa
 (b) ``omni prepare --workers 1`` on the folder, as a CLI subprocess (default threads: a lone
     worker decodes on every core);
 (d) ``omni prepare`` at the default worker count (one per CPU);
-(c1, c2) ``omni prepare --workers 1`` and ``--workers 2``, both with ``--decoder-threads 1``:
-    the per-worker scaling, which a lone worker's frame threads would otherwise hide;
+(c1, c2) ``omni prepare --workers 1`` and ``--workers 2``, both with ``--decoder-threads 1``,
+    which runs each worker on one thread (the encoding in line): the per-worker scaling,
+    which a lone worker's frame threads and encoding thread would otherwise hide;
 (s) the fixed start-up cost: ``omni prepare --workers 1`` on a folder with one 3 s video
     (starting the CLI, the forkserver, one worker; writing the manifest).
 

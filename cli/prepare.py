@@ -209,8 +209,10 @@ def prepare_command(
         help="Videos prepared in parallel, one process each \\[default: CPU count].")] = None,
     decoder_threads: Annotated[int | None, typer.Option(
         "--decoder-threads", min=1, show_default=False,
-        help="Video decoder threads per worker \\[default: the CPUs shared out among the "
-             "workers, plus one when a worker gets several].")] = None,
+        help="Video decoder threads per worker; with 1, a worker runs on one thread "
+             "(encoding in line), else it encodes in a thread beside the decoder's "
+             "\\[default: the CPUs shared out among the workers, plus one when a worker gets "
+             "several].")] = None,
     decoder: Annotated[str, typer.Option("--decoder", help=f"Decode backend: "
                                          f"{' or '.join(DECODERS)}.")] = _DEFAULTS.decoder,
     samples_per_shard: Annotated[int, typer.Option("--samples-per-shard", min=1,

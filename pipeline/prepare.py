@@ -118,8 +118,9 @@ class RunOptions:
     timeout_factor: float = 10.0
     timeout_min_s: float = 60.0
     clip_encoding: str = DEFAULT_CLIP_ENCODING
-    # Video decoder threads per worker; None: `decoder_threads(workers)`. One per worker keeps
-    # a worker from using idle cores, so a run's speed-up with workers is the scaling alone.
+    # Video decoder threads per worker; None: `decoder_threads(workers)`. With one, a worker
+    # also encodes on that thread (`pipeline.worker._InlineEncoder`), so it never uses an idle
+    # core and a run's speed-up with workers is the scaling alone.
     threads: int | None = None
 
     def __post_init__(self) -> None:

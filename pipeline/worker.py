@@ -17,8 +17,10 @@ shards. Samples (~70 KB each with mp4 clips at the defaults, ~660 KB with raw np
 otherwise be pickled, piped and unpickled once more each; with files, memory stays bounded by a
 few windows per worker whatever the video's length, the parent stays idle while workers
 decode, and a crashed video leaves only a part file to delete. The pipe carries a few small
-messages: the probed duration, throttled progress, and the outcome. Inside the worker, a
-second thread encodes and writes samples while the main thread decodes (`_EncodeThread`).
+messages: the probed duration, throttled progress, and the outcome. Inside a worker whose
+decoder has several threads, a second thread encodes and writes samples while the main thread
+decodes (`_EncodeThread`); a worker with one decoder thread (a worker per CPU) does everything
+on that one thread (`_InlineEncoder`): no core is idle for a second thread to use.
 
 **Time limit.** `max(timeout_min_s, timeout_factor * D)`, where D is the larger of the duration
 the container states and the footage decoded so far (so a file with no stated duration, or a
@@ -127,7 +129,9 @@ class VideoTask:
     config: PrepareConfig
     clip_encoding: str = DEFAULT_CLIP_ENCODING
     fault: str | None = None  # test-only: see the module docstring
-    threads: int = 0  # video decoder threads, 0: the decoder's choice (never changes samples)
+    # Video decoder threads, 0: the decoder's choice; 1 also encodes in line (one thread in
+    # all). Never changes the samples.
+    threads: int = 0
     split: Split = TRAIN  # decided by the parent (`pipeline.split`), recorded in the outcome
 
 
@@ -304,12 +308,39 @@ class _EncodeThread:
             raise self._error
 
 
+class _InlineEncoder:
+    """`_EncodeThread`'s interface on the calling thread: each window is encoded and written
+    as it is put. For a worker with one decoder thread, so that the worker is one thread in
+    all: with a worker per CPU, a second thread per worker only adds hand-overs (and a lone
+    single-threaded worker then measures the per-worker work, which workers scale)."""
+
+    def __init__(self, writer: _Writer, context: VideoContext, config: PrepareConfig) -> None:
+        from pipeline.sample import encode_fields, sample_fields
+
+        self._encode_fields, self._sample_fields = encode_fields, sample_fields
+        self._writer = writer
+        self._context = context
+        self._config = config
+
+    def put(self, window: Window) -> None:
+        fields = self._sample_fields(window, self._context, self._config)
+        sample = self._encode_fields(fields, self._config, self._context.clip_encoding)
+        self._writer.write(sample, window.end, fields.text_cut)
+
+    def stop(self) -> None:
+        """Nothing is queued."""
+
+    def raise_error(self) -> None:
+        """Errors were raised by `put` itself."""
+
+
 def _decode_and_write(task: VideoTask, context: VideoContext, stats: DecodeStats,
                       writer: _Writer, send: Callable[[tuple[Any, ...]], None]
                       ) -> DecodeError | None:
     """Decode every window into `writer`; return the DecodeError that ended decoding early,
     if any (the windows before it are written). Other errors propagate."""
-    encoder = _EncodeThread(writer, context, task.config)
+    encoder = (_InlineEncoder if task.threads == 1 else _EncodeThread)(
+        writer, context, task.config)
     from pipeline.decode import iter_windows
 
     decode_error = None

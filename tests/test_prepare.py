@@ -32,6 +32,7 @@ from media import (
 )
 
 from pipeline import prepare as prepare_module
+from pipeline import worker as worker_module
 from pipeline.audio import silent_log_mel
 from pipeline.config import PrepareConfig
 from pipeline.decode import window_count
@@ -536,7 +537,9 @@ def test_full_disk_stops_the_run_and_a_rerun_resumes(trio, reference, tmp_path,
     assert read_samples(out) == read_samples(reference)
 
 
-def test_worker_write_failure_is_an_output_error(trio, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("threads", [0, 1])  # 0: encoding in a thread of its own; 1: in line
+def test_worker_write_failure_is_an_output_error(trio, tmp_path, monkeypatch,
+                                                threads: int) -> None:
     def no_space(self, sample):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -544,8 +547,33 @@ def test_worker_write_failure_is_an_output_error(trio, tmp_path, monkeypatch) ->
     source = discover_videos(trio)[0]
     part = tmp_path / "part.tar"
     with pytest.raises(OutputError, match="No space left on device"):
-        prepare_video(VideoTask(source, part, TRIO_CONFIG), lambda message: None)
+        prepare_video(VideoTask(source, part, TRIO_CONFIG, threads=threads),
+                      lambda message: None)
     assert not part.exists()
+
+
+def test_a_one_thread_worker_writes_the_part_file_of_a_threaded_one(trio, tmp_path,
+                                                                   monkeypatch) -> None:
+    # threads=1 encodes each window in line on the decoding thread; 3 decoder threads encode
+    # in a second thread. Same windows, same order: the same bytes.
+    started = []
+
+    class CountedThread(worker_module._EncodeThread):
+        def __init__(self, *args) -> None:
+            started.append(1)
+            super().__init__(*args)
+
+    monkeypatch.setattr(worker_module, "_EncodeThread", CountedThread)
+    source = discover_videos(trio)[0]
+    parts = {}
+    for threads in (1, 3):
+        part = tmp_path / f"part-{threads}.tar"
+        outcome = prepare_video(VideoTask(source, part, TRIO_CONFIG, threads=threads),
+                                lambda message: None)
+        assert outcome.status == "prepared" and outcome.clips > 1
+        assert len(started) == (threads > 1)  # the encoding thread ran only for 3
+        parts[threads] = part.read_bytes()
+    assert parts[1] == parts[3]
 
 
 # --------------------------------------------------------------------------- small pieces
