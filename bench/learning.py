@@ -71,6 +71,7 @@ def class_mean_ceiling(train: Path, unseen: Path) -> dict[str, dict[str, float]]
 
     from omnilatent.evaluation.metrics import correlation_distance, retrieval_metrics
     from pipeline.loader import build_shard_loader
+    from pipeline.normalize import to_model_units
 
     def load(shards: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
         loader = build_shard_loader(str(shards), 32, shuffle_shards=False, shuffle_buffer=0,
@@ -78,8 +79,9 @@ def class_mean_ceiling(train: Path, unseen: Path) -> dict[str, dict[str, float]]
         parts: dict[str, list[torch.Tensor]] = {"video": [], "audio": []}
         labels: list[str] = []
         for batch in loader:
-            parts["video"].append(F.avg_pool3d(batch["video"], (1, 4, 4)))  # as omni eval
-            parts["audio"].append(batch["audio"])
+            video = to_model_units("video", batch["video"])
+            parts["video"].append(F.avg_pool3d(video, (1, 4, 4)))  # as omni eval
+            parts["audio"].append(to_model_units("audio", batch["audio"]))
             labels += [str(demo_class_of(meta["source"])) for meta in batch["meta"]]
         return {k: torch.cat(v) for k, v in parts.items()}, labels
 

@@ -239,8 +239,10 @@ def train(
     grad_checkpointing: Annotated[bool, typer.Option(
         "--grad-checkpointing/--no-grad-checkpointing", rich_help_panel=RUNTIME,
         help="Recompute activations in backward to save memory.")] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", rich_help_panel=RUNTIME,
-                                                help="torch.compile the model.")] = False,
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", rich_help_panel=RUNTIME,
+        help="torch.compile each transformer block (all tasks share its graphs; hooks "
+             "work).")] = False,
     fsdp: Annotated[bool, typer.Option(
         "--fsdp", rich_help_panel="Runtime", help="Under torchrun: shard the model over the "
         "processes (FSDP2) instead of replicating it (DDP), for models too big for one GPU.")]
@@ -288,6 +290,7 @@ def train(
         from omnilatent.training.rng import seed_everything
         from omnilatent.training.sources import model_sizes, shard_source, video_dir_source
         from omnilatent.training.tensorboard import TensorBoardCallbacks
+        from omnilatent.training.trainer import resolve_device
         from pipeline.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer, sentencepiece_tokenizer
 
         schedule = _schedule(phase_schedule, {
@@ -305,13 +308,17 @@ def train(
         context = init_distributed(device, fsdp)  # before the loaders: they split by rank
         seed_everything(seed)
         sizes: dict[str, int] = {}
+        # batches bound for the trainer's CUDA device wait in pinned memory: async copies
+        pin_memory = resolve_device(device).type == "cuda"
         if shards is not None:
             source = shard_source(shards, batch_size, seed=seed, workers=workers,
-                                  tokenizer=tokenizer, max_text_len=max_text_len)
+                                  tokenizer=tokenizer, max_text_len=max_text_len,
+                                  pin_memory=pin_memory)
         elif video_dir is not None:
             source = video_dir_source(video_dir, batch_size, seed=seed, workers=workers,
                                       tokenizer=tokenizer, max_text_len=max_text_len,
-                                      clip_duration=clip_duration, clip_stride=clip_stride)
+                                      clip_duration=clip_duration, clip_stride=clip_stride,
+                                      pin_memory=pin_memory)
         else:
             source = None
         if source is not None:

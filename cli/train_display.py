@@ -43,9 +43,9 @@ def progress_bar() -> Progress:
 class RichCallbacks(TrainerCallbacks):
     """Draws a progress bar and prints log records, checkpoints and events.
 
-    The bar's loss is the mean of the last ``log_interval`` steps: one step's loss is that of
-    a single task, and tasks alternate (it jumped 2.76 -> 0.23 -> 2.24 between text and
-    picture targets).
+    The bar's loss is the latest record's: the mean of the last ``log_interval`` steps (one
+    step's loss is that of a single task, and tasks alternate: it jumped 2.76 -> 0.23 -> 2.24
+    between text and picture targets), read at log intervals, as the trainer reads losses.
     ``samples_per_step`` (batch size x accumulation) turns steps/s into samples/s. Every line
     is printed unwrapped, so piped logs keep one record a line whatever the width.
     """
@@ -57,12 +57,10 @@ class RichCallbacks(TrainerCallbacks):
                                          loss="-", steps_per_s="-", samples_per_s="-")
         self.records: list[dict[str, Any]] = []
         self.trainer: Trainer | None = None
-        self._losses: deque[float] = deque(maxlen=16)  # on_start sets the log interval
         self._times: deque[float] = deque(maxlen=RATE_STEPS + 1)
 
     def on_start(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self._losses = deque(maxlen=trainer.config.log_interval)
         amp = trainer.amp_dtype
         console.print(
             f"model: {trainer.model.num_parameters() / 1e6:.2f}M parameters | device: "
@@ -74,10 +72,9 @@ class RichCallbacks(TrainerCallbacks):
             ", compiling the model" if trainer.config.compile else "")
         self.progress.update(self.task_id, completed=trainer.step, status=status + "…")
 
-    def on_step(self, step: int, total: int, loss: float, task: str) -> None:
-        self._losses.append(loss)
+    def on_step(self, step: int, total: int, task: str) -> None:
         self._times.append(time.perf_counter())
-        fields: dict[str, str] = {"loss": f"{sum(self._losses) / len(self._losses):.4f}"}
+        fields: dict[str, str] = {}
         if len(self._times) > 1:
             rate = (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
             fields["steps_per_s"] = f"{rate:.2f}"
@@ -87,6 +84,7 @@ class RichCallbacks(TrainerCallbacks):
 
     def on_log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+        self.progress.update(self.task_id, loss=f"{record['loss']:.4f}")
         phase = f" | {record['phase']}" if "phase" in record else ""
         data = f" | {data_line(record['data'])}" if "data" in record else ""
         console.print(
@@ -117,9 +115,9 @@ class CompositeCallbacks(TrainerCallbacks):
         for part in self.parts:
             part.on_start(trainer)
 
-    def on_step(self, step: int, total: int, loss: float, task: str) -> None:
+    def on_step(self, step: int, total: int, task: str) -> None:
         for part in self.parts:
-            part.on_step(step, total, loss, task)
+            part.on_step(step, total, task)
 
     def on_log(self, record: dict[str, Any]) -> None:
         for part in self.parts:

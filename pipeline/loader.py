@@ -19,10 +19,14 @@ Shards are read as plain tars: a local shard as a file, only a URL the caller na
 decompressed, and no member is read whose declared size exceeds `schema.member_cap`, so a
 small hostile shard cannot make a worker read or decode gigabytes.
 
-Batch (B samples, T frames, M mel bins, L the longest text in the batch, at least 1):
-``video`` (B, 3, T, H, W) and ``image`` (B, 3, S, S) float32 in [-1, 1]; ``audio`` (B, M,
-T_mel) float32, ``(log_mel - MEL_CENTER) / MEL_SCALE``; ``text`` (B, L) long, right-padded
+Batch (B samples, T frames, M mel bins, L the longest text in the batch, at least 1), in the
+stored dtypes: ``video`` (B, 3, T, H, W) and ``image`` (B, 3, S, S) uint8 pixels, channels
+first; ``audio`` (B, M, T_mel) float16 log-mel as stored; ``text`` (B, L) long, right-padded
 with 0; ``has_text`` (B,) bool; ``__key__`` list[str]; ``meta`` list[dict] (the json member).
+A quarter (pixels) and half (mel) of float32's bytes cross from the workers and to the device;
+the consumer maps them to model units there (`pipeline.normalize.to_model_units`). With
+``pin_memory`` the batches' tensors are in pinned memory, so a ``non_blocking`` copy to a CUDA
+device runs asynchronously.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.normalize import mel_to_model, pixels_to_unit
+from pipeline.normalize import STORED_DTYPES
 from pipeline.schema import (
     CLIP_PREFIX,
     MEMBER_IMAGE,
@@ -307,18 +311,21 @@ def sample_tensors(
     """One sample as `collate` takes it: what the loader yields, and what `omni generate`
     builds from its input files, so the model sees both in the same units.
 
-    `frames` (T, H, W, 3) and `image` (S, S, 3) stay uint8 until `collate` (4x less memory);
-    `mel` (M, T_mel) log-mel becomes model units (`pipeline.normalize.mel_to_model`); `text`
-    is tokenized. A modality given as None is left out (generating from a picture has only
+    The arrays keep their stored dtypes (`pipeline.normalize.to_model_units` maps them on the
+    device): `frames` (T, H, W, 3) and `image` (S, S, 3) uint8, `mel` (M, T_mel) float16
+    log-mel; another dtype is refused (a float32 tensor would pass for model units). `text` is
+    tokenized. A modality given as None is left out (generating from a picture has only
     `image`), and `collate` leaves it out of the batch.
     """
     tensors: dict[str, Any] = {}
-    if frames is not None:
-        tensors["video"] = torch.from_numpy(frames)  # (T, H, W, 3) uint8
-    if image is not None:
-        tensors["image"] = torch.from_numpy(image)  # (S, S, 3) uint8
-    if mel is not None:
-        tensors["audio"] = mel_to_model(torch.from_numpy(mel))  # (M, T_mel) float32
+    for modality, array in (("video", frames), ("image", image), ("audio", mel)):
+        if array is None:
+            continue
+        value = torch.from_numpy(array)  # (T, H, W, 3) | (S, S, 3) uint8, (M, T_mel) float16
+        if value.dtype != STORED_DTYPES[modality]:
+            raise PipelineError(f"{modality} must be stored as {STORED_DTYPES[modality]}, "
+                                f"got {value.dtype}")
+        tensors[modality] = value
     if text is not None:
         ids = tokenizer(text, max_text_len)  # (L,)
         if ids.dim() != 1:
@@ -358,13 +365,13 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     # Channels first while still uint8: the strided copy moves a quarter of the bytes.
     if held("video"):
         video = torch.stack([sample["video"] for sample in samples])  # (B, T, H, W, 3) uint8
-        video = video.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W) uint8
-        batch["video"] = pixels_to_unit(video)  # (B, 3, T, H, W)
+        batch["video"] = video.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W) uint8
     if held("image"):
         image = torch.stack([sample["image"] for sample in samples])  # (B, S, S, 3) uint8
-        batch["image"] = pixels_to_unit(image.permute(0, 3, 1, 2).contiguous())  # (B, 3, S, S)
+        batch["image"] = image.permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S) uint8
     if held("audio"):
-        batch["audio"] = torch.stack([sample["audio"] for sample in samples])  # (B, M, T_mel)
+        # (B, M, T_mel) float16
+        batch["audio"] = torch.stack([sample["audio"] for sample in samples])
     if held("text"):
         lengths = [int(sample["text"].shape[0]) for sample in samples]
         text = torch.full((len(samples), max(1, *lengths)), PAD_ID, dtype=torch.long)  # (B, L)
@@ -385,6 +392,17 @@ class _Chunk:
     worker: int
     position: int
     stats: LoaderStats
+
+    def pin_memory(self) -> _Chunk:
+        """This chunk with its batch's tensors in pinned memory: what the DataLoader's pinning
+        thread calls (it passes other objects through untouched)."""
+        return replace(self, batch=None if self.batch is None else pin_batch(self.batch))
+
+
+def pin_batch(batch: Batch) -> Batch:
+    """`batch` with every tensor copied to pinned (page-locked) memory (needs CUDA)."""
+    return {key: value.pin_memory() if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()}
 
 
 def _emit(src: Iterable[Batch], worker: int, cursor: _Cursor,
@@ -461,11 +479,21 @@ class ShardLoader:
     round-robin over workers starts afresh, so the interleaving after a resume may differ.
     The state also holds what the tar stage found this epoch (`LoaderStats.findings`), so the
     shards a resumed epoch reads again are not counted corrupt twice.
+
+    Each epoch gets a fresh DataLoader (no persistent workers): its stream carries the epoch
+    and every worker's resume position, which a fresh worker receives with its copy of the
+    stream. Starting the workers costs about 0.1 s per worker and epoch (`bench/loader.py`:
+    time to an epoch's first batch, 2 CPUs under load), the decoding of a handful of samples,
+    against an epoch of thousands per worker; keeping workers across epochs would need the
+    epoch and positions passed to live workers, for no measurable gain. Prefetch stays at the
+    DataLoader's default (2 chunks per worker): a worker decodes some tens of samples/s per
+    core while a GPU trains on thousands, so the queue runs empty whatever its depth.
     """
 
     def __init__(self, shards: ShardSet, batch_size: int, *, tokenizer: TokenizerFn,
                  max_text_len: int, seed: int, shuffle_shards: bool, shuffle_buffer: int,
-                 num_workers: int, epochs: int | None, rank: int, world_size: int) -> None:
+                 num_workers: int, epochs: int | None, rank: int, world_size: int,
+                 pin_memory: bool = False) -> None:
         self.shards = shards
         self.batch_size = batch_size
         self.tokenizer = tokenizer
@@ -477,6 +505,7 @@ class ShardLoader:
         self.epochs = epochs
         self.rank = rank
         self.world_size = world_size
+        self.pin_memory = pin_memory
         self.stats = LoaderStats()
         self.epoch = 0
         self.batches = 0  # yielded in the current epoch
@@ -497,8 +526,10 @@ class ShardLoader:
         )
         chunks: Iterable[_Chunk] = stream
         if self.num_workers > 0:
+            # The DataLoader's own thread pins the workers' batches while this one trains.
             chunks = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                                collate_fn=_unchanged, persistent_workers=False)
+                                collate_fn=_unchanged, persistent_workers=False,
+                                pin_memory=self.pin_memory)
         for chunk in chunks:
             self._count(chunk.stats)
             self.consumed[chunk.worker] = chunk.position
@@ -507,7 +538,8 @@ class ShardLoader:
             self.batches += 1
             self.stats.batches += 1
             self.stats.samples += len(chunk.batch["__key__"])
-            yield chunk.batch
+            yield (pin_batch(chunk.batch) if self.pin_memory and self.num_workers == 0
+                   else chunk.batch)
         if fresh and self.batches == 0:
             raise PipelineError(
                 f"epoch {self.epoch} of rank {self.rank} yielded no valid sample from "
@@ -573,6 +605,7 @@ def build_shard_loader(
     rank: int | None = None,
     world_size: int | None = None,
     split: Split | None = None,
+    pin_memory: bool = False,
 ) -> ShardLoader:
     """A `ShardLoader` over `urls` (see `resolve_shards` for what they may be, and for `split`:
     "train" or "eval" keeps that split of a prepared folder, None both).
@@ -581,6 +614,9 @@ def build_shard_loader(
     one leaves; `epochs` caps the epochs (None: endless); `rank`/`world_size` default to
     torch.distributed, then the RANK/WORLD_SIZE environment. Every rank needs at least one
     shard; ranks get whole shards, so their sample counts differ unless the shards are equal.
+    `pin_memory` puts the batches in pinned memory (with workers, on the DataLoader's pinning
+    thread), so that a ``non_blocking`` copy to a CUDA device is asynchronous: pass True when
+    the batches go to a CUDA device, never on a machine without CUDA.
     """
     for name, value, low in (("batch_size", batch_size, 1), ("max_text_len", max_text_len, 1),
                              ("shuffle_buffer", shuffle_buffer, 0),
@@ -589,6 +625,11 @@ def build_shard_loader(
             raise ConfigError(f"{name} must be >= {low}, got {value}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"epochs must be >= 1 or None (endless), got {epochs}")
+    if not isinstance(pin_memory, bool):
+        raise ConfigError(f"pin_memory must be True or False, got {pin_memory!r}")
+    if pin_memory and not torch.cuda.is_available():
+        raise ConfigError("pin_memory=True needs a CUDA device (pinned memory speeds up copies "
+                          "to one); pass pin_memory=False when training on the CPU")
     rank, world_size = resolve_rank(rank, world_size)
     shards = resolve_shards(urls, split)
     if len(shards.urls) < world_size:
@@ -596,4 +637,5 @@ def build_shard_loader(
                           f"needs at least one); prepare with a smaller --samples-per-shard")
     return ShardLoader(shards, batch_size, tokenizer=tokenizer, max_text_len=max_text_len,
                        seed=seed, shuffle_shards=shuffle_shards, shuffle_buffer=shuffle_buffer,
-                       num_workers=num_workers, epochs=epochs, rank=rank, world_size=world_size)
+                       num_workers=num_workers, epochs=epochs, rank=rank, world_size=world_size,
+                       pin_memory=pin_memory)

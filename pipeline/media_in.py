@@ -14,7 +14,8 @@ pipeline's own code, never a look-alike:
 - **Text**: whitespace collapsed to single spaces, as windows of a transcript are joined.
 
 `sample_arrays_batch` turns the arrays into a batch of one with the loader's own
-`sample_tensors` and `collate`, so the model also sees the training normalisation.
+`sample_tensors` and `collate`, in the loader's stored dtypes; `pipeline.normalize`'s
+`to_model_units` then gives the model the training normalisation, as it does to a loader batch.
 """
 
 from __future__ import annotations
@@ -294,8 +295,9 @@ def text_input(text: str) -> SampleArrays:
 # --------------------------------------------------------------------------- batch
 def sample_arrays_batch(arrays: SampleArrays, tokenizer: TokenizerFn = byte_tokenizer,
                         max_text_len: int = 128) -> Batch:
-    """A batch of one in the loader's format and units, with only the input's modalities
-    (`video` (1, 3, T, F, F), `image` (1, 3, S, S), `audio` (1, M, T_mel), `text` (1, L))."""
+    """A batch of one in the loader's format and dtypes, with only the input's modalities
+    (`video` (1, 3, T, F, F) and `image` (1, 3, S, S) uint8, `audio` (1, M, T_mel) float16,
+    `text` (1, L))."""
     tensors = sample_tensors(arrays.frames, arrays.image, arrays.mel, arrays.text,
                              tokenizer=tokenizer, max_text_len=max_text_len, key=arrays.source,
                              meta={"source": arrays.source, "start": arrays.start})

@@ -1,23 +1,41 @@
 """The model's units for pixels and log-mels, both directions in one place.
 
-The loader maps stored samples into model units (`pixels_to_unit`, `mel_to_model`);
-`omni generate` maps model outputs back (`unit_to_pixels`, `model_to_mel`) before writing
-files. Keeping each pair side by side is what keeps them exact inverses.
+Batches keep their storage dtypes until they reach the device: the loader (and `omni
+generate`'s inputs) deliver pixels as uint8 and the log-mel as float16, a quarter and half of
+the bytes of float32 to pass between processes and to copy to the GPU. `to_model_units` (or
+`to_device_units`, `batch_to_device`) maps them there, after the copy; `omni generate` maps
+model outputs back (`unit_to_pixels`, `model_to_mel`) before writing files. Keeping each pair
+side by side is what keeps them exact inverses.
 
 - Pixels: uint8 x -> x / 127.5 - 1, in [-1, 1] (0 -> -1, 255 -> 1).
 - Log-mel: (log_mel - MEL_CENTER) / MEL_SCALE (`pipeline.schema`: silence -13.8 -> -1.96).
+
+The dtype says which units a tensor is in: uint8 video and image and float16 audio are stored
+values; float32 is already model units (the synthetic dataset and `collate_multimodal` of a
+user's own dataset produce them) and passes through unchanged; text ids pass through as they
+are. The divisions run against a divisor tensor on the data's own device: CUDA turns a division
+by a Python number into a multiplication by its reciprocal (one bit less exact), and the
+results must be bit-identical wherever they are computed.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.schema import MEL_CENTER, MEL_SCALE
+
+PIXEL_SCALE = 127.5
+# The dtypes a modality's tensor may arrive in: stored values, or float32 model units.
+STORED_DTYPES = {"video": torch.uint8, "image": torch.uint8, "audio": torch.float16}
+MODALITY_KEYS = ("text", *STORED_DTYPES)
 
 
 def pixels_to_unit(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels to float32 (x / 255 - 0.5) / 0.5 = x / 127.5 - 1, in [-1, 1]."""
-    return pixels.to(torch.float32, copy=True).div_(127.5).sub_(1.0)
+    return pixels.to(torch.float32, copy=True).div_(_divisor(PIXEL_SCALE, pixels)).sub_(1.0)
 
 
 def unit_to_pixels(values: torch.Tensor) -> torch.Tensor:
@@ -30,9 +48,49 @@ def unit_to_pixels(values: torch.Tensor) -> torch.Tensor:
 
 def mel_to_model(log_mel: torch.Tensor) -> torch.Tensor:
     """Stored log-mel (any float dtype) to the model's float32 units."""
-    return log_mel.to(torch.float32, copy=True).sub_(MEL_CENTER).div_(MEL_SCALE)
+    return log_mel.to(torch.float32, copy=True).sub_(MEL_CENTER).div_(_divisor(MEL_SCALE, log_mel))
 
 
 def model_to_mel(values: torch.Tensor) -> torch.Tensor:
     """The model's mel units back to float32 log-mel, as `pipeline.audio.log_mel` makes it."""
     return values.detach().float().mul(MEL_SCALE).add_(MEL_CENTER)
+
+
+def _divisor(value: float, like: torch.Tensor) -> torch.Tensor:
+    """`value` as a float32 scalar tensor on `like`'s device: a true division on any device
+    (CUDA multiplies by the reciprocal of a Python number). `torch.full` launches a fill,
+    where a copy from the host would wait for the device's queue."""
+    return torch.full((), value, dtype=torch.float32, device=like.device)
+
+
+def to_model_units(modality: str, x: torch.Tensor) -> torch.Tensor:
+    """`x` of `modality` in the model's units: uint8 video/image -> `pixels_to_unit`, float16
+    audio -> `mel_to_model`, float32 (already units) and text unchanged; any other dtype is
+    refused. Call it after the copy to the device, so the smaller stored dtype travels."""
+    if modality == "text":
+        return x
+    stored = STORED_DTYPES.get(modality)
+    if stored is None:
+        raise PipelineError(f"unknown modality {modality!r}; expected one of text, "
+                            f"{', '.join(STORED_DTYPES)}")
+    if x.dtype == torch.float32:
+        return x
+    if x.dtype != stored:
+        raise PipelineError(f"{modality} arrived as {x.dtype}; expected {stored} (stored "
+                            f"values) or torch.float32 (model units)")
+    return pixels_to_unit(x) if stored == torch.uint8 else mel_to_model(x)
+
+
+def to_device_units(modality: str, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`x` copied to `device` (asynchronously when it is in pinned memory) and then turned into
+    model units there (`to_model_units`)."""
+    return to_model_units(modality, x.to(device, non_blocking=True))
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A batch with every tensor on `device` and each modality in model units; other values
+    (keys, metadata) as they are."""
+    return {key: (to_device_units(key, value, device) if key in MODALITY_KEYS
+                  else value.to(device, non_blocking=True))
+            if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()}

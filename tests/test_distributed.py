@@ -3,6 +3,7 @@ FSDP2 checkpoints keep the single-process format."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -121,3 +122,59 @@ def test_killing_the_whole_job_then_resume_auto_gives_the_uninterrupted_paramete
     records = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").open()]
                for run in (tmp_path / "straight", tmp_path / "killed")]
     assert records[0] == records[1] and len(records[0]) == 12
+
+
+def _all_reduces_per_run(rank: int, init_file: str, out: str) -> None:
+    """Rank ``rank`` of 2 (gloo): 2 steps of 2 micro-batches, once as the trainer runs them
+    and once with every micro-batch synchronised; rank 0 writes the number of gradient
+    all-reduces (DDP comm hook calls) of each run and whether their weights agree."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    from omnilatent.training import SyntheticMultimodalDataset
+    from omnilatent.training import trainer as trainer_module
+    from omnilatent.training.distributed import DistributedContext, rank_loader
+    from omnilatent.training.rng import seed_everything
+    from tests.conftest import TINY
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    context = DistributedContext(rank, 2)
+    counts, weights = [], []
+    for always_sync in (False, True):
+        if always_sync:
+            trainer_module.grad_sync = lambda module, context, sync: contextlib.nullcontext()
+        seed_everything(0)
+        config = OmniLatentConfig(**TINY)
+        dataset = SyntheticMultimodalDataset(config, length=16, seed=0, text_len=6)
+        trainer = Trainer(OmniLatentModel(config),
+                          TrainConfig(steps=2, grad_accum=2, lr=1e-3, device="cpu",
+                                      log_interval=1),
+                          rank_loader(dataset, 1, context), distributed=context)
+        calls = []
+
+        def counting(state, bucket, calls=calls):
+            calls.append(1)
+            return default_hooks.allreduce_hook(state, bucket)
+
+        trainer.wrapped.register_comm_hook(None, counting)
+        trainer.train()
+        counts.append(len(calls))
+        weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    if rank == 0:
+        same = all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
+        Path(out).write_text(json.dumps({"counts": counts, "same": same}))
+    dist.destroy_process_group()
+
+
+def test_ddp_all_reduces_gradients_once_per_step_with_accumulation(tmp_path: Path) -> None:
+    """Issue 10: with --grad-accum K, DDP skips the gradient all-reduce of the first K - 1
+    micro-batches (`grad_sync`): half the all-reduces of syncing every micro-batch at K = 2,
+    and the same weights."""
+    out = tmp_path / "counts.json"
+    torch.multiprocessing.spawn(_all_reduces_per_run, args=(str(tmp_path / "init"), str(out)),
+                                nprocs=2)
+    result = json.loads(out.read_text())
+    once, every = result["counts"]
+    assert once > 0 and every == 2 * once, result
+    assert result["same"]

@@ -16,10 +16,12 @@ import pytest
 import torch
 import webdataset as wds
 
+from pipeline import loader as loader_module
 from pipeline.config import PrepareConfig
 from pipeline.discover import video_id
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.loader import ShardLoader, build_shard_loader
+from pipeline.normalize import to_model_units
 from pipeline.schema import MAX_TEXT_BYTES, MEL_CENTER, MEL_SCALE, SampleMeta, encode_sample
 from pipeline.shardset import expand_urls, split_member_name
 from pipeline.tokenizer import byte_detokenize
@@ -93,30 +95,70 @@ def prepared(tmp_path: Path) -> tuple[Path, list[str]]:
 
 
 # --------------------------------------------------------------------------- batch format
-def test_batches_have_model_shapes_dtypes_and_ranges(prepared: tuple[Path, list[str]]) -> None:
+def test_batches_have_model_shapes_stored_dtypes_and_ranges(
+        prepared: tuple[Path, list[str]]) -> None:
     root, keys = prepared
     loader = build_shard_loader(root, batch_size=5, shuffle_shards=False, shuffle_buffer=0)
     batches = list(loader)
     assert [len(b["__key__"]) for b in batches] == [5, 5, 2]
     batch = batches[0]
     assert set(batch) == {"video", "image", "audio", "text", "has_text", "__key__", "meta"}
-    assert batch["video"].shape == (5, 3, 4, 32, 32) and batch["video"].dtype == torch.float32
-    assert batch["image"].shape == (5, 3, 64, 64) and batch["image"].dtype == torch.float32
-    assert batch["audio"].shape == (5, 16, 100) and batch["audio"].dtype == torch.float32
+    assert batch["video"].shape == (5, 3, 4, 32, 32) and batch["video"].dtype == torch.uint8
+    assert batch["image"].shape == (5, 3, 64, 64) and batch["image"].dtype == torch.uint8
+    assert batch["audio"].shape == (5, 16, 100) and batch["audio"].dtype == torch.float16
     assert batch["text"].dtype == torch.long and batch["text"].dim() == 2
     assert batch["has_text"].dtype == torch.bool and batch["has_text"].shape == (5,)
     assert batch["__key__"] == keys[:5]
     assert [m["key"] for m in batch["meta"]] == keys[:5]
 
-    video = batch["video"]
+    assert batch["video"][1, :, 1, 5, 5].tolist() == [14, 14, 14]
+    assert batch["video"][0, :, 0, 0, 0].tolist() == [0, 255, 128]  # channels first
+    video = to_model_units("video", batch["video"])
     assert video.min() == -1.0 and video.max() == 1.0
     assert torch.allclose(video[1, :, 1, 5, 5], torch.full((3,), (14 / 255 - 0.5) / 0.5))
     assert float(video[0, 2, 0, 0, 0]) == pytest.approx((128 / 255 - 0.5) / 0.5, abs=1e-6)
-    assert -1.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
+    image = to_model_units("image", batch["image"])
+    assert -1.0 <= float(image.min()) and float(image.max()) <= 1.0
 
     mel = np.random.default_rng(10).uniform(-13.8, 8.8, (16, 100)).astype(np.float16)
+    assert torch.equal(batch["audio"][0], torch.from_numpy(mel))  # exactly as stored
     expected_audio = (torch.from_numpy(mel).float() - MEL_CENTER) / MEL_SCALE
-    assert torch.allclose(batch["audio"][0], expected_audio)
+    assert torch.allclose(to_model_units("audio", batch["audio"])[0], expected_audio)
+
+
+def test_pin_memory_is_off_by_default_and_refused_without_cuda(
+        prepared: tuple[Path, list[str]]) -> None:
+    root, _ = prepared
+    assert build_shard_loader(root, batch_size=2).pin_memory is False
+    with pytest.raises(ConfigError, match="pin_memory"):
+        build_shard_loader(root, batch_size=2, pin_memory=1)  # type: ignore[arg-type]
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="pin_memory=True needs a CUDA device"):
+            build_shard_loader(root, batch_size=2, pin_memory=True)
+
+
+@pytest.mark.parametrize("pin", [False, True])
+def test_pin_memory_reaches_the_dataloader(prepared: tuple[Path, list[str]],
+                                           monkeypatch: pytest.MonkeyPatch, pin: bool) -> None:
+    """The flag is handed to the DataLoader, whose thread pins the workers' chunks (pinning
+    itself needs CUDA: without it, this checks the hand-over only, and starts no worker)."""
+    root, _ = prepared
+    seen: list[dict[str, Any]] = []
+
+    class Recording:
+        def __init__(self, dataset: Any, **kwargs: Any) -> None:
+            seen.append(kwargs)
+            raise StopAfterRecording
+
+    class StopAfterRecording(Exception):
+        pass
+
+    monkeypatch.setattr(loader_module, "DataLoader", Recording)
+    loader = build_shard_loader(root, batch_size=2, num_workers=2)
+    loader.pin_memory = pin  # True is refused without CUDA: set past the check
+    with pytest.raises(StopAfterRecording):
+        next(iter(loader))
+    assert seen[0]["pin_memory"] is pin and seen[0]["num_workers"] == 2
 
 
 def test_empty_transcript_gives_an_all_padding_row(prepared: tuple[Path, list[str]]) -> None:
@@ -143,7 +185,7 @@ def test_mp4_clips_load_close_to_their_source(tmp_path: Path) -> None:
     batch = next(iter(loader))
     assert batch["__key__"] == keys[:4]
     assert batch["video"].shape == (4, 3, 4, 32, 32)
-    pixels = (batch["video"][:, :, :, 8:, 8:] + 1) * 127.5  # away from the marked corner
+    pixels = batch["video"][:, :, :, 8:, 8:].float()  # away from the marked corner
     wanted = torch.tensor([10.0, 14.0, 18.0, 22.0]).view(4, 1, 1, 1, 1)
     assert (pixels - wanted).abs().mean() < 2.0
 

@@ -47,7 +47,7 @@ from pipeline.media_in import (
     text_input,
 )
 from pipeline.media_out import write_image, write_video, write_wav
-from pipeline.normalize import model_to_mel, pixels_to_unit, unit_to_pixels
+from pipeline.normalize import model_to_mel, pixels_to_unit, to_model_units, unit_to_pixels
 from pipeline.schema import MEL_CENTER, MEL_SCALE, SampleMeta, decode_sample, encode_sample
 
 CONFIG = PrepareConfig()
@@ -323,7 +323,9 @@ def test_sample_tensors_and_collate_equal_the_loader(tmp_path: Path) -> None:
             assert torch.equal(ours[name], value), name
         else:
             assert ours[name] == value, name
-    torch.testing.assert_close(ours["audio"][0],
+    assert ours["audio"].dtype == torch.float16 and torch.equal(ours["audio"][0],
+                                                                torch.from_numpy(mel))
+    torch.testing.assert_close(to_model_units("audio", ours["audio"])[0],
                                (torch.from_numpy(mel).float() - MEL_CENTER) / MEL_SCALE)
 
 
@@ -332,7 +334,7 @@ def test_a_picture_makes_a_batch_of_only_an_image(media_dir: Path) -> None:
     batch = sample_arrays_batch(load_image_file(path, CONFIG))
     assert set(batch) == {"image", "__key__", "meta"}
     assert batch["image"].shape == (1, 3, CONFIG.image_size, CONFIG.image_size)
-    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert batch["image"].dtype == torch.uint8  # model units on the device: to_model_units
 
 
 def test_normalisations_invert() -> None:

@@ -5,13 +5,14 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from omnilatent import MODALITIES, OmniLatentConfig, OmniLatentModel
-from omnilatent.errors import CheckpointError, ConfigError
+from omnilatent.errors import CheckpointError, ConfigError, OmniLatentError
 from omnilatent.training import (
     SyntheticMultimodalDataset,
     TrainConfig,
@@ -355,7 +356,7 @@ def test_a_second_run_into_a_save_dir_in_use_is_refused(tmp_path, tiny_config) -
     assert not (tmp_path / "metrics.jsonl").exists()
 
     class _Holder(TrainerCallbacks):
-        def on_step(self, step: int, total: int, loss: float, task: str) -> None:
+        def on_step(self, step: int, total: int, task: str) -> None:
             with pytest.raises(FolderInUseError):
                 FolderLock(tmp_path).acquire()
             raise RuntimeError("boom")
@@ -459,3 +460,43 @@ def test_with_grad_accum_the_task_fits_every_micro_batch(tiny_config) -> None:
     result = _trainer(tiny_config, None, 6, loader=loader, grad_accum=2).train()
     assert result.step == 6
     assert not any("text" in h["task"] for h in result.history)
+
+
+def test_losses_are_read_once_per_record_not_once_per_step(tiny_config, monkeypatch) -> None:
+    """Issue 10: reading a loss on the host waits for the device to finish the step, so the
+    trainer and the model read none per step: the pending losses are read together, once
+    per metrics record (16 steps, a record every 8: 2 reads)."""
+    trainer = _trainer(tiny_config, None, 16, log_interval=8)
+    reads: list[str] = []
+    for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name):
+            caller = sys._getframe(1).f_code.co_filename
+            if f"omnilatent{os.sep}model" in caller or caller.endswith("trainer.py"):
+                reads.append(f"{_name} in {caller}")
+            return _real(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    result = trainer.train()
+    monkeypatch.undo()
+    assert len(reads) == 2, reads
+    assert len(result.history) == 16 and all(math.isfinite(h["loss"]) for h in result.history)
+
+
+def test_a_non_finite_loss_stops_the_run_before_a_later_checkpoint(tiny_config,
+                                                                    tmp_path) -> None:
+    """The loss of step 3 is read at step 4's record, before step 4's checkpoint: the error
+    names step 3 and its task, and the last checkpoint is step 2's."""
+    trainer = _trainer(tiny_config, tmp_path, 8, log_interval=4, save_every=2)
+    forward, calls = trainer.forward_model, []
+
+    def poisoned(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        calls.append(args[0])
+        return {**out, "loss": out["loss"] * math.nan} if len(calls) == 3 else out
+
+    trainer.forward_model = poisoned
+    with pytest.raises(OmniLatentError, match="loss became nan at step 3 \\(task "):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000002"]

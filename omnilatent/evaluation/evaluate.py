@@ -43,6 +43,7 @@ from omnilatent.training.curriculum import TASK_NAMES, build_task
 from omnilatent.training.sources import check_data_fits_model
 from pipeline.loader import ShardLoader, build_shard_loader
 from pipeline.manifest import read_manifest
+from pipeline.normalize import batch_to_device
 from pipeline.schema import MEL_SCALE
 from pipeline.shardset import ShardSet, resolve_shards
 from pipeline.split import EVAL, Split
@@ -154,7 +155,7 @@ def evaluate(
                 break
             if max_samples is not None and seen + len(batch["__key__"]) > max_samples:
                 batch = _rows(batch, torch.arange(len(batch["__key__"])) < max_samples - seen)
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            batch = batch_to_device(batch, device)  # model units from here: metrics too
             size = len(batch["__key__"])
             has_text = batch["text"].ne(0).any(dim=1)  # (B,)
             with_text = _rows(batch, has_text) if bool(has_text.any()) else None

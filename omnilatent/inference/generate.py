@@ -31,7 +31,7 @@ from pipeline.media_in import (
     text_input,
 )
 from pipeline.media_out import write_image, write_video, write_wav
-from pipeline.normalize import model_to_mel, unit_to_pixels
+from pipeline.normalize import model_to_mel, to_device_units, unit_to_pixels
 from pipeline.schema import expected_from_config
 
 OUTPUT_SUFFIXES = {
@@ -108,7 +108,7 @@ def generate(trained: TrainedModel, source: str, arrays: SampleArrays, target: s
     model = trained.model
     device = next(model.parameters()).device
     batch = sample_arrays_batch(arrays, trained.text.encode, trained.card.max_text_len)
-    x = batch[source].to(device)  # (1, ...)
+    x = to_device_units(source, batch[source], device)  # (1, ...)
     config = trained.data_config
     text = None
     if target == "text":

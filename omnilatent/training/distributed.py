@@ -10,13 +10,22 @@ and the task order stay in step. Rank 0 alone logs, holds the save dir's lock an
 checkpoints, which keep the single-process format (FSDP2 weights and optimizer state are
 gathered to rank 0 as full tensors) plus every rank's data position and RNG states
 (``state["distributed"]``), so each rank continues its own stream on resume.
+
+No step waits for the device: the ranks agree on host values (the modalities present, a stop
+request, sample counts) over a gloo group of their own (`DistributedContext.host_group`; with
+NCCL, a collective on the default group is queued behind the device's work, so reading its
+result waits for the step), and the step's loss is all-reduced on the device and read later
+with the others. With gradient accumulation DDP all-reduces gradients once per step
+(`grad_sync`); FSDP2 reduce-scatters every micro-batch, as torchtitan does, since skipping it
+would hold unsharded gradients.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -40,6 +49,8 @@ class DistributedContext:
     world_size: int = 1
     local_rank: int = 0
     fsdp: bool = False
+    # The gloo group for host values when the default group is NCCL; None: the default group.
+    host_group: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -76,7 +87,10 @@ def init_distributed(device: str, fsdp: bool = False) -> DistributedContext:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, fsdp)
+    host_group = (dist.new_group(backend="gloo", timeout=timedelta(minutes=30))
+                  if dist.get_backend() == "nccl" else None)
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, fsdp,
+                              host_group)
 
 
 def teardown_distributed() -> None:
@@ -85,16 +99,31 @@ def teardown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _reduce_device() -> torch.device:
-    return (torch.device("cuda", torch.cuda.current_device())
-            if dist.get_backend() == "nccl" else torch.device("cpu"))
-
-
-def all_reduce(values: Sequence[float], op: dist.ReduceOp.RedOpType) -> list[float]:
-    """``values`` combined over all ranks with ``op`` (float64, so counts stay exact)."""
-    tensor = torch.tensor(list(values), dtype=torch.float64, device=_reduce_device())  # (N,)
-    dist.all_reduce(tensor, op=op)
+def all_reduce(values: Sequence[float], op: dist.ReduceOp.RedOpType,
+               context: DistributedContext) -> list[float]:
+    """Host ``values`` combined over all ranks with ``op`` (float64, so counts stay exact),
+    over the host group: never waits for a device."""
+    tensor = torch.tensor(list(values), dtype=torch.float64)  # (N,)
+    dist.all_reduce(tensor, op=op, group=context.host_group)
     return tensor.tolist()
+
+
+def mean_over_ranks(value: Tensor, context: DistributedContext) -> Tensor:
+    """``value`` (on this rank's device) averaged over the ranks, left on the device: the
+    all-reduce is queued behind the step's work, and nothing waits for it here."""
+    total = value.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / context.world_size
+
+
+def grad_sync(module: nn.Module, context: DistributedContext,
+              sync: bool) -> AbstractContextManager[Any]:
+    """Where a backward pass runs: DDP's ``no_sync`` unless ``sync`` (the last micro-batch
+    of a step), so gradients are all-reduced once per step; a plain context otherwise (one
+    process, or FSDP2, which reduce-scatters every micro-batch to keep gradients sharded)."""
+    if sync or not context.enabled or context.fsdp:
+        return nullcontext()
+    return module.no_sync()
 
 
 def common_present(context: DistributedContext, present: set[str]) -> set[str]:
@@ -102,7 +131,7 @@ def common_present(context: DistributedContext, present: set[str]) -> set[str]:
     same task (or skips the step together)."""
     if not context.enabled:
         return present
-    mask = all_reduce([float(m in present) for m in MODALITIES], dist.ReduceOp.MIN)
+    mask = all_reduce([float(m in present) for m in MODALITIES], dist.ReduceOp.MIN, context)
     return {m for m, flag in zip(MODALITIES, mask, strict=True) if flag == 1.0}
 
 
@@ -110,7 +139,7 @@ def any_rank(context: DistributedContext, flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any (e.g. a stop request that reached one)."""
     if not context.enabled:
         return flag
-    return all_reduce([float(flag)], dist.ReduceOp.MAX)[0] == 1.0
+    return all_reduce([float(flag)], dist.ReduceOp.MAX, context)[0] == 1.0
 
 
 def gather_to_main(context: DistributedContext, value: Any) -> list[Any] | None:
@@ -118,7 +147,7 @@ def gather_to_main(context: DistributedContext, value: Any) -> list[Any] | None:
     if not context.enabled:
         return [value]
     out: list[Any] | None = [None] * context.world_size if context.is_main else None
-    dist.gather_object(value, out, dst=0)
+    dist.gather_object(value, out, dst=0, group=context.host_group)
     return out
 
 

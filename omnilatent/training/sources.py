@@ -63,13 +63,15 @@ class DataSource:
 
 def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
                  tokenizer: TokenizerFn, max_text_len: int,
-                 shuffle_buffer: int = 1000) -> DataSource:
+                 shuffle_buffer: int = 1000, pin_memory: bool = False) -> DataSource:
     """The streaming loader over prepared shards (a folder, a tar, or a brace pattern); of a
-    folder, its train split only: its eval videos are held out (`pipeline.split`)."""
+    folder, its train split only: its eval videos are held out (`pipeline.split`).
+    `pin_memory`: True when the trainer's device is CUDA (see `build_shard_loader`)."""
     resolved = resolve_shards(shards, split="train")
     loader = build_shard_loader(shards, batch_size, tokenizer=tokenizer,
                                 max_text_len=max_text_len, seed=seed, num_workers=workers,
-                                shuffle_buffer=shuffle_buffer, split="train")
+                                shuffle_buffer=shuffle_buffer, split="train",
+                                pin_memory=pin_memory)
     # a prepared folder, or its shards/*.tar given as files or a pattern
     folder = Path(shards) if Path(shards).is_dir() else Path(resolved.urls[0]).parent.parent
     manifest = read_manifest(folder)
@@ -85,14 +87,16 @@ def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
 
 def video_dir_source(video_dir: Path, batch_size: int, *, seed: int, workers: int,
                      tokenizer: TokenizerFn, max_text_len: int, clip_duration: float,
-                     clip_stride: float) -> DataSource:
-    """Raw videos decoded on the fly by the same pipeline code as `omni prepare`."""
+                     clip_stride: float, pin_memory: bool = False) -> DataSource:
+    """Raw videos decoded on the fly by the same pipeline code as `omni prepare`;
+    `pin_memory` as for `shard_source`."""
     from omnilatent.training.video_dataset import VideoWatchingDataset, video_watching_loader
 
     prepare = PrepareConfig(clip_duration=clip_duration, clip_stride=clip_stride)
     dataset = VideoWatchingDataset.from_prepare_config(video_dir, prepare, tokenizer,
                                                        max_text_len=max_text_len, seed=seed)
-    loader = video_watching_loader(dataset, batch_size, num_workers=workers)
+    loader = video_watching_loader(dataset, batch_size, num_workers=workers,
+                                   pin_memory=pin_memory)
     return DataSource(loader, expected_from_config(prepare), dataset.corpus_has_text,
                       f"{len(dataset.videos)} video(s) from {video_dir}, decoded on the fly",
                       prepare)

@@ -44,6 +44,7 @@ from omnilatent.training.checkpoint import (
     save_checkpoint,
     step_dir_name,
 )
+from omnilatent.training.compile import compile_blocks
 from omnilatent.training.config import TrainConfig
 from omnilatent.training.distributed import (
     SINGLE,
@@ -54,7 +55,9 @@ from omnilatent.training.distributed import (
     common_present,
     full_state,
     gather_to_main,
+    grad_sync,
     load_full_state,
+    mean_over_ranks,
     wrap_model,
 )
 from omnilatent.training.json_values import is_count
@@ -70,6 +73,7 @@ from omnilatent.training.state_check import check_trainer_state
 from omnilatent.training.tasks import PairSampler, Task, common_modalities, content_tokens
 from pipeline.errors import PipelineError
 from pipeline.lock import FolderLock
+from pipeline.normalize import to_device_units
 
 METRICS_FILE = "metrics.jsonl"
 MAX_SKIPPED_IN_A_ROW = 1000  # steps no task could use, before the run is called stuck
@@ -80,7 +84,9 @@ class TrainerCallbacks:
 
     def on_start(self, trainer: Trainer) -> None: ...
 
-    def on_step(self, step: int, total: int, loss: float, task: str) -> None: ...
+    def on_step(self, step: int, total: int, task: str) -> None:
+        """After each optimizer step. Its loss is not known yet: losses stay on the device
+        and are read at log intervals (`on_log`'s record holds their window mean)."""
 
     def on_log(self, record: dict[str, Any]) -> None: ...
 
@@ -190,15 +196,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self.forward_model: Callable[..., dict] = (
-            torch.compile(self.wrapped) if config.compile else self.wrapped
-        )
+        if config.compile:  # each block on its own: all 16 tasks share its graphs
+            compile_blocks(self.model)
+        self.forward_model: Callable[..., dict] = self.wrapped
         self.pair_sampler = PairSampler(config.seed)
         self.step = 0
         self.batches_seen = 0
         self._skip_batches = 0
         self._iterator: Iterator | None = None
         self.window = LogWindow(deque(maxlen=config.log_interval))
+        self._pending: list[tuple[int, str, Tensor]] = []  # (step, task, loss) not yet read
         # counters of earlier runs (from the checkpoint), and the loader's when it resumed
         self._data_before = dict.fromkeys(DATA_COUNTERS, 0)
         self._data_mark = dict.fromkeys(DATA_COUNTERS, 0)
@@ -294,7 +301,8 @@ class Trainer:
         mine = self._local_counters()
         if mine is None or not self.dist.enabled:
             return mine
-        totals = all_reduce([mine[k] for k in DATA_COUNTERS], torch.distributed.ReduceOp.SUM)
+        totals = all_reduce([mine[k] for k in DATA_COUNTERS], torch.distributed.ReduceOp.SUM,
+                            self.dist)
         return {k: int(v) for k, v in zip(DATA_COUNTERS, totals, strict=True)}
 
     def _local_counters(self) -> dict[str, int] | None:
@@ -521,9 +529,11 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------- training
-    def _train_step(self) -> tuple[Task, float, int, int] | None:
+    def _train_step(self) -> tuple[Task, Tensor, int, int] | None:
         """One optimizer step over ``grad_accum`` batches: (task, loss, samples, tokens), or
-        None when no task can use them.
+        None when no task can use them. The loss is a 0-dim float64 tensor on the device,
+        the mean over ranks, not read here: reading waits for the device to finish the step,
+        so `_read_losses` reads the pending steps' losses together at log intervals.
 
         The step's batches are drawn first and its task is chosen from the modalities all of
         them hold, so every micro-batch serves the task (a task chosen from the first batch
@@ -534,8 +544,8 @@ class Trainer:
         mcfg = self.model_config
         self.model.train()
         samples, tokens = 0, 0
-        # Summed on the device and read once per step, not once per micro-batch: each read
-        # waits for the GPU to finish.
+        # Summed on the device; read at log intervals (`_read_losses`): each read waits for
+        # the GPU to finish.
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())
@@ -543,29 +553,27 @@ class Trainer:
         task = self.select_task(common_present(self.dist, common_modalities(batches)))
         if task is None:
             return None
-        for batch in batches:
-            source, target = task.inputs(batch)  # host tensors: only these two travel
+        for index, batch in enumerate(batches):
+            source, _ = task.inputs(batch)  # host views
             samples += source.shape[0]
             tokens += content_tokens(task.source, source, mcfg.audio_stride, mcfg.patch_size,
                                      mcfg.tubelet_size)  # counted before the copy: no sync
-            source = source.to(self.device, non_blocking=True)
-            target = target.to(self.device, non_blocking=True)
-            with autocast:
-                out = self.forward_model(task.source, source, task.target, target=target)
-            loss = out["loss"] / cfg.grad_accum
-            self.scaler.scale(loss).backward()
+            # Only the task's modalities travel, whole (a slice of a pinned tensor would be
+            # copied through pageable memory), in their stored dtypes; cut on the device.
+            source, target = task.inputs({m: to_device_units(m, batch[m], self.device)
+                                          for m in {task.source, task.target}})
+            # DDP all-reduces gradients on the last micro-batch only
+            with grad_sync(self.wrapped, self.dist, index == len(batches) - 1):
+                with autocast:
+                    out = self.forward_model(task.source, source, task.target, target=target)
+                loss = out["loss"] / cfg.grad_accum
+                self.scaler.scale(loss).backward()
             step_loss += loss.detach()
-        total_loss = float(step_loss)
         if self.dist.enabled:  # the step's loss is the mean over ranks; counts are totals
-            total_loss, samples_f, tokens_f = all_reduce(
-                [total_loss, samples, tokens], torch.distributed.ReduceOp.SUM)
-            total_loss /= self.dist.world_size
+            step_loss = mean_over_ranks(step_loss, self.dist)
+            samples_f, tokens_f = all_reduce([samples, tokens], torch.distributed.ReduceOp.SUM,
+                                             self.dist)
             samples, tokens = int(samples_f), int(tokens_f)
-        if not math.isfinite(total_loss):
-            raise OmniLatentError(
-                f"loss became {total_loss} at step {self.step + 1} (task {task.name}); "
-                "lower --lr or enable gradient clipping"
-            )
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -573,7 +581,27 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return task, total_loss, samples, tokens
+        return task, step_loss, samples, tokens
+
+    def _read_losses(self, result: TrainResult) -> None:
+        """Read the losses of the steps since the last read, in one transfer, into the log
+        window, ``result.history`` and the callbacks; raise on the first that is not finite.
+
+        Called before every metrics record and checkpoint, so a record averages read losses
+        and no checkpoint is written after a non-finite loss (the steps after it are lost
+        with the run, which stops here anyway).
+        """
+        if not self._pending:
+            return
+        values = torch.stack([loss for _, _, loss in self._pending]).tolist()
+        pending, self._pending = self._pending, []
+        for (step, task, _), loss in zip(pending, values, strict=True):
+            if not math.isfinite(loss):
+                raise OmniLatentError(
+                    f"loss became {loss} at step {step} (task {task}); lower --lr or enable "
+                    "gradient clipping")
+            self.window.recent.append((task, loss))
+            result.history.append({"step": step, "task": task, "loss": loss})
 
     def train(self, should_stop: Callable[[], bool] | None = None) -> TrainResult:
         """Run until ``config.steps`` (or until ``should_stop()`` turns true after a step, in
@@ -649,12 +677,12 @@ class Trainer:
             in_a_row = 0
             task, loss, samples, tokens = outcome
             self.step += 1
-            window.recent.append((task.name, loss))
+            self._pending.append((self.step, task.name, loss))
             window.samples += samples
             window.tokens += tokens
-            result.history.append({"step": self.step, "task": task.name, "loss": loss})
-            self.callbacks.on_step(self.step, cfg.steps, loss, task.name)
+            self.callbacks.on_step(self.step, cfg.steps, task.name)
             if self.step % cfg.log_interval == 0 or self.step == cfg.steps:
+                self._read_losses(result)
                 record = self._log(lr)
                 if metrics_path is not None and self.dist.is_main:
                     with metrics_path.open("a") as f:
@@ -669,10 +697,12 @@ class Trainer:
             if self._eval_due(saving) and self.dist.is_main:
                 result.last_eval = self.run_eval()
             if saving:
+                self._read_losses(result)
                 result.last_checkpoint = self.save()
             if stop and self.step < cfg.steps:
                 result.interrupted = True
                 break
+        self._read_losses(result)
         result.step = self.step
         result.data = self.data_counters()
         return result

@@ -33,8 +33,9 @@ from pipeline.tokenizer import TokenizerFn, byte_tokenizer
 from pipeline.transcripts import sidecar_path
 
 collate_video_watching = collate
-"""Batches in the shard loader's format: video (B,3,T,H,W) and image in [-1, 1], audio
-(B, n_mels, T) normalised log-mel, text (B, L) padded with 0, has_text, __key__, meta."""
+"""Batches in the shard loader's format and stored dtypes: video (B,3,T,H,W) and image uint8,
+audio (B, n_mels, T) float16 log-mel, text (B, L) padded with 0, has_text, __key__, meta
+(`pipeline.normalize.to_model_units` maps them to model units on the device)."""
 
 
 class VideoWatchingDataset(IterableDataset):
@@ -123,20 +124,21 @@ class VideoWatchingLoader:
     """Batches of a `VideoWatchingDataset`, resumable: each ``iter()`` runs (the rest of) one
     epoch; the position is (epoch, batches), and resuming re-decodes and drops the batches
     already consumed, so with the same worker count the next batch is the one that would have
-    come next."""
+    come next. `pin_memory` (for a CUDA device only) puts the batches in pinned memory."""
 
     def __init__(self, dataset: VideoWatchingDataset, batch_size: int,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, pin_memory: bool = False) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
         self.epoch = 0
         self.batches = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.dataset.set_epoch(self.epoch)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                            collate_fn=collate_video_watching)
+                            collate_fn=collate_video_watching, pin_memory=self.pin_memory)
         skip = self.batches
         produced = 0
         for batch in loader:
@@ -163,5 +165,5 @@ class VideoWatchingLoader:
 
 
 def video_watching_loader(dataset: VideoWatchingDataset, batch_size: int,
-                          num_workers: int = 0) -> VideoWatchingLoader:
-    return VideoWatchingLoader(dataset, batch_size, num_workers)
+                          num_workers: int = 0, pin_memory: bool = False) -> VideoWatchingLoader:
+    return VideoWatchingLoader(dataset, batch_size, num_workers, pin_memory)
