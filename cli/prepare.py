@@ -33,6 +33,7 @@ from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
 from cli.options import Json
 from pipeline.config import DECODERS, PrepareConfig
 from pipeline.errors import ConfigError
+from pipeline.outcome import FAILED, SKIPPED, VideoOutcome
 from pipeline.plan import Part
 from pipeline.prepare import (
     FolderArgumentError,
@@ -45,7 +46,6 @@ from pipeline.prepare import (
     prepare,
 )
 from pipeline.split import EVAL
-from pipeline.worker import FAILED, SKIPPED, VideoOutcome
 
 EXAMPLES = """
 [bold]Examples[/]

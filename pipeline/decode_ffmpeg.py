@@ -1,6 +1,6 @@
 """FFmpeg CLI decode backend: two ffmpeg processes stream raw frames and samples into pipes.
 
-Same rules as `pipeline.decode` describes, obtained from ffmpeg's filters:
+Same rules as `pipeline.windows` describes, obtained from ffmpeg's filters:
 
 - ``-copyts`` plus ``setpts=PTS-(start)/TB`` puts time 0 at the container start for every file
   type (without it ffmpeg re-bases MPEG-TS inputs on the streams it uses, so video and audio
@@ -42,11 +42,11 @@ import ffmpeg
 import numpy as np
 
 from pipeline.config import PrepareConfig
-from pipeline.decode import END_TOLERANCE, DecodeStats, VideoInfo, Window, WindowAssembler
-from pipeline.decode_pyav import probe_pyav
 from pipeline.errors import DecodeError
 from pipeline.ffmpeg_bin import ffmpeg_binary, stderr_summary
 from pipeline.frames import SWS_INTERPOLATION, display_image, scaled_size
+from pipeline.probe_pyav import probe_pyav
+from pipeline.windows import END_TOLERANCE, DecodeStats, VideoInfo, Window, WindowAssembler
 
 AUDIO_CHUNK_SECONDS = 0.5
 _COUNT_BYTES = 1  # one 1x1 gray pixel per grid slot in the counting branch

@@ -41,10 +41,10 @@ from typing import Any
 
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.errors import ConfigError
+from pipeline.outcome import FAILED, PREPARED, SKIPPED, VideoOutcome
 from pipeline.outdir import MANIFEST_NAME, Fingerprint, OutputDir, UnitStats, write_json_atomic
 from pipeline.shards import ShardInfo, listed_shard_path
 from pipeline.split import EVAL, SPLITS, TRAIN, Split, parse_split
-from pipeline.worker import FAILED, PREPARED, SKIPPED, VideoOutcome
 
 
 @dataclass(frozen=True)

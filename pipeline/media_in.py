@@ -34,30 +34,25 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.audio import log_mel
 from pipeline.config import PrepareConfig
-from pipeline.decode import (
+from pipeline.decode import iter_windows, probe
+from pipeline.decode_pyav import MonoResampler, scale_to_rgb
+from pipeline.discover import VIDEO_EXTENSIONS, VideoSource, video_id
+from pipeline.errors import DecodeError, MediaError
+from pipeline.frames import display_image, scaled_size
+from pipeline.loader import Batch, collate, sample_tensors
+from pipeline.probe_pyav import open_container, origin
+from pipeline.pyav_packets import decoded_frames
+from pipeline.sample import sample_fields, video_context
+from pipeline.tokenizer import TokenizerFn, byte_tokenizer
+from pipeline.transcripts import read_text_file
+from pipeline.windows import (
     AUDIO_HARD_COMPENSATION_S,
     END_TOLERANCE,
     AudioBuffer,
     DecodeStats,
     Window,
     grid_frames_within,
-    iter_windows,
-    probe,
 )
-from pipeline.decode_pyav import (
-    MonoResampler,
-    decoded_frames,
-    open_container,
-    origin,
-    scale_to_rgb,
-)
-from pipeline.discover import VIDEO_EXTENSIONS, VideoSource, video_id
-from pipeline.errors import DecodeError, MediaError
-from pipeline.frames import display_image, scaled_size
-from pipeline.loader import Batch, collate, sample_tensors
-from pipeline.sample import sample_fields, video_context
-from pipeline.tokenizer import TokenizerFn, byte_tokenizer
-from pipeline.transcripts import read_text_file
 
 Modality = Literal["text", "audio", "image", "video"]
 MODALITY_EXTENSIONS: dict[Modality, frozenset[str]] = {
@@ -138,7 +133,7 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
     path = Path(path)
     index, start, notes = _grid_start(path, start, config)
     try:
-        info = probe(path, config)
+        info = probe(path)
     except DecodeError as err:
         raise MediaError(f"cannot read video {path}: {err}") from err
     # The user named this file: its sidecar is read wherever a link next to it leads.

@@ -36,10 +36,10 @@ from typing import Any
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.lock import LOCK_NAME
+from pipeline.outcome import VideoOutcome
 from pipeline.plan import Part, WorkUnit, unit_name
 from pipeline.shards import SHARD_DIR, TMP_SUFFIX, ShardInfo, listed_shard_path, unit_shard_paths
 from pipeline.split import TRAIN, parse_split
-from pipeline.worker import VideoOutcome
 
 STATS_DIR = "stats"
 TMP_DIR = "tmp"

@@ -25,8 +25,10 @@ Decisions:
 - No audio stream: the mel is `silent_log_mel`, `has_audio: false` in the sample json.
 - A malformed subtitle file is a warning on the video (`transcript_error` in the unit stats);
   the video is prepared without text (`transcript_source: "none"`).
-- Untimed `.txt` transcripts: words spread evenly over the container's duration
-  (`pipeline.transcripts.text_for_window`), `transcript_timed: false`.
+- Untimed `.txt` transcripts: words spread evenly over the picture's duration (the end of
+  its last video packet; the container's stated duration only when no packet is timed;
+  `pipeline.sample.video_context`, `pipeline.transcripts.text_for_window`),
+  `transcript_timed: false`.
 - Writing fails (disk full, quota, read-only): the unit being written is not committed, its
   temporary files are removed, and `prepare` raises `OutputError`; units committed before are
   kept, and rerunning the same command resumes.
@@ -62,20 +64,13 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.lock import FolderLock
 from pipeline.manifest import Totals, split_totals, utc_now, write_manifest
 from pipeline.members import CLIP_ENCODINGS, DEFAULT_CLIP_ENCODING
+from pipeline.outcome import FAILED, OutputError, VideoOutcome
 from pipeline.outdir import Fingerprint, OutputDir, UnitStats
 from pipeline.plan import Part, WorkUnit, plan_units, select_part, unit_name
 from pipeline.shards import PartFile, ShardInfo, write_unit_shards
 from pipeline.split import SPLITS, Split, split_of
-from pipeline.worker import (
-    FAILED,
-    OutputError,
-    RunningVideo,
-    VideoOutcome,
-    VideoRunner,
-    VideoTask,
-    fault_from_env,
-    start_forkserver,
-)
+from pipeline.video_job import VideoTask, fault_from_env
+from pipeline.worker import RunningVideo, VideoRunner, start_forkserver
 
 # How long the orchestrator sleeps between looks at its workers when nothing happens.
 POLL_INTERVAL_S = 0.25
@@ -119,7 +114,7 @@ class RunOptions:
     timeout_min_s: float = 60.0
     clip_encoding: str = DEFAULT_CLIP_ENCODING
     # Video decoder threads per worker; None: `decoder_threads(workers)`. With one, a worker
-    # also encodes on that thread (`pipeline.worker._InlineEncoder`), so it never uses an idle
+    # also encodes on that thread (`pipeline.video_job._InlineEncoder`), so it never uses an idle
     # core and a run's speed-up with workers is the scaling alone.
     threads: int | None = None
 

@@ -23,11 +23,12 @@ import numpy as np
 
 from pipeline.audio import log_mel, silent_log_mel
 from pipeline.config import PrepareConfig
-from pipeline.decode import VideoInfo, Window, video_end
+from pipeline.decode import video_end
 from pipeline.discover import VideoSource
 from pipeline.errors import PipelineError
 from pipeline.schema import DEFAULT_CLIP_ENCODING, SampleMeta, encode_sample
 from pipeline.transcripts import Transcript, WindowText, find_transcript, text_for_window
+from pipeline.windows import VideoInfo, Window
 
 NO_TRANSCRIPT = Transcript([], "none", timed=True)
 
@@ -59,9 +60,11 @@ class VideoContext:
     ) -> tuple[VideoContext, str | None]:
         """The context of a video, and a warning when its transcript had to be dropped.
 
-        An untimed transcript needs the video's duration before decoding starts (samples are
-        written as they are decoded); `duration_hint` is the container's. Without one the
-        transcript is dropped with a warning rather than the video failing.
+        An untimed transcript needs the duration to spread its words over before decoding
+        starts (samples are written as they are decoded): `duration_hint`, which
+        `video_context` makes the end of the picture (its last video packet), or the
+        container's stated duration when no packet is timed. Without one the transcript is
+        dropped with a warning rather than the video failing.
         """
         warning = None
         if not transcript.timed and not (duration_hint and duration_hint > 0):
@@ -91,7 +94,8 @@ def video_context(source: VideoSource, info: VideoInfo,
     a sidecar that a symlink leads out of it is not read unless `follow_symlinks`); one that
     cannot be read costs the text, never the video. Untimed words are spread over the picture
     itself (the end of the last video packet), not the container's duration, which covers
-    longer audio, Matroska start offsets, or nothing at all for streamed files.
+    longer audio, Matroska start offsets, or nothing at all for streamed files; that duration
+    is used only when no video packet is timed.
     """
     warnings: list[str] = []
     error = None

@@ -49,6 +49,7 @@ from pipeline.members import (  # re-exported: the names are part of the schema
     MEMBER_TEXT,
     SCHEMA_MEMBERS,
 )
+from pipeline.sample_format import expected_from_config, sample_format
 from pipeline.transcripts import TranscriptSource
 
 # H.264 settings of the mp4 clip encoding. At CRF 18 the codec adds ~1 grey level of mean
@@ -225,35 +226,18 @@ def clip_member(encoding: str) -> str:
     return CLIP_PREFIX + encoding
 
 
-def expected_from_config(config: PrepareConfig) -> dict[str, Any]:
-    """The per-sample values every sample of a shard set prepared with `config` must have."""
-    return {
-        "schema_version": SCHEMA_VERSION, "fps": config.fps, "frames": config.frames_per_clip,
-        "frame_size": config.frame_size, "image_size": config.image_size,
-        "sample_rate": config.sample_rate, "n_mels": config.n_mels,
-        "mel_frames": config.mel_frames, "hop_length": config.hop_length,
-    }
-
-
 def expected_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     """Like `expected_from_config`, from a sample's ``json`` (when no manifest is at hand)."""
-    parsed = SampleMeta.from_dict(meta)
-    return {
-        "schema_version": parsed.schema_version, "fps": parsed.fps, "frames": parsed.frames,
-        "frame_size": parsed.frame_size, "image_size": parsed.image_size,
-        "sample_rate": parsed.sample_rate, "n_mels": parsed.mel.n_mels,
-        "mel_frames": parsed.mel.frames, "hop_length": parsed.mel.hop_length,
-    }
+    return _meta_values(SampleMeta.from_dict(meta))
 
 
 def _meta_values(meta: SampleMeta) -> dict[str, Any]:
     """The values of `meta` under the names `expected_from_config` uses."""
-    return {
-        "schema_version": meta.schema_version, "fps": meta.fps, "frames": meta.frames,
-        "frame_size": meta.frame_size, "image_size": meta.image_size,
-        "sample_rate": meta.sample_rate, "n_mels": meta.mel.n_mels,
-        "mel_frames": meta.mel.frames, "hop_length": meta.mel.hop_length,
-    }
+    return sample_format(
+        schema_version=meta.schema_version, fps=meta.fps, frames=meta.frames,
+        frame_size=meta.frame_size, image_size=meta.image_size, sample_rate=meta.sample_rate,
+        n_mels=meta.mel.n_mels, mel_frames=meta.mel.frames, hop_length=meta.mel.hop_length,
+    )
 
 
 # --------------------------------------------------------------------------- encoding

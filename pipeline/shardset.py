@@ -28,7 +28,7 @@ from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError
 from pipeline.manifest import read_manifest
 from pipeline.outdir import MANIFEST_NAME
-from pipeline.schema import expected_from_config
+from pipeline.sample_format import expected_from_config
 from pipeline.shards import inside_shard_dir, shard_split
 from pipeline.split import EVAL, SPLITS, Split
 
@@ -54,7 +54,7 @@ def expand_urls(text: str) -> list[str]:
         return [url for pattern in text.split("::") for url in braceexpand(pattern)]
     except UnbalancedBracesError as err:
         raise ConfigError(f"{text!r} is not a shard pattern ({err}); write ranges as "
-                          f"shard-{{000000..000003}}.tar") from None
+                          f"unit-{{000000..000003}}-000000.tar") from None
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,10 @@ def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str
 
     Each item is a directory written by ``omni prepare`` (its ``manifest.json``, or
     ``shards/*.tar`` if it has none; either way only files that, links followed, lie in its
-    ``shards/``), a local tar path or brace pattern (``out/shards/shard-{000000..000003}.tar``),
-    or a URL webdataset's gopen can open (``pipe:...``, ``http(s)://...``), passed on
-    unchecked: the caller named it. Local shards must exist.
+    ``shards/``), a local tar path or brace pattern
+    (``out/shards/unit-{000000..000003}-000000.tar``), or a URL webdataset's gopen can open
+    (``pipe:...``, ``http(s)://...``), passed on unchecked: the caller named it. Local shards
+    must exist.
 
     `split` ("train" or "eval"; None: both) keeps only that split's shards of a directory, as
     its manifest records them (without a manifest, as their file names say:
@@ -118,7 +119,8 @@ def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str
                 found.append(url)
     if not found:
         raise ConfigError(f"no shards in {urls!r}; pass a folder written by omni prepare, a "
-                          f"tar file or a pattern like out/shards/shard-{{000000..000003}}.tar")
+                          f"tar file or a pattern like "
+                          f"out/shards/unit-{{000000..000003}}-000000.tar")
     return ShardSet(tuple(found), counts, expected, frozenset(streamed))
 
 

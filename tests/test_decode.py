@@ -35,18 +35,12 @@ from media import (
 )
 from PIL import Image
 
-from pipeline import decode_pyav
+from pipeline import probe_pyav, pyav_packets
 from pipeline.config import PrepareConfig
-from pipeline.decode import (
-    DecodeStats,
-    Window,
-    WindowAssembler,
-    iter_windows,
-    probe,
-    window_count,
-)
+from pipeline.decode import iter_windows, probe
 from pipeline.errors import DecodeError
 from pipeline.ffmpeg_bin import ffmpeg_binary, stderr_summary
+from pipeline.windows import DecodeStats, Window, WindowAssembler, window_count
 
 DECODERS = ["pyav", "ffmpeg"]
 CONFIG = PrepareConfig()
@@ -188,7 +182,7 @@ def test_frames_no_grid_time_shows_are_not_decoded(media_dir: Path, pattern: str
                        pattern=pattern)
     stats = DecodeStats()
     windows = decode(video.path, "pyav", stats)
-    monkeypatch.setattr(decode_pyav._FrameSkipper, "applies", staticmethod(lambda _: False))
+    monkeypatch.setattr(pyav_packets.FrameSkipper, "applies", staticmethod(lambda _: False))
     full_stats = DecodeStats()
     full = decode(video.path, "pyav", full_stats)
     assert full_stats.video_frames == len(video.frame_times)
@@ -218,7 +212,7 @@ def test_time_zero_is_the_container_start(media_dir: Path, decoder: str, counter
     assert 0.01 < offset < 0.1
     times = [offset + t for t in counter_video.frame_times]
     windows = decode(path, decoder)
-    assert probe(path, CONFIG).start_time > 1.0  # TS clocks do not start at zero
+    assert probe(path).start_time > 1.0  # TS clocks do not start at zero
     assert_frames_follow(windows, times)
     assert read_counter(windows[0].frames[1]) == 2  # t = 0.125: frame 2 (0.106), not 3 (0.148)
 
@@ -234,7 +228,7 @@ def test_raw_elementary_stream_is_timed_from_its_first_frame(media_dir: Path, de
     if not path.exists():
         ffmpeg_run("-i", str(counter_video.path), "-an", "-c:v", codec, "-q:v", "2", "-f", codec,
                    str(path))  # fmt: skip
-    assert probe(path, CONFIG).start_time == 0.0
+    assert probe(path).start_time == 0.0
     windows = decode(path, decoder)
     assert len(windows) == 3
     assert_frames_follow(windows, counter_video.frame_times)
@@ -252,7 +246,7 @@ def test_display_rotation_is_applied(media_dir: Path, decoder: str, rotation: in
         media_dir / f"rot{rotation}.mp4", duration=2.0, size=(64, 48), audio=None,
         rotation=rotation,
     ).path  # fmt: skip
-    info = probe(path, CONFIG)
+    info = probe(path)
     assert info.rotation == rotation
     assert (info.width, info.height) == ((48, 64) if rotation in (90, 270) else (64, 48))
     (window,) = decode(path, decoder)
@@ -281,7 +275,7 @@ def test_display_matrix_gives_ffmpegs_orientation(abcd: tuple[int, ...], rotatio
                                                   flip: bool) -> None:
     a, b, c, d = (value << 16 for value in abcd)  # 16.16 fixed point
     matrix = (a, b, 0, c, d, 0, 0, 0, 1 << 30)
-    assert decode_pyav.matrix_orientation(matrix) == (rotation, flip)
+    assert probe_pyav.matrix_orientation(matrix) == (rotation, flip)
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -303,7 +297,7 @@ def test_display_mirror_is_applied(media_dir: Path, decoder: str, options: list[
     path = media_dir / f"mirror{''.join(options)}.mov"
     if not path.exists():
         ffmpeg_run(*options, "-i", str(plain), "-c", "copy", str(path))
-    info = probe(path, CONFIG)
+    info = probe(path)
     assert (info.rotation, info.flip) == (rotation, True)
     (window,) = decode(path, decoder)
     (upright,) = decode(plain, decoder)
@@ -337,7 +331,7 @@ def test_audio_is_mono_16k_tone_at_the_right_time(
         media_dir / f"tone{channels}.mp4", duration=3.0, size=(32, 32), channels=channels,
         tone_hz=tone_hz, sample_rate=rate,
     ).path  # fmt: skip
-    info = probe(path, CONFIG)
+    info = probe(path)
     assert (info.has_audio, info.audio_channels, info.audio_rate) == (True, channels, rate)
     windows = decode(path, decoder)
     assert len(windows) == 2
@@ -357,7 +351,7 @@ def test_audio_is_mono_16k_tone_at_the_right_time(
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_video_without_audio_gets_silence(media_dir: Path, decoder: str) -> None:
     path = make_video(media_dir / "silent.mp4", duration=2.0, size=(32, 32), audio=None).path
-    assert probe(path, CONFIG).has_audio is False
+    assert probe(path).has_audio is False
     (window,) = decode(path, decoder)
     assert not window.audio.any()
 
@@ -385,7 +379,7 @@ def test_audio_that_ends_early_is_zero_padded(media_dir: Path, decoder: str) -> 
 def test_audio_only_file_has_no_video_stream(media_dir: Path, decoder: str) -> None:
     path = make_audio_only(media_dir / "only.m4a").path
     with pytest.raises(DecodeError, match="no video stream"):
-        probe(path, CONFIG)
+        probe(path)
     with pytest.raises(DecodeError, match="no video stream"):
         decode(path, decoder)
 
@@ -423,7 +417,7 @@ def test_a_file_that_ends_inside_its_header_says_so(media_dir: Path,
 
     monkeypatch.setattr(av, "open", ends_early)
     with pytest.raises(DecodeError) as raised:
-        probe(path, CONFIG)
+        probe(path)
     assert str(raised.value) == "not a readable media file (it ends inside its header: cut short?)"
 
 
@@ -622,7 +616,7 @@ def test_closing_the_ffmpeg_stream_early_kills_ffmpeg(long_videos: dict[int, Pat
 
 
 def test_probe_reports_the_header(counter_video) -> None:
-    info = probe(counter_video.path, CONFIG)
+    info = probe(counter_video.path)
     assert info.duration_hint == pytest.approx(4.0, abs=0.05)
     assert info.fps_hint == pytest.approx(24.0)
     assert (info.width, info.height, info.rotation) == (160, 120, 0)

@@ -38,10 +38,10 @@ from pipeline.inspect import (
     verify,
 )
 from pipeline.manifest import write_manifest
+from pipeline.outcome import FAILED, PREPARED, VideoOutcome
 from pipeline.outdir import Fingerprint, OutputDir, UnitStats
 from pipeline.schema import MAX_TEXT_BYTES, SampleMeta, encode_clip, encode_sample
 from pipeline.shards import ShardInfo, shard_name
-from pipeline.worker import FAILED, PREPARED, VideoOutcome
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200"}

@@ -32,13 +32,14 @@ from media import (
 )
 
 from pipeline import prepare as prepare_module
-from pipeline import worker as worker_module
+from pipeline import video_job
 from pipeline.audio import silent_log_mel
 from pipeline.config import PrepareConfig
 from pipeline.decode import window_count
 from pipeline.discover import discover_videos
 from pipeline.errors import PipelineError
 from pipeline.ffmpeg_bin import ffmpeg_binary
+from pipeline.outcome import OutputError
 from pipeline.plan import Part, plan_units, select_part
 from pipeline.prepare import (
     ConfigMismatchError,
@@ -51,7 +52,7 @@ from pipeline.sample import VideoContext
 from pipeline.schema import decode_member
 from pipeline.shards import PartWriter, write_unit_shards
 from pipeline.transcripts import Cue, Transcript
-from pipeline.worker import FAULT_ENV, OutputError, VideoTask, prepare_video
+from pipeline.video_job import FAULT_ENV, VideoTask, prepare_video
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = PrepareConfig(videos_per_unit=4, samples_per_shard=5)
@@ -558,12 +559,12 @@ def test_a_one_thread_worker_writes_the_part_file_of_a_threaded_one(trio, tmp_pa
     # in a second thread. Same windows, same order: the same bytes.
     started = []
 
-    class CountedThread(worker_module._EncodeThread):
+    class CountedThread(video_job._EncodeThread):
         def __init__(self, *args) -> None:
             started.append(1)
             super().__init__(*args)
 
-    monkeypatch.setattr(worker_module, "_EncodeThread", CountedThread)
+    monkeypatch.setattr(video_job, "_EncodeThread", CountedThread)
     source = discover_videos(trio)[0]
     parts = {}
     for threads in (1, 3):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from media import make_video
 
-from pipeline import worker as worker_module
+from pipeline import video_job
 from pipeline.config import PrepareConfig
 from pipeline.discover import discover_videos
 from pipeline.errors import PipelineError
@@ -24,15 +24,8 @@ from pipeline.outdir import Fingerprint, OutputDir
 from pipeline.plan import Part
 from pipeline.prepare import FolderArgumentError, PrepareResult, RunOptions, prepare
 from pipeline.transcripts import MAX_CUES, MAX_WINDOW_TEXT_BYTES
-from pipeline.worker import (
-    FAULT_ENV,
-    MAX_STATED_S,
-    MIN_BYTES_PER_SECOND,
-    VideoRunner,
-    VideoTask,
-    prepare_video,
-    time_limit,
-)
+from pipeline.video_job import FAULT_ENV, VideoTask, prepare_video
+from pipeline.worker import MAX_STATED_S, MIN_BYTES_PER_SECOND, VideoRunner, time_limit
 
 CONFIG = PrepareConfig(videos_per_unit=4, samples_per_shard=50)
 SMALL = (64, 48)
@@ -235,7 +228,7 @@ def test_a_hung_worker_is_not_kept_for_a_patched_duration(tmp_path, monkeypatch)
     patch_mkv_duration(folder / "claims_ten_hours.mkv", 36_000.0)
     (source,) = discover_videos(folder)
     monkeypatch.setenv(FAULT_ENV, "hang:claims_ten_hours")
-    task = VideoTask(source, tmp_path / "part.tar", CONFIG, fault=worker_module.fault_from_env())
+    task = VideoTask(source, tmp_path / "part.tar", CONFIG, fault=video_job.fault_from_env())
     finished = []
     with VideoRunner(1, timeout_factor=1.0, timeout_min_s=2.0) as runner:
         runner.start(task)

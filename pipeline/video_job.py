@@ -1,0 +1,375 @@
+"""One video's job in `omni prepare`: probe it, read its transcript, decode its windows and
+write every sample to its part file, then say what happened (`prepare_video`). It runs inside
+a worker process (`pipeline.worker`, which owns the processes, time limits and kills), or
+directly in tests.
+
+**Samples never cross a pipe.** The job writes its video's samples itself, to a part file
+(`pipeline.shards.PartWriter`); the parent later copies byte ranges of finished part files into
+shards. Samples (~70 KB each with mp4 clips at the defaults, ~660 KB with raw npy) would
+otherwise be pickled, piped and unpickled once more each; with files, memory stays bounded by a
+few windows per worker whatever the video's length, the parent stays idle while workers
+decode, and a crashed video leaves only a part file to delete. The pipe carries a few small
+messages: the probed duration, throttled progress, and the outcome. Inside a worker whose
+decoder has several threads, a second thread encodes and writes samples while the main thread
+decodes (`_EncodeThread`); a worker with one decoder thread (a worker per CPU) does everything
+on that one thread (`_InlineEncoder`): no core is idle for a second thread to use.
+
+**Test-only fault injection.** `OMNI_TEST_FAULT="crash:<s>,hang:<s>,raise:<s>"` makes the job
+of every video whose path contains ``<s>`` kill its process with SIGSEGV, sleep forever, or
+raise, right after probing. It exists so tests can prove the isolation with real crashes and
+hangs; the parent reads it when it builds tasks (`fault_from_env`) and passes it to the job.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.config import PrepareConfig
+from pipeline.discover import VideoSource
+from pipeline.errors import DecodeError, PipelineError
+from pipeline.members import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
+from pipeline.outcome import FAILED, PREPARED, SKIPPED, OutputError, VideoOutcome
+from pipeline.shards import PartFile, PartWriter
+from pipeline.split import TRAIN, Split
+
+# PyAV, numpy, PIL and the modules built on them (`pipeline.decode`, `pipeline.sample`, the
+# schema's encoders, the transcript parsers) are imported by the functions that use them, when
+# they run: the parent of `omni prepare`, which imports this module for `VideoTask`, starts
+# without them (~0.5 s less); the forkserver preloads them (`pipeline.worker`), so the workers
+# forked from it find them loaded. Neither side imports torch (seconds of start-up):
+# tests/test_torch_free.py checks both.
+if TYPE_CHECKING:
+    from pipeline.sample import VideoContext
+    from pipeline.windows import DecodeStats, Window
+
+FAULT_ENV = "OMNI_TEST_FAULT"
+FAULT_KINDS = ("crash", "hang", "raise")
+# Progress messages per worker are throttled to this interval.
+PROGRESS_INTERVAL_S = 0.25
+
+# A video whose picture ends this much (seconds, and fraction of the stated duration) before
+# the duration its container states gets a warning (`_short_of_stated`).
+SHORT_OF_STATED_S = 1.0
+SHORT_OF_STATED_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One video to prepare into the part file `part_path`."""
+
+    source: VideoSource
+    part_path: Path
+    config: PrepareConfig
+    clip_encoding: str = DEFAULT_CLIP_ENCODING
+    fault: str | None = None  # test-only: see the module docstring
+    # Video decoder threads, 0: the decoder's choice; 1 also encodes in line (one thread in
+    # all). Never changes the samples.
+    threads: int = 0
+    split: Split = TRAIN  # decided by the parent (`pipeline.split`), recorded in the outcome
+
+
+def fault_from_env() -> str | None:
+    """The test-only fault specification, validated, or None when the variable is unset."""
+    spec = os.environ.get(FAULT_ENV) or None
+    if spec is not None:
+        for item in spec.split(","):
+            kind, _, needle = item.partition(":")
+            if kind not in FAULT_KINDS or not needle:
+                raise PipelineError(f"{FAULT_ENV} must be comma-separated KIND:SUBSTRING with "
+                                    f"KIND in {', '.join(FAULT_KINDS)}; got {item!r}")
+    return spec
+
+
+def _inject_fault(spec: str | None, path: Path) -> None:
+    for item in (spec or "").split(","):
+        kind, _, needle = item.partition(":")
+        if not needle or needle not in str(path):
+            continue
+        if kind == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif kind == "hang":
+            while True:
+                time.sleep(3600)
+        elif kind == "raise":
+            raise RuntimeError(f"fault injected by {FAULT_ENV}")
+
+
+def _audio_only(path: Path) -> bool:
+    """Whether the file opens and has audio but no real video stream (cover art aside)."""
+    import av
+
+    attached_pic = int(av.stream.Disposition.attached_pic)
+    try:
+        with av.open(str(path)) as container:
+            videos = [s for s in container.streams.video
+                      if not int(s.disposition) & attached_pic]
+            return bool(container.streams.audio) and not videos
+    except (av.FFmpegError, OSError):
+        return False
+
+
+class _Writer:
+    """`PartWriter` whose filesystem errors become `OutputError` (the run must stop)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last_end = 0.0
+        self.with_text = 0  # samples whose transcript text is not empty
+        self.text_cut = 0  # samples whose text was cut to MAX_WINDOW_TEXT_BYTES
+        try:
+            self._writer = PartWriter(path)
+        except OSError as err:
+            raise OutputError(f"cannot create {path}: {err.strerror or err}") from err
+
+    @property
+    def samples(self) -> int:
+        return self._writer.part.samples
+
+    def write(self, sample: dict[str, str | bytes], end: float, text_cut: bool = False) -> None:
+        """Append a sample; `end` is its window's end, the footage covered so far."""
+        try:
+            self._writer.write(sample)
+        except OSError as err:
+            raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
+        self.last_end = end
+        self.with_text += bool(sample.get(MEMBER_TEXT))
+        self.text_cut += text_cut
+
+    def close(self) -> PartFile:
+        try:
+            return self._writer.close()
+        except OSError as err:
+            raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
+
+    def discard(self) -> None:
+        try:
+            self._writer.close()
+        except OSError:
+            pass
+        self.path.unlink(missing_ok=True)
+
+
+class _EncodeThread:
+    """Assembles and writes samples in a second thread while the main thread decodes.
+
+    Encoding a window (x264 for the clip, JPEG, the mel's STFT, the tar write) runs in C code
+    that releases the GIL, so it overlaps decoding instead of adding to it: measured on a
+    720p30 H.264 file, encoding in line added ~25% to the decode time, in a thread ~5%. The
+    queue holds at most `QUEUE_WINDOWS`, so memory stays bounded by a few windows. An error
+    in the thread stops the work and is raised in the main thread by `put` or `raise_error`.
+    """
+
+    QUEUE_WINDOWS = 2
+
+    def __init__(self, writer: _Writer, context: VideoContext, config: PrepareConfig) -> None:
+        self._writer = writer
+        self._context = context
+        self._config = config
+        self._queue: queue.Queue[Window | None] = queue.Queue(maxsize=self.QUEUE_WINDOWS)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="omni-encode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from pipeline.sample import encode_fields, sample_fields
+
+        while (window := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so that `put` never blocks forever
+            try:
+                fields = sample_fields(window, self._context, self._config)
+                sample = encode_fields(fields, self._config, self._context.clip_encoding)
+                self._writer.write(sample, window.end, fields.text_cut)
+            except BaseException as err:
+                self._error = err
+
+    def put(self, window: Window) -> None:
+        self.raise_error()
+        self._queue.put(window)
+
+    def stop(self) -> None:
+        """Let the queued windows be written, then end the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class _InlineEncoder:
+    """`_EncodeThread`'s interface on the calling thread: each window is encoded and written
+    as it is put. For a worker with one decoder thread, so that the worker is one thread in
+    all: with a worker per CPU, a second thread per worker only adds hand-overs (and a lone
+    single-threaded worker then measures the per-worker work, which workers scale)."""
+
+    def __init__(self, writer: _Writer, context: VideoContext, config: PrepareConfig) -> None:
+        from pipeline.sample import encode_fields, sample_fields
+
+        self._encode_fields, self._sample_fields = encode_fields, sample_fields
+        self._writer = writer
+        self._context = context
+        self._config = config
+
+    def put(self, window: Window) -> None:
+        fields = self._sample_fields(window, self._context, self._config)
+        sample = self._encode_fields(fields, self._config, self._context.clip_encoding)
+        self._writer.write(sample, window.end, fields.text_cut)
+
+    def stop(self) -> None:
+        """Nothing is queued."""
+
+    def raise_error(self) -> None:
+        """Errors were raised by `put` itself."""
+
+
+def _decode_and_write(task: VideoTask, context: VideoContext, stats: DecodeStats,
+                      writer: _Writer, send: Callable[[tuple[Any, ...]], None]
+                      ) -> DecodeError | None:
+    """Decode every window into `writer`; return the DecodeError that ended decoding early,
+    if any (the windows before it are written). Other errors propagate."""
+    encoder = (_InlineEncoder if task.threads == 1 else _EncodeThread)(
+        writer, context, task.config)
+    from pipeline.decode import iter_windows
+
+    decode_error = None
+    last_sent = time.monotonic()
+    try:
+        for window in iter_windows(task.source.path, task.config, stats, task.threads):
+            encoder.put(window)
+            if time.monotonic() - last_sent >= PROGRESS_INTERVAL_S:
+                send(("progress", writer.samples, writer.last_end))
+                last_sent = time.monotonic()
+    except DecodeError as err:
+        decode_error = err
+    finally:
+        encoder.stop()
+    encoder.raise_error()  # a failed write or sample outranks a decoder complaint
+    return decode_error
+
+
+def prepare_video(task: VideoTask, send: Callable[[tuple[Any, ...]], None]) -> VideoOutcome:
+    """Probe, read the transcript, decode and write every sample of one video.
+
+    Runs inside a worker process (or directly, in tests). `send` receives ("probe",
+    duration_hint) once and ("progress", clips, decoded_seconds) now and then. Any exception
+    makes the video fail with reason "<ExceptionType>: <message>" and removes its part file;
+    only `OutputError` (the part file cannot be written) propagates.
+    """
+    started = time.perf_counter()
+    outcome = VideoOutcome(task.source.rel_path, task.source.video_id, split=task.split)
+    try:
+        _prepare(task, send, outcome)
+    except OutputError:
+        task.part_path.unlink(missing_ok=True)
+        raise
+    except Exception as err:
+        task.part_path.unlink(missing_ok=True)
+        outcome.status, outcome.part = FAILED, None
+        outcome.reason = f"{type(err).__name__}: {err}"
+    outcome.wall_seconds = time.perf_counter() - started
+    return outcome
+
+
+def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
+             outcome: VideoOutcome) -> None:
+    from pipeline.decode import probe
+    from pipeline.sample import video_context
+    from pipeline.transcripts import MAX_WINDOW_TEXT_BYTES
+    from pipeline.windows import DecodeStats
+
+    source, config = task.source, task.config
+    if source.refused is not None:
+        outcome.status, outcome.reason = SKIPPED, source.refused
+        return
+    try:
+        info = probe(source.path)
+    except DecodeError as err:
+        if _audio_only(source.path):
+            outcome.status, outcome.reason = SKIPPED, "no video stream (audio only)"
+        else:
+            outcome.reason = str(err)
+        return
+    send(("probe", info.duration_hint))
+    outcome.has_audio, outcome.rotation, outcome.flip = info.has_audio, info.rotation, info.flip
+    probed = video_context(source, info, task.clip_encoding,
+                           follow_symlinks=config.follow_symlinks)
+    context = probed.context
+    outcome.warnings.extend(probed.warnings)
+    outcome.transcript_error = probed.transcript_error
+    outcome.transcript_source = context.transcript.source
+    outcome.transcript_timed = context.transcript.timed
+    _inject_fault(task.fault, source.path)
+
+    stats = DecodeStats()
+    writer = _Writer(task.part_path)
+    try:
+        decode_error = _decode_and_write(task, context, stats, writer, send)
+        outcome.clips = writer.samples
+        outcome.clips_with_text = writer.with_text
+        if writer.text_cut:
+            outcome.warnings.append(
+                f"transcript: the text of {writer.text_cut} clip(s) was cut to "
+                f"{MAX_WINDOW_TEXT_BYTES} bytes (a clip's text may not be longer)")
+        if decode_error is not None:
+            if outcome.clips == 0:
+                outcome.reason = str(decode_error)
+                writer.discard()
+                return
+            # The windows before the error are complete and correct: keep them, say why.
+            outcome.warnings.append(f"decoding stopped early: {decode_error}")
+        outcome.footage_seconds = (stats.duration if stats.duration is not None
+                                   else writer.last_end)
+        outcome.packets_skipped = stats.packets_skipped
+        short = _short_of_stated(outcome.footage_seconds, info.duration_hint, info.start_time)
+        if outcome.clips == 0:
+            writer.discard()
+            if stats.first_error:
+                outcome.reason = (f"no complete clip before the decoder gave up "
+                                  f"({outcome.footage_seconds:.2f} s decoded): "
+                                  f"{stats.first_error}")
+            elif short:  # a long video cut short is broken, not short
+                outcome.reason = f"no complete clip: {short}"
+            else:
+                outcome.status = SKIPPED
+                outcome.reason = (f"shorter than one clip ({outcome.footage_seconds:.2f} s < "
+                                  f"{config.clip_duration:g} s)")
+            return
+        outcome.part = writer.close()
+    except BaseException:
+        writer.discard()
+        raise
+    outcome.status = PREPARED
+    if short and not stats.first_error and decode_error is None:
+        outcome.warnings.append(short)
+    if stats.first_error:
+        count = stats.packets_skipped
+        skipped = f" ({count} corrupt packet{'s' * (count != 1)} skipped)" if count else ""
+        outcome.warnings.append(f"decoder: {stats.first_error}{skipped}")
+
+
+def _short_of_stated(decoded: float, stated: float | None, start: float) -> str | None:
+    """A warning when the picture ends well before the duration the container states.
+
+    Some demuxers (Matroska) reach the end of a cut-short file without an error, so this is
+    the only sign of a truncated file; it also flags audio that runs on long after the picture.
+    Matroska states its end time rather than its span when the file starts at `start` > 0, so
+    the picture counts as complete if it fills either reading of the stated duration.
+    """
+    if stated is None:
+        return None
+    shortfall = stated - decoded
+    if start > 0:
+        shortfall = min(shortfall, stated - start - decoded)
+    if shortfall <= max(SHORT_OF_STATED_S, SHORT_OF_STATED_FRACTION * stated):
+        return None
+    return (f"the picture ends at {decoded:.2f} s of the {stated:.2f} s the container states "
+            f"(file cut short, or audio outlasting the picture)")
