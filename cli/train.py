@@ -1,4 +1,5 @@
-"""`omni train`: build the model and a data source, then run the trainer with live progress.
+"""`omni train`: parse the options, build the run with `omnilatent.training.run` (data, model,
+trainer, evaluator, resume) and show it: live progress, then a summary.
 
 The options live here; torch-backed modules are imported when the command runs (see
 `cli/train_display.py`), so `omni --help` lists every command without loading torch.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import signal
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, get_args
 
@@ -17,16 +18,13 @@ import typer
 from cli.console import console
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, SaveDir, Seed, Workers
+from omnilatent.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Iterator
 
-    from torch import Tensor
-
-    from omnilatent.inference.text import TextCodec
-    from omnilatent.model import OmniLatentModel
-    from omnilatent.training.checkpoint import StateCheck
     from omnilatent.training.curriculum import Schedule
+    from omnilatent.training.run import ResumePlan, TrainRun, TrainRunOptions
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -69,38 +67,35 @@ def _in_panel(alias: Any, panel: str) -> Any:
     return Annotated[base, info]
 
 
-def _resolve_resume(resume: str, save_dir: Path, check: StateCheck) -> Path | None:
-    """The checkpoint to resume from (None: start at step 0); ``check`` is the trainer's test
-    of a checkpoint's state, so `auto` passes over (and names) those it could not restore."""
-    from omnilatent.errors import CheckpointError
-    from omnilatent.training.checkpoint import (
-        checkpoint_dir,
-        find_latest_checkpoint,
-        list_checkpoints,
-    )
-
-    if resume == "none":
-        existing = list_checkpoints(save_dir)
-        if existing:
-            raise CLIError(
-                f"{save_dir} already holds checkpoints (newest: {existing[0][1].name})",
-                hint="pass --resume auto to continue that run, or choose another --save-dir",
-                exit_code=EXIT_USAGE,
-            )
-        return None
-    if resume == "auto":
-        search = find_latest_checkpoint(save_dir, check=check)
-        for path, reason in search.skipped:
-            console.print(f"[yellow]skipping unusable checkpoint[/] {path.name}: {reason}")
-        if search.latest is None:
-            console.print(f"no complete checkpoint in {save_dir}: starting from step 0")
-        return search.latest
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """The library's UsageError (options that contradict each other or the save dir) exits
+    with the usage code, as a bad option does."""
     try:
-        return checkpoint_dir(Path(resume))
-    except CheckpointError as exc:
-        raise CLIError(f"--resume {resume}: {exc}",
-                       hint="use 'auto', 'none' or a path like SAVE_DIR/step-00000100",
-                       exit_code=EXIT_USAGE) from None
+        yield
+    except UsageError as exc:
+        raise CLIError(str(exc), hint=exc.hint, exit_code=EXIT_USAGE) from None
+
+
+def _show_run(run: TrainRun) -> None:
+    """What the run reads and where it evaluates and logs, before it starts."""
+    console.print(f"data: {run.source.description}", soft_wrap=True)
+    held = run.held_out
+    if held.missing is not None:
+        console.print(f"[yellow]{held.missing}[/]", soft_wrap=True)
+    elif held.shards is not None:
+        console.print(f"eval: up to {run.options.evaluation.samples} windows of {held.shards}"
+                      + ("" if held.split is None else f" ({held.split} split)"),
+                      soft_wrap=True)
+    console.print(f"tensorboard: tensorboard --logdir {run.options.save_dir}", soft_wrap=True)
+
+
+def _show_resume(plan: ResumePlan, options: TrainRunOptions) -> None:
+    """The checkpoints `--resume auto` passed over, and a fresh start when it found none."""
+    for path, reason in plan.skipped:
+        console.print(f"[yellow]skipping unusable checkpoint[/] {path.name}: {reason}")
+    if options.resume == "auto" and plan.checkpoint is None:
+        console.print(f"no complete checkpoint in {options.save_dir}: starting from step 0")
 
 
 def _install_stop_handler() -> list[bool]:
@@ -128,32 +123,6 @@ def _schedule(phase_schedule: str | None, fracs: dict[str, float | None]) -> Sch
     if given:
         return default_schedule(given)
     return None if phase_schedule is None else parse_schedule(phase_schedule)
-
-
-def _evaluator(shards: str | None, explicit: bool, eval_every: int | None, samples: int,
-               batch_size: int, codec: TextCodec, max_text_len: int,
-               model: OmniLatentModel, on_samples: Callable[[dict[str, Tensor]], None]
-               ) -> Callable[[OmniLatentModel], dict] | None:
-    """The held-out evaluation of a run, or None (with a note) when there is no held-out
-    data: `--eval-shards` as given (all its shards), else the eval split of `--shards`.
-    ``on_samples`` receives a few predictions of each evaluation."""
-    from omnilatent.evaluation.evaluate import check_shards_fit, held_out_split, shard_evaluator
-
-    if eval_every == 0 or shards is None:
-        return None
-    split = None if explicit else held_out_split(shards)
-    if not explicit and split is None:
-        message = (f"{shards} has no eval split (prepare with --eval-fraction > 0, or pass "
-                   "--eval-shards): no evaluation during training")
-        if eval_every is not None:
-            raise CLIError(message, exit_code=EXIT_USAGE)
-        console.print(f"[yellow]{message}[/]", soft_wrap=True)
-        return None
-    check_shards_fit(shards, split, model)
-    console.print(f"eval: up to {samples} windows of {shards}"
-                  + ("" if split is None else f" ({split} split)"), soft_wrap=True)
-    return shard_evaluator(shards, codec, max_text_len, batch_size, samples, split,
-                           on_samples)
 
 
 def _frac(name: str) -> Any:
@@ -258,123 +227,54 @@ def train(
 
     def body() -> None:
         # checked before torch is imported (seconds): a usage error needs no model
-        chosen = [name for name, on in (("--synthetic", synthetic), ("--shards", shards),
-                                        ("--video-dir", video_dir)) if on]
+        sources = {"synthetic": synthetic, "shards": shards, "video-dir": video_dir}
+        chosen = [name for name, value in sources.items() if value]
         if len(chosen) != 1:
-            raise CLIError("choose exactly one data source" + (f" (got {', '.join(chosen)})"
-                                                               if chosen else ""),
-                           hint="pass --synthetic, --shards OUT_DIR or --video-dir VIDEOS",
-                           exit_code=EXIT_USAGE)
-        from cli.train_display import (
-            CompositeCallbacks,
-            RichCallbacks,
-            print_summary,
-            progress_bar,
+            raise CLIError("choose exactly one data source" + (
+                f" (got {', '.join('--' + name for name in chosen)})" if chosen else ""),
+                hint="pass --synthetic, --shards OUT_DIR or --video-dir VIDEOS",
+                exit_code=EXIT_USAGE)
+        from cli.train_display import RichCallbacks, print_summary, progress_bar
+        from omnilatent.training import TrainConfig
+        from omnilatent.training.run import (
+            DataOptions,
+            EvalOptions,
+            ModelOptions,
+            TrainRunOptions,
+            build_run,
+            run_training,
         )
-        from omnilatent import OmniLatentConfig, OmniLatentModel
-        from omnilatent.inference.card import CheckpointCard
-        from omnilatent.inference.text import codec_for
-        from omnilatent.training import (
-            SyntheticMultimodalDataset,
-            TrainConfig,
-            Trainer,
-            TrainerCallbacks,
-            build_dataloader,
-        )
-        from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer
-        from omnilatent.training.distributed import (
-            init_distributed,
-            rank_loader,
-            teardown_distributed,
-        )
-        from omnilatent.training.rng import seed_everything
-        from omnilatent.training.sources import model_sizes, shard_source, video_dir_source
-        from omnilatent.training.tensorboard import TensorBoardCallbacks
-        from omnilatent.training.trainer import resolve_device
-        from pipeline.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer, sentencepiece_tokenizer
 
-        schedule = _schedule(phase_schedule, {
-            "warmup": warmup_frac, "crossmodal": crossmodal_frac, "temporal": temporal_frac,
-            "grounding": grounding_frac, "joint": joint_frac})
-        tokenizer = (sentencepiece_tokenizer(tokenizer_path) if tokenizer_path
-                     else byte_tokenizer)
-        # The tokenizer's own vocabulary: a byte model needs 259 ids, not 32000 of which
-        # 31741 can never be a target (their logits only cost time and learning).
-        vocab = getattr(tokenizer, "vocab_size", BYTE_VOCAB_SIZE)
-        config = TrainConfig(steps=steps, lr=lr, grad_accum=grad_accum, amp=not no_amp,
-                             compile=compile_model, device=device, seed=seed,
-                             save_dir=save_dir, save_every=save_every, keep_last=keep_last,
-                             log_interval=log_interval, eval_every=eval_every)
-        context = init_distributed(device, fsdp)  # before the loaders: they split by rank
-        seed_everything(seed)
-        sizes: dict[str, int] = {}
-        # batches bound for the trainer's CUDA device wait in pinned memory: async copies
-        pin_memory = resolve_device(device).type == "cuda"
-        if shards is not None:
-            source = shard_source(shards, batch_size, seed=seed, workers=workers,
-                                  tokenizer=tokenizer, max_text_len=max_text_len,
-                                  pin_memory=pin_memory)
-        elif video_dir is not None:
-            source = video_dir_source(video_dir, batch_size, seed=seed, workers=workers,
-                                      tokenizer=tokenizer, max_text_len=max_text_len,
-                                      clip_duration=clip_duration, clip_stride=clip_stride,
-                                      pin_memory=pin_memory)
-        else:
-            source = None
-        if source is not None:
-            sizes = model_sizes(source.expected)
-            schedule = schedule or DEFAULT_SCHEDULE
-            console.print(f"data: {source.description}", soft_wrap=True)
-        model_config = OmniLatentConfig(hidden_dim=dim, num_layers=layers, num_heads=heads,
-                                        vocab_size=vocab, text_decoding=text_decoding,
-                                        gradient_checkpointing=grad_checkpointing, **sizes)
-        model = OmniLatentModel(model_config)
-        if source is None:
-            dataset = SyntheticMultimodalDataset(
-                model_config, length=max(1000, steps * batch_size * grad_accum), seed=seed)
-            loader = (rank_loader(dataset, batch_size, context, seed=seed, num_workers=workers)
-                      if context.enabled
-                      else build_dataloader(dataset, batch_size, seed=seed, num_workers=workers))
-            has_text = True
-        else:
-            loader, has_text = source.loader, source.corpus_has_text
-        card = CheckpointCard(
-            tokenizer="sentencepiece" if tokenizer_path else "byte", max_text_len=max_text_len,
-            data_config=None if source is None or source.prepare_config is None
-            else source.prepare_config.to_dict(),
-            tokenizer_source=tokenizer_path)
-        board = TensorBoardCallbacks(save_dir)
-        evaluator = _evaluator(eval_shards or shards, eval_shards is not None, eval_every,
-                               eval_samples, batch_size, codec_for(card), max_text_len, model,
-                               board.eval_samples)
+        source = chosen[0]
+        options = TrainRunOptions(
+            data=DataOptions(source, None if source == "synthetic" else str(sources[source]),
+                             batch_size=batch_size, workers=workers,
+                             tokenizer=tokenizer_path, max_text_len=max_text_len,
+                             clip_duration=clip_duration, clip_stride=clip_stride),
+            train=TrainConfig(steps=steps, lr=lr, grad_accum=grad_accum, amp=not no_amp,
+                              compile=compile_model, device=device, seed=seed,
+                              save_dir=save_dir, save_every=save_every, keep_last=keep_last,
+                              log_interval=log_interval, eval_every=eval_every),
+            model=ModelOptions(hidden_dim=dim, num_layers=layers, num_heads=heads,
+                               text_decoding=text_decoding,
+                               gradient_checkpointing=grad_checkpointing),
+            evaluation=EvalOptions(eval_shards, eval_samples),
+            schedule=_schedule(phase_schedule, {
+                "warmup": warmup_frac, "crossmodal": crossmodal_frac,
+                "temporal": temporal_frac, "grounding": grounding_frac,
+                "joint": joint_frac}),
+            resume=resume, fsdp=fsdp)
         progress = progress_bar()
-        callbacks = RichCallbacks(progress, steps, batch_size * grad_accum)
-        console.print(f"tensorboard: tensorboard --logdir {save_dir}", soft_wrap=True)
-        composite = (CompositeCallbacks(callbacks, board) if context.is_main  # rank 0 shows
-                     else TrainerCallbacks())
-        data_source = chosen[0].removeprefix("--")
-        if schedule is None:
-            trainer = Trainer(model, config, loader, composite, card, evaluator, data_source,
-                              context)
-        else:
-            trainer = CurriculumTrainer(model, config, loader, schedule=schedule,
-                                        corpus_has_text=has_text, callbacks=composite,
-                                        card=card, evaluator=evaluator, data_source=data_source,
-                                        distributed=context)
-        trainer.claim_save_dir()  # before the save dir is read: another run may be writing it
-        try:
-            checkpoint = _resolve_resume(resume, save_dir, trainer.check_state)
-            if checkpoint is not None:
-                trainer.resume(checkpoint)
-            stop = _install_stop_handler()
-            with progress if context.is_main else nullcontext():
-                result = trainer.train(should_stop=lambda: stop[0])
-        finally:
-            board.close()
-            trainer.release_save_dir()
-            teardown_distributed()
-        if context.is_main:
-            print_summary(callbacks.records, save_dir, result)
+        display = RichCallbacks(progress, steps, batch_size * grad_accum)
+        with _usage_errors():
+            run = build_run(options, display)
+        _show_run(run)
+        stop = _install_stop_handler()
+        with _usage_errors(), progress if run.context.is_main else nullcontext():
+            result = run_training(run, should_stop=lambda: stop[0],
+                                  on_resume=lambda plan: _show_resume(plan, options))
+        if run.context.is_main:  # rank 0 shows
+            print_summary(display.records, save_dir, result)
         if result.interrupted:
             raise typer.Exit(130)
 

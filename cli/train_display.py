@@ -105,37 +105,6 @@ class RichCallbacks(TrainerCallbacks):
         console.print(f"[yellow]{message}[/]", soft_wrap=True)
 
 
-class CompositeCallbacks(TrainerCallbacks):
-    """Passes every trainer callback on to each of ``parts`` in turn (display, TensorBoard)."""
-
-    def __init__(self, *parts: TrainerCallbacks) -> None:
-        self.parts = parts
-
-    def on_start(self, trainer: Trainer) -> None:
-        for part in self.parts:
-            part.on_start(trainer)
-
-    def on_step(self, step: int, total: int, task: str) -> None:
-        for part in self.parts:
-            part.on_step(step, total, task)
-
-    def on_log(self, record: dict[str, Any]) -> None:
-        for part in self.parts:
-            part.on_log(record)
-
-    def on_checkpoint(self, path: Path) -> None:
-        for part in self.parts:
-            part.on_checkpoint(path)
-
-    def on_eval(self, record: dict[str, Any]) -> None:
-        for part in self.parts:
-            part.on_eval(record)
-
-    def on_event(self, message: str) -> None:
-        for part in self.parts:
-            part.on_event(message)
-
-
 def data_line(counters: dict[str, int]) -> str:
     """The loader's counters: samples read and dropped, and any other loss that happened."""
     line = (f"data: {counters['samples']} samples, {counters['dropped']} dropped "

@@ -6,7 +6,10 @@ class PipelineError(Exception):
 
 
 class ConfigError(PipelineError, ValueError):
-    """A setting is out of range or inconsistent; the message names the field."""
+    """A setting is out of range or inconsistent; the message names the field.
+
+    `omnilatent.errors.ConfigError` subclasses it, so catching this one catches the model's
+    and trainer's bad settings too."""
 
 
 class DecodeError(PipelineError):

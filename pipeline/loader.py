@@ -62,7 +62,7 @@ from pipeline.schema import (
 )
 from pipeline.shardset import ShardSet, resolve_shards, split_member_name
 from pipeline.split import Split
-from pipeline.tokenizer import PAD_ID, TokenizerFn, byte_tokenizer
+from pipeline.tokenizer import TokenizerFn, byte_tokenizer, pad_texts
 
 Batch = dict[str, Any]
 
@@ -355,9 +355,9 @@ def batch_samples(src: Iterable[dict[str, Any]], batch_size: int) -> Iterator[Ba
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> Batch:
-    """Stack `sample_tensors` outputs; right-pad text with PAD_ID to the longest in the batch
-    (at least 1). A modality that any sample lacks is left out of the batch (and with text,
-    `has_text`), as `omnilatent.training.collate_multimodal` does."""
+    """Stack `sample_tensors` outputs; text right-padded by `pipeline.tokenizer.pad_texts`,
+    the one padding rule. A modality that any sample lacks is left out of the batch (and with
+    text, `has_text`), as `omnilatent.training.collate_multimodal` does."""
     def held(name: str) -> bool:
         return all(name in sample for sample in samples)
 
@@ -373,12 +373,9 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
         # (B, M, T_mel) float16
         batch["audio"] = torch.stack([sample["audio"] for sample in samples])
     if held("text"):
-        lengths = [int(sample["text"].shape[0]) for sample in samples]
-        text = torch.full((len(samples), max(1, *lengths)), PAD_ID, dtype=torch.long)  # (B, L)
-        for row, (sample, length) in enumerate(zip(samples, lengths, strict=True)):
-            text[row, :length] = sample["text"]
-        batch["text"] = text
-        batch["has_text"] = torch.tensor(lengths) > 0  # (B,)
+        texts = [sample["text"] for sample in samples]
+        batch["text"] = pad_texts(texts)  # (B, L)
+        batch["has_text"] = torch.tensor([int(text.shape[0]) for text in texts]) > 0  # (B,)
     batch["__key__"] = [sample["__key__"] for sample in samples]
     batch["meta"] = [sample["meta"] for sample in samples]
     return batch

@@ -14,7 +14,7 @@ character. Empty text gives an empty tensor, i.e. a batch row of padding only.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,17 @@ BOS_ID = 1
 EOS_ID = 2
 BYTE_OFFSET = 3  # byte b has id b + BYTE_OFFSET
 BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
+
+
+def pad_texts(texts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Token ids (L_i,) of each sample, right-padded with PAD_ID to the longest (at least 1,
+    so a batch of empty texts is one column of padding): (B, L) long. The one padding rule of
+    the shard loader, the video loader and `omnilatent.training.collate_multimodal`."""
+    lengths = [int(text.shape[0]) for text in texts]
+    batch = torch.full((len(texts), max([1, *lengths])), PAD_ID, dtype=torch.long)  # (B, L)
+    for row, (text, length) in enumerate(zip(texts, lengths, strict=True)):
+        batch[row, :length] = text
+    return batch
 
 
 def _check_max_len(max_len: int) -> None:

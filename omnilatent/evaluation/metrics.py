@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-PAD_ID = 0
+from pipeline.tokenizer import PAD_ID
 
 
 def correlation_distance(predictions: Tensor, candidates: Tensor) -> Tensor:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-PAD_ID = 0
+# The tokenizers' padding id, defined once where the ids are made: the loaders pad with it and
+# the text loss and the model skip it.
+from pipeline.tokenizer import PAD_ID
 
 
 def modality_loss(modality: str, output: Tensor, target: Tensor) -> Tensor:
-    """Scalar loss of ``output`` against ``target``; text ignores padding (id 0).
+    """Scalar loss of ``output`` against ``target``; text ignores padding (PAD_ID).
 
     Text is the summed cross-entropy over the real tokens divided by their count (at least 1):
     the mean over real tokens, and for a target that is all padding a zero that still depends

@@ -17,17 +17,24 @@ from torch.utils.data import DataLoader, Dataset
 
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import ConfigError
-from omnilatent.model.losses import PAD_ID
+from pipeline.tokenizer import pad_texts
 
 Batch = dict[str, Any]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's shuffle: each (seed, epoch) its own order, the same on
+    every run, so a resumed run reshuffles as the uninterrupted one did."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
 def collate_multimodal(samples: Sequence[dict[str, Any]]) -> Batch:
     """Stack per-sample dicts into a batch.
 
-    Tensors are stacked; ``text`` (L_i,) is right-padded with 0 to the longest in the batch;
-    every other value (metadata) is gathered into a list. Keys missing from any sample are
-    dropped, so a batch only claims modalities that all of its samples hold.
+    Tensors are stacked; ``text`` (L_i,) is right-padded to the longest in the batch by the
+    loaders' own rule (`pipeline.tokenizer.pad_texts`); every other value (metadata) is
+    gathered into a list. Keys missing from any sample are dropped, so a batch only claims
+    modalities that all of its samples hold.
     """
     if not samples:
         raise ConfigError("cannot collate an empty list of samples")
@@ -38,11 +45,7 @@ def collate_multimodal(samples: Sequence[dict[str, Any]]) -> Batch:
     for key in sorted(keys):
         values = [sample[key] for sample in samples]
         if key == "text":
-            length = max(1, max(int(v.shape[0]) for v in values))
-            text = torch.full((len(values), length), PAD_ID, dtype=torch.long)
-            for i, v in enumerate(values):
-                text[i, : v.shape[0]] = v
-            batch[key] = text  # (B, L)
+            batch[key] = pad_texts(values)  # (B, L)
         elif isinstance(values[0], Tensor):
             batch[key] = torch.stack(values)
         else:
@@ -90,8 +93,7 @@ class ResumableLoader:
         n = len(self.dataset)  # type: ignore[arg-type]
         if not self.shuffle:
             return list(range(n))
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(n, generator=generator).tolist()
+        return torch.randperm(n, generator=epoch_generator(self.seed, self.epoch)).tolist()
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._order()[self.batch * self.batch_size : len(self) * self.batch_size]

@@ -14,6 +14,8 @@ from typing import Any
 
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import ConfigError
+from omnilatent.training.data import SyntheticMultimodalDataset, build_dataloader
+from omnilatent.training.distributed import SINGLE, DistributedContext, rank_loader
 from pipeline.config import PrepareConfig
 from pipeline.loader import build_shard_loader
 from pipeline.manifest import read_manifest
@@ -55,7 +57,7 @@ class DataSource:
     """A loader plus what the trainer needs to know about the data behind it."""
 
     loader: Any
-    expected: dict[str, Any] | None  # sizes the data fixes (None: synthetic, model decides)
+    expected: dict[str, Any] | None  # sizes the data fixes (None: synthetic, the model's)
     corpus_has_text: bool | None  # None: unknown in advance
     description: str
     prepare_config: PrepareConfig | None = None  # how the data was prepared, for the card
@@ -100,3 +102,15 @@ def video_dir_source(video_dir: Path, batch_size: int, *, seed: int, workers: in
     return DataSource(loader, expected_from_config(prepare), dataset.corpus_has_text,
                       f"{len(dataset.videos)} video(s) from {video_dir}, decoded on the fly",
                       prepare)
+
+
+def synthetic_source(config: OmniLatentConfig, batch_size: int, *, length: int, seed: int,
+                     workers: int, context: DistributedContext = SINGLE) -> DataSource:
+    """Seeded synthetic samples in the sizes of the model ``config`` describes
+    (`SyntheticMultimodalDataset`); under torchrun each rank reads its share of every global
+    batch (`rank_loader`)."""
+    dataset = SyntheticMultimodalDataset(config, length=length, seed=seed)
+    loader = (rank_loader(dataset, batch_size, context, seed=seed, num_workers=workers)
+              if context.enabled
+              else build_dataloader(dataset, batch_size, seed=seed, num_workers=workers))
+    return DataSource(loader, None, True, f"{length} synthetic samples (seed {seed})")

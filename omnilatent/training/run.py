@@ -1,0 +1,393 @@
+"""The training application behind `omni train`, as a library: which data, which model, which
+trainer, which held-out data and which checkpoint to start from, all from one validated
+`TrainRunOptions`.
+
+`build_run(options, display)` builds a `TrainRun` in visible steps, each a function of its
+own so that a variant replaces one step and keeps the rest (a model loaded from a checkpoint
+instead of `build_model`, another trainer instead of `build_trainer`):
+
+    distributed set-up -> seeds -> tokenizer -> data source (shards or videos)
+    -> model (sized by the data) -> synthetic source (sized by the model) -> checkpoint card
+    -> held-out data and evaluator -> callbacks (display + TensorBoard) -> trainer
+
+`run_training(run)` claims the save dir, resumes as ``options.resume`` says, trains, and
+releases the save dir, the event files and the process group whatever happens. Nothing here
+prints: what a front end reports (the data, the held-out data or why there is none, the
+checkpoints passed over on resume) comes back as values, the rest through the trainer's
+callbacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from omnilatent.config import OmniLatentConfig
+from omnilatent.errors import CheckpointError, ConfigError, UsageError
+from omnilatent.evaluation.evaluate import check_shards_fit, held_out_split, shard_evaluator
+from omnilatent.inference.card import CheckpointCard
+from omnilatent.inference.text import codec_for
+from omnilatent.model import OmniLatentModel
+from omnilatent.training.checkpoint import (
+    StateCheck,
+    checkpoint_dir,
+    find_latest_checkpoint,
+    list_checkpoints,
+)
+from omnilatent.training.config import TrainConfig
+from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer, Schedule
+from omnilatent.training.distributed import (
+    DistributedContext,
+    init_distributed,
+    teardown_distributed,
+)
+from omnilatent.training.rng import seed_everything
+from omnilatent.training.sources import (
+    DataSource,
+    model_sizes,
+    shard_source,
+    synthetic_source,
+    video_dir_source,
+)
+from omnilatent.training.tensorboard import TensorBoardCallbacks
+from omnilatent.training.trainer import Trainer, TrainerCallbacks, TrainResult, resolve_device
+from pipeline.split import Split
+from pipeline.tokenizer import (
+    BYTE_VOCAB_SIZE,
+    TokenizerFn,
+    byte_tokenizer,
+    sentencepiece_tokenizer,
+)
+
+DATA_SOURCES = ("shards", "video-dir", "synthetic")
+SYNTHETIC_MIN_SAMPLES = 1000  # a synthetic set holds at least this many samples
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where batches come from: ``source`` is one of DATA_SOURCES and ``path`` what it reads,
+    a prepared folder (or its shards as a pattern) for `shards`, a folder of videos for
+    `video-dir`, nothing for `synthetic`. ``tokenizer``: a SentencePiece .model file (None:
+    byte-level ids). ``clip_duration`` and ``clip_stride`` (seconds) window `video-dir`."""
+
+    source: str
+    path: str | None = None
+    batch_size: int = 4
+    workers: int = 0
+    tokenizer: Path | None = None
+    max_text_len: int = 128
+    clip_duration: float = 2.0
+    clip_stride: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.source not in DATA_SOURCES:
+            raise ConfigError(f"data source must be one of {', '.join(DATA_SOURCES)}, "
+                              f"got {self.source!r}")
+        if self.source == "synthetic" and self.path is not None:
+            raise ConfigError(f"synthetic data reads no files, got path {self.path!r}")
+        if self.source != "synthetic" and not self.path:
+            raise ConfigError(f"data source {self.source!r} needs a path (the "
+                              + ("prepared folder or shard pattern" if self.source == "shards"
+                                 else "folder of videos") + ")")
+        for name in ("batch_size", "max_text_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model's own choices, named as in OmniLatentConfig (which validates them). What the
+    data fixes (frame, image and mel sizes) comes from the data, the vocabulary from the
+    tokenizer (`model_config`)."""
+
+    hidden_dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    text_decoding: str = "autoregressive"
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Held-out data: ``shards`` as given (all of them), or None for the eval split of the
+    training shards when they have one; ``samples`` windows per evaluation. How often is
+    ``TrainConfig.eval_every``."""
+
+    shards: str | None = None
+    samples: int = 256
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise ConfigError(f"eval samples must be a positive integer, got {self.samples!r}")
+
+
+@dataclass(frozen=True)
+class TrainRunOptions:
+    """Everything a training run is built from. ``schedule``: a curriculum (None: the default
+    curriculum on shards and videos, all 16 modality pairs in turn on synthetic data);
+    ``resume``: 'auto' (the newest usable checkpoint in the save dir), 'none' (refused when
+    the save dir holds checkpoints) or a checkpoint path; ``fsdp``: under torchrun, shard the
+    model instead of replicating it."""
+
+    data: DataOptions
+    train: TrainConfig
+    model: ModelOptions = field(default_factory=ModelOptions)
+    evaluation: EvalOptions = field(default_factory=EvalOptions)
+    schedule: Schedule | None = None
+    resume: str = "none"
+    fsdp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.train.save_dir is None:
+            raise ConfigError("train.save_dir must be set: a run writes its checkpoints, "
+                              "metrics and event files there")
+        if not self.resume:
+            raise ConfigError("resume must be 'auto', 'none' or a checkpoint path, got ''")
+
+    @property
+    def save_dir(self) -> Path:
+        assert self.train.save_dir is not None  # checked in __post_init__
+        return self.train.save_dir
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Where a run evaluates: ``shards`` and ``split`` (None: every shard), or nowhere
+    (``shards`` None); ``missing`` says why not when the training shards could have held
+    an eval split but do not."""
+
+    shards: str | None
+    split: Split | None = None
+    missing: str | None = None
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where a run starts: ``checkpoint`` (None: step 0), and the newer checkpoints that
+    `auto` passed over, with why."""
+
+    checkpoint: Path | None
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+
+@dataclass
+class TrainRun:
+    """A run ready to train, with what a front end reports before it starts."""
+
+    options: TrainRunOptions
+    trainer: Trainer
+    source: DataSource
+    held_out: HeldOut
+    board: TensorBoardCallbacks
+    context: DistributedContext
+
+
+class CompositeCallbacks(TrainerCallbacks):
+    """Passes every trainer callback on to each of ``parts`` in turn (display, TensorBoard)."""
+
+    def __init__(self, *parts: TrainerCallbacks) -> None:
+        self.parts = parts
+
+    def on_start(self, trainer: Trainer) -> None:
+        for part in self.parts:
+            part.on_start(trainer)
+
+    def on_step(self, step: int, total: int, task: str) -> None:
+        for part in self.parts:
+            part.on_step(step, total, task)
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        for part in self.parts:
+            part.on_log(record)
+
+    def on_checkpoint(self, path: Path) -> None:
+        for part in self.parts:
+            part.on_checkpoint(path)
+
+    def on_eval(self, record: dict[str, Any]) -> None:
+        for part in self.parts:
+            part.on_eval(record)
+
+    def on_event(self, message: str) -> None:
+        for part in self.parts:
+            part.on_event(message)
+
+
+def build_tokenizer(data: DataOptions) -> TokenizerFn:
+    """The SentencePiece model of ``data.tokenizer``, else byte-level ids."""
+    return sentencepiece_tokenizer(data.tokenizer) if data.tokenizer else byte_tokenizer
+
+
+def build_data(options: TrainRunOptions, tokenizer: TokenizerFn) -> DataSource | None:
+    """The shard or video source; None for synthetic data, which the model sizes instead
+    (`synthetic_source`, built once the model is)."""
+    data = options.data
+    # batches bound for the trainer's CUDA device wait in pinned memory: async copies
+    pin_memory = resolve_device(options.train.device).type == "cuda"
+    common: dict[str, Any] = {"seed": options.train.seed, "workers": data.workers,
+                              "tokenizer": tokenizer, "max_text_len": data.max_text_len,
+                              "pin_memory": pin_memory}
+    if data.source == "shards":
+        assert data.path is not None  # DataOptions checks it
+        return shard_source(data.path, data.batch_size, **common)
+    if data.source == "video-dir":
+        assert data.path is not None
+        return video_dir_source(Path(data.path), data.batch_size,
+                                clip_duration=data.clip_duration,
+                                clip_stride=data.clip_stride, **common)
+    return None
+
+
+def model_config(options: TrainRunOptions, source: DataSource | None,
+                 vocab_size: int) -> OmniLatentConfig:
+    """The model's shape from ``options.model``, the sizes the data fixes (none for synthetic
+    data) and the tokenizer's own vocabulary: a byte model needs 259 ids, not 32000 of which
+    31741 could never be a target (their logits would only cost time and learning)."""
+    sizes = {} if source is None or source.expected is None else model_sizes(source.expected)
+    chosen = options.model
+    return OmniLatentConfig(hidden_dim=chosen.hidden_dim, num_layers=chosen.num_layers,
+                            num_heads=chosen.num_heads, vocab_size=vocab_size,
+                            text_decoding=chosen.text_decoding,
+                            gradient_checkpointing=chosen.gradient_checkpointing, **sizes)
+
+
+def build_model(options: TrainRunOptions, source: DataSource | None,
+                tokenizer: TokenizerFn) -> OmniLatentModel:
+    """A freshly initialised model (from the global torch seed) for ``source``'s data."""
+    vocab_size = getattr(tokenizer, "vocab_size", BYTE_VOCAB_SIZE)
+    return OmniLatentModel(model_config(options, source, vocab_size))
+
+
+def build_card(options: TrainRunOptions, source: DataSource) -> CheckpointCard:
+    """What each checkpoint says about its tokenizer and data, for `omni eval`/`generate`."""
+    data = options.data
+    return CheckpointCard(
+        tokenizer="sentencepiece" if data.tokenizer else "byte",
+        max_text_len=data.max_text_len,
+        data_config=None if source.prepare_config is None else source.prepare_config.to_dict(),
+        tokenizer_source=data.tokenizer)
+
+
+def held_out(options: TrainRunOptions) -> HeldOut:
+    """The held-out data of a run: the evaluation shards as given, else the eval split of the
+    training shards. No evaluation with ``eval_every`` 0, without shards, or when the training
+    shards have no eval split; that last is a UsageError when ``eval_every`` was asked for."""
+    explicit = options.evaluation.shards is not None
+    shards = options.evaluation.shards if explicit else (
+        options.data.path if options.data.source == "shards" else None)
+    if options.train.eval_every == 0 or shards is None:
+        return HeldOut(None)
+    split = None if explicit else held_out_split(shards)
+    if not explicit and split is None:
+        message = (f"{shards} has no eval split (prepare with --eval-fraction > 0, or pass "
+                   "--eval-shards): no evaluation during training")
+        if options.train.eval_every is not None:
+            raise UsageError(message)
+        return HeldOut(None, missing=message)
+    return HeldOut(shards, split)
+
+
+def build_evaluator(options: TrainRunOptions, held: HeldOut, card: CheckpointCard,
+                    model: OmniLatentModel,
+                    on_samples: Callable[[dict[str, Tensor]], None] | None = None,
+                    ) -> Callable[[OmniLatentModel], dict[str, Any]] | None:
+    """The evaluation on ``held`` (None: no held-out data), refused up front when its sizes
+    do not fit ``model``; ``on_samples`` receives a few predictions of each evaluation."""
+    if held.shards is None:
+        return None
+    check_shards_fit(held.shards, held.split, model)
+    return shard_evaluator(held.shards, codec_for(card), options.data.max_text_len,
+                           options.data.batch_size, options.evaluation.samples, held.split,
+                           on_samples)
+
+
+def build_trainer(options: TrainRunOptions, model: OmniLatentModel, source: DataSource,
+                  callbacks: TrainerCallbacks, card: CheckpointCard,
+                  evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None,
+                  context: DistributedContext) -> Trainer:
+    """The curriculum trainer on shards and videos (or whenever a schedule is given), the
+    plain trainer, all 16 modality pairs in turn, on synthetic data without one."""
+    schedule = options.schedule or (None if options.data.source == "synthetic"
+                                    else DEFAULT_SCHEDULE)
+    if schedule is None:
+        return Trainer(model, options.train, source.loader, callbacks, card, evaluator,
+                       options.data.source, context)
+    return CurriculumTrainer(model, options.train, source.loader, schedule=schedule,
+                             corpus_has_text=source.corpus_has_text, callbacks=callbacks,
+                             card=card, evaluator=evaluator, data_source=options.data.source,
+                             distributed=context)
+
+
+def build_run(options: TrainRunOptions, display: TrainerCallbacks | None = None) -> TrainRun:
+    """Build every part of a run (see the module docstring for the order; the random state
+    each part draws from follows it, so keep it). ``display`` receives the trainer's
+    callbacks beside the TensorBoard writer, on the main process only."""
+    context = init_distributed(options.train.device, options.fsdp)  # before the loaders
+    seed_everything(options.train.seed)
+    tokenizer = build_tokenizer(options.data)
+    source = build_data(options, tokenizer)
+    model = build_model(options, source, tokenizer)
+    if source is None:
+        train, data = options.train, options.data
+        length = max(SYNTHETIC_MIN_SAMPLES, train.steps * data.batch_size * train.grad_accum)
+        source = synthetic_source(model.config, data.batch_size, length=length,
+                                  seed=train.seed, workers=data.workers, context=context)
+    card = build_card(options, source)
+    board = TensorBoardCallbacks(options.save_dir)
+    held = held_out(options)
+    evaluator = build_evaluator(options, held, card, model, board.eval_samples)
+    parts = (board,) if display is None else (display, board)
+    callbacks = CompositeCallbacks(*parts) if context.is_main else TrainerCallbacks()
+    trainer = build_trainer(options, model, source, callbacks, card, evaluator, context)
+    return TrainRun(options, trainer, source, held, board, context)
+
+
+def resolve_resume(resume: str, save_dir: Path, check: StateCheck) -> ResumePlan:
+    """The checkpoint ``resume`` names: 'none' starts at step 0 (a UsageError when
+    ``save_dir`` already holds checkpoints: they would be overwritten or mixed), 'auto' the
+    newest one ``check`` (the trainer's test of a checkpoint's state) accepts, passing over
+    and naming the newer ones it refuses; else a checkpoint folder or a file in one."""
+    if resume == "none":
+        existing = list_checkpoints(save_dir)
+        if existing:
+            raise UsageError(
+                f"{save_dir} already holds checkpoints (newest: {existing[0][1].name})",
+                hint="pass --resume auto to continue that run, or choose another --save-dir")
+        return ResumePlan(None)
+    if resume == "auto":
+        search = find_latest_checkpoint(save_dir, check=check)
+        return ResumePlan(search.latest, tuple(search.skipped))
+    try:
+        return ResumePlan(checkpoint_dir(Path(resume)))
+    except CheckpointError as exc:
+        raise UsageError(f"--resume {resume}: {exc}",
+                         hint="use 'auto', 'none' or a path like SAVE_DIR/step-00000100"
+                         ) from None
+
+
+def run_training(run: TrainRun, should_stop: Callable[[], bool] = lambda: False,
+                 on_resume: Callable[[ResumePlan], None] | None = None) -> TrainResult:
+    """Claim the save dir (FolderInUseError, naming the holder, when another run writes it),
+    resume as the options say, and train until the last step or until ``should_stop``
+    answers True (the step finishes and is checkpointed). ``on_resume`` sees where the run
+    starts before anything is loaded."""
+    trainer = run.trainer
+    trainer.claim_save_dir()  # before the save dir is read: another run may be writing it
+    try:
+        plan = resolve_resume(run.options.resume, run.options.save_dir, trainer.check_state)
+        if on_resume is not None:
+            on_resume(plan)
+        if plan.checkpoint is not None:
+            trainer.resume(plan.checkpoint)
+        return trainer.train(should_stop=should_stop)
+    finally:
+        run.board.close()
+        trainer.release_save_dir()
+        teardown_distributed()

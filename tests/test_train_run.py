@@ -1,0 +1,126 @@
+"""The training application as a library (`omnilatent.training.run`), driven without the CLI:
+options that name what is wrong, a model sized by a prepared folder's manifest, the trainer
+each data source gets, and where a run resumes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from media import make_video
+
+from omnilatent.errors import ConfigError, UsageError
+from omnilatent.training import TrainConfig
+from omnilatent.training.curriculum import CurriculumTrainer
+from omnilatent.training.run import (
+    DataOptions,
+    ModelOptions,
+    ResumePlan,
+    TrainRunOptions,
+    build_run,
+    run_training,
+)
+from pipeline.config import PrepareConfig
+from pipeline.lock import FolderLock
+from pipeline.prepare import RunOptions, prepare
+from pipeline.schema import expected_from_config
+
+TINY_MODEL = ModelOptions(hidden_dim=32, num_layers=1, num_heads=4)
+# sizes no default has, so a model with them can only have taken them from the manifest
+PREP = PrepareConfig(frame_size=32, image_size=48, n_mels=16, fps=8, clip_duration=1.0,
+                     clip_stride=1.0, eval_fraction=0.0)
+
+
+def _options(save_dir: Path, data: DataOptions | None = None, **train: Any) -> TrainRunOptions:
+    """A tiny model on CPU, 2 steps of synthetic data unless told otherwise."""
+    settings = {"steps": 2, "device": "cpu", "log_interval": 1, "save_dir": save_dir, **train}
+    return TrainRunOptions(data=data or DataOptions("synthetic", batch_size=2),
+                           train=TrainConfig(**settings), model=TINY_MODEL)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("run")
+    (base / "videos").mkdir()
+    make_video(base / "videos" / "a.mp4", duration=2.0, size=(64, 48))
+    result = prepare(base / "videos", base / "out", PREP, RunOptions(workers=1))
+    assert result.manifest is not None
+    return base / "out"
+
+
+def test_data_options_name_what_is_wrong(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="one of shards, video-dir, synthetic, got 'webcam'"):
+        DataOptions("webcam", "x")
+    with pytest.raises(ConfigError, match="'shards' needs a path"):
+        DataOptions("shards")
+    with pytest.raises(ConfigError, match="'video-dir' needs a path"):
+        DataOptions("video-dir", "")
+    with pytest.raises(ConfigError, match="synthetic data reads no files"):
+        DataOptions("synthetic", "videos")
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer, got 0"):
+        DataOptions("synthetic", batch_size=0)
+    with pytest.raises(ConfigError, match="save_dir must be set"):
+        TrainRunOptions(DataOptions("synthetic"), TrainConfig(steps=1))
+
+
+def test_a_prepared_folder_sizes_the_model_and_gets_the_curriculum(prepared, tmp_path) -> None:
+    options = _options(tmp_path / "run", DataOptions("shards", str(prepared), batch_size=2))
+    run = build_run(options)
+    run.board.close()
+    config = run.trainer.model.config
+    mel_frames = expected_from_config(PREP)["mel_frames"]
+    assert (config.video_size, config.image_size, config.n_mels, config.video_frames,
+            config.audio_frames) == (32, 48, 16, 8, mel_frames)
+    assert config.vocab_size == 259  # the byte tokenizer's own vocabulary, not the default
+    assert isinstance(run.trainer, CurriculumTrainer)
+    assert run.source.description == f"1 train shard(s) from {prepared}"
+    assert run.trainer.card is not None and run.trainer.card.data_config == PREP.to_dict()
+    # no eval split: a note when evaluation was left to its default, an error when asked for
+    assert run.held_out.shards is None and "has no eval split" in (run.held_out.missing or "")
+    with pytest.raises(UsageError, match="has no eval split"):
+        build_run(replace(options, train=replace(options.train, eval_every=1)))
+    # the same folder named as held-out data is evaluated, every shard of it
+    explicit = replace(options, evaluation=replace(options.evaluation, shards=str(prepared)))
+    held = build_run(explicit)
+    held.board.close()
+    assert (held.held_out.shards, held.held_out.split) == (str(prepared), None)
+
+
+def test_synthetic_data_gets_the_plain_trainer_sized_by_the_model(tmp_path) -> None:
+    run = build_run(_options(tmp_path / "run", steps=600,
+                             data=DataOptions("synthetic", batch_size=2)))
+    run.board.close()
+    assert not isinstance(run.trainer, CurriculumTrainer)
+    assert run.source.expected is None and run.source.corpus_has_text is True
+    assert len(run.source.loader.dataset) == 1200  # steps x batch, above the minimum of 1000
+
+
+def test_resume_auto_passes_over_an_unusable_checkpoint(tmp_path) -> None:
+    save = tmp_path / "run"
+    first = run_training(build_run(_options(save, save_every=1, keep_last=0)))
+    assert first.step == 2
+    weights = save / "step-00000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a partial write of the newest
+
+    plans: list[ResumePlan] = []
+    options = replace(_options(save, steps=3, save_every=1, keep_last=0), resume="auto")
+    result = run_training(build_run(options), on_resume=plans.append)
+    assert result.step == 3
+    (plan,) = plans
+    assert plan.checkpoint == save / "step-00000001"
+    assert [path for path, _ in plan.skipped] == [save / "step-00000002"]
+
+
+def test_resume_none_over_checkpoints_is_refused_and_the_save_dir_released(tmp_path) -> None:
+    save = tmp_path / "run"
+    run_training(build_run(_options(save)))
+    with pytest.raises(UsageError, match="already holds checkpoints") as refused:
+        run_training(build_run(_options(save)))
+    assert refused.value.hint is not None and "--resume auto" in refused.value.hint
+    with FolderLock(save):  # released by the refused run: another can take it
+        pass
+    missing = replace(_options(save), resume=str(tmp_path / "nowhere"))
+    with pytest.raises(UsageError, match="neither a checkpoint folder"):
+        run_training(build_run(missing))
