@@ -23,6 +23,7 @@ COMMANDS = {
     "eval": ("cli.evaluate", "eval_command"),
     "generate": ("cli.generate", "generate_command"),
     "demo-videos": ("cli.demo_videos", "demo_videos"),
+    "demo": ("cli.demo", "demo_command"),
 }
 
 

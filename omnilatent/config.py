@@ -1,14 +1,27 @@
-"""Model configuration: one validated dataclass, stored verbatim in every checkpoint."""
+"""Model configuration: one validated dataclass; its model fields are stored in every
+checkpoint."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omnilatent.errors import ConfigError
 
 MODALITIES = ("text", "audio", "image", "video")
 TEXT_DECODINGS = ("autoregressive", "parallel")
+# The seed's training fields of OmniLatentConfig -> the TrainConfig field each one sets
+# (`batch_size` sets none: the DataLoader takes it).
+TRAINING_FIELDS = {
+    "batch_size": None,
+    "learning_rate": "lr",
+    "weight_decay": "weight_decay",
+    "warmup_steps": "warmup_steps",
+    "max_steps": "steps",
+    "mixed_precision": "amp",
+    "grad_clip": "grad_clip",
+    "seed": "seed",
+}
 
 
 @dataclass(frozen=True)
@@ -17,6 +30,13 @@ class OmniLatentConfig:
 
     The defaults (768 wide, 12 layers) give about 140M parameters; ``hidden_dim=128,
     num_layers=4, num_heads=4`` is the debug size used by the tests.
+
+    The last block, ``TRAINING_FIELDS``, is not the model's: the seed's API passes training
+    settings here (``OmniLatentConfig(batch_size=4, learning_rate=3e-4, ...)`` then
+    ``Trainer(model, config, loader)``), so they are accepted as optional defaults that
+    `omnilatent.training.TrainConfig.from_model_config` turns into trainer settings. They
+    change no weight or shape, so they are left out of ``to_dict`` (a checkpoint's model
+    config) and of ``==`` (the same model with another learning rate is the same model).
     """
 
     hidden_dim: int = 768
@@ -43,6 +63,15 @@ class OmniLatentConfig:
     norm_eps: float = 1e-6
     dropout: float = 0.0
     gradient_checkpointing: bool = False
+    # training defaults (TRAINING_FIELDS; None: TrainConfig's default), not the model's
+    batch_size: int | None = field(default=None, compare=False)  # for your DataLoader
+    learning_rate: float | None = field(default=None, compare=False)
+    weight_decay: float | None = field(default=None, compare=False)
+    warmup_steps: int | None = field(default=None, compare=False)
+    max_steps: int | None = field(default=None, compare=False)
+    mixed_precision: bool | None = field(default=None, compare=False)
+    grad_clip: float | None = field(default=None, compare=False)
+    seed: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.mlp_hidden_dim is None and isinstance(self.hidden_dim, int):
@@ -83,6 +112,34 @@ class OmniLatentConfig:
             raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout!r}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ConfigError("rope_theta and norm_eps must be > 0")
+        self._check_training_fields()
+
+    def _check_training_fields(self) -> None:
+        """Types and ranges here, where the config is built; TrainConfig checks the rest
+        (e.g. warmup_steps <= max_steps) when `Trainer` turns them into one."""
+        def bad(name: str, expected: str) -> ConfigError:
+            return ConfigError(f"{name} must be None (the trainer's default) or {expected}, "
+                               f"got {getattr(self, name)!r}")
+
+        for name in ("batch_size", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value <= 0):
+                raise bad(name, "a positive integer")
+        for name in ("warmup_steps", "seed"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 0):
+                raise bad(name, "an integer >= 0")
+        for name, positive in (("learning_rate", True), ("weight_decay", False),
+                               ("grad_clip", False)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float))
+                                      or isinstance(value, bool)
+                                      or (value <= 0 if positive else value < 0)):
+                raise bad(name, "a number > 0" if positive else "a number >= 0")
+        if self.mixed_precision is not None and not isinstance(self.mixed_precision, bool):
+            raise bad("mixed_precision", "True or False")
 
     @property
     def head_dim(self) -> int:
@@ -98,17 +155,19 @@ class OmniLatentConfig:
         side = self.video_size // self.patch_size
         return (self.video_frames // self.tubelet_size, side, side)
 
-    @property
-    def video_tokens(self) -> int:
-        t, h, w = self.video_grid
-        return t * h * w
+    def training_defaults(self) -> dict[str, Any]:
+        """The training fields that were set (not None), by their names here."""
+        return {name: getattr(self, name) for name in TRAINING_FIELDS
+                if getattr(self, name) is not None}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The model's fields (what a checkpoint stores), without the training defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in TRAINING_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OmniLatentConfig:
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - set(TRAINING_FIELDS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown OmniLatentConfig field(s): {', '.join(unknown)}")

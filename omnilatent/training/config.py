@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from omnilatent.config import TRAINING_FIELDS, OmniLatentConfig
 from omnilatent.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -72,7 +73,29 @@ class TrainConfig:
             return self.warmup_steps
         return max(1, self.steps // 20)
 
+    @classmethod
+    def from_model_config(cls, config: OmniLatentConfig, **overrides: Any) -> TrainConfig:
+        """The seed's API: a TrainConfig from the training defaults an OmniLatentConfig carries
+        (``learning_rate`` -> ``lr``, ``max_steps`` -> ``steps``, ``mixed_precision`` ->
+        ``amp``, ...; see `omnilatent.config.TRAINING_FIELDS`), then ``overrides``. Unset
+        fields keep TrainConfig's defaults; ``batch_size`` is the DataLoader's, not ours."""
+        settings = {TRAINING_FIELDS[name]: value
+                    for name, value in config.training_defaults().items()
+                    if TRAINING_FIELDS[name] is not None}
+        return cls(**{**settings, **overrides})
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["save_dir"] = None if self.save_dir is None else str(self.save_dir)
         return data
+
+
+def as_train_config(config: TrainConfig | OmniLatentConfig) -> TrainConfig:
+    """``config`` itself, or the TrainConfig of an OmniLatentConfig's training defaults (the
+    seed's ``Trainer(model, model_config, loader)``)."""
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, OmniLatentConfig):
+        return TrainConfig.from_model_config(config)
+    raise ConfigError(f"config must be a TrainConfig or an OmniLatentConfig, got "
+                      f"{type(config).__name__}")

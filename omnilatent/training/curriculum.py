@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import CheckpointError, ConfigError
 from omnilatent.inference.card import CheckpointCard
 from omnilatent.model import OmniLatentModel
-from omnilatent.training.config import TrainConfig
+from omnilatent.training.config import TrainConfig, as_train_config
 from omnilatent.training.distributed import SINGLE, DistributedContext
 from omnilatent.training.tasks import Task, TemporalTask
 from omnilatent.training.trainer import Trainer, TrainerCallbacks, TrainResult
@@ -323,7 +324,7 @@ class CurriculumTrainer(Trainer):
     def __init__(
         self,
         model: OmniLatentModel,
-        config: TrainConfig,
+        config: TrainConfig | OmniLatentConfig,
         dataloader: Any,
         total_steps: int | None = None,
         save_dir: Path | str | None = None,
@@ -340,7 +341,8 @@ class CurriculumTrainer(Trainer):
             overrides["steps"] = total_steps
         if save_dir is not None:
             overrides["save_dir"] = Path(save_dir)
-        config = dataclasses.replace(config, **overrides)  # runs TrainConfig's validation
+        # the seed passes the model's config; runs TrainConfig's validation
+        config = dataclasses.replace(as_train_config(config), **overrides)
         super().__init__(model, config, dataloader, callbacks, card, evaluator, data_source,
                          distributed)
         if isinstance(schedule, str):

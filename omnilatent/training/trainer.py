@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -45,7 +46,7 @@ from omnilatent.training.checkpoint import (
     step_dir_name,
 )
 from omnilatent.training.compile import compile_blocks
-from omnilatent.training.config import TrainConfig
+from omnilatent.training.config import TrainConfig, as_train_config
 from omnilatent.training.distributed import (
     SINGLE,
     DistributedContext,
@@ -145,9 +146,17 @@ class Trainer:
     """Trains an OmniLatentModel on batches from ``dataloader``.
 
     The loader yields ``dict[str, Tensor]`` batches (text ``(B, L)``, audio ``(B, M, T)``,
-    image ``(B, 3, H, W)``, video ``(B, 3, T, H, W)``). If it has ``state_dict`` /
-    ``load_state_dict`` its position is checkpointed; otherwise resume skips the batches
-    already consumed.
+    image ``(B, 3, H, W)``, video ``(B, 3, T, H, W)``), float32 in model units or in the shard
+    loader's stored dtypes (`pipeline.normalize.to_model_units`). If it has ``state_dict`` /
+    ``load_state_dict`` (`build_dataloader`, the shard and video loaders) its position is
+    checkpointed and a resume continues with the next batch. A plain
+    ``torch.utils.data.DataLoader`` has neither: a resume then draws and drops as many batches
+    as were consumed, which are the same samples only if the loader's order is (no shuffle);
+    with ``shuffle=True`` the data order after a resume is not the uninterrupted run's
+    (``resume`` warns).
+
+    ``config`` is a TrainConfig, or (the seed's API) the model's own OmniLatentConfig, whose
+    training defaults become one (`TrainConfig.from_model_config`).
 
     ``card`` goes into every checkpoint so that it can be used without the training command
     (see `omnilatent.inference.card`). ``evaluator`` measures the model on held-out data
@@ -162,7 +171,7 @@ class Trainer:
     def __init__(
         self,
         model: OmniLatentModel,
-        config: TrainConfig,
+        config: TrainConfig | OmniLatentConfig,
         dataloader: Any,
         callbacks: TrainerCallbacks | None = None,
         card: CheckpointCard | None = None,
@@ -170,6 +179,13 @@ class Trainer:
         data_source: str | None = None,
         distributed: DistributedContext = SINGLE,
     ) -> None:
+        if isinstance(config, OmniLatentConfig) and config != model.config:
+            diffs = [f"{k} {v!r} vs the model's {getattr(model.config, k)!r}"
+                     for k, v in config.to_dict().items() if getattr(model.config, k) != v]
+            raise ConfigError("the OmniLatentConfig given to Trainer describes another model ("
+                              + "; ".join(diffs[:3]) + "); pass the model's own config, or a "
+                              "TrainConfig")
+        config = as_train_config(config)
         self.config = config
         self.dist = distributed
         if distributed.fsdp and evaluator is not None:
@@ -327,14 +343,14 @@ class Trainer:
         weights, optimizer_state = full_state(self.dist, self.model, self.optimizer)
         path = self.config.save_dir / step_dir_name(self.step)
         if ranks is not None:
-            path = self._write(weights, optimizer_state, loader_state, counters, ranks)
+            path = self._write(self.config.save_dir, weights, optimizer_state, loader_state,
+                               counters, ranks)
         barrier(self.dist)
         return path
 
-    def _write(self, weights: dict[str, Tensor], optimizer_state: dict[str, Any],
-               loader_state: dict | None, counters: dict[str, int] | None,
-               ranks: list[dict[str, Any]]) -> Path:
-        assert self.config.save_dir is not None
+    def _write(self, save_dir: Path, weights: dict[str, Tensor],
+               optimizer_state: dict[str, Any], loader_state: dict | None,
+               counters: dict[str, int] | None, ranks: list[dict[str, Any]]) -> Path:
         distributed: dict[str, Any] = {"world_size": self.dist.world_size}
         if self.dist.enabled:
             distributed["ranks"] = ranks
@@ -356,10 +372,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
         }
-        path = save_checkpoint(self.config.save_dir, self.step, weights,
-                               training_state, state,
+        path = save_checkpoint(save_dir, self.step, weights, training_state, state,
                                None if self.card is None else self.card.files())
-        prune_checkpoints(self.config.save_dir, self.config.keep_last, keep=path,
+        prune_checkpoints(save_dir, self.config.keep_last, keep=path,
                           check=self.check_state)
         self.callbacks.on_checkpoint(path)
         return path
@@ -462,6 +477,13 @@ class Trainer:
             self.batches_seen = data["batches_seen"]
         else:
             self.batches_seen, self._skip_batches = 0, data["batches_seen"]
+            if self._skip_batches and not hasattr(self.dataloader, "state_dict"):
+                warnings.warn(
+                    f"the data loader ({type(self.dataloader).__name__}) keeps no position "
+                    f"(no state_dict): resuming draws and drops the {self._skip_batches} "
+                    "batches already consumed, which are the same samples only if its order "
+                    "is fixed (no shuffle); for an exact resume use "
+                    "omnilatent.training.build_dataloader", stacklevel=3)
         try:
             load_full_state(self.dist, self.model, self.optimizer, ckpt.model_state,
                             training["optimizer"])
