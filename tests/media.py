@@ -16,6 +16,7 @@ Files stay small (a few seconds, 160x120 or less) so the suite needs no fixtures
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from pipeline.ffmpeg_bin import ffmpeg_binary
 
@@ -248,3 +250,79 @@ def mux_subtitles(
     ]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     return out_path
+
+
+def make_anamorphic_video(
+    path: str | os.PathLike[str],
+    sample_aspect_ratio: int = 2,
+    duration: float = 3.0,
+    size: tuple[int, int] = (64, 64),
+    bar: tuple[int, int] = (24, 16),
+) -> Path:
+    """A silent video whose stored pixels are `sample_aspect_ratio` times wider than tall (as
+    DVD, DV and HDV footage stores them): black, with a white vertical bar over the coded
+    columns ``[bar[0], bar[0] + bar[1])``. Players show the bar stretched by the ratio, so its
+    width in a decoded picture tells whether the pixels were made square."""
+    path = Path(path)
+    (width, height), (left, bar_width) = size, bar
+    draw = f"drawbox=x={left}:y=0:w={bar_width}:h={height}:color=white:t=fill"
+    cmd = [
+        ffmpeg_binary(), "-nostdin", "-v", "error", "-y",
+        "-f", "lavfi", "-i", f"color=c=black:s={width}x{height}:r=8:d={duration}",
+        "-vf", f"{draw},setsar={sample_aspect_ratio}", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+        str(path),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    return path
+
+
+def add_cover_art(
+    media_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    colour: tuple[int, int, int] = (0, 200, 0),
+) -> Path:
+    """Copy a file's streams into an .mp4 with a cover picture, as music and podcast files
+    carry: a one-frame PNG stream with the ``attached_pic`` disposition, in a plain colour.
+
+    The cover is made the file's *first* stream (its metadata box moved ahead of the tracks,
+    which the MP4 demuxer then lists after it), so a reader that takes the first video stream
+    of the file gets the cover, not the footage.
+    """
+    out_path = Path(out_path)
+    cover = out_path.with_name(out_path.name + ".cover.png")
+    Image.new("RGB", (32, 32), colour).save(cover)
+    cmd = [
+        ffmpeg_binary(), "-nostdin", "-v", "error", "-y", "-i", str(cover), "-i", str(media_path),
+        "-map", "0", "-map", "1", "-c", "copy", "-disposition:v:0", "attached_pic", str(out_path),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    cover.unlink()
+    _metadata_before_tracks(out_path)
+    return out_path
+
+
+def _metadata_before_tracks(path: Path) -> None:
+    """Move an MP4's ``moov/udta`` box (where the cover lives) ahead of its ``trak`` boxes.
+    Only the order inside ``moov`` changes, not its size, so every media offset stays valid."""
+    data = path.read_bytes()
+    rebuilt = []
+    for kind, box in _mp4_boxes(data, 0, len(data)):
+        if kind == b"moov":
+            children = _mp4_boxes(box, 8, len(box))
+            children.sort(key=lambda child: {b"mvhd": 0, b"udta": 1}.get(child[0], 2))
+            box = box[:8] + b"".join(child for _, child in children)
+        rebuilt.append(box)
+    path.write_bytes(b"".join(rebuilt))
+
+
+def _mp4_boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
+    """(type, whole box) of each MP4 box in ``data[start:end]``; 32-bit sizes only, which is
+    all a file of a few seconds needs."""
+    boxes, pos = [], start
+    while pos < end:
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if size < 8:
+            raise ValueError(f"MP4 box {kind!r} at byte {pos}: 64-bit or open sizes unhandled")
+        boxes.append((kind, data[pos : pos + size]))
+        pos += size
+    return boxes

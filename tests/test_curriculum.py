@@ -137,7 +137,23 @@ def test_each_task_has_a_finite_loss_and_gradients(tiny_model, tiny_config, name
     out = tiny_model(task.source, source, task.target, target=target)
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_model.parameters())
+    assert all(torch.isfinite(p.grad).all() for p in tiny_model.parameters() if p.grad is not None)
+    # the loss reaches back through the target's head, every block, to the source's encoder;
+    # the target decoder's queries only between modalities (reconstruction and future frames
+    # keep the identity: output token i = backbone token i)
+    reads = tiny_model.text_embed if task.source == "text" else tiny_model.encoders[task.source]
+    writes = tiny_model.text_embed if task.target == "text" else tiny_model.decoders[task.target]
+    for part in (writes, *tiny_model.blocks, reads):
+        assert _has_gradient(part)
+    assert _has_gradient(tiny_model.decoder) == (task.source != task.target)
+    # and no further: the other modalities' encoders and heads take no part
+    for modality in tiny_model.encoders:
+        assert modality == task.source or not _has_gradient(tiny_model.encoders[modality])
+        assert modality == task.target or not _has_gradient(tiny_model.decoders[modality])
+
+
+def _has_gradient(module: torch.nn.Module) -> bool:
+    return any(p.grad is not None and bool(p.grad.any()) for p in module.parameters())
 
 
 class _Events(TrainerCallbacks):

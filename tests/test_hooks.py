@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnilatent import LatentNeuralHook, OmniLatentConfig, OmniLatentModel
+from omnilatent import LatentNeuralHook, OmniLatentModel
 from omnilatent.errors import HookError
 from tests.conftest import make_inputs
 
@@ -196,12 +196,22 @@ def test_gradient_checkpointing_with_hooks_matches(tiny_config) -> None:
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-6, atol=1e-8)
 
 
-def test_hooks_are_not_shared_between_models() -> None:
-    cfg = OmniLatentConfig(hidden_dim=32, num_layers=1, num_heads=4, vocab_size=50,
-                           image_size=32, video_size=32, video_frames=4, n_mels=8)
-    a, b = OmniLatentModel(cfg), OmniLatentModel(cfg)
-    a.register_hook(LatentNeuralHook("h", 1, 32, [0]))
-    assert len(b.hooks) == 0
+def test_hooks_are_not_shared_between_models(tiny_config) -> None:
+    """A hook registered on one model acts on that model only: another model built from the
+    same config keeps its outputs bit for bit, its parameters and its (empty) hook list."""
+    models = [OmniLatentModel(tiny_config).eval() for _ in range(2)]
+    x = make_inputs(tiny_config)
+    params_before = [id(p) for p in models[1].parameters()]
+    with torch.no_grad():
+        before = [_out(model, x)["output"] for model in models]
+        hook = models[0].register_hook(LatentNeuralHook("h", 4, tiny_config.hidden_dim, [0, 1],
+                                                        gate_bias_init=4.0))  # wide open
+        assert not torch.equal(_out(models[0], x)["output"], before[0])  # it acts where it is
+        assert torch.equal(_out(models[1], x)["output"], before[1])
+    assert [id(p) for p in models[1].parameters()] == params_before
+    assert not {id(p) for p in hook.parameters()} & set(params_before)
+    with pytest.raises(HookError, match="no hook named 'h'"):
+        models[1].remove_hook("h")
 
 
 def test_a_hook_takes_the_models_dtype_when_registered(tiny_model, tiny_config) -> None:

@@ -151,8 +151,21 @@ def test_mp4_refuses_odd_frame_sizes() -> None:
         encode_clip(np.zeros((4, 33, 33, 3), np.uint8), "mp4", 8)
 
 
-def test_default_clip_encoding_is_a_known_one() -> None:
-    assert DEFAULT_CLIP_ENCODING in CLIP_ENCODINGS
+def test_default_clip_encoding_is_the_documented_mp4_and_round_trips() -> None:
+    """A sample whose meta names no encoding stores `clip.mp4` (the schema table's member),
+    and what it stores decodes and validates as any sample the loader reads."""
+    meta = SampleMeta.build(CONFIG, source="a.mp4", video_id=video_id("a.mp4"), clip_index=0,
+                            start=0.0, end=CONFIG.clip_duration, rotation=0, has_audio=True,
+                            transcript_source="none", transcript_timed=True)
+    arrays = make_arrays()
+    members = encode_sample(meta.key, meta, arrays["mel"], arrays["image"], arrays["frames"],
+                            "", CONFIG)
+    assert meta.clip_encoding == DEFAULT_CLIP_ENCODING == "mp4"
+    assert [name for name in members if name.startswith("clip.")] == ["clip.mp4"]
+    sample, dropped = decode_sample(members)
+    assert dropped == []
+    assert validate_sample(sample, expected_from_config(CONFIG)) == []
+    assert sample["clip.mp4"].shape == arrays["frames"].shape
 
 
 def test_jpeg_quality_follows_the_config() -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import math
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from media import make_video
@@ -13,10 +18,13 @@ from typer.testing import CliRunner
 from cli.app import app
 from omnilatent import OmniLatentConfig, OmniLatentModel
 from omnilatent.errors import CheckpointError, ConfigError
+from omnilatent.evaluation.evaluate import check_shards_fit
+from omnilatent.inference.trained import load_trained
 from omnilatent.training import TrainConfig
+from omnilatent.training.checkpoint import verify_checkpoint
 from omnilatent.training.curriculum import CurriculumTrainer
 from omnilatent.training.rng import seed_everything
-from omnilatent.training.sources import check_data_fits_model, model_sizes, shard_source
+from omnilatent.training.sources import model_sizes, shard_source
 from omnilatent.training.video_dataset import VideoWatchingDataset, video_watching_loader
 from pipeline.config import PrepareConfig
 from pipeline.prepare import RunOptions, prepare
@@ -35,6 +43,19 @@ def _videos(root: Path, transcripts: bool) -> Path:
         (root / "a.srt").write_text(SRT, encoding="utf-8")
         (root / "b.txt").write_text("one two three four", encoding="utf-8")
     return root
+
+
+def _shard_members(out: Path) -> dict[str, dict[str, bytes]]:
+    """Every sample of the prepared folder's shards, as stored: key -> member -> bytes."""
+    members: dict[str, dict[str, bytes]] = {}
+    for shard in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, kind = member.name.split(".", 1)
+                handle = tar.extractfile(member)
+                assert handle is not None
+                members.setdefault(key, {})[kind] = handle.read()
+    return members
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +126,16 @@ def test_curriculum_over_shards_resumes_inside_a_phase_bit_identically(prepared,
 
 
 def test_manifest_sizes_must_fit_the_model(prepared, tmp_path) -> None:
+    """The check `omni eval` and training's evaluator run on shards: the sizes the folder's
+    manifest states against the model's, a mismatch refused naming the field. A checkpoint
+    trained at one size is refused by a model of another."""
     _, out = prepared
-    expected = expected_from_config(PrepareConfig())
-    wrong = OmniLatentConfig(hidden_dim=32, num_layers=1, num_heads=4, video_size=64)
+    fitting = OmniLatentConfig(hidden_dim=32, num_layers=1, num_heads=4,
+                               **model_sizes(expected_from_config(PrepareConfig())))
+    assert check_shards_fit(str(out), None, OmniLatentModel(fitting)).sample_counts
+    narrow = OmniLatentModel(dataclasses.replace(fitting, video_size=64))
     with pytest.raises(ConfigError, match="frame_size=112 but model video_size=64"):
-        check_data_fits_model(expected, wrong)
+        check_shards_fit(str(out), None, narrow)
     trainer, _ = _trainer(out, tmp_path / "c", 2)
     trainer.train()
     other = CurriculumTrainer(
@@ -141,10 +167,16 @@ def test_corpus_without_transcripts_is_announced(tmp_path) -> None:
     prepare(videos, tmp_path / "out", PrepareConfig(), RunOptions(workers=1))
     result = runner.invoke(app, ["train", "--shards", str(tmp_path / "out"), "--steps", "8",
                                  "--batch-size", "2", "--dim", "32", "--layers", "1",
-                                 "--heads", "4", "--save-dir", str(tmp_path / "run")])
+                                 "--heads", "4", "--log-interval", "1",
+                                 "--save-dir", str(tmp_path / "run")], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
-    assert "no transcripts" in result.output
-    assert "grounding" in result.output
+    assert "the corpus has no transcripts: text tasks are skipped" in result.output
+    assert ("phase 'grounding' trains audio_recon, audio_to_video, temporal, video_recon, "
+            "video_to_audio instead of audio_to_text, video_to_text") in result.output
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 8 and {r["phase"] for r in records} >= {"grounding", "joint"}
+    assert not [task for r in records for task in r["losses"] if "text" in task]
 
 
 def test_video_watching_dataset_uses_the_prepare_pipeline(prepared) -> None:
@@ -160,10 +192,13 @@ def test_video_watching_dataset_uses_the_prepare_pipeline(prepared) -> None:
     assert texts[("a.mp4", 2.0)] == "hello there" and texts[("a.mp4", 3.0)] == "bye"
     assert by_start[("b.mkv", 0.0)]["meta"]["transcript_timed"] is False
     assert "one" in texts[("b.mkv", 0.0)]
-    # the same keys as the prepared shards
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["totals"]["clips"] == len(samples)
-    assert manifest["totals"]["clips_with_text"] == sum(bool(t) for t in texts.values())
+    # the same samples as the prepared shards: keys, texts and (lossless) mels
+    shards = _shard_members(out)
+    assert set(shards) == set(samples)
+    for key, sample in samples.items():
+        assert byte_detokenize(sample["text"].tolist()) == shards[key]["txt"].decode("utf-8")
+        np.testing.assert_array_equal(sample["audio"].numpy(),
+                                      np.load(io.BytesIO(shards[key]["mel.npy"])))
 
     loader = video_watching_loader(dataset, batch_size=3)
     batches = list(loader)
@@ -178,13 +213,24 @@ def test_video_watching_dataset_uses_the_prepare_pipeline(prepared) -> None:
 
 
 def test_omni_train_video_dir(prepared, tmp_path) -> None:
+    """A run on raw videos logs every step, and its checkpoint says what it read: the data
+    source (which a resume checks) and the clip settings asked for, with which `omni eval`
+    and `omni generate` decode their inputs."""
     videos, _ = prepared
+    save = tmp_path / "run"
     result = runner.invoke(app, ["train", "--video-dir", str(videos), "--steps", "3",
-                                 "--batch-size", "2", "--dim", "32", "--layers", "1",
-                                 "--heads", "4", "--save-dir", str(tmp_path / "run")])
+                                 "--clip-stride", "1.5", "--batch-size", "2", "--dim", "32",
+                                 "--layers", "1", "--heads", "4", "--log-interval", "1",
+                                 "--save-dir", str(save)], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
-    assert "decoded on the fly" in result.output
-    assert (tmp_path / "run" / "step-00000003").is_dir()
+    assert f"2 video(s) from {videos}, decoded on the fly" in result.output
+    records = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert verify_checkpoint(save / "step-00000003")["data"]["source"] == "video-dir"
+    trained = load_trained(save)
+    assert trained.step == 3
+    assert (trained.data_config.clip_duration, trained.data_config.clip_stride) == (2.0, 1.5)
 
 
 def test_two_data_sources_are_refused(prepared, tmp_path) -> None:
