@@ -48,13 +48,18 @@ EXAMPLES = """
   Check the training loop and memory on synthetic data (all 16 modality pairs in turn):
     [cyan]omni train --synthetic --steps 30 --dim 64 --layers 2 --heads 4 --save-dir runs/syn[/]
 
+  Train a new hook on a trained model, the model itself frozen (hook alone in
+  runs/hook/hooks/style; use it with `omni eval/generate CHECKPOINT --hook runs/hook/hooks/style`):
+    [cyan]omni train --shards data/prepared --from runs/tiny --hook style:tokens=8,layers=0-1 \\
+      --freeze-base --lr 3e-2 --steps 200 --save-dir runs/hook[/]
+
   Default 140M model on a GPU with AMP and gradient checkpointing:
     [cyan]omni train --shards data/prepared --steps 5000 --batch-size 4 --device cuda \\
       --grad-checkpointing --save-dir runs/base --save-every 500[/]
 """
 
 # `omni train --help` groups its options under these headings
-DATA, MODEL, CURRICULUM = "Data", "Model", "Curriculum"
+DATA, MODEL, START, CURRICULUM = "Data", "Model", "Start from a checkpoint, hooks", "Curriculum"
 OPTIMISATION, CHECKPOINTS, RUNTIME = "Optimisation", "Checkpoints and evaluation", "Runtime"
 
 
@@ -162,6 +167,18 @@ def train(
     text_decoding: Annotated[str, typer.Option(
         "--text-decoding", rich_help_panel=MODEL, help="autoregressive (default) or parallel "
         "text output (see the README's measurement).")] = "autoregressive",
+    from_checkpoint: Annotated[Path | None, typer.Option(
+        "--from", rich_help_panel=START, help="Start from a trained checkpoint (its folder, or "
+        "a save dir: the newest), with its model shape and tokenizer, a fresh optimizer and "
+        "step 0 (--resume continues a run instead).")] = None,
+    hook_specs: Annotated[list[str] | None, typer.Option(
+        "--hook", rich_help_panel=START, help="Add a new Latent Neural Hook "
+        "NAME[:tokens=8,layers=0-5] (default: 8 tokens, every layer; layers=0,2,4 also "
+        "works); repeat for several. Saved alone in SAVE_DIR/hooks/NAME at each "
+        "checkpoint.")] = None,
+    freeze_base: Annotated[bool, typer.Option(
+        "--freeze-base", rich_help_panel=START, help="Train only the new hooks: the "
+        "checkpoint's weights stay bit-identical (needs --from and --hook).")] = False,
     phase_schedule: Annotated[str | None, typer.Option(
         "--phase-schedule", rich_help_panel=CURRICULUM, help="Curriculum: 'default', an "
         "inline spec like 'warmup=0.1,crossmodal=0.25,temporal=0.25,grounding=0.15,joint=0.25'"
@@ -236,6 +253,7 @@ def train(
                 exit_code=EXIT_USAGE)
         from cli.train_display import RichCallbacks, print_summary, progress_bar
         from omnilatent.training import TrainConfig
+        from omnilatent.training.hook_training import StartOptions, parse_hook_spec
         from omnilatent.training.run import (
             DataOptions,
             EvalOptions,
@@ -246,6 +264,10 @@ def train(
         )
 
         source = chosen[0]
+        with _usage_errors():
+            start = StartOptions(from_checkpoint,
+                                 tuple(parse_hook_spec(spec) for spec in hook_specs or ()),
+                                 freeze_base)
         options = TrainRunOptions(
             data=DataOptions(source, None if source == "synthetic" else str(sources[source]),
                              batch_size=batch_size, workers=workers,
@@ -263,7 +285,7 @@ def train(
                 "warmup": warmup_frac, "crossmodal": crossmodal_frac,
                 "temporal": temporal_frac, "grounding": grounding_frac,
                 "joint": joint_frac}),
-            resume=resume, fsdp=fsdp)
+            resume=resume, fsdp=fsdp, start=start)
         progress = progress_bar()
         display = RichCallbacks(progress, steps, batch_size * grad_accum)
         with _usage_errors():

@@ -146,7 +146,7 @@ def save_checkpoint(
     return final
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def read_state(path: Path) -> dict[str, Any]:
     """state.json of the checkpoint folder ``path``, checked against the generic schema (and,
     from format 3, its own hash); whatever is wrong becomes a CheckpointError saying what."""
     if not path.is_dir():
@@ -221,7 +221,7 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     exception, so a search can skip the checkpoint and say why. Only the generic schema is
     checked; the trainer's own keys are checked by the ``check`` of find_latest_checkpoint.
     """
-    state = _read_state(path)
+    state = read_state(path)
     files = state["files"]
     try:
         for name, meta in files.items():  # sizes first: a partial copy costs no hashing

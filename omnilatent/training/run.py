@@ -6,9 +6,11 @@ trainer, which held-out data and which checkpoint to start from, all from one va
 own so that a variant replaces one step and keeps the rest (a model loaded from a checkpoint
 instead of `build_model`, another trainer instead of `build_trainer`):
 
-    distributed set-up -> seeds -> tokenizer -> data source (shards or videos)
-    -> model (sized by the data) -> synthetic source (sized by the model) -> checkpoint card
-    -> held-out data and evaluator -> callbacks (display + TensorBoard) -> trainer
+    distributed set-up -> seeds -> starting checkpoint (`--from`: its model and tokenizer)
+    -> tokenizer -> data source (shards or videos) -> model (sized by the data, or the
+    checkpoint's) -> new hooks (and a frozen base) -> synthetic source (sized by the model)
+    -> checkpoint card -> held-out data and evaluator -> callbacks (display + TensorBoard +
+    hook export) -> trainer
 
 `run_training(run)` claims the save dir, resumes as ``options.resume`` says, trains, and
 releases the save dir, the event files and the process group whatever happens. Nothing here
@@ -20,7 +22,7 @@ callbacks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,14 @@ from omnilatent.errors import CheckpointError, ConfigError, UsageError
 from omnilatent.evaluation.evaluate import check_shards_fit, held_out_split, shard_evaluator
 from omnilatent.inference.card import CheckpointCard
 from omnilatent.inference.text import codec_for
+from omnilatent.inference.trained import TrainedModel, load_trained
 from omnilatent.model import OmniLatentModel
 from omnilatent.training.checkpoint import (
     StateCheck,
     checkpoint_dir,
     find_latest_checkpoint,
     list_checkpoints,
+    read_state,
 )
 from omnilatent.training.config import TrainConfig
 from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer, Schedule
@@ -45,9 +49,18 @@ from omnilatent.training.distributed import (
     init_distributed,
     teardown_distributed,
 )
+from omnilatent.training.hook_training import (
+    HookExport,
+    StartOptions,
+    add_hooks,
+    check_origin,
+    run_origin,
+    weights_sha256,
+)
 from omnilatent.training.rng import seed_everything
 from omnilatent.training.sources import (
     DataSource,
+    check_data_fits_model,
     model_sizes,
     shard_source,
     synthetic_source,
@@ -134,12 +147,14 @@ class TrainRunOptions:
     curriculum on shards and videos, all 16 modality pairs in turn on synthetic data);
     ``resume``: 'auto' (the newest usable checkpoint in the save dir), 'none' (refused when
     the save dir holds checkpoints) or a checkpoint path; ``fsdp``: under torchrun, shard the
-    model instead of replicating it."""
+    model instead of replicating it; ``start``: a trained checkpoint to start from instead
+    of a fresh model, new hooks, a frozen base (`omnilatent.training.hook_training`)."""
 
     data: DataOptions
     train: TrainConfig
     model: ModelOptions = field(default_factory=ModelOptions)
     evaluation: EvalOptions = field(default_factory=EvalOptions)
+    start: StartOptions = field(default_factory=StartOptions)
     schedule: Schedule | None = None
     resume: str = "none"
     fsdp: bool = False
@@ -187,6 +202,7 @@ class TrainRun:
     held_out: HeldOut
     board: TensorBoardCallbacks
     context: DistributedContext
+    hook_export: HookExport | None = None  # the new hooks, exported at each checkpoint
 
 
 class CompositeCallbacks(TrainerCallbacks):
@@ -265,6 +281,59 @@ def build_model(options: TrainRunOptions, source: DataSource | None,
     return OmniLatentModel(model_config(options, source, vocab_size))
 
 
+def from_checkpoint(options: TrainRunOptions
+                    ) -> tuple[TrainRunOptions, TrainedModel | None]:
+    """``options.start.checkpoint`` loaded (None without one), and ``options`` with its
+    tokenizer. Its card fixes the text settings and its config the model's shape: a
+    tokenizer, text length or shape that contradicts them is a UsageError naming both."""
+    path = options.start.checkpoint
+    if path is None:
+        return options, None
+    base = load_trained(path)
+    card, data = base.card, options.data
+    if data.max_text_len != card.max_text_len:
+        raise UsageError(f"--from {path} was trained with text of up to {card.max_text_len} "
+                         f"tokens, not {data.max_text_len}",
+                         hint=f"pass --max-text-len {card.max_text_len}")
+    if card.tokenizer_source is None:
+        if data.tokenizer is not None:
+            raise UsageError(f"--from {path} was trained on byte-level text, not with "
+                             f"{data.tokenizer}", hint="drop --tokenizer")
+    elif data.tokenizer is None:
+        data = replace(data, tokenizer=card.tokenizer_source)
+    elif data.tokenizer.read_bytes() != card.tokenizer_source.read_bytes():
+        raise UsageError(f"--from {path} was trained with another SentencePiece model than "
+                         f"{data.tokenizer}", hint="drop --tokenizer: the checkpoint's own "
+                         "is used")
+    config, defaults = base.model.config, ModelOptions()
+    differing = [f"{item.name} {getattr(options.model, item.name)!r} (the checkpoint's: "
+                 f"{getattr(config, item.name)!r})" for item in fields(ModelOptions)
+                 if item.name != "gradient_checkpointing"
+                 and getattr(options.model, item.name) != getattr(defaults, item.name)
+                 and getattr(options.model, item.name) != getattr(config, item.name)]
+    if differing:
+        raise UsageError(f"--from {path} fixes the model's shape; asked for another "
+                         + "; ".join(differing),
+                         hint="drop --dim/--layers/--heads/--text-decoding")
+    return replace(options, data=data), base
+
+
+def base_model(options: TrainRunOptions, base: TrainedModel,
+               source: DataSource | None) -> OmniLatentModel:
+    """The checkpoint's model for ``source``'s data, refused when their sizes differ, with
+    gradient checkpointing as ``options.model`` says (a runtime choice, not the shape)."""
+    model = base.model
+    if source is not None and source.expected is not None:
+        try:
+            check_data_fits_model(source.expected, model.config)
+        except ConfigError as exc:
+            raise UsageError(f"--from {options.start.checkpoint}: {exc}") from None
+    checkpointing = options.model.gradient_checkpointing
+    model.config = replace(model.config, gradient_checkpointing=checkpointing)
+    model.gradient_checkpointing = checkpointing
+    return model
+
+
 def build_card(options: TrainRunOptions, source: DataSource) -> CheckpointCard:
     """What each checkpoint says about its tokenizer and data, for `omni eval`/`generate`."""
     data = options.data
@@ -331,9 +400,12 @@ def build_run(options: TrainRunOptions, display: TrainerCallbacks | None = None)
     callbacks beside the TensorBoard writer, on the main process only."""
     context = init_distributed(options.train.device, options.fsdp)  # before the loaders
     seed_everything(options.train.seed)
+    options, base = from_checkpoint(options)
     tokenizer = build_tokenizer(options.data)
     source = build_data(options, tokenizer)
-    model = build_model(options, source, tokenizer)
+    model = (build_model(options, source, tokenizer) if base is None
+             else base_model(options, base, source))
+    hooks = add_hooks(model, options.start)
     if source is None:
         train, data = options.train, options.data
         length = max(SYNTHETIC_MIN_SAMPLES, train.steps * data.batch_size * train.grad_accum)
@@ -343,10 +415,13 @@ def build_run(options: TrainRunOptions, display: TrainerCallbacks | None = None)
     board = TensorBoardCallbacks(options.save_dir)
     held = held_out(options)
     evaluator = build_evaluator(options, held, card, model, board.eval_samples)
-    parts = (board,) if display is None else (display, board)
+    export = HookExport([hook.name for hook in hooks], options.save_dir) if hooks else None
+    parts = tuple(part for part in (display, board, export) if part is not None)
     callbacks = CompositeCallbacks(*parts) if context.is_main else TrainerCallbacks()
     trainer = build_trainer(options, model, source, callbacks, card, evaluator, context)
-    return TrainRun(options, trainer, source, held, board, context)
+    trainer.origin = run_origin(options.start,
+                                None if base is None else weights_sha256(base.path), hooks)
+    return TrainRun(options, trainer, source, held, board, context, export)
 
 
 def resolve_resume(resume: str, save_dir: Path, check: StateCheck) -> ResumePlan:
@@ -375,9 +450,10 @@ def resolve_resume(resume: str, save_dir: Path, check: StateCheck) -> ResumePlan
 def run_training(run: TrainRun, should_stop: Callable[[], bool] = lambda: False,
                  on_resume: Callable[[ResumePlan], None] | None = None) -> TrainResult:
     """Claim the save dir (FolderInUseError, naming the holder, when another run writes it),
-    resume as the options say, and train until the last step or until ``should_stop``
-    answers True (the step finishes and is checkpointed). ``on_resume`` sees where the run
-    starts before anything is loaded."""
+    resume as the options say (a UsageError when the checkpoint's run started elsewhere:
+    `check_origin`), and train until the last step or until ``should_stop`` answers True
+    (the step finishes and is checkpointed). ``on_resume`` sees where the run starts before
+    anything is loaded."""
     trainer = run.trainer
     trainer.claim_save_dir()  # before the save dir is read: another run may be writing it
     try:
@@ -385,7 +461,10 @@ def run_training(run: TrainRun, should_stop: Callable[[], bool] = lambda: False,
         if on_resume is not None:
             on_resume(plan)
         if plan.checkpoint is not None:
+            check_origin(plan.checkpoint, read_state(plan.checkpoint), trainer.origin)
             trainer.resume(plan.checkpoint)
+            if run.hook_export is not None and run.context.is_main:
+                run.hook_export.on_checkpoint(plan.checkpoint)  # a kill may have beaten it
         return trainer.train(should_stop=should_stop)
     finally:
         run.board.close()

@@ -168,6 +168,10 @@ class Trainer:
     the model is wrapped in DDP, or sharded by FSDP2, accordingly.
     """
 
+    # Where the run started when not from a fresh model alone (`--from`, new hooks; see
+    # `omnilatent.training.hook_training.run_origin`); every checkpoint records it.
+    origin: dict[str, Any] | None = None
+
     def __init__(
         self,
         model: OmniLatentModel,
@@ -366,6 +370,7 @@ class Trainer:
             "log_window": self.window.state_dict(),
             "extra": self.extra_state(),
             "card": None if self.card is None else self.card.to_state(),
+            "origin": self.origin,
         }
         training_state = {
             "optimizer": optimizer_state,
