@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+import tarfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -326,3 +327,16 @@ def _mp4_boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
         boxes.append((kind, data[pos : pos + size]))
         pos += size
     return boxes
+
+
+def read_samples(out: Path) -> dict[str, dict[str, bytes]]:
+    """Every sample under out/shards/*.tar (final names only): key -> member -> bytes."""
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, kind = member.name.split(".", 1)
+                handle = tar.extractfile(member)
+                assert handle is not None
+                samples.setdefault(key, {})[kind] = handle.read()
+    return samples

@@ -27,6 +27,7 @@ from media import (
     make_video,
     mux_subtitles,
     random_bytes_file,
+    read_samples,
     stripe_side,
     truncate_file,
 )
@@ -73,19 +74,6 @@ CP1252_TEXT = "café naïve"
 
 def srt(text: str, start: str = "00:00:00,500", end: str = "00:00:01,500") -> str:
     return f"1\n{start} --> {end}\n{text}\n"
-
-
-def read_samples(out: Path) -> dict[str, dict[str, bytes]]:
-    """Every sample under out/shards/*.tar (final names only): key -> member -> bytes."""
-    samples: dict[str, dict[str, bytes]] = {}
-    for shard in sorted((out / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                key, kind = member.name.split(".", 1)
-                handle = tar.extractfile(member)
-                assert handle is not None
-                samples.setdefault(key, {})[kind] = handle.read()
-    return samples
 
 
 def by_source(result: PrepareResult) -> dict[str, object]:

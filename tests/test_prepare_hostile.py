@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from media import make_video
+from media import make_video, read_samples
 
 from pipeline import video_job
 from pipeline.config import PrepareConfig
@@ -45,17 +45,9 @@ def many_cues(count: int) -> str:
 def texts_by_source(out: Path) -> dict[str, list[bytes]]:
     """The txt members of every sample under out/shards, per source video, in clip order."""
     found: dict[str, list[tuple[int, bytes]]] = {}
-    for shard in sorted((out / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            members: dict[str, dict[str, bytes]] = {}
-            for member in tar:
-                key, kind = member.name.split(".", 1)
-                handle = tar.extractfile(member)
-                assert handle is not None
-                members.setdefault(key, {})[kind] = handle.read()
-        for sample in members.values():
-            meta = json.loads(sample["json"])
-            found.setdefault(meta["source"], []).append((meta["clip_index"], sample["txt"]))
+    for sample in read_samples(out).values():
+        meta = json.loads(sample["json"])
+        found.setdefault(meta["source"], []).append((meta["clip_index"], sample["txt"]))
     return {source: [text for _, text in sorted(items)] for source, items in found.items()}
 
 

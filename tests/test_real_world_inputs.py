@@ -4,14 +4,20 @@ SRT text that is not HTML, ASS drawings, reversed cues, anamorphic pixels, cover
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
 import pytest
-from media import add_cover_art, make_anamorphic_video, make_audio_only, make_video, read_counter
+from media import (
+    add_cover_art,
+    make_anamorphic_video,
+    make_audio_only,
+    make_video,
+    read_counter,
+    read_samples,
+)
 
 from pipeline.config import DECODERS, PrepareConfig
 from pipeline.outcome import VideoOutcome
@@ -98,14 +104,8 @@ def prepared_streams(request: pytest.FixtureRequest, stream_videos: Path,
     out = tmp_path_factory.mktemp(f"prepared-{request.param}")
     result = prepare(stream_videos, out, PrepareConfig(decoder=request.param),
                      RunOptions(workers=1))
-    samples: dict[str, dict[str, Any]] = {}
-    for shard in sorted((out / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                key, name = member.name.split(".", 1)
-                handle = tar.extractfile(member)
-                assert handle is not None
-                samples.setdefault(key, {})[name] = decode_member(name, handle.read())
+    samples = {key: {name: decode_member(name, data) for name, data in members.items()}
+               for key, members in read_samples(out).items()}
     by_source: dict[str, list[dict[str, Any]]] = {}
     for sample in sorted(samples.values(), key=lambda s: s["json"]["clip_index"]):
         by_source.setdefault(sample["json"]["source"], []).append(sample)

@@ -6,13 +6,12 @@ import dataclasses
 import io
 import json
 import math
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from media import make_video
+from media import make_video, read_samples
 from typer.testing import CliRunner
 
 from cli.app import app
@@ -43,19 +42,6 @@ def _videos(root: Path, transcripts: bool) -> Path:
         (root / "a.srt").write_text(SRT, encoding="utf-8")
         (root / "b.txt").write_text("one two three four", encoding="utf-8")
     return root
-
-
-def _shard_members(out: Path) -> dict[str, dict[str, bytes]]:
-    """Every sample of the prepared folder's shards, as stored: key -> member -> bytes."""
-    members: dict[str, dict[str, bytes]] = {}
-    for shard in sorted((out / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                key, kind = member.name.split(".", 1)
-                handle = tar.extractfile(member)
-                assert handle is not None
-                members.setdefault(key, {})[kind] = handle.read()
-    return members
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +179,7 @@ def test_video_watching_dataset_uses_the_prepare_pipeline(prepared) -> None:
     assert by_start[("b.mkv", 0.0)]["meta"]["transcript_timed"] is False
     assert "one" in texts[("b.mkv", 0.0)]
     # the same samples as the prepared shards: keys, texts and (lossless) mels
-    shards = _shard_members(out)
+    shards = read_samples(out)
     assert set(shards) == set(samples)
     for key, sample in samples.items():
         assert byte_detokenize(sample["text"].tolist()) == shards[key]["txt"].decode("utf-8")

@@ -7,11 +7,10 @@ container's duration (which here covers audio running 4 s past the picture).
 from __future__ import annotations
 
 import subprocess
-import tarfile
 from pathlib import Path
 
 import numpy as np
-from media import make_audio_only, make_video
+from media import make_audio_only, make_video, read_samples
 
 from omnilatent.training.video_dataset import VideoWatchingDataset
 from pipeline.config import PrepareConfig
@@ -25,18 +24,8 @@ CONFIG = PrepareConfig(clip_duration=2.0, clip_stride=1.0, fps=4, frame_size=32,
 
 
 def _shard_samples(out: Path) -> dict[str, dict]:
-    samples = {}
-    for shard in sorted((out / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            raw: dict[str, dict] = {}
-            for member in tar:
-                key, kind = member.name.split(".", 1)
-                handle = tar.extractfile(member)
-                assert handle is not None
-                raw.setdefault(key, {"__key__": key})[kind] = handle.read()
-        for key, members in raw.items():
-            samples[key] = decode_sample(members)[0]
-    return samples
+    return {key: decode_sample({"__key__": key, **members})[0]
+            for key, members in read_samples(out).items()}
 
 
 def test_video_dir_samples_equal_the_prepared_shards(tmp_path: Path) -> None:
