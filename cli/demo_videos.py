@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.console import console, human_bytes
+from cli.console import console, human_bytes, plain
 from cli.errors import run_command
 from pipeline.demo_media import DEMO_CLASSES, DemoVideo, make_demo_videos
 
@@ -43,9 +43,9 @@ def _summary(videos: list[DemoVideo], out_dir: Path) -> None:
             table.add_row(demo_class.name, str(per_class[demo_class.name]), demo_class.sentence)
     console.print(table)
     size = sum(video.path.stat().st_size for video in videos)
-    console.print(f"{human_bytes(size)} in {out_dir} ({videos[0].duration:g} s each, "
+    console.print(f"{human_bytes(size)} in {plain(out_dir)} ({videos[0].duration:g} s each, "
                   f".srt and .vtt transcripts)", soft_wrap=True)
-    console.print(f"next: [cyan]omni prepare {out_dir} SHARD_DIR[/]", soft_wrap=True)
+    console.print(f"next: [cyan]omni prepare {plain(out_dir)} SHARD_DIR[/]", soft_wrap=True)
 
 
 def demo_videos(

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import typer
 
-from cli.console import console
+from cli.console import console, plain
 from omnilatent.errors import OmniLatentError
 from pipeline.errors import PipelineError
 
@@ -41,10 +41,10 @@ def run_command(fn: Callable[[], T]) -> T:
     except (CLIError, OmniLatentError, PipelineError, ValueError) as exc:
         if os.environ.get("OMNI_DEBUG") == "1":
             console.print_exception()
-        console.print(f"[bold red]Error:[/] {exc}")
+        console.print(f"[bold red]Error:[/] {plain(exc)}")
         hint = getattr(exc, "hint", None)
         if hint:
-            console.print(f"[dim]Hint:[/] {hint}")
+            console.print(f"[dim]Hint:[/] {plain(hint)}")
         elif os.environ.get("OMNI_DEBUG") != "1":
             console.print("[dim]Set OMNI_DEBUG=1 for the full traceback.[/]")
         raise typer.Exit(getattr(exc, "exit_code", EXIT_ERROR)) from None

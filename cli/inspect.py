@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -28,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.console import console, human_bytes
+from cli.console import console, human_bytes, plain
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
 from cli.options import Json
 from pipeline.inspect import (
@@ -152,14 +151,14 @@ def _describe(target: Target) -> str:
         return _count(len(target.shards), "shard")
     if target.manifest is None:
         return "prepared folder without manifest.json"
-    created = f", written {target.created}" if target.created else ""
+    created = f", written {plain(target.created)}" if target.created else ""
     return f"prepared folder (manifest{created})"
 
 
 def _render_summary(summary: Summary) -> None:
     target = summary.target
     path = target.path if len(target.path) <= 100 else target.path[:99] + "…"
-    console.print(f"[bold]{escape(path)}[/]: {_describe(target)}", soft_wrap=True)
+    console.print(f"[bold]{plain(path)}[/]: {_describe(target)}", soft_wrap=True)
     table = Table(show_header=False, title="inspect summary")
     shards = summary.shards
     damaged = [entry for entry in shards if entry.error is not None]
@@ -169,17 +168,18 @@ def _render_summary(summary: Summary) -> None:
     expected = summary.expected_samples
     if expected is not None:
         colour = "green" if expected == summary.samples else "red"
-        samples += f" [{colour}](recorded: {expected})[/]"
+        samples += f" [{colour}](recorded: {plain(expected)})[/]"
     table.add_row("samples", samples)
     videos = f"{summary.videos} with samples"
     totals = target.totals
     if totals is not None:
-        videos += (f"; prepare saw {totals.get('videos')}: {totals.get('prepared')} prepared, "
-                   f"[red]{totals.get('failed')} failed[/], "
-                   f"[yellow]{totals.get('skipped')} skipped[/]")
+        videos += (f"; prepare saw {plain(totals.get('videos'))}: "
+                   f"{plain(totals.get('prepared'))} prepared, "
+                   f"[red]{plain(totals.get('failed'))} failed[/], "
+                   f"[yellow]{plain(totals.get('skipped'))} skipped[/]")
     table.add_row("videos", videos)
     for split, text in _splits(summary).items():
-        table.add_row(f"{split} split", text)
+        table.add_row(f"{plain(split)} split", text)
     if summary.footage_seconds is not None:
         table.add_row("footage", f"{_seconds(summary.footage_seconds)} of prepared video")
     else:
@@ -187,7 +187,7 @@ def _render_summary(summary: Summary) -> None:
                                  f"{_seconds(summary.span_seconds)}")
     table.add_row("clip-seconds", f"{summary.clip_seconds:.0f} s in {summary.samples} windows "
                                   f"(windows overlap, so this is not footage)")
-    coverage = ", ".join(f"{escape(item.source)} {item.with_text}/{item.samples}"
+    coverage = ", ".join(f"{plain(item.source)} {item.with_text}/{item.samples}"
                          for item in summary.transcripts)
     table.add_row("transcripts", f"{_percent(summary.with_text, summary.samples)} of samples "
                                  f"have text" + (f": {coverage}" if coverage else ""))
@@ -206,19 +206,20 @@ def _render_summary(summary: Summary) -> None:
             kind = "[red]not read (unsafe or unknown type)[/]" if member.kind == "unread" \
                 else member.kind
             shape = "" if member.shape is None else "(" + ", ".join(map(str, member.shape)) + ")"
-            members.add_row(escape(member.name), kind, member.dtype or "", shape,
+            members.add_row(plain(member.name), kind, plain(member.dtype or ""), shape,
                             human_bytes(member.mean_bytes))
         console.print(members)
     if target.config is not None:
         config = {**target.config, "clip_encoding": target.clip_encoding}
-        console.print("prepare config: " + " ".join(f"{name}={value}" for name, value
-                                                    in config.items()), soft_wrap=True)
+        console.print("prepare config: " + " ".join(f"{plain(name)}={plain(value)}"
+                                                    for name, value in config.items()),
+                      soft_wrap=True)
     for entry in damaged[:_MAX_LISTED]:
-        console.print(f"[red]shard {escape(entry.path)}:[/] {escape(entry.error or '')}",
+        console.print(f"[red]shard {plain(entry.path)}:[/] {plain(entry.error or '')}",
                       soft_wrap=True)
     _render_issues(target)
     for note in target.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+        console.print(f"[yellow]note:[/] {plain(note)}", soft_wrap=True)
 
 
 def _splits(summary: Summary) -> dict[str, str]:
@@ -231,8 +232,9 @@ def _splits(summary: Summary) -> dict[str, str]:
         recorded = recorded_splits.get(split)
         if recorded is not None:
             colour = "green" if recorded.get("clips") == found.samples else "red"
-            text += (f" [{colour}](recorded: {_count(recorded.get('clips', 0), 'clip')} of "
-                     f"{_count(recorded.get('videos', 0), 'video')})[/]")
+            clips, videos = recorded.get("clips", 0), recorded.get("videos", 0)
+            text += (f" [{colour}](recorded: {plain(_count(clips, 'clip'))} of "
+                     f"{plain(_count(videos, 'video'))})[/]")
         described[split] = text
     return described
 
@@ -246,8 +248,8 @@ def _render_issues(target: Target) -> None:
         listing.add_column("reason", overflow="fold")
         for issue in failures[:_MAX_LISTED]:
             colour = "red" if issue.status == "failed" else "yellow"
-            listing.add_row(escape(issue.source), f"[{colour}]{issue.status}[/]",
-                            escape(issue.reason))
+            listing.add_row(plain(issue.source), f"[{colour}]{plain(issue.status)}[/]",
+                            plain(issue.reason))
         console.print(listing)
         if len(failures) > _MAX_LISTED:
             console.print(f"... and {len(failures) - _MAX_LISTED} more (see --json)")
@@ -255,7 +257,7 @@ def _render_issues(target: Target) -> None:
     if warnings:
         console.print(f"[yellow]{len(warnings)} prepare warning(s)[/] (videos prepared anyway):")
         for issue in warnings[:_MAX_LISTED]:
-            console.print(f"  {escape(issue.source)}: {escape(issue.reason)}", soft_wrap=True)
+            console.print(f"  {plain(issue.source)}: {plain(issue.reason)}", soft_wrap=True)
 
 
 def _render_samples(views: list[SampleView]) -> None:
@@ -267,11 +269,12 @@ def _render_samples(views: list[SampleView]) -> None:
     table.add_column("transcript", overflow="fold")
     for view in views:
         if view.source is None:
-            table.add_row(escape(view.key), "[red]json does not decode[/]", "", "", "")
+            table.add_row(plain(view.key), "[red]json does not decode[/]", "", "", "")
             continue
         times = f"{view.start:.2f}–{view.end:.2f}"
-        text = escape(view.text) if view.text else f"[dim]({view.transcript_source}, empty)[/]"
-        table.add_row(escape(view.key), escape(view.source), times,
+        text = (plain(view.text) if view.text
+                else f"[dim]({plain(view.transcript_source)}, empty)[/]")
+        table.add_row(plain(view.key), plain(view.source), times,
                       "yes" if view.has_audio else "[yellow]no[/]", text)
     console.print(table)
 
@@ -291,7 +294,7 @@ def _render_verify(result: VerifyResult) -> None:
     table.add_column("problem", overflow="fold")
     for problem in result.problems[:_MAX_LISTED]:
         shard = Path(problem.shard).name if problem.shard else "(all)"
-        table.add_row(escape(shard), escape(problem.key or ""), escape(problem.message))
+        table.add_row(plain(shard), plain(problem.key or ""), plain(problem.message))
     console.print(table)
     if result.problem_count > _MAX_LISTED:
         console.print(f"... and {result.problem_count - _MAX_LISTED} more (--json lists the "
@@ -300,14 +303,14 @@ def _render_verify(result: VerifyResult) -> None:
 
 def _render_export(exported: list[ExportedSample], folder: Path) -> None:
     written = sum(1 for item in exported if item.error is None)
-    console.print(f"exported {written} sample(s) to {folder}:", soft_wrap=True)
+    console.print(f"exported {written} sample(s) to {plain(folder)}:", soft_wrap=True)
     for item in exported:
         if item.error is not None:
-            console.print(f"  [red]{escape(item.key)}: not exported[/]: {escape(item.error)}",
+            console.print(f"  [red]{plain(item.key)}: not exported[/]: {plain(item.error)}",
                           soft_wrap=True)
         else:
             stem = Path(item.files["txt"]).stem
-            console.print(f"  {escape(stem)}.{{{','.join(item.files)}}}", soft_wrap=True)
+            console.print(f"  {plain(stem)}.{{{','.join(item.files)}}}", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- command

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -28,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.console import console, human_bytes
+from cli.console import console, human_bytes, plain
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
 from cli.options import Json
 from pipeline.config import DECODERS, PrepareConfig
@@ -102,8 +101,8 @@ class _ProgressBar(PrepareCallbacks):
 
     def on_video(self, outcome: VideoOutcome) -> None:
         if outcome.status == FAILED:
-            self.progress.console.print(f"[red]failed[/] {escape(outcome.source)}: "
-                                        f"{escape(outcome.reason or '')}")
+            self.progress.console.print(f"[red]failed[/] {plain(outcome.source)}: "
+                                        f"{plain(outcome.reason or '')}")
 
 
 def _count(number: int, noun: str) -> str:
@@ -155,8 +154,8 @@ def _summary(result: PrepareResult, eval_fraction: float) -> None:
         listing.add_column("reason", overflow="fold")
         for video in problems[:_MAX_LISTED]:
             colour = "red" if video.status == FAILED else "yellow"
-            listing.add_row(escape(video.source), f"[{colour}]{video.status}[/]",
-                            escape(video.reason or ""))
+            listing.add_row(plain(video.source), f"[{colour}]{video.status}[/]",
+                            plain(video.reason or ""))
         console.print(listing)
         if len(problems) > _MAX_LISTED:
             console.print(f"... and {len(problems) - _MAX_LISTED} more (see --json)")
@@ -164,10 +163,10 @@ def _summary(result: PrepareResult, eval_fraction: float) -> None:
     if warnings:
         console.print(f"[yellow]{_count(len(warnings), 'warning')}[/] (videos prepared anyway):")
         for source, text in warnings[:_MAX_LISTED]:
-            console.print(f"  {escape(source)}: {escape(text)}", soft_wrap=True)
+            console.print(f"  {plain(source)}: {plain(text)}", soft_wrap=True)
     # paths on their own unwrapped lines, so they can be copied whatever the terminal width
     if result.manifest is not None:
-        console.print(f"manifest: {result.manifest}", soft_wrap=True)
+        console.print(f"manifest: {plain(result.manifest)}", soft_wrap=True)
     else:
         console.print(f"manifest: not yet written, {result.units_missing} units of other parts "
                       f"are still missing (it is written by the last part to finish)",

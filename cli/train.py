@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 
-from cli.console import console
+from cli.console import console, plain
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, SaveDir, Seed, Workers
 from omnilatent.errors import UsageError
@@ -84,23 +84,27 @@ def _usage_errors() -> Iterator[None]:
 
 def _show_run(run: TrainRun) -> None:
     """What the run reads and where it evaluates and logs, before it starts."""
-    console.print(f"data: {run.source.description}", soft_wrap=True)
+    console.print(f"data: {plain(run.source.description)}", soft_wrap=True)
     held = run.held_out
     if held.missing is not None:
-        console.print(f"[yellow]{held.missing}[/]", soft_wrap=True)
+        console.print(f"[yellow]{plain(held.missing)}[/]", soft_wrap=True)
     elif held.shards is not None:
-        console.print(f"eval: up to {run.options.evaluation.samples} windows of {held.shards}"
-                      + ("" if held.split is None else f" ({held.split} split)"),
+        console.print(f"eval: up to {run.options.evaluation.samples} windows of "
+                      f"{plain(held.shards)}"
+                      + ("" if held.split is None else f" ({plain(held.split)} split)"),
                       soft_wrap=True)
-    console.print(f"tensorboard: tensorboard --logdir {run.options.save_dir}", soft_wrap=True)
+    console.print(f"tensorboard: tensorboard --logdir {plain(run.options.save_dir)}",
+                  soft_wrap=True)
 
 
 def _show_resume(plan: ResumePlan, options: TrainRunOptions) -> None:
     """The checkpoints `--resume auto` passed over, and a fresh start when it found none."""
     for path, reason in plan.skipped:
-        console.print(f"[yellow]skipping unusable checkpoint[/] {path.name}: {reason}")
+        console.print(f"[yellow]skipping unusable checkpoint[/] {plain(path.name)}: "
+                      f"{plain(reason)}", soft_wrap=True)
     if options.resume == "auto" and plan.checkpoint is None:
-        console.print(f"no complete checkpoint in {options.save_dir}: starting from step 0")
+        console.print(f"no complete checkpoint in {plain(options.save_dir)}: starting from "
+                      f"step 0", soft_wrap=True)
 
 
 def _install_stop_handler() -> list[bool]:

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.console import console
+from cli.console import console, plain
 from omnilatent.training import Trainer, TrainerCallbacks, TrainResult
 from omnilatent.training.run_log import DROPPED_WARNING, dropped_share
 from omnilatent.training.trainer import METRICS_FILE
@@ -80,12 +80,12 @@ class RichCallbacks(TrainerCallbacks):
             fields["steps_per_s"] = f"{rate:.2f}"
             fields["samples_per_s"] = f"{rate * self.samples_per_step:.1f}"
         phase = None if self.trainer is None else self.trainer.log_fields().get("phase")
-        self.progress.update(self.task_id, completed=step, status=phase or task, **fields)
+        self.progress.update(self.task_id, completed=step, status=plain(phase or task), **fields)
 
     def on_log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         self.progress.update(self.task_id, loss=f"{record['loss']:.4f}")
-        phase = f" | {record['phase']}" if "phase" in record else ""
+        phase = f" | {plain(record['phase'])}" if "phase" in record else ""
         data = f" | {data_line(record['data'])}" if "data" in record else ""
         console.print(
             f"step {record['step']:>7}{phase} | loss {record['loss']:.4f} | "
@@ -99,10 +99,10 @@ class RichCallbacks(TrainerCallbacks):
                       soft_wrap=True)
 
     def on_checkpoint(self, path: Path) -> None:
-        console.print(f"[green]checkpoint[/] {path}", soft_wrap=True)
+        console.print(f"[green]checkpoint[/] {plain(path)}", soft_wrap=True)
 
     def on_event(self, message: str) -> None:
-        console.print(f"[yellow]{message}[/]", soft_wrap=True)
+        console.print(f"[yellow]{plain(message)}[/]", soft_wrap=True)
 
 
 def data_line(counters: dict[str, int]) -> str:
@@ -147,7 +147,7 @@ def print_summary(records: list[dict[str, Any]], save_dir: Path, result: TrainRe
         by_phase.setdefault(record.get("phase"), []).append(record)
     for phase, logged in by_phase.items():
         name = "all" if phase is None else f"phase {phase}"
-        table.add_row(f"[bold]{name} (window mean)[/]",
+        table.add_row(f"[bold]{plain(name)} (window mean)[/]",
                       f"{logged[0]['loss']:.4f} (step {logged[0]['step']})",
                       f"{logged[-1]['loss']:.4f} (step {logged[-1]['step']})")
     console.print(table)
@@ -161,5 +161,5 @@ def print_summary(records: list[dict[str, Any]], save_dir: Path, result: TrainRe
                       soft_wrap=True)
     # paths on their own unwrapped lines, so they can be copied whatever the terminal width
     if result.last_checkpoint is not None:
-        console.print(f"checkpoint: {result.last_checkpoint}", soft_wrap=True)
-    console.print(f"metrics:    {save_dir / METRICS_FILE}", soft_wrap=True)
+        console.print(f"checkpoint: {plain(result.last_checkpoint)}", soft_wrap=True)
+    console.print(f"metrics:    {plain(save_dir / METRICS_FILE)}", soft_wrap=True)
