@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.console import console
+from cli.console import console, plain
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, Hooks
 
@@ -57,6 +57,10 @@ def generate_command(
     max_tokens: Annotated[int | None, typer.Option(
         "--max-tokens", min=1, help="Longest text to generate (default: the training "
         "length).")] = None,
+    follow_symlinks: Annotated[bool, typer.Option(
+        "--follow-symlinks",
+        help="Read a video's sidecar transcript where a symlink leads it out of the video's "
+             "folder; without it, it is ignored with a note, as omni prepare does.")] = False,
     hooks: Hooks = None,
     device: Device = "auto",
 ) -> None:
@@ -77,13 +81,14 @@ def generate_command(
                            exit_code=EXIT_USAGE)
         check_output_path(to, out)
         trained = load_trained(checkpoint, resolve_device(device), hooks or [])
-        modality, arrays = read_input(trained, source, text, from_modality, start)
+        modality, arrays = read_input(trained, source, text, from_modality, start,
+                                      follow_symlinks=follow_symlinks)
         made = generate(trained, modality, arrays, to, out, max_tokens)
         for note in made.notes:
-            console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+            console.print(f"[yellow]note:[/] {plain(note)}", soft_wrap=True)
         if made.text is not None:
             console.print(made.text, soft_wrap=True, markup=False, highlight=False)
-        console.print(f"[green]wrote[/] {made.path} ({made.source} -> {made.target}, "
+        console.print(f"[green]wrote[/] {plain(made.path)} ({made.source} -> {made.target}, "
                       f"checkpoint step {trained.step})", soft_wrap=True)
 
     run_command(body)

@@ -13,6 +13,12 @@ pipeline's own code, never a look-alike:
   gives the same `image` as a losslessly stored video of it does through prepare.
 - **Text**: whitespace collapsed to single spaces, as windows of a transcript are joined.
 
+Only regular files are read (`regular_input`): a FIFO, a device or a socket named like a
+picture, a sound or a video is refused before it is opened (opening a FIFO waits for a writer
+forever). A video's sidecar transcript is found by prepare's own rules (`video_context`), with
+the video's folder as the input folder: one that a symlink leads out of it is not read unless
+`follow_symlinks` (`omni generate --follow-symlinks`, as `omni prepare --follow-symlinks`).
+
 `sample_arrays_batch` turns the arrays into a batch of one with the loader's own
 `sample_tensors` and `collate`, in the loader's stored dtypes; `pipeline.normalize`'s
 `to_model_units` then gives the model the training normalisation, as it does to a loader batch.
@@ -23,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import av
 import numpy as np
@@ -44,7 +51,7 @@ from pipeline.probe_pyav import open_container, origin
 from pipeline.pyav_packets import decoded_frames
 from pipeline.sample import sample_fields, video_context
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer
-from pipeline.transcripts import read_text_file
+from pipeline.transcripts import file_kind, read_text_file
 from pipeline.windows import (
     AUDIO_HARD_COMPENSATION_S,
     END_TOLERANCE,
@@ -93,16 +100,49 @@ def guess_modality(path: str | os.PathLike[str]) -> Modality:
                      f"({suffix or 'none'}); known: {known}; name it with --from-modality")
 
 
+def regular_input(path: str | os.PathLike[str], what: str) -> Path:
+    """`path`, refused (MediaError) unless it is a regular file (symlinks followed): checked
+    before anything opens it, since opening a FIFO blocks until a writer comes and opening a
+    device may act on it. `what` names the kind of input in the message ("picture")."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as err:
+        raise MediaError(f"no such {what}: {path}") from err
+    except OSError as err:
+        raise MediaError(f"cannot read {what} {path}: {err.strerror or err}") from err
+    if not stat.S_ISREG(mode):
+        raise MediaError(f"{what} {path} is {file_kind(mode)}, not a regular file; not read")
+    return path
+
+
+def _open_regular(path: Path, what: str) -> BinaryIO:
+    """`path` open for reading, checked as `regular_input` both before and after it is opened
+    (non-blocking, so that a FIFO swapped in between cannot hang the open)."""
+    regular_input(path, what)
+    try:
+        handle = open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+    except OSError as err:
+        raise MediaError(f"cannot read {what} {path}: {err.strerror or err}") from err
+    mode = os.fstat(handle.fileno()).st_mode
+    if not stat.S_ISREG(mode):
+        handle.close()
+        raise MediaError(f"{what} {path} is {file_kind(mode)}, not a regular file; not read")
+    return handle
+
+
 def load_input(path: str | os.PathLike[str], config: PrepareConfig,
-               modality: Modality | None = None, start: float = 0.0) -> SampleArrays:
+               modality: Modality | None = None, start: float = 0.0, *,
+               follow_symlinks: bool = False) -> SampleArrays:
     """`path` read as `modality` (guessed from the extension when None).
 
     `start` (seconds) picks the window of a video or an audio file; pictures and text have
-    none, and a non-zero `start` for them is refused rather than ignored.
+    none, and a non-zero `start` for them is refused rather than ignored. `follow_symlinks`
+    is `load_video_window`'s.
     """
     modality = guess_modality(path) if modality is None else modality
     if modality == "video":
-        return load_video_window(path, config, start)
+        return load_video_window(path, config, start, follow_symlinks=follow_symlinks)
     if modality == "audio":
         return load_audio_file(path, config, start)
     if start:
@@ -118,7 +158,7 @@ def load_input(path: str | os.PathLike[str], config: PrepareConfig,
 
 # --------------------------------------------------------------------------- video
 def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
-                      start: float = 0.0) -> SampleArrays:
+                      start: float = 0.0, *, follow_symlinks: bool = False) -> SampleArrays:
     """The clip window of a video that begins at `start` seconds, as `omni prepare` makes it.
 
     `start` is rounded to the frame grid (1 / fps; a note says so when that moves it). The
@@ -128,17 +168,18 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
     there. Decoding stops right after it, with memory bounded by about one clip; the video
     is still decoded from its beginning, so a late start takes as long as decoding up to it,
     and a start past the end is found at the end (container durations can be estimates, so
-    they do not decide it).
+    they do not decide it). Its transcript is found as prepare finds it, with the video's
+    folder as the input folder: a sidecar that a symlink leads out of it is ignored (with a
+    note) unless `follow_symlinks`.
     """
-    path = Path(path)
+    path = regular_input(path, "video")
     index, start, notes = _grid_start(path, start, config)
     try:
         info = probe(path)
     except DecodeError as err:
         raise MediaError(f"cannot read video {path}: {err}") from err
-    # The user named this file: its sidecar is read wherever a link next to it leads.
     probed = video_context(VideoSource(path, path.name, video_id(path.name)), info,
-                           follow_symlinks=True)
+                           follow_symlinks=follow_symlinks)
     context, notes = probed.context, notes + probed.warnings
     if not info.has_audio:
         notes += ("the video has no audio stream: its mel is digital silence, as prepare "
@@ -205,7 +246,7 @@ def load_audio_file(path: str | os.PathLike[str], config: PrepareConfig,
     the end is padded with silence, as prepare pads a video's. Decoding stops once the clip
     is complete and keeps at most about one clip of samples.
     """
-    path = Path(path)
+    path = regular_input(path, "audio file")
     _check_start(path, start)
     try:
         container = open_container(path)
@@ -251,10 +292,8 @@ def load_image_file(path: str | os.PathLike[str], config: PrepareConfig) -> Samp
     then `still_image`. Animated files give their first frame."""
     path = Path(path)
     try:
-        with Image.open(path) as picture:
+        with _open_regular(path, "picture") as handle, Image.open(handle) as picture:
             rgb = np.asarray(ImageOps.exif_transpose(picture).convert("RGB"))  # (H, W, 3)
-    except FileNotFoundError as err:
-        raise MediaError(f"no such picture: {path}") from err
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as err:
         raise MediaError(f"cannot read picture {path}: {err}") from err
     return SampleArrays(str(path), image=still_image(rgb, config.image_size))
@@ -276,9 +315,7 @@ def still_image(rgb: np.ndarray, image_size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- text
 def load_text_file(path: str | os.PathLike[str]) -> SampleArrays:
     """The text of a file (encoding detected as for transcripts) as `text_input` makes it."""
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"no such text file: {path}")
+    path = regular_input(path, "text file")
     return replace(text_input(read_text_file(path)), source=str(path))
 
 

@@ -1,18 +1,22 @@
-"""Files from model outputs, for `omni generate`: pictures, clips and sound.
+"""Files from model outputs, for `omni generate` and `omni eval`: text, pictures, clips, sound.
 
 The arrays come back to pipeline units first (`pipeline.normalize.unit_to_pixels`,
 `model_to_mel`, then `pipeline.audio.mel_to_waveform` for sound); this module only writes
-them. Every writer goes through a temporary name beside the target and renames it when the
-file is complete, so a failed or interrupted write never leaves half a file under the name.
+them. Every writer goes through `atomic_output`: a new file under a temporary name of its own
+beside the target, renamed over it once complete, so a failed, interrupted or concurrent write
+never leaves half a file under the name (nor an old file half overwritten), and a symlink at
+the name is replaced, never written through.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import wave
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -25,20 +29,53 @@ VIDEO_SUFFIXES = (".mp4", ".gif")
 LOSSY_QUALITY = 95  # JPEG and WebP: a generated picture is looked at, not stored in bulk
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path` for the block to write; renamed to `path` after it."""
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """`path` as an output file, refused (MediaError) before any work when no file can be
+    written there: its folder does not exist (it is not created: a typo in it should not
+    make folders), or a folder has its name."""
+    path = Path(path)
     if not path.parent.is_dir():
         raise MediaError(f"cannot write {path}: the folder {path.parent} does not exist")
-    temporary = path.with_name(f".{path.name}.tmp")
+    if path.is_dir() and not path.is_symlink():
+        raise MediaError(f"cannot write {path}: it is a folder; name a file")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A new file for the block to write, which then replaces `path` whole.
+
+    The file is created beside `path` under a name no other writer uses (".NAME.PID-RANDOM.tmp",
+    created exclusively, with the permissions a new file gets), flushed to disk and renamed
+    to `path` when the block ends; if the block or the write fails (a full disk, a file size
+    limit) it is deleted and `path` keeps what it held. Writers racing for one name each
+    rename a complete file, and the last one wins. A symlink at `path` is replaced by the new
+    file: the file it pointed to is left as it was, whatever the format. Raises MediaError.
+    """
+    path = check_output_file(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        yield temporary
-        os.replace(temporary, path)
+        try:
+            descriptor = os.open(temporary,
+                                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            with open(descriptor, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
     except OSError as err:
         raise MediaError(f"cannot write {path}: {err.strerror or err}; choose a writable "
                          f"path") from err
-    finally:
-        temporary.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` and a final newline as UTF-8."""
+    path = Path(path)
+    with atomic_output(path) as handle:
+        handle.write((text + "\n").encode("utf-8"))
+    return path
 
 
 def _check_pixels(array: np.ndarray, ndim: int, shape: str) -> None:
@@ -56,8 +93,8 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray) -> Path:
         raise MediaError(f"cannot write a picture as {path.name}: use one of "
                          f"{', '.join(IMAGE_FORMATS)}")
     options = {} if kind == "PNG" else {"quality": LOSSY_QUALITY}
-    with _atomic(path) as temporary:
-        Image.fromarray(image, mode="RGB").save(temporary, format=kind, **options)
+    with atomic_output(path) as handle:
+        Image.fromarray(image, mode="RGB").save(handle, format=kind, **options)
     return path
 
 
@@ -83,8 +120,8 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int) -> P
         pictures = [Image.fromarray(picture, mode="RGB") for picture in frames]  # (H, W, 3)
         ends = [10 * round(100 * (index + 1) / fps) for index in range(len(frames))]  # ms
         durations = [end - start for start, end in zip([0, *ends], ends, strict=False)]
-        with _atomic(path) as temporary:
-            pictures[0].save(temporary, format="GIF", save_all=True,
+        with atomic_output(path) as handle:
+            pictures[0].save(handle, format="GIF", save_all=True,
                              append_images=pictures[1:], duration=durations, loop=0)
         return path
     if suffix != ".mp4":
@@ -95,8 +132,8 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int) -> P
         raise MediaError(f"cannot write {path}: H.264 in yuv420p needs an even frame size, "
                          f"got {width}x{height}; write a .gif instead")
     data = encode_clip(frames, "mp4", fps)  # the shards' own H.264 encoding
-    with _atomic(path) as temporary:
-        temporary.write_bytes(data)
+    with atomic_output(path) as handle:
+        handle.write(data)
     return path
 
 
@@ -109,9 +146,9 @@ def write_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: in
     if not np.isfinite(values).all():
         raise MediaError(f"cannot write {path}: the samples hold NaN or infinite values")
     pcm = np.round(np.clip(values, -1.0, 1.0) * 32767).astype("<i2")  # (N,)
-    with _atomic(path) as temporary, wave.open(str(temporary), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(sample_rate)
-        handle.writeframes(pcm.tobytes())
+    with atomic_output(path) as handle, wave.open(handle, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate)
+        wav.writeframes(pcm.tobytes())
     return path

@@ -118,7 +118,8 @@ class WindowText(NamedTuple):
     cut: bool = False
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, for messages: "a FIFO", "a folder"..."""
     if stat.S_ISDIR(mode):
         return "a folder"
     if stat.S_ISFIFO(mode):
@@ -130,7 +131,7 @@ def _file_kind(mode: int) -> str:
 
 def _check_readable(info: os.stat_result, name: str) -> None:
     if not stat.S_ISREG(info.st_mode):
-        raise TranscriptError(f"{name} is {_file_kind(info.st_mode)}, not a regular file; not "
+        raise TranscriptError(f"{name} is {file_kind(info.st_mode)}, not a regular file; not "
                               f"read")
     if info.st_size > MAX_TRANSCRIPT_BYTES:
         raise TranscriptError(f"{name} is {info.st_size / 1e6:.1f} MB, over the "

@@ -270,3 +270,105 @@ def test_a_sentencepiece_model_travels_inside_the_checkpoint(tmp_path) -> None:
     (path / "tokenizer.model").write_bytes(b"tampered")
     with pytest.raises(CheckpointError, match="tokenizer.model"):
         verify_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- hostile names
+def test_generate_prints_paths_as_they_are_not_as_markup(checkpoint, tmp_path) -> None:
+    """`[/bold]` in a name used to stop the command with a MarkupError, `[i]` vanished."""
+    broken = tmp_path / "broken [i].mp4"
+    broken.write_bytes(b"\x00not a video" * 20)
+    out = ["--to", "text", "--out", str(tmp_path / "x.txt")]
+    for args, shown in (
+            (["--from", str(tmp_path / "x[/bold].mp4"), *out], tmp_path / "x[/bold].mp4"),
+            (["--from", str(broken), *out], broken),
+            (["--text", "hi", "--hook", str(tmp_path / "x[/b]"), *out], tmp_path / "x[/b]")):
+        result = runner.invoke(app, ["generate", str(checkpoint), *args],
+                               env={"COLUMNS": "400"})
+        assert result.exit_code == 1, (result.exception, result.output)
+        assert str(shown) in result.output
+
+
+@pytest.mark.parametrize("target,suffix", [("text", ".txt"), ("image", ".png"),
+                                           ("audio", ".wav"), ("video", ".gif"),
+                                           ("video", ".mp4")])
+def test_an_out_symlink_is_replaced_not_written_through(checkpoint, tmp_path, target,
+                                                        suffix) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / f"out{suffix}"
+    out.symlink_to(victim)
+    result = runner.invoke(app, ["generate", str(checkpoint), "--text", "hi", "--to", target,
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "precious\n" and not out.is_symlink()
+    _check_output(out, target)
+
+
+def test_a_text_output_over_the_size_limit_leaves_the_old_file(checkpoint, tmp_path) -> None:
+    """Under RLIMIT_FSIZE 0 no byte can be written: the old caption stays whole (it used to
+    be truncated to nothing) and no temporary file is left."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "caption.txt"
+    out.write_text("the old caption\n")
+
+    def no_file_growth() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    run = subprocess.run(
+        [sys.executable, "-m", "cli.app", "generate", str(checkpoint), "--text", "hi", "--to",
+         "text", "--out", str(out), "--device", "cpu"],
+        preexec_fn=no_file_growth, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "400"})
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"cannot write {out}" in run.stdout
+    assert out.read_text() == "the old caption\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["caption.txt"]
+
+
+@pytest.mark.parametrize("where", ["missing/captions.jsonl", "."])
+def test_eval_checks_the_captions_path_before_evaluating(tmp_path, monkeypatch, where) -> None:
+    import omnilatent.inference.trained
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the checkpoint was loaded before --captions was checked")
+
+    monkeypatch.setattr(omnilatent.inference.trained, "load_trained", never)
+    result = runner.invoke(app, ["eval", str(tmp_path), str(tmp_path), "--captions",
+                                 str(tmp_path / where)], env={"COLUMNS": "400"})
+    assert result.exit_code == 1, (result.exception, result.output)
+    assert f"cannot write {tmp_path / where}" in result.output
+
+
+def test_label_pattern_runs_in_linear_time(tmp_path) -> None:
+    """`^(a|aa)+$` backtracks exponentially in Python's re (32 s on 41 characters); RE2 answers
+    at once on 100 000. Run apart, so that a matcher that backtracks fails instead of hanging
+    the suite."""
+    import subprocess
+    import sys
+
+    code = ("from cli.evaluate import _labeller\n"
+            "from cli.errors import CLIError\n"
+            "label = _labeller('^(a|aa)+$')\n"
+            "assert label({'source': 'a' * 6}) == 'a'\n"
+            "try:\n"
+            "    label({'source': 'a' * 100_000 + 'b'})\n"
+            "except CLIError as err:\n"
+            "    print('refused:', str(err)[:40])\n")
+    try:
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the label pattern is still running after 120 s")
+    assert run.returncode == 0, run.stderr
+    assert "refused: --label-pattern '^(a|aa)+$' does not" in run.stdout
+
+
+def test_label_pattern_refuses_what_re2_cannot_bound(tmp_path) -> None:
+    result = runner.invoke(app, ["eval", str(tmp_path), str(tmp_path), "--label-pattern",
+                                 r"(clip)\1"], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "not a regular expression RE2 reads" in result.output
+    assert "backreferences" in result.output

@@ -7,9 +7,12 @@ tiny media written here, so "what the model sees at inference" cannot drift from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import subprocess
+import threading
 import wave
 from fractions import Fraction
 from pathlib import Path
@@ -46,7 +49,7 @@ from pipeline.media_in import (
     sample_arrays_batch,
     text_input,
 )
-from pipeline.media_out import write_image, write_video, write_wav
+from pipeline.media_out import atomic_output, write_image, write_text, write_video, write_wav
 from pipeline.normalize import model_to_mel, pixels_to_unit, to_model_units, unit_to_pixels
 from pipeline.schema import MEL_CENTER, MEL_SCALE, SampleMeta, decode_sample, encode_sample
 
@@ -445,3 +448,107 @@ def test_griffin_lim_is_deterministic_and_checks_its_input() -> None:
     np.testing.assert_array_equal(mel_to_waveform(mel, CONFIG, 4), mel_to_waveform(mel, CONFIG, 4))
     with pytest.raises(ConfigError, match="n_mels=128"):
         mel_to_waveform(mel[:64], CONFIG)
+
+
+# -- hostile inputs: non-regular files, sidecars through symlinks ---------------------------
+
+
+def _load_in_thread(load) -> BaseException | None:
+    """What `load()` raised, run in a thread that must not hang: a FIFO given to a reader that
+    opens it blocks until a writer comes, so the test opens one itself if it does."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            load()
+            outcome.append(None)
+        except BaseException as err:  # handed to the test
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    return outcome[0] if outcome else TimeoutError("the load hung")
+
+
+@pytest.mark.parametrize("name", ["fifo.png", "fifo.wav", "fifo.mp4", "fifo.txt"])
+def test_a_fifo_named_like_an_input_is_refused_not_opened(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    os.mkfifo(path)
+    try:
+        error = _load_in_thread(lambda: load_input(path, CONFIG))
+    finally:  # releases a reader stuck in open(); harmless when none is
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert isinstance(error, MediaError), error
+    assert "is a FIFO, not a regular file" in str(error)
+
+
+def test_generate_reads_sidecars_by_prepares_symlink_rules(tmp_path: Path) -> None:
+    """A sidecar symlink out of the video's folder is not read (a note says so) unless
+    follow_symlinks, as `omni prepare` treats it; a link inside the folder is read."""
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    video = make_video(inside / "v.mp4", duration=2.0, fps=8).path
+    srt = "1\n00:00:00,000 --> 00:00:02,000\n{}\n"
+    (outside / "secret.srt").write_text(srt.format("private words"), encoding="utf-8")
+    (inside / "v.srt").symlink_to(outside / "secret.srt")
+    config = dataclasses.replace(CONFIG, fps=8)
+    refused = load_video_window(video, config)
+    assert not refused.text
+    assert any("leads out of the input folder" in note for note in refused.notes)
+    assert load_video_window(video, config, follow_symlinks=True).text == "private words"
+    (inside / "real.srt").write_text(srt.format("own words"), encoding="utf-8")
+    (inside / "v.srt").unlink()
+    (inside / "v.srt").symlink_to(inside / "real.srt")
+    assert load_video_window(video, config).text == "own words"
+
+
+# -- outputs: whole or not at all --------------------------------------------------------------
+
+
+def test_racing_writers_each_rename_a_whole_file(tmp_path: Path, monkeypatch) -> None:
+    """Two writers of one name, both done writing before either renames: each has a temporary
+    name of its own, so both renames succeed (one shared name: the second found it gone)."""
+    barrier = threading.Barrier(2, timeout=60)
+    replace = os.replace
+
+    def replace_together(source, target) -> None:
+        if Path(target).parent == tmp_path:
+            barrier.wait()
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_together)
+    out = tmp_path / "race.png"
+    pictures = [np.full((8, 8, 3), level, np.uint8) for level in (10, 200)]
+    errors: list[BaseException] = []
+
+    def write(picture: np.ndarray) -> None:
+        try:
+            write_image(out, picture)
+        except BaseException as err:  # handed to the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(picture,)) for picture in pictures]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with Image.open(out) as image:
+        assert int(np.asarray(image)[0, 0, 0]) in (10, 200)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["race.png"]  # no temporary left
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    out.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_output(out) as handle:
+        handle.write(b"half a fil")
+        raise RuntimeError("the writer failed")
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    write_text(out, "new")
+    assert out.read_text() == "new\n"
+    with pytest.raises(MediaError, match="it is a folder"):
+        write_text(tmp_path, "x")

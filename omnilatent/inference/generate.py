@@ -4,7 +4,8 @@ The input is read by `pipeline.media_in` (the prepare pipeline's decode, geometr
 with the settings on the checkpoint's card) and batched by the loader's own functions; the
 output is mapped back from model units (`pipeline.normalize`) and written by
 `pipeline.media_out`: text as .txt, a picture as PNG/JPEG/WebP, sound as WAV (log-mel inverted
-by Griffin-Lim), a clip as MP4 or GIF at the training fps.
+by Griffin-Lim), a clip as MP4 or GIF at the training fps, each written whole or not at all (a
+symlink at the output name is replaced, not written through).
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ from pipeline.media_in import (
     sample_arrays_batch,
     text_input,
 )
-from pipeline.media_out import write_image, write_video, write_wav
+from pipeline.media_out import (
+    check_output_file,
+    write_image,
+    write_text,
+    write_video,
+    write_wav,
+)
 from pipeline.normalize import model_to_mel, to_device_units, unit_to_pixels
 from pipeline.schema import expected_from_config
 
@@ -58,22 +65,24 @@ class Generated:
 
 def check_output_path(target: str, out: str | os.PathLike[str]) -> Path:
     """The output path, refused early (before any decoding) when its type cannot hold
-    ``target``."""
+    ``target`` or no file can be written there (`check_output_file`)."""
     if target not in OUTPUT_SUFFIXES:
         raise ConfigError(f"--to must be one of {', '.join(MODALITIES)}, got {target!r}")
     path = Path(out)
     if path.suffix.lower() not in OUTPUT_SUFFIXES[target]:
         raise ConfigError(f"{target} output needs a file ending in "
                           f"{' or '.join(OUTPUT_SUFFIXES[target])}, got {path.name!r}")
-    return path
+    return check_output_file(path)
 
 
 def read_input(trained: TrainedModel, path: str | os.PathLike[str] | None, text: str | None,
-               modality: str | None, start: float) -> tuple[str, SampleArrays]:
+               modality: str | None, start: float, *,
+               follow_symlinks: bool = False) -> tuple[str, SampleArrays]:
     """(source modality, arrays) of the input, prepared as the model's training data was.
 
     A video file can feed any modality: its clip (the default), still image, soundtrack or
-    transcript window; other files feed their own modality.
+    transcript window; other files feed their own modality. A video's sidecar transcript is
+    found by prepare's rules (`follow_symlinks` as `omni prepare --follow-symlinks`).
     """
     if (path is None) == (text is None):
         raise ConfigError("give exactly one input: a file, or text")
@@ -87,10 +96,10 @@ def read_input(trained: TrainedModel, path: str | os.PathLike[str] | None, text:
     config = trained.data_config
     check_data_fits_model(expected_from_config(config), trained.model.config)
     if Path(path).suffix.lower() in MODALITY_EXTENSIONS["video"]:
-        arrays = load_video_window(path, config, start)
+        arrays = load_video_window(path, config, start, follow_symlinks=follow_symlinks)
         source = modality or "video"
     else:
-        arrays = load_input(path, config, modality, start)
+        arrays = load_input(path, config, modality, start, follow_symlinks=follow_symlinks)
         source = modality or guess_modality(path)
     part = getattr(arrays, _WINDOW_PART[source])
     if part is None or (isinstance(part, str) and not part.strip()):
@@ -116,7 +125,7 @@ def generate(trained: TrainedModel, source: str, arrays: SampleArrays, target: s
         ids = model.generate_text(source, x, length, vocab_limit=trained.text.vocab_limit,
                                   eos_id=trained.text.eos_id)  # (1, L)
         text = trained.text.decode(ids[0].cpu())
-        _write_text(path, text)
+        write_text(path, text)
     else:
         output: Any = model(source, x, target)["output"][0].cpu()
         if target == "image":
@@ -128,11 +137,3 @@ def generate(trained: TrainedModel, source: str, arrays: SampleArrays, target: s
             log_mel = model_to_mel(output).numpy()  # (M, T)
             write_wav(path, mel_to_waveform(log_mel, config), config.sample_rate)
     return Generated(path, source, target, text, tuple(arrays.notes))
-
-
-def _write_text(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n", encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot write {path}: {err.strerror or err}") from err
