@@ -39,6 +39,7 @@ demo: install
 	$(BIN)/omni eval $(DEMO_DIR)/train $(DEMO_DIR)/shards --device cpu \
 		--label-pattern '^([a-z]+-[a-z]+)_s'
 	$(BIN)/omni demo-videos $(DEMO_DIR)/unseen --count 2 --seed 7 --duration 2
+	mkdir -p $(DEMO_DIR)/generated  # omni generate does not create --out's folder
 	$(DEMO_GEN) --from $$(ls $(DEMO_DIR)/unseen/*.mp4 | head -1) --to text \
 		--out $(DEMO_DIR)/generated/from-video.txt
 	$(DEMO_GEN) --from $$(ls $(DEMO_DIR)/unseen/*.mp4 | head -1) --to audio \
