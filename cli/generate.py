@@ -14,6 +14,7 @@ import typer
 from cli.console import console
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, Hooks
+from omnilatent.inference.card import MAX_TEXT_LEN
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -55,8 +56,8 @@ def generate_command(
         "--start", min=0.0, help="Seconds into a video or audio file where the window "
         "starts.")] = 0.0,
     max_tokens: Annotated[int | None, typer.Option(
-        "--max-tokens", min=1, help="Longest text to generate (default: the training "
-        "length).")] = None,
+        "--max-tokens", min=1, max=MAX_TEXT_LEN, help="Longest text to generate (default: "
+        f"the training length; at most {MAX_TEXT_LEN}).")] = None,
     hooks: Hooks = None,
     device: Device = "auto",
 ) -> None:

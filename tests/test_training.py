@@ -324,6 +324,7 @@ def _set(path: str, value):
     (_set("rng", []), "'rng' must be an object"),
     (_set("pair_sampler", KeyError), "has no 'pair_sampler'"),
     (_set("pair_sampler.turn", "3"), "pair_sampler"),
+    (_set("pair_sampler.turn", 10**30), "integer from 0 to"),
     (_set("data", [1, 2]), "'data' must be"),
     (_set("data.batches_seen", -1), "'data' must be"),
     (_set("model_config.hidden_dim", "wide"), "model_config"),

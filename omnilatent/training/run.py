@@ -31,7 +31,7 @@ from torch import Tensor
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import CheckpointError, ConfigError, UsageError
 from omnilatent.evaluation.evaluate import check_shards_fit, held_out_split, shard_evaluator
-from omnilatent.inference.card import CheckpointCard
+from omnilatent.inference.card import MAX_TEXT_LEN, CheckpointCard
 from omnilatent.inference.text import codec_for
 from omnilatent.inference.trained import TrainedModel, load_trained
 from omnilatent.model import OmniLatentModel
@@ -110,6 +110,9 @@ class DataOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_text_len > MAX_TEXT_LEN:
+            raise ConfigError(f"max_text_len must be at most {MAX_TEXT_LEN}, "
+                              f"got {self.max_text_len}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
 
