@@ -14,6 +14,7 @@ import typer
 from cli.console import console, plain
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, Hooks
+from omnilatent.inference.card import MAX_TEXT_LEN
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -55,8 +56,8 @@ def generate_command(
         "--start", min=0.0, help="Seconds into a video or audio file where the window "
         "starts.")] = 0.0,
     max_tokens: Annotated[int | None, typer.Option(
-        "--max-tokens", min=1, help="Longest text to generate (default: the training "
-        "length).")] = None,
+        "--max-tokens", min=1, max=MAX_TEXT_LEN, help="Longest text to generate (default: "
+        f"the training length; at most {MAX_TEXT_LEN}).")] = None,
     follow_symlinks: Annotated[bool, typer.Option(
         "--follow-symlinks",
         help="Read a video's sidecar transcript where a symlink leads it out of the video's "

@@ -3,6 +3,7 @@ checkpoint."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -22,6 +23,18 @@ TRAINING_FIELDS = {
     "grad_clip": "grad_clip",
     "seed": "seed",
 }
+# Caps on what a config may declare. A checkpoint's state.json is read into one, and the
+# model is built from it (on the meta device) before its weights are compared with the
+# safetensors header; no model this code trains comes near them (README: checkpoint format).
+FIELD_CAPS = {
+    "hidden_dim": 16384, "num_layers": 512, "num_heads": 512, "mlp_hidden_dim": 65536,
+    "vocab_size": 1 << 20, "max_text_len": 4096, "n_mels": 1024, "audio_frames": 65536,
+    "audio_stride": 64, "image_size": 4096, "patch_size": 64, "video_size": 4096,
+    "video_frames": 1024, "tubelet_size": 64, "decoder_layers": 64,
+}
+# Tokens one image, clip or mel window may become (attention cost grows with their square;
+# image_size changes no weight, so only this bounds it).
+MAX_MODALITY_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -76,13 +89,12 @@ class OmniLatentConfig:
     def __post_init__(self) -> None:
         if self.mlp_hidden_dim is None and isinstance(self.hidden_dim, int):
             object.__setattr__(self, "mlp_hidden_dim", -(-self.hidden_dim * 10 // 3 // 32) * 32)
-        positive = ("hidden_dim", "num_layers", "num_heads", "mlp_hidden_dim", "vocab_size",
-                    "max_text_len", "n_mels", "audio_frames", "audio_stride", "image_size",
-                    "patch_size", "video_size", "video_frames", "tubelet_size", "decoder_layers")
-        for name in positive:
+        for name in FIELD_CAPS:  # every size: a positive integer, at most its cap
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if value > FIELD_CAPS[name]:
+                raise ConfigError(f"{name} must be at most {FIELD_CAPS[name]}, got {value}")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(
                 f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
@@ -105,6 +117,13 @@ class OmniLatentConfig:
                 f"video_frames ({self.video_frames}) must be a multiple of "
                 f"tubelet_size ({self.tubelet_size})"
             )
+        tokens = {"image": self.image_tokens, "video": math.prod(self.video_grid),
+                  "audio": self.audio_frames // self.audio_stride}
+        for modality, count in tokens.items():
+            if count > MAX_MODALITY_TOKENS:
+                raise ConfigError(f"one {modality} input would be {count} tokens, more than "
+                                  f"{MAX_MODALITY_TOKENS}: lower its size or raise patch_size"
+                                  + (" or audio_stride" if modality == "audio" else ""))
         if self.text_decoding not in TEXT_DECODINGS:
             raise ConfigError(f"text_decoding must be one of {', '.join(TEXT_DECODINGS)}, "
                               f"got {self.text_decoding!r}")

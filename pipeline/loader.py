@@ -579,6 +579,15 @@ class ShardLoader:
         if unknown:
             raise ConfigError(f"not a ShardLoader state: findings of unknown counters "
                               f"{', '.join(sorted(unknown))}")
+        if min(epoch, batches, *consumed) < 0:
+            raise ConfigError(f"not a ShardLoader state: epoch, batches and consumed must be "
+                              f">= 0, got {epoch}, {batches}, {consumed}"[:300])
+        urls = self.shards.urls
+        if all(url in self.shards.sample_counts for url in urls):
+            total = sum(self.shards.sample_counts[url] for url in urls)
+            if sum(consumed) > total:
+                raise ConfigError(f"the loader state says {sum(consumed)} samples of this "
+                                  f"epoch were read, but the shards hold {total}")
         if len(consumed) != len(self.consumed):
             raise ConfigError(
                 f"the loader state was saved with {len(consumed)} worker position(s), this "

@@ -158,17 +158,23 @@ def test_a_checkpoint_with_garbage_state_is_skipped_or_one_error_line(tmp_path) 
     state = {k: v for k, v in loaded.state.items()
              if k not in ("format", "step", "files", "state_sha256")}
     state["rng"]["numpy"][2] = 10**6  # an MT position far past its 624 words
+    shutil.rmtree(tmp_path / "step-00000002")
     save_checkpoint(tmp_path, 2, loaded.model_state, loaded.training_state, state)
 
     named = runner.invoke(app, [*args, "--steps", "3", "--resume",
                                 str(tmp_path / "step-00000002")])
     assert named.exit_code == 1 and "Error:" in named.output and "rng.numpy" in named.output
     assert named.exception is None or isinstance(named.exception, SystemExit)
+    refused = runner.invoke(app, [*args, "--steps", "3", "--resume", "auto"],
+                            env={"COLUMNS": "400"})
+    assert refused.exit_code == 2, refused.output  # it would overwrite step-00000002
+    assert "step-00000002" in refused.output and "rng.numpy" in refused.output
+    assert "move them aside" in refused.output
+    (tmp_path / "step-00000002").rename(tmp_path / "step-00000002.unusable")
     auto = runner.invoke(app, [*args, "--steps", "3", "--resume", "auto"],
                          env={"COLUMNS": "400"})
     assert auto.exit_code == 0, auto.output
-    assert "skipping unusable checkpoint step-00000002" in auto.output
-    assert "rng.numpy" in auto.output and "at step 1" in auto.output
+    assert "at step 1" in auto.output
 
 
 def test_a_save_dir_in_use_by_another_run_is_refused(tmp_path) -> None:

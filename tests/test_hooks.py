@@ -167,7 +167,7 @@ def test_hook_argument_and_lifecycle_errors(tiny_model, tiny_config) -> None:
     dim = tiny_config.hidden_dim
     with pytest.raises(HookError, match="target_layers"):
         LatentNeuralHook("h", 2, dim, [])
-    with pytest.raises(HookError, match=">= 0"):
+    with pytest.raises(HookError, match="each from 0 to"):
         LatentNeuralHook("h", 2, dim, [-1])
     with pytest.raises(HookError, match="num_tokens"):
         LatentNeuralHook("h", 0, dim, [0])

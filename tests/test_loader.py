@@ -479,6 +479,20 @@ def test_state_from_another_worker_count_is_refused(prepared: tuple[Path, list[s
         loader.load_state_dict({"epoch": 0, "batch": 3})
 
 
+def test_a_position_out_of_range_is_refused_unchanged(prepared: tuple[Path, list[str]]) -> None:
+    """Issue 17: a tampered state.json (hash recomputed) said consumed 1e12 or -5."""
+    root, keys = prepared
+    loader = build_shard_loader(root, batch_size=2, num_workers=0)
+    with pytest.raises(ConfigError, match=f"the shards hold {len(keys)}"):
+        loader.load_state_dict({"epoch": 0, "batches": 1, "consumed": [10**12]})
+    for bad in ({"epoch": 0, "batches": 1, "consumed": [-5]},
+                {"epoch": -1, "batches": 0, "consumed": [0]}):
+        with pytest.raises(ConfigError, match=">= 0"):
+            loader.load_state_dict(bad)
+    assert loader.state_dict()["consumed"] == [0] and loader.epoch == 0
+    loader.load_state_dict({"epoch": 0, "batches": 1, "consumed": [len(keys)]})
+
+
 def _set_entry(root: Path, shard: int, path: str) -> None:
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["shards"][shard]["path"] = path

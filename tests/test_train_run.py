@@ -104,13 +104,33 @@ def test_resume_auto_passes_over_an_unusable_checkpoint(tmp_path) -> None:
     weights = save / "step-00000002" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a partial write of the newest
 
-    plans: list[ResumePlan] = []
     options = replace(_options(save, steps=3, save_every=1, keep_last=0), resume="auto")
+    with pytest.raises(UsageError, match="step-00000002 .*truncated") as refused:
+        run_training(build_run(options))  # step 2 would be written over it
+    assert refused.value.hint is not None and "mv " in refused.value.hint
+    assert len(weights.read_bytes()) == 100
+    weights.parent.rename(save / "step-00000002.unusable")
+    plans: list[ResumePlan] = []
     result = run_training(build_run(options), on_resume=plans.append)
     assert result.step == 3
     (plan,) = plans
-    assert plan.checkpoint == save / "step-00000001"
-    assert [path for path, _ in plan.skipped] == [save / "step-00000002"]
+    assert plan.checkpoint == save / "step-00000001" and plan.skipped == ()
+
+
+def test_resume_auto_never_overwrites_checkpoints_it_cannot_verify(tmp_path) -> None:
+    """Issue 17 §8: state.json lost from every checkpoint; `--resume auto` used to start from
+    step 0 and delete step-00000001 on reaching it. Both survive byte for byte."""
+    save = tmp_path / "run"
+    run_training(build_run(_options(save, save_every=1, keep_last=0)))
+    before = {path: path.read_bytes() for path in save.glob("step-*/*")}
+    for state in save.glob("step-*/state.json"):
+        state.rename(state.with_name("state.json.lost"))
+    before = {path.with_name("state.json.lost") if path.name == "state.json" else path: data
+              for path, data in before.items()}
+    options = replace(_options(save, steps=2, save_every=1, keep_last=0), resume="auto")
+    with pytest.raises(UsageError, match="starts \\(step 0\\).*step-00000002.*step-00000001"):
+        run_training(build_run(options))
+    assert {path: path.read_bytes() for path in save.glob("step-*/*")} == before
 
 
 def test_resume_none_over_checkpoints_is_refused_and_the_save_dir_released(tmp_path) -> None:

@@ -24,6 +24,7 @@ from omnilatent.training.checkpoint import (
     find_latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    step_dir_name,
     verify_checkpoint,
 )
 from omnilatent.training.rng import seed_everything
@@ -62,6 +63,7 @@ def _rewrite_state(checkpoint: Path, step: int, edit) -> Path:
     state = {k: v for k, v in loaded.state.items()
              if k not in ("format", "step", "files", "state_sha256")}
     edit(state)
+    shutil.rmtree(checkpoint.parent / step_dir_name(step), ignore_errors=True)
     return save_checkpoint(checkpoint.parent, step, loaded.model_state, loaded.training_state,
                            state)
 
@@ -130,6 +132,11 @@ def test_corrupt_and_partial_checkpoints_are_reported_and_skipped(tmp_path, tiny
     assert "truncated" in reasons[0] and "SHA-256" in reasons[1] and "partial" in reasons[2]
     with pytest.raises(CheckpointError):
         verify_checkpoint(tmp_path / "step-00000004")
+    damaged = weights.read_bytes()
+    with pytest.raises(CheckpointError, match="already exists"):
+        trainer.save()  # step 4 again: the folder that failed to verify is never replaced
+    assert weights.read_bytes() == damaged
+    (tmp_path / "step-00000004").rename(tmp_path / "step-00000004.old")
     trainer.save()  # the next save clears the debris of the killed one
     assert not (tmp_path / ".tmp-step-00000005-123").exists()
     verify_checkpoint(tmp_path / "step-00000004")
@@ -279,10 +286,12 @@ def test_save_prunes_around_the_new_checkpoint_and_skips_unrestorable_ones(tmp_p
     trainer.train()
     _rewrite_state(tmp_path / "step-00000004", 9, _garbage_rng)  # e.g. an edited later run
     trainer.config.keep_last = 2
+    shutil.rmtree(tmp_path / "step-00000004")  # written again: a save never replaces a folder
     trainer.save()  # step 4 again
     assert sorted(p.name for p in tmp_path.glob("step-*")) == [
         "step-00000003", "step-00000004", "step-00000009"]
     trainer.config.keep_last = 1
+    shutil.rmtree(tmp_path / "step-00000004")
     trainer.save()
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000004",
                                                                 "step-00000009"]
@@ -315,6 +324,7 @@ def _set(path: str, value):
     (_set("rng", []), "'rng' must be an object"),
     (_set("pair_sampler", KeyError), "has no 'pair_sampler'"),
     (_set("pair_sampler.turn", "3"), "pair_sampler"),
+    (_set("pair_sampler.turn", 10**30), "integer from 0 to"),
     (_set("data", [1, 2]), "'data' must be"),
     (_set("data.batches_seen", -1), "'data' must be"),
     (_set("model_config.hidden_dim", "wide"), "model_config"),

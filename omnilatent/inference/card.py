@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omnilatent.config import FIELD_CAPS
 from omnilatent.errors import CheckpointError, ConfigError
+from pipeline.config import PrepareConfig
+from pipeline.errors import ConfigError as PipelineConfigError
 
 TOKENIZER_FILE = "tokenizer.model"
 TOKENIZERS = ("byte", "sentencepiece")
+MAX_TEXT_LEN = FIELD_CAPS["max_text_len"]  # text tokens of one sample, read or generated
 
 
 @dataclass(frozen=True)
@@ -36,9 +40,16 @@ class CheckpointCard:
         if (self.tokenizer == "sentencepiece") != (self.tokenizer_source is not None):
             raise ConfigError("a sentencepiece card needs tokenizer_source (the .model file); "
                               "a byte card has none")
-        if not isinstance(self.max_text_len, int) or self.max_text_len < 1:
-            raise ConfigError(f"max_text_len must be a positive integer, "
+        if (not isinstance(self.max_text_len, int) or isinstance(self.max_text_len, bool)
+                or not 1 <= self.max_text_len <= MAX_TEXT_LEN):
+            raise ConfigError(f"max_text_len must be an integer from 1 to {MAX_TEXT_LEN}, "
                               f"got {self.max_text_len!r}")
+        if self.data_config is not None:
+            try:
+                PrepareConfig.from_dict(self.data_config)
+            except (PipelineConfigError, TypeError, ValueError, AttributeError) as exc:
+                raise ConfigError(f"data_config is not the settings of omni prepare "
+                                  f"({type(exc).__name__}: {exc})"[:300]) from None
 
     def to_state(self) -> dict[str, Any]:
         """The JSON stored in state.json (the tokenizer file is named, not its source)."""
@@ -60,5 +71,5 @@ class CheckpointCard:
             source = folder / TOKENIZER_FILE if data.get("tokenizer_file") else None
             return cls(tokenizer=data["tokenizer"], max_text_len=int(data["max_text_len"]),
                        data_config=data.get("data_config"), tokenizer_source=source)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{folder}: malformed card in state.json ({err})") from err
+        except (KeyError, TypeError, ValueError) as err:  # ConfigError is a ValueError
+            raise CheckpointError(f"{folder}: malformed card in state.json ({err})") from None

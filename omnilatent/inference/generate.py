@@ -19,6 +19,7 @@ import torch
 
 from omnilatent.config import MODALITIES
 from omnilatent.errors import ConfigError
+from omnilatent.inference.card import MAX_TEXT_LEN
 from omnilatent.inference.trained import TrainedModel
 from omnilatent.training.sources import check_data_fits_model
 from pipeline.audio import mel_to_waveform
@@ -113,6 +114,8 @@ def generate(trained: TrainedModel, source: str, arrays: SampleArrays, target: s
              out: str | os.PathLike[str], max_tokens: int | None = None) -> Generated:
     """Run the model from ``source`` (one of the input's modalities) to ``target`` and write
     the result to ``out`` (its suffix picks the format; see OUTPUT_SUFFIXES)."""
+    if max_tokens is not None and not 1 <= max_tokens <= MAX_TEXT_LEN:
+        raise ConfigError(f"max_tokens must be from 1 to {MAX_TEXT_LEN}, got {max_tokens}")
     path = check_output_path(target, out)
     model = trained.model
     device = next(model.parameters()).device

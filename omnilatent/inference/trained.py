@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import CheckpointError, OmniLatentError
@@ -19,6 +18,7 @@ from omnilatent.inference.card import CheckpointCard
 from omnilatent.inference.text import TextCodec, codec_for
 from omnilatent.model import OmniLatentModel
 from omnilatent.model.hooks import LatentNeuralHook
+from omnilatent.model.weights_file import load_checked
 from omnilatent.training.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
@@ -70,15 +70,28 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu",
     card = CheckpointCard.from_state(state.get("card"), folder)
     try:
         config = OmniLatentConfig.from_dict(state["model_config"])
-        model = OmniLatentModel(config)
-        for settings in state.get("hooks", []):
-            model.register_hook(LatentNeuralHook(**settings))
-        model.load_state_dict(load_file(str(folder / MODEL_FILE)))
-    except (KeyError, TypeError, RuntimeError, OmniLatentError) as err:
-        raise CheckpointError(f"{folder}: the weights do not fit this version's model "
-                              f"({type(err).__name__}: {err})") from err
+        with torch.device("meta"):  # the shapes state.json implies, compared before allocating
+            expected = _build(config, state.get("hooks", [])).state_dict()
+    except (KeyError, TypeError, AttributeError, OmniLatentError) as err:
+        raise CheckpointError(f"{folder}: {STATE_FILE} does not describe a model this version "
+                              f"can build ({type(err).__name__}: {err})"[:400]) from None
+    try:
+        weights = load_checked(folder / MODEL_FILE, expected)
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{folder / MODEL_FILE} {err}") from None
+    model = _build(config, state.get("hooks", []))
+    model.load_state_dict(weights)
     for hook_dir in hooks:
         model.register_hook(LatentNeuralHook.load(hook_dir))
     model.to(device).eval()
     return TrainedModel(folder, int(state["step"]), model, card, codec_for(card))
+
+
+def _build(config: OmniLatentConfig, hooks: Sequence[dict]) -> OmniLatentModel:
+    """The model of ``config`` with the hooks of state.json (settings), on torch's current
+    default device."""
+    model = OmniLatentModel(config)
+    for settings in hooks:
+        model.register_hook(LatentNeuralHook(**settings))
+    return model
 

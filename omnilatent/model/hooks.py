@@ -12,19 +12,29 @@ model bit for bit because the hook-free code path is untouched.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from omnilatent.config import FIELD_CAPS
 from omnilatent.errors import HookError
 from omnilatent.model.layers import RMSNorm
+from omnilatent.model.weights_file import load_checked
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 SETTINGS_FILE = "hook.json"
 WEIGHTS_FILE = "hook.safetensors"
+MAX_HOOK_TOKENS = 4096  # latent tokens of one hook: each joins attention at its layers
+MAX_HOOK_LAYER = FIELD_CAPS["num_layers"] - 1  # no model has a layer beyond it
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class LatentNeuralHook(nn.Module):
@@ -43,15 +53,24 @@ class LatentNeuralHook(nn.Module):
                 f"hook name must start with a letter or '_' and contain only letters, digits, "
                 f"'_' or '-', got {name!r}"
             )
-        if num_tokens <= 0:
-            raise HookError(f"hook {name!r}: num_tokens must be > 0, got {num_tokens}")
-        if dim <= 0:
-            raise HookError(f"hook {name!r}: dim must be > 0, got {dim}")
-        layers = sorted(set(int(layer) for layer in target_layers))
-        if not layers:
-            raise HookError(f"hook {name!r}: target_layers must name at least one layer")
-        if layers[0] < 0:
-            raise HookError(f"hook {name!r}: target_layers must be >= 0, got {layers[0]}")
+        if not _is_int(num_tokens) or not 0 < num_tokens <= MAX_HOOK_TOKENS:
+            raise HookError(f"hook {name!r}: num_tokens must be an integer from 1 to "
+                            f"{MAX_HOOK_TOKENS}, got {num_tokens!r}"[:200])
+        if not _is_int(dim) or not 0 < dim <= FIELD_CAPS["hidden_dim"]:
+            raise HookError(f"hook {name!r}: dim must be an integer from 1 to "
+                            f"{FIELD_CAPS['hidden_dim']}, got {dim!r}"[:200])
+        if not (isinstance(target_layers, (list, tuple)) and target_layers
+                and len(target_layers) <= MAX_HOOK_LAYER + 1
+                and all(_is_int(layer) and 0 <= layer <= MAX_HOOK_LAYER
+                        for layer in target_layers)):
+            raise HookError(f"hook {name!r}: target_layers must list at least one layer, each "
+                            f"from 0 to {MAX_HOOK_LAYER}")
+        if not (isinstance(gate_bias_init, (int, float)) and not isinstance(gate_bias_init, bool)
+                and math.isfinite(gate_bias_init)):
+            raise HookError(f"hook {name!r}: gate_bias_init must be a finite number")
+        if not isinstance(use_transform, bool):
+            raise HookError(f"hook {name!r}: use_transform must be true or false")
+        layers = sorted(set(target_layers))
         self.name = name
         self.num_tokens = num_tokens
         self.dim = dim
@@ -100,6 +119,9 @@ class LatentNeuralHook(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path) -> LatentNeuralHook:
+        """The hook saved in ``directory``: its settings are checked and its weights file's
+        header compared with them before anything is allocated; HookError naming the file
+        and what is wrong."""
         directory = Path(directory)
         settings_path, weights_path = directory / SETTINGS_FILE, directory / WEIGHTS_FILE
         if not settings_path.is_file() or not weights_path.is_file():
@@ -107,12 +129,18 @@ class LatentNeuralHook(nn.Module):
                 f"{directory} is not a saved hook: expected {SETTINGS_FILE} and {WEIGHTS_FILE}"
             )
         try:
-            settings = json.loads(settings_path.read_text())
-            hook = cls(**settings)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise HookError(f"{settings_path} is not valid hook settings: {exc}") from exc
+            settings = json.loads(settings_path.read_bytes())
+            with torch.device("meta"):
+                shapes = cls(**settings).state_dict()
+        except HookError as exc:
+            raise HookError(f"{settings_path}: {exc}") from None
+        except (ValueError, RecursionError, TypeError, OSError) as exc:
+            raise HookError(f"{settings_path} is not valid hook settings "
+                            f"({type(exc).__name__}: {exc})"[:300]) from None
         try:
-            hook.load_state_dict(load_file(str(weights_path)))
-        except RuntimeError as exc:
-            raise HookError(f"{weights_path} does not match {settings_path}: {exc}") from exc
+            tensors = load_checked(weights_path, shapes)
+        except (ValueError, OSError) as exc:
+            raise HookError(f"{weights_path} {exc} (settings: {settings_path})") from None
+        hook = cls(**settings)
+        hook.load_state_dict(tensors)
         return hook

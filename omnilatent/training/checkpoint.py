@@ -102,8 +102,10 @@ def save_checkpoint(
     ``extra_files`` (name in the checkpoint -> source, names from ``OPTIONAL_FILES``) are
     copied in and hashed like the rest. Everything goes into ``.tmp-step-…`` first; the
     directory is renamed only after every file is flushed, so a crash leaves either no
-    checkpoint or a complete one. ``state`` must be plain JSON (no NaN): state.json records
-    the SHA-256 of its canonical form, which readers recompute.
+    checkpoint or a complete one. An existing folder of that step is a CheckpointError, never
+    replaced: it may hold the only copy of weights that merely failed to verify. ``state``
+    must be plain JSON (no NaN): state.json records the SHA-256 of its canonical form, which
+    readers recompute.
     """
     if not is_int(step) or not 0 <= step <= MAX_STEP:
         raise CheckpointError(f"cannot save a checkpoint at step {step!r}: the step must be an "
@@ -122,6 +124,10 @@ def save_checkpoint(
         raise CheckpointError(f"unknown checkpoint file name(s): {', '.join(unknown)}")
     save_dir.mkdir(parents=True, exist_ok=True)
     final = save_dir / step_dir_name(step)
+    if final.exists() or final.is_symlink():
+        raise CheckpointError(f"{final} already exists and is not replaced (a checkpoint is "
+                              f"never deleted to make room); move it aside, e.g. mv {final} "
+                              f"{final}.old")
     for stale in save_dir.glob(".tmp-step-*"):  # left by a run killed while saving
         shutil.rmtree(stale, ignore_errors=True)
     tmp = save_dir / f".tmp-{step_dir_name(step)}-{os.getpid()}"
@@ -139,8 +145,6 @@ def save_checkpoint(
     full_state[STATE_HASH_KEY] = _state_hash(full_state)
     (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1), encoding="utf-8")
     _fsync(tmp / STATE_FILE)
-    if final.exists():
-        shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync(save_dir)
     return final

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import HookError, UsageError
 from omnilatent.model import OmniLatentModel
-from omnilatent.model.hooks import LatentNeuralHook
+from omnilatent.model.hooks import MAX_HOOK_LAYER, MAX_HOOK_TOKENS, LatentNeuralHook
 from omnilatent.training.checkpoint import MODEL_FILE, read_state
 from omnilatent.training.trainer import TrainerCallbacks
 
@@ -76,8 +76,9 @@ def _positive(text: str, spec: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise UsageError(f"--hook {spec!r}: tokens must be a positive integer, got {text!r}",
+    if not 1 <= value <= MAX_HOOK_TOKENS:
+        raise UsageError(f"--hook {spec!r}: tokens must be a positive integer, got {text!r} "
+                         f"(at most {MAX_HOOK_TOKENS})",
                          hint=f"e.g. --hook style:tokens={DEFAULT_HOOK_TOKENS}")
     return value
 
@@ -91,10 +92,10 @@ def _layers(text: str, spec: str) -> tuple[int, ...]:
             low, high = int(first), int(last if dash else first)
         except ValueError:
             low, high = -1, -1
-        if low < 0 or high < low:
+        if low < 0 or high < low or high > MAX_HOOK_LAYER:  # checked before the range is made
             raise UsageError(f"--hook {spec!r}: bad layers {text!r} (layer {item.strip()!r})",
-                             hint="layers are numbers from 0: a range like 0-5 or a list "
-                             "like 0,2,4")
+                             hint=f"layers are numbers from 0 to {MAX_HOOK_LAYER}: a range "
+                             "like 0-5 or a list like 0,2,4")
         layers.update(range(low, high + 1))
     return tuple(sorted(layers))
 

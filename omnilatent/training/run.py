@@ -31,7 +31,7 @@ from torch import Tensor
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import CheckpointError, ConfigError, UsageError
 from omnilatent.evaluation.evaluate import check_shards_fit, held_out_split, shard_evaluator
-from omnilatent.inference.card import CheckpointCard
+from omnilatent.inference.card import MAX_TEXT_LEN, CheckpointCard
 from omnilatent.inference.text import codec_for
 from omnilatent.inference.trained import TrainedModel, load_trained
 from omnilatent.model import OmniLatentModel
@@ -110,6 +110,9 @@ class DataOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_text_len > MAX_TEXT_LEN:
+            raise ConfigError(f"max_text_len must be at most {MAX_TEXT_LEN}, "
+                              f"got {self.max_text_len}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
 
@@ -428,7 +431,9 @@ def resolve_resume(resume: str, save_dir: Path, check: StateCheck) -> ResumePlan
     """The checkpoint ``resume`` names: 'none' starts at step 0 (a UsageError when
     ``save_dir`` already holds checkpoints: they would be overwritten or mixed), 'auto' the
     newest one ``check`` (the trainer's test of a checkpoint's state) accepts, passing over
-    and naming the newer ones it refuses; else a checkpoint folder or a file in one."""
+    and naming the newer ones it refuses; else a checkpoint folder or a file in one. A
+    UsageError, too, when ``save_dir`` holds checkpoints newer than the start, which the run
+    would overwrite (`_refuse_overwriting`)."""
     if resume == "none":
         existing = list_checkpoints(save_dir)
         if existing:
@@ -438,13 +443,39 @@ def resolve_resume(resume: str, save_dir: Path, check: StateCheck) -> ResumePlan
         return ResumePlan(None)
     if resume == "auto":
         search = find_latest_checkpoint(save_dir, check=check)
-        return ResumePlan(search.latest, tuple(search.skipped))
-    try:
-        return ResumePlan(checkpoint_dir(Path(resume)))
-    except CheckpointError as exc:
-        raise UsageError(f"--resume {resume}: {exc}",
-                         hint="use 'auto', 'none' or a path like SAVE_DIR/step-00000100"
-                         ) from None
+        plan = ResumePlan(search.latest, tuple(search.skipped))
+    else:
+        try:
+            plan = ResumePlan(checkpoint_dir(Path(resume)))
+        except CheckpointError as exc:
+            raise UsageError(f"--resume {resume}: {exc}",
+                             hint="use 'auto', 'none' or a path like SAVE_DIR/step-00000100"
+                             ) from None
+    _refuse_overwriting(plan, save_dir)
+    return plan
+
+
+def _refuse_overwriting(plan: ResumePlan, save_dir: Path) -> None:
+    """UsageError naming the checkpoints of ``save_dir`` newer than where ``plan`` starts: the
+    run would reach their steps and write there, and a checkpoint that failed to verify may
+    still hold the only copy of its weights, so it is the user's to move, never ours."""
+    start = 0
+    if plan.checkpoint is not None:
+        try:
+            start = read_state(plan.checkpoint)["step"]
+        except CheckpointError:
+            return  # the resume itself refuses it, saying why
+    reasons = {path: why for path, why in plan.skipped}
+    newer = [path for step, path in list_checkpoints(save_dir) if step > start]
+    if not newer:
+        return
+    listed = "; ".join(f"{path.name}" + (f" ({reasons[path]})" if path in reasons else "")
+                       for path in newer)
+    moves = " && ".join(f"mv {path} {path}.unusable" for path in newer[:3])
+    raise UsageError(f"{save_dir} holds checkpoint(s) newer than where this run starts "
+                     f"(step {start}), which it would overwrite on reaching their steps: "
+                     f"{listed}"[:2000],
+                     hint=f"move them aside first ({moves}), or choose another --save-dir")
 
 
 def run_training(run: TrainRun, should_stop: Callable[[], bool] = lambda: False,

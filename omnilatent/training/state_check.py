@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from omnilatent.config import OmniLatentConfig
+from omnilatent.config import MODALITIES, OmniLatentConfig
 from omnilatent.errors import CheckpointError, OmniLatentError
 from omnilatent.training.json_values import is_count, is_number
 from omnilatent.training.rng import check_rng_state
 from omnilatent.training.run_log import DATA_COUNTERS
 
+PAIRS = len(MODALITIES) ** 2
 STATE_KEYS = ("model_config", "train_config", "hooks", "rng", "pair_sampler", "data", "extra",
               "card")
 
@@ -74,10 +75,13 @@ def check_trainer_state(state: dict[str, Any]) -> None:
             and all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in hooks)):
         raise CheckpointError("'hooks' must be a list of hook settings (objects with a name)")
     check_rng_state(state["rng"])
-    sampler = state["pair_sampler"]
-    if not (isinstance(sampler, dict) and is_count(sampler.get("turn"))):
-        raise CheckpointError("'pair_sampler' must be {turn: an integer >= 0}")
     _check_data(state["data"])
+    sampler = state["pair_sampler"]
+    most = PAIRS * state["data"]["batches_seen"]  # a turn per batch drawn, at most 16 passed over
+    if not (isinstance(sampler, dict) and is_count(sampler.get("turn"))
+            and sampler["turn"] <= most):
+        raise CheckpointError(f"'pair_sampler' must be {{turn: an integer from 0 to {most}}} "
+                              "(16 pairs for each of 'data.batches_seen')")
     if "log_window" in state:
         _check_log_window(state["log_window"])
     if not isinstance(state["extra"], dict):
