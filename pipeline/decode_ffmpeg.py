@@ -16,6 +16,8 @@ Same rules as `pipeline.windows` describes, obtained from ffmpeg's filters:
   one grid step (a single frame, an image) has no slot inside it, and current ffmpeg builds
   fail a run whose output receives no frame ("Nothing was written into output file") instead
   of writing an empty file.
+- ``-max_pixels``: libavcodec's guard against oversized frames, as the PyAV backend sets it
+  (`pipeline.probe_pyav.DECODER_GUARD`); the probe has checked the stated size already.
 - ``-noautorotate`` and a scale to `scaled_size` of the coded size, in rgb24, so that rotation,
   mirror and crop happen in `pipeline.frames`, the same code the PyAV backend uses.
 - Chroma siting: PyAV's libswscale assumes MPEG-style ("left") chroma for YUV and centred
@@ -45,7 +47,7 @@ from pipeline.config import PrepareConfig
 from pipeline.errors import DecodeError
 from pipeline.ffmpeg_bin import ffmpeg_binary, stderr_summary
 from pipeline.frames import SWS_INTERPOLATION, display_image, scaled_size
-from pipeline.probe_pyav import probe_pyav
+from pipeline.probe_pyav import DECODER_GUARD, probe_pyav
 from pipeline.windows import END_TOLERANCE, DecodeStats, VideoInfo, Window, WindowAssembler
 
 AUDIO_CHUNK_SECONDS = 0.5
@@ -72,7 +74,7 @@ def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path,
     width, height = scaled_size(*info.square_pixel_size, config.image_size)
     siting = {} if (info.pixel_format or "").startswith("yuvj") else {"in_chroma_loc": "left"}
     decoder = {"threads": threads} if threads > 0 else {}
-    source = ffmpeg.input(_file_url(info.path), noautorotate=None, **decoder)
+    source = ffmpeg.input(_file_url(info.path), noautorotate=None, **DECODER_GUARD, **decoder)
     branches = source[str(info.video_stream_index)].filter("setpts", _shift(info)).split()
     grid = (
         branches[0]
@@ -99,7 +101,7 @@ def audio_command(info: VideoInfo, config: PrepareConfig) -> list[str]:
     """ffmpeg arguments: the audio stream as mono float32 little-endian at the target rate."""
     assert info.audio_stream_index is not None
     audio = (
-        ffmpeg.input(_file_url(info.path))[str(info.audio_stream_index)]
+        ffmpeg.input(_file_url(info.path), **DECODER_GUARD)[str(info.audio_stream_index)]
         .filter("asetpts", _shift(info))
         .filter("aresample", config.sample_rate, first_pts=0, ochl="mono", osf="flt")
     )

@@ -14,6 +14,24 @@ from PIL import Image
 
 # libswscale filter both backends ask for: PyAV's `interpolation` name and ffmpeg's `flags=`.
 SWS_INTERPOLATION = "bilinear"
+# The most bytes one decoded frame or picture may take in its own pixel format: 8K (7680x4320)
+# fits at up to 48 bits per pixel (16-bit RGB, 199 MB), 16000x16000 does not in any format (256
+# MB at 8 bits). Decoders keep several frames and convert them, so a file's memory is a few
+# times this: the cap keeps one file from taking gigabytes, whatever its size on disk (a 2 kB
+# stream may state 16000x16000). Checked from the size and pixel format the container states,
+# before any frame is decoded (`pipeline.probe_pyav.check_frame_size`, `pipeline.media_in`).
+MAX_FRAME_BYTES = 200_000_000
+
+
+def frame_size_problem(width: int, height: int, bits_per_pixel: int, what: str) -> str | None:
+    """Why a `width` x `height` `what` at `bits_per_pixel` may not be decoded (it would take
+    more than MAX_FRAME_BYTES), or None when it may."""
+    size = width * height * bits_per_pixel // 8
+    if size <= MAX_FRAME_BYTES:
+        return None
+    return (f"a {width}x{height} {what} takes {size / 1e6:.0f} MB decoded, more than the "
+            f"{MAX_FRAME_BYTES / 1e6:.0f} MB a frame may take (8K at up to 48 bits per pixel "
+            f"fits); not decoded")
 
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:

@@ -30,6 +30,7 @@ import contextlib
 import math
 import os
 import stat
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -37,7 +38,7 @@ from typing import BinaryIO, Literal
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from pipeline.audio import log_mel
 from pipeline.config import PrepareConfig
@@ -45,7 +46,7 @@ from pipeline.decode import iter_windows, probe
 from pipeline.decode_pyav import MonoResampler, scale_to_rgb
 from pipeline.discover import VIDEO_EXTENSIONS, VideoSource, video_id
 from pipeline.errors import DecodeError, MediaError
-from pipeline.frames import display_image, scaled_size
+from pipeline.frames import display_image, frame_size_problem, scaled_size
 from pipeline.loader import Batch, collate, sample_tensors
 from pipeline.probe_pyav import open_container, origin
 from pipeline.pyav_packets import decoded_frames
@@ -289,14 +290,36 @@ def load_audio_file(path: str | os.PathLike[str], config: PrepareConfig,
 # --------------------------------------------------------------------------- picture
 def load_image_file(path: str | os.PathLike[str], config: PrepareConfig) -> SampleArrays:
     """A picture as the clip image prepare would make of it: upright (EXIF orientation), RGB,
-    then `still_image`. Animated files give their first frame."""
+    then `still_image`. Animated files give their first frame.
+
+    Its stated size is checked against MAX_FRAME_BYTES before it is decoded: Pillow's own
+    guard stops only above 179 megapixels, and a 200 kB PNG may state 13300x13300.
+    """
     path = Path(path)
     try:
-        with _open_regular(path, "picture") as handle, Image.open(handle) as picture:
-            rgb = np.asarray(ImageOps.exif_transpose(picture).convert("RGB"))  # (H, W, 3)
+        with _open_regular(path, "picture") as handle:
+            with warnings.catch_warnings():
+                # Pillow warns of pictures above 89 megapixels on opening them; the size check
+                # below refuses them, and smaller ones, itself.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                picture = Image.open(handle)
+            with picture:
+                _check_picture_size(path, picture)
+                rgb = np.asarray(ImageOps.exif_transpose(picture).convert("RGB"))  # (H, W, 3)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as err:
         raise MediaError(f"cannot read picture {path}: {err}") from err
     return SampleArrays(str(path), image=still_image(rgb, config.image_size))
+
+
+def _check_picture_size(path: Path, picture: Image.Image) -> None:
+    """Raise `MediaError` if the picture, decoded in its own mode or as the 8-bit RGB it becomes,
+    would take more than MAX_FRAME_BYTES."""
+    mode = ImageMode.getmode(picture.mode)
+    pixel_bytes = len(mode.bands) * np.dtype(mode.typestr).itemsize
+    problem = frame_size_problem(*picture.size, 8 * max(3, pixel_bytes),
+                                 f"{picture.mode} picture")
+    if problem is not None:
+        raise MediaError(f"cannot read picture {path}: {problem}")
 
 
 def still_image(rgb: np.ndarray, image_size: int) -> np.ndarray:

@@ -14,8 +14,10 @@ imports it, so `pipeline.manifest` and `pipeline.shardset` stay quick to import.
   or not to be read (a symlink out of the input folder, `VideoSource.refused`; never opened).
 - ``failed``: unreadable (zero bytes, not media, an MP4 cut before its index was written, no
   decodable frame, no complete clip before the decoder gave up, or cut short before the
-  first clip ends while the container states a longer duration), crashed ("worker crashed
-  with SIGSEGV"), timed out ("timed out after 60 s") or raised ("<ExceptionType>: message").
+  first clip ends while the container states a longer duration), frames too large to decode
+  (`pipeline.frames.MAX_FRAME_BYTES`), crashed ("worker crashed with SIGSEGV"), timed out
+  ("timed out after 60 s"), out of memory ("out of memory (a prepare worker may reserve ...)")
+  or raised ("<ExceptionType>: message").
 
 A failure to *write* (full disk, quota, read-only filesystem) is not the video's fault: the
 worker reports it as an output error and the run stops (see `OutputError`).

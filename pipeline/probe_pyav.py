@@ -17,6 +17,7 @@ from av.container import InputContainer
 from av.video.stream import VideoStream
 
 from pipeline.errors import DecodeError
+from pipeline.frames import MAX_FRAME_BYTES, frame_size_problem
 from pipeline.pyav_packets import decoded_frames, ffmpeg_message
 from pipeline.windows import DecodeStats, VideoInfo
 
@@ -24,6 +25,12 @@ _ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
 # First box of an MP4/MOV file: `ftyp`, or in old QuickTime files `wide` or the data itself.
 _MP4_FIRST_BOXES = (b"ftyp", b"wide", b"mdat")
 _NO_TIMESTAMPS = av.format.Flags.no_timestamps.value
+# libavcodec's own guard, for every decoder that opens a file: a frame of more pixels than this
+# is over MAX_FRAME_BYTES in any pixel format of 8 bits or more, and is refused before its
+# memory is allocated. It matters where no check of ours can come first: libavformat decodes a
+# first frame while it opens a file whose container does not state the pixel format (MJPEG or
+# PNG in Matroska or MOV), and a stream may change its size after its first frame.
+DECODER_GUARD = {"max_pixels": str(MAX_FRAME_BYTES)}
 
 
 def open_container(path: Path) -> InputContainer:
@@ -33,7 +40,7 @@ def open_container(path: Path) -> InputContainer:
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
     try:
-        return av.open(str(path), metadata_errors="replace")
+        return av.open(str(path), metadata_errors="replace", options=DECODER_GUARD)
     except av.FFmpegError as err:
         raise DecodeError(f"not a readable media file ({_open_problem(path, err)})") from err
 
@@ -78,12 +85,36 @@ def _mp4_without_index(path: Path) -> bool:
 
 
 def select_streams(container: InputContainer) -> tuple[VideoStream, AudioStream | None]:
-    """The first real video stream (cover art is skipped) and the first audio stream."""
+    """The first real video stream (cover art is skipped) and the first audio stream.
+
+    The video stream's frames are checked against MAX_FRAME_BYTES (`check_frame_size`), and
+    its decoder gets `DECODER_GUARD`, before any of them is decoded.
+    """
     videos = [s for s in container.streams.video if not int(s.disposition) & _ATTACHED_PIC]
     if not videos:
         raise DecodeError("no video stream")
+    video = videos[0]
+    check_frame_size(video)
+    video.codec_context.options = {**video.codec_context.options, **DECODER_GUARD}
     audios = container.streams.audio
-    return videos[0], (audios[0] if audios else None)
+    return video, (audios[0] if audios else None)
+
+
+def check_frame_size(stream: VideoStream) -> None:
+    """Raise `DecodeError` when `stream`'s frames, at the size and pixel format its container
+    states, would take more than MAX_FRAME_BYTES each (an unknown pixel format counts 8 bits
+    a pixel, the least any takes), or when it states no size: libavformat then could not
+    decode its first frame, for damage or because `DECODER_GUARD` refused it."""
+    context = stream.codec_context
+    width, height, pixel_format = context.width, context.height, context.pix_fmt
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"the video stream states no picture size: its first frame did not "
+                          f"decode (damaged, or more than {MAX_FRAME_BYTES} pixels)")
+    bits = av.VideoFormat(pixel_format).padded_bits_per_pixel if pixel_format else 8
+    what = f"{pixel_format} frame" if pixel_format else "frame of unknown pixel format"
+    problem = frame_size_problem(width, height, bits, what)
+    if problem is not None:
+        raise DecodeError(problem)
 
 
 def origin(container: InputContainer) -> float:

@@ -14,9 +14,19 @@ decoder has several threads, a second thread encodes and writes samples while th
 decodes (`_EncodeThread`); a worker with one decoder thread (a worker per CPU) does everything
 on that one thread (`_InlineEncoder`): no core is idle for a second thread to use.
 
-**Test-only fault injection.** `OMNI_TEST_FAULT="crash:<s>,hang:<s>,raise:<s>"` makes the job
-of every video whose path contains ``<s>`` kill its process with SIGSEGV, sleep forever, or
-raise, right after probing. It exists so tests can prove the isolation with real crashes and
+**Memory.** A worker may reserve `memory_limit` bytes of address space (`pipeline.worker` sets
+it as RLIMIT_AS, which its ffmpeg processes inherit): a file that needs more fails alone, with
+"out of memory", instead of taking the machine. It is address space, not resident memory, since
+that is what the kernel can bound without cgroups: glibc reserves 64 MB for each thread's malloc
+arena and 8 MB for its stack, so a 320x240 video reserves 0.4 GB with one decoder thread and
+1.4 GB with 17 while using under 0.1 GB; an 8K H.264 video (frames of MAX_FRAME_BYTES are
+refused before that, `pipeline.probe_pyav`) reserves 3.0 GB. Hence a base plus a share per
+decoder thread.
+
+**Test-only fault injection.** `OMNI_TEST_FAULT="crash:<s>,hang:<s>,raise:<s>,memory:<s>"` makes
+the job of every video whose path contains ``<s>`` kill its process with SIGSEGV, sleep forever,
+raise, or reserve twice its `memory_limit` (never touched, so it costs no memory without the
+limit), right after probing. It exists so tests can prove the isolation with real crashes and
 hangs; the parent reads it when it builds tasks (`fault_from_env`) and passes it to the job.
 """
 
@@ -51,9 +61,13 @@ if TYPE_CHECKING:
     from pipeline.windows import DecodeStats, Window
 
 FAULT_ENV = "OMNI_TEST_FAULT"
-FAULT_KINDS = ("crash", "hang", "raise")
+FAULT_KINDS = ("crash", "hang", "raise", "memory")
 # Progress messages per worker are throttled to this interval.
 PROGRESS_INTERVAL_S = 0.25
+
+# Address space a video's job may reserve (`memory_limit`): measured peaks in the module doc.
+MEMORY_BASE_BYTES = 4 * 2**30
+MEMORY_PER_THREAD_BYTES = 256 * 2**20
 
 # A video whose picture ends this much (seconds, and fraction of the stated duration) before
 # the duration its container states gets a warning (`_short_of_stated`).
@@ -76,6 +90,13 @@ class VideoTask:
     split: Split = TRAIN  # decided by the parent (`pipeline.split`), recorded in the outcome
 
 
+def memory_limit(threads: int) -> int:
+    """Bytes of address space the job of a video decoded with `threads` decoder threads (0:
+    the decoder's choice, one more than the CPUs) may reserve; see the module docstring."""
+    threads = threads or (os.cpu_count() or 1) + 1
+    return MEMORY_BASE_BYTES + threads * MEMORY_PER_THREAD_BYTES
+
+
 def fault_from_env() -> str | None:
     """The test-only fault specification, validated, or None when the variable is unset."""
     spec = os.environ.get(FAULT_ENV) or None
@@ -88,7 +109,7 @@ def fault_from_env() -> str | None:
     return spec
 
 
-def _inject_fault(spec: str | None, path: Path) -> None:
+def _inject_fault(spec: str | None, path: Path, threads: int) -> None:
     for item in (spec or "").split(","):
         kind, _, needle = item.partition(":")
         if not needle or needle not in str(path):
@@ -100,19 +121,28 @@ def _inject_fault(spec: str | None, path: Path) -> None:
                 time.sleep(3600)
         elif kind == "raise":
             raise RuntimeError(f"fault injected by {FAULT_ENV}")
+        elif kind == "memory":
+            import numpy as np
+
+            np.empty(2 * memory_limit(threads), dtype=np.uint8)
 
 
 def _audio_only(path: Path) -> bool:
-    """Whether the file opens and has audio but no real video stream (cover art aside)."""
+    """Whether the file opens and has audio but no real video stream (cover art aside).
+
+    Opened as the probe opens files (`open_container`: the decoder guard on), since it runs
+    on files the probe refused, an oversized picture among them."""
     import av
+
+    from pipeline.probe_pyav import open_container
 
     attached_pic = int(av.stream.Disposition.attached_pic)
     try:
-        with av.open(str(path)) as container:
+        with open_container(path) as container:
             videos = [s for s in container.streams.video
                       if not int(s.disposition) & attached_pic]
             return bool(container.streams.audio) and not videos
-    except (av.FFmpegError, OSError):
+    except (DecodeError, av.FFmpegError, OSError):
         return False
 
 
@@ -275,8 +305,22 @@ def prepare_video(task: VideoTask, send: Callable[[tuple[Any, ...]], None]) -> V
         task.part_path.unlink(missing_ok=True)
         outcome.status, outcome.part = FAILED, None
         outcome.reason = f"{type(err).__name__}: {err}"
+        if isinstance(err, MemoryError):
+            outcome.reason = f"out of memory{_limit_note()}: {outcome.reason}"
     outcome.wall_seconds = time.perf_counter() - started
     return outcome
+
+
+def _limit_note() -> str:
+    """The address-space limit this process runs under, as words for a failure reason."""
+    try:
+        import resource
+    except ImportError:  # Windows: no limit
+        return ""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return ""
+    return f" (a prepare worker may reserve {limit / 2**30:.2f} GiB)"
 
 
 def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
@@ -307,7 +351,7 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
     outcome.transcript_error = probed.transcript_error
     outcome.transcript_source = context.transcript.source
     outcome.transcript_timed = context.transcript.timed
-    _inject_fault(task.fault, source.path)
+    _inject_fault(task.fault, source.path, task.threads)
 
     stats = DecodeStats()
     writer = _Writer(task.part_path)

@@ -18,6 +18,10 @@ worker has probed the file the limit is `timeout_min_s`. The stated duration is 
 field anyone can patch, so it counts only up to what the file's size can hold
 (`MIN_BYTES_PER_SECOND`) and never past `MAX_STATED_S` (`time_limit`); decoded footage has
 no such bound, being real work done.
+
+**Memory limit.** Each worker's address space is bounded at `video_job.memory_limit` of its
+decoder threads (RLIMIT_AS, inherited by its ffmpeg processes): a file that needs more fails as
+that video's failure ("out of memory", or a crash if C code cannot recover), and the run goes on.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.outcome import FAILED, OutputError, VideoOutcome
 from pipeline.processes import process_context
-from pipeline.video_job import VideoTask, prepare_video
+from pipeline.video_job import VideoTask, memory_limit, prepare_video
 
 # How long a worker that reported its outcome may take to exit before it is killed.
 EXIT_GRACE_S = 5.0
@@ -79,10 +83,23 @@ def _watch_parent(parent_pid: int) -> None:
             pass  # alive, owned by someone else (cannot happen for our parent, but harmless)
 
 
+def _limit_memory(limit: int) -> None:
+    """Bound this process's address space (and its children's) at `limit` bytes, or at the
+    hard limit if that is lower. Windows has no such limit: there, nothing is bounded."""
+    try:
+        import resource
+    except ImportError:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def _worker_main(task: VideoTask, conn: Connection, parent_pid: int) -> None:
     """Entry point of a worker process: prepare one video, report, exit without teardown."""
     if hasattr(os, "setpgid"):
         os.setpgid(0, 0)  # own process group: a timeout kills ffmpeg children too
+    _limit_memory(memory_limit(task.threads))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     try:

@@ -19,6 +19,7 @@ import os
 import struct
 import subprocess
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -274,6 +275,57 @@ def make_anamorphic_video(
         str(path),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
+    return path
+
+
+def make_oversized_video(path: str | os.PathLike[str], width: int = 16000,
+                         height: int = 16000) -> Path:
+    """A 2 kB MPEG-2 video (.mpg, .mkv, .ts, ...) whose headers state `width` x `height`.
+
+    It is encoded at 64x64, then the size fields of each sequence header (12 bits each) and
+    sequence extension (2 bits more each, up to 16383) are rewritten in place: the demuxer and
+    decoder read the stated size, so decoding it allocates frames of that size while the file
+    holds almost nothing (a reader should refuse it from the header alone).
+    """
+    path = Path(path)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg2video", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for index in range(20):
+            frame = av.VideoFrame.from_ndarray(counter_picture(index, 64, 64), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x00\x00\x01\xb3")
+    assert at >= 0, "no MPEG-2 sequence header"
+    while at >= 0:
+        low_w, low_h = width & 0xFFF, height & 0xFFF
+        data[at + 4:at + 7] = bytes([low_w >> 4, (low_w & 0xF) << 4 | low_h >> 8, low_h & 0xFF])
+        ext = data.find(b"\x00\x00\x01\xb5", at)
+        if ext >= 0 and data[ext + 4] >> 4 == 1:  # sequence extension: id, profile, ... sizes
+            bits = int.from_bytes(data[ext + 4:ext + 7], "big") & ~(0xF << 5)
+            bits |= (width >> 12) << 7 | (height >> 12) << 5
+            data[ext + 4:ext + 7] = bits.to_bytes(3, "big")
+        at = data.find(b"\x00\x00\x01\xb3", at + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write_png_header(path: str | os.PathLike[str], width: int, height: int) -> Path:
+    """A PNG of a few dozen bytes that states `width` x `height` RGB: a real IHDR, then an IDAT
+    of one row. Pillow opens it (reading the header only) and allocates the whole picture when
+    it decodes."""
+    path = Path(path)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(bytes(1 + 3 * width))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+                     + chunk(b"IEND", b""))
     return path
 
 

@@ -25,19 +25,23 @@ import webdataset as wds
 from media import (
     counter_picture,
     make_audio_only,
+    make_oversized_video,
     make_video,
     random_bytes_file,
     stripe_side,
     tone_signal,
     waves_picture,
+    write_png_header,
 )
-from PIL import Image
+from PIL import Image, ImageFile
 
+from pipeline import decode_pyav, probe_pyav
 from pipeline.audio import log_mel, mel_to_waveform
-from pipeline.config import PrepareConfig
+from pipeline.config import DECODERS, PrepareConfig
 from pipeline.decode import DecodeStats, Window, iter_windows
 from pipeline.errors import ConfigError, MediaError
 from pipeline.ffmpeg_bin import ffmpeg_binary
+from pipeline.frames import frame_size_problem
 from pipeline.loader import build_shard_loader, collate, sample_tensors
 from pipeline.media_in import (
     guess_modality,
@@ -283,6 +287,51 @@ def test_unreadable_picture_says_so(media_dir: Path) -> None:
         load_image_file(random_bytes_file(media_dir / "bad.png", 300), CONFIG)
     with pytest.raises(MediaError, match="no such picture"):
         load_image_file(media_dir / "missing.png", CONFIG)
+
+
+# -- sizes: pictures and videos are refused from the size they state ------------------------
+
+
+def test_the_frame_cap_allows_8k_and_refuses_16000_squared() -> None:
+    assert frame_size_problem(7680, 4320, 48, "rgb48le frame") is None  # 199 MB
+    assert frame_size_problem(7680, 4320, 12, "yuv420p frame") is None
+    assert frame_size_problem(16000, 16000, 8, "gray frame") is not None  # 256 MB
+    assert frame_size_problem(13300, 13300, 24, "RGB picture") is not None
+
+
+def test_a_picture_stating_a_huge_size_is_refused_before_decoding(media_dir: Path,
+                                                                   monkeypatch) -> None:
+    path = write_png_header(media_dir / "huge.png", 13300, 13300)
+    assert path.stat().st_size < 1000
+
+    def no_decoding(self: ImageFile.ImageFile) -> None:
+        raise AssertionError("the picture was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(MediaError, match=r"huge.png: a 13300x13300 RGB picture takes 531 MB "
+                                         r"decoded, more than the 200 MB"):
+        load_input(path, CONFIG)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("suffix,reason", [
+    (".mpg", "a 16000x16000 yuv420p frame takes 384 MB decoded"),
+    (".mkv", "a 16000x16000 frame of unknown pixel format takes 256 MB decoded"),
+    (".ts", "states no picture size"),
+])
+def test_a_video_stating_a_huge_size_is_refused_before_decoding(
+        media_dir: Path, monkeypatch, decoder: str, suffix: str, reason: str) -> None:
+    path = make_oversized_video(media_dir / f"huge-{decoder}{suffix}")
+    assert path.stat().st_size < 20_000
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a frame was decoded")
+
+    # Every frame the pipeline decodes in-process comes through this loop.
+    for module in (probe_pyav, decode_pyav):
+        monkeypatch.setattr(module, "decoded_frames", no_decoding)
+    with pytest.raises(MediaError, match=f"cannot read video .*{reason}"):
+        load_input(path, dataclasses.replace(CONFIG, decoder=decoder))
 
 
 # -- text ------------------------------------------------------------------------------------

@@ -13,18 +13,26 @@ import time
 from pathlib import Path
 
 import pytest
-from media import make_video, read_samples
+from media import make_oversized_video, make_video, read_samples
+from typer.testing import CliRunner
 
+from cli.app import app
 from pipeline import video_job
-from pipeline.config import PrepareConfig
+from pipeline.config import DECODERS, PrepareConfig
 from pipeline.discover import discover_videos
 from pipeline.errors import PipelineError
 from pipeline.lock import LOCK_NAME, FolderInUseError, FolderLock
 from pipeline.outdir import Fingerprint, OutputDir
 from pipeline.plan import Part
-from pipeline.prepare import FolderArgumentError, PrepareResult, RunOptions, prepare
+from pipeline.prepare import (
+    FolderArgumentError,
+    PrepareResult,
+    RunOptions,
+    decoder_threads,
+    prepare,
+)
 from pipeline.transcripts import MAX_CUES, MAX_WINDOW_TEXT_BYTES
-from pipeline.video_job import FAULT_ENV, VideoTask, prepare_video
+from pipeline.video_job import FAULT_ENV, VideoTask, memory_limit, prepare_video
 from pipeline.worker import MAX_STATED_S, MIN_BYTES_PER_SECOND, VideoRunner, time_limit
 
 CONFIG = PrepareConfig(videos_per_unit=4, samples_per_shard=50)
@@ -228,6 +236,42 @@ def test_a_hung_worker_is_not_kept_for_a_patched_duration(tmp_path, monkeypatch)
         while not finished and time.monotonic() < deadline:
             finished = runner.wait(0.5)
     assert [video.reason for video in finished] == ["timed out after 2 s"]
+
+
+# --------------------------------------------------------------------------- memory
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_huge_frames_and_a_memory_hog_fail_alone_and_are_counted(tmp_path, monkeypatch,
+                                                                 decoder: str) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_video(folder / "fine.mp4", duration=2.0, size=SMALL)
+    make_video(folder / "memory_hog.mp4", duration=2.0, size=SMALL)
+    for suffix in (".mpg", ".mkv", ".ts"):
+        make_oversized_video(folder / f"huge{suffix}")
+    monkeypatch.setenv(FAULT_ENV, "memory:memory_hog")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prepare", str(folder), str(out), "--decoder", decoder,
+                                      "--workers", "2", "--strict", "--json"])
+    assert result.exit_code == 1, result.output
+    document = json.loads(result.stdout)
+    reasons = {video["source"]: (video["status"], video["reason"])
+               for video in document["videos"]}
+    assert reasons["fine.mp4"] == ("prepared", None)
+    assert reasons["huge.mpg"] == ("failed", "a 16000x16000 yuv420p frame takes 384 MB decoded, "
+                                   "more than the 200 MB a frame may take (8K at up to 48 bits "
+                                   "per pixel fits); not decoded")
+    assert reasons["huge.mkv"][1].startswith("a 16000x16000 frame of unknown pixel format")
+    assert reasons["huge.ts"][1].startswith("the video stream states no picture size")
+    # The limit that goes with the decoder threads of each of two workers on these CPUs.
+    limit = memory_limit(decoder_threads(2)) / 2**30
+    assert reasons["memory_hog.mp4"][0] == "failed"
+    assert reasons["memory_hog.mp4"][1].startswith(
+        f"out of memory (a prepare worker may reserve {limit:.2f} GiB): MemoryError")
+    assert document["totals"]["failed"] == 4 and document["totals"]["prepared"] == 1
+    _, stats = OutputDir(out).read_stats(0)
+    assert stats is not None
+    assert sorted(video.source for video in stats.videos if video.status == "failed") == [
+        "huge.mkv", "huge.mpg", "huge.ts", "memory_hog.mp4"]
 
 
 # --------------------------------------------------------------------------- output folder
