@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from cli.console import console
 from cli.errors import run_command
-from cli.options import Seed
+from cli.options import Seed, Threads
 
 if TYPE_CHECKING:
     from omnilatent.demo import DemoReport
@@ -60,14 +60,16 @@ def _render(report: DemoReport) -> None:
         console.print(f"  no gradient: {', '.join(g.without_gradient)}")
 
 
-def demo_command(seed: Seed = 0) -> None:
+def demo_command(seed: Seed = 0, threads: Threads = None) -> None:
     """Show the model at work in seconds on a CPU: self-reconstruction of every modality,
     cross-modal translation, a Latent Neural Hook registered and removed, a multimodal
     forward pass and a gradient-flow check (what the original OmniLatent's demo.py did)."""
 
     def body() -> None:
         from omnilatent.demo import run_demo
+        from omnilatent.threads import configure_threads
 
+        configure_threads(threads)
         with console.status("running the demo on the tiny model"):
             report = run_demo(seed=seed)
         _render(report)

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from cli.console import console, plain
 from cli.errors import EXIT_USAGE, CLIError, run_command
-from cli.options import Device, Hooks, Json
+from cli.options import Device, Hooks, Json, Threads
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -136,6 +136,7 @@ def eval_command(
         "--captions", help="Write every generated transcript to this JSONL file.")] = None,
     hooks: Hooks = None,
     device: Device = "auto",
+    threads: Threads = None,
     json_output: Json = False,
 ) -> None:
     """Evaluate a trained checkpoint: per-task loss, cross-modal retrieval (R@1, R@5, median
@@ -151,6 +152,7 @@ def eval_command(
             held_out_split,
         )
         from omnilatent.inference.trained import load_trained
+        from omnilatent.threads import configure_threads
         from omnilatent.training.trainer import resolve_device
         from pipeline.media_out import atomic_output, check_output_file
 
@@ -160,6 +162,7 @@ def eval_command(
         chosen = held_out_split(shards) if split == "auto" else (
             None if split == "all" else split)
         labels = _labeller(label_pattern)
+        configure_threads(threads)
         if captions is not None:  # refused now, not after the whole evaluation
             check_output_file(captions)
         trained = load_trained(checkpoint, resolve_device(device), hooks or [])

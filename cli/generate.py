@@ -13,7 +13,7 @@ import typer
 
 from cli.console import console, plain
 from cli.errors import EXIT_USAGE, CLIError, run_command
-from cli.options import Device, Hooks
+from cli.options import Device, Hooks, Threads
 from omnilatent.inference.card import MAX_TEXT_LEN
 
 EXAMPLES = """
@@ -64,6 +64,7 @@ def generate_command(
              "folder; without it, it is ignored with a note, as omni prepare does.")] = False,
     hooks: Hooks = None,
     device: Device = "auto",
+    threads: Threads = None,
 ) -> None:
     """Generate one output from one input with a trained checkpoint. The input goes through
     the same decode, geometry and mel code as `omni prepare`, so the model sees what it saw
@@ -72,6 +73,7 @@ def generate_command(
     def body() -> None:
         from omnilatent.inference.generate import check_output_path, generate, read_input
         from omnilatent.inference.trained import load_trained
+        from omnilatent.threads import configure_threads
         from omnilatent.training.trainer import resolve_device
 
         if to not in TARGETS:
@@ -81,6 +83,7 @@ def generate_command(
             raise CLIError("give exactly one input: --from FILE or --text TEXT",
                            exit_code=EXIT_USAGE)
         check_output_path(to, out)
+        configure_threads(threads)
         trained = load_trained(checkpoint, resolve_device(device), hooks or [])
         modality, arrays = read_input(trained, source, text, from_modality, start,
                                       follow_symlinks=follow_symlinks)

@@ -21,3 +21,9 @@ Hooks = Annotated[
     typer.Option("--hook", help="A saved Latent Neural Hook folder (hook.json + "
                  "hook.safetensors) to register first; repeat for several."),
 ]
+Threads = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="CPU threads torch computes with (default: the cores "
+                 "not busy with other work when the command starts; OMP_NUM_THREADS also sets "
+                 "it)."),
+]

@@ -17,12 +17,13 @@ import typer
 
 from cli.console import console, plain
 from cli.errors import EXIT_USAGE, CLIError, run_command
-from cli.options import Device, SaveDir, Seed, Workers
+from cli.options import Device, SaveDir, Seed, Threads, Workers
 from omnilatent.errors import UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from omnilatent.threads import ThreadChoice
     from omnilatent.training.curriculum import Schedule
     from omnilatent.training.run import ResumePlan, TrainRun, TrainRunOptions
 
@@ -82,7 +83,7 @@ def _usage_errors() -> Iterator[None]:
         raise CLIError(str(exc), hint=exc.hint, exit_code=EXIT_USAGE) from None
 
 
-def _show_run(run: TrainRun) -> None:
+def _show_run(run: TrainRun, threads: ThreadChoice) -> None:
     """What the run reads and where it evaluates and logs, before it starts."""
     console.print(f"data: {plain(run.source.description)}", soft_wrap=True)
     held = run.held_out
@@ -95,6 +96,7 @@ def _show_run(run: TrainRun) -> None:
                       soft_wrap=True)
     console.print(f"tensorboard: tensorboard --logdir {plain(run.options.save_dir)}",
                   soft_wrap=True)
+    console.print(f"cpu threads: {threads.threads} ({threads.reason})")
 
 
 def _show_resume(plan: ResumePlan, options: TrainRunOptions) -> None:
@@ -240,6 +242,7 @@ def train(
     log_interval: Annotated[int, typer.Option(
         "--log-interval", rich_help_panel=RUNTIME, min=1, help="Steps per metrics line (16 = "
         "one cycle of all modality pairs).")] = 16,
+    threads: _in_panel(Threads, RUNTIME) = None,
     seed: _in_panel(Seed, RUNTIME) = 0,
 ) -> None:
     """Train OmniLatent on prepared shards, raw videos or synthetic data. Stop with Ctrl-C or
@@ -256,6 +259,7 @@ def train(
                 hint="pass --synthetic, --shards OUT_DIR or --video-dir VIDEOS",
                 exit_code=EXIT_USAGE)
         from cli.train_display import RichCallbacks, print_summary, progress_bar
+        from omnilatent.threads import configure_threads
         from omnilatent.training import TrainConfig
         from omnilatent.training.hook_training import StartOptions, parse_hook_spec
         from omnilatent.training.run import (
@@ -268,6 +272,7 @@ def train(
         )
 
         source = chosen[0]
+        cpu_threads = configure_threads(threads)
         with _usage_errors():
             start = StartOptions(from_checkpoint,
                                  tuple(parse_hook_spec(spec) for spec in hook_specs or ()),
@@ -294,7 +299,7 @@ def train(
         display = RichCallbacks(progress, steps, batch_size * grad_accum)
         with _usage_errors():
             run = build_run(options, display)
-        _show_run(run)
+        _show_run(run, cpu_threads)
         stop = _install_stop_handler()
         with _usage_errors(), progress if run.context.is_main else nullcontext():
             result = run_training(run, should_stop=lambda: stop[0],

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# One torch thread for the suite and every process it starts: its models are tiny, so a
+# second thread buys nothing and, on a loaded machine, spins (README, "CPU threads"). Set
+# before torch is imported, which reads it once.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from omnilatent import OmniLatentConfig, OmniLatentModel
 
