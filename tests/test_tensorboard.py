@@ -24,7 +24,7 @@ def _trainer(step: int, phases: tuple[str, ...] = (), card: CheckpointCard | Non
 
 
 def _record(step: int, loss: float, phase: str | None = None) -> dict[str, Any]:
-    record = {"step": step, "loss": loss, "losses": {"video->audio": loss, "audio->text": 2.0},
+    record = {"step": step, "loss": loss, "losses": {"video_to_audio": loss, "audio_to_text": 2.0},
               "lr": 1e-3, "tokens_per_s": 100.0, "samples_per_s": 4.0, "skipped_batches": 1,
               "data": {"samples": 30, "dropped": 10, "unsafe_members": 0,
                        "corrupt_shards": 0, "surplus_shards": 0}}
@@ -51,7 +51,7 @@ def test_records_and_evals_become_tagged_scalars(tmp_path) -> None:
     assert list(tmp_path.glob("events.out.tfevents.*"))
     events = _events(tmp_path)
     tags = set(events.Tags()["scalars"])
-    assert {"loss/all", "loss/video->audio", "loss/audio->text", "lr",
+    assert {"loss/all", "loss/video_to_audio", "loss/audio_to_text", "lr",
             "throughput/samples_per_s", "throughput/tokens_per_s", "data/skipped_batches",
             "data/samples", "data/dropped", "data/dropped_share", "phase", "eval/samples",
             "eval/tasks/audio_to_video/loss", "eval/retrieval/audio_to_video/r1"} <= tags

@@ -28,7 +28,7 @@ from omnilatent.training.checkpoint import (
 )
 from omnilatent.training.rng import seed_everything
 from omnilatent.training.run_log import WALL_CLOCK_FIELDS
-from omnilatent.training.tasks import PairSampler
+from omnilatent.training.tasks import PairSampler, task_name
 from omnilatent.training.trainer import TrainerCallbacks, lr_factor
 from pipeline.loader import LoaderStats
 from pipeline.lock import FolderInUseError, FolderLock
@@ -156,7 +156,8 @@ def test_metrics_records_have_the_documented_fields(tmp_path, tiny_config) -> No
     for r in records:
         assert {"step", "loss", "losses", "lr", "tokens_per_s", "samples_per_s"} <= set(r)
         assert math.isfinite(r["loss"]) and r["samples_per_s"] > 0 and r["tokens_per_s"] > 0
-        assert len(r["losses"]) == 1 and "->" in next(iter(r["losses"]))
+        assert len(r["losses"]) == 1
+        assert next(iter(r["losses"])) in {task_name(s, t) for s in MODALITIES for t in MODALITIES}
 
 
 def test_synthetic_training_reduces_the_loss(tiny_config) -> None:
@@ -436,6 +437,30 @@ def test_resume_logs_the_records_an_uninterrupted_run_logs(tmp_path, tiny_config
     straight = _metrics(tmp_path / "a" / "metrics.jsonl")
     assert [r["step"] for r in straight] == [4, 8]
     assert _metrics(tmp_path / "b" / "metrics.jsonl") == straight
+
+
+def test_task_names_are_one_spelling_and_old_checkpoints_resume_under_it(tmp_path,
+                                                                        tiny_config) -> None:
+    """Issue 20, §2: synthetic pairs are named as curriculum tasks and eval records name them
+    (``audio_to_text``, ``video_recon``); a checkpoint whose loss window still holds the old
+    ``video->audio`` spelling resumes and logs the same records under the new names."""
+    assert [task_name("audio", "text"), task_name("video", "video")] == [
+        "audio_to_text", "video_recon"]
+    _trainer(tiny_config, tmp_path / "a", 8, log_interval=4).train()
+    first = _trainer(tiny_config, tmp_path / "b", 8, log_interval=4, save_every=3)
+    first.train(should_stop=lambda: first.step >= 3)
+    old_names = {task_name(s, t): f"{s}->{t}" for s in MODALITIES for t in MODALITIES}
+
+    def old_spelling(state: dict) -> None:
+        recent = state["log_window"]["recent"]
+        assert recent and all(name in old_names for name, _ in recent)
+        state["log_window"]["recent"] = [[old_names[name], loss] for name, loss in recent]
+
+    _rewrite_state(tmp_path / "b" / "step-00000003", 3, old_spelling)
+    resumed = _trainer(tiny_config, tmp_path / "b", 8, log_interval=4)
+    resumed.resume(tmp_path / "b" / "step-00000003")
+    resumed.train()
+    assert _metrics(tmp_path / "b" / "metrics.jsonl") == _metrics(tmp_path / "a" / "metrics.jsonl")
 
 
 def test_resume_on_another_kind_of_data_is_refused_naming_both(tmp_path, tiny_config) -> None:
