@@ -7,7 +7,6 @@ progress bar and renders the metrics as tables or, with `--json`, as one JSON do
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ from rich.table import Table
 from cli.console import console
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, Hooks, Json
+from omnilatent.errors import UsageError
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -36,27 +36,6 @@ EXAMPLES = """
 
 SPLITS = ("auto", "eval", "train", "all")
 _SHOWN_CAPTIONS = 3
-
-
-def _labeller(pattern: str | None) -> Any:
-    if pattern is None:
-        return None
-    try:
-        regex = re.compile(pattern)
-    except re.error as err:
-        raise CLIError(f"--label-pattern {pattern!r} is not a regular expression: {err}",
-                       exit_code=EXIT_USAGE) from None
-
-    def label(meta: dict[str, Any]) -> str:
-        source = str(meta.get("source", ""))
-        match = regex.search(source)
-        if match is None:
-            raise CLIError(f"--label-pattern {pattern!r} does not match the source {source!r}",
-                           hint="the pattern is searched in each window's source path; its "
-                           "first group (or the whole match) is the label")
-        return match.group(1) if regex.groups else match.group(0)
-
-    return label
 
 
 def _render(metrics: dict[str, Any], captions: dict[str, list[Any]]) -> None:
@@ -135,6 +114,7 @@ def eval_command(
             eval_loader,
             evaluate,
             held_out_split,
+            source_labeller,
         )
         from omnilatent.inference.trained import load_trained
         from omnilatent.training.trainer import resolve_device
@@ -144,7 +124,10 @@ def eval_command(
                            exit_code=EXIT_USAGE)
         chosen = held_out_split(shards) if split == "auto" else (
             None if split == "all" else split)
-        labels = _labeller(label_pattern)
+        try:
+            labels = None if label_pattern is None else source_labeller(label_pattern)
+        except UsageError as exc:  # the pattern itself; a window it misses is no usage error
+            raise CLIError(str(exc), exit_code=EXIT_USAGE) from None
         trained = load_trained(checkpoint, resolve_device(device), hooks or [])
         total = sum(check_shards_fit(shards, chosen, trained.model).sample_counts.values())
         total = total or None  # shards named without a manifest: count unknown

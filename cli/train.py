@@ -218,6 +218,10 @@ def train(
     eval_samples: Annotated[int, typer.Option(
         "--eval-samples", rich_help_panel=CHECKPOINTS, min=1, help="Windows per evaluation "
         "(the first ones, always the same).")] = 256,
+    label_pattern: Annotated[str | None, typer.Option(
+        "--label-pattern", rich_help_panel=CHECKPOINTS, help="Regex on each held-out window's "
+        "source path; its first group is a class label, and retrieval is also counted by "
+        "class (as `omni eval --label-pattern`).")] = None,
     device: _in_panel(Device, RUNTIME) = "auto",
     no_amp: Annotated[bool, typer.Option(
         "--no-amp", rich_help_panel=RUNTIME,
@@ -280,7 +284,7 @@ def train(
             model=ModelOptions(hidden_dim=dim, num_layers=layers, num_heads=heads,
                                text_decoding=text_decoding,
                                gradient_checkpointing=grad_checkpointing),
-            evaluation=EvalOptions(eval_shards, eval_samples),
+            evaluation=EvalOptions(eval_shards, eval_samples, label_pattern),
             schedule=_schedule(phase_schedule, {
                 "warmup": warmup_frac, "crossmodal": crossmodal_frac,
                 "temporal": temporal_frac, "grounding": grounding_frac,

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from cli.console import console
 from cli.errors import run_command
-from cli.train_display import RichCallbacks, print_summary, progress_bar
+from cli.train_display import RichCallbacks, eval_line, print_summary, progress_bar
 from omnilatent import OmniLatentConfig, OmniLatentModel
 from omnilatent.training import TrainConfig, TrainResult
 from omnilatent.training.checkpoint import load_checkpoint, save_checkpoint
@@ -202,7 +202,7 @@ def test_log_lines_and_summary_show_dropped_samples(tmp_path) -> None:
     """Issue 9, item 7: the loader's counters in the summary, with a warning past 1 %."""
     counters = {"samples": 2, "dropped": 8, "unsafe_members": 0, "corrupt_shards": 1,
                 "surplus_shards": 0}
-    record = {"step": 4, "loss": 1.0, "losses": {"video->audio": 1.0}, "lr": 1e-3,
+    record = {"step": 4, "loss": 1.0, "losses": {"video_to_audio": 1.0}, "lr": 1e-3,
               "tokens_per_s": 10.0, "samples_per_s": 1.0, "skipped_batches": 0,
               "data": counters}
     result = TrainResult(step=4, interrupted=False, last_checkpoint=None, data=counters)
@@ -234,7 +234,7 @@ def test_bar_says_what_it_does_then_phase_smoothed_loss_and_rates() -> None:
     screen.print(progress.get_renderable())
     assert "first step: loading data…" in screen.export_text()
     for step in range(1, 6):
-        callbacks.on_step(step, 40, "video->audio")
+        callbacks.on_step(step, 40, "video_to_audio")
         if step == 4:
             with console.capture():
                 callbacks.on_log({"step": 4, "loss": 1.37, "losses": {}, "lr": 1e-3,
@@ -246,7 +246,7 @@ def test_bar_says_what_it_does_then_phase_smoothed_loss_and_rates() -> None:
 
 
 def test_summary_shows_a_mean_row_per_phase(tmp_path) -> None:
-    records = [{"step": step, "loss": loss, "losses": {"video->audio": loss}, "phase": phase}
+    records = [{"step": step, "loss": loss, "losses": {"video_to_audio": loss}, "phase": phase}
                for step, loss, phase in ((4, 2.0, "warmup"), (8, 1.0, "warmup"),
                                          (12, 3.0, "joint"), (16, 2.5, "joint"))]
     with console.capture() as captured:
@@ -306,3 +306,31 @@ def test_train_writes_tensorboard_events_without_duplicates_on_resume(tmp_path) 
     assert {"loss/all", "lr", "throughput/samples_per_s", "throughput/tokens_per_s"} <= set(
         events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("loss/all")] == [1, 2, 3, 4]
+
+
+def test_eval_line_says_what_each_figure_ranks() -> None:
+    """Issue 20, §2: R@1 by class (`--label-pattern`, the README's headline) and R@1 of the
+    window itself are told apart, and tasks carry their one name."""
+    metrics = {"samples": 78, "retrieval": {"audio_to_video": {"r1": 0.1, "chance_r1": 0.0128}},
+               "retrieval_by_label": {"audio_to_video": {"r1": 1.0, "chance_r1": 0.125}},
+               "text": {"audio_to_text": {"token_accuracy": 0.9, "cer": 0.05}}}
+    assert eval_line(metrics) == (
+        "78 windows | audio_to_video R@1 1.00 by class (chance 0.12), 0.10 of the window "
+        "itself (chance 0.01) | audio_to_text token acc 0.90 CER 0.05")
+    del metrics["retrieval_by_label"]
+    assert "audio_to_video R@1 0.10 of the window itself (chance 0.01)" in eval_line(metrics)
+
+
+def test_summary_does_not_repeat_the_loss_of_a_task_logged_once(tmp_path) -> None:
+    """Issue 20, §2: a task seen in one log window has no last loss to set beside its first."""
+    records = [{"step": 32, "loss": 1.0, "losses": {"audio_to_image": 0.2376,
+                                                    "video_to_audio": 2.0}},
+               {"step": 40, "loss": 0.9, "losses": {"video_to_audio": 1.5}}]
+    with console.capture() as captured:
+        print_summary(records, tmp_path, TrainResult(40, False, None))
+    rows = {line.split("│")[1].strip(): line for line in captured.get().splitlines()
+            if line.count("│") >= 3}
+    assert "logged once" in rows["audio_to_image"]
+    assert rows["audio_to_image"].count("0.2376") == 1
+    assert "2.0000 (step 32)" in rows["video_to_audio"]
+    assert "1.5000 (step 40)" in rows["video_to_audio"]
