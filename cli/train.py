@@ -294,11 +294,16 @@ def train(
         display = RichCallbacks(progress, steps, batch_size * grad_accum)
         with _usage_errors():
             run = build_run(options, display)
-        _show_run(run)
+
+        def show(plan: ResumePlan) -> None:
+            # once the save dir is claimed and the resume resolved: a refusal comes first
+            if run.context.is_main:  # rank 0 shows
+                _show_run(run)
+                _show_resume(plan, options)
+
         stop = _install_stop_handler()
         with _usage_errors(), progress if run.context.is_main else nullcontext():
-            result = run_training(run, should_stop=lambda: stop[0],
-                                  on_resume=lambda plan: _show_resume(plan, options))
+            result = run_training(run, should_stop=lambda: stop[0], on_resume=show)
         if run.context.is_main:  # rank 0 shows
             print_summary(display.records, save_dir, result)
         if result.interrupted:

@@ -73,6 +73,9 @@ def test_existing_checkpoints_need_resume(tmp_path) -> None:
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--resume auto" in again.output
+    # issue 20, §2: refused before the run's set-up is shown
+    assert again.output.lstrip().startswith("Error:"), again.output
+    assert "tensorboard:" not in again.output and "data:" not in again.output
     resumed = runner.invoke(app, [*args[:-4], "--steps", "3", "--save-dir", str(tmp_path),
                                   "--resume", "auto"])
     assert resumed.exit_code == 0, resumed.output
