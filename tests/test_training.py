@@ -525,3 +525,26 @@ def test_a_non_finite_loss_stops_the_run_before_a_later_checkpoint(tiny_config,
     with pytest.raises(OmniLatentError, match="loss became nan at step 3 \\(task "):
         trainer.train()
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000002"]
+
+
+def test_resume_with_more_steps_says_what_the_lr_schedule_does(tmp_path, tiny_config) -> None:
+    """Issue 20, §2: a changed --steps recomputes warmup + cosine over the new total (as
+    nanoGPT does with max_iters); the resume says so, with the lr at the step before and
+    now."""
+    _trainer(tiny_config, tmp_path, 30, warmup_steps=2).train()
+    resumed = _trainer(tiny_config, tmp_path, 60, warmup_steps=2)
+    resumed.callbacks = events = _Events()
+    resumed.resume(tmp_path / "step-00000030")
+    before = 1e-3 * lr_factor(30, 2, 30, resumed.config.min_lr_ratio)
+    now = 1e-3 * lr_factor(30, 2, 60, resumed.config.min_lr_ratio)
+    assert now > 2 * before
+    changed = next(e for e in events.events if e.startswith("resuming with changed settings"))
+    assert changed == ("resuming with changed settings: steps 30 -> 60; the learning-rate "
+                       f"schedule is recomputed over 60 steps: lr at step 30 {before:.2e} -> "
+                       f"{now:.2e}")
+    resumed.release_save_dir()
+    same = _trainer(tiny_config, tmp_path, 30, warmup_steps=2, log_interval=2)
+    same.callbacks = quiet = _Events()
+    same.resume(tmp_path / "step-00000030")
+    assert not any("learning-rate" in e for e in quiet.events)  # only log_interval changed
+    same.release_save_dir()
