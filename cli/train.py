@@ -8,6 +8,7 @@ The options live here; torch-backed modules are imported when the command runs (
 from __future__ import annotations
 
 import copy
+import re
 import signal
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -18,7 +19,8 @@ import typer
 from cli.console import console
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, SaveDir, Seed, Workers
-from omnilatent.errors import UsageError
+from omnilatent.config import OmniLatentConfig
+from omnilatent.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -119,15 +121,41 @@ def _install_stop_handler() -> list[bool]:
 
 
 def _schedule(phase_schedule: str | None, fracs: dict[str, float | None]) -> Schedule | None:
+    """The curriculum the options ask for; a schedule they cannot make is a usage error that
+    names the option (`--phase-schedule` or the `--*-frac` given)."""
     from omnilatent.training.curriculum import default_schedule, parse_schedule
 
     given = {name: value for name, value in fracs.items() if value is not None}
     if given and phase_schedule not in (None, "default"):
         raise CLIError("use either --phase-schedule or the --*-frac shortcuts, not both",
                        exit_code=EXIT_USAGE)
-    if given:
-        return default_schedule(given)
-    return None if phase_schedule is None else parse_schedule(phase_schedule)
+    try:
+        if given:
+            return default_schedule(given)
+        return None if phase_schedule is None else parse_schedule(phase_schedule)
+    except ConfigError as exc:
+        option = (" ".join(f"--{name}-frac {value:g}" for name, value in given.items())
+                  if given else f"--phase-schedule {phase_schedule}")
+        raise CLIError(f"{option}: {exc}", exit_code=EXIT_USAGE, hint="shares are of --steps; "
+                       "phases not named get 0 (the --*-frac shortcuts keep the others' "
+                       "default shares): see `omni train --help`") from None
+
+
+# OmniLatentConfig's fields that `omni train` sets, by the option that sets them
+MODEL_OPTIONS = {"hidden_dim": "--dim", "num_layers": "--layers", "num_heads": "--heads",
+                 "text_decoding": "--text-decoding"}
+
+
+def _check_model_shape(dim: int, layers: int, heads: int, text_decoding: str) -> None:
+    """The model's own validation, before torch is imported, with the options' names in its
+    message ('--dim (30) must be divisible by --heads (4)'), as a usage error."""
+    try:
+        OmniLatentConfig(hidden_dim=dim, num_layers=layers, num_heads=heads,
+                         text_decoding=text_decoding)
+    except ConfigError as exc:
+        message = re.sub(r"\b(" + "|".join(MODEL_OPTIONS) + r")\b",
+                         lambda match: MODEL_OPTIONS[match.group(1)], str(exc))
+        raise CLIError(message, exit_code=EXIT_USAGE) from None
 
 
 def _frac(name: str) -> Any:
@@ -255,6 +283,7 @@ def train(
                 f" (got {', '.join('--' + name for name in chosen)})" if chosen else ""),
                 hint="pass --synthetic, --shards OUT_DIR or --video-dir VIDEOS",
                 exit_code=EXIT_USAGE)
+        _check_model_shape(dim, layers, heads, text_decoding)
         from cli.train_display import RichCallbacks, print_summary, progress_bar
         from omnilatent.training import TrainConfig
         from omnilatent.training.hook_training import StartOptions, parse_hook_spec

@@ -23,6 +23,7 @@ from cli.console import console
 from cli.errors import run_command
 from cli.train_display import RichCallbacks, eval_line, print_summary, progress_bar
 from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.errors import OmniLatentError
 from omnilatent.training import TrainConfig, TrainResult
 from omnilatent.training.checkpoint import load_checkpoint, save_checkpoint
 from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer
@@ -60,12 +61,40 @@ def test_train_without_data_source_is_a_usage_error(tmp_path) -> None:
     assert "choose exactly one data source" in result.output
 
 
-def test_bad_model_shape_is_reported_without_traceback(tmp_path) -> None:
+def test_bad_model_shape_is_a_usage_error_naming_the_options(tmp_path) -> None:
+    """Issue 20, §3: the options' names, not the config's fields; exit 2 as a bad option,
+    without the debug hint a real failure gets."""
     result = runner.invoke(app, ["train", "--synthetic", "--dim", "30", "--heads", "4",
                                  "--save-dir", str(tmp_path)])
-    assert result.exit_code == 1
-    assert "hidden_dim (30) must be divisible by num_heads (4)" in result.output
+    assert result.exit_code == 2
+    assert "--dim (30) must be divisible by --heads (4)" in result.output
+    assert "hidden_dim" not in result.output and "OMNI_DEBUG" not in result.output
     assert "Traceback" not in result.output
+    odd = runner.invoke(app, ["train", "--synthetic", "--dim", "36", "--heads", "4",
+                              "--save-dir", str(tmp_path)])
+    assert odd.exit_code == 2 and "--dim/--heads = 9 must be even" in odd.output
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--phase-schedule", "warmup=0.5,crossmodal=0.2"], "--phase-schedule warmup=0.5,"),
+    (["--phase-schedule", "nosuch.toml"], "--phase-schedule nosuch.toml: schedule file"),
+    (["--warmup-frac", "0.9", "--crossmodal-frac", "0.5"], "--warmup-frac 0.9 --crossmodal"),
+])
+def test_a_schedule_that_cannot_be_made_is_a_usage_error(tmp_path, args, named) -> None:
+    result = runner.invoke(app, ["train", *TINY_ARGS, *args, "--save-dir", str(tmp_path)],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert named in result.output and "OMNI_DEBUG" not in result.output
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_real_failure_keeps_the_debug_hint() -> None:
+    def refused() -> None:
+        raise OmniLatentError("the data is bad")
+
+    with console.capture() as captured, pytest.raises(typer.Exit) as exit_info:
+        run_command(refused)
+    assert exit_info.value.exit_code == 1 and "OMNI_DEBUG=1" in captured.get()
 
 
 def test_existing_checkpoints_need_resume(tmp_path) -> None:
