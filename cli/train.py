@@ -55,7 +55,8 @@ EXAMPLES = """
     [cyan]omni train --shards data/prepared --from runs/tiny --hook style:tokens=8,layers=0-1 \\
       --freeze-base --lr 3e-2 --steps 200 --save-dir runs/hook[/]
 
-  Default 140M model on a GPU with AMP and gradient checkpointing:
+  Default model (768 wide, 12 layers: 132.71M parameters with byte-level text, 157.09M
+  with a 32000-piece SentencePiece vocabulary) on a GPU with AMP and gradient checkpointing:
     [cyan]omni train --shards data/prepared --steps 5000 --batch-size 4 --device cuda \\
       --grad-checkpointing --save-dir runs/base --save-every 500[/]
 """
@@ -190,8 +191,11 @@ def train(
     workers: _in_panel(Workers, DATA) = 0,
     dim: Annotated[int, typer.Option("--dim", rich_help_panel=MODEL, min=8,
                                      help="Model width.")] = 768,
-    layers: Annotated[int, typer.Option("--layers", rich_help_panel=MODEL, min=1)] = 12,
-    heads: Annotated[int, typer.Option("--heads", rich_help_panel=MODEL, min=1)] = 12,
+    layers: Annotated[int, typer.Option("--layers", rich_help_panel=MODEL, min=1,
+                                        help="Transformer blocks.")] = 12,
+    heads: Annotated[int, typer.Option(
+        "--heads", rich_help_panel=MODEL, min=1,
+        help="Attention heads; --dim must be a multiple of 2 x --heads.")] = 12,
     text_decoding: Annotated[str, typer.Option(
         "--text-decoding", rich_help_panel=MODEL, help="autoregressive (default) or parallel "
         "text output (see the README's measurement).")] = "autoregressive",
@@ -208,10 +212,11 @@ def train(
         "--freeze-base", rich_help_panel=START, help="Train only the new hooks: the "
         "checkpoint's weights stay bit-identical (needs --from and --hook).")] = False,
     phase_schedule: Annotated[str | None, typer.Option(
-        "--phase-schedule", rich_help_panel=CURRICULUM, help="Curriculum: 'default', an "
-        "inline spec like 'warmup=0.1,crossmodal=0.25,temporal=0.25,grounding=0.15,joint=0.25'"
-        ", or a .toml/.json file. Default for --shards/--video-dir; without it --synthetic "
-        "trains all 16 modality pairs in turn.")] = None,
+        "--phase-schedule", rich_help_panel=CURRICULUM, help="Curriculum: 'default'; shares "
+        "of the phases warmup, crossmodal, temporal, grounding and joint that sum to 1 (those "
+        "not named get 0), e.g. warmup=0.2,joint=0.8; or a .toml/.json file. Default for "
+        "--shards/--video-dir; without it --synthetic trains all 16 modality pairs in "
+        "turn.")] = None,
     warmup_frac: Annotated[float | None, _frac("warmup")] = None,
     crossmodal_frac: Annotated[float | None, _frac("crossmodal")] = None,
     temporal_frac: Annotated[float | None, _frac("temporal")] = None,
@@ -220,8 +225,9 @@ def train(
     steps: Annotated[int, typer.Option(
         "--steps", "--total-steps", rich_help_panel=OPTIMISATION, min=1,
         help="Optimizer steps to train for.")] = 1000,
-    batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=OPTIMISATION,
-                                            min=1)] = 4,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", rich_help_panel=OPTIMISATION, min=1,
+        help="Samples per batch (per process under torchrun).")] = 4,
     grad_accum: Annotated[int, typer.Option(
         "--grad-accum", rich_help_panel=OPTIMISATION, min=1,
         help="Batches accumulated per step.")] = 1,

@@ -366,3 +366,40 @@ def test_summary_does_not_repeat_the_loss_of_a_task_logged_once(tmp_path) -> Non
     assert rows["audio_to_image"].count("0.2376") == 1
     assert "2.0000 (step 32)" in rows["video_to_audio"]
     assert "1.5000 (step 40)" in rows["video_to_audio"]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("command", [[], ["prepare"], ["train"], ["eval"], ["generate"],
+                                     ["inspect"], ["demo-videos"], ["demo"]])
+def test_help_reflows_at_any_width(command, columns) -> None:
+    """Issue 20, §3: help paragraphs wrap at the terminal's width, not at the docstring's
+    line breaks ("Stop with Ctrl-C or⏎SIGTERM"): in the description under Usage, every line
+    of a paragraph but its last is filled to near the width."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Usage:" in line) + 1
+    end = next(i for i, line in enumerate(lines) if line.startswith("╭"))
+    paragraphs = "\n".join(line.rstrip() for line in lines[start:end]).strip().split("\n\n")
+    for paragraph in paragraphs:
+        *filled, _ = paragraph.splitlines()
+        assert all(len(line) > columns - 20 for line in filled), paragraph
+    listed = "\n".join(lines[end:])
+    if not command:  # each command listed by its help's first sentence
+        assert "Train OmniLatent on prepared shards, raw videos or synthetic" in listed
+        assert "Stop with Ctrl-C" not in listed
+
+
+def test_train_help_describes_every_option_in_full() -> None:
+    """Issue 20, §3: --layers, --heads and --batch-size say what they are, the
+    --phase-schedule example is not cut, and the default model's size is the counted one."""
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80"})
+    text = " ".join(result.output.replace("│", " ").split())
+    for described in ("--layers <int range> [x>=1] Transformer blocks.",
+                      "--heads <int range> [x>=1] Attention heads;",
+                      "Samples per batch", "e.g. warmup=0.2,joint=0.8;"):
+        assert described in text, described
+    schedule = text[text.index("--phase-schedule"):text.index("--warmup-frac")]
+    assert "…" not in schedule and "140M" not in text
+    counted = OmniLatentModel(OmniLatentConfig(vocab_size=259)).num_parameters() / 1e6
+    assert f"{counted:.2f}M parameters with byte-level text" in text
