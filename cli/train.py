@@ -289,8 +289,9 @@ def train(
                 f" (got {', '.join('--' + name for name in chosen)})" if chosen else ""),
                 hint="pass --synthetic, --shards OUT_DIR or --video-dir VIDEOS",
                 exit_code=EXIT_USAGE)
-        if from_checkpoint is None:  # else the checkpoint's shape, and a contradiction of it,
-            _check_model_shape(dim, layers, heads, text_decoding)  # is what --from reports
+        # with --from the checkpoint fixes the shape, and `build_run` names any contradiction
+        if from_checkpoint is None:
+            _check_model_shape(dim, layers, heads, text_decoding)
         from cli.train_display import RichCallbacks, print_summary, progress_bar
         from omnilatent.training import TrainConfig
         from omnilatent.training.hook_training import StartOptions, parse_hook_spec
