@@ -35,7 +35,7 @@ demo: install
 	$(BIN)/omni inspect $(DEMO_DIR)/shards --verify --samples 3
 	$(BIN)/omni train --shards $(DEMO_DIR)/shards --phase-schedule default --steps 1200 \
 		--batch-size 8 --dim 128 --layers 4 --heads 4 --device cpu --log-interval 100 \
-		--save-dir $(DEMO_DIR)/train
+		--label-pattern '^([a-z]+-[a-z]+)_s' --save-dir $(DEMO_DIR)/train
 	$(BIN)/omni eval $(DEMO_DIR)/train $(DEMO_DIR)/shards --device cpu \
 		--label-pattern '^([a-z]+-[a-z]+)_s'
 	$(BIN)/omni demo-videos $(DEMO_DIR)/unseen --count 2 --seed 7 --duration 2

@@ -23,7 +23,7 @@ Goals (issue 10), one verdict line each, PASS or FAIL:
 - loader-fed steps/s >= 0.9 x synthetic (with `--shards`).
 `bash bench/gpu_check.sh` measures all three on one GPU machine.
 
-    python bench/train_step.py                       # default 140M config, batch 4, auto device
+    python bench/train_step.py                       # default 157.09M config, batch 4, auto device
     python bench/train_step.py --device cpu --dim 256 --layers 4 --heads 4 --steps 3
     python bench/train_step.py --device cuda --batch-size 32 --compile --json
     python bench/train_step.py --device cuda --batch-size 32 --shards demo-out/shards

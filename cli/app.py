@@ -9,6 +9,8 @@ subcommand, is built on first access (PEP 562), for tests and for embedding.
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
 import sys
 from collections.abc import Iterable
 
@@ -54,8 +56,26 @@ def build_app(names: Iterable[str] = COMMANDS) -> typer.Typer:
     for name in names:
         module_name, function = COMMANDS[name]
         module = importlib.import_module(module_name)
-        app.command(name, epilog=module.EXAMPLES)(getattr(module, function))
+        command = getattr(module, function)
+        help_text = reflowed(command.__doc__ or "")
+        app.command(name, epilog=module.EXAMPLES, help=help_text,
+                    short_help=first_sentence(help_text))(command)
     return app
+
+
+def reflowed(doc: str) -> str:
+    """A docstring as help that reflows: Typer's rich mode keeps a docstring's line breaks,
+    which then fall mid-sentence at any other width ("Stop with Ctrl-C or⏎SIGTERM"), so each
+    paragraph becomes one line for rich to wrap at the terminal's width."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
+def first_sentence(help_text: str) -> str:
+    """The line `omni --help` lists a command with: its help's first sentence."""
+    first = help_text.split("\n\n")[0]
+    end = re.search(r"\.\s+(?=[A-Z])", first)  # not in "e.g. \"the red circle…\""
+    return first if end is None else first[:end.start() + 1]
 
 
 def __getattr__(name: str) -> typer.Typer:

@@ -39,12 +39,14 @@ def run_command(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except (CLIError, OmniLatentError, PipelineError, ValueError) as exc:
+        exit_code = getattr(exc, "exit_code", EXIT_ERROR)
         if os.environ.get("OMNI_DEBUG") == "1":
             console.print_exception()
         console.print(f"[bold red]Error:[/] {plain(exc)}")
         hint = getattr(exc, "hint", None)
         if hint:
             console.print(f"[dim]Hint:[/] {plain(hint)}")
-        elif os.environ.get("OMNI_DEBUG") != "1":
+        elif exit_code != EXIT_USAGE and os.environ.get("OMNI_DEBUG") != "1":
+            # a usage error is the options' fault, not a failure with a traceback to read
             console.print("[dim]Set OMNI_DEBUG=1 for the full traceback.[/]")
-        raise typer.Exit(getattr(exc, "exit_code", EXIT_ERROR)) from None
+        raise typer.Exit(exit_code) from None

@@ -17,6 +17,7 @@ from rich.table import Table
 from cli.console import console, plain
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, Hooks, Json, Threads
+from omnilatent.errors import UsageError
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -35,41 +36,6 @@ EXAMPLES = """
 
 SPLITS = ("auto", "eval", "train", "all")
 _SHOWN_CAPTIONS = 3
-
-
-def _labeller(pattern: str | None) -> Any:
-    """The label function of `--label-pattern`, or None.
-
-    The pattern runs on text from the shards (each window's source path), so it is matched by
-    RE2, in time linear in the text whatever the pattern: Python's backtracking `re` took 32 s
-    for `^(a|aa)+$` on a 41-character path, and doubles with each character more. RE2 reads
-    Python's syntax except backreferences and lookaround, which are refused here.
-    """
-    if pattern is None:
-        return None
-    import re2
-
-    options = re2.Options()
-    options.log_errors = False  # the error is raised, not also logged to stderr
-    try:
-        regex = re2.compile(pattern, options)
-    except re2.error as err:
-        reason = err.args[0].decode() if isinstance(err.args[0], bytes) else err
-        raise CLIError(f"--label-pattern {pattern!r} is not a regular expression RE2 reads: "
-                       f"{reason}", hint="backreferences and lookaround are not supported",
-                       exit_code=EXIT_USAGE) from None
-
-    def label(meta: dict[str, Any]) -> str:
-        # RE2 reads UTF-8: an undecodable byte of a file name (a lone surrogate) becomes "?"
-        source = str(meta.get("source", "")).encode("utf-8", "replace").decode("utf-8")
-        match = regex.search(source)
-        if match is None:
-            raise CLIError(f"--label-pattern {pattern!r} does not match the source {source!r}",
-                           hint="the pattern is searched in each window's source path; its "
-                           "first group (or the whole match) is the label")
-        return match.group(1) if regex.groups else match.group(0)
-
-    return label
 
 
 def _render(metrics: dict[str, Any], captions: dict[str, list[Any]]) -> None:
@@ -150,6 +116,7 @@ def eval_command(
             eval_loader,
             evaluate,
             held_out_split,
+            source_labeller,
         )
         from omnilatent.inference.trained import load_trained
         from omnilatent.threads import configure_threads
@@ -161,7 +128,10 @@ def eval_command(
                            exit_code=EXIT_USAGE)
         chosen = held_out_split(shards) if split == "auto" else (
             None if split == "all" else split)
-        labels = _labeller(label_pattern)
+        try:
+            labels = None if label_pattern is None else source_labeller(label_pattern)
+        except UsageError as exc:  # the pattern itself; a window it misses is no usage error
+            raise CLIError(str(exc), exit_code=EXIT_USAGE) from None
         configure_threads(threads)
         if captions is not None:  # refused now, not after the whole evaluation
             check_output_file(captions)

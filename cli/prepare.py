@@ -117,6 +117,11 @@ def _summary(result: PrepareResult, eval_fraction: float) -> None:
                   f"[green]{totals.prepared} prepared[/], [red]{totals.failed} failed[/], "
                   f"[yellow]{totals.skipped} skipped[/]")
     table.add_row("clips", f"{totals.clips}")
+    damaged = [video for video in result.videos if video.decode_errors]
+    if damaged:
+        errors = sum(video.decode_errors for video in damaged)
+        table.add_row("decode errors", f"[yellow]{errors} in {_count(len(damaged), 'video')}[/]"
+                      " (prepared anyway; see the warnings)")
     held_out = result.splits[EVAL]
     if eval_fraction > 0:
         table.add_row("eval split", f"{_count(held_out.videos, 'video')} ({held_out.prepared} "

@@ -8,6 +8,7 @@ The options live here; torch-backed modules are imported when the command runs (
 from __future__ import annotations
 
 import copy
+import re
 import signal
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -18,7 +19,8 @@ import typer
 from cli.console import console, plain
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, SaveDir, Seed, Threads, Workers
-from omnilatent.errors import UsageError
+from omnilatent.config import OmniLatentConfig
+from omnilatent.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,7 +56,8 @@ EXAMPLES = """
     [cyan]omni train --shards data/prepared --from runs/tiny --hook style:tokens=8,layers=0-1 \\
       --freeze-base --lr 3e-2 --steps 200 --save-dir runs/hook[/]
 
-  Default 140M model on a GPU with AMP and gradient checkpointing:
+  Default model (768 wide, 12 layers: 132.71M parameters with byte-level text, 157.09M
+  with a 32000-piece SentencePiece vocabulary) on a GPU with AMP and gradient checkpointing:
     [cyan]omni train --shards data/prepared --steps 5000 --batch-size 4 --device cuda \\
       --grad-checkpointing --save-dir runs/base --save-every 500[/]
 """
@@ -125,15 +128,41 @@ def _install_stop_handler() -> list[bool]:
 
 
 def _schedule(phase_schedule: str | None, fracs: dict[str, float | None]) -> Schedule | None:
+    """The curriculum the options ask for; a schedule they cannot make is a usage error that
+    names the option (`--phase-schedule` or the `--*-frac` given)."""
     from omnilatent.training.curriculum import default_schedule, parse_schedule
 
     given = {name: value for name, value in fracs.items() if value is not None}
     if given and phase_schedule not in (None, "default"):
         raise CLIError("use either --phase-schedule or the --*-frac shortcuts, not both",
                        exit_code=EXIT_USAGE)
-    if given:
-        return default_schedule(given)
-    return None if phase_schedule is None else parse_schedule(phase_schedule)
+    try:
+        if given:
+            return default_schedule(given)
+        return None if phase_schedule is None else parse_schedule(phase_schedule)
+    except ConfigError as exc:
+        option = (" ".join(f"--{name}-frac {value:g}" for name, value in given.items())
+                  if given else f"--phase-schedule {phase_schedule}")
+        raise CLIError(f"{option}: {exc}", exit_code=EXIT_USAGE, hint="shares are of --steps; "
+                       "phases not named get 0 (the --*-frac shortcuts keep the others' "
+                       "default shares): see `omni train --help`") from None
+
+
+# OmniLatentConfig's fields that `omni train` sets, by the option that sets them
+MODEL_OPTIONS = {"hidden_dim": "--dim", "num_layers": "--layers", "num_heads": "--heads",
+                 "text_decoding": "--text-decoding"}
+
+
+def _check_model_shape(dim: int, layers: int, heads: int, text_decoding: str) -> None:
+    """The model's own validation, before torch is imported, with the options' names in its
+    message ('--dim (30) must be divisible by --heads (4)'), as a usage error."""
+    try:
+        OmniLatentConfig(hidden_dim=dim, num_layers=layers, num_heads=heads,
+                         text_decoding=text_decoding)
+    except ConfigError as exc:
+        message = re.sub(r"\b(" + "|".join(MODEL_OPTIONS) + r")\b",
+                         lambda match: MODEL_OPTIONS[match.group(1)], str(exc))
+        raise CLIError(message, exit_code=EXIT_USAGE) from None
 
 
 def _frac(name: str) -> Any:
@@ -168,8 +197,11 @@ def train(
     workers: _in_panel(Workers, DATA) = 0,
     dim: Annotated[int, typer.Option("--dim", rich_help_panel=MODEL, min=8,
                                      help="Model width.")] = 768,
-    layers: Annotated[int, typer.Option("--layers", rich_help_panel=MODEL, min=1)] = 12,
-    heads: Annotated[int, typer.Option("--heads", rich_help_panel=MODEL, min=1)] = 12,
+    layers: Annotated[int, typer.Option("--layers", rich_help_panel=MODEL, min=1,
+                                        help="Transformer blocks.")] = 12,
+    heads: Annotated[int, typer.Option(
+        "--heads", rich_help_panel=MODEL, min=1,
+        help="Attention heads; --dim must be a multiple of 2 x --heads.")] = 12,
     text_decoding: Annotated[str, typer.Option(
         "--text-decoding", rich_help_panel=MODEL, help="autoregressive (default) or parallel "
         "text output (see the README's measurement).")] = "autoregressive",
@@ -186,10 +218,11 @@ def train(
         "--freeze-base", rich_help_panel=START, help="Train only the new hooks: the "
         "checkpoint's weights stay bit-identical (needs --from and --hook).")] = False,
     phase_schedule: Annotated[str | None, typer.Option(
-        "--phase-schedule", rich_help_panel=CURRICULUM, help="Curriculum: 'default', an "
-        "inline spec like 'warmup=0.1,crossmodal=0.25,temporal=0.25,grounding=0.15,joint=0.25'"
-        ", or a .toml/.json file. Default for --shards/--video-dir; without it --synthetic "
-        "trains all 16 modality pairs in turn.")] = None,
+        "--phase-schedule", rich_help_panel=CURRICULUM, help="Curriculum: 'default'; shares "
+        "of the phases warmup, crossmodal, temporal, grounding and joint that sum to 1 (those "
+        "not named get 0), e.g. warmup=0.2,joint=0.8; or a .toml/.json file. Default for "
+        "--shards/--video-dir; without it --synthetic trains all 16 modality pairs in "
+        "turn.")] = None,
     warmup_frac: Annotated[float | None, _frac("warmup")] = None,
     crossmodal_frac: Annotated[float | None, _frac("crossmodal")] = None,
     temporal_frac: Annotated[float | None, _frac("temporal")] = None,
@@ -198,8 +231,9 @@ def train(
     steps: Annotated[int, typer.Option(
         "--steps", "--total-steps", rich_help_panel=OPTIMISATION, min=1,
         help="Optimizer steps to train for.")] = 1000,
-    batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=OPTIMISATION,
-                                            min=1)] = 4,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", rich_help_panel=OPTIMISATION, min=1,
+        help="Samples per batch (per process under torchrun).")] = 4,
     grad_accum: Annotated[int, typer.Option(
         "--grad-accum", rich_help_panel=OPTIMISATION, min=1,
         help="Batches accumulated per step.")] = 1,
@@ -224,6 +258,10 @@ def train(
     eval_samples: Annotated[int, typer.Option(
         "--eval-samples", rich_help_panel=CHECKPOINTS, min=1, help="Windows per evaluation "
         "(the first ones, always the same).")] = 256,
+    label_pattern: Annotated[str | None, typer.Option(
+        "--label-pattern", rich_help_panel=CHECKPOINTS, help="Regex on each held-out window's "
+        "source path; its first group is a class label, and retrieval is also counted by "
+        "class (as `omni eval --label-pattern`).")] = None,
     device: _in_panel(Device, RUNTIME) = "auto",
     no_amp: Annotated[bool, typer.Option(
         "--no-amp", rich_help_panel=RUNTIME,
@@ -258,6 +296,9 @@ def train(
                 f" (got {', '.join('--' + name for name in chosen)})" if chosen else ""),
                 hint="pass --synthetic, --shards OUT_DIR or --video-dir VIDEOS",
                 exit_code=EXIT_USAGE)
+        # with --from the checkpoint fixes the shape, and `build_run` names any contradiction
+        if from_checkpoint is None:
+            _check_model_shape(dim, layers, heads, text_decoding)
         from cli.train_display import RichCallbacks, print_summary, progress_bar
         from omnilatent.threads import configure_threads
         from omnilatent.training import TrainConfig
@@ -289,7 +330,7 @@ def train(
             model=ModelOptions(hidden_dim=dim, num_layers=layers, num_heads=heads,
                                text_decoding=text_decoding,
                                gradient_checkpointing=grad_checkpointing),
-            evaluation=EvalOptions(eval_shards, eval_samples),
+            evaluation=EvalOptions(eval_shards, eval_samples, label_pattern),
             schedule=_schedule(phase_schedule, {
                 "warmup": warmup_frac, "crossmodal": crossmodal_frac,
                 "temporal": temporal_frac, "grounding": grounding_frac,
@@ -299,11 +340,16 @@ def train(
         display = RichCallbacks(progress, steps, batch_size * grad_accum)
         with _usage_errors():
             run = build_run(options, display)
-        _show_run(run, cpu_threads)
+
+        def show(plan: ResumePlan) -> None:
+            # once the save dir is claimed and the resume resolved: a refusal comes first
+            if run.context.is_main:  # rank 0 shows
+                _show_run(run, cpu_threads)
+                _show_resume(plan, options)
+
         stop = _install_stop_handler()
         with _usage_errors(), progress if run.context.is_main else nullcontext():
-            result = run_training(run, should_stop=lambda: stop[0],
-                                  on_resume=lambda plan: _show_resume(plan, options))
+            result = run_training(run, should_stop=lambda: stop[0], on_resume=show)
         if run.context.is_main:  # rank 0 shows
             print_summary(display.records, save_dir, result)
         if result.interrupted:

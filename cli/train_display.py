@@ -116,13 +116,19 @@ def data_line(counters: dict[str, int]) -> str:
 
 
 def eval_line(metrics: dict[str, Any]) -> str:
-    """The headline of an evaluation: retrieval R@1 beside chance, transcript accuracy."""
+    """The headline of an evaluation, each figure saying what it ranks: retrieval R@1 by
+    class (with `--label-pattern`) and of the window itself, beside chance; transcript
+    accuracy and character error rate."""
     parts = [f"{metrics['samples']} windows"]
+    by_label = metrics.get("retrieval_by_label", {})
     for name, m in metrics.get("retrieval", {}).items():
-        parts.append(f"{name.replace('_to_', '->')} R@1 {m['r1']:.2f} ({m['chance_r1']:.2f})")
+        figures = [f"{m['r1']:.2f} of the window itself (chance {m['chance_r1']:.2f})"]
+        if name in by_label:
+            c = by_label[name]
+            figures.insert(0, f"{c['r1']:.2f} by class (chance {c['chance_r1']:.2f})")
+        parts.append(f"{name} R@1 " + ", ".join(figures))
     for name, m in metrics.get("text", {}).items():
-        parts.append(f"{name.replace('_to_', '->')} acc {m['token_accuracy']:.2f} "
-                     f"CER {m['cer']:.2f}")
+        parts.append(f"{name} token acc {m['token_accuracy']:.2f} CER {m['cer']:.2f}")
     return " | ".join(parts)
 
 
@@ -138,8 +144,12 @@ def print_summary(records: list[dict[str, Any]], save_dir: Path, result: TrainRe
             first.setdefault(task, (record["step"], loss))
             last[task] = (record["step"], loss)
     for task in first:
+        # a task logged in one window only has no second loss to compare: say so, rather
+        # than repeat the first (which reads as "nothing learned")
+        once = first[task][0] == last[task][0]
         table.add_row(task, f"{first[task][1]:.4f} (step {first[task][0]})",
-                      f"{last[task][1]:.4f} (step {last[task][0]})")
+                      "[dim]logged once[/]" if once
+                      else f"{last[task][1]:.4f} (step {last[task][0]})")
     # One mean row per phase: later phases add tasks with other loss scales (text joins), so
     # a mean over the whole run would rise where nothing diverged.
     by_phase: dict[str | None, list[dict[str, Any]]] = {}

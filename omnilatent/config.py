@@ -41,7 +41,8 @@ MAX_MODALITY_TOKENS = 4096
 class OmniLatentConfig:
     """Sizes of the backbone and of each modality's encoder/decoder.
 
-    The defaults (768 wide, 12 layers) give about 140M parameters; ``hidden_dim=128,
+    The defaults (768 wide, 12 layers, 32000-token vocabulary) give 157.09M parameters
+    (132.71M with the 259 byte-level ids `omni train` uses without a tokenizer); ``hidden_dim=128,
     num_layers=4, num_heads=4`` is the debug size used by the tests.
 
     The last block, ``TRAINING_FIELDS``, is not the model's: the seed's API passes training

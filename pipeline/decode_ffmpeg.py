@@ -45,7 +45,7 @@ import numpy as np
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import DecodeError
-from pipeline.ffmpeg_bin import ffmpeg_binary, stderr_summary
+from pipeline.ffmpeg_bin import ffmpeg_binary, stderr_error_count, stderr_summary
 from pipeline.frames import SWS_INTERPOLATION, display_image, scaled_size
 from pipeline.probe_pyav import DECODER_GUARD, probe_pyav
 from pipeline.windows import END_TOLERANCE, DecodeStats, VideoInfo, Window, WindowAssembler
@@ -138,6 +138,11 @@ class _Process:
         rc = self.proc.wait()
         return rc, _stderr_tail(self.log)
 
+    def error_count(self) -> int:
+        """Error lines ffmpeg wrote to stderr (`stderr_error_count`), once it has exited."""
+        self.log.seek(0)
+        return stderr_error_count(self.log.read().decode("utf-8", errors="replace"))
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -163,6 +168,7 @@ class _AudioPipe:
         if len(data) < self.chunk_bytes:
             assembler.end_audio()
             rc, tail = self.process.wait()
+            self.stats.decode_errors += self.process.error_count()
             if rc != 0 and self.stats.first_error is None:
                 self.stats.first_error = f"audio: ffmpeg exited with status {rc}: {tail}"
             elif tail and self.stats.first_error is None:
@@ -215,6 +221,7 @@ def _windows(
             audio.pull(assembler)
         yield from assembler.ready()
     rc, tail = video.wait()
+    stats.decode_errors += video.error_count()
     if rc != 0:
         raise DecodeError(f"ffmpeg exited with status {rc}: {tail or 'no message'}")
     if stats.grid_frames == 0:

@@ -19,7 +19,7 @@ ENV_VAR = "OMNI_FFMPEG"
 # The "[h264 @ 0x55d1d749fb80] " that starts ffmpeg's log lines: a component and a heap address.
 _LOG_PREFIX = re.compile(r"\[[^\[\]]* @ 0x[0-9a-fA-F]+\]\s*")
 # A line ffmpeg writes instead of repeating the previous one.
-_REPEATED = re.compile(r"^\s*Last message repeated \d+ times?$")
+_REPEATED = re.compile(r"^\s*Last message repeated (\d+) times?$")
 
 
 def ffmpeg_binary() -> str:
@@ -44,6 +44,19 @@ def ffmpeg_binary() -> str:
             f"no ffmpeg binary found ({err}); install the imageio-ffmpeg wheel for this "
             f"platform or set {ENV_VAR} to an ffmpeg executable"
         ) from err
+
+
+def stderr_error_count(text: str) -> int:
+    """Error lines in what ffmpeg wrote to stderr at ``-loglevel error``: each line is one,
+    and "Last message repeated N times" stands for N more."""
+    count = 0
+    for line in text.splitlines():
+        repeated = _REPEATED.match(line)
+        if repeated:
+            count += int(repeated.group(1))
+        elif line.strip():
+            count += 1
+    return count
 
 
 def stderr_summary(text: str, lines: int = 5) -> str:

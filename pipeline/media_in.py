@@ -157,6 +157,17 @@ def load_input(path: str | os.PathLike[str], config: PrepareConfig,
                      f"{', '.join(MODALITY_EXTENSIONS)}")
 
 
+def has_video_stream(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a video stream: an .mp4 of sound alone is read as audio when
+    its sound is asked for. True for a file that cannot be opened, so that the video reader
+    says why."""
+    try:
+        with open_container(Path(path)) as container:
+            return bool(container.streams.video)
+    except DecodeError:
+        return True
+
+
 # --------------------------------------------------------------------------- video
 def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
                       start: float = 0.0, *, follow_symlinks: bool = False) -> SampleArrays:

@@ -62,6 +62,7 @@ class VideoOutcome:
     transcript_timed: bool | None = None
     transcript_error: str | None = None
     packets_skipped: int = 0
+    decode_errors: int = 0  # errors the decoders reported (`DecodeStats.decode_errors`)
     wall_seconds: float = 0.0
     split: Split = TRAIN  # which shards its samples went to; stats files without it: train
     part: PartFile | None = None

@@ -373,6 +373,7 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         outcome.footage_seconds = (stats.duration if stats.duration is not None
                                    else writer.last_end)
         outcome.packets_skipped = stats.packets_skipped
+        outcome.decode_errors = stats.decode_errors
         short = _short_of_stated(outcome.footage_seconds, info.duration_hint, info.start_time)
         if outcome.clips == 0:
             writer.discard()
@@ -394,10 +395,13 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
     outcome.status = PREPARED
     if short and not stats.first_error and decode_error is None:
         outcome.warnings.append(short)
-    if stats.first_error:
-        count = stats.packets_skipped
-        skipped = f" ({count} corrupt packet{'s' * (count != 1)} skipped)" if count else ""
-        outcome.warnings.append(f"decoder: {stats.first_error}{skipped}")
+    problem = stats.first_error or stats.first_decode_error
+    if problem:
+        counts = [f"{count} {noun}{'s' * (count != 1)}{what}" for count, noun, what in (
+            (stats.decode_errors, "decode error", ""),
+            (stats.packets_skipped, "corrupt packet", " skipped")) if count]
+        details = f" ({', '.join(counts)}; its clips may show the damage)" if counts else ""
+        outcome.warnings.append(f"decoder: {problem}{details}")
 
 
 def _short_of_stated(decoded: float, stated: float | None, start: float) -> str | None:

@@ -115,6 +115,11 @@ class DecodeStats:
     grid_frames: int = 0  # frames delivered on the fps grid
     windows: int = 0
     packets_skipped: int = 0  # undecodable packets skipped (PyAV only)
+    # Errors the decoders reported, each FFmpeg error-level log line (PyAV) or stderr line
+    # (ffmpeg CLI): damaged H.264 macroblocks are concealed, not raised, and this is their
+    # only trace. Rejected packets log one too. The first logged one (PyAV), for the warning.
+    decode_errors: int = 0
+    first_decode_error: str | None = None
     first_error: str | None = None  # the first decoder complaint, for the failure report
     # D once the video has ended; ffmpeg only reveals it to the grid: floor(D * fps) / fps.
     duration: float | None = None

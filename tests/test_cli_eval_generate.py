@@ -199,6 +199,20 @@ def test_generate_reads_any_part_of_a_video(checkpoint, inputs, tmp_path) -> Non
         assert f"({modality} -> image" in result.output
 
 
+def test_generate_reads_the_sound_of_a_video_file_without_pictures(checkpoint,
+                                                                   tmp_path) -> None:
+    """Issue 20, §3: an .mp4 holding only sound, asked for its sound, is read as audio (it
+    was refused: "no video stream")."""
+    sound = make_video(tmp_path / "audio_only.mp4", duration=3.0, video=False).path
+    out = tmp_path / "from-sound.png"
+    result = runner.invoke(app, ["generate", str(checkpoint), "--from", str(sound),
+                                 "--from-modality", "audio", "--to", "image", "--out",
+                                 str(out), "--device", "cpu"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "(audio -> image" in result.output
+    _check_output(out, "image")
+
+
 @pytest.mark.parametrize("args,code,message", [
     (["--text", "hi", "--to", "audio", "--out", "x.mp3"], 1, "ending in .wav"),
     (["--text", "hi", "--to", "smell", "--out", "x.txt"], 2, "--to must be one of"),

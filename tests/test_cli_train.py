@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 from cli.app import app
 from cli.console import console
 from cli.errors import run_command
-from cli.train_display import RichCallbacks, print_summary, progress_bar
+from cli.train_display import RichCallbacks, eval_line, print_summary, progress_bar
 from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.errors import OmniLatentError
 from omnilatent.training import TrainConfig, TrainResult
 from omnilatent.training.checkpoint import load_checkpoint, save_checkpoint
 from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer
@@ -60,12 +61,40 @@ def test_train_without_data_source_is_a_usage_error(tmp_path) -> None:
     assert "choose exactly one data source" in result.output
 
 
-def test_bad_model_shape_is_reported_without_traceback(tmp_path) -> None:
+def test_bad_model_shape_is_a_usage_error_naming_the_options(tmp_path) -> None:
+    """Issue 20, §3: the options' names, not the config's fields; exit 2 as a bad option,
+    without the debug hint a real failure gets."""
     result = runner.invoke(app, ["train", "--synthetic", "--dim", "30", "--heads", "4",
                                  "--save-dir", str(tmp_path)])
-    assert result.exit_code == 1
-    assert "hidden_dim (30) must be divisible by num_heads (4)" in result.output
+    assert result.exit_code == 2
+    assert "--dim (30) must be divisible by --heads (4)" in result.output
+    assert "hidden_dim" not in result.output and "OMNI_DEBUG" not in result.output
     assert "Traceback" not in result.output
+    odd = runner.invoke(app, ["train", "--synthetic", "--dim", "36", "--heads", "4",
+                              "--save-dir", str(tmp_path)])
+    assert odd.exit_code == 2 and "--dim/--heads = 9 must be even" in odd.output
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--phase-schedule", "warmup=0.5,crossmodal=0.2"], "--phase-schedule warmup=0.5,"),
+    (["--phase-schedule", "nosuch.toml"], "--phase-schedule nosuch.toml: schedule file"),
+    (["--warmup-frac", "0.9", "--crossmodal-frac", "0.5"], "--warmup-frac 0.9 --crossmodal"),
+])
+def test_a_schedule_that_cannot_be_made_is_a_usage_error(tmp_path, args, named) -> None:
+    result = runner.invoke(app, ["train", *TINY_ARGS, *args, "--save-dir", str(tmp_path)],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert named in result.output and "OMNI_DEBUG" not in result.output
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_real_failure_keeps_the_debug_hint() -> None:
+    def refused() -> None:
+        raise OmniLatentError("the data is bad")
+
+    with console.capture() as captured, pytest.raises(typer.Exit) as exit_info:
+        run_command(refused)
+    assert exit_info.value.exit_code == 1 and "OMNI_DEBUG=1" in captured.get()
 
 
 def test_existing_checkpoints_need_resume(tmp_path) -> None:
@@ -73,6 +102,9 @@ def test_existing_checkpoints_need_resume(tmp_path) -> None:
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--resume auto" in again.output
+    # issue 20, §2: refused before the run's set-up is shown
+    assert again.output.lstrip().startswith("Error:"), again.output
+    assert "tensorboard:" not in again.output and "data:" not in again.output
     resumed = runner.invoke(app, [*args[:-4], "--steps", "3", "--save-dir", str(tmp_path),
                                   "--resume", "auto"])
     assert resumed.exit_code == 0, resumed.output
@@ -208,7 +240,7 @@ def test_log_lines_and_summary_show_dropped_samples(tmp_path) -> None:
     """Issue 9, item 7: the loader's counters in the summary, with a warning past 1 %."""
     counters = {"samples": 2, "dropped": 8, "unsafe_members": 0, "corrupt_shards": 1,
                 "surplus_shards": 0}
-    record = {"step": 4, "loss": 1.0, "losses": {"video->audio": 1.0}, "lr": 1e-3,
+    record = {"step": 4, "loss": 1.0, "losses": {"video_to_audio": 1.0}, "lr": 1e-3,
               "tokens_per_s": 10.0, "samples_per_s": 1.0, "skipped_batches": 0,
               "data": counters}
     result = TrainResult(step=4, interrupted=False, last_checkpoint=None, data=counters)
@@ -240,7 +272,7 @@ def test_bar_says_what_it_does_then_phase_smoothed_loss_and_rates() -> None:
     screen.print(progress.get_renderable())
     assert "first step: loading data…" in screen.export_text()
     for step in range(1, 6):
-        callbacks.on_step(step, 40, "video->audio")
+        callbacks.on_step(step, 40, "video_to_audio")
         if step == 4:
             with console.capture():
                 callbacks.on_log({"step": 4, "loss": 1.37, "losses": {}, "lr": 1e-3,
@@ -252,7 +284,7 @@ def test_bar_says_what_it_does_then_phase_smoothed_loss_and_rates() -> None:
 
 
 def test_summary_shows_a_mean_row_per_phase(tmp_path) -> None:
-    records = [{"step": step, "loss": loss, "losses": {"video->audio": loss}, "phase": phase}
+    records = [{"step": step, "loss": loss, "losses": {"video_to_audio": loss}, "phase": phase}
                for step, loss, phase in ((4, 2.0, "warmup"), (8, 1.0, "warmup"),
                                          (12, 3.0, "joint"), (16, 2.5, "joint"))]
     with console.capture() as captured:
@@ -312,3 +344,68 @@ def test_train_writes_tensorboard_events_without_duplicates_on_resume(tmp_path) 
     assert {"loss/all", "lr", "throughput/samples_per_s", "throughput/tokens_per_s"} <= set(
         events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("loss/all")] == [1, 2, 3, 4]
+
+
+def test_eval_line_says_what_each_figure_ranks() -> None:
+    """Issue 20, §2: R@1 by class (`--label-pattern`, the README's headline) and R@1 of the
+    window itself are told apart, and tasks carry their one name."""
+    metrics = {"samples": 78, "retrieval": {"audio_to_video": {"r1": 0.1, "chance_r1": 0.0128}},
+               "retrieval_by_label": {"audio_to_video": {"r1": 1.0, "chance_r1": 0.125}},
+               "text": {"audio_to_text": {"token_accuracy": 0.9, "cer": 0.05}}}
+    assert eval_line(metrics) == (
+        "78 windows | audio_to_video R@1 1.00 by class (chance 0.12), 0.10 of the window "
+        "itself (chance 0.01) | audio_to_text token acc 0.90 CER 0.05")
+    del metrics["retrieval_by_label"]
+    assert "audio_to_video R@1 0.10 of the window itself (chance 0.01)" in eval_line(metrics)
+
+
+def test_summary_does_not_repeat_the_loss_of_a_task_logged_once(tmp_path) -> None:
+    """Issue 20, §2: a task seen in one log window has no last loss to set beside its first."""
+    records = [{"step": 32, "loss": 1.0, "losses": {"audio_to_image": 0.2376,
+                                                    "video_to_audio": 2.0}},
+               {"step": 40, "loss": 0.9, "losses": {"video_to_audio": 1.5}}]
+    with console.capture() as captured:
+        print_summary(records, tmp_path, TrainResult(40, False, None))
+    rows = {line.split("│")[1].strip(): line for line in captured.get().splitlines()
+            if line.count("│") >= 3}
+    assert "logged once" in rows["audio_to_image"]
+    assert rows["audio_to_image"].count("0.2376") == 1
+    assert "2.0000 (step 32)" in rows["video_to_audio"]
+    assert "1.5000 (step 40)" in rows["video_to_audio"]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("command", [[], ["prepare"], ["train"], ["eval"], ["generate"],
+                                     ["inspect"], ["demo-videos"], ["demo"]])
+def test_help_reflows_at_any_width(command, columns) -> None:
+    """Issue 20, §3: help paragraphs wrap at the terminal's width, not at the docstring's
+    line breaks ("Stop with Ctrl-C or⏎SIGTERM"): in the description under Usage, every line
+    of a paragraph but its last is filled to near the width."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Usage:" in line) + 1
+    end = next(i for i, line in enumerate(lines) if line.startswith("╭"))
+    paragraphs = "\n".join(line.rstrip() for line in lines[start:end]).strip().split("\n\n")
+    for paragraph in paragraphs:
+        *filled, _ = paragraph.splitlines()
+        assert all(len(line) > columns - 20 for line in filled), paragraph
+    listed = "\n".join(lines[end:])
+    if not command:  # each command listed by its help's first sentence
+        assert "Train OmniLatent on prepared shards, raw videos or synthetic" in listed
+        assert "Stop with Ctrl-C" not in listed
+
+
+def test_train_help_describes_every_option_in_full() -> None:
+    """Issue 20, §3: --layers, --heads and --batch-size say what they are, the
+    --phase-schedule example is not cut, and the default model's size is the counted one."""
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80"})
+    text = " ".join(result.output.replace("│", " ").split())
+    for described in ("--layers <int range> [x>=1] Transformer blocks.",
+                      "--heads <int range> [x>=1] Attention heads;",
+                      "Samples per batch", "e.g. warmup=0.2,joint=0.8;"):
+        assert described in text, described
+    schedule = text[text.index("--phase-schedule"):text.index("--warmup-frac")]
+    assert "…" not in schedule and "140M" not in text
+    counted = OmniLatentModel(OmniLatentConfig(vocab_size=259)).num_parameters() / 1e6
+    assert f"{counted:.2f}M parameters with byte-level text" in text

@@ -60,16 +60,21 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _finish(process: subprocess.Popen) -> None:
+def _finish(process: subprocess.Popen) -> str:
     out, _ = process.communicate(timeout=180)
     assert process.returncode == 0, out[-3000:]
+    return out
 
 
 def test_two_processes_of_batch_2_train_like_one_of_batch_4(tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     runs = [_train(tmp_path, one, 1, 4), _train(tmp_path, two, 2, 2)]
-    for run in runs:
-        _finish(run)
+    outputs = [_finish(run) for run in runs]
+    # issue 20, §2: the set-up lines, as every line, come from rank 0 alone
+    for out in outputs:
+        lines = out.splitlines()
+        for header in ("data: ", "tensorboard: ", "model: "):
+            assert sum(line.startswith(header) for line in lines) == 1, (header, out)
     a = load_checkpoint(one / "step-00000010")
     b = load_checkpoint(two / "step-00000010")
     for name, value in a.model_state.items():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +160,24 @@ def test_the_seed_curriculum_snippet_trains_on_the_video_dataset(videos, tmp_pat
     result = trainer.train()
     assert result.step == 3 and all(math.isfinite(h["loss"]) for h in result.history)
     assert result.last_checkpoint == tmp_path / "checkpoints" / "step-00000003"
+
+
+def test_the_seed_script_runs_the_curriculum(tmp_path) -> None:
+    """Issue 20, §4: `python curriculum_train.py --synthetic --total-steps N` trains the
+    default curriculum (it printed nothing and exited 0), saying which `omni` command it is."""
+    save = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "curriculum_train.py"), "--synthetic",
+         "--total-steps", "2", "--dim", "32", "--layers", "1", "--heads", "4", "--batch-size",
+         "2", "--log-interval", "1", "--save-dir", str(save)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "300"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "curriculum_train.py runs: omni train --phase-schedule default --synthetic" in (
+        done.stdout)
+    records = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["phase"]) for r in records] == [(1, "crossmodal"), (2, "joint")]
+    bad = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "curriculum_train.py"),
+                          "--total-steps", "2"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "choose exactly one data source" in bad.stdout + bad.stderr

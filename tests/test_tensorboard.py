@@ -12,7 +12,7 @@ from omnilatent.evaluation.evaluate import evaluate
 from omnilatent.inference.card import CheckpointCard
 from omnilatent.inference.text import BYTE_CODEC
 from omnilatent.training import SyntheticMultimodalDataset, build_dataloader
-from omnilatent.training.tensorboard import TensorBoardCallbacks, flat_scalars
+from omnilatent.training.tensorboard import TensorBoardCallbacks, flat_scalars, frame_grid
 from pipeline.config import PrepareConfig
 
 
@@ -24,7 +24,7 @@ def _trainer(step: int, phases: tuple[str, ...] = (), card: CheckpointCard | Non
 
 
 def _record(step: int, loss: float, phase: str | None = None) -> dict[str, Any]:
-    record = {"step": step, "loss": loss, "losses": {"video->audio": loss, "audio->text": 2.0},
+    record = {"step": step, "loss": loss, "losses": {"video_to_audio": loss, "audio_to_text": 2.0},
               "lr": 1e-3, "tokens_per_s": 100.0, "samples_per_s": 4.0, "skipped_batches": 1,
               "data": {"samples": 30, "dropped": 10, "unsafe_members": 0,
                        "corrupt_shards": 0, "surplus_shards": 0}}
@@ -51,7 +51,7 @@ def test_records_and_evals_become_tagged_scalars(tmp_path) -> None:
     assert list(tmp_path.glob("events.out.tfevents.*"))
     events = _events(tmp_path)
     tags = set(events.Tags()["scalars"])
-    assert {"loss/all", "loss/video->audio", "loss/audio->text", "lr",
+    assert {"loss/all", "loss/video_to_audio", "loss/audio_to_text", "lr",
             "throughput/samples_per_s", "throughput/tokens_per_s", "data/skipped_batches",
             "data/samples", "data/dropped", "data/dropped_share", "phase", "eval/samples",
             "eval/tasks/audio_to_video/loss", "eval/retrieval/audio_to_video/r1"} <= tags
@@ -119,9 +119,11 @@ def test_eval_predictions_become_images_at_the_eval_step(tmp_path, tiny_config) 
     events = _events(tmp_path)
     shapes = {tag: [(e.step, e.width, e.height) for e in events.Images(tag)]
               for tag in events.Tags()["images"]}
-    # the 2 windows side by side; a video's 8 frames in a row, a mel's 24 frames wide
+    # the 2 windows side by side; a video's 8 frames in a 3 x 3 grid (issue 20, §3: not an
+    # 8-frame strip) with 2 px between them, a mel's 24 frames wide
+    grid = 3 * (32 + 2) + 2
     assert shapes == {"eval/audio_to_image": [(6, 2 * 32, 32)],
-                      "eval/audio_to_video": [(6, 2 * 8 * 32, 32)],
+                      "eval/audio_to_video": [(6, 2 * grid, grid)],
                       "eval/video_to_audio": [(6, 2 * 24, 16)]}
     assert events.Tags()["audio"] == []  # synthetic data: the mels have no sample rate
 
@@ -141,3 +143,14 @@ def test_eval_mels_become_audio_at_the_data_sample_rate(tmp_path) -> None:
     for tag in events.Tags()["audio"]:
         (clip,) = events.Audio(tag)
         assert (clip.step, clip.sample_rate, clip.length_frames) == (4, 8000, 24 * 80)
+
+
+def test_a_video_becomes_a_grid_of_its_frames_in_reading_order() -> None:
+    """32 frames of 112 px (the demo's prediction): 6 x 6, not a 3584 x 112 strip."""
+    video = torch.arange(32.0).view(1, 32, 1, 1).expand(3, 32, 112, 112) / 31
+    grid = frame_grid(video)
+    assert tuple(grid.shape) == (3, 6 * 114 + 2, 6 * 114 + 2)
+    for index in (0, 5, 6, 31):  # row-major: frame 6 opens the second row
+        row, column = divmod(index, 6)
+        y, x = 2 + row * 114, 2 + column * 114
+        assert torch.allclose(grid[:, y:y + 112, x:x + 112], video[:, index])

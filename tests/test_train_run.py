@@ -4,6 +4,7 @@ each data source gets, and where a run resumes."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,25 @@ def test_resume_none_over_checkpoints_is_refused_and_the_save_dir_released(tmp_p
     missing = replace(_options(save), resume=str(tmp_path / "nowhere"))
     with pytest.raises(UsageError, match="neither a checkpoint folder"):
         run_training(build_run(missing))
+
+
+def test_label_pattern_counts_retrieval_by_class_during_training(prepared, tmp_path) -> None:
+    """Issue 20, §2: `omni train --label-pattern` evaluates as `omni eval --label-pattern`
+    does, by class beside the window itself; a bad pattern, or one without held-out data, is
+    refused before anything runs."""
+    data = DataOptions("shards", str(prepared), batch_size=2)
+    options = _options(tmp_path / "run", data, eval_every=2)
+    labelled = replace(options, evaluation=replace(options.evaluation, shards=str(prepared),
+                                                   label_pattern=r"^(\w+)\.mp4$"))
+    run_training(build_run(labelled))
+    records = [json.loads(line) for line in
+               (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = next(record["eval"] for record in records if "eval" in record)
+    assert set(metrics["retrieval_by_label"]) == set(metrics["retrieval"])
+    assert metrics["retrieval_by_label"]["audio_to_video"]["r1"] == 1.0  # one class: "a"
+    with pytest.raises(UsageError, match="not a regular expression"):
+        build_run(replace(labelled, evaluation=replace(labelled.evaluation,
+                                                       label_pattern="(")))
+    with pytest.raises(UsageError, match="has none"):
+        build_run(replace(options, train=replace(options.train, eval_every=None),
+                          evaluation=replace(options.evaluation, label_pattern="x")))

@@ -29,7 +29,7 @@ from omnilatent.training.checkpoint import (
 )
 from omnilatent.training.rng import seed_everything
 from omnilatent.training.run_log import WALL_CLOCK_FIELDS
-from omnilatent.training.tasks import PairSampler
+from omnilatent.training.tasks import PairSampler, task_name
 from omnilatent.training.trainer import TrainerCallbacks, lr_factor
 from pipeline.loader import LoaderStats
 from pipeline.lock import FolderInUseError, FolderLock
@@ -163,7 +163,8 @@ def test_metrics_records_have_the_documented_fields(tmp_path, tiny_config) -> No
     for r in records:
         assert {"step", "loss", "losses", "lr", "tokens_per_s", "samples_per_s"} <= set(r)
         assert math.isfinite(r["loss"]) and r["samples_per_s"] > 0 and r["tokens_per_s"] > 0
-        assert len(r["losses"]) == 1 and "->" in next(iter(r["losses"]))
+        assert len(r["losses"]) == 1
+        assert next(iter(r["losses"])) in {task_name(s, t) for s in MODALITIES for t in MODALITIES}
 
 
 def test_synthetic_training_reduces_the_loss(tiny_config) -> None:
@@ -448,6 +449,30 @@ def test_resume_logs_the_records_an_uninterrupted_run_logs(tmp_path, tiny_config
     assert _metrics(tmp_path / "b" / "metrics.jsonl") == straight
 
 
+def test_task_names_are_one_spelling_and_old_checkpoints_resume_under_it(tmp_path,
+                                                                        tiny_config) -> None:
+    """Issue 20, §2: synthetic pairs are named as curriculum tasks and eval records name them
+    (``audio_to_text``, ``video_recon``); a checkpoint whose loss window still holds the old
+    ``video->audio`` spelling resumes and logs the same records under the new names."""
+    assert [task_name("audio", "text"), task_name("video", "video")] == [
+        "audio_to_text", "video_recon"]
+    _trainer(tiny_config, tmp_path / "a", 8, log_interval=4).train()
+    first = _trainer(tiny_config, tmp_path / "b", 8, log_interval=4, save_every=3)
+    first.train(should_stop=lambda: first.step >= 3)
+    old_names = {task_name(s, t): f"{s}->{t}" for s in MODALITIES for t in MODALITIES}
+
+    def old_spelling(state: dict) -> None:
+        recent = state["log_window"]["recent"]
+        assert recent and all(name in old_names for name, _ in recent)
+        state["log_window"]["recent"] = [[old_names[name], loss] for name, loss in recent]
+
+    _rewrite_state(tmp_path / "b" / "step-00000003", 3, old_spelling)
+    resumed = _trainer(tiny_config, tmp_path / "b", 8, log_interval=4)
+    resumed.resume(tmp_path / "b" / "step-00000003")
+    resumed.train()
+    assert _metrics(tmp_path / "b" / "metrics.jsonl") == _metrics(tmp_path / "a" / "metrics.jsonl")
+
+
 def test_resume_on_another_kind_of_data_is_refused_naming_both(tmp_path, tiny_config) -> None:
     """Issue 9, item 9: the data source is checkpointed; another one is refused, before its
     loader is handed a position that means nothing to it."""
@@ -510,3 +535,26 @@ def test_a_non_finite_loss_stops_the_run_before_a_later_checkpoint(tiny_config,
     with pytest.raises(OmniLatentError, match="loss became nan at step 3 \\(task "):
         trainer.train()
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000002"]
+
+
+def test_resume_with_more_steps_says_what_the_lr_schedule_does(tmp_path, tiny_config) -> None:
+    """Issue 20, §2: a changed --steps recomputes warmup + cosine over the new total (as
+    nanoGPT does with max_iters); the resume says so, with the lr at the step before and
+    now."""
+    _trainer(tiny_config, tmp_path, 30, warmup_steps=2).train()
+    resumed = _trainer(tiny_config, tmp_path, 60, warmup_steps=2)
+    resumed.callbacks = events = _Events()
+    resumed.resume(tmp_path / "step-00000030")
+    before = 1e-3 * lr_factor(30, 2, 30, resumed.config.min_lr_ratio)
+    now = 1e-3 * lr_factor(30, 2, 60, resumed.config.min_lr_ratio)
+    assert now > 2 * before
+    changed = next(e for e in events.events if e.startswith("resuming with changed settings"))
+    assert changed == ("resuming with changed settings: steps 30 -> 60; the learning-rate "
+                       f"schedule is recomputed over 60 steps: lr at step 30 {before:.2e} -> "
+                       f"{now:.2e}")
+    resumed.release_save_dir()
+    same = _trainer(tiny_config, tmp_path, 30, warmup_steps=2, log_interval=2)
+    same.callbacks = quiet = _Events()
+    same.resume(tmp_path / "step-00000030")
+    assert not any("learning-rate" in e for e in quiet.events)  # only log_interval changed
+    same.release_save_dir()

@@ -27,6 +27,7 @@ from pipeline.media_in import (
     MODALITY_EXTENSIONS,
     SampleArrays,
     guess_modality,
+    has_video_stream,
     load_input,
     load_video_window,
     sample_arrays_batch,
@@ -96,7 +97,8 @@ def read_input(trained: TrainedModel, path: str | os.PathLike[str] | None, text:
         return "text", text_input(text)
     config = trained.data_config
     check_data_fits_model(expected_from_config(config), trained.model.config)
-    if Path(path).suffix.lower() in MODALITY_EXTENSIONS["video"]:
+    if Path(path).suffix.lower() in MODALITY_EXTENSIONS["video"] and (
+            modality != "audio" or has_video_stream(path)):  # else: a video file of sound
         arrays = load_video_window(path, config, start, follow_symlinks=follow_symlinks)
         source = modality or "video"
     else:

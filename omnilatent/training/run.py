@@ -30,7 +30,12 @@ from torch import Tensor
 
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import CheckpointError, ConfigError, UsageError
-from omnilatent.evaluation.evaluate import check_shards_fit, held_out_split, shard_evaluator
+from omnilatent.evaluation.evaluate import (
+    check_shards_fit,
+    held_out_split,
+    shard_evaluator,
+    source_labeller,
+)
 from omnilatent.inference.card import MAX_TEXT_LEN, CheckpointCard
 from omnilatent.inference.text import codec_for
 from omnilatent.inference.trained import TrainedModel, load_trained
@@ -133,11 +138,13 @@ class ModelOptions:
 @dataclass(frozen=True)
 class EvalOptions:
     """Held-out data: ``shards`` as given (all of them), or None for the eval split of the
-    training shards when they have one; ``samples`` windows per evaluation. How often is
-    ``TrainConfig.eval_every``."""
+    training shards when they have one; ``samples`` windows per evaluation; ``label_pattern``
+    (`source_labeller`): retrieval also by class, as `omni eval --label-pattern` counts it.
+    How often is ``TrainConfig.eval_every``."""
 
     shards: str | None = None
     samples: int = 256
+    label_pattern: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.samples, int) or self.samples < 1:
@@ -373,11 +380,15 @@ def build_evaluator(options: TrainRunOptions, held: HeldOut, card: CheckpointCar
     """The evaluation on ``held`` (None: no held-out data), refused up front when its sizes
     do not fit ``model``; ``on_samples`` receives a few predictions of each evaluation."""
     if held.shards is None:
+        if options.evaluation.label_pattern is not None:
+            raise UsageError("--label-pattern counts retrieval on held-out data, and this run "
+                             "has none", hint=held.missing or "pass --eval-shards")
         return None
     check_shards_fit(held.shards, held.split, model)
+    pattern = options.evaluation.label_pattern
     return shard_evaluator(held.shards, codec_for(card), options.data.max_text_len,
                            options.data.batch_size, options.evaluation.samples, held.split,
-                           on_samples)
+                           on_samples, None if pattern is None else source_labeller(pattern))
 
 
 def build_trainer(options: TrainRunOptions, model: OmniLatentModel, source: DataSource,

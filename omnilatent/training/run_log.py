@@ -9,6 +9,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnilatent.training.tasks import canonical_task_name
+
 # Record fields measured with the wall clock: the only ones a resumed run may log differently.
 WALL_CLOCK_FIELDS = ("tokens_per_s", "samples_per_s")
 # The loader's counters in each record's "data" (when the loader keeps `stats`, as the shard
@@ -63,7 +65,8 @@ class LogWindow:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.recent.clear()
-        self.recent.extend((name, float(loss)) for name, loss in state["recent"])
+        self.recent.extend((canonical_task_name(name), float(loss))
+                           for name, loss in state["recent"])
         self.samples, self.tokens = state["samples"], state["tokens"]
         self.skipped, self.seconds = state["skipped"], float(state["seconds"])
         self.started = time.perf_counter()

@@ -12,6 +12,20 @@ from omnilatent.errors import ConfigError, OmniLatentError
 from omnilatent.model.losses import PAD_ID
 
 
+def task_name(source: str, target: str) -> str:
+    """The one name of the pair task ``source`` -> ``target``, in every mode (synthetic pairs,
+    curriculum phases, eval records, metrics.jsonl keys, TensorBoard tags): ``audio_to_text``,
+    or ``video_recon`` when a modality is rebuilt from itself."""
+    return f"{source}_recon" if source == target else f"{source}_to_{target}"
+
+
+def canonical_task_name(name: str) -> str:
+    """``name`` as `task_name` spells it: runs before the names were unified logged synthetic
+    pairs as ``audio->text`` (and ``video->video``); their checkpoints still resume."""
+    source, arrow, target = name.partition("->")
+    return task_name(source, target) if arrow else name
+
+
 @dataclass(frozen=True)
 class Task:
     """Predict ``target`` modality from ``source`` modality of the same batch."""
@@ -22,7 +36,7 @@ class Task:
 
     @property
     def name(self) -> str:
-        return self.label or f"{self.source}->{self.target}"
+        return self.label or task_name(self.source, self.target)
 
     @property
     def needs_text(self) -> bool:

@@ -8,26 +8,39 @@ metrics.jsonl, so no step appears twice.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
 
 from omnilatent.training.trainer import Trainer, TrainerCallbacks
 from pipeline.audio import mel_to_waveform
 from pipeline.config import PrepareConfig
 from pipeline.normalize import model_to_mel
 
+FRAME_PADDING = 2  # pixels of white between the frames of a video's grid
+
+
+def frame_grid(video: Tensor) -> Tensor:
+    """A video (C, T, H, W) in [0, 1] as one picture of its frames in reading order, in a
+    grid about as wide as tall (32 frames of 112 px: 6 x 6, 676 px square, where a row of
+    them was a 3584 x 112 strip; TensorBoard's add_video would need moviepy)."""
+    frames = video.transpose(0, 1)  # (T, C, H, W)
+    columns = math.ceil(math.sqrt(frames.shape[0]))
+    return make_grid(frames, nrow=columns, padding=FRAME_PADDING, pad_value=1.0)
+
 
 def _picture(prediction: Tensor) -> Tensor:
     """A predicted image (N, 3, H, W), video (N, 3, T, H, W) or log-mel (N, M, T) as images
-    (N, C, H, W) in [0, 1]: a video's frames side by side (TensorBoard's add_video needs
-    moviepy), a mel with its low bands at the bottom, scaled to its own range."""
+    (N, C, H, W) in [0, 1]: a video's frames as a grid (`frame_grid`), a mel with its low
+    bands at the bottom, scaled to its own range."""
     if prediction.dim() == 5:
-        n, c, t, h, w = prediction.shape
-        prediction = prediction.permute(0, 1, 3, 2, 4).reshape(n, c, h, t * w)
+        pixels = ((prediction + 1) / 2).clamp(0, 1)
+        return torch.stack([frame_grid(video) for video in pixels])
     if prediction.dim() == 4:
         return ((prediction + 1) / 2).clamp(0, 1)
     mel = prediction.flip(1).unsqueeze(1)  # (N, 1, M, T)

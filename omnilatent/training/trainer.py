@@ -26,7 +26,7 @@ import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -511,9 +511,31 @@ class Trainer:
                    for k, v in ckpt.state["train_config"].items()
                    if k in known and getattr(self.config, k) != v]
         if changed:
-            self.callbacks.on_event("resuming with changed settings: " + ", ".join(changed))
+            self.callbacks.on_event("resuming with changed settings: " + ", ".join(changed)
+                                    + self._schedule_note(ckpt.state["train_config"]))
         self._truncate_metrics()
         self.callbacks.on_event(f"resumed from {path} at step {self.step}")
+
+    def _schedule_note(self, saved: dict[str, Any]) -> str:
+        """What changed settings do to the learning-rate schedule (warmup, then cosine decay
+        to ``steps``), which is recomputed from them as nanoGPT does with a changed
+        ``max_iters``: the lr at the resumed step, before and now; and, for a curriculum,
+        that its phases are shares of the new ``steps``. Empty when the schedule is the same."""
+        keys = ("steps", "lr", "warmup_steps", "min_lr_ratio")
+        if all(saved.get(key, getattr(self.config, key)) == getattr(self.config, key)
+               for key in keys):
+            return ""
+        before = replace(self.config, **{key: saved[key] for key in keys if key in saved})
+
+        def lr(config: TrainConfig) -> float:
+            return config.lr * lr_factor(self.step, config.effective_warmup, config.steps,
+                                         config.min_lr_ratio)
+
+        note = (f"; the learning-rate schedule is recomputed over {self.config.steps} steps: "
+                f"lr at step {self.step} {lr(before):.2e} -> {lr(self.config):.2e}")
+        if hasattr(self, "spans") and before.steps != self.config.steps:
+            note += "; the curriculum's phases are shares of the new total"
+        return note
 
     def _truncate_metrics(self) -> None:
         """Drop records a killed run wrote after its last checkpoint, so logs stay exact."""
