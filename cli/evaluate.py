@@ -131,7 +131,7 @@ def eval_command(
         try:
             labels = None if label_pattern is None else source_labeller(label_pattern)
         except UsageError as exc:  # the pattern itself; a window it misses is no usage error
-            raise CLIError(str(exc), exit_code=EXIT_USAGE) from None
+            raise CLIError(str(exc), hint=exc.hint, exit_code=EXIT_USAGE) from None
         configure_threads(threads)
         if captions is not None:  # refused now, not after the whole evaluation
             check_output_file(captions)

@@ -364,13 +364,13 @@ def test_label_pattern_runs_in_linear_time(tmp_path) -> None:
     import subprocess
     import sys
 
-    code = ("from cli.evaluate import _labeller\n"
-            "from cli.errors import CLIError\n"
-            "label = _labeller('^(a|aa)+$')\n"
+    code = ("from omnilatent.evaluation.evaluate import source_labeller\n"
+            "from omnilatent.errors import UsageError\n"
+            "label = source_labeller('^(a|aa)+$')\n"
             "assert label({'source': 'a' * 6}) == 'a'\n"
             "try:\n"
             "    label({'source': 'a' * 100_000 + 'b'})\n"
-            "except CLIError as err:\n"
+            "except UsageError as err:\n"
             "    print('refused:', str(err)[:40])\n")
     try:
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
