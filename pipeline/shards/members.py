@@ -1,9 +1,9 @@
-"""The shard schema's member names and clip encodings, apart from `pipeline.schema`.
+"""The shard schema's member names and clip encodings, apart from `pipeline.shards`.
 
-`pipeline.schema` imports numpy, PyAV and PIL to encode and decode members; the parent process
+`pipeline.shards` imports numpy, PyAV and PIL to encode and decode members; the parent process
 of `omni prepare` needs only these names (to validate `--clip-encoding`, to count clips with
 text), and importing those libraries would add ~0.5 s to every run's start-up
-(tests/test_torch_free.py checks that it does not). `pipeline.schema` re-exports every name.
+(tests/test_torch_free.py checks that it does not). `pipeline.shards` re-exports every name.
 """
 
 from __future__ import annotations

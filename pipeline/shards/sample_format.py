@@ -1,8 +1,8 @@
 """The sizes every sample of a shard set shares (schema version, fps, frame and image sizes,
 sample rate, mel bins, frames and hop): the one place their names are listed.
 
-Light (no numpy, PyAV or PIL), so that `pipeline.shardset` can compare a manifest's config with
-what a run wants without loading the codecs; `pipeline.schema` reads a sample's own values into
+Light (no numpy, PyAV or PIL), so that `shards.shardset` can compare a manifest's config with
+what a run wants without loading the codecs; `pipeline.shards` reads a sample's own values into
 the same form.
 """
 

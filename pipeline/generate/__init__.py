@@ -1,0 +1,1 @@
+"""Media in and out for `omni generate`: user files to a batch, model output to files."""

@@ -1,0 +1,1 @@
+"""The torch read side: shards in, model-ready batches out."""

@@ -1,0 +1,1 @@
+"""Reading media: probe, decode backends, windows, audio, frames, transcripts."""

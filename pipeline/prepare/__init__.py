@@ -1,0 +1,1 @@
+"""`omni prepare`: plan, per-video jobs in worker processes, the output folder, the run."""

@@ -1,0 +1,266 @@
+"""The one decoder of shard members, and the caps on what a reader holds of one.
+
+Safety: webdataset's default decoders unpickle ``.pyd``/``.pickle``/``.pth`` members, so a
+shard from an untrusted source could run code. `decode_member` is the one decoder of this
+project; it reads only the types above, loads ``.npy`` with ``allow_pickle=False``, restricts
+PIL and FFmpeg to the one format the extension names, and refuses everything else unread.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Mapping
+from io import BytesIO
+from typing import Any
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+from PIL import Image
+
+from pipeline.errors import PipelineError
+from pipeline.shards.members import (
+    CLIP_MEMBERS,
+    MEMBER_IMAGE,
+    MEMBER_JSON,
+    MEMBER_MEL,
+    MEMBER_TEXT,
+    SCHEMA_MEMBERS,
+)
+from pipeline.shards.meta import expected_from_meta
+
+# Bounds on what a reader holds of one member, so a hostile or broken shard cannot make a
+# loader worker (or omni inspect) allocate gigabytes. Readers check a member's declared tar size
+# against `member_cap` before reading it, decoders check declared picture sizes and counts before
+# decoding, and no member may hold, or decode to, more than MAX_MEMBER_BYTES whatever a manifest
+# or a json says (a default-sized raw clip is 0.6 MB).
+MAX_MEMBER_BYTES = 64 * 2**20
+# json and txt: a json is under 1 kB and prepare caps a window's text at 4096 bytes.
+MAX_TEXT_BYTES = 64 * 2**10
+# A media member of a shard set of known sizes may hold twice its raw pixel bytes plus this:
+# H.264 and JPEG stay far below raw, an npy exceeds it by its header.
+_CAP_SLACK = 64 * 2**10
+
+_NPY_MAGIC = b"\x93NUMPY"
+_PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}
+
+
+class UnsafeMemberError(PipelineError):
+    """A member whose type this schema does not read; it was left undeserialised."""
+
+
+class CorruptMemberError(PipelineError):
+    """A member of a known type whose bytes do not decode; its sample must be dropped."""
+
+
+
+def member_type(name: str) -> str:
+    """The type of a member, i.e. its last extension, lower case ("clip.mp4" -> "mp4")."""
+    return name.rsplit(".", 1)[-1].lower()
+
+
+def member_shape(name: str, expected: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The array a media member of a shard set with sizes `expected` decodes to; None for
+    json, txt and names outside the schema."""
+    if name == MEMBER_MEL:
+        return (expected["n_mels"], expected["mel_frames"])
+    if name == MEMBER_IMAGE:
+        return (expected["image_size"], expected["image_size"], 3)
+    if name in CLIP_MEMBERS:
+        return (expected["frames"], expected["frame_size"], expected["frame_size"], 3)
+    return None
+
+
+def member_cap(name: str, expected: Mapping[str, Any] | None) -> int:
+    """The most bytes schema member `name` may declare in its tar header to be read at all.
+
+    json and txt: MAX_TEXT_BYTES. A media member of a shard set of known sizes (`expected`):
+    twice its raw bytes plus a little, at most MAX_MEMBER_BYTES; with unknown sizes (no
+    manifest), MAX_MEMBER_BYTES. With known sizes, a loader's shuffle buffer full of hostile
+    samples so holds at most about twice what it holds of genuine ones.
+    """
+    if name in (MEMBER_JSON, MEMBER_TEXT):
+        return MAX_TEXT_BYTES
+    shape = None if expected is None else member_shape(name, expected)
+    if shape is None:
+        return MAX_MEMBER_BYTES
+    raw = math.prod(max(0, size) for size in shape) * (2 if name == MEMBER_MEL else 1)
+    return min(MAX_MEMBER_BYTES, 2 * raw + _CAP_SLACK)
+
+
+def oversized_member(name: str, size: int, expected: Mapping[str, Any] | None) -> str | None:
+    """Why schema member `name`, declaring `size` bytes, must be skipped unread (its sample is
+    lost), or None when it is within `member_cap`."""
+    cap = member_cap(name, expected)
+    if size <= cap:
+        return None
+    return (f"member {name!r} declares {size} bytes, more than the {cap} such a member may "
+            f"hold; skipped unread")
+
+
+def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = None) -> Any:
+    """Decode one member by its name; the only decoder shards are ever read with.
+
+    ``json`` -> dict, ``txt`` -> str, ``npy`` -> ndarray (no pickles), ``jpg``/``jpeg``/``png``
+    -> uint8 (H, W, 3) RGB, ``mp4`` -> uint8 (T, H, W, 3) from its H.264 stream. Any other type
+    (notably ``pyd``, ``pickle``, ``pth``, ``pt``) raises UnsafeMemberError without reading
+    the bytes; bytes that do not decode raise CorruptMemberError.
+
+    Sizes are checked before pixels are decoded, so a small hostile member cannot expand into
+    gigabytes: an image's or a clip stream's declared width and height (and a clip's declared
+    frame count) must be those of `expected` (`expected_from_config`), frames past the expected
+    count stop the decode, and nothing may decode to more than MAX_MEMBER_BYTES. Without
+    `expected` only that last bound applies: readers of untrusted shards pass it
+    (`decode_sample` does).
+    """
+    kind = member_type(name)
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise UnsafeMemberError(f"member {name!r}: type {kind!r} is not part of shard schema "
+                                f"v1 and is never deserialised")
+    shape = None if expected is None else member_shape(name, expected)
+    try:
+        return decoder(data, shape)
+    except CorruptMemberError as err:
+        raise CorruptMemberError(f"member {name!r}: {err}") from err
+    except Exception as err:  # any library's complaint about the bytes means a broken member
+        raise CorruptMemberError(f"member {name!r} does not decode as {kind}: "
+                                 f"{type(err).__name__}: {err}") from err
+
+
+def _decode_json(data: bytes, shape: tuple[int, ...] | None) -> dict[str, Any]:
+    value = json.loads(data.decode("utf-8"))
+    if not isinstance(value, dict):
+        raise CorruptMemberError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _decode_text(data: bytes, shape: tuple[int, ...] | None) -> str:
+    return data.decode("utf-8")
+
+
+def _decode_npy(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
+    # np.load would also open .npz archives (and with allow_pickle, pickles): accept .npy only.
+    if not data.startswith(_NPY_MAGIC):
+        raise CorruptMemberError("not an .npy array (bad magic bytes)")
+    buffer = BytesIO(data)
+    version = np.lib.format.read_magic(buffer)
+    if version == (1, 0):
+        declared, _, dtype = np.lib.format.read_array_header_1_0(buffer)
+    elif version == (2, 0):
+        declared, _, dtype = np.lib.format.read_array_header_2_0(buffer)
+    else:
+        raise CorruptMemberError(f".npy format version {version} is not read (1.0 and 2.0 are)")
+    # np.load allocates what the header declares before it reads the data.
+    size = math.prod(declared) * dtype.itemsize
+    if size > MAX_MEMBER_BYTES:
+        raise CorruptMemberError(f"declares a {dtype} array of shape {declared}, {size} bytes, "
+                                 f"more than {MAX_MEMBER_BYTES}")
+    buffer.seek(0)
+    return np.load(buffer, allow_pickle=False)
+
+
+def _decode_image(kind: str, data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
+    with Image.open(BytesIO(data), formats=[_PIL_FORMATS[kind]]) as image:
+        width, height = image.size  # from the header: nothing is decoded yet
+        if shape is not None and (height, width) != shape[:2]:
+            raise CorruptMemberError(f"image of {width}x{height}, the shard set's images are "
+                                     f"{shape[1]}x{shape[0]}")
+        if width * height * 3 > MAX_MEMBER_BYTES:
+            raise CorruptMemberError(f"image of {width}x{height} is larger than "
+                                     f"{MAX_MEMBER_BYTES} bytes decoded")
+        return np.array(image.convert("RGB"))  # (H, W, 3), writable (asarray is read-only)
+
+
+def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
+    # format="mp4" keeps FFmpeg from probing other demuxers (some, like HLS, open URLs).
+    with av.open(BytesIO(data), "r", format="mp4") as container:
+        if len(container.streams.video) != 1:
+            raise CorruptMemberError(f"expected one video stream, found "
+                                     f"{len(container.streams.video)}")
+        stream = container.streams.video[0]
+        if stream.codec_context.name != "h264":
+            raise CorruptMemberError(f"expected H.264, found {stream.codec_context.name}")
+        width, height = stream.width, stream.height
+        if shape is not None and (height, width) != shape[1:3]:
+            raise CorruptMemberError(f"frames of {width}x{height}, the shard set's clips are "
+                                     f"{shape[2]}x{shape[1]}")
+        limit = MAX_MEMBER_BYTES // max(1, width * height * 3)  # frames that fit the bound
+        if shape is not None:
+            limit = min(limit, shape[0])
+        if limit < 1:
+            raise CorruptMemberError(f"frames of {width}x{height} are larger than "
+                                     f"{MAX_MEMBER_BYTES} bytes decoded")
+        if stream.frames > limit:  # 0 when the container does not say
+            raise CorruptMemberError(f"declares {stream.frames} frames, more than {limit}")
+        # Frame threads cost more to start than 16 small frames take to decode.
+        stream.thread_type = "NONE"
+        stream.codec_context.thread_count = 1
+        reformatter = VideoReformatter()  # one swscale context for the whole clip
+        pictures = []
+        for frame in container.decode(stream):
+            if (frame.width, frame.height) != (width, height):  # the bitstream may disagree
+                raise CorruptMemberError(f"a frame of {frame.width}x{frame.height} in a stream "
+                                         f"of {width}x{height}")
+            if len(pictures) == limit:
+                raise CorruptMemberError(f"more than {limit} frames")
+            pictures.append(reformatter.reformat(frame, format="rgb24").to_ndarray())
+    if not pictures:
+        raise CorruptMemberError("no decodable frames")
+    return np.stack(pictures)  # (T, H, W, 3)
+
+
+_DECODERS = {
+    "json": _decode_json,
+    "txt": _decode_text,
+    "npy": _decode_npy,
+    "jpg": functools.partial(_decode_image, "jpg"),
+    "jpeg": functools.partial(_decode_image, "jpeg"),
+    "png": functools.partial(_decode_image, "png"),
+    "mp4": _decode_mp4,
+}
+_MEDIA_MEMBERS = frozenset(SCHEMA_MEMBERS) - {MEMBER_JSON, MEMBER_TEXT}
+
+
+def decode_sample(raw: Mapping[str, Any], expected: Mapping[str, Any] | None = None
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """Decode the schema's members of a raw webdataset sample; leave every other one unread.
+
+    Returns the decoded sample (``__key__``, ``__url__`` and other ``__meta__`` entries kept
+    as they are) and the names of the members that were dropped undecoded: unknown or unsafe
+    types, including a ``clip.*`` of an encoding this schema does not define (a reader may
+    pass those with the value None, never having read them). Raises CorruptMemberError for a
+    schema member whose bytes do not decode.
+
+    Media members are decoded to the sizes `expected` (the manifest's `expected_from_config`)
+    or, without it, to those the sample's own json declares; a sample with media but no usable
+    json raises CorruptMemberError, its media left undecoded (see `decode_member`).
+    """
+    sizes = expected
+    if sizes is None and not _MEDIA_MEMBERS.isdisjoint(raw):
+        sizes = _declared_sizes(raw)
+    decoded: dict[str, Any] = {}
+    dropped: list[str] = []
+    for name, value in raw.items():
+        if name.startswith("__"):
+            decoded[name] = value
+        elif name in SCHEMA_MEMBERS:
+            decoded[name] = decode_member(name, value, sizes)
+        else:
+            dropped.append(name)
+    return decoded, dropped
+
+
+def _declared_sizes(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The sizes a sample's own json declares, to decode its media members against."""
+    why = "its media members are not decoded without the sizes it declares"
+    if MEMBER_JSON not in raw:
+        raise CorruptMemberError(f"missing member {MEMBER_JSON!r}: {why}")
+    meta = decode_member(MEMBER_JSON, raw[MEMBER_JSON])
+    try:
+        return expected_from_meta(meta)
+    except (TypeError, ValueError) as err:
+        raise CorruptMemberError(f"{err}; {why}") from err
+
