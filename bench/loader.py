@@ -67,7 +67,7 @@ from pipeline.prepare.run import default_workers
 from pipeline.shards.decode import decode_member
 from pipeline.shards.encode import encode_clip
 from pipeline.shards.manifest import read_manifest
-from pipeline.shards.sample_format import expected_from_config
+from pipeline.shards.schema import expected_from_config
 from pipeline.shards.shardset import resolve_shards, split_member_name
 
 GPU = "H200"

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.shards.meta import MEL_CENTER, MEL_SCALE
+from pipeline.shards.schema import MEL_CENTER, MEL_SCALE
 
 PIXEL_SCALE = 127.5
 # The dtypes a modality's tensor may arrive in: stored values, or float32 model units.

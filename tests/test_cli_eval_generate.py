@@ -25,7 +25,7 @@ from pipeline.config import PrepareConfig
 from pipeline.generate.outputs import write_image, write_wav
 from pipeline.media.discover import video_id
 from pipeline.prepare.run import RunOptions, prepare
-from pipeline.shards.sample_format import expected_from_config
+from pipeline.shards.schema import expected_from_config
 from pipeline.shards.split import split_of
 from pipeline.tokenizer import BYTE_VOCAB_SIZE
 

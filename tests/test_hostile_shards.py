@@ -40,7 +40,7 @@ import pytest
 from pipeline.config import PrepareConfig
 from pipeline.shards.decode import MAX_TEXT_BYTES
 from pipeline.shards.encode import encode_sample
-from pipeline.shards.meta import SampleMeta
+from pipeline.shards.schema import SampleMeta
 
 CONFIG = PrepareConfig(clip_duration=1.0, clip_stride=1.0, fps=16, frame_size=32,
                        image_size=32, n_mels=8)

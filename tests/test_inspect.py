@@ -35,8 +35,8 @@ from pipeline.prepare.outdir import Fingerprint, OutputDir, UnitStats, write_man
 from pipeline.shards.decode import MAX_TEXT_BYTES
 from pipeline.shards.encode import encode_clip, encode_sample
 from pipeline.shards.files import ShardInfo, shard_name
-from pipeline.shards.meta import SampleMeta
 from pipeline.shards.outcome import FAILED, PREPARED, VideoOutcome
+from pipeline.shards.schema import SampleMeta
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200"}

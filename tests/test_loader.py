@@ -24,7 +24,7 @@ from pipeline.media.discover import video_id
 from pipeline.normalize import to_model_units
 from pipeline.shards.decode import MAX_TEXT_BYTES
 from pipeline.shards.encode import encode_sample
-from pipeline.shards.meta import MEL_CENTER, MEL_SCALE, SampleMeta
+from pipeline.shards.schema import MEL_CENTER, MEL_SCALE, SampleMeta
 from pipeline.shards.shardset import expand_urls, split_member_name
 from pipeline.tokenizer import byte_detokenize
 

@@ -53,13 +53,14 @@ from pipeline.loader.shard_loader import build_shard_loader
 from pipeline.media import decode_pyav
 from pipeline.media import probe as probe_pyav
 from pipeline.media.audio import log_mel, mel_to_waveform
-from pipeline.media.decode import DecodeStats, Window, iter_windows
+from pipeline.media.decode import iter_windows
 from pipeline.media.ffmpeg_bin import ffmpeg_binary
 from pipeline.media.frames import frame_size_problem
+from pipeline.media.windows import DecodeStats, Window
 from pipeline.normalize import model_to_mel, pixels_to_unit, to_model_units, unit_to_pixels
 from pipeline.shards.decode import decode_sample
 from pipeline.shards.encode import encode_sample
-from pipeline.shards.meta import MEL_CENTER, MEL_SCALE, SampleMeta
+from pipeline.shards.schema import MEL_CENTER, MEL_SCALE, SampleMeta
 
 CONFIG = PrepareConfig()
 # Re-analysed log-mel of Griffin-Lim output at 32 iterations, mean |difference| (measured by

@@ -35,10 +35,10 @@ from media import (
 from pipeline.config import PrepareConfig
 from pipeline.errors import PipelineError
 from pipeline.media.audio import silent_log_mel
-from pipeline.media.decode import window_count
 from pipeline.media.discover import discover_videos
 from pipeline.media.ffmpeg_bin import ffmpeg_binary
 from pipeline.media.transcripts import Cue, Transcript
+from pipeline.media.windows import window_count
 from pipeline.prepare import run as prepare_module
 from pipeline.prepare import video_job
 from pipeline.prepare.plan import Part, plan_units, select_part

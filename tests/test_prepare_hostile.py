@@ -21,7 +21,8 @@ from pipeline.config import DECODERS, PrepareConfig
 from pipeline.errors import PipelineError
 from pipeline.lock import LOCK_NAME, FolderInUseError, FolderLock
 from pipeline.media.discover import discover_videos
-from pipeline.media.transcripts import MAX_CUES, MAX_WINDOW_TEXT_BYTES
+from pipeline.media.subtitles import MAX_CUES
+from pipeline.media.transcripts import MAX_WINDOW_TEXT_BYTES
 from pipeline.prepare.outdir import Fingerprint, OutputDir
 from pipeline.prepare.plan import Part
 from pipeline.prepare.run import (

@@ -24,12 +24,16 @@ from pipeline.shards.decode import (
     decode_sample,
     member_cap,
     oversized_member,
+    validate_sample,
 )
 from pipeline.shards.encode import encode_clip, encode_sample
-from pipeline.shards.members import CLIP_ENCODINGS, DEFAULT_CLIP_ENCODING
-from pipeline.shards.meta import SampleMeta, sample_key
-from pipeline.shards.sample_format import expected_from_config
-from pipeline.shards.validate import validate_sample
+from pipeline.shards.schema import (
+    CLIP_ENCODINGS,
+    DEFAULT_CLIP_ENCODING,
+    SampleMeta,
+    expected_from_config,
+    sample_key,
+)
 
 CONFIG = PrepareConfig()
 

@@ -27,7 +27,7 @@ from omnilatent.training.sources import model_sizes, shard_source
 from omnilatent.training.video_dataset import VideoWatchingDataset, video_watching_loader
 from pipeline.config import PrepareConfig
 from pipeline.prepare.run import RunOptions, prepare
-from pipeline.shards.sample_format import expected_from_config
+from pipeline.shards.schema import expected_from_config
 from pipeline.tokenizer import byte_detokenize, byte_tokenizer
 
 runner = CliRunner()

@@ -17,8 +17,7 @@ from pipeline.config import PrepareConfig
 from pipeline.media.ffmpeg_bin import ffmpeg_binary
 from pipeline.prepare.run import RunOptions, prepare
 from pipeline.shards.decode import decode_sample
-from pipeline.shards.members import MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT
-from pipeline.shards.meta import clip_member
+from pipeline.shards.schema import MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT, clip_member
 
 WORDS = "one two three four five six seven eight"
 CONFIG = PrepareConfig(clip_duration=2.0, clip_stride=1.0, fps=4, frame_size=32,

@@ -45,7 +45,7 @@ from omnilatent.training.sources import check_data_fits_model
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.normalize import batch_to_device
 from pipeline.shards.manifest import read_manifest
-from pipeline.shards.meta import MEL_SCALE
+from pipeline.shards.schema import MEL_SCALE
 from pipeline.shards.shardset import ShardSet, resolve_shards
 from pipeline.shards.split import EVAL, Split
 

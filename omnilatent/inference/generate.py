@@ -1,11 +1,11 @@
 """Turn one input (a video window, an audio file, a picture, text) into one output file.
 
-The input is read by `pipeline.generate.inputs` (prepare's decode, geometry and mel code, with
-the settings on the checkpoint's card) and batched by the loader's own functions; the output is
-mapped back from model units (`pipeline.normalize`) and written by `pipeline.generate.outputs`:
-text as .txt, a picture as PNG/JPEG/WebP, sound as WAV (log-mel inverted by Griffin-Lim), a
-clip as MP4 or GIF at the training fps, each written whole or not at all (a symlink at the
-output name is replaced, not written through).
+The input is read by `pipeline.generate.inputs` (prepare's decode, geometry and mel code,
+with the settings on the checkpoint's card) and batched by the loader's own functions; the
+output is mapped back from model units (`pipeline.normalize`) and written by
+`pipeline.generate.outputs`: text as .txt, a picture as PNG/JPEG/WebP, sound as WAV (log-mel
+inverted by Griffin-Lim), a clip as MP4 or GIF at the training fps, each written whole or not at
+all (a symlink at the output name is replaced, not written through).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pipeline.generate.outputs import (
 )
 from pipeline.media.audio import mel_to_waveform
 from pipeline.normalize import model_to_mel, to_device_units, unit_to_pixels
-from pipeline.shards.sample_format import expected_from_config
+from pipeline.shards.schema import expected_from_config
 
 OUTPUT_SUFFIXES = {
     "text": (".txt",),

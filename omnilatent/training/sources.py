@@ -19,11 +19,11 @@ from omnilatent.training.distributed import SINGLE, DistributedContext, rank_loa
 from pipeline.config import PrepareConfig
 from pipeline.loader.shard_loader import build_shard_loader
 from pipeline.shards.manifest import MANIFEST_NAME, read_manifest
-from pipeline.shards.sample_format import expected_from_config
+from pipeline.shards.schema import expected_from_config
 from pipeline.shards.shardset import resolve_shards
 from pipeline.tokenizer import TokenizerFn
 
-# OmniLatentConfig field -> key of pipeline.shards.sample_format.expected_from_config
+# OmniLatentConfig field -> key of pipeline.shards.schema.expected_from_config
 DATA_FIELDS = {
     "image_size": "image_size",
     "video_size": "frame_size",

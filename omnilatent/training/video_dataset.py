@@ -46,8 +46,7 @@ from pipeline.media.discover import VideoSource, discover_videos
 from pipeline.media.subtitles import sidecar_path
 from pipeline.media.windows import Window, window_count
 from pipeline.prepare.sample import VideoContext, sample_fields, video_context
-from pipeline.shards.members import MEMBER_IMAGE, MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT
-from pipeline.shards.meta import clip_member
+from pipeline.shards.schema import MEMBER_IMAGE, MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT, clip_member
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer
 
 collate_video_watching = collate

@@ -1,1 +1,0 @@
-"""Media in and out for `omni generate`: user files to a batch, model output to files."""

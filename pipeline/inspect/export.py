@@ -26,8 +26,14 @@ from pipeline.inspect.reader import (
 )
 from pipeline.inspect.target import Target
 from pipeline.shards.decode import CorruptMemberError, decode_sample
-from pipeline.shards.members import CLIP_PREFIX, MEMBER_IMAGE, MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT
-from pipeline.shards.meta import SampleMeta
+from pipeline.shards.schema import (
+    CLIP_PREFIX,
+    MEMBER_IMAGE,
+    MEMBER_JSON,
+    MEMBER_MEL,
+    MEMBER_TEXT,
+    SampleMeta,
+)
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 # Viridis at 9 evenly spaced points: perceptually uniform and readable in grey, so a mel image

@@ -21,8 +21,7 @@ from typing import Any
 from pipeline.errors import PipelineError
 from pipeline.inspect.target import Target
 from pipeline.shards.decode import CorruptMemberError, decode_member, oversized_member
-from pipeline.shards.members import MEMBER_JSON, MEMBER_TEXT, SCHEMA_MEMBERS
-from pipeline.shards.meta import SampleMeta
+from pipeline.shards.schema import MEMBER_JSON, MEMBER_TEXT, SCHEMA_MEMBERS, SampleMeta
 from pipeline.shards.shardset import split_member_name
 
 _END_OF_ARCHIVE = 1024  # a tar ends with two zero 512-byte blocks

@@ -22,7 +22,7 @@ from pipeline.inspect.reader import (
 )
 from pipeline.inspect.target import Target
 from pipeline.shards.decode import CorruptMemberError, decode_sample
-from pipeline.shards.members import SCHEMA_MEMBERS
+from pipeline.shards.schema import SCHEMA_MEMBERS
 from pipeline.shards.split import SPLITS, TRAIN, Split
 
 PROBE_SAMPLES = 3  # samples decoded by `summarize` for member dtypes and shapes

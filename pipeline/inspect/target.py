@@ -24,7 +24,7 @@ from pipeline.shards.manifest import (
     split_totals,
 )
 from pipeline.shards.outcome import FAILED, SKIPPED
-from pipeline.shards.sample_format import expected_from_config
+from pipeline.shards.schema import expected_from_config
 from pipeline.shards.shardset import SHARD_GLOB, URL_SCHEME, resolve_shards, shards_on_disk
 from pipeline.shards.split import Split
 

@@ -25,10 +25,8 @@ from pipeline.inspect.reader import (
 )
 from pipeline.inspect.target import Target
 from pipeline.prepare.processes import process_context
-from pipeline.shards.decode import CorruptMemberError, decode_sample
-from pipeline.shards.members import MEMBER_JSON
-from pipeline.shards.meta import expected_from_meta
-from pipeline.shards.validate import validate_sample
+from pipeline.shards.decode import CorruptMemberError, decode_sample, validate_sample
+from pipeline.shards.schema import MEMBER_JSON, expected_from_meta
 
 PROBLEM_LIMIT = 100  # problems `verify` keeps in detail; the rest are only counted
 

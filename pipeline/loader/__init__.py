@@ -1,1 +1,0 @@
-"""The torch read side: shards in, model-ready batches out."""

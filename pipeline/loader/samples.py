@@ -45,18 +45,22 @@ import webdataset as wds
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.normalize import STORED_DTYPES
-from pipeline.shards.decode import CorruptMemberError, decode_sample, oversized_member
-from pipeline.shards.members import (
+from pipeline.shards.decode import (
+    CorruptMemberError,
+    decode_sample,
+    oversized_member,
+    validate_sample,
+)
+from pipeline.shards.schema import (
     CLIP_PREFIX,
     MEMBER_IMAGE,
     MEMBER_JSON,
     MEMBER_MEL,
     MEMBER_TEXT,
     SCHEMA_MEMBERS,
+    expected_from_meta,
 )
-from pipeline.shards.meta import expected_from_meta
 from pipeline.shards.shardset import split_member_name
-from pipeline.shards.validate import validate_sample
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer, pad_texts
 
 Batch = dict[str, Any]
@@ -66,8 +70,6 @@ MAX_ERRORS = 20  # reasons kept in LoaderStats.errors
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")
 
 
-# The counters the tar stage reports as findings (`LoaderStats.find`).
-_FINDING_COUNTERS = ("skipped_samples", "unsafe_members", "corrupt_shards", "surplus_shards")
 
 
 @dataclass
@@ -134,7 +136,7 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- stages
 @dataclass
-class _Cursor:
+class Cursor:
     """Raw samples taken from the shuffle buffer this epoch, and how many of them to drop."""
 
     skip: int
@@ -241,7 +243,7 @@ def _member_bytes(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str,
     return extracted.read() if extracted is not None else b""
 
 
-def skip_consumed(src: Iterable[dict[str, Any]], cursor: _Cursor) -> Iterator[dict[str, Any]]:
+def skip_consumed(src: Iterable[dict[str, Any]], cursor: Cursor) -> Iterator[dict[str, Any]]:
     """Count raw samples and drop the first `cursor.skip`: resuming costs reads, not decodes."""
     for sample in src:
         cursor.position += 1

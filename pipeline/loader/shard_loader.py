@@ -15,24 +15,14 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.loader.samples import (
-    _FINDING_COUNTERS,
-    Batch,
-    LoaderStats,
-    _Cursor,
-    batch_samples,
-    decode_samples,
-    resolve_rank,
-    shuffle_shards,
-    skip_consumed,
-    split_by_node,
-    split_by_worker,
-    tar_samples,
-    to_tensors,
-)
+from pipeline.loader import samples as stage
+from pipeline.loader.samples import Batch, Cursor, LoaderStats
 from pipeline.shards.shardset import ShardSet, resolve_shards
 from pipeline.shards.split import Split
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer
+
+# The counters the tar stage reports as findings (`LoaderStats.find`).
+_FINDING_COUNTERS = ("skipped_samples", "unsafe_members", "corrupt_shards", "surplus_shards")
 
 
 @dataclass
@@ -56,7 +46,7 @@ def pin_batch(batch: Batch) -> Batch:
             for key, value in batch.items()}
 
 
-def _emit(src: Iterable[Batch], worker: int, cursor: _Cursor,
+def _emit(src: Iterable[Batch], worker: int, cursor: Cursor,
           stats: LoaderStats) -> Iterator[_Chunk]:
     for batch in src:
         yield _Chunk(batch, worker, cursor.position, stats.take())
@@ -85,32 +75,32 @@ class _EpochStream(IterableDataset):
     skip: list[int]  # raw samples each worker consumed earlier in this epoch
 
     def stages(self, worker: int, num_workers: int, stats: LoaderStats,
-               cursor: _Cursor) -> list[Any]:
+               cursor: Cursor) -> list[Any]:
         """The pipeline, in order; None entries are stages switched off."""
         shard_rng = random.Random(f"shards/{self.seed}/{self.epoch}")
         sample_rng = random.Random(f"samples/{self.seed}/{self.epoch}/{self.rank}/{worker}")
         return [
             list(self.shards.urls),
-            partial(shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
-            partial(split_by_node, rank=self.rank, world_size=self.world_size),
-            partial(split_by_worker, worker=worker, num_workers=num_workers),
-            partial(tar_samples, stats=stats, sample_counts=self.shards.sample_counts,
+            partial(stage.shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
+            partial(stage.split_by_node, rank=self.rank, world_size=self.world_size),
+            partial(stage.split_by_worker, worker=worker, num_workers=num_workers),
+            partial(stage.tar_samples, stats=stats, sample_counts=self.shards.sample_counts,
                     streamed=self.shards.streamed, expected=self.shards.expected),
             (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=sample_rng)
              if self.shuffle_buffer > 0 else None),
-            partial(skip_consumed, cursor=cursor),
-            partial(decode_samples, stats=stats, expected=self.shards.expected),
-            partial(to_tensors, tokenizer=self.tokenizer, max_text_len=self.max_text_len),
-            partial(batch_samples, batch_size=self.batch_size),
+            partial(stage.skip_consumed, cursor=cursor),
+            partial(stage.decode_samples, stats=stats, expected=self.shards.expected),
+            partial(stage.to_tensors, tokenizer=self.tokenizer, max_text_len=self.max_text_len),
+            partial(stage.batch_samples, batch_size=self.batch_size),
             partial(_emit, worker=worker, cursor=cursor, stats=stats),
         ]
 
     def __iter__(self) -> Iterator[_Chunk]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        cursor = _Cursor(skip=self.skip[worker])
+        cursor = Cursor(skip=self.skip[worker])
         stages = self.stages(worker, num_workers, LoaderStats(), cursor)
-        return iter(wds.DataPipeline([stage for stage in stages if stage is not None]))
+        return iter(wds.DataPipeline([step for step in stages if step is not None]))
 
 
 class ShardLoader:
@@ -290,7 +280,7 @@ def build_shard_loader(
     if pin_memory and not torch.cuda.is_available():
         raise ConfigError("pin_memory=True needs a CUDA device (pinned memory speeds up copies "
                           "to one); pass pin_memory=False when training on the CPU")
-    rank, world_size = resolve_rank(rank, world_size)
+    rank, world_size = stage.resolve_rank(rank, world_size)
     shards = resolve_shards(urls, split)
     if len(shards.urls) < world_size:
         raise ConfigError(f"{len(shards.urls)} shard(s) cannot feed {world_size} ranks (each "

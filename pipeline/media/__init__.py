@@ -1,1 +1,0 @@
-"""Reading media: probe, decode backends, windows, audio, frames, transcripts."""

@@ -11,12 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.config import PrepareConfig
-from pipeline.media.windows import DecodeStats, VideoInfo, Window, window_count
-
-# What callers use from here: the dispatchers, and the window types and counts they return
-# and plan with (their home is `pipeline.media.windows`).
-__all__ = ["DecodeStats", "VideoInfo", "Window", "iter_windows", "probe", "video_end",
-           "window_count"]
+from pipeline.media.windows import DecodeStats, VideoInfo, Window
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:

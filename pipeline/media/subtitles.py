@@ -19,9 +19,6 @@ from pipeline.errors import DecodeError, TranscriptError
 from pipeline.media import ffmpeg_bin
 from pipeline.media.discover import leaves_folder, refusal
 from pipeline.media.transcripts import (
-    _LANG_TAG,
-    _MARKUP,
-    _TIMED_SIDECARS,
     MAX_TRANSCRIPT_BYTES,
     Cue,
     Transcript,
@@ -32,6 +29,13 @@ from pipeline.media.transcripts import (
 
 # Longest ffmpeg may take to pull a subtitle stream out of a container (demux only, no decode).
 EMBEDDED_TIMEOUT_S = 300.0
+# HTML-like tags (<i>, <font color=..>, WebVTT <c.red>, <v Speaker>, <00:01.000>) and ASS/SSA
+# override blocks ({\an8}, {\i1}). A tag starts with a letter, digit or "/" right after "<", so
+# "a < b" and a plain "{" in dialogue are left alone.
+_MARKUP = re.compile(r"</?[A-Za-z0-9][^<>\n]*>|\{\\[^}\n]*\}")
+# Language-tagged sidecars as yt-dlp and others write them: "<stem>.en.srt", "<stem>.pt-BR.vtt".
+_LANG_TAG = re.compile(r"[A-Za-z0-9_-]{1,16}")
+_TIMED_SIDECARS = (".srt", ".vtt")
 # More cues than this is not a transcript (a feature film has ~1,500, word-level captions of a
 # 10-hour stream ~100,000): its text is dropped instead of being parsed for minutes.
 MAX_CUES = 100_000

@@ -17,7 +17,6 @@ import bisect
 import codecs
 import functools
 import os
-import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -44,14 +43,6 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
-
-# HTML-like tags (<i>, <font color=..>, WebVTT <c.red>, <v Speaker>, <00:01.000>) and ASS/SSA
-# override blocks ({\an8}, {\i1}). A tag starts with a letter, digit or "/" right after "<", so
-# "a < b" and a plain "{" in dialogue are left alone.
-_MARKUP = re.compile(r"</?[A-Za-z0-9][^<>\n]*>|\{\\[^}\n]*\}")
-# Language-tagged sidecars as yt-dlp and others write them: "<stem>.en.srt", "<stem>.pt-BR.vtt".
-_LANG_TAG = re.compile(r"[A-Za-z0-9_-]{1,16}")
-_TIMED_SIDECARS = (".srt", ".vtt")
 
 
 @dataclass(frozen=True)

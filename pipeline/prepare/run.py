@@ -68,8 +68,8 @@ from pipeline.prepare.video_job import VideoTask
 from pipeline.prepare.worker import RunningVideo, VideoRunner, start_forkserver
 from pipeline.shards.files import PartFile, ShardInfo, unit_name, write_unit_shards
 from pipeline.shards.manifest import Totals, split_totals
-from pipeline.shards.members import CLIP_ENCODINGS, DEFAULT_CLIP_ENCODING
 from pipeline.shards.outcome import FAILED, OutputError, VideoOutcome
+from pipeline.shards.schema import CLIP_ENCODINGS, DEFAULT_CLIP_ENCODING
 from pipeline.shards.split import SPLITS, Split, split_of
 
 # How long the orchestrator sleeps between looks at its workers when nothing happens.

@@ -30,8 +30,7 @@ from pipeline.media.subtitles import find_transcript
 from pipeline.media.transcripts import Transcript, WindowText, text_for_window
 from pipeline.media.windows import VideoInfo, Window
 from pipeline.shards.encode import encode_sample
-from pipeline.shards.members import DEFAULT_CLIP_ENCODING
-from pipeline.shards.meta import SampleMeta
+from pipeline.shards.schema import DEFAULT_CLIP_ENCODING, SampleMeta
 
 NO_TRANSCRIPT = Transcript([], "none", timed=True)
 

@@ -39,8 +39,8 @@ from pipeline.config import PrepareConfig
 from pipeline.errors import DecodeError
 from pipeline.media.discover import VideoSource
 from pipeline.shards.files import PartFile, PartWriter
-from pipeline.shards.members import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
 from pipeline.shards.outcome import FAILED, PREPARED, SKIPPED, OutputError, VideoOutcome
+from pipeline.shards.schema import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
 from pipeline.shards.split import TRAIN, Split
 
 # PyAV, numpy, PIL and the modules built on them (`media.decode`, `prepare.sample`, the

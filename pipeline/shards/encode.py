@@ -14,16 +14,16 @@ from PIL import Image
 
 from pipeline.config import PrepareConfig
 from pipeline.media.h264 import x264_options
-from pipeline.shards.members import (
-    CLIP_ENCODINGS,
+from pipeline.shards.decode import validate_sample
+from pipeline.shards.schema import (
     MEMBER_IMAGE,
     MEMBER_JSON,
     MEMBER_MEL,
     MEMBER_TEXT,
+    SampleMeta,
+    clip_member,
+    expected_from_config,
 )
-from pipeline.shards.meta import SampleMeta, clip_member
-from pipeline.shards.sample_format import expected_from_config
-from pipeline.shards.validate import validate_sample
 
 # H.264 settings of the mp4 clip encoding. At CRF 18 the codec adds ~1 grey level of mean
 # error to the ~2.4 that yuv420p colour subsampling costs by itself on natural content; each
@@ -46,13 +46,11 @@ def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_C
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"a clip must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    clip_member(encoding)  # refuses an encoding the schema does not define
     if encoding == "npy":
         buffer = BytesIO()
         np.save(buffer, np.ascontiguousarray(frames), allow_pickle=False)
         return buffer.getvalue()
-    if encoding != "mp4":
-        raise ValueError(f"clip encoding must be one of {', '.join(CLIP_ENCODINGS)}, "
-                         f"got {encoding!r}")
     _, height, width, _ = frames.shape
     if height % 2 or width % 2:
         raise ValueError(f"mp4 clips need an even frame size (yuv420p), got {width}x{height}; "

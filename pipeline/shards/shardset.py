@@ -28,7 +28,7 @@ from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError
 from pipeline.shards.files import inside_shard_dir, shard_split
 from pipeline.shards.manifest import MANIFEST_NAME, read_manifest
-from pipeline.shards.sample_format import expected_from_config
+from pipeline.shards.schema import expected_from_config
 from pipeline.shards.split import EVAL, SPLITS, Split
 
 SHARD_GLOB = "shards/*.tar"

@@ -1,7 +1,11 @@
-"""Shard schema v1: the sample's JSON metadata (`SampleMeta`), its key and clip member names.
+"""Shard schema v1: member names, the sizes every sample of a shard set shares, the sample's
+JSON metadata (`SampleMeta`) and its key. Written by `pipeline.shards.encode`, read back and
+checked only by `pipeline.shards.decode`.
 
-Written by `pipeline.shards.encode`, read back only by `pipeline.shards.decode` and checked by
-`pipeline.shards.validate`; the member names are `pipeline.shards.members`.
+Light (no numpy, PyAV or PIL): the parent of `omni prepare` needs only these names and sizes
+(to validate `--clip-encoding`, to count clips with text), and `shardset` compares a manifest's
+config with what a run wants, without loading the codecs (~0.5 s of start-up;
+tests/test_torch_free.py and tests/test_pipeline_structure.py check it).
 
 One sample is one clip window of one video, stored in a tar shard as webdataset members that
 share the key ``<video_id>_<clip index, 6 digits>``:
@@ -24,12 +28,42 @@ from typing import Any, get_args
 
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.media.transcripts import TranscriptSource
-from pipeline.shards.members import (
-    CLIP_ENCODINGS,
-    CLIP_PREFIX,
-    DEFAULT_CLIP_ENCODING,
-)
-from pipeline.shards.sample_format import sample_format
+
+MEMBER_JSON = "json"
+MEMBER_MEL = "mel.npy"
+MEMBER_IMAGE = "frame.jpg"
+MEMBER_TEXT = "txt"
+CLIP_PREFIX = "clip."
+CLIP_ENCODINGS = ("npy", "mp4")
+# Chosen by bench/clip_encoding.py on natural-like content: mp4 makes the clip 19x and the
+# whole sample 5.7x smaller (122 kB vs 693 kB) for ~7 ms more decode per clip, i.e. ~2.7x the
+# loader CPU per sample. Disk, network and shuffle-buffer memory are the scarcer resources at
+# corpus scale, and loader CPU scales with workers.
+DEFAULT_CLIP_ENCODING = "mp4"
+CLIP_MEMBERS = tuple(CLIP_PREFIX + encoding for encoding in CLIP_ENCODINGS)
+SCHEMA_MEMBERS = (MEMBER_JSON, MEMBER_MEL, MEMBER_IMAGE, MEMBER_TEXT, *CLIP_MEMBERS)
+
+
+def sample_format(*, schema_version: int, fps: int, frames: int, frame_size: int,
+                  image_size: int, sample_rate: int, n_mels: int, mel_frames: int,
+                  hop_length: int) -> dict[str, Any]:
+    """The per-sample values of a shard set under the names readers compare."""
+    return {
+        "schema_version": schema_version, "fps": fps, "frames": frames,
+        "frame_size": frame_size, "image_size": image_size, "sample_rate": sample_rate,
+        "n_mels": n_mels, "mel_frames": mel_frames, "hop_length": hop_length,
+    }
+
+
+def expected_from_config(config: PrepareConfig) -> dict[str, Any]:
+    """The per-sample values every sample of a shard set prepared with `config` must have."""
+    return sample_format(
+        schema_version=SCHEMA_VERSION, fps=config.fps, frames=config.frames_per_clip,
+        frame_size=config.frame_size, image_size=config.image_size,
+        sample_rate=config.sample_rate, n_mels=config.n_mels, mel_frames=config.mel_frames,
+        hop_length=config.hop_length,
+    )
+
 
 # Normalisation of the log-mel for the model: (log_mel - MEL_CENTER) / MEL_SCALE. With the
 # LOG_FLOOR of pipeline.media.audio, digital silence (-13.8) maps to -1.96; speech-like sound
@@ -173,14 +207,13 @@ def clip_member(encoding: str) -> str:
 
 def expected_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     """Like `expected_from_config`, from a sample's ``json`` (when no manifest is at hand)."""
-    return _meta_values(SampleMeta.from_dict(meta))
+    return meta_values(SampleMeta.from_dict(meta))
 
 
-def _meta_values(meta: SampleMeta) -> dict[str, Any]:
+def meta_values(meta: SampleMeta) -> dict[str, Any]:
     """The values of `meta` under the names `expected_from_config` uses."""
     return sample_format(
         schema_version=meta.schema_version, fps=meta.fps, frames=meta.frames,
         frame_size=meta.frame_size, image_size=meta.image_size, sample_rate=meta.sample_rate,
         n_mels=meta.mel.n_mels, mel_frames=meta.mel.frames, hop_length=meta.mel.hop_length,
     )
-
