@@ -2,7 +2,7 @@
 
 For each encoding it prints bytes per clip and per whole sample, encode and decode time per
 clip, the mp4 round-trip error in grey levels, and the loader's samples/s over a small shard
-set; then the npy/mp4 ratios, which `pipeline.schema.DEFAULT_CLIP_ENCODING` was chosen by.
+set; then the npy/mp4 ratios, which `pipeline.shards.schema.DEFAULT_CLIP_ENCODING` was chosen by.
 
 Content imitates natural video: a 1/f-spectrum scene (smoother colour than brightness, as in
 photographs), panning by a random speed (a third of the clips hold still, like slides or a
@@ -25,19 +25,13 @@ import av
 import numpy as np
 import webdataset as wds
 
-from pipeline.audio import log_mel
 from pipeline.config import PrepareConfig
-from pipeline.discover import video_id
-from pipeline.loader import build_shard_loader
-from pipeline.schema import (
-    CLIP_ENCODINGS,
-    MP4_CRF,
-    MP4_PRESET,
-    SampleMeta,
-    decode_member,
-    encode_clip,
-    encode_sample,
-)
+from pipeline.loader.shard_loader import build_shard_loader
+from pipeline.media.audio import log_mel
+from pipeline.media.discover import video_id
+from pipeline.shards.decode import decode_member
+from pipeline.shards.encode import MP4_CRF, MP4_PRESET, encode_clip, encode_sample
+from pipeline.shards.schema import CLIP_ENCODINGS, SampleMeta
 
 SCENE = 640  # scene side in pixels; the image crop is image_size, frames are half of it
 

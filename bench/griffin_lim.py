@@ -1,4 +1,4 @@
-"""Measure how well `pipeline.audio.mel_to_waveform` inverts `log_mel` (README, generate).
+"""Measure how well `pipeline.media.audio.mel_to_waveform` inverts `log_mel` (README, generate).
 
 For a pure tone (440 Hz), a chirp (100 Hz -> 4 kHz), a click train (10 per second) and white
 noise, each 0.5 peak or 0.1 RMS at the default prepare settings: the clip's log-mel (float16,
@@ -20,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from pipeline.audio import log_mel, mel_to_waveform
 from pipeline.config import PrepareConfig
+from pipeline.media.audio import log_mel, mel_to_waveform
 
 LOUD_RANGE = math.log(1e4)  # 40 dB of power, in log units
 

@@ -70,7 +70,7 @@ def class_mean_ceiling(train: Path, unseen: Path) -> dict[str, dict[str, float]]
     import torch.nn.functional as F
 
     from omnilatent.evaluation.metrics import correlation_distance, retrieval_metrics
-    from pipeline.loader import build_shard_loader
+    from pipeline.loader.shard_loader import build_shard_loader
     from pipeline.normalize import to_model_units
 
     def load(shards: Path) -> tuple[dict[str, torch.Tensor], list[str]]:

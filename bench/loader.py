@@ -6,7 +6,7 @@ of:
 
 - `tarfile`: every shard opened with the standard library, every member's bytes read: the
   floor of I/O and tar parsing, with nothing decoded;
-- `pipeline.loader.build_shard_loader` with `--workers` DataLoader workers (0 = in the main
+- `pipeline.loader`'s `build_shard_loader` with `--workers` DataLoader workers (0 = in the main
   process): shard and sample shuffle, safe decoding (H.264 or npy clip, JPEG, npy mel),
   validation, tensors and batches, i.e. what training gets;
 
@@ -28,7 +28,7 @@ It also prints:
   device: stored dtypes (uint8 pixels, float16 mel) against float32 model units;
 - the per-epoch start-up of the workers: the time to an epoch's first batch (no shuffle
   buffer) with W workers less that with none, which persistent workers would save once per
-  epoch (see `pipeline.loader.ShardLoader`).
+  epoch (see `pipeline.loader.shard_loader.ShardLoader`).
 
 Without `--prepared` it generates the videos of `bench/prepare.py` and prepares them with
 `omni prepare --samples-per-shard 16`, so that two workers have shards to share.
@@ -61,11 +61,14 @@ from omnilatent import OmniLatentConfig, OmniLatentModel
 from omnilatent.config import MODALITIES
 from omnilatent.training.sources import model_sizes
 from omnilatent.training.tasks import content_tokens
-from pipeline.loader import Batch, build_shard_loader
-from pipeline.manifest import read_manifest
-from pipeline.prepare import default_workers
-from pipeline.schema import decode_member, encode_clip, expected_from_config
-from pipeline.shardset import resolve_shards, split_member_name
+from pipeline.loader.samples import Batch
+from pipeline.loader.shard_loader import build_shard_loader
+from pipeline.prepare.run import default_workers
+from pipeline.shards.decode import decode_member
+from pipeline.shards.encode import encode_clip
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.schema import expected_from_config
+from pipeline.shards.shardset import resolve_shards, split_member_name
 
 GPU = "H200"
 MFU = 0.45

@@ -56,8 +56,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.ffmpeg_bin import ffmpeg_binary
-from pipeline.prepare import default_workers
+from pipeline.media.ffmpeg_bin import ffmpeg_binary
+from pipeline.prepare.run import default_workers
 
 RATIO_TARGET = 1.3  # omni prepare --workers 1 over the ffmpeg decode, at most
 DEFAULT_RATIO_TARGET = 1.0  # omni prepare at the default worker count over it, at most

@@ -92,7 +92,7 @@ def main() -> None:
     if command == "prepare":
         # The workers' forkserver imports numpy, PyAV and PIL (~0.5 s): started first, it does
         # so while this process imports the CLI, parses and plans, not after.
-        from pipeline.worker import start_forkserver
+        from pipeline.prepare.worker import start_forkserver
 
         start_forkserver()
     build_app([command] if command in COMMANDS else COMMANDS)()

@@ -121,7 +121,7 @@ def eval_command(
         from omnilatent.inference.trained import load_trained
         from omnilatent.threads import configure_threads
         from omnilatent.training.trainer import resolve_device
-        from pipeline.media_out import atomic_output, check_output_file
+        from pipeline.generate.outputs import atomic_output, check_output_file
 
         if split not in SPLITS:
             raise CLIError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}",

@@ -30,20 +30,12 @@ from rich.table import Table
 from cli.console import console, human_bytes, plain
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
 from cli.options import Json
-from pipeline.inspect import (
-    ExportedSample,
-    ProgressFn,
-    SampleView,
-    Summary,
-    Target,
-    VerifyResult,
-    export_samples,
-    list_samples,
-    open_target,
-    summarize,
-    verify,
-)
-from pipeline.prepare import default_workers
+from pipeline.inspect.export import ExportedSample, SampleView, export_samples, list_samples
+from pipeline.inspect.reader import ProgressFn
+from pipeline.inspect.summary import Summary, summarize
+from pipeline.inspect.target import Target, open_target
+from pipeline.inspect.verify import VerifyResult, verify
+from pipeline.prepare.run import default_workers
 
 EXAMPLES = """
 [bold]Examples[/]

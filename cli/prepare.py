@@ -32,9 +32,8 @@ from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
 from cli.options import Json
 from pipeline.config import DECODERS, PrepareConfig
 from pipeline.errors import ConfigError
-from pipeline.outcome import FAILED, SKIPPED, VideoOutcome
-from pipeline.plan import Part
-from pipeline.prepare import (
+from pipeline.prepare.plan import Part
+from pipeline.prepare.run import (
     FolderArgumentError,
     PrepareCallbacks,
     PrepareResult,
@@ -44,7 +43,8 @@ from pipeline.prepare import (
     default_workers,
     prepare,
 )
-from pipeline.split import EVAL
+from pipeline.shards.outcome import FAILED, SKIPPED, VideoOutcome
+from pipeline.shards.split import EVAL
 
 EXAMPLES = """
 [bold]Examples[/]

@@ -43,12 +43,12 @@ class PrepareConfig:
     samples_per_shard: int = 1000
     videos_per_unit: int = 8
     decoder: str = "pyav"
-    # Held-out videos (`pipeline.split`): which shard a sample lands in, so part of the config.
+    # Held-out videos (`shards.split`): which shard a sample lands in, so part of the config.
     eval_fraction: float = 0.05
     split_seed: int = 0
     # Read videos and sidecar transcripts that symlinks lead to outside the input folder
-    # (`pipeline.discover`): what the samples hold, so part of the config. Manifests and stats
-    # files written before it existed read as False (`pipeline.outdir.Fingerprint`).
+    # (`pipeline.media.discover`): what the samples hold, so part of the config. Manifests and stats
+    # files written before it existed read as False (`pipeline.prepare.outdir.Fingerprint`).
     follow_symlinks: bool = False
 
     def __post_init__(self) -> None:

@@ -28,7 +28,7 @@ import av
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.h264 import x264_options
+from pipeline.media.h264 import x264_options
 
 SIZE = (160, 120)  # (width, height): small, so encoding and decoding stay fast
 FPS = 16  # a multiple of the 8 fps clip grid of `omni prepare`: no frame is picked twice

@@ -8,7 +8,7 @@ model outputs back (`unit_to_pixels`, `model_to_mel`) before writing files. Keep
 side by side is what keeps them exact inverses.
 
 - Pixels: uint8 x -> x / 127.5 - 1, in [-1, 1] (0 -> -1, 255 -> 1).
-- Log-mel: (log_mel - MEL_CENTER) / MEL_SCALE (`pipeline.schema`: silence -13.8 -> -1.96).
+- Log-mel: (log_mel - MEL_CENTER) / MEL_SCALE (`pipeline.shards`: silence -13.8 -> -1.96).
 
 The dtype says which units a tensor is in: uint8 video and image and float16 audio are stored
 values; float32 is already model units (the synthetic dataset and `collate_multimodal` of a
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.schema import MEL_CENTER, MEL_SCALE
+from pipeline.shards.schema import MEL_CENTER, MEL_SCALE
 
 PIXEL_SCALE = 127.5
 # The dtypes a modality's tensor may arrive in: stored values, or float32 model units.
@@ -52,7 +52,7 @@ def mel_to_model(log_mel: torch.Tensor) -> torch.Tensor:
 
 
 def model_to_mel(values: torch.Tensor) -> torch.Tensor:
-    """The model's mel units back to float32 log-mel, as `pipeline.audio.log_mel` makes it."""
+    """The model's mel units back to float32 log-mel, as `pipeline.media.audio.log_mel` makes it."""
     return values.detach().float().mul(MEL_SCALE).add_(MEL_CENTER)
 
 

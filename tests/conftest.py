@@ -18,6 +18,15 @@ TINY = dict(hidden_dim=32, num_layers=2, num_heads=4, vocab_size=300, n_mels=16,
             audio_frames=24, image_size=32, patch_size=16, video_size=32, video_frames=8)
 
 
+def pytest_configure() -> None:
+    """Start prepare's forkserver now, importing tests/faults.py too, so that every worker of
+    the session has the test-only faults (a forkserver keeps the preload it started with)."""
+    from pipeline.prepare import worker
+
+    worker.PRELOAD.append("tests.faults")  # run from the repository root
+    worker.start_forkserver()
+
+
 @pytest.fixture
 def tiny_config() -> OmniLatentConfig:
     return OmniLatentConfig(**TINY)

@@ -28,7 +28,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from pipeline.ffmpeg_bin import ffmpeg_binary
+from pipeline.media.ffmpeg_bin import ffmpeg_binary
 
 LEVEL_BASE = 16
 LEVEL_STEP = 14

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.audio import (
+from pipeline.config import PrepareConfig
+from pipeline.errors import ConfigError
+from pipeline.media.audio import (
     LOG_FLOOR,
     _analysis,
     _log_mel_float32,
@@ -17,8 +19,6 @@ from pipeline.audio import (
     mel_filterbank,
     silent_log_mel,
 )
-from pipeline.config import PrepareConfig
-from pipeline.errors import ConfigError
 
 # Golden values. Produced once, outside the project, in a throwaway venv with librosa 0.11.0:
 #   fb = librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=N_MELS, fmin=F_MIN, fmax=F_MAX,

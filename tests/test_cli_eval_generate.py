@@ -22,11 +22,11 @@ from omnilatent.inference.trained import load_trained
 from omnilatent.training import TrainConfig, Trainer
 from omnilatent.training.sources import model_sizes
 from pipeline.config import PrepareConfig
-from pipeline.discover import video_id
-from pipeline.media_out import write_image, write_wav
-from pipeline.prepare import RunOptions, prepare
-from pipeline.schema import expected_from_config
-from pipeline.split import split_of
+from pipeline.generate.outputs import write_image, write_wav
+from pipeline.media.discover import video_id
+from pipeline.prepare.run import RunOptions, prepare
+from pipeline.shards.schema import expected_from_config
+from pipeline.shards.split import split_of
 from pipeline.tokenizer import BYTE_VOCAB_SIZE
 
 runner = CliRunner()

@@ -35,12 +35,13 @@ from media import (
 )
 from PIL import Image
 
-from pipeline import probe_pyav, pyav_packets
 from pipeline.config import PrepareConfig
-from pipeline.decode import iter_windows, probe
 from pipeline.errors import DecodeError
-from pipeline.ffmpeg_bin import ffmpeg_binary, stderr_summary
-from pipeline.windows import DecodeStats, Window, WindowAssembler, window_count
+from pipeline.media import packets as pyav_packets
+from pipeline.media import probe as probe_pyav
+from pipeline.media.decode import iter_windows, probe
+from pipeline.media.ffmpeg_bin import ffmpeg_binary, stderr_summary
+from pipeline.media.windows import DecodeStats, Window, WindowAssembler, window_count
 
 DECODERS = ["pyav", "ffmpeg"]
 CONFIG = PrepareConfig()

@@ -14,11 +14,11 @@ import pytest
 from media import make_video, read_samples
 from typer.testing import CliRunner
 
-import pipeline.pyav_packets
+import pipeline.media.packets
 from cli.app import app
 from pipeline.config import PrepareConfig
-from pipeline.decode import iter_windows
-from pipeline.windows import DecodeStats
+from pipeline.media.decode import iter_windows
+from pipeline.media.windows import DecodeStats
 
 runner = CliRunner()
 
@@ -69,7 +69,7 @@ def test_counting_errors_changes_no_pixel(videos: Path, monkeypatch) -> None:
     runs here gave 2 different results, with the log captured or not)."""
     config = PrepareConfig()
     counted, _ = _windows(videos / "bitflip.mp4", config, threads=1)
-    monkeypatch.setattr(pipeline.pyav_packets, "counted_errors",
+    monkeypatch.setattr(pipeline.media.packets, "counted_errors",
                         lambda stats: contextlib.nullcontext())
     plain, stats = _windows(videos / "bitflip.mp4", config, threads=1)
     assert stats.decode_errors == 0

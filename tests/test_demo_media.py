@@ -15,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from pipeline.audio import log_mel
 from pipeline.config import PrepareConfig
 from pipeline.demo_media import (
     DEMO_CLASSES,
@@ -33,8 +32,9 @@ from pipeline.demo_media import (
     shape_mask,
 )
 from pipeline.errors import PipelineError
-from pipeline.prepare import RunOptions, prepare
-from pipeline.transcripts import load_sidecar
+from pipeline.media.audio import log_mel
+from pipeline.media.subtitles import load_sidecar
+from pipeline.prepare.run import RunOptions, prepare
 
 SEED = 5
 DURATION = 3.0

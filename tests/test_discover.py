@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.discover import VideoSource, discover_videos, video_id
 from pipeline.errors import PipelineError
+from pipeline.media.discover import VideoSource, discover_videos, video_id
 
 SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")
 

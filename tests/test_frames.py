@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.frames import center_crop, clip_frame, display_image, rotate, scaled_size
+from pipeline.media.frames import center_crop, clip_frame, display_image, rotate, scaled_size
 
 
 @pytest.mark.parametrize(

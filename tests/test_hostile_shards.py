@@ -38,7 +38,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import PrepareConfig
-from pipeline.schema import MAX_TEXT_BYTES, SampleMeta, encode_sample
+from pipeline.shards.decode import MAX_TEXT_BYTES
+from pipeline.shards.encode import encode_sample
+from pipeline.shards.schema import SampleMeta
 
 CONFIG = PrepareConfig(clip_duration=1.0, clip_stride=1.0, fps=16, frame_size=32,
                        image_size=32, n_mels=8)
@@ -66,7 +68,7 @@ def mapped():
 
 LOADER_SCRIPT = _MEMORY + """
 
-from pipeline.loader import build_shard_loader
+from pipeline.loader.shard_loader import build_shard_loader
 
 def run(folder, path, inside):
     os.chdir(folder if inside else "/")

@@ -1,8 +1,8 @@
 """`omni inspect`: summary numbers, samples, verify (good and broken sets), export, JSON, paths.
 
-The shards are built here with webdataset's TarWriter and `schema.encode_sample`, laid out as
+The shards are built here with webdataset's TarWriter and `encode.encode_sample`, laid out as
 `omni prepare` lays them out (shards/unit-NNNNNN-SSSSSS.tar, stats files, a manifest from
-`pipeline.manifest`), with a tiny config so that a whole set takes milliseconds to write.
+`pipeline.shards.manifest`), with a tiny config so that a whole set takes milliseconds to write.
 """
 
 from __future__ import annotations
@@ -25,23 +25,18 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from pipeline.config import PrepareConfig
-from pipeline.discover import video_id
 from pipeline.errors import ConfigError
-from pipeline.inspect import (
-    colormap,
-    contact_sheet,
-    export_samples,
-    list_samples,
-    mel_image,
-    open_target,
-    summarize,
-    verify,
-)
-from pipeline.manifest import write_manifest
-from pipeline.outcome import FAILED, PREPARED, VideoOutcome
-from pipeline.outdir import Fingerprint, OutputDir, UnitStats
-from pipeline.schema import MAX_TEXT_BYTES, SampleMeta, encode_clip, encode_sample
-from pipeline.shards import ShardInfo, shard_name
+from pipeline.inspect.export import colormap, contact_sheet, export_samples, list_samples, mel_image
+from pipeline.inspect.summary import summarize
+from pipeline.inspect.target import open_target
+from pipeline.inspect.verify import verify
+from pipeline.media.discover import video_id
+from pipeline.prepare.outdir import Fingerprint, OutputDir, UnitStats, write_manifest
+from pipeline.shards.decode import MAX_TEXT_BYTES
+from pipeline.shards.encode import encode_clip, encode_sample
+from pipeline.shards.files import ShardInfo, shard_name
+from pipeline.shards.outcome import FAILED, PREPARED, VideoOutcome
+from pipeline.shards.schema import SampleMeta
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200"}

@@ -16,14 +16,16 @@ import pytest
 import torch
 import webdataset as wds
 
-from pipeline import loader as loader_module
 from pipeline.config import PrepareConfig
-from pipeline.discover import video_id
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.loader import ShardLoader, build_shard_loader
+from pipeline.loader import shard_loader as loader_module
+from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
+from pipeline.media.discover import video_id
 from pipeline.normalize import to_model_units
-from pipeline.schema import MAX_TEXT_BYTES, MEL_CENTER, MEL_SCALE, SampleMeta, encode_sample
-from pipeline.shardset import expand_urls, split_member_name
+from pipeline.shards.decode import MAX_TEXT_BYTES
+from pipeline.shards.encode import encode_sample
+from pipeline.shards.schema import MEL_CENTER, MEL_SCALE, SampleMeta
+from pipeline.shards.shardset import expand_urls, split_member_name
 from pipeline.tokenizer import byte_detokenize
 
 # Small sizes keep the shards tiny; the loader must take them from the manifest or the json.

@@ -35,15 +35,9 @@ from media import (
 )
 from PIL import Image, ImageFile
 
-from pipeline import decode_pyav, probe_pyav
-from pipeline.audio import log_mel, mel_to_waveform
 from pipeline.config import DECODERS, PrepareConfig
-from pipeline.decode import DecodeStats, Window, iter_windows
 from pipeline.errors import ConfigError, MediaError
-from pipeline.ffmpeg_bin import ffmpeg_binary
-from pipeline.frames import frame_size_problem
-from pipeline.loader import build_shard_loader, collate, sample_tensors
-from pipeline.media_in import (
+from pipeline.generate.inputs import (
     guess_modality,
     load_audio_file,
     load_image_file,
@@ -53,9 +47,20 @@ from pipeline.media_in import (
     sample_arrays_batch,
     text_input,
 )
-from pipeline.media_out import atomic_output, write_image, write_text, write_video, write_wav
+from pipeline.generate.outputs import atomic_output, write_image, write_text, write_video, write_wav
+from pipeline.loader.samples import collate, sample_tensors
+from pipeline.loader.shard_loader import build_shard_loader
+from pipeline.media import decode_pyav
+from pipeline.media import probe as probe_pyav
+from pipeline.media.audio import log_mel, mel_to_waveform
+from pipeline.media.decode import iter_windows
+from pipeline.media.ffmpeg_bin import ffmpeg_binary
+from pipeline.media.frames import frame_size_problem
+from pipeline.media.windows import DecodeStats, Window
 from pipeline.normalize import model_to_mel, pixels_to_unit, to_model_units, unit_to_pixels
-from pipeline.schema import MEL_CENTER, MEL_SCALE, SampleMeta, decode_sample, encode_sample
+from pipeline.shards.decode import decode_sample
+from pipeline.shards.encode import encode_sample
+from pipeline.shards.schema import MEL_CENTER, MEL_SCALE, SampleMeta
 
 CONFIG = PrepareConfig()
 # Re-analysed log-mel of Griffin-Lim output at 32 iterations, mean |difference| (measured by

@@ -11,9 +11,9 @@ from omnilatent import OmniLatentConfig, OmniLatentModel
 from omnilatent.training import TrainConfig, Trainer
 from omnilatent.training.rng import seed_everything
 from pipeline.errors import PipelineError
-from pipeline.loader import build_shard_loader
+from pipeline.loader.shard_loader import build_shard_loader
 from pipeline.normalize import batch_to_device, to_device_units, to_model_units
-from pipeline.schema import MEL_CENTER, MEL_SCALE
+from pipeline.shards.schema import MEL_CENTER, MEL_SCALE
 from tests.test_loader import SMALL, write_shards
 
 

@@ -1,12 +1,13 @@
 """The pipeline's module structure: light modules stay light, and no two modules import each other.
 
-Light: `pipeline.shardset` (the loader's and `omni inspect`'s shard lists) and
-`pipeline.manifest` (read by training, eval and the prepare CLI) load no decoding stack. Each is
+Light: `pipeline.shards.shardset` (the loader's and `omni inspect`'s shard lists) and
+`shards.manifest` (read by training, eval and the prepare CLI) load no decoding stack. Each is
 imported in a fresh interpreter, because this test process has long loaded everything.
 
 Acyclic: every import of a pipeline module by another, at module level or inside a function
 (a lazy import is still a dependency), forms a graph without cycles, so each module can be read
-and tested after the ones it uses.
+and tested after the ones it uses; so do its stages (`media`, `shards`, `prepare`, `loader`,
+...), and it stays small enough to read: few top-level modules, none over 500 lines.
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ def _heavy_modules_after_import(module: str) -> list[str]:
     return sorted(name for name in HEAVY if name in loaded)
 
 
-@pytest.mark.parametrize("module", ["pipeline.shardset", "pipeline.manifest",
-                                    "pipeline.outcome"])
+@pytest.mark.parametrize("module", ["pipeline.shards.shardset", "pipeline.shards.manifest",
+                                    "pipeline.shards.outcome"])
 def test_light_modules_load_no_decoding_stack(module: str) -> None:
     assert _heavy_modules_after_import(module) == []
 
 
 def test_a_heavy_module_is_seen_as_heavy() -> None:
     # The check above can fail: a module that does load the stack is caught.
-    assert {"av", "numpy", "PIL"} <= set(_heavy_modules_after_import("pipeline.schema"))
+    assert {"av", "numpy", "PIL"} <= set(_heavy_modules_after_import("pipeline.shards.decode"))
 
 
 def pipeline_imports(root: Path) -> dict[str, set[str]]:
@@ -94,7 +95,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_pipeline_modules_import_each_other_in_one_direction() -> None:
     graph = pipeline_imports(ROOT)
-    assert {"pipeline.decode", "pipeline.decode_pyav", "pipeline.windows"} <= set(graph)
+    assert {"pipeline.media.decode", "pipeline.shards.schema", "pipeline.loader"} <= set(graph)
     assert find_cycle(graph) is None
 
 
@@ -111,3 +112,40 @@ def test_find_cycle_finds_lazy_and_indirect_cycles(tmp_path: Path) -> None:
     assert find_cycle(graph) == ["pipeline.a", "pipeline.b", "pipeline.c", "pipeline.a"]
     (package / "c.py").write_text("")
     assert find_cycle(pipeline_imports(tmp_path)) is None
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph collapsed to `pipeline`'s subpackages (a top-level module is its own)."""
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        packages.setdefault(package(module), set()).update(
+            package(target) for target in targets if package(target) != package(module))
+    return packages
+
+
+def test_pipeline_packages_import_each_other_in_one_direction() -> None:
+    graph = package_graph(pipeline_imports(ROOT))
+    assert {"pipeline.media", "pipeline.shards", "pipeline.prepare", "pipeline.loader"} <= set(
+        graph)
+    assert find_cycle(graph) is None
+
+
+def test_find_cycle_finds_package_cycles(tmp_path: Path) -> None:
+    for package, source in (("a", "from pipeline.b.y import x\n"), ("b", "import pipeline.a.z\n")):
+        (tmp_path / "pipeline" / package).mkdir(parents=True)
+        (tmp_path / "pipeline" / package / "x.py").write_text(source)
+        (tmp_path / "pipeline" / package / ("y.py" if package == "b" else "z.py")).write_text("")
+    graph = pipeline_imports(tmp_path)
+    assert find_cycle(graph) is None  # no module cycle: a.x -> b.y, b.x -> a.z
+    assert find_cycle(package_graph(graph)) == ["pipeline.a", "pipeline.b", "pipeline.a"]
+
+
+def test_pipeline_tells_its_stages_at_a_glance() -> None:
+    top_level = sorted(path.name for path in (ROOT / "pipeline").glob("*.py"))
+    assert len(top_level) <= 12, top_level
+    long = {str(path.relative_to(ROOT)): lines for path in (ROOT / "pipeline").rglob("*.py")
+            if (lines := len(path.read_text(encoding="utf-8").splitlines())) > 500}
+    assert long == {}

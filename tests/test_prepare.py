@@ -32,28 +32,28 @@ from media import (
     truncate_file,
 )
 
-from pipeline import prepare as prepare_module
-from pipeline import video_job
-from pipeline.audio import silent_log_mel
 from pipeline.config import PrepareConfig
-from pipeline.decode import window_count
-from pipeline.discover import discover_videos
 from pipeline.errors import PipelineError
-from pipeline.ffmpeg_bin import ffmpeg_binary
-from pipeline.outcome import OutputError
-from pipeline.plan import Part, plan_units, select_part
-from pipeline.prepare import (
+from pipeline.media.audio import silent_log_mel
+from pipeline.media.discover import discover_videos
+from pipeline.media.ffmpeg_bin import ffmpeg_binary
+from pipeline.media.transcripts import Cue, Transcript
+from pipeline.media.windows import window_count
+from pipeline.prepare import run as prepare_module
+from pipeline.prepare import video_job
+from pipeline.prepare.plan import Part, plan_units, select_part
+from pipeline.prepare.run import (
     ConfigMismatchError,
     PrepareResult,
     RunOptions,
     decoder_threads,
     prepare,
 )
-from pipeline.sample import VideoContext
-from pipeline.schema import decode_member
-from pipeline.shards import PartWriter, write_unit_shards
-from pipeline.transcripts import Cue, Transcript
-from pipeline.video_job import FAULT_ENV, VideoTask, prepare_video
+from pipeline.prepare.sample import VideoContext
+from pipeline.prepare.video_job import VideoTask, prepare_video
+from pipeline.shards.decode import decode_member
+from pipeline.shards.files import PartWriter, write_unit_shards
+from pipeline.shards.outcome import OutputError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = PrepareConfig(videos_per_unit=4, samples_per_shard=5)
@@ -296,7 +296,7 @@ def test_manifest_lists_every_shard_and_failure(prepared) -> None:
 
 
 def test_loader_reads_the_prepared_folder(prepared) -> None:
-    from pipeline.shardset import resolve_shards
+    from pipeline.shards.shardset import resolve_shards
 
     result, samples = prepared
     shard_set = resolve_shards(result.out_dir)
@@ -374,22 +374,21 @@ def test_mirrored_video_is_shown_and_recorded_as_players_show_it(tmp_path) -> No
 
 
 # --------------------------------------------------------------------------- isolation
-def test_crash_hang_and_exception_fail_alone(tmp_path, monkeypatch) -> None:
+def test_crash_hang_and_exception_fail_alone(tmp_path) -> None:
     source = tmp_path / "in"
     source.mkdir()
-    for name in ("crash_me", "fine", "hang_me", "raise_me"):
+    for name in ("fault_crash", "fine", "fault_hang", "fault_raise"):  # tests/faults.py
         make_video(source / f"{name}.mp4", duration=2.0, size=SMALL)
-    monkeypatch.setenv(FAULT_ENV, "crash:crash_me,hang:hang_me,raise:raise_me")
     started = time.monotonic()
     result = prepare(source, tmp_path / "out", PrepareConfig(videos_per_unit=2),
                      RunOptions(workers=2, timeout_min_s=3, timeout_factor=1.0))
     assert time.monotonic() - started < 60
     reasons = {video.source: (video.status, video.reason) for video in result.videos}
     assert reasons == {
-        "crash_me.mp4": ("failed", "worker crashed with SIGSEGV"),
+        "fault_crash.mp4": ("failed", "worker crashed with SIGSEGV"),
         "fine.mp4": ("prepared", None),
-        "hang_me.mp4": ("failed", "timed out after 3 s"),
-        "raise_me.mp4": ("failed", f"RuntimeError: fault injected by {FAULT_ENV}"),
+        "fault_hang.mp4": ("failed", "timed out after 3 s"),
+        "fault_raise.mp4": ("failed", "RuntimeError: fault injected by tests/faults.py"),
     }
     assert result.manifest is not None
     assert len(read_samples(tmp_path / "out")) == 1  # fine.mp4's single clip

@@ -17,23 +17,23 @@ from media import make_oversized_video, make_video, read_samples
 from typer.testing import CliRunner
 
 from cli.app import app
-from pipeline import video_job
 from pipeline.config import DECODERS, PrepareConfig
-from pipeline.discover import discover_videos
 from pipeline.errors import PipelineError
 from pipeline.lock import LOCK_NAME, FolderInUseError, FolderLock
-from pipeline.outdir import Fingerprint, OutputDir
-from pipeline.plan import Part
-from pipeline.prepare import (
+from pipeline.media.discover import discover_videos
+from pipeline.media.subtitles import MAX_CUES
+from pipeline.media.transcripts import MAX_WINDOW_TEXT_BYTES
+from pipeline.prepare.outdir import Fingerprint, OutputDir
+from pipeline.prepare.plan import Part
+from pipeline.prepare.run import (
     FolderArgumentError,
     PrepareResult,
     RunOptions,
     decoder_threads,
     prepare,
 )
-from pipeline.transcripts import MAX_CUES, MAX_WINDOW_TEXT_BYTES
-from pipeline.video_job import FAULT_ENV, VideoTask, memory_limit, prepare_video
-from pipeline.worker import MAX_STATED_S, MIN_BYTES_PER_SECOND, VideoRunner, time_limit
+from pipeline.prepare.video_job import VideoTask, memory_limit, prepare_video
+from pipeline.prepare.worker import MAX_STATED_S, MIN_BYTES_PER_SECOND, VideoRunner, time_limit
 
 CONFIG = PrepareConfig(videos_per_unit=4, samples_per_shard=50)
 SMALL = (64, 48)
@@ -221,14 +221,13 @@ def patch_mkv_duration(path: Path, seconds: float) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_hung_worker_is_not_kept_for_a_patched_duration(tmp_path, monkeypatch) -> None:
+def test_a_hung_worker_is_not_kept_for_a_patched_duration(tmp_path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
-    make_video(folder / "claims_ten_hours.mkv", duration=2.0, size=SMALL)
-    patch_mkv_duration(folder / "claims_ten_hours.mkv", 36_000.0)
+    make_video(folder / "fault_hang_claims_ten_hours.mkv", duration=2.0, size=SMALL)
+    patch_mkv_duration(folder / "fault_hang_claims_ten_hours.mkv", 36_000.0)
     (source,) = discover_videos(folder)
-    monkeypatch.setenv(FAULT_ENV, "hang:claims_ten_hours")
-    task = VideoTask(source, tmp_path / "part.tar", CONFIG, fault=video_job.fault_from_env())
+    task = VideoTask(source, tmp_path / "part.tar", CONFIG)  # hangs: tests/faults.py
     finished = []
     with VideoRunner(1, timeout_factor=1.0, timeout_min_s=2.0) as runner:
         runner.start(task)
@@ -245,10 +244,9 @@ def test_huge_frames_and_a_memory_hog_fail_alone_and_are_counted(tmp_path, monke
     folder = tmp_path / "in"
     folder.mkdir()
     make_video(folder / "fine.mp4", duration=2.0, size=SMALL)
-    make_video(folder / "memory_hog.mp4", duration=2.0, size=SMALL)
+    make_video(folder / "fault_memory_hog.mp4", duration=2.0, size=SMALL)
     for suffix in (".mpg", ".mkv", ".ts"):
         make_oversized_video(folder / f"huge{suffix}")
-    monkeypatch.setenv(FAULT_ENV, "memory:memory_hog")
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["prepare", str(folder), str(out), "--decoder", decoder,
                                       "--workers", "2", "--strict", "--json"])
@@ -264,14 +262,14 @@ def test_huge_frames_and_a_memory_hog_fail_alone_and_are_counted(tmp_path, monke
     assert reasons["huge.ts"][1].startswith("the video stream states no picture size")
     # The limit that goes with the decoder threads of each of two workers on these CPUs.
     limit = memory_limit(decoder_threads(2)) / 2**30
-    assert reasons["memory_hog.mp4"][0] == "failed"
-    assert reasons["memory_hog.mp4"][1].startswith(
+    assert reasons["fault_memory_hog.mp4"][0] == "failed"
+    assert reasons["fault_memory_hog.mp4"][1].startswith(
         f"out of memory (a prepare worker may reserve {limit:.2f} GiB): MemoryError")
     assert document["totals"]["failed"] == 4 and document["totals"]["prepared"] == 1
     _, stats = OutputDir(out).read_stats(0)
     assert stats is not None
     assert sorted(video.source for video in stats.videos if video.status == "failed") == [
-        "huge.mkv", "huge.mpg", "huge.ts", "memory_hog.mp4"]
+        "fault_memory_hog.mp4", "huge.mkv", "huge.mpg", "huge.ts"]
 
 
 # --------------------------------------------------------------------------- output folder

@@ -18,7 +18,8 @@ from pathlib import Path
 from media import make_video
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("av", "PIL", "numpy", "pipeline.decode", "pipeline.schema", "pipeline.transcripts")
+HEAVY = ("av", "PIL", "numpy", "pipeline.media.decode", "pipeline.shards.encode",
+         "pipeline.media.subtitles")
 
 WATCHER = '''
 import os

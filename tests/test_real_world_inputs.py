@@ -20,12 +20,12 @@ from media import (
 )
 
 from pipeline.config import DECODERS, PrepareConfig
-from pipeline.outcome import VideoOutcome
-from pipeline.outdir import write_json_atomic
-from pipeline.prepare import RunOptions, prepare
-from pipeline.schema import decode_member
-from pipeline.transcripts import clean_text, parse_ass, parse_srt
-from pipeline.windows import grid_frames_within, window_count
+from pipeline.media.subtitles import clean_text, parse_ass, parse_srt
+from pipeline.media.windows import grid_frames_within, window_count
+from pipeline.prepare.outdir import write_json_atomic
+from pipeline.prepare.run import RunOptions, prepare
+from pipeline.shards.decode import decode_member
+from pipeline.shards.outcome import VideoOutcome
 
 Prepared = tuple[dict[str, VideoOutcome], dict[str, list[dict[str, Any]]]]
 

@@ -13,25 +13,26 @@ import pytest
 from PIL import Image
 
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
-from pipeline.discover import video_id
-from pipeline.h264 import cpu_flags, deterministic_params
-from pipeline.schema import (
-    CLIP_ENCODINGS,
-    DEFAULT_CLIP_ENCODING,
+from pipeline.media.discover import video_id
+from pipeline.media.h264 import cpu_flags, deterministic_params
+from pipeline.shards.decode import (
     MAX_MEMBER_BYTES,
     MAX_TEXT_BYTES,
     CorruptMemberError,
-    SampleMeta,
     UnsafeMemberError,
     decode_member,
     decode_sample,
-    encode_clip,
-    encode_sample,
-    expected_from_config,
     member_cap,
     oversized_member,
-    sample_key,
     validate_sample,
+)
+from pipeline.shards.encode import encode_clip, encode_sample
+from pipeline.shards.schema import (
+    CLIP_ENCODINGS,
+    DEFAULT_CLIP_ENCODING,
+    SampleMeta,
+    expected_from_config,
+    sample_key,
 )
 
 CONFIG = PrepareConfig()
@@ -124,7 +125,7 @@ def test_mp4_clip_error_is_small_and_frames_stay_in_order() -> None:
 
 def test_mp4_encoding_is_deterministic() -> None:
     """The same clip gives the same bytes whatever the heap holds: x264's AVX-512 code read
-    uninitialised memory at 112 px and gave a different clip on most calls (pipeline.h264)."""
+    uninitialised memory at 112 px and gave a different clip on most calls (pipeline.media.h264)."""
     source = moving_pattern()
     first = encode_clip(source, "mp4", 8)
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ from omnilatent.errors import ConfigError
 from omnilatent.training import SyntheticMultimodalDataset, TrainConfig, Trainer
 from omnilatent.training.data import collate_multimodal
 from omnilatent.training.video_dataset import VideoWatchingDataset, collate_video_watching
-from pipeline.loader import to_tensors
+from pipeline.loader.samples import to_tensors
 from pipeline.tokenizer import BYTE_VOCAB_SIZE
 from tests.conftest import TINY
 

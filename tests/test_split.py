@@ -24,16 +24,18 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from pipeline.config import PrepareConfig
-from pipeline.discover import video_id
 from pipeline.errors import ConfigError
-from pipeline.inspect import open_target, summarize, verify
-from pipeline.loader import build_shard_loader
-from pipeline.manifest import read_manifest
-from pipeline.plan import Part, unit_name
-from pipeline.prepare import PrepareResult, RunOptions, prepare
-from pipeline.shards import shard_name, shard_split
-from pipeline.shardset import SHARD_GLOB, resolve_shards
-from pipeline.split import split_of, unit_interval
+from pipeline.inspect.summary import summarize
+from pipeline.inspect.target import open_target
+from pipeline.inspect.verify import verify
+from pipeline.loader.shard_loader import build_shard_loader
+from pipeline.media.discover import video_id
+from pipeline.prepare.plan import Part
+from pipeline.prepare.run import PrepareResult, RunOptions, prepare
+from pipeline.shards.files import shard_name, shard_split, unit_name
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.shardset import SHARD_GLOB, resolve_shards
+from pipeline.shards.split import split_of, unit_interval
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = PrepareConfig(clip_duration=1.0, clip_stride=1.0, fps=4, frame_size=32, image_size=64,
@@ -92,7 +94,7 @@ def test_split_is_a_stable_hash_threshold_that_depends_on_the_seed() -> None:
 
 def test_split_is_the_same_in_every_process() -> None:
     # Python's hash() of a str changes with PYTHONHASHSEED; the split must not.
-    code = ("from pipeline.split import split_of; "
+    code = ("from pipeline.shards.split import split_of; "
             "print(''.join(split_of(f'id{i}', 0.5, 7)[0] for i in range(64)))")
     outputs = {subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, text=True,
                               capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed}

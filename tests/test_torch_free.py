@@ -3,7 +3,7 @@
 torch takes seconds to import (2.3 s of a 2.8 s prepare of one 3 s video before issue 10) and
 memory in every worker. Each command runs for real in a subprocess whose interpreters (the
 CLI, the forkserver) load a `sitecustomize` that puts an import watcher first on `sys.meta_path`:
-it appends a line to a log for every attempt to import torch (and for `pipeline.sample`, to
+it appends a line to a log for every attempt to import torch (and for `pipeline.prepare.sample`, to
 prove it is active in the forkserver), and lets the import go on. Workers are forked from the
 forkserver and inherit the watcher, so an import anywhere in a worker's life is logged too;
 at exit, each interpreter that exits normally (the CLI) logs whether torch is in `sys.modules`.
@@ -37,7 +37,7 @@ def _log(line):
 
 class _ImportWatcher:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "torch" or name == "pipeline.sample":
+        if name.split(".")[0] == "torch" or name == "pipeline.prepare.sample":
             _log(f"import {name}")
         return None
 
@@ -75,7 +75,7 @@ def test_prepare_and_inspect_never_import_torch(tmp_path: Path) -> None:
     assert not [line for line in lines if " import torch" in line], lines
     # The watcher ran in the forkserver the worker was forked from (it preloads the sample
     # code), and the CLI process exited normally without torch.
-    assert any(line.endswith(" import pipeline.sample") for line in lines), lines
+    assert any(line.endswith(" import pipeline.prepare.sample") for line in lines), lines
     assert [line for line in lines if " exit " in line] != []
     assert all(line.endswith("torch-loaded=False") for line in lines if " exit " in line)
 
@@ -90,7 +90,7 @@ def test_prepare_and_inspect_never_import_torch(tmp_path: Path) -> None:
 
 def test_decoder_threads_are_validated() -> None:
     from pipeline.errors import ConfigError
-    from pipeline.prepare import RunOptions
+    from pipeline.prepare.run import RunOptions
 
     assert RunOptions(workers=2, threads=1).threads == 1
     with pytest.raises(ConfigError, match="threads must be >= 1"):

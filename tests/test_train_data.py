@@ -26,8 +26,8 @@ from omnilatent.training.rng import seed_everything
 from omnilatent.training.sources import model_sizes, shard_source
 from omnilatent.training.video_dataset import VideoWatchingDataset, video_watching_loader
 from pipeline.config import PrepareConfig
-from pipeline.prepare import RunOptions, prepare
-from pipeline.schema import expected_from_config
+from pipeline.prepare.run import RunOptions, prepare
+from pipeline.shards.schema import expected_from_config
 from pipeline.tokenizer import byte_detokenize, byte_tokenizer
 
 runner = CliRunner()

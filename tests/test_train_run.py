@@ -25,8 +25,8 @@ from omnilatent.training.run import (
 )
 from pipeline.config import PrepareConfig
 from pipeline.lock import FolderLock
-from pipeline.prepare import RunOptions, prepare
-from pipeline.schema import expected_from_config
+from pipeline.prepare.run import RunOptions, prepare
+from pipeline.shards.schema import expected_from_config
 
 TINY_MODEL = ModelOptions(hidden_dim=32, num_layers=1, num_heads=4)
 # sizes no default has, so a model with them can only have taken them from the manifest

@@ -31,7 +31,7 @@ from omnilatent.training.rng import seed_everything
 from omnilatent.training.run_log import WALL_CLOCK_FIELDS
 from omnilatent.training.tasks import PairSampler, task_name
 from omnilatent.training.trainer import TrainerCallbacks, lr_factor
-from pipeline.loader import LoaderStats
+from pipeline.loader.samples import LoaderStats
 from pipeline.lock import FolderInUseError, FolderLock
 from tests.conftest import TINY, TextOnEvenSamples
 

@@ -12,20 +12,21 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 
-from pipeline import ffmpeg_bin
-from pipeline import transcripts as transcripts_module
 from pipeline.errors import DecodeError, PipelineError, TranscriptError
-from pipeline.transcripts import (
-    MAX_WINDOW_TEXT_BYTES,
-    Cue,
-    Transcript,
+from pipeline.media import ffmpeg_bin, subtitles
+from pipeline.media.subtitles import (
     _is_text_codec,
     collapse_whitespace,
     extract_embedded,
     find_transcript,
     load_sidecar,
-    read_text_file,
     sidecar_path,
+)
+from pipeline.media.transcripts import (
+    MAX_WINDOW_TEXT_BYTES,
+    Cue,
+    Transcript,
+    read_text_file,
     text_for_window,
 )
 
@@ -262,11 +263,11 @@ def test_messages_name_files_relative_to_the_input_folder(
 ])
 def test_too_many_cues_raise_before_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             name: str, text: str) -> None:
-    monkeypatch.setattr(transcripts_module, "MAX_CUES", 3)
+    monkeypatch.setattr(subtitles, "MAX_CUES", 3)
     with pytest.raises(TranscriptError, match=rf"{name}: 4 cues, over the 3 a transcript may "
                                               rf"have; its text is dropped"):
         load_sidecar(write(tmp_path / name, text))
-    monkeypatch.setattr(transcripts_module, "MAX_CUES", 4)
+    monkeypatch.setattr(subtitles, "MAX_CUES", 4)
     assert len(load_sidecar(tmp_path / name).cues) == 4
 
 
@@ -275,7 +276,8 @@ def test_a_sidecar_of_short_words_takes_bounded_memory(tmp_path: Path) -> None:
     path = write(tmp_path / "v.txt", "ab " * 6_600_000)
     code = ("import sys\n"
             "from pathlib import Path\n"
-            "from pipeline.transcripts import load_sidecar, text_for_window\n"
+            "from pipeline.media.subtitles import load_sidecar\n"
+            "from pipeline.media.transcripts import text_for_window\n"
             "def peak():\n"
             "    for line in open('/proc/self/status'):\n"
             "        if line.startswith('VmHWM:'):\n"
@@ -314,7 +316,7 @@ def test_window_text_is_cut_at_a_character_boundary() -> None:
 def test_embedded_stream_over_the_size_limit_is_not_read(
     videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transcripts_module, "MAX_TRANSCRIPT_BYTES", 40)
+    monkeypatch.setattr(subtitles, "MAX_TRANSCRIPT_BYTES", 40)
     with pytest.raises(TranscriptError, match=r"subrip\.mkv \(subtitle stream 1\): over "
                                               r"4e-05 MB of subtitles"):
         extract_embedded(videos["srt"])

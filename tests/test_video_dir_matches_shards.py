@@ -14,9 +14,10 @@ from media import make_audio_only, make_video, read_samples
 
 from omnilatent.training.video_dataset import VideoWatchingDataset
 from pipeline.config import PrepareConfig
-from pipeline.ffmpeg_bin import ffmpeg_binary
-from pipeline.prepare import RunOptions, prepare
-from pipeline.schema import MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT, clip_member, decode_sample
+from pipeline.media.ffmpeg_bin import ffmpeg_binary
+from pipeline.prepare.run import RunOptions, prepare
+from pipeline.shards.decode import decode_sample
+from pipeline.shards.schema import MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT, clip_member
 
 WORDS = "one two three four five six seven eight"
 CONFIG = PrepareConfig(clip_duration=2.0, clip_stride=1.0, fps=4, frame_size=32,

@@ -42,12 +42,12 @@ from omnilatent.inference.text import TextCodec
 from omnilatent.model import OmniLatentModel
 from omnilatent.training.curriculum import TASK_NAMES, build_task
 from omnilatent.training.sources import check_data_fits_model
-from pipeline.loader import ShardLoader, build_shard_loader
-from pipeline.manifest import read_manifest
+from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.normalize import batch_to_device
-from pipeline.schema import MEL_SCALE
-from pipeline.shardset import ShardSet, resolve_shards
-from pipeline.split import EVAL, Split
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.schema import MEL_SCALE
+from pipeline.shards.shardset import ShardSet, resolve_shards
+from pipeline.shards.split import EVAL, Split
 
 RETRIEVAL_PAIRS = (("audio", "video"), ("video", "audio"), ("image", "audio"),
                    ("audio", "image"))

@@ -1,11 +1,11 @@
 """Turn one input (a video window, an audio file, a picture, text) into one output file.
 
-The input is read by `pipeline.media_in` (the prepare pipeline's decode, geometry and mel code,
+The input is read by `pipeline.generate.inputs` (prepare's decode, geometry and mel code,
 with the settings on the checkpoint's card) and batched by the loader's own functions; the
 output is mapped back from model units (`pipeline.normalize`) and written by
-`pipeline.media_out`: text as .txt, a picture as PNG/JPEG/WebP, sound as WAV (log-mel inverted
-by Griffin-Lim), a clip as MP4 or GIF at the training fps, each written whole or not at all (a
-symlink at the output name is replaced, not written through).
+`pipeline.generate.outputs`: text as .txt, a picture as PNG/JPEG/WebP, sound as WAV (log-mel
+inverted by Griffin-Lim), a clip as MP4 or GIF at the training fps, each written whole or not at
+all (a symlink at the output name is replaced, not written through).
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from omnilatent.errors import ConfigError
 from omnilatent.inference.card import MAX_TEXT_LEN
 from omnilatent.inference.trained import TrainedModel
 from omnilatent.training.sources import check_data_fits_model
-from pipeline.audio import mel_to_waveform
-from pipeline.media_in import (
+from pipeline.generate.inputs import (
     MODALITY_EXTENSIONS,
     SampleArrays,
     guess_modality,
@@ -33,15 +32,16 @@ from pipeline.media_in import (
     sample_arrays_batch,
     text_input,
 )
-from pipeline.media_out import (
+from pipeline.generate.outputs import (
     check_output_file,
     write_image,
     write_text,
     write_video,
     write_wav,
 )
+from pipeline.media.audio import mel_to_waveform
 from pipeline.normalize import model_to_mel, to_device_units, unit_to_pixels
-from pipeline.schema import expected_from_config
+from pipeline.shards.schema import expected_from_config
 
 OUTPUT_SUFFIXES = {
     "text": (".txt",),

@@ -73,7 +73,7 @@ from omnilatent.training.sources import (
 )
 from omnilatent.training.tensorboard import TensorBoardCallbacks
 from omnilatent.training.trainer import Trainer, TrainerCallbacks, TrainResult, resolve_device
-from pipeline.split import Split
+from pipeline.shards.split import Split
 from pipeline.tokenizer import (
     BYTE_VOCAB_SIZE,
     TokenizerFn,

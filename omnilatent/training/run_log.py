@@ -26,7 +26,7 @@ def dropped_share(counters: dict[str, int]) -> float:
 
 
 def loader_counters(loader: Any) -> dict[str, int] | None:
-    """The loader's `stats` (a `pipeline.loader.LoaderStats`) as DATA_COUNTERS, or None for a
+    """The loader's `stats` (a `pipeline.loader` `LoaderStats`) as DATA_COUNTERS, or None for a
     loader that keeps none."""
     stats = getattr(loader, "stats", None)
     if stats is None:

@@ -17,14 +17,13 @@ from omnilatent.errors import ConfigError
 from omnilatent.training.data import SyntheticMultimodalDataset, build_dataloader
 from omnilatent.training.distributed import SINGLE, DistributedContext, rank_loader
 from pipeline.config import PrepareConfig
-from pipeline.loader import build_shard_loader
-from pipeline.manifest import read_manifest
-from pipeline.outdir import MANIFEST_NAME
-from pipeline.schema import expected_from_config
-from pipeline.shardset import resolve_shards
+from pipeline.loader.shard_loader import build_shard_loader
+from pipeline.shards.manifest import MANIFEST_NAME, read_manifest
+from pipeline.shards.schema import expected_from_config
+from pipeline.shards.shardset import resolve_shards
 from pipeline.tokenizer import TokenizerFn
 
-# OmniLatentConfig field -> key of pipeline.schema.expected_from_config
+# OmniLatentConfig field -> key of pipeline.shards.schema.expected_from_config
 DATA_FIELDS = {
     "image_size": "image_size",
     "video_size": "frame_size",
@@ -67,7 +66,7 @@ def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
                  tokenizer: TokenizerFn, max_text_len: int,
                  shuffle_buffer: int = 1000, pin_memory: bool = False) -> DataSource:
     """The streaming loader over prepared shards (a folder, a tar, or a brace pattern); of a
-    folder, its train split only: its eval videos are held out (`pipeline.split`).
+    folder, its train split only: its eval videos are held out (`pipeline.shards.split`).
     `pin_memory`: True when the trainer's device is CUDA (see `build_shard_loader`)."""
     resolved = resolve_shards(shards, split="train")
     loader = build_shard_loader(shards, batch_size, tokenizer=tokenizer,

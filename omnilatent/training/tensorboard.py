@@ -18,8 +18,8 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from omnilatent.training.trainer import Trainer, TrainerCallbacks
-from pipeline.audio import mel_to_waveform
 from pipeline.config import PrepareConfig
+from pipeline.media.audio import mel_to_waveform
 from pipeline.normalize import model_to_mel
 
 FRAME_PADDING = 2  # pixels of white between the frames of a video's grid

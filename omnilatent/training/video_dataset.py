@@ -1,7 +1,7 @@
 """Train on a folder of raw videos without preparing shards first.
 
 Each video goes through exactly the functions `omni prepare` uses (probe, then
-`pipeline.sample.video_context` for the transcript and where untimed words go, windowing,
+`pipeline.prepare.sample.video_context` for the transcript and where untimed words go, windowing,
 log-mel, transcript alignment), and each sample becomes tensors through the shard loader's own
 `to_tensors` and `collate`, so a batch from here equals one from the prepared shards except for
 the JPEG/H.264 compression the shards add.
@@ -39,15 +39,15 @@ from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import ConfigError, OmniLatentError
 from omnilatent.training.data import epoch_generator
 from pipeline.config import PrepareConfig
-from pipeline.decode import iter_windows, probe, video_end
-from pipeline.discover import VideoSource, discover_videos
 from pipeline.errors import PipelineError
-from pipeline.loader import collate, to_tensors
-from pipeline.sample import VideoContext, sample_fields, video_context
-from pipeline.schema import MEMBER_IMAGE, MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT, clip_member
+from pipeline.loader.samples import collate, to_tensors
+from pipeline.media.decode import iter_windows, probe, video_end
+from pipeline.media.discover import VideoSource, discover_videos
+from pipeline.media.subtitles import sidecar_path
+from pipeline.media.windows import Window, window_count
+from pipeline.prepare.sample import VideoContext, sample_fields, video_context
+from pipeline.shards.schema import MEMBER_IMAGE, MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT, clip_member
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer
-from pipeline.transcripts import sidecar_path
-from pipeline.windows import Window, window_count
 
 collate_video_watching = collate
 """Batches in the shard loader's format and stored dtypes: video (B,3,T,H,W) and image uint8,
@@ -167,7 +167,7 @@ class VideoWatchingDataset(Dataset):
         """Window ``index`` of a video. Decoded with the stride set to that window's start,
         where it is window 1: the frame grid and the audio do not depend on the stride, so it
         is bit for bit the window the whole-video decode makes (as in
-        `pipeline.media_in.load_video_window`); decoding stops right after it."""
+        `pipeline.generate.inputs.load_video_window`); decoding stops right after it."""
         config = (replace(self.prepare, clip_stride=index * self.prepare.clip_stride) if index
                   else self.prepare)
         wanted = 1 if index else 0

@@ -16,28 +16,6 @@ per concern:
 Samples are grouped the way webdataset groups them (consecutive members sharing the name up to
 the first dot of the base name), so inspect sees exactly what the loader sees. It reads them
 the way the loader does too: as plain local tars, each member's declared size checked against
-`schema.member_cap` before it is read, media decoded by the same size-checking decoder, and of
-a prepared folder only the shards inside it (`pipeline.shards.listed_shard_path`).
+`member_cap` before it is read, media decoded by the same size-checking decoder, and of
+a prepared folder only the shards inside it (`pipeline.shards.files.listed_shard_path`).
 """
-
-from pipeline.inspect.export import (
-    ExportedSample,
-    SampleView,
-    colormap,
-    contact_sheet,
-    export_samples,
-    list_samples,
-    mel_image,
-)
-from pipeline.inspect.reader import ProgressFn, RawSample, ShardReadError, iter_raw_samples
-from pipeline.inspect.summary import MemberInfo, ShardEntry, Summary, summarize
-from pipeline.inspect.target import ShardExpectation, Target, VideoIssue, open_target
-from pipeline.inspect.verify import Problem, ShardReport, VerifyResult, verify, verify_shard
-
-__all__ = [
-    "ExportedSample", "MemberInfo", "Problem", "ProgressFn", "RawSample", "SampleView",
-    "ShardEntry", "ShardExpectation", "ShardReadError", "ShardReport", "Summary", "Target",
-    "VerifyResult", "VideoIssue", "colormap", "contact_sheet", "export_samples",
-    "iter_raw_samples", "list_samples", "mel_image", "open_target", "summarize", "verify",
-    "verify_shard",
-]

@@ -25,15 +25,14 @@ from pipeline.inspect.reader import (
     parse_meta,
 )
 from pipeline.inspect.target import Target
-from pipeline.schema import (
+from pipeline.shards.decode import CorruptMemberError, decode_sample
+from pipeline.shards.schema import (
     CLIP_PREFIX,
     MEMBER_IMAGE,
     MEMBER_JSON,
     MEMBER_MEL,
     MEMBER_TEXT,
-    CorruptMemberError,
     SampleMeta,
-    decode_sample,
 )
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")

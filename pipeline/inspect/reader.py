@@ -1,9 +1,9 @@
 """Reading a shard for `omni inspect`: its samples grouped as webdataset groups them, with the
 bytes of only the members a caller asks for (the rest are skipped by seeking).
 
-It reads the way the streaming loader (`pipeline.loader.tar_samples`) does: plain local tars,
-member names split by the same rule (`pipeline.shardset.split_member_name`), each member's
-declared size checked against `schema.member_cap` before it is read. It stays a reader of its
+It reads the way the streaming loader (`loader.samples.tar_samples`) does: plain local tars,
+member names split by the same rule (`pipeline.shards.shardset.split_member_name`), each member's
+declared size checked against `decode.member_cap` before it is read. It stays a reader of its
 own because its policy differs: the loader streams URLs, counts damage in its stats and drops
 what it cannot use, while inspect reads only some members, keeps every name (an odd member is
 a finding, not noise) and checks each tar's end-of-archive blocks; and the loader's module
@@ -20,16 +20,9 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.inspect.target import Target
-from pipeline.schema import (
-    MEMBER_JSON,
-    MEMBER_TEXT,
-    SCHEMA_MEMBERS,
-    CorruptMemberError,
-    SampleMeta,
-    decode_member,
-    oversized_member,
-)
-from pipeline.shardset import split_member_name
+from pipeline.shards.decode import CorruptMemberError, decode_member, oversized_member
+from pipeline.shards.schema import MEMBER_JSON, MEMBER_TEXT, SCHEMA_MEMBERS, SampleMeta
+from pipeline.shards.shardset import split_member_name
 
 _END_OF_ARCHIVE = 1024  # a tar ends with two zero 512-byte blocks
 META_MEMBERS = frozenset({MEMBER_JSON, MEMBER_TEXT})  # what the summary and listing read
@@ -72,7 +65,7 @@ class RawSample:
         return sorted({name for name in self.names if self.names.count(name) > 1})
 
     def for_decoding(self) -> dict[str, bytes | None]:
-        """The members as `schema.decode_sample` takes them: the bytes that were read, and
+        """The members as `decode.decode_sample` takes them: the bytes that were read, and
         every other member by name only (None), so that it is dropped undecoded."""
         return {name: self.members.get(name) for name in self.names}
 
@@ -81,7 +74,7 @@ def iter_raw_samples(path: str, read: Callable[[str], bool],
                      sample_format: dict[str, Any] | None = None) -> Iterator[RawSample]:
     """The samples of the shard at `path`, in order, with the bytes of the members `read` wants.
 
-    Only schema members are ever read, and only within `schema.member_cap` of `sample_format`
+    Only schema members are ever read, and only within `decode.member_cap` of `sample_format`
     (the shard set's sizes, when known); the rest are skipped by seeking, not read. Only plain
     tars are read: a compressed one is unreadable. Raises ShardReadError after
     the last complete sample when the tar cannot be read to its end, including a tar cut

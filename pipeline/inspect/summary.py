@@ -1,5 +1,5 @@
 """The default `omni inspect` view: shards, samples, footage, transcript coverage and audio
-share, in all and per split (train/eval, `pipeline.split`). It reads the ``json`` and ``txt``
+share, in all and per split (train/eval, `pipeline.shards.split`). It reads the ``json`` and ``txt``
 of every sample but seeks past the media members, so it costs a small fraction of a full
 read; the first few samples are decoded for member dtypes and shapes.
 """
@@ -21,8 +21,9 @@ from pipeline.inspect.reader import (
     parse_meta,
 )
 from pipeline.inspect.target import Target
-from pipeline.schema import SCHEMA_MEMBERS, CorruptMemberError, decode_sample
-from pipeline.split import SPLITS, TRAIN, Split
+from pipeline.shards.decode import CorruptMemberError, decode_sample
+from pipeline.shards.schema import SCHEMA_MEMBERS
+from pipeline.shards.split import SPLITS, TRAIN, Split
 
 PROBE_SAMPLES = 3  # samples decoded by `summarize` for member dtypes and shapes
 

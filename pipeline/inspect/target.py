@@ -13,22 +13,20 @@ from typing import Any
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError
-from pipeline.manifest import Manifest, Totals, read_manifest, split_totals
-from pipeline.outcome import FAILED, SKIPPED
-from pipeline.outdir import MANIFEST_NAME, OutputDir
-from pipeline.sample_format import expected_from_config
-from pipeline.shards import listed_shard_path, shard_split
-from pipeline.shardset import SHARD_GLOB, URL_SCHEME, resolve_shards, shards_on_disk
-from pipeline.split import TRAIN, Split
-
-
-@dataclass(frozen=True)
-class ShardExpectation:
-    """What the manifest (or a unit's stats file) recorded for one shard."""
-
-    samples: int
-    bytes: int
-    split: Split = TRAIN
+from pipeline.prepare.outdir import OutputDir
+from pipeline.shards.files import listed_shard_path, shard_split
+from pipeline.shards.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestShard,
+    Totals,
+    read_manifest,
+    split_totals,
+)
+from pipeline.shards.outcome import FAILED, SKIPPED
+from pipeline.shards.schema import expected_from_config
+from pipeline.shards.shardset import SHARD_GLOB, URL_SCHEME, resolve_shards, shards_on_disk
+from pipeline.shards.split import Split
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class Target:
     created: str | None = None
     config: dict[str, Any] | None = None  # PrepareConfig fields
     clip_encoding: str | None = None
-    expected: dict[str, ShardExpectation] = field(default_factory=dict)
+    expected: dict[str, ManifestShard] = field(default_factory=dict)
     totals: dict[str, Any] | None = None
     splits: dict[Split, dict[str, Any]] | None = None
     issues: list[VideoIssue] = field(default_factory=list)
@@ -133,8 +131,7 @@ def _from_manifest(folder: Path, manifest: Manifest) -> Target:
         path=str(folder), kind="directory", shards=[shard.path for shard in manifest.shards],
         manifest=str(manifest.path), created=manifest.created,
         config=manifest.config.to_dict(), clip_encoding=manifest.clip_encoding,
-        expected={shard.path: ShardExpectation(shard.samples, shard.bytes, shard.split)
-                  for shard in manifest.shards},
+        expected={shard.path: shard for shard in manifest.shards},
         totals=manifest.totals, splits=manifest.splits, issues=issues,
     )
     listed = set(target.shards)
@@ -165,9 +162,9 @@ def _from_stats(folder: Path) -> Target:
         configs.append(stats.fingerprint)
         source = out.stats_path(unit)
         target.expected.update({
-            listed_shard_path(folder, info.path, source): ShardExpectation(info.samples,
-                                                                           info.bytes, info.split)
-            for info in stats.shards})
+            shard.path: shard for shard in (
+                ManifestShard(listed_shard_path(folder, info.path, source), info.samples,
+                              info.bytes, info.split) for info in stats.shards)})
     recorded = (f"counts are checked against the stats files of {len(configs)} finished "
                 f"unit(s)" if configs else "there are no stats files either (shards copied "
                 "without them?), so there are no recorded counts to check against")

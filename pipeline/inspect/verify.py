@@ -1,6 +1,6 @@
-"""`omni inspect --verify`: every member of every sample decoded with `schema.decode_sample`
+"""`omni inspect --verify`: every member of every sample decoded with `decode.decode_sample`
 (nothing is ever unpickled; unknown or unsafe members are problems, never read) and checked
-with `schema.validate_sample` against the prepare config; sample counts and sizes against the
+with `validate.validate_sample` against the prepare config; sample counts and sizes against the
 manifest, shard by shard, per split and in total; keys duplicated anywhere in the set (both
 splits together: a video is in one split only); unreadable and truncated tars. Shards can be
 verified in parallel processes.
@@ -24,14 +24,9 @@ from pipeline.inspect.reader import (
     parse_meta,
 )
 from pipeline.inspect.target import Target
-from pipeline.processes import process_context
-from pipeline.schema import (
-    MEMBER_JSON,
-    CorruptMemberError,
-    decode_sample,
-    expected_from_meta,
-    validate_sample,
-)
+from pipeline.prepare.processes import process_context
+from pipeline.shards.decode import CorruptMemberError, decode_sample, validate_sample
+from pipeline.shards.schema import MEMBER_JSON, expected_from_meta
 
 PROBLEM_LIMIT = 100  # problems `verify` keeps in detail; the rest are only counted
 

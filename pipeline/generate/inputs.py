@@ -3,8 +3,8 @@
 A model only knows its inputs through the prepare pipeline, so every input goes through that
 pipeline's own code, never a look-alike:
 
-- **Video**: the window at `start` comes out of `pipeline.decode.iter_windows` (either
-  backend, `config.decoder`) and `pipeline.sample.sample_fields`: same frame grid, geometry,
+- **Video**: the window at `start` comes out of `pipeline.media.decode.iter_windows` (either
+  backend, `config.decoder`) and `pipeline.prepare.sample.sample_fields`: same frame grid, geometry,
   log-mel (or the silent one when the video has no audio) and transcript text.
 - **Audio file**: PyAV decodes it; the PyAV backend's `MonoResampler` and `AudioBuffer`
   downmix, resample and place it on the timeline as they do a video's sound; `log_mel`.
@@ -40,20 +40,18 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
-from pipeline.audio import log_mel
 from pipeline.config import PrepareConfig
-from pipeline.decode import iter_windows, probe
-from pipeline.decode_pyav import MonoResampler, scale_to_rgb
-from pipeline.discover import VIDEO_EXTENSIONS, VideoSource, video_id
 from pipeline.errors import DecodeError, MediaError
-from pipeline.frames import display_image, frame_size_problem, scaled_size
-from pipeline.loader import Batch, collate, sample_tensors
-from pipeline.probe_pyav import open_container, origin
-from pipeline.pyav_packets import decoded_frames
-from pipeline.sample import sample_fields, video_context
-from pipeline.tokenizer import TokenizerFn, byte_tokenizer
-from pipeline.transcripts import file_kind, read_text_file
-from pipeline.windows import (
+from pipeline.loader.samples import Batch, collate, sample_tensors
+from pipeline.media.audio import log_mel
+from pipeline.media.decode import iter_windows, probe
+from pipeline.media.decode_pyav import MonoResampler, scale_to_rgb
+from pipeline.media.discover import VIDEO_EXTENSIONS, VideoSource, video_id
+from pipeline.media.frames import display_image, frame_size_problem, scaled_size
+from pipeline.media.packets import decoded_frames
+from pipeline.media.probe import open_container, origin
+from pipeline.media.transcripts import file_kind, read_text_file
+from pipeline.media.windows import (
     AUDIO_HARD_COMPENSATION_S,
     END_TOLERANCE,
     AudioBuffer,
@@ -61,6 +59,8 @@ from pipeline.windows import (
     Window,
     grid_frames_within,
 )
+from pipeline.prepare.sample import sample_fields, video_context
+from pipeline.tokenizer import TokenizerFn, byte_tokenizer
 
 Modality = Literal["text", "audio", "image", "video"]
 MODALITY_EXTENSIONS: dict[Modality, frozenset[str]] = {

@@ -1,6 +1,6 @@
 """FFmpeg CLI decode backend: two ffmpeg processes stream raw frames and samples into pipes.
 
-Same rules as `pipeline.windows` describes, obtained from ffmpeg's filters:
+Same rules as `pipeline.media.windows` describes, obtained from ffmpeg's filters:
 
 - ``-copyts`` plus ``setpts=PTS-(start)/TB`` puts time 0 at the container start for every file
   type (without it ffmpeg re-bases MPEG-TS inputs on the streams it uses, so video and audio
@@ -17,9 +17,9 @@ Same rules as `pipeline.windows` describes, obtained from ffmpeg's filters:
   fail a run whose output receives no frame ("Nothing was written into output file") instead
   of writing an empty file.
 - ``-max_pixels``: libavcodec's guard against oversized frames, as the PyAV backend sets it
-  (`pipeline.probe_pyav.DECODER_GUARD`); the probe has checked the stated size already.
+  (`pipeline.media.probe.DECODER_GUARD`); the probe has checked the stated size already.
 - ``-noautorotate`` and a scale to `scaled_size` of the coded size, in rgb24, so that rotation,
-  mirror and crop happen in `pipeline.frames`, the same code the PyAV backend uses.
+  mirror and crop happen in `pipeline.media.frames`, the same code the PyAV backend uses.
 - Chroma siting: PyAV's libswscale assumes MPEG-style ("left") chroma for YUV and centred
   chroma only for the JPEG ``yuvj*`` formats; newer ffmpeg builds default to centred chroma.
   Telling ffmpeg ``in_chroma_loc=left`` for non-JPEG formats makes the two backends' frames
@@ -45,10 +45,10 @@ import numpy as np
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import DecodeError
-from pipeline.ffmpeg_bin import ffmpeg_binary, stderr_error_count, stderr_summary
-from pipeline.frames import SWS_INTERPOLATION, display_image, scaled_size
-from pipeline.probe_pyav import DECODER_GUARD, probe_pyav
-from pipeline.windows import END_TOLERANCE, DecodeStats, VideoInfo, Window, WindowAssembler
+from pipeline.media.ffmpeg_bin import ffmpeg_binary, stderr_error_count, stderr_summary
+from pipeline.media.frames import SWS_INTERPOLATION, display_image, scaled_size
+from pipeline.media.probe import DECODER_GUARD, probe_pyav
+from pipeline.media.windows import END_TOLERANCE, DecodeStats, VideoInfo, Window, WindowAssembler
 
 AUDIO_CHUNK_SECONDS = 0.5
 _COUNT_BYTES = 1  # one 1x1 gray pixel per grid slot in the counting branch
@@ -178,7 +178,7 @@ class _AudioPipe:
 def iter_windows_ffmpeg(
     path: Path, config: PrepareConfig, stats: DecodeStats, threads: int = 0
 ) -> Iterator[Window]:
-    """`pipeline.decode.iter_windows` with the ffmpeg CLI (see the module docstring)."""
+    """`pipeline.media.decode.iter_windows` with the ffmpeg CLI (see the module docstring)."""
     info = probe_pyav(path)
     with tempfile.TemporaryDirectory(prefix="omni-decode-") as tmp:
         workdir = Path(tmp)

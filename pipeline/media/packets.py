@@ -16,7 +16,7 @@ import av.logging
 from av.container import InputContainer
 from av.video.stream import VideoStream
 
-from pipeline.windows import TIME_EPS, DecodeStats
+from pipeline.media.windows import TIME_EPS, DecodeStats
 
 # Video packets read ahead of the decoder, so that `FrameSkipper` sees the frames that follow
 # a packet on screen (B-frames come after them in the file). 16 is H.264's largest reorder
@@ -67,7 +67,7 @@ class FrameSkipper:
     """Lets the H.264 decoder drop the frames that no grid time shows, when nothing needs them.
 
     A frame at time t is on screen at grid time g_k when it is the last frame with time <=
-    g_k + TIME_EPS (see `pipeline.windows`). If another frame has a time in (t, g + TIME_EPS],
+    g_k + TIME_EPS (see `pipeline.media.windows`). If another frame has a time in (t, g + TIME_EPS],
     g the first grid time that t is on screen at, that frame replaces it before the grid gets
     there, and no grid time shows it. Converting only grid frames does not save its decoding:
     later frames may be predicted from it. But a non-reference frame (nal_ref_idc 0: most

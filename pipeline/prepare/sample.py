@@ -1,6 +1,6 @@
 """Assemble one shard sample from a decoded window, its video's facts and its transcript.
 
-This is the only place that decides what goes into a sample's members; `pipeline.schema` then
+This is the only place that decides what goes into a sample's members; `pipeline.shards` then
 checks and encodes them. Choices made here:
 
 - **Audio.** A video with an audio stream gets `log_mel` of its window (silence where the
@@ -12,7 +12,7 @@ checks and encodes them. Choices made here:
   duration; see `video_context`), with `transcript_timed: false`. A video whose untimed
   transcript cannot be placed because neither is known gets no text (see
   `VideoContext.for_video`). A window's text is cut to
-  `pipeline.transcripts.MAX_WINDOW_TEXT_BYTES` (`SampleFields.text_cut`).
+  `pipeline.media.transcripts.MAX_WINDOW_TEXT_BYTES` (`SampleFields.text_cut`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.audio import log_mel, silent_log_mel
 from pipeline.config import PrepareConfig
-from pipeline.decode import video_end
-from pipeline.discover import VideoSource
 from pipeline.errors import PipelineError
-from pipeline.schema import DEFAULT_CLIP_ENCODING, SampleMeta, encode_sample
-from pipeline.transcripts import Transcript, WindowText, find_transcript, text_for_window
-from pipeline.windows import VideoInfo, Window
+from pipeline.media.audio import log_mel, silent_log_mel
+from pipeline.media.decode import video_end
+from pipeline.media.discover import VideoSource
+from pipeline.media.subtitles import find_transcript
+from pipeline.media.transcripts import Transcript, WindowText, text_for_window
+from pipeline.media.windows import VideoInfo, Window
+from pipeline.shards.encode import encode_sample
+from pipeline.shards.schema import DEFAULT_CLIP_ENCODING, SampleMeta
 
 NO_TRANSCRIPT = Transcript([], "none", timed=True)
 
@@ -160,7 +162,7 @@ def sample_fields(window: Window, context: VideoContext, config: PrepareConfig) 
 
 def encode_fields(fields: SampleFields, config: PrepareConfig,
                   clip_encoding: str = DEFAULT_CLIP_ENCODING) -> dict[str, str | bytes]:
-    """The webdataset members of one window's fields: `pipeline.schema.encode_sample`'s
+    """The webdataset members of one window's fields: `pipeline.shards.encode.encode_sample`'s
     output. Raises ValueError (from the schema's checks) if they do not match `config`."""
     return encode_sample(fields.key, fields.meta, fields.mel, fields.image, fields.frames,
                          fields.text, config, clip_encoding)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.discover import VideoSource
 from pipeline.errors import ConfigError
+from pipeline.media.discover import VideoSource
+from pipeline.shards.files import unit_name
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,6 @@ class WorkUnit:
     @property
     def rel_paths(self) -> list[str]:
         return [source.rel_path for source in self.sources]
-
-
-def unit_name(index: int) -> str:
-    """Zero-padded so that names sort in unit order (6 digits: a million units)."""
-    return f"unit-{index:06d}"
 
 
 def plan_units(sources: list[VideoSource], videos_per_unit: int) -> list[WorkUnit]:

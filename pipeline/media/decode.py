@@ -1,7 +1,7 @@
 """Decode one video into a stream of clip windows: the backend-neutral interface, which
-dispatches to the backend `config.decoder` names (`pipeline.decode_pyav`,
-`pipeline.decode_ffmpeg`). Both probe with PyAV (`pipeline.probe_pyav`); the timing rules they
-follow and the types they return are in `pipeline.windows`.
+dispatches to the backend `config.decoder` names (`pipeline.media.decode_pyav`,
+`pipeline.media.decode_ffmpeg`). Both probe with PyAV (`media.probe`); the timing rules they
+follow and the types they return are in `pipeline.media.windows`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.config import PrepareConfig
-from pipeline.windows import DecodeStats, VideoInfo, Window, window_count
-
-# What callers use from here: the dispatchers, and the window types and counts they return
-# and plan with (their home is `pipeline.windows`).
-__all__ = ["DecodeStats", "VideoInfo", "Window", "iter_windows", "probe", "video_end",
-           "window_count"]
+from pipeline.media.windows import DecodeStats, VideoInfo, Window
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
@@ -26,15 +21,15 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     whatever the prepare config. Raises `DecodeError` when the file cannot be opened or has no
     video stream. Messages never repeat the path: the caller records it.
     """
-    from pipeline.probe_pyav import probe_pyav
+    from pipeline.media.probe import probe_pyav
 
     return probe_pyav(Path(path))
 
 
 def video_end(path: str | os.PathLike[str]) -> float | None:
     """Seconds from the origin to the end of the last video packet (demux only, no decoding);
-    None when the file states no video timestamps. See `probe_pyav.video_end_pyav`."""
-    from pipeline.probe_pyav import video_end_pyav
+    None when the file states no video timestamps. See `probe.video_end_pyav`."""
+    from pipeline.media.probe import video_end_pyav
 
     return video_end_pyav(Path(path))
 
@@ -54,9 +49,9 @@ def iter_windows(
     """
     stats = stats if stats is not None else DecodeStats()
     if config.decoder == "ffmpeg":
-        from pipeline.decode_ffmpeg import iter_windows_ffmpeg
+        from pipeline.media.decode_ffmpeg import iter_windows_ffmpeg
 
         return iter_windows_ffmpeg(Path(path), config, stats, threads)
-    from pipeline.decode_pyav import iter_windows_pyav
+    from pipeline.media.decode_pyav import iter_windows_pyav
 
     return iter_windows_pyav(Path(path), config, stats, threads)

@@ -22,10 +22,10 @@ the sample counts and the `PrepareConfig` from it:
 ```
 Shard paths are relative to the folder (POSIX), so a prepared folder can be moved or copied.
 A reader accepts nothing else: an entry must be ``shards/<name>.tar`` and resolve to a file
-in the folder's ``shards/`` directory (`pipeline.shards.listed_shard_path`), since whoever
+in the folder's ``shards/`` directory (`pipeline.shards.files.listed_shard_path`), since whoever
 wrote the file would otherwise choose what a loader opens (``/etc/passwd``, ``../other.tar``)
 or runs (webdataset opens ``pipe:cmd`` through a shell).
-`totals` counts every video; `splits` counts each video in its split (`pipeline.split`; a
+`totals` counts every video; `splits` counts each video in its split (`pipeline.shards.split`; a
 failed or skipped video too, though it has no samples), so the two splits add up to `totals`.
 A manifest written before splits existed has neither `split` nor `splits` nor `eval_fraction`:
 it reads as all train (`eval_fraction` 0).
@@ -34,17 +34,17 @@ it reads as all train (`eval_fraction` 0).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.errors import ConfigError
-from pipeline.outcome import FAILED, PREPARED, SKIPPED, VideoOutcome
-from pipeline.outdir import MANIFEST_NAME, Fingerprint, OutputDir, UnitStats, write_json_atomic
-from pipeline.shards import ShardInfo, listed_shard_path
-from pipeline.split import EVAL, SPLITS, TRAIN, Split, parse_split
+from pipeline.shards.files import ShardInfo, listed_shard_path
+from pipeline.shards.outcome import FAILED, PREPARED, SKIPPED, VideoOutcome
+from pipeline.shards.split import EVAL, SPLITS, TRAIN, Split, parse_split
+
+MANIFEST_NAME = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -86,38 +86,6 @@ def split_totals(videos: list[VideoOutcome], shards: list[ShardInfo]) -> dict[Sp
                              sum(shard.split == split for shard in shards),
                              sum(shard.bytes for shard in shards if shard.split == split))
             for split in SPLITS}
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def build_manifest(fingerprint: Fingerprint, units: list[UnitStats]) -> dict[str, Any]:
-    """The manifest of a folder whose done units are `units` (all of them, in unit order)."""
-    videos = [video for unit in units for video in unit.videos]
-    infos = [shard for unit in units for shard in unit.shards]
-    return {
-        **fingerprint.to_dict(),
-        "created": utc_now(),
-        "units": len(units),
-        "shards": [{**shard.to_dict(), "unit": unit.unit} for unit in units
-                   for shard in unit.shards],
-        "totals": Totals.of(videos, len(infos), sum(shard.bytes for shard in infos)).to_dict(),
-        "splits": {split: totals.to_dict()
-                   for split, totals in split_totals(videos, infos).items()},
-        "failures": [{"source": v.source, "reason": v.reason} for v in videos
-                     if v.status == FAILED],
-        "skipped": [{"source": v.source, "reason": v.reason} for v in videos
-                    if v.status == SKIPPED],
-        "warnings": [{"source": v.source, "warning": warning} for v in videos
-                     for warning in v.warnings],
-    }
-
-
-def write_manifest(out: OutputDir, fingerprint: Fingerprint, units: list[UnitStats]) -> Path:
-    """Write `manifest.json` for the done `units` and return its path."""
-    write_json_atomic(out.manifest, build_manifest(fingerprint, units))
-    return out.manifest
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import PrepareConfig
-from pipeline.frames import clip_frame
+from pipeline.media.frames import clip_frame
 
 # Frames whose time is within this of a grid time count as on screen at it.
 TIME_EPS = 1e-6
@@ -154,7 +154,7 @@ class AudioBuffer:
     """Mono samples from absolute index `base` on; everything before `base` is forgotten.
 
     Places decoded chunks on the timeline by the rules in the module docstring; the windows
-    of a video and an audio file given to `omni generate` (`pipeline.media_in`) both use it.
+    of a video and an audio file given to `omni generate` (`pipeline.generate.inputs`) both use it.
     `end` is where the signal received so far ends, so that the next chunk is placed against
     it; samples forgotten ahead of it (a gap between windows) are dropped as they arrive.
     """

@@ -8,11 +8,11 @@ The stages, in order (`prepare`):
 3. refuse to mix configurations: every stats file already in the output must carry the same
    `Fingerprint`, unless `overwrite` (which deletes the outputs of the units this run owns:
    the whole folder for a run without `--part`);
-4. for the units of this `--part`: skip the done ones (see `pipeline.outdir`), clear every
+4. for the units of this `--part`: skip the done ones (see `pipeline.prepare.outdir`), clear every
    trace of the others (stale temporary files, shards of an interrupted commit);
-5. prepare the remaining videos, each in its own worker process (`pipeline.worker`), up to
+5. prepare the remaining videos, each in its own worker process (`pipeline.prepare.worker`), up to
    `workers` at once; commit a unit (shards renamed into place, then its stats file) as soon as
-   its last video is finished; the samples of its eval-split videos (`pipeline.split`) go to
+   its last video is finished; the samples of its eval-split videos (`pipeline.shards.split`) go to
    shards of their own;
 6. write `manifest.json` if every unit of the plan is now done (other parts included).
 
@@ -27,7 +27,7 @@ Decisions:
   the video is prepared without text (`transcript_source: "none"`).
 - Untimed `.txt` transcripts: words spread evenly over the picture's duration (the end of
   its last video packet; the container's stated duration only when no packet is timed;
-  `pipeline.sample.video_context`, `pipeline.transcripts.text_for_window`),
+  `pipeline.prepare.sample.video_context`, `pipeline.media.transcripts.text_for_window`),
   `transcript_timed: false`.
 - Writing fails (disk full, quota, read-only): the unit being written is not committed, its
   temporary files are removed, and `prepare` raises `OutputError`; units committed before are
@@ -59,18 +59,18 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PrepareConfig
-from pipeline.discover import VIDEO_EXTENSIONS, VideoSource, discover_videos
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.lock import FolderLock
-from pipeline.manifest import Totals, split_totals, utc_now, write_manifest
-from pipeline.members import CLIP_ENCODINGS, DEFAULT_CLIP_ENCODING
-from pipeline.outcome import FAILED, OutputError, VideoOutcome
-from pipeline.outdir import Fingerprint, OutputDir, UnitStats
-from pipeline.plan import Part, WorkUnit, plan_units, select_part, unit_name
-from pipeline.shards import PartFile, ShardInfo, write_unit_shards
-from pipeline.split import SPLITS, Split, split_of
-from pipeline.video_job import VideoTask, fault_from_env
-from pipeline.worker import RunningVideo, VideoRunner, start_forkserver
+from pipeline.media.discover import VIDEO_EXTENSIONS, VideoSource, discover_videos
+from pipeline.prepare.outdir import Fingerprint, OutputDir, UnitStats, utc_now, write_manifest
+from pipeline.prepare.plan import Part, WorkUnit, plan_units, select_part
+from pipeline.prepare.video_job import VideoTask
+from pipeline.prepare.worker import RunningVideo, VideoRunner, start_forkserver
+from pipeline.shards.files import PartFile, ShardInfo, unit_name, write_unit_shards
+from pipeline.shards.manifest import Totals, split_totals
+from pipeline.shards.outcome import FAILED, OutputError, VideoOutcome
+from pipeline.shards.schema import CLIP_ENCODINGS, DEFAULT_CLIP_ENCODING
+from pipeline.shards.split import SPLITS, Split, split_of
 
 # How long the orchestrator sleeps between looks at its workers when nothing happens.
 POLL_INTERVAL_S = 0.25
@@ -104,7 +104,7 @@ class RunOptions:
     reruns into the same folder.
 
     `timeout_factor` and `timeout_min_s` set each video's time limit:
-    `max(timeout_min_s, timeout_factor * duration)` (see `pipeline.worker.time_limit`).
+    `max(timeout_min_s, timeout_factor * duration)` (see `pipeline.prepare.worker.time_limit`).
     """
 
     workers: int = field(default_factory=default_workers)
@@ -114,7 +114,7 @@ class RunOptions:
     timeout_min_s: float = 60.0
     clip_encoding: str = DEFAULT_CLIP_ENCODING
     # Video decoder threads per worker; None: `decoder_threads(workers)`. With one, a worker
-    # also encodes on that thread (`pipeline.video_job._InlineEncoder`), so it never uses an idle
+    # also encodes on that thread (`video_job._InlineEncoder`), so it never uses an idle
     # core and a run's speed-up with workers is the scaling alone.
     threads: int | None = None
 
@@ -203,7 +203,7 @@ class PrepareResult:
 
     @property
     def splits(self) -> dict[Split, Totals]:
-        """`totals` per split (see `pipeline.manifest.split_totals`)."""
+        """`totals` per split (see `pipeline.shards.manifest.split_totals`)."""
         return split_totals(self.videos, self.shards)
 
     @property
@@ -295,7 +295,6 @@ class _Run:
 
     def run(self, units: list[WorkUnit]) -> dict[int, UnitStats]:
         token = secrets.token_hex(4)  # part files of an earlier, killed run never collide
-        fault = fault_from_env()
         threads = self.options.threads or decoder_threads(self.options.workers)
         tasks: deque[VideoTask] = deque()
         slots: dict[str, tuple[int, int]] = {}  # rel_path -> (unit, position)
@@ -310,7 +309,7 @@ class _Run:
                 split = split_of(source.video_id, self.config.eval_fraction,
                                  self.config.split_seed)
                 tasks.append(VideoTask(source, part_path, self.config,
-                                       self.options.clip_encoding, fault, threads, split))
+                                       self.options.clip_encoding, threads, split))
         try:
             self._loop(tasks, slots, outcomes, by_index)
         except BaseException:

@@ -1,10 +1,10 @@
 """One video's job in `omni prepare`: probe it, read its transcript, decode its windows and
 write every sample to its part file, then say what happened (`prepare_video`). It runs inside
-a worker process (`pipeline.worker`, which owns the processes, time limits and kills), or
+a worker process (`pipeline.prepare.worker`, which owns the processes, time limits and kills), or
 directly in tests.
 
 **Samples never cross a pipe.** The job writes its video's samples itself, to a part file
-(`pipeline.shards.PartWriter`); the parent later copies byte ranges of finished part files into
+(`shards.files.PartWriter`); the parent later copies byte ranges of finished part files into
 shards. Samples (~70 KB each with mp4 clips at the defaults, ~660 KB with raw npy) would
 otherwise be pickled, piped and unpickled once more each; with files, memory stays bounded by a
 few windows per worker whatever the video's length, the parent stays idle while workers
@@ -14,27 +14,20 @@ decoder has several threads, a second thread encodes and writes samples while th
 decodes (`_EncodeThread`); a worker with one decoder thread (a worker per CPU) does everything
 on that one thread (`_InlineEncoder`): no core is idle for a second thread to use.
 
-**Memory.** A worker may reserve `memory_limit` bytes of address space (`pipeline.worker` sets
+**Memory.** A worker may reserve `memory_limit` bytes of address space (`prepare.worker` sets
 it as RLIMIT_AS, which its ffmpeg processes inherit): a file that needs more fails alone, with
 "out of memory", instead of taking the machine. It is address space, not resident memory, since
 that is what the kernel can bound without cgroups: glibc reserves 64 MB for each thread's malloc
 arena and 8 MB for its stack, so a 320x240 video reserves 0.4 GB with one decoder thread and
 1.4 GB with 17 while using under 0.1 GB; an 8K H.264 video (frames of MAX_FRAME_BYTES are
-refused before that, `pipeline.probe_pyav`) reserves 3.0 GB. Hence a base plus a share per
+refused before that, `pipeline.media.probe`) reserves 3.0 GB. Hence a base plus a share per
 decoder thread.
-
-**Test-only fault injection.** `OMNI_TEST_FAULT="crash:<s>,hang:<s>,raise:<s>,memory:<s>"` makes
-the job of every video whose path contains ``<s>`` kill its process with SIGSEGV, sleep forever,
-raise, or reserve twice its `memory_limit` (never touched, so it costs no memory without the
-limit), right after probing. It exists so tests can prove the isolation with real crashes and
-hangs; the parent reads it when it builds tasks (`fault_from_env`) and passes it to the job.
 """
 
 from __future__ import annotations
 
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -43,25 +36,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import PrepareConfig
-from pipeline.discover import VideoSource
-from pipeline.errors import DecodeError, PipelineError
-from pipeline.members import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
-from pipeline.outcome import FAILED, PREPARED, SKIPPED, OutputError, VideoOutcome
-from pipeline.shards import PartFile, PartWriter
-from pipeline.split import TRAIN, Split
+from pipeline.errors import DecodeError
+from pipeline.media.discover import VideoSource
+from pipeline.shards.files import PartFile, PartWriter
+from pipeline.shards.outcome import FAILED, PREPARED, SKIPPED, OutputError, VideoOutcome
+from pipeline.shards.schema import DEFAULT_CLIP_ENCODING, MEMBER_TEXT
+from pipeline.shards.split import TRAIN, Split
 
-# PyAV, numpy, PIL and the modules built on them (`pipeline.decode`, `pipeline.sample`, the
+# PyAV, numpy, PIL and the modules built on them (`media.decode`, `prepare.sample`, the
 # schema's encoders, the transcript parsers) are imported by the functions that use them, when
 # they run: the parent of `omni prepare`, which imports this module for `VideoTask`, starts
-# without them (~0.5 s less); the forkserver preloads them (`pipeline.worker`), so the workers
+# without them (~0.5 s less); the forkserver preloads them (`prepare.worker`), so the workers
 # forked from it find them loaded. Neither side imports torch (seconds of start-up):
 # tests/test_torch_free.py checks both.
 if TYPE_CHECKING:
-    from pipeline.sample import VideoContext
-    from pipeline.windows import DecodeStats, Window
+    from pipeline.media.windows import DecodeStats, Window
+    from pipeline.prepare.sample import VideoContext
 
-FAULT_ENV = "OMNI_TEST_FAULT"
-FAULT_KINDS = ("crash", "hang", "raise", "memory")
 # Progress messages per worker are throttled to this interval.
 PROGRESS_INTERVAL_S = 0.25
 
@@ -83,11 +74,10 @@ class VideoTask:
     part_path: Path
     config: PrepareConfig
     clip_encoding: str = DEFAULT_CLIP_ENCODING
-    fault: str | None = None  # test-only: see the module docstring
     # Video decoder threads, 0: the decoder's choice; 1 also encodes in line (one thread in
     # all). Never changes the samples.
     threads: int = 0
-    split: Split = TRAIN  # decided by the parent (`pipeline.split`), recorded in the outcome
+    split: Split = TRAIN  # decided by the parent (`pipeline.shards.split`), recorded in the outcome
 
 
 def memory_limit(threads: int) -> int:
@@ -97,36 +87,6 @@ def memory_limit(threads: int) -> int:
     return MEMORY_BASE_BYTES + threads * MEMORY_PER_THREAD_BYTES
 
 
-def fault_from_env() -> str | None:
-    """The test-only fault specification, validated, or None when the variable is unset."""
-    spec = os.environ.get(FAULT_ENV) or None
-    if spec is not None:
-        for item in spec.split(","):
-            kind, _, needle = item.partition(":")
-            if kind not in FAULT_KINDS or not needle:
-                raise PipelineError(f"{FAULT_ENV} must be comma-separated KIND:SUBSTRING with "
-                                    f"KIND in {', '.join(FAULT_KINDS)}; got {item!r}")
-    return spec
-
-
-def _inject_fault(spec: str | None, path: Path, threads: int) -> None:
-    for item in (spec or "").split(","):
-        kind, _, needle = item.partition(":")
-        if not needle or needle not in str(path):
-            continue
-        if kind == "crash":
-            os.kill(os.getpid(), signal.SIGSEGV)
-        elif kind == "hang":
-            while True:
-                time.sleep(3600)
-        elif kind == "raise":
-            raise RuntimeError(f"fault injected by {FAULT_ENV}")
-        elif kind == "memory":
-            import numpy as np
-
-            np.empty(2 * memory_limit(threads), dtype=np.uint8)
-
-
 def _audio_only(path: Path) -> bool:
     """Whether the file opens and has audio but no real video stream (cover art aside).
 
@@ -134,7 +94,7 @@ def _audio_only(path: Path) -> bool:
     on files the probe refused, an oversized picture among them."""
     import av
 
-    from pipeline.probe_pyav import open_container
+    from pipeline.media.probe import open_container
 
     attached_pic = int(av.stream.Disposition.attached_pic)
     try:
@@ -209,7 +169,7 @@ class _EncodeThread:
         self._thread.start()
 
     def _run(self) -> None:
-        from pipeline.sample import encode_fields, sample_fields
+        from pipeline.prepare.sample import encode_fields, sample_fields
 
         while (window := self._queue.get()) is not None:
             if self._error is not None:
@@ -242,7 +202,7 @@ class _InlineEncoder:
     single-threaded worker then measures the per-worker work, which workers scale)."""
 
     def __init__(self, writer: _Writer, context: VideoContext, config: PrepareConfig) -> None:
-        from pipeline.sample import encode_fields, sample_fields
+        from pipeline.prepare.sample import encode_fields, sample_fields
 
         self._encode_fields, self._sample_fields = encode_fields, sample_fields
         self._writer = writer
@@ -268,7 +228,7 @@ def _decode_and_write(task: VideoTask, context: VideoContext, stats: DecodeStats
     if any (the windows before it are written). Other errors propagate."""
     encoder = (_InlineEncoder if task.threads == 1 else _EncodeThread)(
         writer, context, task.config)
-    from pipeline.decode import iter_windows
+    from pipeline.media.decode import iter_windows
 
     decode_error = None
     last_sent = time.monotonic()
@@ -325,10 +285,10 @@ def _limit_note() -> str:
 
 def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
              outcome: VideoOutcome) -> None:
-    from pipeline.decode import probe
-    from pipeline.sample import video_context
-    from pipeline.transcripts import MAX_WINDOW_TEXT_BYTES
-    from pipeline.windows import DecodeStats
+    from pipeline.media.decode import probe
+    from pipeline.media.transcripts import MAX_WINDOW_TEXT_BYTES
+    from pipeline.media.windows import DecodeStats
+    from pipeline.prepare.sample import video_context
 
     source, config = task.source, task.config
     if source.refused is not None:
@@ -351,7 +311,6 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
     outcome.transcript_error = probed.transcript_error
     outcome.transcript_source = context.transcript.source
     outcome.transcript_timed = context.transcript.timed
-    _inject_fault(task.fault, source.path, task.threads)
 
     stats = DecodeStats()
     writer = _Writer(task.part_path)

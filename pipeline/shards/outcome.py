@@ -2,7 +2,7 @@
 orchestrator, the output folder's stats files, the manifest, `omni inspect` and the CLI read.
 
 Light on purpose (no decoder, no numpy): every module that only records or reads outcomes
-imports it, so `pipeline.manifest` and `pipeline.shardset` stay quick to import.
+imports it, so `pipeline.shards.manifest` and `pipeline.shards.shardset` stay quick to import.
 
 **Outcome of a video** (`VideoOutcome.status`):
 
@@ -15,7 +15,7 @@ imports it, so `pipeline.manifest` and `pipeline.shardset` stay quick to import.
 - ``failed``: unreadable (zero bytes, not media, an MP4 cut before its index was written, no
   decodable frame, no complete clip before the decoder gave up, or cut short before the
   first clip ends while the container states a longer duration), frames too large to decode
-  (`pipeline.frames.MAX_FRAME_BYTES`), crashed ("worker crashed with SIGSEGV"), timed out
+  (`pipeline.media.frames.MAX_FRAME_BYTES`), crashed ("worker crashed with SIGSEGV"), timed out
   ("timed out after 60 s"), out of memory ("out of memory (a prepare worker may reserve ...)")
   or raised ("<ExceptionType>: message").
 
@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pipeline.errors import PipelineError
-from pipeline.shards import PartFile
-from pipeline.split import TRAIN, Split
+from pipeline.shards.files import PartFile
+from pipeline.shards.split import TRAIN, Split
 
 Status = Literal["prepared", "failed", "skipped"]
 PREPARED: Status = "prepared"

@@ -19,7 +19,7 @@ SWS_INTERPOLATION = "bilinear"
 # MB at 8 bits). Decoders keep several frames and convert them, so a file's memory is a few
 # times this: the cap keeps one file from taking gigabytes, whatever its size on disk (a 2 kB
 # stream may state 16000x16000). Checked from the size and pixel format the container states,
-# before any frame is decoded (`pipeline.probe_pyav.check_frame_size`, `pipeline.media_in`).
+# before any frame is decoded (`pipeline.media.probe.check_frame_size`, `pipeline.generate.inputs`).
 MAX_FRAME_BYTES = 200_000_000
 
 

@@ -3,7 +3,7 @@
 ```
 OUT_DIR/
   shards/unit-000012-000000.tar        finished shards (temporary ones end in ".tar.tmp")
-  shards/unit-000012-eval-000000.tar   those of its eval-split videos (`pipeline.split`)
+  shards/unit-000012-eval-000000.tar   those of its eval-split videos (`pipeline.shards.split`)
   stats/unit-000012.json               commit marker of unit 12, written last
   tmp/unit-000012/                     part files of unit 12 while it is being prepared
   tmp/part-2-of-8/.omni.lock           the lock of a `--part 2/8` run (`pipeline.lock`)
@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,21 @@ from typing import Any
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.lock import LOCK_NAME
-from pipeline.outcome import VideoOutcome
-from pipeline.plan import Part, WorkUnit, unit_name
-from pipeline.shards import SHARD_DIR, TMP_SUFFIX, ShardInfo, listed_shard_path, unit_shard_paths
-from pipeline.split import TRAIN, parse_split
+from pipeline.prepare.plan import Part, WorkUnit
+from pipeline.shards.files import (
+    SHARD_DIR,
+    TMP_SUFFIX,
+    ShardInfo,
+    listed_shard_path,
+    unit_name,
+    unit_shard_paths,
+)
+from pipeline.shards.manifest import MANIFEST_NAME, Totals, split_totals
+from pipeline.shards.outcome import FAILED, SKIPPED, VideoOutcome
+from pipeline.shards.split import TRAIN, parse_split
 
 STATS_DIR = "stats"
 TMP_DIR = "tmp"
-MANIFEST_NAME = "manifest.json"
 # Config fields added after folders were prepared without them, and the value a stats file
 # that lacks one counts as. Runs before `follow_symlinks` read every symlink, but their units
 # differ from a run's that does not only where a link leaves the input folder: resuming such
@@ -250,3 +258,35 @@ class OutputDir:
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def build_manifest(fingerprint: Fingerprint, units: list[UnitStats]) -> dict[str, Any]:
+    """The manifest of a folder whose done units are `units` (all of them, in unit order)."""
+    videos = [video for unit in units for video in unit.videos]
+    infos = [shard for unit in units for shard in unit.shards]
+    return {
+        **fingerprint.to_dict(),
+        "created": utc_now(),
+        "units": len(units),
+        "shards": [{**shard.to_dict(), "unit": unit.unit} for unit in units
+                   for shard in unit.shards],
+        "totals": Totals.of(videos, len(infos), sum(shard.bytes for shard in infos)).to_dict(),
+        "splits": {split: totals.to_dict()
+                   for split, totals in split_totals(videos, infos).items()},
+        "failures": [{"source": v.source, "reason": v.reason} for v in videos
+                     if v.status == FAILED],
+        "skipped": [{"source": v.source, "reason": v.reason} for v in videos
+                    if v.status == SKIPPED],
+        "warnings": [{"source": v.source, "warning": warning} for v in videos
+                     for warning in v.warnings],
+    }
+
+
+def write_manifest(out: OutputDir, fingerprint: Fingerprint, units: list[UnitStats]) -> Path:
+    """Write `manifest.json` for the done `units` and return its path."""
+    write_json_atomic(out.manifest, build_manifest(fingerprint, units))
+    return out.manifest

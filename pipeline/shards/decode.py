@@ -1,21 +1,11 @@
-"""Shard schema v1 in one place: member names, the sample's JSON metadata, how members are
-encoded, the only decoder that may read them back, and the checks a sample must pass.
-
-One sample is one clip window of one video, stored in a tar shard as webdataset members that
-share the key ``<video_id>_<clip index, 6 digits>``:
-
-==============  ==========================================================================
-``json``        `SampleMeta`: schema version, source, times, sizes, mel parameters, ...
-``mel.npy``     float16 ``(n_mels, T_mel)`` log-mel (`pipeline.audio.log_mel`)
-``frame.jpg``   ``(image_size, image_size, 3)`` RGB, the clip's middle frame (image modality)
-``clip.<enc>``  ``(T, frame_size, frame_size, 3)`` uint8 frames: ``npy`` (raw) or ``mp4`` (H.264)
-``txt``         UTF-8 transcript of the cues overlapping the window (may be empty)
-==============  ==========================================================================
+"""The one decoder of shard members, the caps on what a reader holds of one, and the checks a
+decoded sample must pass (on write too: `encode_sample` checks with the readers' rules).
 
 Safety: webdataset's default decoders unpickle ``.pyd``/``.pickle``/``.pth`` members, so a
 shard from an untrusted source could run code. `decode_member` is the one decoder of this
-project; it reads only the types above, loads ``.npy`` with ``allow_pickle=False``, restricts
-PIL and FFmpeg to the one format the extension names, and refuses everything else unread.
+project; it reads only the schema's member types (`schema`), loads ``.npy`` with
+``allow_pickle=False``, restricts PIL and FFmpeg to the one format the extension names, and
+refuses everything else unread.
 """
 
 from __future__ import annotations
@@ -23,57 +13,34 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from fractions import Fraction
 from io import BytesIO
-from typing import Any, get_args
+from typing import Any
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
-from pipeline.config import SCHEMA_VERSION, PrepareConfig
+from pipeline.config import SCHEMA_VERSION
 from pipeline.errors import PipelineError
-from pipeline.h264 import x264_options
-from pipeline.members import (  # re-exported: the names are part of the schema
+from pipeline.shards.schema import (
     CLIP_ENCODINGS,
     CLIP_MEMBERS,
     CLIP_PREFIX,
-    DEFAULT_CLIP_ENCODING,
+    KEY_PATTERN,
     MEMBER_IMAGE,
     MEMBER_JSON,
     MEMBER_MEL,
     MEMBER_TEXT,
+    ROTATIONS,
     SCHEMA_MEMBERS,
+    TRANSCRIPT_SOURCES,
+    SampleMeta,
+    expected_from_meta,
+    meta_values,
 )
-from pipeline.sample_format import expected_from_config, sample_format
-from pipeline.transcripts import TranscriptSource
 
-# H.264 settings of the mp4 clip encoding. At CRF 18 the codec adds ~1 grey level of mean
-# error to the ~2.4 that yuv420p colour subsampling costs by itself on natural content; each
-# step of 2 in CRF changes the clip by ~16% and the error by ~0.3 levels (bench/
-# clip_encoding.py --crf ...). "fast" compresses as well as "medium" at 112x112 in less time.
-# One thread: prepare already runs one worker per core, and single-threaded x264 output does
-# not depend on the machine.
-MP4_CRF = 18
-MP4_PRESET = "fast"
-MP4_PIX_FMT = "yuv420p"
-
-# Normalisation of the log-mel for the model: (log_mel - MEL_CENTER) / MEL_SCALE. With the
-# LOG_FLOOR of pipeline.audio, digital silence (-13.8) maps to -1.96; speech-like sound
-# peaking at -6 dBFS (log-mel 5th..95th percentile -8.4..1.7) to -0.9..1.1; white noise at
-# -20 dBFS RMS (mean 0.2) to 0.85; a full-scale sine's peak bin (8.8) to 2.55, the maximum.
-MEL_CENTER = -4.0
-MEL_SCALE = 5.0
-
-TRANSCRIPT_SOURCES: tuple[str, ...] = get_args(TranscriptSource)
-ROTATIONS = (0, 90, 180, 270)
-
-# The key is "<video_id>_<clip index>"; `pipeline.discover.video_id` never emits a dot or "/".
-KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+_[0-9]{6,}")
 # Bounds on what a reader holds of one member, so a hostile or broken shard cannot make a
 # loader worker (or omni inspect) allocate gigabytes. Readers check a member's declared tar size
 # against `member_cap` before reading it, decoders check declared picture sizes and counts before
@@ -85,8 +52,6 @@ MAX_TEXT_BYTES = 64 * 2**10
 # A media member of a shard set of known sizes may hold twice its raw pixel bytes plus this:
 # H.264 and JPEG stay far below raw, an npy exceeds it by its header.
 _CAP_SLACK = 64 * 2**10
-# Tolerance when checking that a window's times agree with its frame and mel counts.
-TIME_TOLERANCE = 1e-3
 
 _NPY_MAGIC = b"\x93NUMPY"
 _PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}
@@ -100,227 +65,7 @@ class CorruptMemberError(PipelineError):
     """A member of a known type whose bytes do not decode; its sample must be dropped."""
 
 
-@dataclass(frozen=True)
-class MelMeta:
-    """The log-mel parameters, so a reader can tell what `mel.npy` holds without a config."""
 
-    n_mels: int
-    n_fft: int
-    hop_length: int
-    f_min: float
-    f_max: float  # resolved: Nyquist when the config leaves it unset
-    frames: int
-
-
-@dataclass(frozen=True)
-class SampleMeta:
-    """The ``json`` member of a sample: everything needed to interpret and trace it."""
-
-    schema_version: int
-    key: str
-    source: str  # the video's path relative to the input folder (POSIX)
-    video_id: str
-    clip_index: int
-    start: float  # seconds from the video's origin
-    end: float
-    fps: int
-    frames: int  # T, frames in `clip.*`
-    frame_size: int
-    image_size: int
-    sample_rate: int
-    mel: MelMeta
-    rotation: int  # clockwise degrees the decoder applied for display
-    has_audio: bool  # False: `mel.npy` is `silent_log_mel`
-    transcript_source: str  # one of TRANSCRIPT_SOURCES
-    transcript_timed: bool  # False: the text was spread over the video by word position
-    clip_encoding: str  # one of CLIP_ENCODINGS
-
-    @classmethod
-    def build(
-        cls,
-        config: PrepareConfig,
-        *,
-        source: str,
-        video_id: str,
-        clip_index: int,
-        start: float,
-        end: float,
-        rotation: int,
-        has_audio: bool,
-        transcript_source: str,
-        transcript_timed: bool,
-        clip_encoding: str = DEFAULT_CLIP_ENCODING,
-    ) -> SampleMeta:
-        """The metadata of one window, with sizes and mel parameters taken from `config`."""
-        mel = MelMeta(n_mels=config.n_mels, n_fft=config.n_fft, hop_length=config.hop_length,
-                      f_min=float(config.f_min), f_max=float(config.mel_f_max),
-                      frames=config.mel_frames)
-        return cls(
-            schema_version=SCHEMA_VERSION, key=sample_key(video_id, clip_index), source=source,
-            video_id=video_id, clip_index=clip_index, start=float(start), end=float(end),
-            fps=config.fps, frames=config.frames_per_clip, frame_size=config.frame_size,
-            image_size=config.image_size, sample_rate=config.sample_rate, mel=mel,
-            rotation=rotation, has_audio=has_audio, transcript_source=transcript_source,
-            transcript_timed=transcript_timed, clip_encoding=clip_encoding,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SampleMeta:
-        """Parse a ``json`` member; raises ValueError naming the first missing or mistyped field.
-
-        Unknown fields are ignored, so a later schema may add fields that v1 readers skip.
-        """
-        mel = data.get("mel")
-        if not isinstance(mel, Mapping):
-            raise ValueError("json: field 'mel' is missing or not an object")
-        values = {"mel": MelMeta(**_typed_fields(MelMeta, mel, "json.mel"))}
-        values.update(_typed_fields(cls, data, "json", skip=("mel",)))
-        return cls(**values)
-
-
-def _typed_fields(cls: type, data: Mapping[str, Any], where: str,
-                  skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The fields of dataclass `cls` from `data`, checked against their annotated type."""
-    checks: dict[str, tuple[type, ...]] = {
-        "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
-    }
-    values: dict[str, Any] = {}
-    for field in fields(cls):
-        if field.name in skip:
-            continue
-        if field.name not in data:
-            raise ValueError(f"{where}: field '{field.name}' is missing")
-        value = data[field.name]
-        allowed = checks[str(field.type)]
-        # bool is an int in Python; a JSON true must not pass for a count.
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            raise ValueError(f"{where}: field '{field.name}' should be {field.type}, "
-                             f"got {value!r}")
-        values[field.name] = float(value) if field.type == "float" else value
-    return values
-
-
-def sample_key(video_id: str, clip_index: int) -> str:
-    """The webdataset key of clip `clip_index` of a video: ``<video_id>_<index:06d>``.
-
-    webdataset splits a member name at the first dot of its base name into key and member
-    type, so a dot (or a "/") in the key would silently split one sample into broken ones.
-    """
-    if clip_index < 0:
-        raise ValueError(f"clip_index must be >= 0, got {clip_index}")
-    key = f"{video_id}_{clip_index:06d}"
-    if not KEY_PATTERN.fullmatch(key):
-        raise ValueError(f"video id {video_id!r} may only hold A-Z, a-z, 0-9, '_' and '-'; "
-                         f"build it with pipeline.discover.video_id")
-    return key
-
-
-def clip_member(encoding: str) -> str:
-    """The member name of the clip for `encoding` ("clip.npy" or "clip.mp4")."""
-    if encoding not in CLIP_ENCODINGS:
-        raise ValueError(f"clip encoding must be one of {', '.join(CLIP_ENCODINGS)}, "
-                         f"got {encoding!r}")
-    return CLIP_PREFIX + encoding
-
-
-def expected_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Like `expected_from_config`, from a sample's ``json`` (when no manifest is at hand)."""
-    return _meta_values(SampleMeta.from_dict(meta))
-
-
-def _meta_values(meta: SampleMeta) -> dict[str, Any]:
-    """The values of `meta` under the names `expected_from_config` uses."""
-    return sample_format(
-        schema_version=meta.schema_version, fps=meta.fps, frames=meta.frames,
-        frame_size=meta.frame_size, image_size=meta.image_size, sample_rate=meta.sample_rate,
-        n_mels=meta.mel.n_mels, mel_frames=meta.mel.frames, hop_length=meta.mel.hop_length,
-    )
-
-
-# --------------------------------------------------------------------------- encoding
-def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_CRF,
-                preset: str = MP4_PRESET) -> bytes:
-    """The bytes of a clip member: `frames` (T, H, W, 3) uint8 as ``npy`` or ``mp4``.
-
-    ``mp4`` is H.264 (libx264, `crf`, `preset`, yuv420p, one thread, the same bytes on every
-    run: `pipeline.h264`) at `fps` with frame i at time i / fps, so decoding gives back
-    exactly T frames. H and W must be even (yuv420p).
-    """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"a clip must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    if encoding == "npy":
-        buffer = BytesIO()
-        np.save(buffer, np.ascontiguousarray(frames), allow_pickle=False)
-        return buffer.getvalue()
-    if encoding != "mp4":
-        raise ValueError(f"clip encoding must be one of {', '.join(CLIP_ENCODINGS)}, "
-                         f"got {encoding!r}")
-    _, height, width, _ = frames.shape
-    if height % 2 or width % 2:
-        raise ValueError(f"mp4 clips need an even frame size (yuv420p), got {width}x{height}; "
-                         f"use an even frame_size or the npy clip encoding")
-    buffer = BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream(
-            "libx264", rate=fps, options=dict(x264_options(crf, preset)),
-        )
-        stream.width, stream.height, stream.pix_fmt = width, height, MP4_PIX_FMT
-        stream.time_base = Fraction(1, fps)
-        for index, picture in enumerate(frames):  # picture: (H, W, 3)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
-            frame.pts = index
-            frame.time_base = stream.time_base
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return buffer.getvalue()
-
-
-def encode_sample(
-    key: str,
-    meta: SampleMeta,
-    mel: np.ndarray,
-    image: np.ndarray,
-    frames: np.ndarray,
-    text: str,
-    config: PrepareConfig,
-    clip_encoding: str | None = None,
-) -> dict[str, str | bytes]:
-    """One sample as webdataset members, ready for `webdataset.TarWriter.write`.
-
-    `mel` is float16 (n_mels, T_mel), `image` uint8 (image_size, image_size, 3), `frames`
-    uint8 (T, frame_size, frame_size, 3), all as `config` and `meta` say; `clip_encoding`
-    defaults to `meta.clip_encoding` and must agree with it. Everything is checked with
-    `validate_sample` before encoding, so a shard never receives a sample the loader would
-    reject; a mismatch raises ValueError listing every problem.
-    """
-    encoding = meta.clip_encoding if clip_encoding is None else clip_encoding
-    clip_name = clip_member(encoding)
-    problems = validate_sample(
-        {"__key__": key, MEMBER_JSON: meta.to_dict(), MEMBER_MEL: mel, MEMBER_IMAGE: image,
-         clip_name: frames, MEMBER_TEXT: text},
-        expected_from_config(config),
-    )
-    if problems:
-        raise ValueError(f"refusing to write sample {key}: " + "; ".join(problems))
-    mel_buffer = BytesIO()
-    np.save(mel_buffer, mel, allow_pickle=False)
-    image_buffer = BytesIO()
-    Image.fromarray(image, mode="RGB").save(image_buffer, format="JPEG",
-                                            quality=config.jpeg_quality)
-    return {
-        "__key__": key,
-        MEMBER_JSON: json.dumps(meta.to_dict(), sort_keys=True).encode("utf-8"),
-        MEMBER_MEL: mel_buffer.getvalue(),
-        MEMBER_IMAGE: image_buffer.getvalue(),
-        clip_name: encode_clip(frames, encoding, config.fps),
-        MEMBER_TEXT: text.encode("utf-8"),
-    }
-
-
-# --------------------------------------------------------------------------- decoding
 def member_type(name: str) -> str:
     """The type of a member, i.e. its last extension, lower case ("clip.mp4" -> "mp4")."""
     return name.rsplit(".", 1)[-1].lower()
@@ -530,7 +275,10 @@ def _declared_sizes(raw: Mapping[str, Any]) -> dict[str, Any]:
         raise CorruptMemberError(f"{err}; {why}") from err
 
 
-# --------------------------------------------------------------------------- validation
+# Tolerance when checking that a window's times agree with its frame and mel counts.
+TIME_TOLERANCE = 1e-3
+
+
 def validate_sample(sample: Mapping[str, Any], expected: Mapping[str, Any] | None) -> list[str]:
     """Every problem of a decoded sample, as readable sentences; an empty list means valid.
 
@@ -582,7 +330,7 @@ def validate_sample(sample: Mapping[str, Any], expected: Mapping[str, Any] | Non
 
     problems += _meta_problems(meta, key, clips, text)
     if expected is not None:
-        actual = _meta_values(meta)
+        actual = meta_values(meta)
         for name, value in expected.items():
             if actual.get(name) != value:
                 problems.append(f"json {name} is {actual.get(name)!r}, the shard set's "

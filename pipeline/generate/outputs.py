@@ -1,7 +1,7 @@
 """Files from model outputs, for `omni generate` and `omni eval`: text, pictures, clips, sound.
 
 The arrays come back to pipeline units first (`pipeline.normalize.unit_to_pixels`,
-`model_to_mel`, then `pipeline.audio.mel_to_waveform` for sound); this module only writes
+`model_to_mel`, then `pipeline.media.audio.mel_to_waveform` for sound); this module only writes
 them. Every writer goes through `atomic_output`: a new file under a temporary name of its own
 beside the target, renamed over it once complete, so a failed, interrupted or concurrent write
 never leaves half a file under the name (nor an old file half overwritten), and a symlink at
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import MediaError
-from pipeline.schema import encode_clip
+from pipeline.shards.encode import encode_clip
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -101,7 +101,7 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray) -> Path:
 def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int) -> Path:
     """Write (T, H, W, 3) uint8 RGB frames at `fps` as `.mp4` or `.gif`.
 
-    mp4: exactly as the shards store clips (`pipeline.schema.encode_clip`: H.264, CRF 18,
+    mp4: exactly as the shards store clips (`pipeline.shards.encode.encode_clip`: H.264, CRF 18,
     yuv420p) with frame i at i / fps, so a decoder gets exactly T frames back; H and W must be
     even (yuv420p). gif: Pillow, as `omni inspect --export` writes clips; GIF
     times frames in hundredths of a second, so frame i lasts from i / fps to (i + 1) / fps

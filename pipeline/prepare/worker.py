@@ -1,11 +1,11 @@
-"""Run each video's job (`pipeline.video_job`) in its own process, under a time limit, so a
+"""Run each video's job (`pipeline.prepare.video_job`) in its own process, under a time limit, so a
 bad file fails alone.
 
 **One process per video.** A decoder that segfaults, hangs in C code or leaks takes only its
 own process down; the parent sees the exit (signal name for a crash) or the deadline pass,
 kills the process group, records the reason and goes on. A pool that reuses processes would
 either die with the first crash (`ProcessPoolExecutor` breaks every pending future) or need
-the same bookkeeping. Processes come from a *forkserver* (`pipeline.processes`) that has
+the same bookkeeping. Processes come from a *forkserver* (`pipeline.prepare.processes`) that has
 imported the decoder, the sample code and the schema once, so starting one costs a fork
 (milliseconds), not an interpreter start. Each worker leads its own process group (so a kill
 also reaches the ffmpeg processes of the ffmpeg backend), ignores Ctrl-C (the parent stops
@@ -40,9 +40,9 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.outcome import FAILED, OutputError, VideoOutcome
-from pipeline.processes import process_context
-from pipeline.video_job import VideoTask, memory_limit, prepare_video
+from pipeline.prepare.processes import process_context
+from pipeline.prepare.video_job import VideoTask, memory_limit, prepare_video
+from pipeline.shards.outcome import FAILED, OutputError, VideoOutcome
 
 # How long a worker that reported its outcome may take to exit before it is killed.
 EXIT_GRACE_S = 5.0
@@ -115,19 +115,20 @@ def _worker_main(task: VideoTask, conn: Connection, parent_pid: int) -> None:
 
 
 # Imported once by the forkserver so that each forked worker starts with them loaded (the
-# decode backends are otherwise imported lazily, on a video's first probe; `pipeline.sample`
+# decode backends are otherwise imported lazily, on a video's first probe; `pipeline.prepare.sample`
 # on its first sample).
-_PRELOAD = [__name__, "pipeline.decode_pyav", "pipeline.decode_ffmpeg", "pipeline.sample"]
+PRELOAD = [__name__, "pipeline.media.decode_pyav", "pipeline.media.decode_ffmpeg",
+            "pipeline.prepare.sample"]
 
 
 def _context() -> BaseContext:
-    return process_context(_PRELOAD)
+    return process_context(PRELOAD)
 
 
 def start_forkserver() -> None:
     """Start the forkserver that workers are forked from, if not running, and return at once.
 
-    It imports `_PRELOAD` (numpy, PyAV, PIL, the sample code: ~0.5 s) in its own process, so a
+    It imports `PRELOAD` (numpy, PyAV, PIL, the sample code: ~0.5 s) in its own process, so a
     caller that starts it before its own work (importing the CLI, discovery, planning) overlaps
     the two instead of waiting for it at the first `VideoRunner.start`. Where forkserver is
     unavailable this does nothing: spawned workers have no server to start.

@@ -1,5 +1,5 @@
 """Which shards a path names: a prepared folder (its manifest), tar files, brace patterns, URLs;
-of a prepared folder, optionally one split (train or eval, see `pipeline.split`).
+of a prepared folder, optionally one split (train or eval, see `pipeline.shards.split`).
 
 Shared by the streaming loader and `omni inspect`. It imports neither torch nor webdataset
 (webdataset's package imports torch, which takes seconds), so `omni inspect` starts at once;
@@ -10,7 +10,7 @@ environment substitution) and the split of a member name into sample key and typ
 
 Only what a person names on the command line is ever opened as a URL (webdataset's gopen runs
 ``pipe:cmd`` through a shell): the shards of a prepared folder, from its manifest or found on
-disk, are local files inside it (`pipeline.shards.listed_shard_path`), opened as files.
+disk, are local files inside it (`pipeline.shards.files.listed_shard_path`), opened as files.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from braceexpand import UnbalancedBracesError, braceexpand
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError
-from pipeline.manifest import read_manifest
-from pipeline.outdir import MANIFEST_NAME
-from pipeline.sample_format import expected_from_config
-from pipeline.shards import inside_shard_dir, shard_split
-from pipeline.split import EVAL, SPLITS, Split
+from pipeline.shards.files import inside_shard_dir, shard_split
+from pipeline.shards.manifest import MANIFEST_NAME, read_manifest
+from pipeline.shards.schema import expected_from_config
+from pipeline.shards.split import EVAL, SPLITS, Split
 
 SHARD_GLOB = "shards/*.tar"
 # "pipe:", "http://", "s3://", "file:" ... but not a Windows drive letter ("C:").

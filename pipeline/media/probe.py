@@ -1,7 +1,7 @@
 """Probing with PyAV, for both decode backends (the ffmpeg CLI build ships no ffprobe): open a
 file (and say why one cannot be opened), choose its streams, read its origin, orientation and
 pixel aspect ratio, and `probe_pyav` / `video_end_pyav` on top of them. The PyAV decode loop
-that uses the same helpers is `pipeline.decode_pyav`.
+that uses the same helpers is `pipeline.media.decode_pyav`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from av.container import InputContainer
 from av.video.stream import VideoStream
 
 from pipeline.errors import DecodeError
-from pipeline.frames import MAX_FRAME_BYTES, frame_size_problem
-from pipeline.pyav_packets import decoded_frames, ffmpeg_message
-from pipeline.windows import DecodeStats, VideoInfo
+from pipeline.media.frames import MAX_FRAME_BYTES, frame_size_problem
+from pipeline.media.packets import decoded_frames, ffmpeg_message
+from pipeline.media.windows import DecodeStats, VideoInfo
 
 _ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
 # First box of an MP4/MOV file: `ftyp`, or in old QuickTime files `wide` or the data itself.
@@ -190,7 +190,7 @@ def sample_aspect_ratio(stream: VideoStream) -> float:
 
 
 def probe_pyav(path: Path) -> VideoInfo:
-    """`pipeline.decode.probe` for both backends: header fields plus the first frame's
+    """`pipeline.media.decode.probe` for both backends: header fields plus the first frame's
     orientation."""
     with open_container(path) as container:
         video, audio = select_streams(container)

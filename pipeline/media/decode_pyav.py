@@ -4,8 +4,8 @@ Only frames that land on the fps grid are converted to RGB, and straight to the 
 (libswscale does the YUV->RGB conversion and the resize in one step), so a 4K source costs
 one small conversion per grid frame instead of a full-resolution RGB copy per source frame.
 H.264 frames that no grid time shows and no other frame is predicted from are not even
-decoded (`pipeline.pyav_packets.FrameSkipper`). The rules this module follows are in
-`pipeline.windows`; probing is `pipeline.probe_pyav`, shared with the ffmpeg backend.
+decoded (`pipeline.media.packets.FrameSkipper`). The rules this module follows are in
+`pipeline.media.windows`; probing is `pipeline.media.probe`, shared with the ffmpeg backend.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from av.video.stream import VideoStream
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import DecodeError
-from pipeline.frames import SWS_INTERPOLATION, display_image, scaled_size
-from pipeline.probe_pyav import (
+from pipeline.media.frames import SWS_INTERPOLATION, display_image, scaled_size
+from pipeline.media.packets import FrameSkipper, decoded_frames
+from pipeline.media.probe import (
     frame_orientation,
     has_timestamps,
     open_container,
@@ -30,8 +31,7 @@ from pipeline.probe_pyav import (
     sample_aspect_ratio,
     select_streams,
 )
-from pipeline.pyav_packets import FrameSkipper, decoded_frames
-from pipeline.windows import (
+from pipeline.media.windows import (
     TIME_EPS,
     DecodeStats,
     Window,
@@ -55,7 +55,7 @@ def scale_to_rgb(frame: av.VideoFrame, size: tuple[int, int],
     `SWS_INTERPOLATION` filter in one step from whatever pixel format it has.
 
     The one conversion every picture the model sees goes through: a video frame on the grid
-    here, a still image given to `omni generate` in `pipeline.media_in`. Pass one reformatter
+    here, a still image given to `omni generate` in `pipeline.generate.inputs`. Pass one reformatter
     per stream of pictures of one size (it keeps the swscale context); one thread, because the
     decoder's threads and the other workers already use the cores.
     """
@@ -184,7 +184,7 @@ class MonoResampler:
     """Any audio frame -> mono float32 at the target rate, with its position from the origin.
 
     Every sound the model hears goes through it: a video's audio here, an audio file given to
-    `omni generate` in `pipeline.media_in`, so both are downmixed and resampled alike.
+    `omni generate` in `pipeline.generate.inputs`, so both are downmixed and resampled alike.
     """
 
     def __init__(self, sample_rate: int, start: float) -> None:
@@ -217,7 +217,7 @@ class MonoResampler:
 def iter_windows_pyav(
     path: Path, config: PrepareConfig, stats: DecodeStats, threads: int = 0
 ) -> Iterator[Window]:
-    """`pipeline.decode.iter_windows` with PyAV: one pass, bounded memory, timestamp-picked."""
+    """`decode.iter_windows` with PyAV: one pass, bounded memory, timestamp-picked."""
     container = open_container(path)
     try:
         yield from _windows(container, config, stats, threads)

@@ -14,7 +14,7 @@ written:
    contiguous byte range that can be copied without parsing; each shard ends with the two
    zero blocks that mark the end of an archive.
 
-The videos of the eval split (`pipeline.split`) go to shards of their own,
+The videos of the eval split (`pipeline.shards.split`) go to shards of their own,
 `unit-NNNNNN-eval-SSSSSS.tar`, so a loader takes one split by its shard list alone. The names
 keep the unit prefix (`unit-NNNNNN-`, which clearing a unit removes) and the `.tar` suffix,
 and a unit's train shards sort before its eval shards.
@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline.errors import ConfigError
-from pipeline.plan import unit_name
-from pipeline.split import EVAL, SPLITS, TRAIN, Split
+from pipeline.shards.split import EVAL, SPLITS, TRAIN, Split
 
 SHARD_DIR = "shards"
 TMP_SUFFIX = ".tmp"
@@ -83,7 +82,7 @@ class PartWriter:
         self._tar = tarfile.open(fileobj=self._file, mode="w|")
 
     def write(self, sample: Mapping[str, str | bytes]) -> None:
-        """Append one sample (`__key__` plus bytes members, as `schema.encode_sample` makes)."""
+        """Append one sample (`__key__` plus bytes members, as `encode.encode_sample` makes)."""
         self.part.offsets.append(self._tar.offset)
         key = sample["__key__"]
         for name in sorted(sample):
@@ -124,6 +123,11 @@ class ShardInfo:
     def to_dict(self) -> dict[str, str | int]:
         return {"path": self.path, "samples": self.samples, "bytes": self.bytes,
                 "split": self.split}
+
+
+def unit_name(index: int) -> str:
+    """Zero-padded so that names sort in unit order (6 digits: a million units)."""
+    return f"unit-{index:06d}"
 
 
 def shard_name(unit: int, shard: int, split: Split = TRAIN) -> str:
