@@ -58,9 +58,8 @@ from prepare import make_videos, omni_prepare
 from train_step import PEAK_BF16
 
 from omnilatent import OmniLatentConfig, OmniLatentModel
-from omnilatent.config import MODALITIES
-from omnilatent.training.sources import model_sizes
-from omnilatent.training.tasks import content_tokens
+from omnilatent.config import MODALITIES, model_sizes
+from omnilatent.tasks import content_tokens
 from pipeline.loader import Batch, build_shard_loader
 from pipeline.manifest import read_manifest
 from pipeline.prepare import default_workers

@@ -23,9 +23,9 @@ from cli.console import console
 from cli.errors import run_command
 from cli.train_display import RichCallbacks, eval_line, print_summary, progress_bar
 from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.checkpoint.files import load_checkpoint, save_checkpoint
 from omnilatent.errors import OmniLatentError
 from omnilatent.training import TrainConfig, TrainResult
-from omnilatent.training.checkpoint import load_checkpoint, save_checkpoint
 from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer
 from pipeline.lock import FolderLock
 

@@ -13,8 +13,9 @@ import pytest
 from media import make_video
 
 from omnilatent.errors import ConfigError, UsageError
+from omnilatent.tasks import PairSampler
 from omnilatent.training import TrainConfig
-from omnilatent.training.curriculum import CurriculumTrainer
+from omnilatent.training.curriculum import CurriculumSampler
 from omnilatent.training.run import (
     DataOptions,
     ModelOptions,
@@ -75,7 +76,7 @@ def test_a_prepared_folder_sizes_the_model_and_gets_the_curriculum(prepared, tmp
     assert (config.video_size, config.image_size, config.n_mels, config.video_frames,
             config.audio_frames) == (32, 48, 16, 8, mel_frames)
     assert config.vocab_size == 259  # the byte tokenizer's own vocabulary, not the default
-    assert isinstance(run.trainer, CurriculumTrainer)
+    assert isinstance(run.trainer.sampler, CurriculumSampler)
     assert run.source.description == f"1 train shard(s) from {prepared}"
     assert run.trainer.card is not None and run.trainer.card.data_config == PREP.to_dict()
     # no eval split: a note when evaluation was left to its default, an error when asked for
@@ -93,7 +94,7 @@ def test_synthetic_data_gets_the_plain_trainer_sized_by_the_model(tmp_path) -> N
     run = build_run(_options(tmp_path / "run", steps=600,
                              data=DataOptions("synthetic", batch_size=2)))
     run.board.close()
-    assert not isinstance(run.trainer, CurriculumTrainer)
+    assert isinstance(run.trainer.sampler, PairSampler)
     assert run.source.expected is None and run.source.corpus_has_text is True
     assert len(run.source.loader.dataset) == 1200  # steps x batch, above the minimum of 1000
 
