@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from media import make_video
 
 from omnilatent.errors import ConfigError, UsageError
 from omnilatent.tasks import PairSampler
 from omnilatent.training import TrainConfig
+from omnilatent.training import run as run_module
 from omnilatent.training.curriculum import CurriculumSampler
 from omnilatent.training.run import (
     DataOptions,
@@ -168,3 +170,18 @@ def test_label_pattern_counts_retrieval_by_class_during_training(prepared, tmp_p
     with pytest.raises(UsageError, match="has none"):
         build_run(replace(options, train=replace(options.train, eval_every=None),
                           evaluation=replace(options.evaluation, label_pattern="x")))
+
+
+def test_the_initial_weights_do_not_depend_on_what_was_built_before(tmp_path,
+                                                                    monkeypatch) -> None:
+    """Issue 16: the model draws its initial weights from its own stream of the seed, so a
+    step built before it that draws random numbers changes nothing (the build order is free)."""
+    first = build_run(_options(tmp_path / "a"))
+    first.board.close()
+    tokenizer = run_module.build_tokenizer
+    monkeypatch.setattr(run_module, "build_tokenizer",
+                        lambda data: (torch.rand(7), tokenizer(data))[1])
+    second = build_run(_options(tmp_path / "b"))
+    second.board.close()
+    weights = first.trainer.model.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in second.trainer.model.state_dict().items())

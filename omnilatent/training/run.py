@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from omnilatent.checkpoint.card import MAX_TEXT_LEN, CheckpointCard
@@ -379,17 +380,21 @@ def build_trainer(options: TrainRunOptions, model: OmniLatentModel, source: Data
 
 
 def build_run(options: TrainRunOptions, display: TrainerCallbacks | None = None) -> TrainRun:
-    """Build every part of a run (see the module docstring for the order; the random state
-    each part draws from follows it, so keep it). ``display`` receives the trainer's
-    callbacks beside the TensorBoard writer, on the main process only."""
+    """Build every part of a run (see the module docstring). Each part that draws random
+    numbers has its own stream from the seed (the model and its new hooks here, the loaders
+    and samplers their own generators), so the order of the steps changes no random stream.
+    ``display`` receives the trainer's callbacks beside the TensorBoard writer, on the main
+    process only."""
     context = init_distributed(options.train.device, options.fsdp)  # before the loaders
     seed_everything(options.train.seed)
     options, base = from_checkpoint(options)
     tokenizer = build_tokenizer(options.data)
     source = build_data(options, tokenizer)
-    model = (build_model(options, source, tokenizer) if base is None
-             else base_model(options, base, source))
-    hooks = add_hooks(model, options.start)
+    with torch.random.fork_rng(devices=[]):  # the initial weights: the seed's first draws
+        torch.manual_seed(options.train.seed)
+        model = (build_model(options, source, tokenizer) if base is None
+                 else base_model(options, base, source))
+        hooks = add_hooks(model, options.start)
     if source is None:
         train, data = options.train, options.data
         length = max(SYNTHETIC_MIN_SAMPLES, train.steps * data.batch_size * train.grad_accum)
