@@ -163,10 +163,6 @@ class PairSampler(TaskSampler):
                       for t in MODALITIES}
         self.turn = 0
 
-    def next(self, batch: dict) -> Task:
-        """The next pair that ``batch`` can serve."""
-        return self.choose(set(present_modalities(batch)))
-
     def choose(self, present: set[str]) -> Task:
         """The next pair whose source and target are both in ``present``."""
         if not present:

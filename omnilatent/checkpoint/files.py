@@ -24,7 +24,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from omnilatent.checkpoint.json_values import is_int
 from omnilatent.errors import CheckpointError
+from omnilatent.model.weights_file import load_checked
 
 # 2: target decoder with position queries (replacing the sequence adapter), and a card.
 # 3: state.json carries state_sha256 (same layout, so format 2 is still read).
@@ -257,11 +258,14 @@ class LoadedCheckpoint:
     training_state: dict[str, Any]
 
 
-def load_checkpoint(path: Path) -> LoadedCheckpoint:
-    """Verify then load a checkpoint; tensors are loaded with ``weights_only=True``."""
+def load_checkpoint(path: Path, expected: Mapping[str, torch.Tensor] | None = None
+                    ) -> LoadedCheckpoint:
+    """Verify then load a checkpoint; tensors are loaded with ``weights_only=True``. With
+    ``expected`` (a state_dict), weights whose names or shapes differ are refused unread."""
     state = verify_checkpoint(path)
     try:
-        model_state = load_file(str(path / MODEL_FILE))
+        model_state = (load_file(str(path / MODEL_FILE)) if expected is None
+                       else load_checked(path / MODEL_FILE, expected))
         training_state = torch.load(path / TRAINING_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors and torch raise many types for damaged files
         raise CheckpointError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from exc

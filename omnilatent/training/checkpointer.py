@@ -25,6 +25,7 @@ from omnilatent.checkpoint.files import (
     TRAINING_FILE,
     load_checkpoint,
     prune_checkpoints,
+    read_state,
     save_checkpoint,
     step_dir_name,
 )
@@ -44,8 +45,8 @@ STATE_KEYS = ("model_config", "train_config", "hooks", "rng", "sampler", "data",
 
 
 def upgrade(state: dict[str, Any]) -> dict[str, Any]:
-    """A verified state.json in the current layout: format 3 and older kept the sampler's
-    state as ``pair_sampler``, and a curriculum's beside it as ``extra``."""
+    """``state`` in the current layout: format 3 and older kept the sampler's state as
+    ``pair_sampler``, a curriculum's beside it as ``extra``."""
     if "sampler" in state or "pair_sampler" not in state:
         return state
     state = dict(state)
@@ -56,11 +57,9 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Saves ``trainer``'s parts into its save dir and restores them from a checkpoint.
-
-    Pruning keeps the newest ``keep_last`` usable checkpoints; each is hashed once, the first
-    time this process counts it (the one it just wrote: when written), never again at every
-    save (`prune_checkpoints`' ``verified``)."""
+    """Saves ``trainer``'s parts into its save dir and restores them from a checkpoint. Each
+    checkpoint is hashed once per process (`prune_checkpoints`' ``verified``), not at every
+    save."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
@@ -113,10 +112,9 @@ class Checkpointer:
         return path
 
     def check(self, path: Path, state: dict[str, Any]) -> None:
-        """Raise CheckpointError with the reason if the trainer could not restore the
-        checkpoint at ``path`` whose verified state.json is ``state``: every part's own check.
-        The ``check`` of find_latest_checkpoint and prune_checkpoints; ``restore`` runs it
-        before changing anything."""
+        """CheckpointError with the reason if the trainer could not restore the checkpoint at
+        ``path`` (its state.json ``state``): every part's own check. The ``check`` of
+        find_latest_checkpoint and prune_checkpoints."""
         state = upgrade(state)
         try:
             missing = [key for key in STATE_KEYS if key not in state]
@@ -170,31 +168,15 @@ class Checkpointer:
         if reason:
             raise CheckpointError(f"{path} {reason}")
 
-    def _check_weights(self, path: Path, weights: dict[str, Tensor]) -> None:
-        """Refuse weights that load_state_dict would fail on half-way (it copies what fits
-        before it raises)."""
-        own = self.trainer.model.state_dict()
-        problems = sorted(
-            [f"missing {k}" for k in own.keys() - weights.keys()]
-            + [f"unexpected {k}" for k in weights.keys() - own.keys()]
-            + [f"{k} has shape {tuple(weights[k].shape)}, the model {tuple(own[k].shape)}"
-               for k in own.keys() & weights.keys() if weights[k].shape != own[k].shape])
-        if problems:
-            raise CheckpointError(f"{path}: weights do not fit the model (registered hooks "
-                                  f"differ?): " + "; ".join(problems[:5])
-                                  + (f" and {len(problems) - 5} more" if len(problems) > 5
-                                     else ""))
-
     def restore(self, path: Path) -> None:
-        """Restore every part from the checkpoint folder ``path``, verified, loaded and
-        checked first, so a bad one is a CheckpointError that leaves the trainer and the save
-        dir's metrics as they were."""
+        """Restore every part from the checkpoint folder ``path``, all checked first: a bad one
+        is a CheckpointError that leaves the trainer and the save dir's metrics as they were."""
         t = self.trainer
-        ckpt = load_checkpoint(path)
-        self.check(path, ckpt.state)
-        state = upgrade(ckpt.state)
+        state = read_state(path)
+        self.check(path, state)
+        state = upgrade(state)
         self.check_compatible(path, state)
-        self._check_weights(path, ckpt.model_state)
+        ckpt = load_checkpoint(path, expected=t.model.state_dict())  # hooks differ: refused
         training = ckpt.training_state
         if not (isinstance(training, dict)
                 and all(isinstance(training.get(k), dict)
@@ -229,10 +211,9 @@ class Checkpointer:
         t.callbacks.on_event(f"resumed from {path} at step {t.step}")
 
     def _note_changes(self, saved: dict[str, Any]) -> None:
-        """Tell the user which settings differ from the saved run's, and what that does to the
-        learning-rate schedule (warmup, then cosine decay to ``steps``), recomputed from them
-        as nanoGPT does with a changed ``max_iters``: the lr at the resumed step, before and
-        now; and, for a curriculum, that its phases are shares of the new ``steps``."""
+        """Tell the user which settings differ from the saved run's, and the schedule they
+        recompute (as nanoGPT does with a changed ``max_iters``): the lr at this step, before
+        and now, and a curriculum's phases, shares of the new ``steps``."""
         t = self.trainer
         known = {item.name for item in fields(TrainConfig)} - {"save_dir", "device"}
         changed = [f"{k} {v!r} -> {getattr(t.config, k)!r}" for k, v in saved.items()
@@ -269,15 +250,14 @@ class Checkpointer:
 
 
 def _check_configs(state: dict[str, Any]) -> None:
-    if not isinstance(state["model_config"], dict):
-        raise CheckpointError("'model_config' must be an object")
+    for key in ("model_config", "train_config"):
+        if not isinstance(state[key], dict):
+            raise CheckpointError(f"'{key}' must be an object")
     try:
         OmniLatentConfig.from_dict(state["model_config"])
     except (OmniLatentError, TypeError, ValueError) as exc:
         raise CheckpointError(f"'model_config' is not a valid model configuration ({exc})") \
             from None
-    if not isinstance(state["train_config"], dict):
-        raise CheckpointError("'train_config' must be an object")
     hooks = state["hooks"]
     if not (isinstance(hooks, list)
             and all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in hooks)):

@@ -294,10 +294,8 @@ class CurriculumSampler(TaskSampler):
     weighted round-robin, and the text tasks passed over (``text_skipped``).
 
     ``corpus_has_text`` False (known from the manifest) drops text tasks up front; None means
-    unknown, and batches without text simply pass over text tasks. ``config`` is the model's:
-    clips too short for future-frame prediction are refused here, not at the first temporal
-    step after earlier phases ran.
-    """
+    unknown: batches without text pass over text tasks. Clips of ``config`` (the model's) too
+    short for future frames are refused here, not after the earlier phases ran."""
 
     def __init__(self, schedule: Schedule | str, total_steps: int, config: OmniLatentConfig,
                  corpus_has_text: bool | None = None) -> None:
@@ -392,15 +390,11 @@ def CurriculumTrainer(  # noqa: N802 - the seed's class name, kept for its scrip
     corpus_has_text: bool | None = None,
     **trainer_options: Any,
 ) -> Trainer:
-    """The seed's curriculum trainer: a `Trainer` with a `CurriculumSampler`.
-    ``total_steps`` and ``save_dir`` override those of ``config`` in a validated copy (the
-    caller's is untouched); ``trainer_options`` go to `Trainer` (callbacks, card, ...)."""
-    overrides: dict[str, Any] = {}
-    if total_steps is not None:
-        overrides["steps"] = total_steps
-    if save_dir is not None:
-        overrides["save_dir"] = Path(save_dir)
-    # the seed passes the model's config; runs TrainConfig's validation
-    train_config = dataclasses.replace(as_train_config(config), **overrides)
+    """The seed's curriculum trainer: a `Trainer` with a `CurriculumSampler`. ``total_steps``
+    and ``save_dir`` override those of ``config`` in a validated copy; ``trainer_options`` go
+    to `Trainer` (callbacks, card, ...)."""
+    overrides = {"steps": total_steps, "save_dir": None if save_dir is None else Path(save_dir)}
+    train_config = dataclasses.replace(as_train_config(config), **{
+        key: value for key, value in overrides.items() if value is not None})
     sampler = CurriculumSampler(schedule, train_config.steps, model.config, corpus_has_text)
     return Trainer(model, train_config, dataloader, sampler=sampler, **trainer_options)

@@ -1,6 +1,5 @@
-"""The trainer's position in its data: batches drawn, the loader's own position when it keeps
-one, and the loader's counters over the whole run. A stateful part of every checkpoint
-(`omnilatent.training.checkpointer`), one per process."""
+"""The trainer's position in its data (batches drawn, the loader's own position, its counters
+over the whole run): a stateful part of every checkpoint, one per process."""
 
 from __future__ import annotations
 
@@ -73,8 +72,7 @@ class DataCursor:
 
     @staticmethod
     def check_state_dict(state: Any, key: str = "'data'") -> None:
-        """CheckpointError, naming ``key`` (where ``state`` is in state.json), when the
-        position could not be restored."""
+        """CheckpointError naming ``key`` (its place in state.json) if unrestorable."""
         if not (isinstance(state, dict) and is_count(state.get("batches_seen"))
                 and (state.get("loader") is None or isinstance(state["loader"], dict))):
             raise CheckpointError(f"{key} must be {{batches_seen: an integer >= 0, "

@@ -381,10 +381,9 @@ def build_trainer(options: TrainRunOptions, model: OmniLatentModel, source: Data
 
 def build_run(options: TrainRunOptions, display: TrainerCallbacks | None = None) -> TrainRun:
     """Build every part of a run (see the module docstring). Each part that draws random
-    numbers has its own stream from the seed (the model and its new hooks here, the loaders
-    and samplers their own generators), so the order of the steps changes no random stream.
-    ``display`` receives the trainer's callbacks beside the TensorBoard writer, on the main
-    process only."""
+    numbers has its own stream of the seed (loaders and samplers their own generators), so
+    the build order changes none. ``display`` receives the trainer's callbacks beside the
+    TensorBoard writer, on the main process only."""
     context = init_distributed(options.train.device, options.fsdp)  # before the loaders
     seed_everything(options.train.seed)
     options, base = from_checkpoint(options)

@@ -5,13 +5,11 @@ CPU with 0 loader workers a resumed run is then bit-identical to an uninterrupte
 are its metrics.jsonl records except the wall-clock fields (`run_log.WALL_CLOCK_FIELDS`).
 
 A run holds its save dir's lock (`pipeline.lock.FolderLock`) from its first touch (resume or
-train) to its end, so a second run into the same folder stops at once instead of mixing its
-checkpoints and metrics with the first one's.
+train) to its end, so a second run into the same folder stops at once instead of mixing in.
 
-Under torchrun (see `omnilatent.training.distributed`) every rank runs this loop in step: the
-task is chosen from the modalities all ranks hold, losses and counts are reduced over ranks,
-and rank 0 alone logs, holds the lock and writes checkpoints, which also keep every rank's data
-position and RNG states; a resume with another number of processes is refused.
+Under torchrun (`omnilatent.training.distributed`) every rank runs this loop in step: the task
+is chosen from the modalities all ranks hold, losses and counts are reduced over ranks, and
+rank 0 alone logs, holds the lock and writes checkpoints (with every rank's data position).
 """
 
 from __future__ import annotations
@@ -229,15 +227,13 @@ class Trainer:
             self._lock.release()
 
     def save(self) -> Path:
-        """Checkpoint the current step into ``save_dir`` and prune old checkpoints
-        (`Checkpointer.save`; under torchrun every rank calls it)."""
+        """Checkpoint the current step (`Checkpointer.save`; under torchrun every rank calls it)."""
         return self.checkpointer.save()
 
     def resume(self, path: Path) -> None:
-        """Restore weights, optimizer, scheduler, scaler, RNGs, data position, task sampler
-        and the log window from the checkpoint folder ``path`` (`Checkpointer.restore`:
-        everything is checked before anything changes). Takes the save dir's lock, kept for
-        ``train`` (released if this fails)."""
+        """Restore every part from the checkpoint folder ``path`` (`Checkpointer.restore`:
+        all checked before anything changes). Takes the save dir's lock, kept for ``train``
+        (released if this fails)."""
         held = self._lock is not None and self._lock.held
         self.claim_save_dir()
         try:
