@@ -58,9 +58,8 @@ from prepare import make_videos, omni_prepare
 from train_step import PEAK_BF16
 
 from omnilatent import OmniLatentConfig, OmniLatentModel
-from omnilatent.config import MODALITIES
-from omnilatent.training.sources import model_sizes
-from omnilatent.training.tasks import content_tokens
+from omnilatent.config import MODALITIES, model_sizes
+from omnilatent.tasks import content_tokens
 from pipeline.loader.samples import Batch
 from pipeline.loader.shard_loader import build_shard_loader
 from pipeline.prepare.run import default_workers

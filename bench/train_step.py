@@ -43,9 +43,9 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.tasks import Task, content_tokens, present_modalities
 from omnilatent.training import SyntheticMultimodalDataset, TrainConfig, collate_multimodal
 from omnilatent.training.compile import compile_blocks
-from omnilatent.training.tasks import Task, content_tokens, present_modalities
 from omnilatent.training.trainer import amp_dtype_for, build_optimizer, resolve_device
 from pipeline.normalize import to_device_units
 
@@ -266,7 +266,8 @@ def main() -> None:
     base = OmniLatentConfig(hidden_dim=args.dim, num_layers=args.layers, num_heads=args.heads)
     source = None
     if args.shards:
-        from omnilatent.training.sources import model_sizes, shard_source
+        from omnilatent.config import model_sizes
+        from omnilatent.training.sources import shard_source
         from pipeline.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
 
         source = shard_source(args.shards, args.batch_size, seed=0, workers=args.workers,

@@ -14,7 +14,7 @@ import typer
 from cli.console import console, plain
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, Hooks, Threads
-from omnilatent.inference.card import MAX_TEXT_LEN
+from omnilatent.checkpoint.card import MAX_TEXT_LEN
 
 EXAMPLES = """
 [bold]Examples[/]

@@ -112,8 +112,11 @@ def _show_resume(plan: ResumePlan, options: TrainRunOptions) -> None:
                       f"step 0", soft_wrap=True)
 
 
-def _install_stop_handler() -> list[bool]:
-    """First Ctrl-C / SIGTERM: finish the step, checkpoint, exit. Second Ctrl-C: abort."""
+@contextmanager
+def _stop_handler() -> Iterator[list[bool]]:
+    """First Ctrl-C / SIGTERM: finish the step, checkpoint, exit. Second Ctrl-C: abort. The
+    handlers before it are back when the block ends (an in-process caller, e.g. a test run,
+    keeps its own)."""
     flag = [False]
 
     def handler(signum: int, _frame: object) -> None:
@@ -122,9 +125,13 @@ def _install_stop_handler() -> list[bool]:
         flag[0] = True
         console.print("[yellow]stop requested: saving a checkpoint after this step…[/]")
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return flag
+    before = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT,
+                                                                    signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for signum, previous in before.items():
+            signal.signal(signum, previous)
 
 
 def _schedule(phase_schedule: str | None, fracs: dict[str, float | None]) -> Schedule | None:
@@ -347,8 +354,8 @@ def train(
                 _show_run(run, cpu_threads)
                 _show_resume(plan, options)
 
-        stop = _install_stop_handler()
-        with _usage_errors(), progress if run.context.is_main else nullcontext():
+        with _stop_handler() as stop, _usage_errors(), \
+                progress if run.context.is_main else nullcontext():
             result = run_training(run, should_stop=lambda: stop[0], on_resume=show)
         if run.context.is_main:  # rank 0 shows
             print_summary(display.records, save_dir, result)

@@ -79,7 +79,8 @@ class RichCallbacks(TrainerCallbacks):
             rate = (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
             fields["steps_per_s"] = f"{rate:.2f}"
             fields["samples_per_s"] = f"{rate * self.samples_per_step:.1f}"
-        phase = None if self.trainer is None else self.trainer.log_fields().get("phase")
+        trainer = self.trainer
+        phase = None if trainer is None else trainer.sampler.log_fields(trainer.step).get("phase")
         self.progress.update(self.task_id, completed=step, status=plain(phase or task), **fields)
 
     def on_log(self, record: dict[str, Any]) -> None:

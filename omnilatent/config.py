@@ -192,3 +192,31 @@ class OmniLatentConfig:
         if unknown:
             raise ConfigError(f"unknown OmniLatentConfig field(s): {', '.join(unknown)}")
         return cls(**data)
+
+
+# OmniLatentConfig field -> key of pipeline.schema.expected_from_config
+DATA_FIELDS = {
+    "image_size": "image_size",
+    "video_size": "frame_size",
+    "video_frames": "frames",
+    "n_mels": "n_mels",
+    "audio_frames": "mel_frames",
+}
+
+
+def model_sizes(expected: dict[str, Any]) -> dict[str, int]:
+    """The OmniLatentConfig fields that data prepared with ``expected`` sizes dictates."""
+    return {field: int(expected[key]) for field, key in DATA_FIELDS.items()}
+
+
+def check_data_fits_model(expected: dict[str, Any], config: OmniLatentConfig) -> None:
+    """Raise ConfigError naming every size where the data and the model disagree."""
+    problems = [f"data {key}={expected[key]} but model {field}={getattr(config, field)}"
+                for field, key in DATA_FIELDS.items()
+                if int(expected[key]) != getattr(config, field)]
+    if problems:
+        raise ConfigError(
+            "the data does not fit the model: " + "; ".join(problems)
+            + " (prepare the videos with matching --frame-size/--image-size/--n-mels/"
+            "--fps/--clip-duration, or train a new model on this data)"
+        )

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from omnilatent.errors import CheckpointError
-from omnilatent.training.checkpoint import (
+from omnilatent.checkpoint.files import (
     STATE_FILE,
     checkpoint_dir,
     find_latest_checkpoint,
@@ -24,6 +23,7 @@ from omnilatent.training.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from omnilatent.errors import CheckpointError
 
 TRAINING_STATE = {"optimizer": {"lr": 0.1, "steps": [1, 2]}}
 
@@ -173,10 +173,10 @@ def test_a_state_reads_back_as_it_verifies(tmp_path: Path) -> None:
     assert state["state_sha256"] == _digest(state)
 
 
-def test_new_checkpoints_are_format_3_and_format_2_ones_still_load(tmp_path: Path) -> None:
+def test_new_checkpoints_are_format_4_and_format_2_ones_still_load(tmp_path: Path) -> None:
     path = _save(tmp_path, 10)
     state = verify_checkpoint(path)
-    assert state["format"] == 3 and state["state_sha256"] == _digest(state)
+    assert state["format"] == 4 and state["state_sha256"] == _digest(state)
     written_before = {k: v for k, v in state.items() if k != "state_sha256"} | {"format": 2}
     _write(path, dict(written_before), rehash=False)
     assert verify_checkpoint(path)["format"] == 2

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from omnilatent import OmniLatentConfig, OmniLatentModel
-from omnilatent.inference.card import CheckpointCard
+from omnilatent.checkpoint.card import CheckpointCard
+from omnilatent.config import model_sizes
 from omnilatent.inference.trained import load_trained
 from omnilatent.training import TrainConfig, Trainer
-from omnilatent.training.sources import model_sizes
 from pipeline.config import PrepareConfig
 from pipeline.generate.outputs import write_image, write_wav
 from pipeline.media.discover import video_id
@@ -266,8 +266,8 @@ def test_saved_hooks_are_registered_before_generating(checkpoint, tmp_path) -> N
 def test_a_sentencepiece_model_travels_inside_the_checkpoint(tmp_path) -> None:
     """The tokenizer file is copied in and hashed like the weights: eval and generate need
     nothing else, and a damaged copy is caught."""
+    from omnilatent.checkpoint.files import verify_checkpoint
     from omnilatent.errors import CheckpointError
-    from omnilatent.training.checkpoint import verify_checkpoint
 
     source = tmp_path / "spm.model"
     source.write_bytes(b"not really a sentencepiece model")

@@ -23,9 +23,9 @@ from cli.console import console
 from cli.errors import run_command
 from cli.train_display import RichCallbacks, eval_line, print_summary, progress_bar
 from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.checkpoint.files import load_checkpoint, save_checkpoint
 from omnilatent.errors import OmniLatentError
 from omnilatent.training import TrainConfig, TrainResult
-from omnilatent.training.checkpoint import load_checkpoint, save_checkpoint
 from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer
 from pipeline.lock import FolderLock
 
@@ -53,6 +53,20 @@ def test_train_synthetic_end_to_end(tmp_path) -> None:
     records = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
     assert "training summary" in result.output and str(save / "metrics.jsonl") in result.output
+
+
+def test_an_in_process_run_gives_the_signal_handlers_back(tmp_path) -> None:
+    """Issue 16: `omni train` run in-process (as these tests do) leaves SIGINT and SIGTERM
+    handled as before it, so pytest still stops on SIGTERM; also when the run fails."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    result = runner.invoke(app, ["train", *TINY_ARGS, "--steps", "1", "--save-dir",
+                                 str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    refused = runner.invoke(app, ["train", *TINY_ARGS, "--steps", "1", "--save-dir",
+                                  str(tmp_path / "run")])  # holds checkpoints: refused
+    assert refused.exit_code == 2
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_train_without_data_source_is_a_usage_error(tmp_path) -> None:

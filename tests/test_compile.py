@@ -15,10 +15,10 @@ from torch._dynamo.utils import counters
 
 from omnilatent import LatentNeuralHook, OmniLatentModel
 from omnilatent.config import MODALITIES
+from omnilatent.tasks import PairSampler, Task
 from omnilatent.training import TrainConfig, Trainer
 from omnilatent.training import compile as compile_policy
 from omnilatent.training.compile import compile_blocks
-from omnilatent.training.tasks import Task
 from tests.conftest import make_inputs
 
 ATOL = 1e-5
@@ -132,8 +132,8 @@ def test_evaluation_runs_eagerly_and_checkpointing_composes(tiny_model, tiny_con
     assert counters["stats"]["unique_graphs"] == graphs
 
 
-class _OneTask(Trainer):
-    def select_task(self, present: set[str]) -> Task | None:
+class _OneTask(PairSampler):
+    def select(self, step: int, present: set[str], notify) -> Task:
         return Task("image", "text")
 
 
@@ -142,7 +142,7 @@ def _losses(compiled: bool, tiny_config, loader) -> list[float]:
     model = OmniLatentModel(tiny_config)
     model.register_hook(_hook(tiny_config, "a", [0, 1]))
     config = TrainConfig(steps=3, lr=1e-2, device="cpu", compile=compiled, log_interval=1)
-    result = _OneTask(model, config, loader).train()
+    result = Trainer(model, config, loader, sampler=_OneTask(0)).train()
     return [entry["loss"] for entry in result.history]
 
 

@@ -296,6 +296,6 @@ def test_with_grad_accum_a_phase_task_fits_every_micro_batch(tiny_config) -> Non
                                 schedule=grounding_only)
     result = trainer.train()
     assert result.step == 4 and not any("text" in h["task"] for h in result.history)
-    assert trainer.text_skipped == 4
+    assert trainer.sampler.text_skipped == 4
 
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.checkpoint.files import load_checkpoint
 from omnilatent.errors import CheckpointError
 from omnilatent.training import TrainConfig, Trainer
-from omnilatent.training.checkpoint import load_checkpoint
 from omnilatent.training.trainer import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_two_processes_of_batch_2_train_like_one_of_batch_4(tmp_path: Path) -> N
     model = OmniLatentModel(OmniLatentConfig.from_dict(b.state["model_config"]))
     trainer = Trainer(model, TrainConfig(steps=10, device="cpu"), [])
     with pytest.raises(CheckpointError, match="2 process"):
-        trainer.check_compatible(two / "step-00000010", b.state)
+        trainer.checkpointer.check_compatible(two / "step-00000010", b.state)
 
 
 def test_fsdp_checkpoint_loads_in_one_process(tmp_path: Path) -> None:

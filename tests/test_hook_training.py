@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from omnilatent import MODALITIES, OmniLatentConfig, OmniLatentModel
+from omnilatent.checkpoint.card import CheckpointCard
 from omnilatent.errors import UsageError
-from omnilatent.inference.card import CheckpointCard
 from omnilatent.inference.trained import load_trained
 from omnilatent.model.hooks import LatentNeuralHook
 from omnilatent.training import SyntheticMultimodalDataset, TrainConfig, build_dataloader

@@ -8,8 +8,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from omnilatent import OmniLatentModel
+from omnilatent.checkpoint.card import CheckpointCard
 from omnilatent.evaluation.evaluate import evaluate
-from omnilatent.inference.card import CheckpointCard
 from omnilatent.inference.text import BYTE_CODEC
 from omnilatent.training import SyntheticMultimodalDataset, build_dataloader
 from omnilatent.training.tensorboard import TensorBoardCallbacks, flat_scalars, frame_grid
@@ -20,7 +20,7 @@ def _trainer(step: int, phases: tuple[str, ...] = (), card: CheckpointCard | Non
              ) -> Any:
     """What the callbacks read of a trainer: its step, a curriculum's phase spans, its card."""
     spans = [SimpleNamespace(phase=SimpleNamespace(name=name)) for name in phases]
-    return SimpleNamespace(step=step, spans=spans, card=card)
+    return SimpleNamespace(step=step, sampler=SimpleNamespace(spans=spans), card=card)
 
 
 def _record(step: int, loss: float, phase: str | None = None) -> dict[str, Any]:

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from media import make_video
 
 from omnilatent.errors import ConfigError, UsageError
+from omnilatent.tasks import PairSampler
 from omnilatent.training import TrainConfig
-from omnilatent.training.curriculum import CurriculumTrainer
+from omnilatent.training import run as run_module
+from omnilatent.training.curriculum import CurriculumSampler
 from omnilatent.training.run import (
     DataOptions,
     ModelOptions,
@@ -75,7 +78,7 @@ def test_a_prepared_folder_sizes_the_model_and_gets_the_curriculum(prepared, tmp
     assert (config.video_size, config.image_size, config.n_mels, config.video_frames,
             config.audio_frames) == (32, 48, 16, 8, mel_frames)
     assert config.vocab_size == 259  # the byte tokenizer's own vocabulary, not the default
-    assert isinstance(run.trainer, CurriculumTrainer)
+    assert isinstance(run.trainer.sampler, CurriculumSampler)
     assert run.source.description == f"1 train shard(s) from {prepared}"
     assert run.trainer.card is not None and run.trainer.card.data_config == PREP.to_dict()
     # no eval split: a note when evaluation was left to its default, an error when asked for
@@ -93,7 +96,7 @@ def test_synthetic_data_gets_the_plain_trainer_sized_by_the_model(tmp_path) -> N
     run = build_run(_options(tmp_path / "run", steps=600,
                              data=DataOptions("synthetic", batch_size=2)))
     run.board.close()
-    assert not isinstance(run.trainer, CurriculumTrainer)
+    assert isinstance(run.trainer.sampler, PairSampler)
     assert run.source.expected is None and run.source.corpus_has_text is True
     assert len(run.source.loader.dataset) == 1200  # steps x batch, above the minimum of 1000
 
@@ -167,3 +170,18 @@ def test_label_pattern_counts_retrieval_by_class_during_training(prepared, tmp_p
     with pytest.raises(UsageError, match="has none"):
         build_run(replace(options, train=replace(options.train, eval_every=None),
                           evaluation=replace(options.evaluation, label_pattern="x")))
+
+
+def test_the_initial_weights_do_not_depend_on_what_was_built_before(tmp_path,
+                                                                    monkeypatch) -> None:
+    """Issue 16: the model draws its initial weights from its own stream of the seed, so a
+    step built before it that draws random numbers changes nothing (the build order is free)."""
+    first = build_run(_options(tmp_path / "a"))
+    first.board.close()
+    tokenizer = run_module.build_tokenizer
+    monkeypatch.setattr(run_module, "build_tokenizer",
+                        lambda data: (torch.rand(7), tokenizer(data))[1])
+    second = build_run(_options(tmp_path / "b"))
+    second.board.close()
+    weights = first.trainer.model.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in second.trainer.model.state_dict().items())

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -12,7 +14,17 @@ import pytest
 import torch
 
 from omnilatent import MODALITIES, OmniLatentConfig, OmniLatentModel
+from omnilatent.checkpoint import files as checkpoint_files
+from omnilatent.checkpoint.files import (
+    STATE_FILE,
+    find_latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    step_dir_name,
+    verify_checkpoint,
+)
 from omnilatent.errors import CheckpointError, ConfigError, OmniLatentError
+from omnilatent.tasks import PairSampler, present_modalities, task_name
 from omnilatent.training import (
     SyntheticMultimodalDataset,
     TrainConfig,
@@ -20,17 +32,11 @@ from omnilatent.training import (
     build_dataloader,
     collate_multimodal,
 )
-from omnilatent.training.checkpoint import (
-    find_latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    step_dir_name,
-    verify_checkpoint,
-)
+from omnilatent.training.checkpointer import upgrade
+from omnilatent.training.config import lr_factor
 from omnilatent.training.rng import seed_everything
 from omnilatent.training.run_log import WALL_CLOCK_FIELDS
-from omnilatent.training.tasks import PairSampler, task_name
-from omnilatent.training.trainer import TrainerCallbacks, lr_factor
+from omnilatent.training.trainer import TrainerCallbacks
 from pipeline.loader.samples import LoaderStats
 from pipeline.lock import FolderInUseError, FolderLock
 from tests.conftest import TINY, TextOnEvenSamples
@@ -182,17 +188,17 @@ def test_synthetic_training_reduces_the_loss(tiny_config) -> None:
 def test_pair_sampler_covers_all_pairs_in_any_16_steps_and_skips_missing() -> None:
     batch = {m: torch.ones(1, 2, dtype=torch.long) if m == "text" else torch.zeros(1)
              for m in MODALITIES}
-    sampler = PairSampler(seed=3)
-    names = [sampler.next(batch).name for _ in range(40)]
+    sampler, present = PairSampler(seed=3), set(present_modalities(batch))
+    names = [sampler.choose(present).name for _ in range(40)]
     for start in range(0, 24):
         assert len(set(names[start:start + 16])) == 16
     state = sampler.state_dict()
     again = PairSampler(seed=3)
     again.load_state_dict(state)
-    assert [again.next(batch).name for _ in range(5)] == [sampler.next(batch).name
-                                                          for _ in range(5)]
+    assert [again.choose(present).name for _ in range(5)] == [sampler.choose(present).name
+                                                              for _ in range(5)]
     no_text = dict(batch, text=torch.zeros(1, 3, dtype=torch.long))  # all padding
-    tasks = [sampler.next(no_text) for _ in range(30)]
+    tasks = [sampler.choose(set(present_modalities(no_text))) for _ in range(30)]
     assert all("text" not in (t.source, t.target) for t in tasks)
     assert len({t.name for t in tasks}) == 9
 
@@ -323,14 +329,13 @@ def _set(path: str, value):
     (_set("rng.numpy", ["MT19937", [1] * 624, 10**6, 0, 0.0]), "rng.numpy"),
     (_set("rng.python", [3, [1] * 10, None]), "rng.python"),
     (_set("rng", []), "'rng' must be an object"),
-    (_set("pair_sampler", KeyError), "has no 'pair_sampler'"),
-    (_set("pair_sampler.turn", "3"), "pair_sampler"),
-    (_set("pair_sampler.turn", 10**30), "integer from 0 to"),
+    (_set("sampler", KeyError), "has no 'sampler'"),
+    (_set("sampler.turn", "3"), "'sampler' must be"),
+    (_set("sampler.turn", 10**30), "integer from 0 to"),
     (_set("data", [1, 2]), "'data' must be"),
     (_set("data.batches_seen", -1), "'data' must be"),
     (_set("model_config.hidden_dim", "wide"), "model_config"),
     (_set("hooks", {}), "'hooks' must be"),
-    (_set("extra", []), "'extra' must be"),
     (_set("log_window.recent", [["video->audio"]]), "log_window"),
     (_set("card", {"tokenizer": 5}), "card"),
 ])
@@ -343,7 +348,7 @@ def test_unrestorable_trainer_state_is_skipped_or_refused_unchanged(two_checkpoi
     shutil.copytree(two_checkpoints, save)
     _rewrite_state(save / "step-00000002", 2, edit)
     trainer = _trainer(tiny_config, save, 4)
-    search = find_latest_checkpoint(save, check=trainer.check_state)
+    search = find_latest_checkpoint(save, check=trainer.checkpointer.check)
     assert search.latest == save / "step-00000001"
     assert [path.name for path, _ in search.skipped] == ["step-00000002"]
     assert reason in search.skipped[0][1]
@@ -351,7 +356,7 @@ def test_unrestorable_trainer_state_is_skipped_or_refused_unchanged(two_checkpoi
     metrics = (save / "metrics.jsonl").read_text()
     with pytest.raises(CheckpointError, match="step-00000002"):
         trainer.resume(save / "step-00000002")
-    assert trainer.step == 0 and trainer.pair_sampler.turn == 0
+    assert trainer.step == 0 and trainer.sampler.turn == 0
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert (save / "metrics.jsonl").read_text() == metrics
     FolderLock(save).acquire().release()  # the failed resume gave the save dir back
@@ -558,3 +563,46 @@ def test_resume_with_more_steps_says_what_the_lr_schedule_does(tmp_path, tiny_co
     same.resume(tmp_path / "step-00000030")
     assert not any("learning-rate" in e for e in quiet.events)  # only log_interval changed
     same.release_save_dir()
+
+
+def _as_format_3(checkpoint: Path) -> None:
+    """Rewrite ``checkpoint``'s state.json as the base commit's code wrote it (format 3: the
+    sampler's state under "pair_sampler", a curriculum's under "extra"), hash included."""
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    state.update(format=3, pair_sampler=state.pop("sampler"), extra={})
+    body = {k: v for k, v in state.items() if k != "state_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    state["state_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    (checkpoint / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+
+def test_a_format_3_checkpoint_resumes_exactly(tmp_path, tiny_config) -> None:
+    """Issue 16: checkpoints of the previous format (the sampler's state under its old keys)
+    keep loading, and the resumed run logs the uninterrupted run's losses."""
+    whole = _trainer(tiny_config, tmp_path / "a", 4, save_every=2, keep_last=0).train()
+    _as_format_3(tmp_path / "a" / "step-00000002")
+    assert verify_checkpoint(tmp_path / "a" / "step-00000002")["format"] == 3
+    resumed = _trainer(tiny_config, tmp_path / "b", 4)
+    resumed.resume(tmp_path / "a" / "step-00000002")
+    assert resumed.step == 2 and resumed.sampler.turn == 2
+    assert [h["loss"] for h in resumed.train().history] == [h["loss"] for h in whole.history[2:]]
+    curriculum = {"phase": "warmup", "round_robin": {"video_recon": 0.5}, "text_skipped": 1,
+                  "phase_step": 3}
+    assert upgrade({"pair_sampler": {"turn": 0}, "extra": curriculum})["sampler"] == {
+        "phase": "warmup", "round_robin": {"video_recon": 0.5}, "text_skipped": 1}
+
+
+def test_saving_hashes_each_checkpoint_once(tmp_path, tiny_config, monkeypatch) -> None:
+    """Issue 16: pruning verifies the checkpoints it keeps by their recorded hashes once per
+    run, not every kept checkpoint again at every save (GBs of SHA-256 per save)."""
+    hashed: list[str] = []
+    original = checkpoint_files._sha256
+
+    def counting(path: Path) -> str:
+        hashed.append(f"{re.search('step-[0-9]{8}', path.parent.name).group(0)}/{path.name}")
+        return original(path)
+
+    monkeypatch.setattr(checkpoint_files, "_sha256", counting)
+    _trainer(tiny_config, tmp_path, 5, save_every=1, keep_last=3).train()
+    assert sorted(hashed) == sorted(f"{step_dir_name(step)}/{name}" for step in range(1, 6)
+                                    for name in ("model.safetensors", "training.pt"))

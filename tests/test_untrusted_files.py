@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from omnilatent import OmniLatentConfig, OmniLatentModel
+from omnilatent.checkpoint.card import CheckpointCard
 from omnilatent.errors import CheckpointError, ConfigError, HookError, UsageError
-from omnilatent.inference.card import CheckpointCard
 from omnilatent.inference.generate import generate
 from omnilatent.inference.trained import load_trained
 from omnilatent.model.hooks import LatentNeuralHook

@@ -1,7 +1,7 @@
 """Measure what a model learned on held-out batches: task losses, cross-modal retrieval,
 transcripts and reconstruction.
 
-- **Task losses**: every curriculum task (`omnilatent.training.curriculum.TASK_NAMES`), averaged
+- **Task losses**: every curriculum task (`omnilatent.tasks.TASK_NAMES`), averaged
   over samples (text tasks over reference tokens, on windows that have text).
 - **Retrieval** (audio->video, video->audio, image->audio, audio->image): each query's
   prediction is ranked against the real targets of every evaluated window by correlation
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from omnilatent.config import check_data_fits_model
 from omnilatent.errors import UsageError
 from omnilatent.evaluation.metrics import (
     character_errors,
@@ -40,8 +41,7 @@ from omnilatent.evaluation.metrics import (
 )
 from omnilatent.inference.text import TextCodec
 from omnilatent.model import OmniLatentModel
-from omnilatent.training.curriculum import TASK_NAMES, build_task
-from omnilatent.training.sources import check_data_fits_model
+from omnilatent.tasks import TASK_NAMES, build_task
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.normalize import batch_to_device
 from pipeline.shards.manifest import read_manifest

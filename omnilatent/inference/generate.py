@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 
-from omnilatent.config import MODALITIES
+from omnilatent.checkpoint.card import MAX_TEXT_LEN
+from omnilatent.config import MODALITIES, check_data_fits_model
 from omnilatent.errors import ConfigError
-from omnilatent.inference.card import MAX_TEXT_LEN
 from omnilatent.inference.trained import TrainedModel
-from omnilatent.training.sources import check_data_fits_model
 from pipeline.generate.inputs import (
     MODALITY_EXTENSIONS,
     SampleArrays,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from omnilatent.inference.card import CheckpointCard
+from omnilatent.checkpoint.card import CheckpointCard
 from pipeline.tokenizer import (
     BYTE_VOCAB_SIZE,
     EOS_ID,

@@ -12,20 +12,20 @@ from pathlib import Path
 
 import torch
 
-from omnilatent.config import OmniLatentConfig
-from omnilatent.errors import CheckpointError, OmniLatentError
-from omnilatent.inference.card import CheckpointCard
-from omnilatent.inference.text import TextCodec, codec_for
-from omnilatent.model import OmniLatentModel
-from omnilatent.model.hooks import LatentNeuralHook
-from omnilatent.model.weights_file import load_checked
-from omnilatent.training.checkpoint import (
+from omnilatent.checkpoint.card import CheckpointCard
+from omnilatent.checkpoint.files import (
     MODEL_FILE,
     STATE_FILE,
     checkpoint_dir,
     find_latest_checkpoint,
     verify_checkpoint,
 )
+from omnilatent.config import OmniLatentConfig
+from omnilatent.errors import CheckpointError, OmniLatentError
+from omnilatent.inference.text import TextCodec, codec_for
+from omnilatent.model import OmniLatentModel
+from omnilatent.model.hooks import LatentNeuralHook
+from omnilatent.model.weights_file import load_checked
 from pipeline.config import PrepareConfig
 
 

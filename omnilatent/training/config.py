@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,11 @@ def as_train_config(config: TrainConfig | OmniLatentConfig) -> TrainConfig:
         return TrainConfig.from_model_config(config)
     raise ConfigError(f"config must be a TrainConfig or an OmniLatentConfig, got "
                       f"{type(config).__name__}")
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

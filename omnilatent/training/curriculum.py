@@ -35,42 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omnilatent.checkpoint.json_values import is_count, is_number
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import CheckpointError, ConfigError
-from omnilatent.inference.card import CheckpointCard
 from omnilatent.model import OmniLatentModel
+from omnilatent.tasks import PAIR_TASKS, TASK_NAMES, Task, TaskSampler, build_task
 from omnilatent.training.config import TrainConfig, as_train_config
-from omnilatent.training.distributed import SINGLE, DistributedContext
-from omnilatent.training.tasks import Task, TemporalTask
-from omnilatent.training.trainer import Trainer, TrainerCallbacks, TrainResult
-
-PAIR_TASKS: dict[str, tuple[str, str]] = {
-    "video_recon": ("video", "video"),
-    "audio_recon": ("audio", "audio"),
-    "video_to_audio": ("video", "audio"),
-    "audio_to_video": ("audio", "video"),
-    "video_to_text": ("video", "text"),
-    "audio_to_text": ("audio", "text"),
-    "image_to_text": ("image", "text"),
-    "text_to_image": ("text", "image"),
-    "image_to_audio": ("image", "audio"),
-    "audio_to_image": ("audio", "image"),
-}
-TASK_NAMES = (*PAIR_TASKS, "temporal")
+from omnilatent.training.trainer import Trainer
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, published as a package
     import tomli as tomllib
-
-
-def build_task(name: str, tubelet: int) -> Task:
-    if name == "temporal":
-        return TemporalTask("video", "video", "temporal", tubelet=tubelet)
-    if name not in PAIR_TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
-    source, target = PAIR_TASKS[name]
-    return Task(source, target, name)
 
 
 @dataclass(frozen=True)
@@ -313,59 +289,32 @@ class _RoundRobin:
         return best
 
 
-class CurriculumTrainer(Trainer):
-    """The trainer with a phased task schedule.
+class CurriculumSampler(TaskSampler):
+    """The phased schedule as a `TaskSampler`: the phase of each step, its tasks in smooth
+    weighted round-robin, and the text tasks passed over (``text_skipped``).
 
     ``corpus_has_text`` False (known from the manifest) drops text tasks up front; None means
-    unknown, and batches without text simply pass over text tasks. ``total_steps`` and
-    ``save_dir`` override those of ``config`` in a validated copy; the caller's is untouched.
-    """
+    unknown: batches without text pass over text tasks. Clips of ``config`` (the model's) too
+    short for future frames are refused here, not after the earlier phases ran."""
 
-    def __init__(
-        self,
-        model: OmniLatentModel,
-        config: TrainConfig | OmniLatentConfig,
-        dataloader: Any,
-        total_steps: int | None = None,
-        save_dir: Path | str | None = None,
-        schedule: Schedule | str = DEFAULT_SCHEDULE,
-        corpus_has_text: bool | None = None,
-        callbacks: TrainerCallbacks | None = None,
-        card: CheckpointCard | None = None,
-        evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
-        data_source: str | None = None,
-        distributed: DistributedContext = SINGLE,
-    ) -> None:
-        overrides: dict[str, Any] = {}
-        if total_steps is not None:
-            overrides["steps"] = total_steps
-        if save_dir is not None:
-            overrides["save_dir"] = Path(save_dir)
-        # the seed passes the model's config; runs TrainConfig's validation
-        config = dataclasses.replace(as_train_config(config), **overrides)
-        super().__init__(model, config, dataloader, callbacks, card, evaluator, data_source,
-                         distributed)
+    def __init__(self, schedule: Schedule | str, total_steps: int, config: OmniLatentConfig,
+                 corpus_has_text: bool | None = None) -> None:
         if isinstance(schedule, str):
             schedule = parse_schedule(schedule)
-        self.notes: list[str] = []
+        self._notes: list[str] = []
         if corpus_has_text is False:
-            schedule, self.notes = schedule.without_text_tasks()
-            self.notes.insert(0, "the corpus has no transcripts: text tasks are skipped")
+            schedule, self._notes = schedule.without_text_tasks()
+            self._notes.insert(0, "the corpus has no transcripts: text tasks are skipped")
         self.schedule = schedule
-        self.spans = schedule.spans(config.steps)
-        self._check_clip_length(model.config.video_frames, model.config.tubelet_size)
-        self.tasks = {name: build_task(name, model.config.tubelet_size) for name in TASK_NAMES}
+        self.spans = schedule.spans(total_steps)
+        self.tasks = {name: build_task(name, config.tubelet_size) for name in TASK_NAMES}
         self._rr = _RoundRobin()
         self._phase_name: str | None = None
         self.text_skipped = 0
-
-    def _check_clip_length(self, frames: int, tubelet: int) -> None:
-        """Future-frame prediction cuts a clip in two at a whole tubelet; refuse it up front on
-        clips too short for that, not at the first temporal step after earlier phases ran."""
-        if frames >= 2 * tubelet:
-            return
-        for span in self.spans:
-            if "temporal" in span.phase.tasks and span.end > span.start:
+        frames, tubelet = config.video_frames, config.tubelet_size
+        for span in self.spans:  # future frames: a clip is cut in two at a whole tubelet
+            if (frames < 2 * tubelet and "temporal" in span.phase.tasks
+                    and span.end > span.start):
                 raise ConfigError(
                     f"phase {span.phase.name!r} trains 'temporal' (future frames from past "
                     f"ones), which needs clips of at least {2 * tubelet} frames (two tubelets "
@@ -373,10 +322,8 @@ class CurriculumTrainer(Trainer):
                     "(--clip-duration, --fps) or use a schedule without 'temporal'"
                 )
 
-    def train(self, should_stop: Callable[[], bool] | None = None) -> TrainResult:
-        for note in self.notes:
-            self.callbacks.on_event(note)
-        return super().train(should_stop)
+    def notes(self) -> list[str]:
+        return list(self._notes)
 
     def span_at(self, step: int) -> PhaseSpan:
         """The phase that step index ``step`` (0-based) belongs to."""
@@ -385,15 +332,13 @@ class CurriculumTrainer(Trainer):
                 return span
         return self.spans[-1]
 
-    def select_task(self, present: set[str]) -> Task | None:
-        span = self.span_at(self.step)
+    def select(self, step: int, present: set[str], notify: Callable[[str], None]) -> Task | None:
+        span = self.span_at(step)
         if span.phase.name != self._phase_name:
             self._rr = _RoundRobin()
             self._phase_name = span.phase.name
-            self.callbacks.on_event(
-                f"phase {span.phase.name!r} (steps {span.start + 1}-{span.end}): "
-                f"{', '.join(span.phase.tasks)}"
-            )
+            notify(f"phase {span.phase.name!r} (steps {span.start + 1}-{span.end}): "
+                   f"{', '.join(span.phase.tasks)}")
         eligible = {name: w for name, w in span.phase.tasks.items()
                     if {self.tasks[name].source, self.tasks[name].target} <= present}
         if len(eligible) < len(span.phase.tasks) and "text" not in present:
@@ -402,39 +347,54 @@ class CurriculumTrainer(Trainer):
             return None
         return self.tasks[self._rr.pick(eligible)]
 
-    def log_fields(self) -> dict[str, Any]:
-        span = self.span_at(max(self.step - 1, 0))
-        return {"phase": span.phase.name, "phase_step": self.step - span.start,
+    def log_fields(self, step: int) -> dict[str, Any]:
+        span = self.span_at(max(step - 1, 0))
+        return {"phase": span.phase.name, "phase_step": step - span.start,
                 "text_skipped": self.text_skipped}
 
-    def extra_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"phase": self._phase_name, "round_robin": dict(self._rr.current),
-                "text_skipped": self.text_skipped,
-                "phase_step": self.step - self.span_at(max(self.step - 1, 0)).start}
+                "text_skipped": self.text_skipped}
 
-    def check_extra_state(self, state: dict[str, Any]) -> None:
-        if not state:  # a run without a curriculum: refused by check_compatible
+    def mismatch(self, state: Any) -> str | None:
+        if isinstance(state, dict) and "round_robin" not in state and "turn" in state:
+            return ("holds no curriculum state: it was written by a run without a phase "
+                    "schedule; resume it that way, or start a new run in another save dir")
+        return None
+
+    def check_state_dict(self, state: Any) -> None:
+        if self.mismatch(state):
             return
-        robin = state.get("round_robin")
-        if not (isinstance(state.get("phase"), (str, type(None)))
-                and isinstance(robin, dict)
-                and all(name in TASK_NAMES and isinstance(value, (int, float))
-                        and not isinstance(value, bool) and math.isfinite(value)
+        robin = state.get("round_robin") if isinstance(state, dict) else None
+        if not (isinstance(robin, dict) and isinstance(state.get("phase"), (str, type(None)))
+                and all(name in TASK_NAMES and is_number(value, -math.inf)
                         for name, value in robin.items())
-                and isinstance(state.get("text_skipped"), int)
-                and not isinstance(state["text_skipped"], bool) and state["text_skipped"] >= 0):
-            raise CheckpointError("'extra' (the curriculum state) must be {phase: a name or "
+                and is_count(state.get("text_skipped"))):
+            raise CheckpointError("'sampler' (the curriculum state) must be {phase: a name or "
                                   "null, round_robin: task -> number, text_skipped: an integer "
                                   ">= 0}")
 
-    def check_compatible(self, path: Path, state: dict[str, Any]) -> None:
-        super().check_compatible(path, state)
-        if not state["extra"]:
-            raise CheckpointError(f"{path} holds no curriculum state: it was written by a run "
-                                  "without a phase schedule; resume it that way, or start a "
-                                  "new run in another save dir")
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self._phase_name = state["phase"]
         self._rr = _RoundRobin(dict(state["round_robin"]))
         self.text_skipped = state["text_skipped"]
+
+
+def CurriculumTrainer(  # noqa: N802 - the seed's class name, kept for its scripts
+    model: OmniLatentModel,
+    config: TrainConfig | OmniLatentConfig,
+    dataloader: Any,
+    total_steps: int | None = None,
+    save_dir: Path | str | None = None,
+    schedule: Schedule | str = DEFAULT_SCHEDULE,
+    corpus_has_text: bool | None = None,
+    **trainer_options: Any,
+) -> Trainer:
+    """The seed's curriculum trainer: a `Trainer` with a `CurriculumSampler`. ``total_steps``
+    and ``save_dir`` override those of ``config`` in a validated copy; ``trainer_options`` go
+    to `Trainer` (callbacks, card, ...)."""
+    overrides = {"steps": total_steps, "save_dir": None if save_dir is None else Path(save_dir)}
+    train_config = dataclasses.replace(as_train_config(config), **{
+        key: value for key, value in overrides.items() if value is not None})
+    sampler = CurriculumSampler(schedule, train_config.steps, model.config, corpus_has_text)
+    return Trainer(model, train_config, dataloader, sampler=sampler, **trainer_options)

@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from omnilatent.checkpoint.files import MODEL_FILE, read_state
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import HookError, UsageError
 from omnilatent.model import OmniLatentModel
 from omnilatent.model.hooks import MAX_HOOK_LAYER, MAX_HOOK_TOKENS, LatentNeuralHook
-from omnilatent.training.checkpoint import MODEL_FILE, read_state
 from omnilatent.training.trainer import TrainerCallbacks
 
 HOOKS_DIR = "hooks"  # SAVE_DIR/hooks/NAME: each new hook of the newest checkpoint, alone

@@ -9,14 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnilatent.checkpoint.json_values import is_int
 from omnilatent.errors import CheckpointError
-from omnilatent.training.json_values import is_int
 
 _MT_WORDS = 624  # Mersenne Twister state words (python and numpy)
-
-
-def _tensor_to_list(state: torch.Tensor) -> list[int]:
-    return state.tolist()
 
 
 def _list_to_tensor(values: list[int]) -> torch.Tensor:
@@ -30,8 +26,8 @@ def capture_rng() -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
-        "torch": _tensor_to_list(torch.get_rng_state()),
-        "cuda": [_tensor_to_list(s) for s in torch.cuda.get_rng_state_all()]
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()]
         if torch.cuda.is_available()
         else [],
     }

@@ -26,9 +26,18 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from omnilatent.config import OmniLatentConfig
+from omnilatent.checkpoint.card import MAX_TEXT_LEN, CheckpointCard
+from omnilatent.checkpoint.files import (
+    StateCheck,
+    checkpoint_dir,
+    find_latest_checkpoint,
+    list_checkpoints,
+    read_state,
+)
+from omnilatent.config import OmniLatentConfig, check_data_fits_model, model_sizes
 from omnilatent.errors import CheckpointError, ConfigError, UsageError
 from omnilatent.evaluation.evaluate import (
     check_shards_fit,
@@ -36,19 +45,11 @@ from omnilatent.evaluation.evaluate import (
     shard_evaluator,
     source_labeller,
 )
-from omnilatent.inference.card import MAX_TEXT_LEN, CheckpointCard
 from omnilatent.inference.text import codec_for
 from omnilatent.inference.trained import TrainedModel, load_trained
 from omnilatent.model import OmniLatentModel
-from omnilatent.training.checkpoint import (
-    StateCheck,
-    checkpoint_dir,
-    find_latest_checkpoint,
-    list_checkpoints,
-    read_state,
-)
 from omnilatent.training.config import TrainConfig
-from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumTrainer, Schedule
+from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumSampler, Schedule
 from omnilatent.training.distributed import (
     DistributedContext,
     init_distributed,
@@ -65,14 +66,18 @@ from omnilatent.training.hook_training import (
 from omnilatent.training.rng import seed_everything
 from omnilatent.training.sources import (
     DataSource,
-    check_data_fits_model,
-    model_sizes,
     shard_source,
     synthetic_source,
     video_dir_source,
 )
 from omnilatent.training.tensorboard import TensorBoardCallbacks
-from omnilatent.training.trainer import Trainer, TrainerCallbacks, TrainResult, resolve_device
+from omnilatent.training.trainer import (
+    CompositeCallbacks,
+    Trainer,
+    TrainerCallbacks,
+    TrainResult,
+    resolve_device,
+)
 from pipeline.shards.split import Split
 from pipeline.tokenizer import (
     BYTE_VOCAB_SIZE,
@@ -213,37 +218,6 @@ class TrainRun:
     board: TensorBoardCallbacks
     context: DistributedContext
     hook_export: HookExport | None = None  # the new hooks, exported at each checkpoint
-
-
-class CompositeCallbacks(TrainerCallbacks):
-    """Passes every trainer callback on to each of ``parts`` in turn (display, TensorBoard)."""
-
-    def __init__(self, *parts: TrainerCallbacks) -> None:
-        self.parts = parts
-
-    def on_start(self, trainer: Trainer) -> None:
-        for part in self.parts:
-            part.on_start(trainer)
-
-    def on_step(self, step: int, total: int, task: str) -> None:
-        for part in self.parts:
-            part.on_step(step, total, task)
-
-    def on_log(self, record: dict[str, Any]) -> None:
-        for part in self.parts:
-            part.on_log(record)
-
-    def on_checkpoint(self, path: Path) -> None:
-        for part in self.parts:
-            part.on_checkpoint(path)
-
-    def on_eval(self, record: dict[str, Any]) -> None:
-        for part in self.parts:
-            part.on_eval(record)
-
-    def on_event(self, message: str) -> None:
-        for part in self.parts:
-            part.on_event(message)
 
 
 def build_tokenizer(data: DataOptions) -> TokenizerFn:
@@ -399,27 +373,27 @@ def build_trainer(options: TrainRunOptions, model: OmniLatentModel, source: Data
     plain trainer, all 16 modality pairs in turn, on synthetic data without one."""
     schedule = options.schedule or (None if options.data.source == "synthetic"
                                     else DEFAULT_SCHEDULE)
-    if schedule is None:
-        return Trainer(model, options.train, source.loader, callbacks, card, evaluator,
-                       options.data.source, context)
-    return CurriculumTrainer(model, options.train, source.loader, schedule=schedule,
-                             corpus_has_text=source.corpus_has_text, callbacks=callbacks,
-                             card=card, evaluator=evaluator, data_source=options.data.source,
-                             distributed=context)
+    sampler = None if schedule is None else CurriculumSampler(
+        schedule, options.train.steps, model.config, source.corpus_has_text)
+    return Trainer(model, options.train, source.loader, callbacks, card, evaluator,
+                   options.data.source, context, sampler)
 
 
 def build_run(options: TrainRunOptions, display: TrainerCallbacks | None = None) -> TrainRun:
-    """Build every part of a run (see the module docstring for the order; the random state
-    each part draws from follows it, so keep it). ``display`` receives the trainer's
-    callbacks beside the TensorBoard writer, on the main process only."""
+    """Build every part of a run (see the module docstring). Each part that draws random
+    numbers has its own stream of the seed (loaders and samplers their own generators), so
+    the build order changes none. ``display`` receives the trainer's callbacks beside the
+    TensorBoard writer, on the main process only."""
     context = init_distributed(options.train.device, options.fsdp)  # before the loaders
     seed_everything(options.train.seed)
     options, base = from_checkpoint(options)
     tokenizer = build_tokenizer(options.data)
     source = build_data(options, tokenizer)
-    model = (build_model(options, source, tokenizer) if base is None
-             else base_model(options, base, source))
-    hooks = add_hooks(model, options.start)
+    with torch.random.fork_rng(devices=[]):  # the initial weights: the seed's first draws
+        torch.manual_seed(options.train.seed)
+        model = (build_model(options, source, tokenizer) if base is None
+                 else base_model(options, base, source))
+        hooks = add_hooks(model, options.start)
     if source is None:
         train, data = options.train, options.data
         length = max(SYNTHETIC_MIN_SAMPLES, train.steps * data.batch_size * train.grad_accum)
@@ -499,7 +473,8 @@ def run_training(run: TrainRun, should_stop: Callable[[], bool] = lambda: False,
     trainer = run.trainer
     trainer.claim_save_dir()  # before the save dir is read: another run may be writing it
     try:
-        plan = resolve_resume(run.options.resume, run.options.save_dir, trainer.check_state)
+        plan = resolve_resume(run.options.resume, run.options.save_dir,
+                              trainer.checkpointer.check)
         if on_resume is not None:
             on_resume(plan)
         if plan.checkpoint is not None:

@@ -4,12 +4,15 @@ loader's cumulative counters of what it delivered and dropped."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from omnilatent.training.tasks import canonical_task_name
+from omnilatent.checkpoint.json_values import is_count, is_number
+from omnilatent.errors import CheckpointError
+from omnilatent.tasks import canonical_task_name
 
 # Record fields measured with the wall clock: the only ones a resumed run may log differently.
 WALL_CLOCK_FIELDS = ("tokens_per_s", "samples_per_s")
@@ -62,6 +65,18 @@ class LogWindow:
     def state_dict(self) -> dict[str, Any]:
         return {"recent": [[name, loss] for name, loss in self.recent], "samples": self.samples,
                 "tokens": self.tokens, "skipped": self.skipped, "seconds": self.elapsed()}
+
+    @staticmethod
+    def check_state_dict(window: Any) -> None:
+        if not (isinstance(window, dict)
+                and {"recent", "samples", "tokens", "skipped", "seconds"} <= set(window)
+                and isinstance(window["recent"], list)
+                and all(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                        and is_number(item[1], -math.inf) for item in window["recent"])
+                and all(is_count(window[k]) for k in ("samples", "tokens", "skipped"))
+                and is_number(window["seconds"])):
+            raise CheckpointError("'log_window' must be {recent: [[task, loss], ...], samples, "
+                                  "tokens, skipped (integers >= 0), seconds (>= 0)}")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.recent.clear()

@@ -96,7 +96,7 @@ class TensorBoardCallbacks(TrainerCallbacks):
         # events of steps after the checkpoint resumed from (a killed run's) are hidden; on a
         # fresh run (step 0) those of an earlier run into the same folder are
         self.writer = SummaryWriter(str(self.log_dir), purge_step=trainer.step + 1)
-        spans = getattr(trainer, "spans", [])  # a CurriculumTrainer's phases, in order
+        spans = getattr(trainer.sampler, "spans", [])  # a curriculum's phases, in order
         self._phases = list(dict.fromkeys(span.phase.name for span in spans))
         self._phase = None
         card = getattr(trainer, "card", None)

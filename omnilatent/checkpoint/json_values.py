@@ -1,5 +1,5 @@
 """Type tests for values read from JSON, where ``true`` is an int to Python and ``NaN`` a
-float: the checks of state.json (`checkpoint`, `rng`, `state_check`) share them."""
+float: the checks of state.json (`files`, `rng`, the stateful parts) share them."""
 
 from __future__ import annotations
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from omnilatent.checkpoint.json_values import is_count
 from omnilatent.config import MODALITIES
-from omnilatent.errors import ConfigError, OmniLatentError
+from omnilatent.errors import CheckpointError, ConfigError, OmniLatentError
 from omnilatent.model.losses import PAD_ID
 
 
@@ -66,6 +70,31 @@ class TemporalTask(Task):
         return video[:, :, :cut], video[:, :, cut:]
 
 
+# The named tasks of a curriculum (and of evaluation): pairs, and future frames.
+PAIR_TASKS: dict[str, tuple[str, str]] = {
+    "video_recon": ("video", "video"),
+    "audio_recon": ("audio", "audio"),
+    "video_to_audio": ("video", "audio"),
+    "audio_to_video": ("audio", "video"),
+    "video_to_text": ("video", "text"),
+    "audio_to_text": ("audio", "text"),
+    "image_to_text": ("image", "text"),
+    "text_to_image": ("text", "image"),
+    "image_to_audio": ("image", "audio"),
+    "audio_to_image": ("audio", "image"),
+}
+TASK_NAMES = (*PAIR_TASKS, "temporal")
+
+
+def build_task(name: str, tubelet: int) -> Task:
+    if name == "temporal":
+        return TemporalTask("video", "video", "temporal", tubelet=tubelet)
+    if name not in PAIR_TASKS:
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
+    source, target = PAIR_TASKS[name]
+    return Task(source, target, name)
+
+
 def present_modalities(batch: dict) -> list[str]:
     """Modalities the batch can serve; text only when at least one token is not padding."""
     present = []
@@ -79,7 +108,44 @@ def present_modalities(batch: dict) -> list[str]:
     return present
 
 
-class PairSampler:
+MAX_TURN = 2**62  # a sampler's counters stay far below this
+
+
+class TaskSampler(ABC):
+    """Chooses each step's task for one `Trainer`; a stateful part of its checkpoints
+    ("sampler" in state.json). `PairSampler` (every modality pair in turn) and the curriculum
+    (`omnilatent.training.curriculum.CurriculumSampler`) are the two. A sampler draws from no
+    global random generator, so where it is built does not change any random stream."""
+
+    @abstractmethod
+    def select(self, step: int, present: set[str], notify: Callable[[str], None]) -> Task | None:
+        """The task of step index ``step`` given the modalities every batch of the step holds
+        (None: skip the step); ``notify`` tells the user (e.g. a phase begins)."""
+
+    def notes(self) -> list[str]:
+        """What the user is told when training starts."""
+        return []
+
+    def log_fields(self, step: int) -> dict[str, Any]:
+        """Extra fields of the metrics record after ``step`` steps."""
+        return {}
+
+    @abstractmethod
+    def mismatch(self, state: Any) -> str | None:
+        """Why ``state``, the other kind of sampler's, cannot be continued (else None)."""
+
+    @abstractmethod
+    def check_state_dict(self, state: Any) -> None:
+        """CheckpointError if ``load_state_dict`` could not take ``state`` (of this kind)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class PairSampler(TaskSampler):
     """A balanced, periodic order over the 16 (source, target) pairs.
 
     Turn k trains target ``MODALITIES[k % 4]`` from source ``order[target][(k // 4) % 4]``,
@@ -97,10 +163,6 @@ class PairSampler:
                       for t in MODALITIES}
         self.turn = 0
 
-    def next(self, batch: dict) -> Task:
-        """The next pair that ``batch`` can serve."""
-        return self.choose(set(present_modalities(batch)))
-
     def choose(self, present: set[str]) -> Task:
         """The next pair whose source and target are both in ``present``."""
         if not present:
@@ -114,10 +176,26 @@ class PairSampler:
             if source in present and target in present:
                 return Task(source, target)
 
-    def state_dict(self) -> dict:
+    def select(self, step: int, present: set[str], notify: Callable[[str], None]) -> Task:
+        return self.choose(present)
+
+    def state_dict(self) -> dict[str, Any]:
         return {"turn": self.turn}
 
-    def load_state_dict(self, state: dict) -> None:
+    def mismatch(self, state: Any) -> str | None:
+        if isinstance(state, dict) and "round_robin" in state:
+            return ("holds curriculum state: it was written by a run with a phase schedule; "
+                    "resume it with one, or start a new run in another save dir")
+        return None
+
+    def check_state_dict(self, state: Any) -> None:
+        if self.mismatch(state):
+            return
+        if not (isinstance(state, dict) and is_count(state.get("turn"))
+                and state["turn"] <= MAX_TURN):
+            raise CheckpointError(f"'sampler' must be {{turn: an integer from 0 to {MAX_TURN}}}")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.turn = int(state["turn"])
 
 

@@ -4,15 +4,17 @@ on load; pruning deletes only verified checkpoints older than the ones it keeps.
 Layout of ``SAVE_DIR/step-00000030/``:
   model.safetensors   model weights (hooks included)
   training.pt         optimizer, scheduler and GradScaler state (torch.load weights_only=True)
-  tokenizer.model     the SentencePiece model, when the run used one (see inference/card.py)
-  state.json          format, step, configs, card, RNG states, data position, the size and
-                      SHA-256 of every file above, so truncation or corruption is detected,
-                      not loaded, and ``state_sha256``: the SHA-256 of state.json's own
-                      canonical JSON without that key, so a hand-edited or damaged state.json
-                      is refused with a reason instead of crashing a resume half-way.
+  tokenizer.model     the SentencePiece model, when the run used one (see checkpoint/card.py)
+  state.json          format, step, the trainer's parts (`omnilatent.training.checkpointer`),
+                      the size and SHA-256 of every file above (the manifest, written with
+                      them), so truncation or corruption is detected, not loaded, and
+                      ``state_sha256``: the SHA-256 of state.json's own canonical JSON
+                      without that key, so a hand-edited or damaged state.json is refused
+                      with a reason instead of crashing a resume half-way.
 
-Format 3 added ``state_sha256``; format 2 checkpoints (the same layout, written before it) are
-still read, their state.json checked against the schema only.
+Format 4 renamed the sampler's key; format 3 added ``state_sha256``; format 2 checkpoints (the
+same layout, written before it) are still read, their state.json checked against the schema
+only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +32,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from omnilatent.checkpoint.json_values import is_int
 from omnilatent.errors import CheckpointError
-from omnilatent.training.json_values import is_int
+from omnilatent.model.weights_file import load_checked
 
 # 2: target decoder with position queries (replacing the sequence adapter), and a card.
 # 3: state.json carries state_sha256 (same layout, so format 2 is still read).
-FORMAT_VERSION = 3
-READABLE_FORMATS = (2, 3)
+# 4: the task sampler's state is "sampler" (format 3's "pair_sampler" and a curriculum's
+#    "extra" are converted on read: `omnilatent.training.checkpointer.upgrade`).
+FORMAT_VERSION = 4
+READABLE_FORMATS = (2, 3, 4)
 MAX_STEP = 99_999_999  # the folder name holds 8 digits
 MODEL_FILE = "model.safetensors"
 TRAINING_FILE = "training.pt"
@@ -216,9 +221,9 @@ def read_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def verify_checkpoint(path: Path) -> dict[str, Any]:
+def verify_checkpoint(path: Path, hashes: bool = True) -> dict[str, Any]:
     """Return the checkpoint's state.json after checking it and the size and SHA-256 of every
-    file it lists.
+    file it lists (with ``hashes`` False, the sizes only: a checkpoint hashed before).
 
     Anything wrong (a partial folder, a truncated or corrupt file, a state.json that is not
     what save_checkpoint wrote) is a CheckpointError naming the problem, never another
@@ -236,7 +241,7 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             if size != meta["bytes"]:
                 raise CheckpointError(f"{path}: {name} has {size} bytes, state.json says "
                                       f"{meta['bytes']} (truncated?)")
-        for name, meta in files.items():
+        for name, meta in files.items() if hashes else ():
             if _sha256(path / name) != meta["sha256"]:
                 raise CheckpointError(f"{path}: {name} does not match its recorded SHA-256 "
                                       "(corrupt)")
@@ -253,11 +258,14 @@ class LoadedCheckpoint:
     training_state: dict[str, Any]
 
 
-def load_checkpoint(path: Path) -> LoadedCheckpoint:
-    """Verify then load a checkpoint; tensors are loaded with ``weights_only=True``."""
+def load_checkpoint(path: Path, expected: Mapping[str, torch.Tensor] | None = None
+                    ) -> LoadedCheckpoint:
+    """Verify then load a checkpoint; tensors are loaded with ``weights_only=True``. With
+    ``expected`` (a state_dict), weights whose names or shapes differ are refused unread."""
     state = verify_checkpoint(path)
     try:
-        model_state = load_file(str(path / MODEL_FILE))
+        model_state = (load_file(str(path / MODEL_FILE)) if expected is None
+                       else load_checked(path / MODEL_FILE, expected))
         training_state = torch.load(path / TRAINING_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors and torch raise many types for damaged files
         raise CheckpointError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from exc
@@ -301,8 +309,8 @@ def checkpoint_dir(path: Path) -> Path:
     raise CheckpointError(f"{path} is neither a checkpoint folder nor a file in one ({why})")
 
 
-def _check_usable(path: Path, check: StateCheck | None) -> None:
-    state = verify_checkpoint(path)
+def _check_usable(path: Path, check: StateCheck | None, hashes: bool = True) -> None:
+    state = verify_checkpoint(path, hashes)
     if check is not None:
         check(path, state)
 
@@ -323,14 +331,18 @@ def find_latest_checkpoint(save_dir: Path, check: StateCheck | None = None) -> C
 
 
 def prune_checkpoints(save_dir: Path, keep_last: int, *, keep: Path | None = None,
-                      check: StateCheck | None = None) -> list[Path]:
+                      check: StateCheck | None = None,
+                      verified: set[Path] | None = None) -> list[Path]:
     """Keep the newest ``keep_last`` usable checkpoints, delete older usable ones (0 keeps
     all); return the removed.
 
     Usable means it verifies and passes ``check``. A partial or corrupt folder is neither
     counted (else it could push the last good checkpoint out) nor deleted (someone may want
     to look at it). ``keep``, the checkpoint just written, is trusted without re-hashing,
-    never deleted, and counts as one of the kept wherever its step falls.
+    never deleted, and counts as one of the kept wherever its step falls. ``verified``
+    (resolved paths) are the checkpoints this process hashed already: only their sizes are
+    checked again; the others are hashed once and added, so a run hashes each checkpoint once,
+    not every kept one at every save.
     """
     if keep_last <= 0:
         return []
@@ -340,10 +352,13 @@ def prune_checkpoints(save_dir: Path, keep_last: int, *, keep: Path | None = Non
         if path.resolve() == kept_path:
             kept += 1
             continue
+        resolved = path.resolve()
         try:
-            _check_usable(path, check)
+            _check_usable(path, check, hashes=verified is None or resolved not in verified)
         except CheckpointError:
             continue
+        if verified is not None:
+            verified.add(resolved)
         if kept < keep_last:
             kept += 1
         elif not path.is_symlink():  # a link to a checkpoint elsewhere is not ours to delete
