@@ -10,6 +10,13 @@ talking head), a moving object, and sensor noise of sigma 2 grey levels.
 
     python bench/clip_encoding.py                 # defaults: 128 clips, 4 shards
     python bench/clip_encoding.py --crf 18 20 23  # also sweep the x264 CRF
+    python bench/clip_encoding.py --clips 32 --preset ultrafast veryfast fast medium
+
+It also splits the CPU time of one mp4 clip (`time.process_time`, best of the runs) into the
+RGB -> yuv420p conversion, x264's start-up and teardown (an encoder opened and closed with no
+frame), and x264 encoding the 16 frames with one encoder kept for all clips and an IDR frame
+forced at each clip's start (what one encoder per video would cost): whether per-clip encoder
+start-up is worth saving.
 """
 
 from __future__ import annotations
@@ -19,18 +26,20 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import webdataset as wds
 
-from pipeline.config import PrepareConfig
+from pipeline.config import SCHEMA_VERSION, PrepareConfig
 from pipeline.loader.shard_loader import build_shard_loader
 from pipeline.media.audio import log_mel
 from pipeline.media.discover import video_id
+from pipeline.media.h264 import x264_options
 from pipeline.shards.decode import decode_member
-from pipeline.shards.encode import MP4_CRF, MP4_PRESET, encode_clip, encode_sample
+from pipeline.shards.encode import MP4_CRF, MP4_PIX_FMT, MP4_PRESET, encode_clip, encode_sample
 from pipeline.shards.schema import CLIP_ENCODINGS, SampleMeta
 
 SCENE = 640  # scene side in pixels; the image crop is image_size, frames are half of it
@@ -109,6 +118,77 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def cpu_timed(fn: Callable[[], object], repeats: int) -> float:
+    """Least CPU seconds of this process over `repeats` runs of `fn`: what the work costs,
+    however many other jobs share the cores."""
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return min(times)
+
+
+def x264_context(width: int, height: int, fps: int,
+                 preset: str = MP4_PRESET) -> av.CodecContext:
+    """An opened libx264 encoder with the shards' settings (`encode_clip`'s), no container."""
+    context = av.CodecContext.create("libx264", "w")
+    context.width, context.height, context.pix_fmt = width, height, MP4_PIX_FMT
+    context.time_base, context.framerate = Fraction(1, fps), fps
+    context.options = dict(x264_options(MP4_CRF, preset))
+    context.open()
+    return context
+
+
+def yuv_frames(clips: list[np.ndarray]) -> list[list[av.VideoFrame]]:
+    """Each clip's frames converted to the encoder's yuv420p, as `encode_clip` feeds x264."""
+    return [[av.VideoFrame.from_ndarray(p, format="rgb24").reformat(format=MP4_PIX_FMT)
+             for p in clip] for clip in clips]
+
+
+def x264_clips(yuv: list[list[av.VideoFrame]], fps: int, preset: str) -> int:
+    """Encode each clip with its own x264 encoder, as `encode_clip` does, without the mp4
+    container; returns the bytes of all the clips' packets."""
+    total = 0
+    for clip in yuv:
+        context = x264_context(clip[0].width, clip[0].height, fps, preset)
+        for index, frame in enumerate(clip):
+            frame.pts, frame.pict_type = index, av.video.frame.PictureType.NONE
+            total += sum(packet.size for packet in context.encode(frame))
+        total += sum(packet.size for packet in context.encode(None))
+    return total
+
+
+def encode_breakdown(clips: list[np.ndarray], fps: int, repeats: int) -> dict[str, float]:
+    """CPU ms per clip of `encode_clip` and of its parts (see the module docstring)."""
+    _, height, width, _ = clips[0].shape
+    yuv = yuv_frames(clips)
+
+    def convert() -> None:
+        for clip in clips:
+            for picture in clip:
+                av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format=MP4_PIX_FMT)
+
+    def start_and_stop() -> None:
+        for _ in clips:
+            x264_context(width, height, fps).encode(None)
+
+    def one_encoder() -> None:
+        context, pts = x264_context(width, height, fps), 0
+        for clip in yuv:
+            for index, frame in enumerate(clip):
+                frame.pts, pts = pts, pts + 1
+                frame.pict_type = (av.video.frame.PictureType.I if index == 0
+                                   else av.video.frame.PictureType.NONE)
+                context.encode(frame)
+        context.encode(None)
+
+    parts = {"encode_clip": lambda: [encode_clip(c, "mp4", fps) for c in clips],
+             "rgb24_to_yuv420p": convert, "x264_start_and_stop": start_and_stop,
+             "x264_one_encoder_idr_per_clip": one_encoder}
+    return {name: cpu_timed(fn, repeats) / len(clips) * 1e3 for name, fn in parts.items()}
+
+
 def yuv420_error(clips: list[np.ndarray]) -> float:
     """Mean abs error of the RGB -> yuv420p -> RGB conversion alone, without the codec."""
     errors = []
@@ -133,7 +213,8 @@ def write_shard_set(root: Path, samples: list[dict[str, bytes | str]], shards: i
                 writer.write(sample)
         entries.append({"path": f"shards/{path.name}", "samples": per_shard,
                         "bytes": path.stat().st_size})
-    (root / "manifest.json").write_text(json.dumps({"shards": entries,
+    (root / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION,
+                                                    "shards": entries,
                                                     "config": config.to_dict()}))
     return sum(entry["bytes"] for entry in entries)
 
@@ -154,6 +235,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--crf", type=int, nargs="*", default=[])
+    parser.add_argument("--preset", nargs="*", default=[], help="also sweep the x264 preset")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -212,6 +294,21 @@ def main() -> None:
                       for w in args.workers)
           + f"; mp4 encode {mp4['encode_ms']:.1f} ms vs npy {npy['encode_ms']:.2f} ms per clip")
     print(f"yuv420p conversion alone (no codec): mean abs error {yuv420_error(clips[:16]):.2f}")
+
+    parts = encode_breakdown(clips, config.fps, args.repeats)
+    print(f"mp4 encode, CPU ms per clip: encode_clip {parts['encode_clip']:.2f} = rgb24 -> "
+          f"yuv420p {parts['rgb24_to_yuv420p']:.2f} + x264 start-up and teardown "
+          f"{parts['x264_start_and_stop']:.2f} + the rest (x264 encoding, mp4 muxing); x264 "
+          f"encoding alone in one encoder for all clips, an IDR per clip "
+          f"{parts['x264_one_encoder_idr_per_clip']:.2f}")
+
+    yuv = yuv_frames(clips)
+    for preset in args.preset:  # x264 alone: the mp4 muxing is the same for every preset
+        size = x264_clips(yuv, config.fps, preset)
+        encode_s = cpu_timed(lambda preset=preset: x264_clips(yuv, config.fps, preset),
+                             args.repeats)
+        print(f"preset {preset:>9}: x264 {encode_s / args.clips * 1e3:5.2f} CPU ms per clip, "
+              f"{size / args.clips / 1e3:5.1f} kB per clip")
 
     for crf in args.crf:
         blobs = [encode_clip(clip, "mp4", config.fps, crf=crf) for clip in clips]

@@ -1,4 +1,5 @@
-"""Streaming loader throughput per CPU core, for H.264 and raw clips, against what a GPU eats.
+"""Streaming loader cost in CPU seconds per sample, for H.264 and raw clips, against its decode
+floor and against what a GPU eats.
 
 Over the shards of a prepared folder (mp4 clips, as `omni prepare` writes them) and a raw twin
 of it (the same samples with each clip decoded once and stored as ``npy``) it times one epoch
@@ -6,14 +7,23 @@ of:
 
 - `tarfile`: every shard opened with the standard library, every member's bytes read: the
   floor of I/O and tar parsing, with nothing decoded;
+- the **decode floor**: the same samples' members, read into memory first, each decoded alone
+  with no pipeline around it: the clip (PyAV H.264 decode on one thread without pixel
+  conversion, or ``np.load`` of an npy clip), the JPEG (PIL decode, no array copy), the mel
+  (``np.load``), the text and the json (UTF-8, ``json.loads``);
 - `pipeline.loader`'s `build_shard_loader` with `--workers` DataLoader workers (0 = in the main
   process): shard and sample shuffle, safe decoding (H.264 or npy clip, JPEG, npy mel),
   validation, tensors and batches, i.e. what training gets;
 
-and prints samples/s of each, samples/s per CPU core (a loader with W workers keeps W cores
-busy decoding, 0 workers one), and the ratio loader/tarfile. Each figure is the fastest of
-`--repeats` epochs, after one warm-up epoch that fills the page cache; a loader epoch includes
-starting its worker processes, as a training epoch does.
+and prints for each its wall samples/s and its CPU milliseconds per sample, counted over every
+process it uses: the main process's `time.process_time` (all its threads) plus the user and
+system time of its DataLoader workers, which reach ``RUSAGE_CHILDREN`` once the epoch's end
+has joined them. CPU time hardly moves when other jobs compete for the cores, so it is the
+figure that holds on a busy machine; wall time does not. It prints loader/floor in samples per
+CPU-second (1.0: the loader costs no more than decoding its members). Each figure is the best
+of `--repeats` epochs (wall and CPU each their minimum), after one warm-up epoch that fills the
+page cache; a loader epoch includes starting its worker processes, as a training epoch does.
+Torch's intra-op threads follow ``OMP_NUM_THREADS`` (printed): run it with 1 and without.
 
 It also prints:
 
@@ -23,7 +33,8 @@ It also prints:
   its source's plus its target's averaged over the balanced (source, target) pairs of the
   modalities the data holds, i.e. twice the mean of their token counts (text: the mean
   non-padding tokens; a corpus without transcripts trains no text pair); and from it the CPU
-  cores the loader needs to feed one GPU;
+  cores the loader needs to feed one GPU: that rate times the loader's CPU seconds per sample
+  (its best worker count), and the same for the floor;
 - the bytes of one batch's tensors that cross from a worker to the trainer and on to the
   device: stored dtypes (uint8 pixels, float16 mel) against float32 model units;
 - the per-epoch start-up of the workers: the time to an epoch's first batch (no shuffle
@@ -34,6 +45,7 @@ Without `--prepared` it generates the videos of `bench/prepare.py` and prepares 
 `omni prepare --samples-per-shard 16`, so that two workers have shards to share.
 
     python bench/loader.py                              # 4 generated videos of 20 s
+    OMP_NUM_THREADS=1 python bench/loader.py            # one torch thread per process
     python bench/loader.py --prepared data/prepared --workers 0 1 2 4
     python bench/loader.py --json
 """
@@ -44,16 +56,21 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import torch
+from PIL import Image
 from prepare import make_videos, omni_prepare
 from train_step import PEAK_BF16
 
@@ -135,18 +152,79 @@ def first_batch_s(folder: Path, workers: int, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def rate(fn: Callable[[], int], repeats: int) -> float:
-    """Samples per second of the fastest of `repeats` runs of `fn`, after a warm-up run.
+def read_members(urls: list[str]) -> list[tuple[str, bytes]]:
+    """Every member of every shard as (suffix, bytes), read into memory: the floor's input."""
+    members = []
+    for url in urls:
+        with tarfile.open(url) as archive:
+            for member in archive:
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    members.append((split_member_name(member.name)[1], handle.read()))
+    return members
 
-    The fastest run is the one least disturbed by other jobs on a shared machine.
-    """
+
+def floor_decode(suffix: str, data: bytes) -> None:
+    """Decode one member alone, the least work that turns its bytes into content: H.264 frames
+    left in the decoder's YUV (no conversion to rgb24), the JPEG left in PIL's picture."""
+    kind = suffix.rsplit(".", 1)[-1]
+    if kind == "mp4":
+        with av.open(io.BytesIO(data), "r", format="mp4") as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "NONE"
+            stream.codec_context.thread_count = 1
+            for _ in container.decode(stream):
+                pass
+    elif kind == "jpg":
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+            image.load()
+    elif kind == "npy":
+        np.load(io.BytesIO(data), allow_pickle=False)
+    elif kind == "json":
+        json.loads(data)
+    else:
+        data.decode("utf-8")
+
+
+def floor_epoch(members: list[tuple[str, bytes]], samples: int) -> int:
+    """The decode floor: every member decoded alone, in shard order; returns `samples`."""
+    for suffix, data in members:
+        floor_decode(suffix, data)
+    return samples
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its children that have been waited
+    for (DataLoader workers, once the epoch's end has joined them)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One epoch's best wall and CPU seconds per sample (each the minimum over the repeats)."""
+
+    wall_s: float
+    cpu_s: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"samples_per_s": round(1 / self.wall_s, 1),
+                "cpu_ms_per_sample": round(self.cpu_s * 1e3, 3),
+                "samples_per_cpu_s": round(1 / self.cpu_s, 1),
+                "cores": round(self.cpu_s / self.wall_s, 2)}
+
+
+def cost(fn: Callable[[], int], repeats: int) -> Cost:
+    """Wall and CPU seconds per sample of `fn` (which returns its sample count), each the
+    least of `repeats` runs after a warm-up run: the run least disturbed by other jobs."""
     fn()
-    best = 0.0
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         samples = fn()
-        best = max(best, samples / (time.perf_counter() - start))
-    return best
+        walls.append((time.perf_counter() - start) / samples)
+        cpus.append((cpu_seconds() - cpu) / samples)
+    return Cost(min(walls), min(cpus))
 
 
 def batch_bytes(batch: Batch) -> dict[str, int]:
@@ -178,17 +256,19 @@ def gpu_consumption(folder: Path, batch: Batch) -> dict[str, Any]:
 
 def measure(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     urls = list(resolve_shards(folder).urls)
-    tar_rate = rate(lambda: tar_epoch(urls), args.repeats)
-    rates = {workers: rate(lambda w=workers: loader_epoch(folder, args.batch_size, w),
-                           args.repeats)
-             for workers in args.workers}
+    samples = tar_epoch(urls)
+    members = read_members(urls)
+    floor = cost(lambda: floor_epoch(members, samples), args.repeats)
+    loaders = {workers: cost(lambda w=workers: loader_epoch(folder, args.batch_size, w),
+                             args.repeats)
+               for workers in args.workers}
     return {
-        "shards": len(urls), "samples": tar_epoch(urls),
+        "shards": len(urls), "samples": samples,
         "bytes": sum(Path(url).stat().st_size for url in urls),
-        "tarfile_samples_per_s": round(tar_rate, 1),
-        "loader_samples_per_s": {str(w): round(r, 1) for w, r in rates.items()},
-        "per_core_samples_per_s": {str(w): round(r / max(1, w), 1) for w, r in rates.items()},
-        "ratio": {str(w): r / tar_rate for w, r in rates.items()},
+        "tarfile": cost(lambda: tar_epoch(urls), args.repeats).as_dict(),
+        "floor": floor.as_dict(),
+        "loader": {str(w): c.as_dict() for w, c in loaders.items()},
+        "loader_over_floor": {str(w): floor.cpu_s / c.cpu_s for w, c in loaders.items()},
     }
 
 
@@ -205,20 +285,23 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     startup = {str(w): first_batch_s(twin, w, args.repeats) for w in args.workers}
     batch = next(iter(build_shard_loader(folder, args.batch_size, epochs=1)))
     gpu = gpu_consumption(folder, batch)
-    best_core = {name: max(result["per_core_samples_per_s"].values())
-                 for name, result in encodings.items()}
     shutil.rmtree(twin)
     return {
         "prepared": str(folder) if args.prepared is not None else None,
         "batch_size": args.batch_size, "cpus": default_workers(), "repeats": args.repeats,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch_threads": torch.get_num_threads(),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "encodings": encodings,
         "batch_bytes": batch_bytes(batch),
         "first_batch_s": startup,
         "gpu": gpu,
-        "cores_per_gpu": {name: gpu["samples_per_s"] / per_core
-                          for name, per_core in best_core.items()},
+        "cores_per_gpu": {name: {
+            "loader": gpu["samples_per_s"] * min(c["cpu_ms_per_sample"]
+                                                 for c in enc["loader"].values()) / 1e3,
+            "floor": gpu["samples_per_s"] * enc["floor"]["cpu_ms_per_sample"] / 1e3}
+            for name, enc in encodings.items()},
     }
 
 
@@ -228,13 +311,20 @@ def report(result: dict[str, Any]) -> None:
           f"{result['batch_size']}; {result['cpus']} CPUs; best of {result['repeats']} epochs; "
           f"load average {result['load_before'][0]:.2f} before, "
           f"{result['load_after'][0]:.2f} after")
+    print(f"OMP_NUM_THREADS={result['omp_num_threads'] or '(unset)'}: torch uses "
+          f"{result['torch_threads']} threads per process")
+    header = f"  {'':<34}{'samples/s':>10}{'CPU ms/sample':>15}{'per CPU-s':>11}{'cores':>7}"
     for name, enc in result["encodings"].items():
         print(f"{name} clips ({enc['bytes'] / 1e6:.1f} MB):")
-        print(f"  tarfile, every member read     {enc['tarfile_samples_per_s']:9.1f} samples/s")
-        for workers, samples_per_s in enc["loader_samples_per_s"].items():
-            print(f"  loader, {workers} workers               {samples_per_s:9.1f} samples/s   "
-                  f"{enc['per_core_samples_per_s'][workers]:7.1f} per core   "
-                  f"loader/tarfile = {enc['ratio'][workers]:.4f}")
+        print(header)
+        rows = [("tarfile, every member read", enc["tarfile"]),
+                ("decode floor, members alone", enc["floor"])]
+        rows += [(f"loader, {w} workers", c) for w, c in enc["loader"].items()]
+        for label, c in rows:
+            print(f"  {label:<34}{c['samples_per_s']:10.1f}{c['cpu_ms_per_sample']:15.2f}"
+                  f"{c['samples_per_cpu_s']:11.1f}{c['cores']:7.2f}")
+        print("  loader/floor, samples per CPU-second: " + ", ".join(
+            f"{w} workers {r:.2f}" for w, r in enc["loader_over_floor"].items()))
     sizes = result["batch_bytes"]
     print(f"one batch's tensors, worker -> trainer -> device: {sizes['stored'] / 1e6:.2f} MB "
           f"(uint8 pixels, float16 mel) vs {sizes['float32'] / 1e6:.2f} MB as float32 units "
@@ -254,8 +344,10 @@ def report(result: dict[str, Any]) -> None:
           f"{gpu['tokens_per_sample']:g}) = {gpu['samples_per_s']:.0f} samples/s on one "
           f"{gpu['gpu']} (tokens per sample = 2 x the mean over the modalities held: source + "
           f"target)")
-    print("  CPU cores the loader needs to feed one GPU: " + ", ".join(
-        f"{name} {cores:.0f}" for name, cores in result["cores_per_gpu"].items()))
+    print(f"  CPU cores to feed it ({gpu['samples_per_s']:.0f} samples/s x CPU s per sample): "
+          + "; ".join(f"{name} clips: loader {c['loader']:.1f} (its cheapest worker count), "
+                      f"decode floor {c['floor']:.1f}"
+                      for name, c in result["cores_per_gpu"].items()))
 
 
 def main() -> None:
