@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -146,10 +147,10 @@ def test_fsdp_saves_shards_that_resume_exactly_and_load_in_one_process(tmp_path:
 
 
 def test_shards_reload_the_optimizer_exactly_and_export_hooks_in_one_process(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sharded files without torchrun: the optimizer state comes back only for the
     parameters that had it (a zero-state param would change the next step), and a hook is
-    exported from the shards as from model.safetensors."""
+    exported from the shards as from model.safetensors; nothing is unpickled."""
     from omnilatent.checkpoint.files import begin_checkpoint, save_checkpoint
     from omnilatent.checkpoint.sharded import load_shards, save_shards
     from omnilatent.model.hooks import LatentNeuralHook
@@ -172,6 +173,12 @@ def test_shards_reload_the_optimizer_exactly_and_export_hooks_in_one_process(
     ckpt = save_checkpoint(tmp_path, 1, None, {"optimizer": saved}, {
         "hooks": [model.hooks["style"].settings()]}, tmp=tmp)
     other, other_optimizer = build()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a sharded checkpoint must load without unpickling")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+        monkeypatch.setattr(module, name, refuse)
     load_shards(ckpt, other, other_optimizer, saved)
     pairs = zip(model.parameters(), other.parameters(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
