@@ -146,6 +146,19 @@ def test_fsdp_saves_shards_that_resume_exactly_and_load_in_one_process(tmp_path:
         load_trained(ckpt)
 
 
+def test_fsdp_resumes_a_checkpoint_of_the_unsharded_format(tmp_path: Path) -> None:
+    """A format-4 checkpoint (model.safetensors, as DDP and FSDP runs wrote before) still
+    resumes under --fsdp, whose next checkpoint is sharded."""
+    save_dir = tmp_path / "run"
+    _finish(_train(tmp_path, save_dir, 2, 2))
+    assert json.loads((save_dir / "step-00000010" / "state.json").read_text())["format"] == 4
+    out = _finish(_train(tmp_path, save_dir, 2, 2, "--fsdp", "--steps", "12", "--resume",
+                         "auto"))
+    assert "resumed from" in out
+    state = json.loads((save_dir / "step-00000012" / "state.json").read_text())
+    assert state["format"] == 5 and state["step"] == 12
+
+
 def test_shards_reload_the_optimizer_exactly_and_export_hooks_in_one_process(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sharded files without torchrun: the optimizer state comes back only for the

@@ -228,10 +228,9 @@ def load_full_state(context: DistributedContext, model: nn.Module,
     )
 
     names = _param_names(model, optimizer)
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, weights, options=options)
-    set_optimizer_state_dict(model, optimizer, {
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, {  # not strict: unused parameters have no state
         "state": {names[int(i)]: value for i, value in optim["state"].items()},
         "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]}
                          for group in optim["param_groups"]],
-    }, options=options)
+    }, options=StateDictOptions(full_state_dict=True, strict=False))
