@@ -19,21 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.hf_storage import (
-    HuggingFaceStorageReader,
-    HuggingFaceStorageWriter,
-)
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from omnilatent.errors import CheckpointError
 from omnilatent.model.weights_file import read_header
@@ -47,6 +34,13 @@ def save_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     """Write this rank's shards of ``model`` and ``optimizer`` into ``folder/shards``, a
     collective every rank calls. Returns what the shards do not hold (for training.pt): the
     optimizer's param groups and the parameters that have optimizer state."""
+    import torch.distributed.checkpoint as dcp  # here: importing it takes half a second
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
     optim = get_optimizer_state_dict(model, optimizer)
     dcp.save({"model": get_model_state_dict(model), "optim": optim["state"]},
              storage_writer=HuggingFaceStorageWriter(str(folder / SHARD_DIR),
@@ -59,6 +53,14 @@ def load_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     """Load the shards into ``model`` and ``optimizer`` (sharded by FSDP2 or whole), with
     ``saved`` as `save_shards` returned it; a collective under a process group. Only the
     parameters that had optimizer state get it back, so the next step is the saved run's."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
     weights = get_model_state_dict(model)
     state = get_optimizer_state_dict(model, optimizer)["state"]  # created by a zero step
     target = {"model": weights, "optim": {name: state[name] for name in saved["stateful"]}}
@@ -83,6 +85,10 @@ def read_weights(folder: Path, expected: Mapping[str, Tensor],
 
 def _load(folder: Path, target: dict[str, Any], no_dist: bool) -> None:
     """``target``'s tensors filled in place from the shards (checked before)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+
     try:
         with warnings.catch_warnings():  # DCP warns that one process loads without a group
             warnings.filterwarnings("ignore", "torch.distributed is disabled")
