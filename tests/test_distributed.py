@@ -1,11 +1,14 @@
 """Training under torchrun on CPU (gloo): DDP equals one process with the global batch, and
-FSDP2 checkpoints keep the single-process format."""
+FSDP2 checkpoints are sharded, resume exactly and load in one process."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from omnilatent import OmniLatentConfig, OmniLatentModel
-from omnilatent.checkpoint.files import load_checkpoint
+from omnilatent.checkpoint.files import _state_hash, load_checkpoint
 from omnilatent.errors import CheckpointError
+from omnilatent.inference.trained import load_trained
 from omnilatent.training import TrainConfig, Trainer
-from omnilatent.training.trainer import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # no text target: its loss is a mean over each rank's tokens, which DDP averages per rank
@@ -91,17 +96,111 @@ def test_two_processes_of_batch_2_train_like_one_of_batch_4(tmp_path: Path) -> N
         trainer.checkpointer.check_compatible(two / "step-00000010", b.state)
 
 
-def test_fsdp_checkpoint_loads_in_one_process(tmp_path: Path) -> None:
-    save_dir = tmp_path / "fsdp"
-    _finish(_train(tmp_path, save_dir, 2, 2, "--fsdp"))
-    ckpt = load_checkpoint(save_dir / "step-00000010")
-    model = OmniLatentModel(OmniLatentConfig.from_dict(ckpt.state["model_config"]))
-    fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(ckpt.model_state)  # full tensors under the single-process names
-    assert any(not torch.equal(fresh[k], v) for k, v in model.state_dict().items())
-    optimizer = build_optimizer(model, TrainConfig(steps=10, device="cpu"))
-    optimizer.load_state_dict(ckpt.training_state["optimizer"])  # integer keys, as one process
-    assert len(optimizer.state) == len(ckpt.training_state["optimizer"]["state"]) > 0
+def _resign(folder: Path, changed: str) -> None:
+    """Record ``changed``'s new size and hash in the manifest, as if omni had written it."""
+    state = json.loads((folder / "state.json").read_text())
+    data = (folder / changed).read_bytes()
+    state["files"][changed] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    state["state_sha256"] = _state_hash(state)
+    (folder / "state.json").write_text(json.dumps(state))
+
+
+def test_fsdp_saves_shards_that_resume_exactly_and_load_in_one_process(tmp_path: Path) -> None:
+    """Under --fsdp each rank writes its own shards (no full tensors on rank 0, nothing to
+    unpickle); --resume on 2 processes gives the uninterrupted run's losses and weights; one
+    process loads the weights (load_trained, --from) but cannot --resume."""
+    common = ("--steps", "20", "--save-every", "10", "--keep-last", "0", "--fsdp")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _finish(_train(tmp_path, straight, 2, 2, *common))
+    ckpt = straight / "step-00000010"
+    state = json.loads((ckpt / "state.json").read_text())
+    written = {str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file()}
+    assert state["format"] == 5 and set(state["files"]) == written - {"state.json"}
+    assert sorted(p.name for p in (ckpt / "shards").iterdir()) == [
+        f"shard-0000{r}-model-00001-of-00001.safetensors" for r in (1, 2)]
+    assert "model.safetensors" not in written
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "step-00000020")
+    _finish(_train(tmp_path, resumed, 2, 2, *common, "--resume", "auto"))
+    losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").open()]
+              for run in (straight, resumed)]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+    a, b = (load_trained(run / "step-00000020").model.state_dict() for run in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = OmniLatentModel(OmniLatentConfig.from_dict(state["model_config"])).state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in a.items())
+    trainer = Trainer(OmniLatentModel(OmniLatentConfig.from_dict(state["model_config"])),
+                      TrainConfig(steps=10, device="cpu"), [])
+    with pytest.raises(CheckpointError, match="2 process.*--from"):
+        trainer.checkpointer.check_compatible(ckpt, state)
+    _finish(_train(tmp_path, tmp_path / "one", 1, 2, "--steps", "2", "--from", str(ckpt)))
+    # a shard whose header disagrees with the model is refused before anything is loaded
+    shard = ckpt / "shards" / "shard-00001-model-00001-of-00001.safetensors"
+    with safe_open(str(shard), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    name = next(k for k in tensors if k.startswith("model.") and tensors[k].dim() == 2)
+    tensors[name] = torch.zeros(tensors[name].shape[0], tensors[name].shape[1] + 1)
+    save_file(tensors, str(shard), metadata=meta)
+    _resign(ckpt, "shards/" + shard.name)
+    with pytest.raises(CheckpointError, match="does not hold the tensors"):
+        load_trained(ckpt)
+
+
+def test_fsdp_resumes_a_checkpoint_of_the_unsharded_format(tmp_path: Path) -> None:
+    """A format-4 checkpoint (model.safetensors, as DDP and FSDP runs wrote before) still
+    resumes under --fsdp, whose next checkpoint is sharded."""
+    save_dir = tmp_path / "run"
+    _finish(_train(tmp_path, save_dir, 2, 2))
+    assert json.loads((save_dir / "step-00000010" / "state.json").read_text())["format"] == 4
+    out = _finish(_train(tmp_path, save_dir, 2, 2, "--fsdp", "--steps", "12", "--resume",
+                         "auto"))
+    assert "resumed from" in out
+    state = json.loads((save_dir / "step-00000012" / "state.json").read_text())
+    assert state["format"] == 5 and state["step"] == 12
+
+
+def test_shards_reload_the_optimizer_exactly_and_export_hooks_in_one_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sharded files without torchrun: the optimizer state comes back only for the
+    parameters that had it (a zero-state param would change the next step), and a hook is
+    exported from the shards as from model.safetensors; nothing is unpickled."""
+    from omnilatent.checkpoint.files import begin_checkpoint, save_checkpoint
+    from omnilatent.checkpoint.sharded import load_shards, save_shards
+    from omnilatent.model.hooks import LatentNeuralHook
+    from omnilatent.training.hook_training import export_hooks
+    from tests.conftest import TINY
+
+    def build() -> tuple[OmniLatentModel, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = OmniLatentModel(OmniLatentConfig(**TINY))
+        model.register_hook(LatentNeuralHook("style", 2, TINY["hidden_dim"], [0]))
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    model, optimizer = build()
+    model.hooks["style"].tokens.data.add_(1.0)
+    for p in list(model.parameters())[:3]:  # the other parameters have no optimizer state
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    tmp = begin_checkpoint(tmp_path, 1)
+    saved = save_shards(tmp, model, optimizer)
+    ckpt = save_checkpoint(tmp_path, 1, None, {"optimizer": saved}, {
+        "hooks": [model.hooks["style"].settings()]}, tmp=tmp)
+    other, other_optimizer = build()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a sharded checkpoint must load without unpickling")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+        monkeypatch.setattr(module, name, refuse)
+    load_shards(ckpt, other, other_optimizer, saved)
+    pairs = zip(model.parameters(), other.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    before, after = optimizer.state_dict()["state"], other_optimizer.state_dict()["state"]
+    assert before.keys() == after.keys() and len(before) == 3
+    assert all(torch.equal(before[k][n], after[k][n]) for k in before for n in before[k])
+    (hook_dir,) = export_hooks(ckpt, ["style"], tmp_path)
+    exported = LatentNeuralHook.load(hook_dir).state_dict()
+    assert all(torch.equal(v, model.hooks["style"].state_dict()[k]) for k, v in exported.items())
 
 
 def test_killing_the_whole_job_then_resume_auto_gives_the_uninterrupted_parameters(

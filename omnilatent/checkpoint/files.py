@@ -12,9 +12,12 @@ Layout of ``SAVE_DIR/step-00000030/``:
                       without that key, so a hand-edited or damaged state.json is refused
                       with a reason instead of crashing a resume half-way.
 
-Format 4 renamed the sampler's key; format 3 added ``state_sha256``; format 2 checkpoints (the
-same layout, written before it) are still read, their state.json checked against the schema
-only.
+A sharded checkpoint (format 5, written under ``--fsdp``) holds ``shards/`` instead of
+model.safetensors: one safetensors file per rank with its shards of the model and optimizer
+(`omnilatent.checkpoint.sharded`); training.pt then keeps the optimizer's param groups, and the
+manifest lists every rank's file. Format 4 renamed the sampler's key; format 3 added
+``state_sha256``; format 2 checkpoints (the same layout, written before it) are still read,
+their state.json checked against the schema only.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from omnilatent.checkpoint.json_values import is_int
+from omnilatent.checkpoint.sharded import SHARD_DIR, read_weights
 from omnilatent.errors import CheckpointError
 from omnilatent.model.weights_file import load_checked
 
@@ -40,16 +44,18 @@ from omnilatent.model.weights_file import load_checked
 # 3: state.json carries state_sha256 (same layout, so format 2 is still read).
 # 4: the task sampler's state is "sampler" (format 3's "pair_sampler" and a curriculum's
 #    "extra" are converted on read: `omnilatent.training.checkpointer.upgrade`).
+# 5: sharded (FSDP): shards/ instead of model.safetensors; unsharded checkpoints stay 4.
 FORMAT_VERSION = 4
-READABLE_FORMATS = (2, 3, 4)
+SHARDED_FORMAT = 5
+READABLE_FORMATS = (2, 3, 4, 5)
 MAX_STEP = 99_999_999  # the folder name holds 8 digits
 MODEL_FILE = "model.safetensors"
 TRAINING_FILE = "training.pt"
 STATE_FILE = "state.json"
 STATE_HASH_KEY = "state_sha256"
-REQUIRED_FILES = frozenset({MODEL_FILE, TRAINING_FILE})
 OPTIONAL_FILES = frozenset({"tokenizer.model"})
 _RESERVED_KEYS = frozenset({"format", "step", "files", STATE_HASH_KEY})
+_SHARD_FILE = re.compile(rf"{SHARD_DIR}/shard-[0-9]{{5}}-model-00001-of-00001\.safetensors")
 _STEP_DIR = re.compile(r"step-([0-9]{8})")  # used with fullmatch: no Unicode digits, no "\n"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -94,27 +100,45 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def begin_checkpoint(save_dir: Path, step: int) -> Path:
+    """The empty temporary folder a checkpoint of ``step`` is written into (ranks write their
+    shards there before `save_checkpoint`). An existing folder of that step is a
+    CheckpointError, never replaced: it may hold the only copy of weights that merely failed
+    to verify."""
+    if not is_int(step) or not 0 <= step <= MAX_STEP:
+        raise CheckpointError(f"cannot save a checkpoint at step {step!r}: the step must be an "
+                              f"integer from 0 to {MAX_STEP} (the folder name has 8 digits)")
+    save_dir.mkdir(parents=True, exist_ok=True)
+    final = save_dir / step_dir_name(step)
+    if final.exists() or final.is_symlink():
+        raise CheckpointError(f"{final} already exists and is not replaced (a checkpoint is "
+                              f"never deleted to make room); move it aside, e.g. mv {final} "
+                              f"{final}.old")
+    for stale in save_dir.glob(".tmp-step-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = save_dir / f".tmp-{step_dir_name(step)}-{os.getpid()}"
+    tmp.mkdir()
+    return tmp
+
+
 def save_checkpoint(
     save_dir: Path,
     step: int,
-    model_state: dict[str, torch.Tensor],
+    model_state: dict[str, torch.Tensor] | None,
     training_state: dict[str, Any],
     state: dict[str, Any],
     extra_files: dict[str, Path] | None = None,
+    tmp: Path | None = None,
 ) -> Path:
     """Write a complete checkpoint for ``step`` and return its final directory.
 
     ``extra_files`` (name in the checkpoint -> source, names from ``OPTIONAL_FILES``) are
-    copied in and hashed like the rest. Everything goes into ``.tmp-step-…`` first; the
-    directory is renamed only after every file is flushed, so a crash leaves either no
-    checkpoint or a complete one. An existing folder of that step is a CheckpointError, never
-    replaced: it may hold the only copy of weights that merely failed to verify. ``state``
-    must be plain JSON (no NaN): state.json records the SHA-256 of its canonical form, which
-    readers recompute.
+    copied in and hashed like the rest. Everything goes into ``tmp`` (`begin_checkpoint`)
+    first; the directory is renamed only after every file is flushed, so a crash leaves either
+    no checkpoint or a complete one. ``model_state`` None: ``tmp`` holds the ranks' shards
+    instead. ``state`` must be plain JSON (no NaN): state.json records the SHA-256 of its
+    canonical form, which readers recompute.
     """
-    if not is_int(step) or not 0 <= step <= MAX_STEP:
-        raise CheckpointError(f"cannot save a checkpoint at step {step!r}: the step must be an "
-                              f"integer from 0 to {MAX_STEP} (the folder name has 8 digits)")
     reserved = sorted(_RESERVED_KEYS & set(state))
     if reserved:
         raise CheckpointError(f"the checkpoint state must not set {', '.join(reserved)}: "
@@ -127,26 +151,23 @@ def save_checkpoint(
     unknown = sorted(set(extra) - OPTIONAL_FILES)
     if unknown:
         raise CheckpointError(f"unknown checkpoint file name(s): {', '.join(unknown)}")
-    save_dir.mkdir(parents=True, exist_ok=True)
+    tmp = begin_checkpoint(save_dir, step) if tmp is None else tmp
     final = save_dir / step_dir_name(step)
-    if final.exists() or final.is_symlink():
-        raise CheckpointError(f"{final} already exists and is not replaced (a checkpoint is "
-                              f"never deleted to make room); move it aside, e.g. mv {final} "
-                              f"{final}.old")
-    for stale in save_dir.glob(".tmp-step-*"):  # left by a run killed while saving
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = save_dir / f".tmp-{step_dir_name(step)}-{os.getpid()}"
-    tmp.mkdir()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-    save_file(tensors, str(tmp / MODEL_FILE))
+    if model_state is None:
+        weights = sorted(f"{SHARD_DIR}/{file.name}" for file in (tmp / SHARD_DIR).iterdir())
+    else:
+        weights = [MODEL_FILE]
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+        save_file(tensors, str(tmp / MODEL_FILE))
     torch.save(training_state, tmp / TRAINING_FILE)
     for name, source in extra.items():
         shutil.copyfile(source, tmp / name)
     files = {}
-    for name in (MODEL_FILE, TRAINING_FILE, *sorted(extra)):
+    for name in (*weights, TRAINING_FILE, *sorted(extra)):
         _fsync(tmp / name)
         files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-    full_state = {"format": FORMAT_VERSION, "step": step, **body, "files": files}
+    fmt = FORMAT_VERSION if model_state is not None else SHARDED_FORMAT
+    full_state = {"format": fmt, "step": step, **body, "files": files}
     full_state[STATE_HASH_KEY] = _state_hash(full_state)
     (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1), encoding="utf-8")
     _fsync(tmp / STATE_FILE)
@@ -196,10 +217,14 @@ def read_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: {STATE_FILE} 'files' must be an object of file name "
                               f"-> size and hash, not {_shown(files)}")
     listed = set(files)
-    if not REQUIRED_FILES <= listed or not listed <= REQUIRED_FILES | OPTIONAL_FILES:
-        raise CheckpointError(f"{path}: state.json must list {MODEL_FILE} and {TRAINING_FILE} "
+    shards = {name for name in listed if _SHARD_FILE.fullmatch(name)}
+    weights = {MODEL_FILE} if fmt < SHARDED_FORMAT else shards
+    if not (weights and {TRAINING_FILE} | weights <= listed
+            and listed <= {TRAINING_FILE} | weights | OPTIONAL_FILES):
+        what = MODEL_FILE if fmt < SHARDED_FORMAT else f"{SHARD_DIR}/shard-*.safetensors"
+        raise CheckpointError(f"{path}: state.json must list {what} and {TRAINING_FILE} "
                               f"(and optionally {', '.join(sorted(OPTIONAL_FILES))}), "
-                              f"not {', '.join(sorted(listed)) or 'nothing'}")
+                              f"not {', '.join(sorted(listed))[:300] or 'nothing'}")
     for name, meta in files.items():
         if not (isinstance(meta, dict) and is_int(meta.get("bytes")) and meta["bytes"] >= 0
                 and isinstance(meta.get("sha256"), str) and _SHA256_HEX.fullmatch(meta["sha256"])):
@@ -241,6 +266,12 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> dict[str, Any]:
             if size != meta["bytes"]:
                 raise CheckpointError(f"{path}: {name} has {size} bytes, state.json says "
                                       f"{meta['bytes']} (truncated?)")
+        if (path / SHARD_DIR).is_dir():  # the reader loads every file there
+            unlisted = sorted({f"{SHARD_DIR}/{f.name}" for f in (path / SHARD_DIR).iterdir()}
+                              - set(files))
+            if unlisted:
+                raise CheckpointError(f"{path}: {unlisted[0][:80]} is not in the manifest "
+                                      "(added after the checkpoint was written)")
         for name, meta in files.items() if hashes else ():
             if _sha256(path / name) != meta["sha256"]:
                 raise CheckpointError(f"{path}: {name} does not match its recorded SHA-256 "
@@ -248,6 +279,22 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> dict[str, Any]:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint's files ({exc})") from exc
     return state
+
+
+def is_sharded(state: dict[str, Any]) -> bool:
+    """Whether the checkpoint of (verified) ``state`` keeps its weights in ``shards/``."""
+    return MODEL_FILE not in state["files"]
+
+
+def weights_sha256(state: dict[str, Any]) -> str:
+    """One SHA-256 for the weights of (verified) ``state``: model.safetensors' own, or the
+    hash of the shard files' names and hashes."""
+    files = state["files"]
+    if not is_sharded(state):
+        return str(files[MODEL_FILE]["sha256"])
+    listing = "".join(f"{name} {meta['sha256']}\n" for name, meta in sorted(files.items())
+                      if name.startswith(SHARD_DIR))
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -261,12 +308,19 @@ class LoadedCheckpoint:
 def load_checkpoint(path: Path, expected: Mapping[str, torch.Tensor] | None = None
                     ) -> LoadedCheckpoint:
     """Verify then load a checkpoint; tensors are loaded with ``weights_only=True``. With
-    ``expected`` (a state_dict), weights whose names or shapes differ are refused unread."""
+    ``expected`` (a state_dict), weights whose names or shapes differ are refused unread.
+    Sharded weights are read whole in this process only with ``expected`` (without it,
+    ``model_state`` is empty: a sharded run loads its own shards, `sharded.load_shards`)."""
     state = verify_checkpoint(path)
     try:
-        model_state = (load_file(str(path / MODEL_FILE)) if expected is None
-                       else load_checked(path / MODEL_FILE, expected))
+        if is_sharded(state):
+            model_state = {} if expected is None else read_weights(path, expected)
+        else:
+            model_state = (load_file(str(path / MODEL_FILE)) if expected is None
+                           else load_checked(path / MODEL_FILE, expected))
         training_state = torch.load(path / TRAINING_FILE, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as exc:  # safetensors and torch raise many types for damaged files
         raise CheckpointError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from exc
     return LoadedCheckpoint(path, state, model_state, training_state)

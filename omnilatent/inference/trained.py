@@ -1,7 +1,8 @@
 """Load a checkpoint for use (eval, generate): weights, hooks, tokenizer and data settings.
 
 Only the weights are read (safetensors; the optimizer state is not needed), after the whole
-checkpoint verifies against the sizes and hashes in its state.json.
+checkpoint verifies against the sizes and hashes in its state.json; a sharded (FSDP)
+checkpoint's shards are joined in this process.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from omnilatent.checkpoint.files import (
     STATE_FILE,
     checkpoint_dir,
     find_latest_checkpoint,
+    is_sharded,
     verify_checkpoint,
 )
+from omnilatent.checkpoint.sharded import read_weights
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import CheckpointError, OmniLatentError
 from omnilatent.inference.text import TextCodec, codec_for
@@ -76,7 +79,8 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{folder}: {STATE_FILE} does not describe a model this version "
                               f"can build ({type(err).__name__}: {err})"[:400]) from None
     try:
-        weights = load_checked(folder / MODEL_FILE, expected)
+        weights = (read_weights(folder, expected) if is_sharded(state)
+                   else load_checked(folder / MODEL_FILE, expected))
     except (ValueError, OSError) as err:
         raise CheckpointError(f"{folder / MODEL_FILE} {err}") from None
     model = _build(config, state.get("hooks", []))

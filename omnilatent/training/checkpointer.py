@@ -2,7 +2,8 @@
 before anything is restored, and the conversion of older formats.
 
 The folder (`omnilatent.checkpoint.files`: atomic write, manifest of file hashes) holds the
-weights (model.safetensors), the optimizer, scheduler and GradScaler (training.pt) and
+weights (model.safetensors; under FSDP each rank's shards of them and of the optimizer state,
+`omnilatent.checkpoint.sharded`), the optimizer, scheduler and GradScaler (training.pt) and
 state.json: model_config, train_config, hooks, card, origin (what was trained, from where),
 ``sampler`` (`omnilatent.tasks.TaskSampler`), ``log_window`` (`LogWindow`), ``rng``, ``data``
 (`DataCursor`, the data source's name, total counters) and ``distributed`` (the world size;
@@ -23,6 +24,8 @@ from omnilatent.checkpoint.card import CheckpointCard
 from omnilatent.checkpoint.files import (
     STATE_FILE,
     TRAINING_FILE,
+    begin_checkpoint,
+    is_sharded,
     load_checkpoint,
     prune_checkpoints,
     read_state,
@@ -30,11 +33,17 @@ from omnilatent.checkpoint.files import (
     step_dir_name,
 )
 from omnilatent.checkpoint.json_values import is_count
+from omnilatent.checkpoint.sharded import load_shards, save_shards
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import CheckpointError, ConfigError, OmniLatentError
 from omnilatent.training.config import TrainConfig, lr_factor
 from omnilatent.training.cursor import DataCursor
-from omnilatent.training.distributed import barrier, full_state, gather_to_main, load_full_state
+from omnilatent.training.distributed import (
+    barrier,
+    broadcast_from_main,
+    gather_to_main,
+    load_full_state,
+)
 from omnilatent.training.rng import capture_rng, check_rng_state, restore_rng
 from omnilatent.training.run_log import LogWindow
 
@@ -67,23 +76,38 @@ class Checkpointer:
 
     def save(self) -> Path:
         """Checkpoint the current step and prune old checkpoints. Under torchrun every rank
-        calls it: rank 0 writes, with every rank's data position and RNG states, and all ranks
+        calls it: rank 0 writes, with every rank's data position and RNG states (under FSDP
+        every rank first writes its shards into rank 0's temporary folder), and all ranks
         wait until the checkpoint is complete."""
         t = self.trainer
-        if t.config.save_dir is None:
+        save_dir = t.config.save_dir
+        if save_dir is None:
             raise ConfigError("cannot save a checkpoint: TrainConfig.save_dir is not set")
         counters = t.cursor.counters()
         ranks = gather_to_main(t.dist, {"rng": capture_rng(), **t.cursor.state_dict()})
-        weights, optimizer_state = full_state(t.dist, t.model, t.optimizer)
-        path = t.config.save_dir / step_dir_name(t.step)
+        tmp, weights = None, None
+        if t.dist.fsdp:  # rank 0's temporary folder, or why it has none, on every rank
+            try:
+                begun = begin_checkpoint(save_dir, t.step) if t.dist.is_main else None
+            except CheckpointError as exc:
+                begun = exc
+            begun = broadcast_from_main(t.dist, begun)
+            if isinstance(begun, CheckpointError):
+                raise begun
+            tmp, optimizer_state = begun, save_shards(begun, t.model, t.optimizer)
+        else:
+            weights, optimizer_state = t.model.state_dict(), t.optimizer.state_dict()
+        path = save_dir / step_dir_name(t.step)
         if ranks is not None:
-            path = self._write(t.config.save_dir, weights, optimizer_state, counters, ranks)
+            path = self._write(save_dir, weights, optimizer_state, counters, ranks, tmp)
         barrier(t.dist)
         return path
 
-    def _write(self, save_dir: Path, weights: dict[str, Tensor], optimizer_state: dict,
-               counters: dict[str, int] | None, ranks: list[dict[str, Any]]) -> Path:
-        """Rank 0's part of ``save``: the files, then pruning."""
+    def _write(self, save_dir: Path, weights: dict[str, Tensor] | None, optimizer_state: dict,
+               counters: dict[str, int] | None, ranks: list[dict[str, Any]],
+               tmp: Path | None) -> Path:
+        """Rank 0's part of ``save``: the files (``weights`` None: the shards are in
+        ``tmp``), then pruning."""
         t = self.trainer
         distributed: dict[str, Any] = {"world_size": t.dist.world_size}
         if t.dist.enabled:
@@ -104,7 +128,7 @@ class Checkpointer:
         training_state = {"optimizer": optimizer_state, "scheduler": t.scheduler.state_dict(),
                           "scaler": t.scaler.state_dict()}
         path = save_checkpoint(save_dir, t.step, weights, training_state, state,
-                               None if t.card is None else t.card.files())
+                               None if t.card is None else t.card.files(), tmp)
         self._verified.add(path.resolve())
         prune_checkpoints(save_dir, t.config.keep_last, keep=path, check=self.check,
                           verified=self._verified)
@@ -148,7 +172,8 @@ class Checkpointer:
                 f"{path} was written by a run of {saved_world} process(es) but this run has "
                 f"{t.dist.world_size}: each process's data position and random state belong "
                 f"to one process of that run; resume with {saved_world} process(es) in all "
-                "(torchrun --nnodes x --nproc_per_node), or start a new run in another save dir"
+                "(torchrun --nnodes x --nproc_per_node), or start a new run from its weights "
+                f"in another save dir (--from {path}: any number of processes)"
             )
         saved = state["data"].get("source")
         if saved is not None and t.data_source is not None and saved != t.data_source:
@@ -176,7 +201,8 @@ class Checkpointer:
         self.check(path, state)
         state = upgrade(state)
         self.check_compatible(path, state)
-        ckpt = load_checkpoint(path, expected=t.model.state_dict())  # hooks differ: refused
+        sharded = is_sharded(state)  # its shards are read below, at load_shards
+        ckpt = load_checkpoint(path, expected=None if sharded else t.model.state_dict())
         training = ckpt.training_state
         if not (isinstance(training, dict)
                 and all(isinstance(training.get(k), dict)
@@ -194,8 +220,11 @@ class Checkpointer:
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
         try:
-            load_full_state(t.dist, t.model, t.optimizer, ckpt.model_state,
-                            training["optimizer"])
+            if sharded:
+                load_shards(path, t.model, t.optimizer, training["optimizer"])
+            else:
+                load_full_state(t.dist, t.model, t.optimizer, ckpt.model_state,
+                                training["optimizer"])
             t.scheduler.load_state_dict(training["scheduler"])
             t.scaler.load_state_dict(training["scaler"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:

@@ -7,9 +7,10 @@ part of the data (the shard loader splits shards by rank; `rank_loader` splits m
 datasets by sample) and runs the same number of forward/backward passes per step; the task of a
 step is chosen from the modalities present on *all* ranks (`common_present`), so the curriculum
 and the task order stay in step. Rank 0 alone logs, holds the save dir's lock and writes
-checkpoints, which keep the single-process format (FSDP2 weights and optimizer state are
-gathered to rank 0 as full tensors) plus every rank's data position and RNG states
-(``state["distributed"]``), so each rank continues its own stream on resume.
+checkpoints in the single-process format plus every rank's data position and RNG states
+(``state["distributed"]``), so each rank continues its own stream on resume; under FSDP2 each
+rank writes its own shards of the weights and optimizer state into the same folder
+(`omnilatent.checkpoint.sharded`), nothing gathered.
 
 No step waits for the device: the ranks agree on host values (the modalities present, a stop
 request, sample counts) over a gloo group of their own (`DistributedContext.host_group`; with
@@ -151,6 +152,15 @@ def gather_to_main(context: DistributedContext, value: Any) -> list[Any] | None:
     return out
 
 
+def broadcast_from_main(context: DistributedContext, value: Any) -> Any:
+    """Rank 0's ``value`` (picklable) on every rank."""
+    if not context.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=context.host_group)
+    return box[0]
+
+
 def barrier(context: DistributedContext) -> None:
     if context.enabled:
         dist.barrier()
@@ -202,37 +212,11 @@ def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
-def full_state(context: DistributedContext, model: nn.Module,
-               optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The model and optimizer state dicts in the single-process format (full tensors,
-    integer optimizer keys). FSDP2: gathered to rank 0 on CPU, a collective every rank must
-    call (the other ranks get empty dicts)."""
-    if not context.fsdp:
-        return model.state_dict(), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
-    optim = get_optimizer_state_dict(model, optimizer, options=options)
-    if not context.is_main:
-        return {}, {}
-    index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
-    return weights, {
-        "state": {index[name]: value for name, value in optim["state"].items()},
-        "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
-                         for group in optim["param_groups"]],
-    }
-
-
 def load_full_state(context: DistributedContext, model: nn.Module,
                     optimizer: torch.optim.Optimizer, weights: dict[str, Tensor],
                     optim: dict[str, Any]) -> None:
-    """Load a single-process checkpoint's states (every rank read the same files); FSDP2
-    keeps each rank's shard of them."""
+    """Load a single-process checkpoint's states (every rank read the same files; FSDP runs
+    wrote these before their checkpoints were sharded); FSDP2 keeps each rank's shard."""
     if not context.fsdp:
         model.load_state_dict(weights)
         optimizer.load_state_dict(optim)
@@ -244,10 +228,9 @@ def load_full_state(context: DistributedContext, model: nn.Module,
     )
 
     names = _param_names(model, optimizer)
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, weights, options=options)
-    set_optimizer_state_dict(model, optimizer, {
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, {  # not strict: unused parameters have no state
         "state": {names[int(i)]: value for i, value in optim["state"].items()},
         "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]}
                          for group in optim["param_groups"]],
-    }, options=options)
+    }, options=StateDictOptions(full_state_dict=True, strict=False))

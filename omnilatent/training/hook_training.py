@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from omnilatent.checkpoint.files import MODEL_FILE, read_state
+from omnilatent.checkpoint.files import MODEL_FILE, is_sharded, read_state
+from omnilatent.checkpoint.sharded import read_weights
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import HookError, UsageError
 from omnilatent.model import OmniLatentModel
@@ -230,18 +231,22 @@ def check_origin(path: Path, state: dict[str, Any], origin: dict[str, Any] | Non
 def export_hooks(checkpoint: Path, names: list[str], save_dir: Path) -> list[Path]:
     """Write each hook of ``names`` alone, as the checkpoint at ``checkpoint`` holds it, to
     ``save_dir/hooks/NAME`` (replacing the previous one: written beside, then renamed)."""
-    settings = {item["name"]: item for item in read_state(checkpoint)["hooks"]}
+    state = read_state(checkpoint)
+    settings = {item["name"]: item for item in state["hooks"]}
     written = []
-    with safe_open(str(checkpoint / MODEL_FILE), "pt") as weights:
-        keys = list(weights.keys())
-        for name in names:
-            prefix = f"hooks.{name}."
-            tensors = {k[len(prefix):]: weights.get_tensor(k) for k in keys
-                       if k.startswith(prefix)}
-            with torch.random.fork_rng(devices=[]):  # the hook's init must not move the run's RNG
-                hook = LatentNeuralHook(**settings[name])
-            hook.load_state_dict(tensors)
-            written.append(_replace_folder(save_dir / HOOKS_DIR / name, hook.save))
+    for name in names:
+        prefix = f"hooks.{name}."
+        with torch.random.fork_rng(devices=[]):  # the hook's init must not move the run's RNG
+            hook = LatentNeuralHook(**settings[name])
+        if is_sharded(state):
+            expected = {prefix + k: v for k, v in hook.state_dict().items()}
+            tensors = read_weights(checkpoint, expected, partial=True)
+        else:
+            with safe_open(str(checkpoint / MODEL_FILE), "pt") as weights:
+                tensors = {k: weights.get_tensor(k) for k in weights.keys()
+                           if k.startswith(prefix)}
+        hook.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()})
+        written.append(_replace_folder(save_dir / HOOKS_DIR / name, hook.save))
     return written
 
 
@@ -269,9 +274,4 @@ class HookExport(TrainerCallbacks):
 
     def on_checkpoint(self, path: Path) -> None:
         export_hooks(path, self.names, self.save_dir)
-
-
-def weights_sha256(checkpoint: Path) -> str:
-    """The recorded SHA-256 of a (verified) checkpoint's weights file."""
-    return str(read_state(checkpoint)["files"][MODEL_FILE]["sha256"])
 

@@ -36,6 +36,7 @@ from omnilatent.checkpoint.files import (
     find_latest_checkpoint,
     list_checkpoints,
     read_state,
+    weights_sha256,
 )
 from omnilatent.config import OmniLatentConfig, check_data_fits_model, model_sizes
 from omnilatent.errors import CheckpointError, ConfigError, UsageError
@@ -61,7 +62,6 @@ from omnilatent.training.hook_training import (
     add_hooks,
     check_origin,
     run_origin,
-    weights_sha256,
 )
 from omnilatent.training.rng import seed_everything
 from omnilatent.training.sources import (
@@ -407,8 +407,8 @@ def build_run(options: TrainRunOptions, display: TrainerCallbacks | None = None)
     parts = tuple(part for part in (display, board, export) if part is not None)
     callbacks = CompositeCallbacks(*parts) if context.is_main else TrainerCallbacks()
     trainer = build_trainer(options, model, source, callbacks, card, evaluator, context)
-    trainer.origin = run_origin(options.start,
-                                None if base is None else weights_sha256(base.path), hooks)
+    weights = None if base is None else weights_sha256(read_state(base.path))
+    trainer.origin = run_origin(options.start, weights, hooks)
     return TrainRun(options, trainer, source, held, board, context, export)
 
 
