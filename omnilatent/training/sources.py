@@ -18,31 +18,22 @@ from omnilatent.training.data import SyntheticMultimodalDataset, build_dataloade
 from omnilatent.training.distributed import SINGLE, DistributedContext, rank_loader
 from pipeline.config import PrepareConfig
 from pipeline.loader.shard_loader import build_shard_loader
+from pipeline.modalities import SIZE_FIELDS
 from pipeline.shards.manifest import MANIFEST_NAME, read_manifest
 from pipeline.shards.schema import expected_from_config
 from pipeline.shards.shardset import resolve_shards
 from pipeline.tokenizer import TokenizerFn
 
-# OmniLatentConfig field -> key of pipeline.shards.schema.expected_from_config
-DATA_FIELDS = {
-    "image_size": "image_size",
-    "video_size": "frame_size",
-    "video_frames": "frames",
-    "n_mels": "n_mels",
-    "audio_frames": "mel_frames",
-}
-
 
 def model_sizes(expected: dict[str, Any]) -> dict[str, int]:
     """The OmniLatentConfig fields that data prepared with ``expected`` sizes dictates."""
-    return {field: int(expected[key]) for field, key in DATA_FIELDS.items()}
+    return {name: int(expected[name]) for name in SIZE_FIELDS}
 
 
 def check_data_fits_model(expected: dict[str, Any], config: OmniLatentConfig) -> None:
     """Raise ConfigError naming every size where the data and the model disagree."""
-    problems = [f"data {key}={expected[key]} but model {field}={getattr(config, field)}"
-                for field, key in DATA_FIELDS.items()
-                if int(expected[key]) != getattr(config, field)]
+    problems = [f"data {name}={expected[name]} but model {name}={getattr(config, name)}"
+                for name in SIZE_FIELDS if int(expected[name]) != getattr(config, name)]
     if problems:
         raise ConfigError(
             "the data does not fit the model: " + "; ".join(problems)

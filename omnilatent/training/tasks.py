@@ -9,7 +9,7 @@ from torch import Tensor
 
 from omnilatent.config import MODALITIES
 from omnilatent.errors import ConfigError, OmniLatentError
-from omnilatent.model.losses import PAD_ID
+from pipeline.modalities import PAD_ID
 
 
 def task_name(source: str, target: str) -> str:
