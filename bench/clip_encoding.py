@@ -68,7 +68,7 @@ def natural_scene(rng: np.random.Generator) -> np.ndarray:
 def make_clip(rng: np.random.Generator, config: PrepareConfig) -> tuple[np.ndarray, np.ndarray]:
     """(frames (T, F, F, 3), image (S, S, 3)) uint8 of one panning shot, as prepare makes them."""
     scene = natural_scene(rng)
-    size, frames_n, half = config.image_size, config.frames_per_clip, config.image_size // 2
+    size, frames_n, half = config.image_size, config.video_frames, config.image_size // 2
     still = rng.random() < 1 / 3
     velocity = np.zeros(2) if still else rng.uniform(-6, 6, 2)  # pixels per frame at image size
     margin = int(np.abs(velocity).max() * frames_n) + 1
@@ -87,8 +87,8 @@ def make_clip(rng: np.random.Generator, config: PrepareConfig) -> tuple[np.ndarr
         if t == frames_n // 2:
             image = view.round().astype(np.uint8)
         small = view.reshape(half, 2, half, 2, 3).mean(axis=(1, 3))  # (F, F, 3) box filter
-        if config.frame_size != half:
-            raise ValueError("the bench assumes frame_size == image_size / 2 (the defaults)")
+        if config.video_size != half:
+            raise ValueError("the bench assumes video_size == image_size / 2 (the defaults)")
         frames.append(small.round().astype(np.uint8))
     assert image is not None
     return np.stack(frames), image

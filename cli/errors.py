@@ -1,6 +1,6 @@
 """One CLI error type and the single place where any error becomes a message and exit code.
 
-Library code raises its own exceptions (OmniLatentError, PipelineError); commands may raise
+Library code raises its own exceptions (all OmniLatentError); commands may raise
 CLIError for bad arguments. ``run_command`` renders all of them the same way, with the
 traceback only when OMNI_DEBUG=1. A plain ValueError is rendered too: it is what third-party
 code raises for a value a user passed on (braceexpand for an unbalanced `--shards` pattern,
@@ -17,7 +17,6 @@ import typer
 
 from cli.console import console, plain
 from omnilatent.errors import OmniLatentError
-from pipeline.errors import PipelineError
 
 T = TypeVar("T")
 
@@ -38,7 +37,7 @@ def run_command(fn: Callable[[], T]) -> T:
     """Call ``fn`` and turn known errors into a one-line message and a non-zero exit."""
     try:
         return fn()
-    except (CLIError, OmniLatentError, PipelineError, ValueError) as exc:
+    except (CLIError, OmniLatentError, ValueError) as exc:
         exit_code = getattr(exc, "exit_code", EXIT_ERROR)
         if os.environ.get("OMNI_DEBUG") == "1":
             console.print_exception()

@@ -200,7 +200,7 @@ def prepare_command(
     = _DEFAULTS.fps,
     frame_size: Annotated[int, typer.Option("--frame-size", help="Side of the clip frames "
                                             "(video modality), pixels.")]
-    = _DEFAULTS.frame_size,
+    = _DEFAULTS.video_size,
     image_size: Annotated[int, typer.Option("--image-size", help="Side of the middle frame "
                                             "(image modality), pixels.")]
     = _DEFAULTS.image_size,
@@ -262,7 +262,7 @@ def prepare_command(
         try:
             config = PrepareConfig(
                 clip_duration=clip_duration, clip_stride=clip_stride, fps=fps,
-                frame_size=frame_size, image_size=image_size, sample_rate=sample_rate,
+                video_size=frame_size, image_size=image_size, sample_rate=sample_rate,
                 n_mels=n_mels, samples_per_shard=samples_per_shard,
                 videos_per_unit=videos_per_unit, decoder=decoder,
                 eval_fraction=eval_fraction, split_seed=split_seed,

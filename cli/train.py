@@ -203,15 +203,16 @@ def train(
         help="--video-dir: seconds between clip starts.")] = 1.0,
     workers: _in_panel(Workers, DATA) = 0,
     dim: Annotated[int, typer.Option("--dim", rich_help_panel=MODEL, min=8,
-                                     help="Model width.")] = 768,
-    layers: Annotated[int, typer.Option("--layers", rich_help_panel=MODEL, min=1,
-                                        help="Transformer blocks.")] = 12,
+                                     help="Model width.")] = OmniLatentConfig.hidden_dim,
+    layers: Annotated[int, typer.Option(
+        "--layers", rich_help_panel=MODEL, min=1,
+        help="Transformer blocks.")] = OmniLatentConfig.num_layers,
     heads: Annotated[int, typer.Option(
-        "--heads", rich_help_panel=MODEL, min=1,
-        help="Attention heads; --dim must be a multiple of 2 x --heads.")] = 12,
+        "--heads", rich_help_panel=MODEL, min=1, help="Attention heads; --dim must be a "
+        "multiple of 2 x --heads.")] = OmniLatentConfig.num_heads,
     text_decoding: Annotated[str, typer.Option(
         "--text-decoding", rich_help_panel=MODEL, help="autoregressive (default) or parallel "
-        "text output (see the README's measurement).")] = "autoregressive",
+        "text output (see the README's measurement).")] = OmniLatentConfig.text_decoding,
     from_checkpoint: Annotated[Path | None, typer.Option(
         "--from", rich_help_panel=START, help="Start from a trained checkpoint (its folder, or "
         "a save dir: the newest), with its model shape and tokenizer, a fresh optimizer and "

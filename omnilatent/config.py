@@ -3,13 +3,13 @@ checkpoint."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omnilatent.errors import ConfigError
+from pipeline.modalities import MODALITIES, SIZE_FIELDS
 
-MODALITIES = ("text", "audio", "image", "video")
+__all__ = ["MODALITIES", "OmniLatentConfig"]
 TEXT_DECODINGS = ("autoregressive", "parallel")
 # The seed's training fields of OmniLatentConfig -> the TrainConfig field each one sets
 # (`batch_size` sets none: the DataLoader takes it).
@@ -28,7 +28,7 @@ TRAINING_FIELDS = {
 # safetensors header; no model this code trains comes near them (README: checkpoint format).
 FIELD_CAPS = {
     "hidden_dim": 16384, "num_layers": 512, "num_heads": 512, "mlp_hidden_dim": 65536,
-    "vocab_size": 1 << 20, "max_text_len": 4096, "n_mels": 1024, "audio_frames": 65536,
+    "vocab_size": 1 << 20, "n_mels": 1024, "audio_frames": 65536,
     "audio_stride": 64, "image_size": 4096, "patch_size": 64, "video_size": 4096,
     "video_frames": 1024, "tubelet_size": 64, "decoder_layers": 64,
 }
@@ -58,7 +58,6 @@ class OmniLatentConfig:
     num_heads: int = 12
     mlp_hidden_dim: int | None = None  # None: 10/3 x hidden_dim, rounded up to 32
     vocab_size: int = 32000
-    max_text_len: int = 512
     # audio: log-mel (B, n_mels, T); the encoder downsamples time by audio_stride
     n_mels: int = 128
     audio_frames: int = 200
@@ -118,8 +117,9 @@ class OmniLatentConfig:
                 f"video_frames ({self.video_frames}) must be a multiple of "
                 f"tubelet_size ({self.tubelet_size})"
             )
-        tokens = {"image": self.image_tokens, "video": math.prod(self.video_grid),
-                  "audio": self.audio_frames // self.audio_stride}
+        side, video_side = self.image_size // self.patch_size, self.video_size // self.patch_size
+        tokens = {"image": side**2, "audio": self.audio_frames // self.audio_stride,
+                  "video": self.video_frames // self.tubelet_size * video_side**2}
         for modality, count in tokens.items():
             if count > MAX_MODALITY_TOKENS:
                 raise ConfigError(f"one {modality} input would be {count} tokens, more than "
@@ -165,16 +165,6 @@ class OmniLatentConfig:
     def head_dim(self) -> int:
         return self.hidden_dim // self.num_heads
 
-    @property
-    def image_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    @property
-    def video_grid(self) -> tuple[int, int, int]:
-        """(time, height, width) of the video token grid: (4, 7, 7) at the defaults."""
-        side = self.video_size // self.patch_size
-        return (self.video_frames // self.tubelet_size, side, side)
-
     def training_defaults(self) -> dict[str, Any]:
         """The training fields that were set (not None), by their names here."""
         return {name: getattr(self, name) for name in TRAINING_FIELDS
@@ -187,6 +177,9 @@ class OmniLatentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OmniLatentConfig:
+        """The config a checkpoint stored; its ``max_text_len`` (earlier checkpoints', unused:
+        the card's) is dropped."""
+        data = {name: value for name, value in data.items() if name != "max_text_len"}
         known = {f.name for f in fields(cls)} - set(TRAINING_FIELDS)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -194,26 +187,15 @@ class OmniLatentConfig:
         return cls(**data)
 
 
-# OmniLatentConfig field -> key of pipeline.schema.expected_from_config
-DATA_FIELDS = {
-    "image_size": "image_size",
-    "video_size": "frame_size",
-    "video_frames": "frames",
-    "n_mels": "n_mels",
-    "audio_frames": "mel_frames",
-}
-
-
 def model_sizes(expected: dict[str, Any]) -> dict[str, int]:
     """The OmniLatentConfig fields that data prepared with ``expected`` sizes dictates."""
-    return {field: int(expected[key]) for field, key in DATA_FIELDS.items()}
+    return {name: int(expected[name]) for name in SIZE_FIELDS}
 
 
 def check_data_fits_model(expected: dict[str, Any], config: OmniLatentConfig) -> None:
     """Raise ConfigError naming every size where the data and the model disagree."""
-    problems = [f"data {key}={expected[key]} but model {field}={getattr(config, field)}"
-                for field, key in DATA_FIELDS.items()
-                if int(expected[key]) != getattr(config, field)]
+    problems = [f"data {name}={expected[name]} but model {name}={getattr(config, name)}"
+                for name in SIZE_FIELDS if int(expected[name]) != getattr(config, name)]
     if problems:
         raise ConfigError(
             "the data does not fit the model: " + "; ".join(problems)

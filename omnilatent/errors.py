@@ -1,18 +1,10 @@
-"""Errors raised by the omnilatent library. The CLI renders them; library code never prints."""
+"""Errors raised by the omnilatent library. The CLI renders them; library code never prints.
 
-from pipeline.errors import ConfigError as PipelineConfigError
+The base (`OmniLatentError`) and `ConfigError` are the lowest layer's (`pipeline.errors`), so
+one ``except`` catches a bad setting wherever it was found, model, trainer or data.
+"""
 
-
-class OmniLatentError(Exception):
-    """Base class: a problem a user can act on, with a message that says how."""
-
-
-class ConfigError(OmniLatentError, PipelineConfigError):
-    """A configuration value is invalid; the message names the field and what is allowed.
-
-    One kind of bad setting for both libraries: it is also the pipeline's ConfigError (which
-    cannot import this one), so ``except pipeline.errors.ConfigError`` catches a bad setting
-    wherever it was found, model, trainer or data."""
+from pipeline.errors import ConfigError, OmniLatentError
 
 
 class UsageError(ConfigError):

@@ -13,7 +13,7 @@ from torch import Tensor
 from omnilatent.checkpoint.json_values import is_count
 from omnilatent.config import MODALITIES
 from omnilatent.errors import CheckpointError, ConfigError, OmniLatentError
-from omnilatent.model.losses import PAD_ID
+from pipeline.modalities import PAD_ID
 
 
 def task_name(source: str, target: str) -> str:

@@ -17,6 +17,10 @@ from pipeline.errors import ConfigError
 
 SCHEMA_VERSION = 1
 DECODERS = ("pyav", "ffmpeg")
+# Fields named on disk as the shard schema names them (files stay as they were) and in code as
+# the model does.
+_ON_DISK = {"video_size": "frame_size"}
+_IN_CODE = {disk: name for name, disk in _ON_DISK.items()}
 
 
 def _is_multiple(value: float, step: float) -> bool:
@@ -31,7 +35,7 @@ class PrepareConfig:
     clip_duration: float = 2.0
     clip_stride: float = 1.0
     fps: int = 8
-    frame_size: int = 112
+    video_size: int = 112  # side of the clip frames (the video modality); "frame_size" on disk
     image_size: int = 224
     sample_rate: int = 16000
     n_mels: int = 128
@@ -52,7 +56,7 @@ class PrepareConfig:
     follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
-        positive = ("clip_duration", "clip_stride", "fps", "frame_size", "image_size",
+        positive = ("clip_duration", "clip_stride", "fps", "video_size", "image_size",
                     "sample_rate", "n_mels", "n_fft", "hop_length", "samples_per_shard",
                     "videos_per_unit")
         for name in positive:
@@ -95,7 +99,7 @@ class PrepareConfig:
                               f"must lie in [0, 1), got {self.eval_fraction!r}")
 
     @property
-    def frames_per_clip(self) -> int:
+    def video_frames(self) -> int:
         """Frames in one clip (16 at the defaults)."""
         return round(self.clip_duration * self.fps)
 
@@ -110,7 +114,7 @@ class PrepareConfig:
         return round(self.clip_duration * self.sample_rate)
 
     @property
-    def mel_frames(self) -> int:
+    def audio_frames(self) -> int:
         """Mel frames in one clip: one per hop (200 at the defaults)."""
         return self.samples_per_clip // self.hop_length
 
@@ -119,10 +123,12 @@ class PrepareConfig:
         return self.f_max if self.f_max is not None else self.sample_rate / 2
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields under their names in manifests, stats files and checkpoint cards."""
+        return {_ON_DISK.get(name, name): value for name, value in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrepareConfig:
+        data = {_IN_CODE.get(name, name): value for name, value in data.items()}
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

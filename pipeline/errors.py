@@ -1,15 +1,18 @@
-"""Errors raised by the data pipeline. The CLI renders them; library code never prints."""
+"""Errors raised by the libraries. The CLI renders them; library code never prints. The base
+and `ConfigError` live here, in the lowest layer: `omnilatent.errors` adds its own kinds."""
 
 
-class PipelineError(Exception):
+class OmniLatentError(Exception):
     """Base class: a problem a user can act on, with a message that says how."""
 
 
-class ConfigError(PipelineError, ValueError):
-    """A setting is out of range or inconsistent; the message names the field.
+class PipelineError(OmniLatentError):
+    """A problem with the data, its files, tools or settings."""
 
-    `omnilatent.errors.ConfigError` subclasses it, so catching this one catches the model's
-    and trainer's bad settings too."""
+
+class ConfigError(PipelineError, ValueError):
+    """A setting is out of range or inconsistent; the message names the field. One kind of
+    bad setting for the pipeline, the model and the trainer."""
 
 
 class DecodeError(PipelineError):

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.modalities import MODALITIES, TABLE
 from pipeline.shards.schema import MEL_CENTER, MEL_SCALE
 
 PIXEL_SCALE = 127.5
 # The dtypes a modality's tensor may arrive in: stored values, or float32 model units.
-STORED_DTYPES = {"video": torch.uint8, "image": torch.uint8, "audio": torch.float16}
-MODALITY_KEYS = ("text", *STORED_DTYPES)
+STORED_DTYPES = {row.name: getattr(torch, row.stored_dtype) for row in TABLE if row.stored_dtype}
 
 
 def pixels_to_unit(pixels: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ def to_device_units(modality: str, x: torch.Tensor, device: torch.device) -> tor
 def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """A batch with every tensor on `device` and each modality in model units; other values
     (keys, metadata) as they are."""
-    return {key: (to_device_units(key, value, device) if key in MODALITY_KEYS
+    return {key: (to_device_units(key, value, device) if key in MODALITIES
                   else value.to(device, non_blocking=True))
             if isinstance(value, torch.Tensor) else value
             for key, value in batch.items()}

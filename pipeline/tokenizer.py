@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.modalities import PAD_ID
 
 TokenizerFn = Callable[[str, int], torch.Tensor]
 
-PAD_ID = 0
 BOS_ID = 1
 EOS_ID = 2
 BYTE_OFFSET = 3  # byte b has id b + BYTE_OFFSET

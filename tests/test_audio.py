@@ -124,7 +124,7 @@ def _tone(freq: float, config: PrepareConfig, amplitude: float = 0.5) -> np.ndar
 def test_shape_dtype_and_finiteness() -> None:
     config = PrepareConfig()
     out = log_mel(_tone(440.0, config), config)
-    assert out.shape == (128, 200) == (config.n_mels, config.mel_frames)
+    assert out.shape == (128, 200) == (config.n_mels, config.audio_frames)
     assert out.dtype == np.float16
     assert np.isfinite(out).all()
 
@@ -156,7 +156,7 @@ def _numpy_reference(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
     padded = np.pad(samples.astype(np.float64), n_fft // 2, mode="reflect")
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
     frames = np.stack([padded[t * hop: t * hop + n_fft] * window
-                       for t in range(config.mel_frames)])  # (T, n_fft)
+                       for t in range(config.audio_frames)])  # (T, n_fft)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # (T, F)
     fb = mel_filterbank(n_fft // 2 + 1, config.f_min, config.mel_f_max, config.n_mels,
                         config.sample_rate).astype(np.float64)  # (F, M)
@@ -236,7 +236,7 @@ def _torch_log_mel(samples: np.ndarray, config: PrepareConfig, dtype: torch.dtyp
                       hop_length=config.hop_length, win_length=config.n_fft, window=window,
                       center=True, pad_mode="reflect", return_complex=True)  # (F, T + 1)
     power = spec.real.square() + spec.imag.square()  # (F, T + 1)
-    return torch.log(fb_t @ power[:, : config.mel_frames] + LOG_FLOOR).numpy()  # (M, T)
+    return torch.log(fb_t @ power[:, : config.audio_frames] + LOG_FLOOR).numpy()  # (M, T)
 
 
 def _speech_like(config: PrepareConfig) -> np.ndarray:

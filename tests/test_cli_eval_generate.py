@@ -31,7 +31,7 @@ from pipeline.tokenizer import BYTE_VOCAB_SIZE
 
 runner = CliRunner()
 # Small clips: 8 frames of 32x32 (4 fps x 2 s), 16 mel bins x 200 frames.
-PREP = PrepareConfig(fps=4, frame_size=32, image_size=32, n_mels=16, eval_fraction=0.5,
+PREP = PrepareConfig(fps=4, video_size=32, image_size=32, n_mels=16, eval_fraction=0.5,
                      samples_per_shard=4)
 SRT = "1\n00:00:00,000 --> 00:00:09,000\nthe red circle hums\n\n"
 
@@ -164,14 +164,14 @@ def _check_output(path: Path, target: str) -> None:
     elif target == "audio":
         with wave.open(str(path)) as wav:
             assert wav.getframerate() == 16000 and wav.getnchannels() == 1
-            assert wav.getnframes() == PREP.mel_frames * PREP.hop_length  # one 2 s clip
+            assert wav.getnframes() == PREP.audio_frames * PREP.hop_length  # one 2 s clip
     elif path.suffix == ".gif":
         with Image.open(path) as gif:
-            assert gif.size == (32, 32) and gif.n_frames == PREP.frames_per_clip
+            assert gif.size == (32, 32) and gif.n_frames == PREP.video_frames
     else:
         with av.open(str(path)) as container:
             frames = list(container.decode(video=0))
-        assert len(frames) == PREP.frames_per_clip and frames[0].width == 32
+        assert len(frames) == PREP.video_frames and frames[0].width == 32
 
 
 @pytest.mark.parametrize("source", ["video", "audio", "image", "text file", "text"])

@@ -70,7 +70,7 @@ def assert_frames_follow(windows: list[Window], frame_times: list[float]) -> Non
         got = [read_counter(frame) for frame in window.frames]
         want = [expected_pick(frame_times, first + i) % 256 for i in range(len(got))]
         assert got == want, f"window {window.index}"
-        middle = expected_pick(frame_times, first + CONFIG.frames_per_clip // 2) % 256
+        middle = expected_pick(frame_times, first + CONFIG.video_frames // 2) % 256
         assert read_counter(window.image) == middle
 
 
@@ -129,7 +129,7 @@ def test_window_count_and_times(
     for w in windows:
         assert w.start == pytest.approx(w.index * CONFIG.clip_stride)
         assert w.end == pytest.approx(w.start + CONFIG.clip_duration)
-        assert w.frames.shape == (CONFIG.frames_per_clip, 112, 112, 3)
+        assert w.frames.shape == (CONFIG.video_frames, 112, 112, 3)
         assert w.frames.dtype == np.uint8
         assert w.image.shape == (224, 224, 3) and w.image.dtype == np.uint8
         assert w.audio.shape == (CONFIG.samples_per_clip,) and w.audio.dtype == np.float32
@@ -573,7 +573,7 @@ def test_backends_yield_equivalent_windows(media_dir: Path, case: str) -> None:
 def test_windows_stream_with_bounded_memory(long_videos: dict[int, Path], decoder: str) -> None:
     # At most ceil(clip_duration / stride) + 1 windows' frames may be held at once.
     frame_bound = (math.ceil(CONFIG.clip_duration / CONFIG.clip_stride) + 1) * (
-        CONFIG.frames_per_clip
+        CONFIG.video_frames
     )
     peaks = {}
     for seconds, path in long_videos.items():
@@ -582,7 +582,7 @@ def test_windows_stream_with_bounded_memory(long_videos: dict[int, Path], decode
         first = next(windows)
         assert first.index == 0
         # Streaming: the first window comes out long before the video is read.
-        assert stats.grid_frames <= CONFIG.frames_per_clip + CONFIG.stride_frames
+        assert stats.grid_frames <= CONFIG.video_frames + CONFIG.stride_frames
         assert sum(1 for _ in windows) + 1 == seconds - 1
         assert stats.peak_buffered_frames <= frame_bound
         assert stats.peak_buffered_samples <= 3 * CONFIG.samples_per_clip

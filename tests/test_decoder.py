@@ -11,6 +11,7 @@ import torch
 
 from omnilatent import OmniLatentConfig, OmniLatentModel
 from omnilatent.errors import ConfigError
+from omnilatent.model.modalities import REGISTRY
 from pipeline.tokenizer import BYTE_VOCAB_SIZE, EOS_ID, byte_detokenize, byte_tokenizer
 from tests.conftest import TINY
 
@@ -29,7 +30,8 @@ def test_identity_only_for_the_same_modality_on_the_same_grid() -> None:
     torch.manual_seed(0)
     cfg = OmniLatentConfig(**SAME_COUNT)
     model = OmniLatentModel(cfg).eval()
-    assert cfg.image_tokens == math.prod(cfg.video_grid) == 4
+    assert math.prod(REGISTRY["image"].grid(cfg, cfg.image_size)) == 4
+    assert math.prod(REGISTRY["video"].grid(cfg, cfg.video_frames)) == 4
     calls = _decoder_calls(model)
     image = torch.randn(2, 3, 32, 32)
     video = torch.randn(2, 3, 4, 32, 32)

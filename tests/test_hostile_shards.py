@@ -42,7 +42,7 @@ from pipeline.shards.decode import MAX_TEXT_BYTES
 from pipeline.shards.encode import encode_sample
 from pipeline.shards.schema import SampleMeta
 
-CONFIG = PrepareConfig(clip_duration=1.0, clip_stride=1.0, fps=16, frame_size=32,
+CONFIG = PrepareConfig(clip_duration=1.0, clip_stride=1.0, fps=16, video_size=32,
                        image_size=32, n_mels=8)
 BOMB_SIDE = 4096
 DECLARED = 200 * 2**20  # bytes a hostile member declares
@@ -125,8 +125,8 @@ def sample(video: str, index: int, text: str = "hello") -> Members:
                             start=float(index), end=index + 1.0, rotation=0, has_audio=True,
                             transcript_source="srt", transcript_timed=True,
                             clip_encoding="mp4")
-    shape = (CONFIG.frames_per_clip, CONFIG.frame_size, CONFIG.frame_size, 3)
-    members = encode_sample(meta.key, meta, np.zeros((CONFIG.n_mels, CONFIG.mel_frames),
+    shape = (CONFIG.video_frames, CONFIG.video_size, CONFIG.video_size, 3)
+    members = encode_sample(meta.key, meta, np.zeros((CONFIG.n_mels, CONFIG.audio_frames),
                                                      np.float16),
                             np.full((CONFIG.image_size, CONFIG.image_size, 3), 90, np.uint8),
                             np.full(shape, 60, np.uint8), text, CONFIG)
@@ -161,7 +161,7 @@ def bomb_clip() -> bytes:
         for plane in frame.planes:
             plane.update(bytes(plane.buffer_size))
         packets = []
-        for index in range(CONFIG.frames_per_clip):
+        for index in range(CONFIG.video_frames):
             frame.pts, frame.time_base = index, stream.time_base
             packets += stream.encode(frame)
         packets += stream.encode(None)

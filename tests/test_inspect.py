@@ -41,7 +41,7 @@ from pipeline.shards.schema import SampleMeta
 runner = CliRunner()
 ENV = {"COLUMNS": "200"}
 # 16 frames of 32 px per 1 s clip, a new clip every 0.5 s; 3 samples per shard.
-SMALL = PrepareConfig(clip_duration=1.0, clip_stride=0.5, fps=16, frame_size=32,
+SMALL = PrepareConfig(clip_duration=1.0, clip_stride=0.5, fps=16, video_size=32,
                       image_size=48, n_mels=16, samples_per_shard=3, videos_per_unit=2)
 # (source, transcript source, has_audio, texts of its clips, recorded footage seconds)
 VIDEOS = [
@@ -69,10 +69,10 @@ def members_of(source: str, transcript: str, has_audio: bool, index: int,
                             has_audio=has_audio, transcript_source=transcript,
                             transcript_timed=True)
     rng = np.random.default_rng(index)
-    mel = rng.uniform(-13.8, 8.8, (SMALL.n_mels, SMALL.mel_frames)).astype(np.float16)
+    mel = rng.uniform(-13.8, 8.8, (SMALL.n_mels, SMALL.audio_frames)).astype(np.float16)
     image = np.full((SMALL.image_size, SMALL.image_size, 3), 40 + 10 * index, np.uint8)
-    frames = np.stack([np.full((SMALL.frame_size, SMALL.frame_size, 3), 10 * t, np.uint8)
-                       for t in range(SMALL.frames_per_clip)])  # (T, S, S, 3), each different
+    frames = np.stack([np.full((SMALL.video_size, SMALL.video_size, 3), 10 * t, np.uint8)
+                       for t in range(SMALL.video_frames)])  # (T, S, S, 3), each different
     return encode_sample(meta.key, meta, mel, image, frames, text, SMALL)
 
 
@@ -234,7 +234,7 @@ def _drop_member(name: str) -> Edit:
 def _short_mel(source: str, index: int, members: dict[str, Any]) -> None:
     if source == "videos/b.mp4" and index == 2:
         buffer = io.BytesIO()
-        np.save(buffer, np.zeros((SMALL.n_mels, SMALL.mel_frames - 1), np.float16))
+        np.save(buffer, np.zeros((SMALL.n_mels, SMALL.audio_frames - 1), np.float16))
         members["mel.npy"] = buffer.getvalue()
 
 
@@ -330,7 +330,7 @@ def test_export_writes_pictures_pil_can_open(prepared: Path, tmp_path: Path) -> 
         assert sheet.size == (4 * 32, 4 * 32)
         assert np.array(sheet.convert("RGB"))[40, 40, 0] == 50  # row 1, column 1: frame 5
     with Image.open(folder / f"{key}.mel.png") as mel:
-        assert mel.size == (SMALL.mel_frames, SMALL.n_mels)
+        assert mel.size == (SMALL.audio_frames, SMALL.n_mels)
     assert (folder / f"{key}.txt").read_text(encoding="utf-8") == "hello"
     assert len(list(folder.iterdir())) == 2 * 5
     default = tmp_path / "default"
@@ -398,12 +398,12 @@ def test_a_single_shard_and_a_brace_pattern(prepared: Path) -> None:
 def test_verify_without_manifest_checks_against_the_first_sample(tmp_path: Path) -> None:
     def other_size(source: str, index: int, members: dict[str, Any]) -> None:
         if source == "videos/b.mp4":
-            config = PrepareConfig(**{**SMALL.to_dict(), "n_mels": 8})
+            config = PrepareConfig.from_dict({**SMALL.to_dict(), "n_mels": 8})
             meta = SampleMeta.build(config, source=source, video_id=video_id(source),
                                     clip_index=index, start=0.5 * index, end=0.5 * index + 1,
                                     rotation=0, has_audio=False, transcript_source="none",
                                     transcript_timed=True)
-            mel = np.zeros((8, config.mel_frames), np.float16)
+            mel = np.zeros((8, config.audio_frames), np.float16)
             image = np.zeros((48, 48, 3), np.uint8)
             frames = np.zeros((16, 32, 32, 3), np.uint8)
             members.update(encode_sample(meta.key, meta, mel, image, frames, "", config))
@@ -412,7 +412,7 @@ def test_verify_without_manifest_checks_against_the_first_sample(tmp_path: Path)
     pattern = str(root / "shards" / "unit-00000{0,1}-000000.tar")
     result = verify(open_target([pattern]))
     assert result.problem_count == 3
-    assert "json n_mels is 8, the shard set's config says 16" in result.problems[0].message
+    assert "its n_mels is 8, the shard set's config says 16" in result.problems[0].message
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [

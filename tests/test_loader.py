@@ -29,7 +29,7 @@ from pipeline.shards.shardset import expand_urls, split_member_name
 from pipeline.tokenizer import byte_detokenize
 
 # Small sizes keep the shards tiny; the loader must take them from the manifest or the json.
-SMALL = PrepareConfig(clip_duration=1.0, clip_stride=1.0, fps=4, frame_size=32, image_size=64,
+SMALL = PrepareConfig(clip_duration=1.0, clip_stride=1.0, fps=4, video_size=32, image_size=64,
                       n_mels=16)
 SHARDS, PER_SHARD = 3, 4
 Edit = Callable[[int, int, dict[str, Any]], None]  # (shard, index, members) -> None
@@ -55,9 +55,9 @@ def sample_members(config: PrepareConfig, shard: int, index: int,
     )
     value = 10 + 20 * shard + 4 * index
     rng = np.random.default_rng(value)
-    mel = rng.uniform(-13.8, 8.8, (config.n_mels, config.mel_frames)).astype(np.float16)
+    mel = rng.uniform(-13.8, 8.8, (config.n_mels, config.audio_frames)).astype(np.float16)
     image = np.full((config.image_size, config.image_size, 3), value, np.uint8)
-    frames = np.full((config.frames_per_clip, config.frame_size, config.frame_size, 3), value,
+    frames = np.full((config.video_frames, config.video_size, config.video_size, 3), value,
                      np.uint8)
     frames[:, 0, 0] = (0, 255, 128)  # the extremes, to check the [-1, 1] mapping
     text = "" if index == 0 else f"clip {index} of vidéo {shard}"
@@ -242,13 +242,13 @@ def test_without_manifest_the_first_sample_sets_the_sizes(tmp_path: Path) -> Non
         if (shard, index) == (2, 3):
             members.clear()
             members.update(sample_members(PrepareConfig(clip_duration=1.0, fps=4,
-                                                        frame_size=48, image_size=64,
+                                                        video_size=48, image_size=64,
                                                         n_mels=16), shard, index))
 
     keys = write_shards(tmp_path, manifest=False, edit=bigger_frames)
     loader = build_shard_loader(tmp_path, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
     assert all_keys(loader) == keys[:-1]
-    assert loader.stats.skipped_samples == 1 and "frame_size is 48" in loader.stats.errors[-1]
+    assert loader.stats.skipped_samples == 1 and "its video_size is 48" in loader.stats.errors[-1]
 
 
 # --------------------------------------------------------------------------- determinism

@@ -174,7 +174,7 @@ def test_gaps_between_windows_are_not_buffered(media_dir: Path) -> None:
     assert late.start == 9.0
     np.testing.assert_array_equal(late.frames, windows_of(path, short)[9].frames)
     np.testing.assert_array_equal(late.audio, windows_of(path, short)[9].audio)
-    assert stats.peak_buffered_frames <= CONFIG.frames_per_clip + 1
+    assert stats.peak_buffered_frames <= CONFIG.video_frames + 1
     assert stats.peak_buffered_samples <= 2 * CONFIG.samples_per_clip
 
 
@@ -202,7 +202,7 @@ def test_wav_at_44k_stereo_gives_the_mel_prepare_gives(media_dir: Path) -> None:
                str(muxed))
     for start in (0.0, 1.0):
         arrays = load_audio_file(wav, CONFIG, start)
-        assert arrays.mel.shape == (CONFIG.n_mels, CONFIG.mel_frames)
+        assert arrays.mel.shape == (CONFIG.n_mels, CONFIG.audio_frames)
         assert arrays.frames is None and arrays.image is None and arrays.text is None
         window = windows_of(muxed)[round(start)]
         np.testing.assert_array_equal(arrays.mel, log_mel(window.audio, CONFIG))
@@ -213,7 +213,7 @@ def test_compressed_audio_is_close_to_the_same_sound_in_a_video(media_dir: Path)
     mp4 = make_video(media_dir / "tone.mp4", duration=4.0, fps=8, size=(32, 32),
                      channels=2).path
     arrays = load_input(m4a, CONFIG, start=1.0)
-    assert arrays.mel.shape == (CONFIG.n_mels, CONFIG.mel_frames)
+    assert arrays.mel.shape == (CONFIG.n_mels, CONFIG.audio_frames)
     # The same AAC encoder input gives the same packets in both files: equal, not just close.
     np.testing.assert_array_equal(arrays.mel, log_mel(windows_of(mp4)[1].audio, CONFIG))
 
@@ -356,14 +356,14 @@ def test_text_is_collapsed_like_transcript_windows(media_dir: Path) -> None:
 
 
 def test_sample_tensors_and_collate_equal_the_loader(tmp_path: Path) -> None:
-    config = PrepareConfig(clip_duration=1.0, fps=4, frame_size=32, image_size=64, n_mels=16)
+    config = PrepareConfig(clip_duration=1.0, fps=4, video_size=32, image_size=64, n_mels=16)
     rng = np.random.default_rng(0)
     meta = SampleMeta.build(config, source="v.mp4", video_id="v_0123456789abcdef",
                             clip_index=0, start=0.0, end=1.0, rotation=0, has_audio=True,
                             transcript_source="srt", transcript_timed=True, clip_encoding="npy")
-    frames = rng.integers(0, 256, (config.frames_per_clip, 32, 32, 3), dtype=np.uint8)
+    frames = rng.integers(0, 256, (config.video_frames, 32, 32, 3), dtype=np.uint8)
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    mel = rng.uniform(-13.8, 8.8, (16, config.mel_frames)).astype(np.float16)
+    mel = rng.uniform(-13.8, 8.8, (16, config.audio_frames)).astype(np.float16)
     members = encode_sample(meta.key, meta, mel, image, frames, "a cat", config, "npy")
     (tmp_path / "shards").mkdir()
     with wds.TarWriter(str(tmp_path / "shards" / "s-000000.tar")) as writer:

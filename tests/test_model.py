@@ -8,7 +8,7 @@ import torch
 from omnilatent import MODALITIES, OmniLatentConfig, OmniLatentModel
 from omnilatent.errors import ConfigError
 from omnilatent.model.layers import rope_tables
-from omnilatent.model.losses import modality_loss
+from omnilatent.model.modalities import text_loss
 from tests.conftest import TINY, make_inputs
 
 
@@ -106,7 +106,7 @@ def test_text_loss_is_the_mean_over_real_tokens() -> None:
     labels = torch.tensor([[3, 4, 0, 0, 0], [5, 6, 7, 8, 0]])  # 6 real tokens
     real = labels != 0
     expected = torch.nn.functional.cross_entropy(logits[real], labels[real])
-    torch.testing.assert_close(modality_loss("text", logits, labels), expected)
+    torch.testing.assert_close(text_loss(logits, labels), expected)
 
 
 def test_gradient_checkpointing_gives_same_loss_and_grads(tiny_config) -> None:

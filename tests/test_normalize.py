@@ -87,8 +87,8 @@ def _losses(loader: object, steps: int) -> list[tuple[str, float]]:
     seed_everything(0)
     model = OmniLatentModel(OmniLatentConfig(
         hidden_dim=32, num_layers=2, num_heads=4, vocab_size=300, n_mels=SMALL.n_mels,
-        audio_frames=SMALL.mel_frames, image_size=SMALL.image_size, patch_size=16,
-        video_size=SMALL.frame_size, video_frames=SMALL.frames_per_clip))
+        audio_frames=SMALL.audio_frames, image_size=SMALL.image_size, patch_size=16,
+        video_size=SMALL.video_size, video_frames=SMALL.video_frames))
     config = TrainConfig(steps=steps, lr=1e-3, log_interval=1, device="cpu")
     result = Trainer(model, config, loader).train()
     return [(entry["task"], entry["loss"]) for entry in result.history]

@@ -64,9 +64,9 @@ def make_meta(config: PrepareConfig = CONFIG, clip_index: int = 3, encoding: str
 def make_arrays(config: PrepareConfig = CONFIG, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
-        "mel": rng.uniform(-13, 5, (config.n_mels, config.mel_frames)).astype(np.float16),
+        "mel": rng.uniform(-13, 5, (config.n_mels, config.audio_frames)).astype(np.float16),
         "image": rng.integers(0, 256, (config.image_size, config.image_size, 3), np.uint8),
-        "frames": moving_pattern(config.frames_per_clip, config.frame_size),
+        "frames": moving_pattern(config.video_frames, config.video_size),
     }
 
 
@@ -375,7 +375,7 @@ def test_decode_sample_drops_unknown_members_unread(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- size bounds
-SMALL = PrepareConfig(clip_duration=0.5, fps=8, frame_size=32, image_size=32, n_mels=8)
+SMALL = PrepareConfig(clip_duration=0.5, fps=8, video_size=32, image_size=32, n_mels=8)
 
 
 def test_mp4_of_another_frame_size_is_refused_before_decoding() -> None:
@@ -416,7 +416,7 @@ def test_npy_declaring_a_huge_array_is_refused_unallocated() -> None:
 
 def test_without_expected_sizes_a_sample_is_decoded_to_those_of_its_json() -> None:
     meta = make_meta(SMALL, encoding="mp4")
-    members = encode_sample(meta.key, meta, np.zeros((8, SMALL.mel_frames), np.float16),
+    members = encode_sample(meta.key, meta, np.zeros((8, SMALL.audio_frames), np.float16),
                             np.zeros((32, 32, 3), np.uint8), np.zeros((4, 32, 32, 3), np.uint8),
                             "", SMALL)
     assert decode_sample(members)[0]["clip.mp4"].shape == (4, 32, 32, 3)
@@ -434,8 +434,8 @@ def test_member_caps_follow_the_expected_sizes() -> None:
     assert member_cap("clip.mp4", None) == MAX_MEMBER_BYTES
     raw_clip = 4 * 32 * 32 * 3
     assert raw_clip < member_cap("clip.mp4", expected) < 3 * raw_clip + 2**17
-    assert member_cap("mel.npy", expected) > 8 * SMALL.mel_frames * 2  # float16
-    huge = expected_from_config(PrepareConfig(frame_size=10**5))
+    assert member_cap("mel.npy", expected) > 8 * SMALL.audio_frames * 2  # float16
+    huge = expected_from_config(PrepareConfig(video_size=10**5))
     assert member_cap("clip.npy", huge) == MAX_MEMBER_BYTES  # whatever a manifest claims
     assert oversized_member("txt", MAX_TEXT_BYTES, None) is None
     reason = oversized_member("txt", MAX_TEXT_BYTES + 1, None)

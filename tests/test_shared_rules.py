@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import pipeline.errors
 from omnilatent import OmniLatentConfig
 from omnilatent.errors import OmniLatentError
-from omnilatent.model.losses import modality_loss
+from omnilatent.model.modalities import text_loss
 from omnilatent.training.data import ResumableLoader, collate_multimodal, epoch_generator
 from pipeline.loader.samples import collate
 from pipeline.tokenizer import byte_tokenizer
@@ -30,7 +30,7 @@ def test_the_text_loss_skips_exactly_what_the_loaders_pad_with() -> None:
     logits = torch.randn(*target.shape, 300, generator=torch.Generator().manual_seed(0))
     real = torch.cat([F.cross_entropy(logits[row, : len(t)], t, reduction="none")
                       for row, t in enumerate(texts)])  # one loss per real token
-    assert torch.allclose(modality_loss("text", logits, target), real.mean())
+    assert torch.allclose(text_loss(logits, target), real.mean())
 
 
 def test_a_batch_of_empty_texts_is_one_column_of_padding() -> None:
@@ -40,7 +40,7 @@ def test_a_batch_of_empty_texts_is_one_column_of_padding() -> None:
     assert torch.equal(collate_multimodal([{"text": empty}])["text"], batch["text"])
     # all padding: a zero loss that still reaches the logits (no NaN from an empty mean)
     logits = torch.zeros(1, 1, 300, requires_grad=True)
-    loss = modality_loss("text", logits, batch["text"])
+    loss = text_loss(logits, batch["text"])
     loss.backward()
     assert float(loss.detach()) == 0.0 and logits.grad is not None
 

@@ -38,7 +38,7 @@ from pipeline.shards.shardset import SHARD_GLOB, resolve_shards
 from pipeline.shards.split import split_of, unit_interval
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = PrepareConfig(clip_duration=1.0, clip_stride=1.0, fps=4, frame_size=32, image_size=64,
+CONFIG = PrepareConfig(clip_duration=1.0, clip_stride=1.0, fps=4, video_size=32, image_size=64,
                        n_mels=16, videos_per_unit=3, samples_per_shard=2, eval_fraction=0.3)
 NAMES = [f"v{index}.mp4" for index in range(6)]
 EVAL_VIDEOS = {"v0.mp4", "v2.mp4"}
@@ -175,7 +175,7 @@ def test_fraction_zero_writes_no_eval_split(videos: Path, tmp_path: Path) -> Non
     for name in ("v0.mp4", "v1.mp4"):  # v0 would be held out at 0.3
         shutil.copyfile(videos / name, source / name)
     out = tmp_path / "out"
-    zero = PrepareConfig(**{**CONFIG.to_dict(), "eval_fraction": 0.0})
+    zero = PrepareConfig.from_dict({**CONFIG.to_dict(), "eval_fraction": 0.0})
     result = prepare(source, out, zero, RunOptions(workers=2))
     assert {video.split for video in result.videos} == {"train"}
     assert all(shard_split(name) == "train" for name in shard_bytes(out))

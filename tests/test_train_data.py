@@ -122,7 +122,7 @@ def test_manifest_sizes_must_fit_the_model(prepared, tmp_path) -> None:
                                **model_sizes(expected_from_config(PrepareConfig())))
     assert check_shards_fit(str(out), None, OmniLatentModel(fitting)).sample_counts
     narrow = OmniLatentModel(dataclasses.replace(fitting, video_size=64))
-    with pytest.raises(ConfigError, match="frame_size=112 but model video_size=64"):
+    with pytest.raises(ConfigError, match="data video_size=112 but model video_size=64"):
         check_shards_fit(str(out), None, narrow)
     trainer, _ = _trainer(out, tmp_path / "c", 2)
     trainer.train()

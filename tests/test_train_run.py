@@ -33,7 +33,7 @@ from pipeline.shards.schema import expected_from_config
 
 TINY_MODEL = ModelOptions(hidden_dim=32, num_layers=1, num_heads=4)
 # sizes no default has, so a model with them can only have taken them from the manifest
-PREP = PrepareConfig(frame_size=32, image_size=48, n_mels=16, fps=8, clip_duration=1.0,
+PREP = PrepareConfig(video_size=32, image_size=48, n_mels=16, fps=8, clip_duration=1.0,
                      clip_stride=1.0, eval_fraction=0.0)
 
 
@@ -74,7 +74,7 @@ def test_a_prepared_folder_sizes_the_model_and_gets_the_curriculum(prepared, tmp
     run = build_run(options)
     run.board.close()
     config = run.trainer.model.config
-    mel_frames = expected_from_config(PREP)["mel_frames"]
+    mel_frames = expected_from_config(PREP)["audio_frames"]
     assert (config.video_size, config.image_size, config.n_mels, config.video_frames,
             config.audio_frames) == (32, 48, 16, 8, mel_frames)
     assert config.vocab_size == 259  # the byte tokenizer's own vocabulary, not the default

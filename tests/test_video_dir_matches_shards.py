@@ -20,7 +20,7 @@ from pipeline.shards.decode import decode_sample
 from pipeline.shards.schema import MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT, clip_member
 
 WORDS = "one two three four five six seven eight"
-CONFIG = PrepareConfig(clip_duration=2.0, clip_stride=1.0, fps=4, frame_size=32,
+CONFIG = PrepareConfig(clip_duration=2.0, clip_stride=1.0, fps=4, video_size=32,
                        image_size=32, n_mels=16, eval_fraction=0.0)
 
 

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnilatent.config import FIELD_CAPS
 from omnilatent.errors import CheckpointError, ConfigError
 from pipeline.config import PrepareConfig
-from pipeline.errors import ConfigError as PipelineConfigError
+from pipeline.modalities import MAX_TEXT_LEN, check_text_len
 
 TOKENIZER_FILE = "tokenizer.model"
 TOKENIZERS = ("byte", "sentencepiece")
-MAX_TEXT_LEN = FIELD_CAPS["max_text_len"]  # text tokens of one sample, read or generated
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,7 @@ class CheckpointCard:
     data); ``tokenizer_source`` is where a SentencePiece model is copied from when saving."""
 
     tokenizer: str = "byte"
-    max_text_len: int = 128
+    max_text_len: int = MAX_TEXT_LEN
     data_config: dict[str, Any] | None = None
     tokenizer_source: Path | None = None
 
@@ -40,14 +38,11 @@ class CheckpointCard:
         if (self.tokenizer == "sentencepiece") != (self.tokenizer_source is not None):
             raise ConfigError("a sentencepiece card needs tokenizer_source (the .model file); "
                               "a byte card has none")
-        if (not isinstance(self.max_text_len, int) or isinstance(self.max_text_len, bool)
-                or not 1 <= self.max_text_len <= MAX_TEXT_LEN):
-            raise ConfigError(f"max_text_len must be an integer from 1 to {MAX_TEXT_LEN}, "
-                              f"got {self.max_text_len!r}")
+        check_text_len(self.max_text_len)
         if self.data_config is not None:
             try:
                 PrepareConfig.from_dict(self.data_config)
-            except (PipelineConfigError, TypeError, ValueError, AttributeError) as exc:
+            except (TypeError, ValueError, AttributeError) as exc:
                 raise ConfigError(f"data_config is not the settings of omni prepare "
                                   f"({type(exc).__name__}: {exc})"[:300]) from None
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pipeline.tokenizer import PAD_ID
+from pipeline.modalities import PAD_ID
 
 
 def correlation_distance(predictions: Tensor, candidates: Tensor) -> Tensor:

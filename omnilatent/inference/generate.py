@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from omnilatent.checkpoint.card import MAX_TEXT_LEN
 from omnilatent.config import MODALITIES, check_data_fits_model
 from omnilatent.errors import ConfigError
 from omnilatent.inference.trained import TrainedModel
@@ -39,6 +38,7 @@ from pipeline.generate.outputs import (
     write_wav,
 )
 from pipeline.media.audio import mel_to_waveform
+from pipeline.modalities import MAX_TEXT_LEN_CAP
 from pipeline.normalize import model_to_mel, to_device_units, unit_to_pixels
 from pipeline.shards.schema import expected_from_config
 
@@ -115,8 +115,8 @@ def generate(trained: TrainedModel, source: str, arrays: SampleArrays, target: s
              out: str | os.PathLike[str], max_tokens: int | None = None) -> Generated:
     """Run the model from ``source`` (one of the input's modalities) to ``target`` and write
     the result to ``out`` (its suffix picks the format; see OUTPUT_SUFFIXES)."""
-    if max_tokens is not None and not 1 <= max_tokens <= MAX_TEXT_LEN:
-        raise ConfigError(f"max_tokens must be from 1 to {MAX_TEXT_LEN}, got {max_tokens}")
+    if max_tokens is not None and not 1 <= max_tokens <= MAX_TEXT_LEN_CAP:
+        raise ConfigError(f"max_tokens must be from 1 to {MAX_TEXT_LEN_CAP}, got {max_tokens}")
     path = check_output_path(target, out)
     model = trained.model
     device = next(model.parameters()).device

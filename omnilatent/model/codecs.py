@@ -1,11 +1,10 @@
-"""Per-modality encoders (raw input -> tokens) and decoders (tokens -> raw output).
+"""Per-modality encoders (raw input -> tokens) and decoders (tokens -> raw output of a given
+size: audio or video frames, image side), listed in `omnilatent.model.modalities.REGISTRY`.
 
 Notation: B batch, N tokens, D model dim, M mel bins, T time steps, P patch size.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch.nn.functional as F
 from einops import rearrange
@@ -33,14 +32,9 @@ class AudioEncoder(nn.Module):
 class AudioDecoder(nn.Module):
     def __init__(self, cfg: OmniLatentConfig) -> None:
         super().__init__()
-        self.stride = cfg.audio_stride
         self.up = nn.ConvTranspose1d(cfg.hidden_dim, cfg.hidden_dim, cfg.audio_stride,
                                      cfg.audio_stride)
         self.conv_out = nn.Conv1d(cfg.hidden_dim, cfg.n_mels, kernel_size=3, padding=1)
-
-    @staticmethod
-    def tokens_for(frames: int, stride: int) -> int:
-        return math.ceil(frames / stride)
 
     def forward(self, x: Tensor, frames: int) -> Tensor:
         x = F.gelu(self.up(x.transpose(1, 2)))  # (B, D, N*stride)
@@ -66,13 +60,12 @@ class ImageDecoder(nn.Module):
     def __init__(self, cfg: OmniLatentConfig) -> None:
         super().__init__()
         self.patch = cfg.patch_size
-        self.side = cfg.image_size // cfg.patch_size
         self.proj = nn.Linear(cfg.hidden_dim, 3 * cfg.patch_size**2)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, side: int) -> Tensor:
         x = self.proj(x)  # (B, N, 3*P*P)
-        return rearrange(x, "b (h w) (c p q) -> b c (h p) (w q)", h=self.side, p=self.patch,
-                         q=self.patch)  # (B, 3, H, W)
+        return rearrange(x, "b (h w) (c p q) -> b c (h p) (w q)", h=side // self.patch,
+                         p=self.patch, q=self.patch)  # (B, 3, side, side)
 
 
 class VideoEncoder(nn.Module):
@@ -102,10 +95,8 @@ class VideoDecoder(nn.Module):
         self.side = cfg.video_size // cfg.patch_size
         self.proj = nn.Linear(cfg.hidden_dim, 3 * cfg.tubelet_size * cfg.patch_size**2)
 
-    def tokens_for(self, frames: int) -> int:
-        return frames // self.tubelet * self.side * self.side
-
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, frames: int) -> Tensor:
         x = self.proj(x)  # (B, N, 3*4*P*P)
-        return rearrange(x, "b (t h w) (c r p q) -> b c (t r) (h p) (w q)", h=self.side,
+        return rearrange(x, "b (t h w) (c r p q) -> b c (t r) (h p) (w q)",
+                         t=frames // self.tubelet, h=self.side,
                          w=self.side, r=self.tubelet, p=self.patch, q=self.patch)  # (B,3,T,H,W)

@@ -36,9 +36,9 @@ from torch import Tensor, nn
 
 from omnilatent.config import MODALITIES, OmniLatentConfig
 from omnilatent.model.layers import RMSNorm, SwiGLU
+from omnilatent.model.modalities import REGISTRY
 
 AXIS_FEATURES = 64  # sinusoid features per grid axis (32 frequencies, sin and cos)
-GRID_AXES = {"text": 1, "audio": 1, "image": 2, "video": 3}
 
 
 def sinusoid_features(positions: Tensor, features: int = AXIS_FEATURES) -> Tensor:
@@ -144,8 +144,8 @@ class TargetDecoder(nn.Module):
         self.autoregressive_text = cfg.text_decoding == "autoregressive"
         self.target_embed = nn.Embedding(len(MODALITIES), d)
         self.position = nn.ModuleDict({
-            modality: nn.Linear(AXIS_FEATURES * axes, d, bias=False)
-            for modality, axes in GRID_AXES.items()
+            modality: nn.Linear(AXIS_FEATURES * parts.grid_axes(cfg), d, bias=False)
+            for modality, parts in REGISTRY.items()
         })
         self.summary = nn.Linear(d, d, bias=False)
         self.start = nn.Parameter(torch.zeros(d))  # "previous token" of the first text position

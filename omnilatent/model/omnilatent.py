@@ -11,6 +11,7 @@ D model dim, V vocabulary.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -20,20 +21,11 @@ from torch.utils.checkpoint import checkpoint
 from omnilatent.config import MODALITIES, OmniLatentConfig
 from omnilatent.errors import ConfigError, HookError
 from omnilatent.model.attention import Block
-from omnilatent.model.codecs import (
-    AudioDecoder,
-    AudioEncoder,
-    ImageDecoder,
-    ImageEncoder,
-    VideoDecoder,
-    VideoEncoder,
-)
 from omnilatent.model.decoder import TargetDecoder
 from omnilatent.model.hooks import LatentNeuralHook
 from omnilatent.model.layers import RMSNorm, rope_tables
-from omnilatent.model.losses import PAD_ID, modality_loss
-
-MODALITY_INDEX = {name: i for i, name in enumerate(MODALITIES)}
+from omnilatent.model.modalities import MODALITY_INDEX, REGISTRY
+from pipeline.modalities import PAD_ID
 
 
 class OmniLatentModel(nn.Module):
@@ -45,11 +37,8 @@ class OmniLatentModel(nn.Module):
         self.gradient_checkpointing = config.gradient_checkpointing
         d = config.hidden_dim
         self.text_embed = nn.Embedding(config.vocab_size, d)
-        self.encoders = nn.ModuleDict({
-            "audio": AudioEncoder(config),
-            "image": ImageEncoder(config),
-            "video": VideoEncoder(config),
-        })
+        self.encoders = nn.ModuleDict({name: parts.encoder(config)
+                                       for name, parts in REGISTRY.items() if parts.encoder})
         self.modality_embed = nn.Embedding(len(MODALITIES), d)  # added to content tokens
         self.source_tokens = nn.Embedding(len(MODALITIES), d)
         self.target_tokens = nn.Embedding(len(MODALITIES), d)
@@ -59,11 +48,8 @@ class OmniLatentModel(nn.Module):
         )
         self.final_norm = RMSNorm(d, config.norm_eps)
         self.decoder = TargetDecoder(config)
-        self.decoders = nn.ModuleDict({
-            "audio": AudioDecoder(config),
-            "image": ImageDecoder(config),
-            "video": VideoDecoder(config),
-        })
+        self.decoders = nn.ModuleDict({name: parts.decoder(config)
+                                       for name, parts in REGISTRY.items() if parts.decoder})
         self.hooks = nn.ModuleDict()
         # RoPE cos/sin of positions 0..n-1, grown on demand (not saved: they are a function of
         # the config); rows do not depend on n, so a slice equals a fresh table.
@@ -118,34 +104,15 @@ class OmniLatentModel(nn.Module):
         return hook
 
     # ----------------------------------------------------------------- encoding
-    def _check_input(self, modality: str, x: Tensor) -> None:
-        cfg = self.config
-        if modality not in MODALITY_INDEX:
-            raise ConfigError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-        if modality == "text":
-            ok = x.dim() == 2 and not x.is_floating_point()
-            expected = "(B, T) integer token ids"
-        elif modality == "audio":
-            ok = x.dim() == 3 and x.shape[1] == cfg.n_mels
-            expected = f"(B, {cfg.n_mels}, T_frames) log-mel"
-        elif modality == "image":
-            ok = x.dim() == 4 and tuple(x.shape[1:]) == (3, cfg.image_size, cfg.image_size)
-            expected = f"(B, 3, {cfg.image_size}, {cfg.image_size})"
-        else:
-            ok = (x.dim() == 5 and x.shape[1] == 3 and x.shape[2] % cfg.tubelet_size == 0
-                  and tuple(x.shape[3:]) == (cfg.video_size, cfg.video_size))
-            expected = (f"(B, 3, T_frames (multiple of {cfg.tubelet_size}), "
-                        f"{cfg.video_size}, {cfg.video_size})")
-        if not ok:
-            raise ConfigError(
-                f"{modality} input must have shape {expected}, got {tuple(x.shape)} "
-                f"({x.dtype})"
-            )
-
     def _encode(self, modality: str, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Content tokens (B, N, D) and a (B, N) keep-mask for text padding (None = all kept)."""
-        self._check_input(modality, x)
-        if modality == "text":
+        if modality not in MODALITY_INDEX:
+            raise ConfigError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        parts = REGISTRY[modality]
+        if not parts.accepts(self.config, x):
+            raise ConfigError(f"{modality} input must have shape {parts.shape(self.config)}, "
+                              f"got {tuple(x.shape)} ({x.dtype})")
+        if parts.encoder is None:  # text ids
             tokens = self.text_embed(x)  # (B, N, D)
             keep = x != PAD_ID
         else:
@@ -153,23 +120,16 @@ class OmniLatentModel(nn.Module):
             keep = None
         return tokens + self.modality_embed.weight[MODALITY_INDEX[modality]], keep
 
-    def _target_length(self, modality: str, source_len: int, target: Tensor | None,
-                       target_length: int | None) -> tuple[int, int]:
-        """(decoder tokens L, output size along time) for the target modality."""
-        cfg = self.config
-        if modality == "text":
-            n = target.shape[1] if target is not None else (target_length or source_len)
-            return n, n
-        if modality == "audio":
-            frames = target.shape[-1] if target is not None else (target_length or cfg.audio_frames)
-            return AudioDecoder.tokens_for(frames, cfg.audio_stride), frames
-        if modality == "image":
-            return cfg.image_tokens, cfg.image_size
-        frames = target.shape[2] if target is not None else (target_length or cfg.video_frames)
-        if frames % cfg.tubelet_size:
-            raise ConfigError(f"video target length {frames} must be a multiple of "
-                              f"tubelet_size ({cfg.tubelet_size})")
-        return self.decoders["video"].tokens_for(frames), frames
+    def _target_grid(self, modality: str, source_len: int, target: Tensor | None,
+                     size: int | None) -> tuple[tuple[int, ...], int]:
+        """(the target's token grid, its size): the size along its own axis is the target's,
+        else the one asked for, else the modality's default (text: the source's length)."""
+        parts = REGISTRY[modality]
+        if parts.size_axis is not None and target is not None:
+            size = target.shape[parts.size_axis]
+        elif parts.size_axis is None or not size:
+            size = parts.default_size(self.config) or source_len
+        return parts.grid(self.config, size), size
 
     # ----------------------------------------------------------------- backbone
     def _rope(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -204,17 +164,6 @@ class OmniLatentModel(nn.Module):
             for hook, state in zip(active, hook_out, strict=True):
                 states[hook.name] = state
         return self.final_norm(x), states
-
-    def _target_grid(self, modality: str, length: int) -> tuple[int, ...]:
-        """The target's token grid: what its decoder positions mean (row-major order)."""
-        cfg = self.config
-        side = cfg.image_size // cfg.patch_size
-        if modality == "image":
-            return (side, side)
-        if modality == "video":
-            t, h, w = self.config.video_grid
-            return (length // (h * w), h, w)
-        return (length,)
 
     def _text_logits(self, memory: Tensor, mask: Tensor | None, length: int,
                      target: Tensor | None, vocab_limit: int | None = None,
@@ -286,7 +235,7 @@ class OmniLatentModel(nn.Module):
             outputs[target_mod] = out
             hook_states[target_mod] = states
             if target is not None:
-                losses[target_mod] = modality_loss(target_mod, out, target)
+                losses[target_mod] = REGISTRY[target_mod].loss(out, target)
         result: dict[str, Any] = {"outputs": outputs, "hook_states": hook_states}
         if losses:
             result["losses"] = losses
@@ -328,7 +277,8 @@ class OmniLatentModel(nn.Module):
         """The output for one target modality (and the hook states of its backbone pass)."""
         hidden, keep, prefix_len, states = self._run_backbone(inputs, target_mod)
         content = hidden[:, prefix_len:]  # (B, N, D)
-        length, size = self._target_length(target_mod, content.shape[1], target, target_length)
+        grid, size = self._target_grid(target_mod, content.shape[1], target, target_length)
+        length = math.prod(grid)
         mask = None if keep is None else keep[:, None, None, :]  # (B, 1, 1, S)
         # Token i of the output is token i of the backbone only where they are the same
         # place on the same grid: one source of the target's own modality, equal lengths.
@@ -338,11 +288,8 @@ class OmniLatentModel(nn.Module):
                 return content @ self.text_embed.weight.t(), states  # (B, L, V)
             logits, _ = self._text_logits(hidden, mask, length, target, vocab_limit, eos_id)
             return logits, states
-        decoded = content if same_grid else self.decoder(
-            hidden, target_mod, self._target_grid(target_mod, length), mask)  # (B, L, D)
-        if target_mod == "audio":
-            return self.decoders["audio"](decoded, size), states  # (B, M, T)
-        return self.decoders[target_mod](decoded), states
+        decoded = content if same_grid else self.decoder(hidden, target_mod, grid, mask)
+        return self.decoders[target_mod](decoded, size), states
 
     @torch.no_grad()
     def generate_text(self, source_modality: str, source: Tensor, max_length: int,

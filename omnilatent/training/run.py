@@ -22,14 +22,14 @@ callbacks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from omnilatent.checkpoint.card import MAX_TEXT_LEN, CheckpointCard
+from omnilatent.checkpoint.card import CheckpointCard
 from omnilatent.checkpoint.files import (
     StateCheck,
     checkpoint_dir,
@@ -78,6 +78,7 @@ from omnilatent.training.trainer import (
     TrainResult,
     resolve_device,
 )
+from pipeline.modalities import MAX_TEXT_LEN, check_text_len
 from pipeline.shards.split import Split
 from pipeline.tokenizer import (
     BYTE_VOCAB_SIZE,
@@ -102,7 +103,7 @@ class DataOptions:
     batch_size: int = 4
     workers: int = 0
     tokenizer: Path | None = None
-    max_text_len: int = 128
+    max_text_len: int = MAX_TEXT_LEN
     clip_duration: float = 2.0
     clip_stride: float = 1.0
 
@@ -116,13 +117,9 @@ class DataOptions:
             raise ConfigError(f"data source {self.source!r} needs a path (the "
                               + ("prepared folder or shard pattern" if self.source == "shards"
                                  else "folder of videos") + ")")
-        for name in ("batch_size", "max_text_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_text_len > MAX_TEXT_LEN:
-            raise ConfigError(f"max_text_len must be at most {MAX_TEXT_LEN}, "
-                              f"got {self.max_text_len}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        check_text_len(self.max_text_len)
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
 
@@ -131,13 +128,13 @@ class DataOptions:
 class ModelOptions:
     """The model's own choices, named as in OmniLatentConfig (which validates them). What the
     data fixes (frame, image and mel sizes) comes from the data, the vocabulary from the
-    tokenizer (`model_config`)."""
+    tokenizer (`model_config`). The defaults are OmniLatentConfig's."""
 
-    hidden_dim: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    text_decoding: str = "autoregressive"
-    gradient_checkpointing: bool = False
+    hidden_dim: int = OmniLatentConfig.hidden_dim
+    num_layers: int = OmniLatentConfig.num_layers
+    num_heads: int = OmniLatentConfig.num_heads
+    text_decoding: str = OmniLatentConfig.text_decoding
+    gradient_checkpointing: bool = OmniLatentConfig.gradient_checkpointing
 
 
 @dataclass(frozen=True)
@@ -251,11 +248,7 @@ def model_config(options: TrainRunOptions, source: DataSource | None,
     data) and the tokenizer's own vocabulary: a byte model needs 259 ids, not 32000 of which
     31741 could never be a target (their logits would only cost time and learning)."""
     sizes = {} if source is None or source.expected is None else model_sizes(source.expected)
-    chosen = options.model
-    return OmniLatentConfig(hidden_dim=chosen.hidden_dim, num_layers=chosen.num_layers,
-                            num_heads=chosen.num_heads, vocab_size=vocab_size,
-                            text_decoding=chosen.text_decoding,
-                            gradient_checkpointing=chosen.gradient_checkpointing, **sizes)
+    return OmniLatentConfig(vocab_size=vocab_size, **asdict(options.model), **sizes)
 
 
 def build_model(options: TrainRunOptions, source: DataSource | None,

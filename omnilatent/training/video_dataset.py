@@ -45,6 +45,7 @@ from pipeline.media.decode import iter_windows, probe, video_end
 from pipeline.media.discover import VideoSource, discover_videos
 from pipeline.media.subtitles import sidecar_path
 from pipeline.media.windows import Window, window_count
+from pipeline.modalities import MAX_TEXT_LEN
 from pipeline.prepare.sample import VideoContext, sample_fields, video_context
 from pipeline.shards.schema import MEMBER_IMAGE, MEMBER_JSON, MEMBER_MEL, MEMBER_TEXT, clip_member
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer
@@ -73,7 +74,7 @@ class VideoWatchingDataset(Dataset):
         clip_duration: float = 2.0,
         clip_stride: float = 1.0,
         tokenizer_fn: TokenizerFn = byte_tokenizer,
-        max_text_len: int = 128,
+        max_text_len: int = MAX_TEXT_LEN,
         seed: int = 0,
     ) -> None:
         fps = config.video_frames / clip_duration
@@ -81,14 +82,15 @@ class VideoWatchingDataset(Dataset):
             raise ConfigError(f"video_frames ({config.video_frames}) / clip_duration "
                               f"({clip_duration}) must be a whole frame rate, got {fps:g}")
         prepare = PrepareConfig(clip_duration=clip_duration, clip_stride=clip_stride,
-                                fps=round(fps), frame_size=config.video_size,
+                                fps=round(fps), video_size=config.video_size,
                                 image_size=config.image_size, n_mels=config.n_mels)
         self._setup(Path(video_dir), prepare, tokenizer_fn, max_text_len, seed)
         self.build_index()
 
     @classmethod
     def from_prepare_config(cls, video_dir: str | Path, prepare: PrepareConfig,
-                            tokenizer_fn: TokenizerFn = byte_tokenizer, max_text_len: int = 128,
+                            tokenizer_fn: TokenizerFn = byte_tokenizer,
+                            max_text_len: int = MAX_TEXT_LEN,
                             seed: int = 0) -> VideoWatchingDataset:
         dataset = cls.__new__(cls)
         dataset._setup(Path(video_dir), prepare, tokenizer_fn, max_text_len, seed)

@@ -242,7 +242,7 @@ def _past_end(path: Path, start: float, duration: float | None, config: PrepareC
     if duration is None or duration + END_TOLERANCE < config.clip_duration:
         return (f"{path}: no {config.clip_duration:g} s window starts at {start:g} s: the "
                 f"video is {length}, shorter than one clip")
-    latest = (grid_frames_within(duration, config) - config.frames_per_clip) / config.fps
+    latest = (grid_frames_within(duration, config) - config.video_frames) / config.fps
     return (f"{path}: the {config.clip_duration:g} s window from {start:g} s runs past the end "
             f"of the video ({length}); use a start of at most {latest:g} s")
 

@@ -44,6 +44,7 @@ import torch
 import webdataset as wds
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.modalities import MAX_TEXT_LEN, TABLE
 from pipeline.normalize import STORED_DTYPES
 from pipeline.shards.decode import (
     CorruptMemberError,
@@ -301,7 +302,7 @@ def sample_tensors(
     text: str | None,
     *,
     tokenizer: TokenizerFn = byte_tokenizer,
-    max_text_len: int = 128,
+    max_text_len: int = MAX_TEXT_LEN,
     key: str = "",
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -359,16 +360,13 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
         return all(name in sample for sample in samples)
 
     batch: Batch = {}
-    # Channels first while still uint8: the strided copy moves a quarter of the bytes.
-    if held("video"):
-        video = torch.stack([sample["video"] for sample in samples])  # (B, T, H, W, 3) uint8
-        batch["video"] = video.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W) uint8
-    if held("image"):
-        image = torch.stack([sample["image"] for sample in samples])  # (B, S, S, 3) uint8
-        batch["image"] = image.permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S) uint8
-    if held("audio"):
-        # (B, M, T_mel) float16
-        batch["audio"] = torch.stack([sample["audio"] for sample in samples])
+    for row in TABLE:  # stored arrays, stacked and put channels first (`Modality.batch_layout`)
+        if row.stored_dtype is None or not held(row.name):
+            continue
+        stacked = torch.stack([sample[row.name] for sample in samples])  # stored dtype
+        # while still uint8 or float16: the strided copy moves a quarter or half of the bytes
+        batch[row.name] = (stacked if row.batch_layout is None
+                           else stacked.permute(row.batch_layout).contiguous())
     if held("text"):
         texts = [sample["text"] for sample in samples]
         batch["text"] = pad_texts(texts)  # (B, L)

@@ -82,7 +82,7 @@ def _analysis(
 
 
 def log_mel(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
-    """Log-mel spectrogram of one clip: float16 `(n_mels, config.mel_frames)`.
+    """Log-mel spectrogram of one clip: float16 `(n_mels, config.audio_frames)`.
 
     `samples` is the clip's mono audio at `config.sample_rate`, exactly
     `config.samples_per_clip` values, nominally in [-1, 1]. Each frame is a Hann-windowed
@@ -122,7 +122,7 @@ def _log_mel_float32(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
     half = config.n_fft // 2
     padded = np.pad(x, half, mode="reflect")  # (S + 2 * half,)
     frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)  # (S + 1, n_fft)
-    frames = frames[:: config.hop_length][: config.mel_frames]  # (T, n_fft) a view, no copy
+    frames = frames[:: config.hop_length][: config.audio_frames]  # (T, n_fft) a view, no copy
     spec = np.fft.rfft(frames * window, axis=1)  # (T, F) complex64
     power = spec.real * spec.real + spec.imag * spec.imag  # (T, F)
     mel = power @ fb  # (T, M)
@@ -134,7 +134,7 @@ def silent_log_mel(config: PrepareConfig) -> np.ndarray:
 
     Equal to `log_mel(np.zeros(config.samples_per_clip), config)` without computing an STFT.
     """
-    return np.full((config.n_mels, config.mel_frames), math.log(LOG_FLOOR),
+    return np.full((config.n_mels, config.audio_frames), math.log(LOG_FLOOR),
                    dtype=np.float16)  # (M, T)
 
 

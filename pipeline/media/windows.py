@@ -145,9 +145,9 @@ def window_count(duration: float, config: PrepareConfig) -> int:
 
 def grid_window_count(grid_frames: int, config: PrepareConfig) -> int:
     """Number of windows whose frames all lie among the first `grid_frames` grid frames."""
-    if grid_frames < config.frames_per_clip:
+    if grid_frames < config.video_frames:
         return 0
-    return (grid_frames - config.frames_per_clip) // config.stride_frames + 1
+    return (grid_frames - config.video_frames) // config.stride_frames + 1
 
 
 class AudioBuffer:
@@ -254,7 +254,7 @@ class WindowAssembler:
         """Append the next grid frame, a (image_size, image_size, 3) uint8 display image."""
         cfg = self.config
         index = self._received
-        offset = index - cfg.frames_per_clip // 2
+        offset = index - cfg.video_frames // 2
         if offset >= 0 and offset % cfg.stride_frames == 0:
             self._images[index] = image
         if index < self._span(self._next)[0]:
@@ -263,7 +263,7 @@ class WindowAssembler:
             # the queue up to here, so it just moves on.
             self._base += 1
         else:
-            self._frames.append(clip_frame(image, cfg.frame_size))  # (F, F, 3)
+            self._frames.append(clip_frame(image, cfg.video_size))  # (F, F, 3)
         self._received += 1
         self.stats.grid_frames = self._received
         self.stats.peak_buffered_frames = max(self.stats.peak_buffered_frames, len(self._frames))
@@ -296,7 +296,7 @@ class WindowAssembler:
             return False
         first, sample = self._span(self._next)
         if grid_frames is None:
-            video_done = self._received > first + self.config.frames_per_clip
+            video_done = self._received > first + self.config.video_frames
         else:
             video_done = self._next < grid_window_count(
                 min(grid_frames, self._received), self.config
@@ -307,7 +307,7 @@ class WindowAssembler:
         """Windows that are complete now, in order."""
         while True:
             first, sample = self._span(self._next)
-            if self._received <= first + self.config.frames_per_clip:
+            if self._received <= first + self.config.video_frames:
                 return
             audio = self._audio
             if audio is not None and not audio.ended:
@@ -331,9 +331,9 @@ class WindowAssembler:
         first, sample = self._span(j)
         offset = first - self._base
         frames = np.stack(
-            [self._frames[offset + i] for i in range(cfg.frames_per_clip)]
+            [self._frames[offset + i] for i in range(cfg.video_frames)]
         )  # (T, F, F, 3)
-        image = self._images.pop(first + cfg.frames_per_clip // 2)
+        image = self._images.pop(first + cfg.video_frames // 2)
         if self._audio is not None:
             audio = self._audio.take(sample, cfg.samples_per_clip)  # (samples_per_clip,)
         else:

@@ -75,11 +75,11 @@ def member_shape(name: str, expected: Mapping[str, Any]) -> tuple[int, ...] | No
     """The array a media member of a shard set with sizes `expected` decodes to; None for
     json, txt and names outside the schema."""
     if name == MEMBER_MEL:
-        return (expected["n_mels"], expected["mel_frames"])
+        return (expected["n_mels"], expected["audio_frames"])
     if name == MEMBER_IMAGE:
         return (expected["image_size"], expected["image_size"], 3)
     if name in CLIP_MEMBERS:
-        return (expected["frames"], expected["frame_size"], expected["frame_size"], 3)
+        return (expected["video_frames"], expected["video_size"], expected["video_size"], 3)
     return None
 
 
@@ -333,7 +333,7 @@ def validate_sample(sample: Mapping[str, Any], expected: Mapping[str, Any] | Non
         actual = meta_values(meta)
         for name, value in expected.items():
             if actual.get(name) != value:
-                problems.append(f"json {name} is {actual.get(name)!r}, the shard set's "
+                problems.append(f"its {name} is {actual.get(name)!r}, the shard set's "
                                 f"config says {value!r}")
     problems += _array_problems(sample, meta, clips)
     return problems

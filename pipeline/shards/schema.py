@@ -44,25 +44,16 @@ CLIP_MEMBERS = tuple(CLIP_PREFIX + encoding for encoding in CLIP_ENCODINGS)
 SCHEMA_MEMBERS = (MEMBER_JSON, MEMBER_MEL, MEMBER_IMAGE, MEMBER_TEXT, *CLIP_MEMBERS)
 
 
-def sample_format(*, schema_version: int, fps: int, frames: int, frame_size: int,
-                  image_size: int, sample_rate: int, n_mels: int, mel_frames: int,
-                  hop_length: int) -> dict[str, Any]:
-    """The per-sample values of a shard set under the names readers compare."""
-    return {
-        "schema_version": schema_version, "fps": fps, "frames": frames,
-        "frame_size": frame_size, "image_size": image_size, "sample_rate": sample_rate,
-        "n_mels": n_mels, "mel_frames": mel_frames, "hop_length": hop_length,
-    }
+# The per-sample values readers compare, each size by its one name (the model's,
+# `pipeline.modalities.SIZE_FIELDS`; also PrepareConfig's), whatever the sample json calls it.
+SAMPLE_FORMAT = ("schema_version", "fps", "video_frames", "video_size", "image_size",
+                 "sample_rate", "n_mels", "audio_frames", "hop_length")
 
 
 def expected_from_config(config: PrepareConfig) -> dict[str, Any]:
-    """The per-sample values every sample of a shard set prepared with `config` must have."""
-    return sample_format(
-        schema_version=SCHEMA_VERSION, fps=config.fps, frames=config.frames_per_clip,
-        frame_size=config.frame_size, image_size=config.image_size,
-        sample_rate=config.sample_rate, n_mels=config.n_mels, mel_frames=config.mel_frames,
-        hop_length=config.hop_length,
-    )
+    """The `SAMPLE_FORMAT` values every sample of a shard set prepared with `config` has."""
+    return {"schema_version": SCHEMA_VERSION,
+            **{name: getattr(config, name) for name in SAMPLE_FORMAT[1:]}}
 
 
 # Normalisation of the log-mel for the model: (log_mel - MEL_CENTER) / MEL_SCALE. With the
@@ -133,11 +124,11 @@ class SampleMeta:
         """The metadata of one window, with sizes and mel parameters taken from `config`."""
         mel = MelMeta(n_mels=config.n_mels, n_fft=config.n_fft, hop_length=config.hop_length,
                       f_min=float(config.f_min), f_max=float(config.mel_f_max),
-                      frames=config.mel_frames)
+                      frames=config.audio_frames)
         return cls(
             schema_version=SCHEMA_VERSION, key=sample_key(video_id, clip_index), source=source,
             video_id=video_id, clip_index=clip_index, start=float(start), end=float(end),
-            fps=config.fps, frames=config.frames_per_clip, frame_size=config.frame_size,
+            fps=config.fps, frames=config.video_frames, frame_size=config.video_size,
             image_size=config.image_size, sample_rate=config.sample_rate, mel=mel,
             rotation=rotation, has_audio=has_audio, transcript_source=transcript_source,
             transcript_timed=transcript_timed, clip_encoding=clip_encoding,
@@ -211,9 +202,7 @@ def expected_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def meta_values(meta: SampleMeta) -> dict[str, Any]:
-    """The values of `meta` under the names `expected_from_config` uses."""
-    return sample_format(
-        schema_version=meta.schema_version, fps=meta.fps, frames=meta.frames,
-        frame_size=meta.frame_size, image_size=meta.image_size, sample_rate=meta.sample_rate,
-        n_mels=meta.mel.n_mels, mel_frames=meta.mel.frames, hop_length=meta.mel.hop_length,
-    )
+    """The `SAMPLE_FORMAT` values of `meta`."""
+    values = (meta.schema_version, meta.fps, meta.frames, meta.frame_size, meta.image_size,
+              meta.sample_rate, meta.mel.n_mels, meta.mel.frames, meta.mel.hop_length)
+    return dict(zip(SAMPLE_FORMAT, values, strict=True))
