@@ -36,13 +36,9 @@ MAX_TRANSCRIPT_BYTES = 20_000_000
 MAX_WINDOW_TEXT_BYTES = 4096
 
 # Byte-order marks, longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
-_BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32-le"),
-    (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF8, "utf-8"),
-    (codecs.BOM_UTF16_LE, "utf-16-le"),
-    (codecs.BOM_UTF16_BE, "utf-16-be"),
-)
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+         (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+         (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
 @dataclass(frozen=True)
@@ -171,10 +167,6 @@ def read_text_file(path: Path, name: str | None = None) -> str:
         )
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
-
-# A character reference with its terminating ";" (&amp; &#233; &#x2014;). html.unescape alone
-# also expands HTML's legacy names without ";", turning plain subtitle text such as
-# "Salt &notes" into "Salt ¬es" and "&copy holders" into "© holders".
 
 _WHITESPACE = str.maketrans(dict.fromkeys(
     "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
