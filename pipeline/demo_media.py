@@ -134,21 +134,15 @@ def demo_params(seed: int, index: int) -> DemoParams:
     angle = rng.uniform(0, 2 * math.pi)
     red, green, blue = (int(c) for c in np.clip(demo_class.colour + rng.integers(-10, 11, 3),
                                                 0, 255))
-    return DemoParams(
-        demo_class=demo_class,
-        colour=(red, green, blue),
-        radius=float(radius),
+    return DemoParams(  # the draws below, in this order, are part of every seed's videos
+        demo_class=demo_class, colour=(red, green, blue), radius=float(radius),
         start=(float(rng.uniform(radius, width - radius)),
                float(rng.uniform(radius, height - radius))),
         velocity=(speed * math.cos(angle), speed * math.sin(angle)),
-        background=float(rng.uniform(85.0, 135.0)),
-        noise=float(rng.uniform(5.0, 15.0)),
-        pitch=float(rng.uniform(0.97, 1.03)),
-        loudness=float(rng.uniform(0.25, 0.6)),
-        phase=float(rng.uniform(0, 2 * math.pi)),
-        onset=float(rng.uniform(0, 1.0)),
-        noise_seed=int(rng.integers(2**63)),
-    )
+        background=float(rng.uniform(85.0, 135.0)), noise=float(rng.uniform(5.0, 15.0)),
+        pitch=float(rng.uniform(0.97, 1.03)), loudness=float(rng.uniform(0.25, 0.6)),
+        phase=float(rng.uniform(0, 2 * math.pi)), onset=float(rng.uniform(0, 1.0)),
+        noise_seed=int(rng.integers(2**63)))
 
 
 def demo_file_stem(params: DemoParams, seed: int, index: int) -> str:
@@ -396,13 +390,8 @@ def encode_video(path: Path, params: DemoParams, duration: float) -> None:
         container.mux(audio.encode(None))
 
 
-def make_demo_videos(
-    out_dir: Path,
-    count: int = 16,
-    seed: int = 0,
-    duration: float = 4.0,
-    on_video: Callable[[DemoVideo], None] | None = None,
-) -> list[DemoVideo]:
+def make_demo_videos(out_dir: Path, count: int = 16, seed: int = 0, duration: float = 4.0,
+                     on_video: Callable[[DemoVideo], None] | None = None) -> list[DemoVideo]:
     """Write `count` videos of `duration` seconds into `out_dir` (created if missing), with
     one transcript cue spanning each: .srt for even indices, .vtt for odd ones.
 

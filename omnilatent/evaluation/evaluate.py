@@ -125,14 +125,10 @@ def _rows(batch: dict[str, Any], keep: Tensor) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(
-    model: OmniLatentModel,
-    batches: Iterable[dict[str, Any]],
-    text: TextCodec,
-    max_samples: int | None = None,
-    labels: Callable[[dict[str, Any]], object] | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> EvalReport:
+def evaluate(model: OmniLatentModel, batches: Iterable[dict[str, Any]], text: TextCodec,
+             max_samples: int | None = None,
+             labels: Callable[[dict[str, Any]], object] | None = None,
+             progress: Callable[[int], None] | None = None) -> EvalReport:
     """Evaluate ``model`` on ``batches`` (the shard loader's, unshuffled) up to ``max_samples``.
 
     ``labels`` maps a window's metadata to a class (e.g. the demo world's), adding retrieval

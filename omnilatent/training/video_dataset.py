@@ -66,16 +66,10 @@ class VideoWatchingDataset(Dataset):
     (`video_watching_loader`); it numbers the windows on first ``len`` or index.
     """
 
-    def __init__(
-        self,
-        video_dir: str | Path,
-        config: OmniLatentConfig,
-        clip_duration: float = 2.0,
-        clip_stride: float = 1.0,
-        tokenizer_fn: TokenizerFn = byte_tokenizer,
-        max_text_len: int = 128,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, video_dir: str | Path, config: OmniLatentConfig,
+                 clip_duration: float = 2.0, clip_stride: float = 1.0,
+                 tokenizer_fn: TokenizerFn = byte_tokenizer, max_text_len: int = 128,
+                 seed: int = 0) -> None:
         fps = config.video_frames / clip_duration
         if abs(fps - round(fps)) > 1e-6:
             raise ConfigError(f"video_frames ({config.video_frames}) / clip_duration "

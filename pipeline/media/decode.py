@@ -34,12 +34,8 @@ def video_end(path: str | os.PathLike[str]) -> float | None:
     return video_end_pyav(Path(path))
 
 
-def iter_windows(
-    path: str | os.PathLike[str],
-    config: PrepareConfig,
-    stats: DecodeStats | None = None,
-    threads: int = 0,
-) -> Iterator[Window]:
+def iter_windows(path: str | os.PathLike[str], config: PrepareConfig,
+                 stats: DecodeStats | None = None, threads: int = 0) -> Iterator[Window]:
     """Stream the clip windows of one video, in order, with the backend `config.decoder` names.
 
     Pass a `DecodeStats` to learn skipped packets, the duration and the memory peaks.

@@ -199,14 +199,8 @@ def iter_windows_ffmpeg(
                 process.close()
 
 
-def _windows(
-    info: VideoInfo,
-    config: PrepareConfig,
-    stats: DecodeStats,
-    video: _Process,
-    audio: _AudioPipe | None,
-    count_path: Path,
-) -> Iterator[Window]:
+def _windows(info: VideoInfo, config: PrepareConfig, stats: DecodeStats, video: _Process,
+             audio: _AudioPipe | None, count_path: Path) -> Iterator[Window]:
     width, height = scaled_size(*info.square_pixel_size, config.image_size)
     frame_bytes = width * height * 3
     assembler = WindowAssembler(config, audio is not None, stats)

@@ -65,7 +65,6 @@ class CorruptMemberError(PipelineError):
     """A member of a known type whose bytes do not decode; its sample must be dropped."""
 
 
-
 def member_type(name: str) -> str:
     """The type of a member, i.e. its last extension, lower case ("clip.mp4" -> "mp4")."""
     return name.rsplit(".", 1)[-1].lower()
@@ -222,15 +221,8 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
     return np.stack(pictures)  # (T, H, W, 3)
 
 
-_DECODERS = {
-    "json": _decode_json,
-    "txt": _decode_text,
-    "npy": _decode_npy,
-    "jpg": functools.partial(_decode_image, "jpg"),
-    "jpeg": functools.partial(_decode_image, "jpeg"),
-    "png": functools.partial(_decode_image, "png"),
-    "mp4": _decode_mp4,
-}
+_DECODERS = {"json": _decode_json, "txt": _decode_text, "npy": _decode_npy, "mp4": _decode_mp4,
+             **{kind: functools.partial(_decode_image, kind) for kind in _PIL_FORMATS}}
 _MEDIA_MEMBERS = frozenset(SCHEMA_MEMBERS) - {MEMBER_JSON, MEMBER_TEXT}
 
 
@@ -307,8 +299,8 @@ def validate_sample(sample: Mapping[str, Any], expected: Mapping[str, Any] | Non
         problems.append(f"missing clip member (one of {', '.join(CLIP_MEMBERS)})")
     elif len(clips) > 1:
         problems.append(f"several clip members: {', '.join(clips)}")
-    for name in sorted(members - {MEMBER_JSON, MEMBER_MEL, MEMBER_IMAGE, MEMBER_TEXT, *clips}):
-        problems.append(f"unexpected member {name!r}")
+    problems += [f"unexpected member {name!r}" for name
+                 in sorted(members - {MEMBER_JSON, MEMBER_MEL, MEMBER_IMAGE, MEMBER_TEXT, *clips})]
     if clips and clips[0] not in CLIP_MEMBERS:
         problems.append(f"unknown clip encoding {clips[0]!r}")
 
