@@ -65,9 +65,7 @@ def demo_videos(
             TextColumn("[bold]demo-videos"), BarColumn(),
             TextColumn("{task.completed:.0f}/{task.total:.0f} videos"),
             TextColumn("{task.fields[rate]} videos/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
-        )
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
         with progress:
             task = progress.add_task("demo-videos", total=count, rate="-")
 

@@ -90,8 +90,7 @@ def _with_bar(step: Callable[[ProgressFn | None], T], description: str, target: 
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
         TextColumn("{task.fields[samples]} samples"), TextColumn("{task.fields[rate]} samples/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
-    )
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
     with progress:
         return step(_Bar(progress, description, target.shard_bytes()))
 

@@ -246,10 +246,8 @@ def prepare_command(
                 clip_duration=clip_duration, clip_stride=clip_stride, fps=fps,
                 frame_size=frame_size, image_size=image_size, sample_rate=sample_rate,
                 n_mels=n_mels, samples_per_shard=samples_per_shard,
-                videos_per_unit=videos_per_unit, decoder=decoder,
-                eval_fraction=eval_fraction, split_seed=split_seed,
-                follow_symlinks=follow_symlinks,
-            )
+                videos_per_unit=videos_per_unit, decoder=decoder, eval_fraction=eval_fraction,
+                split_seed=split_seed, follow_symlinks=follow_symlinks)
             options = RunOptions(workers=workers or default_workers(), part=Part.parse(part),
                                  overwrite=overwrite, threads=decoder_threads)
         except ConfigError as err:
@@ -265,9 +263,7 @@ def prepare_command(
                     TextColumn("{task.fields[videos]} videos"),
                     TextColumn("{task.fields[clips]} clips"),
                     TextColumn("{task.fields[rate]} footage-s/s"),
-                    TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=True,
-                )
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
                 with progress:
                     result = prepare(video_dir, out_dir, config, options,
                                      _ProgressBar(progress))

@@ -35,8 +35,7 @@ def progress_bar() -> Progress:
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[status]} | loss {task.fields[loss]} | "
                    "{task.fields[steps_per_s]} steps/s | {task.fields[samples_per_s]} samples/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
-    )
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
 
 
 class RichCallbacks(TrainerCallbacks):
@@ -61,12 +60,11 @@ class RichCallbacks(TrainerCallbacks):
     def on_start(self, trainer: Trainer) -> None:
         self.trainer = trainer
         amp = trainer.amp_dtype
-        console.print(
-            f"model: {trainer.model.num_parameters() / 1e6:.2f}M parameters | device: "
-            f"{trainer.device} | AMP: {'off' if amp is None else str(amp).replace('torch.', '')}"
-            f" | gradient checkpointing: "
-            f"{'on' if trainer.model.gradient_checkpointing else 'off'}", soft_wrap=True
-        )
+        console.print(f"model: {trainer.model.num_parameters() / 1e6:.2f}M parameters | device: "
+                      f"{trainer.device} | AMP: "
+                      f"{'off' if amp is None else str(amp).replace('torch.', '')} | gradient "
+                      f"checkpointing: {'on' if trainer.model.gradient_checkpointing else 'off'}",
+                      soft_wrap=True)
         status = "first step: loading data" + (
             ", compiling the model" if trainer.config.compile else "")
         self.progress.update(self.task_id, completed=trainer.step, status=status + "…")
@@ -87,12 +85,9 @@ class RichCallbacks(TrainerCallbacks):
         self.progress.update(self.task_id, loss=f"{record['loss']:.4f}")
         phase = f" | {plain(record['phase'])}" if "phase" in record else ""
         data = f" | {data_line(record['data'])}" if "data" in record else ""
-        console.print(
-            f"step {record['step']:>7}{phase} | loss {record['loss']:.4f} | "
-            f"lr {record['lr']:.2e} | "
-            f"{record['samples_per_s']:.1f} samples/s | {record['tokens_per_s']:.0f} tokens/s"
-            f"{data}", soft_wrap=True
-        )
+        console.print(f"step {record['step']:>7}{phase} | loss {record['loss']:.4f} | "
+                      f"lr {record['lr']:.2e} | {record['samples_per_s']:.1f} samples/s | "
+                      f"{record['tokens_per_s']:.0f} tokens/s{data}", soft_wrap=True)
 
     def on_eval(self, record: dict[str, Any]) -> None:
         console.print(f"[cyan]eval[/] step {record['step']} | {eval_line(record['eval'])}",

@@ -218,12 +218,8 @@ def _metrics(seen: int, losses: _Sums, recon: _Sums, stored: dict[str, list[Tens
              metas: list[dict[str, Any]], tallies: dict[str, _TextTally],
              labels: Callable[[dict[str, Any]], object] | None) -> dict[str, Any]:
     metrics: dict[str, Any] = {
-        "samples": seen,
-        "tasks": {name: {"loss": value} for name, value in losses.means().items()},
-        "retrieval": {},
-        "text": {},
-        "reconstruction": {},
-    }
+        "samples": seen, "tasks": {name: {"loss": value} for name, value in losses.means().items()},
+        "retrieval": {}, "text": {}, "reconstruction": {}}
     if seen == 0:
         return metrics
     label_list = None if labels is None else [labels(meta) for meta in metas]

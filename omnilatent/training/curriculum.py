@@ -305,8 +305,7 @@ class CurriculumSampler(TaskSampler):
                     f"phase {span.phase.name!r} trains 'temporal' (future frames from past "
                     f"ones), which needs clips of at least {2 * tubelet} frames (two tubelets "
                     f"of {tubelet}), but the clips have {frames}; prepare longer clips "
-                    "(--clip-duration, --fps) or use a schedule without 'temporal'"
-                )
+                    "(--clip-duration, --fps) or use a schedule without 'temporal'")
 
     def notes(self) -> list[str]:
         return list(self._notes)

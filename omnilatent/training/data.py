@@ -68,10 +68,8 @@ class ResumableLoader:
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be > 0, got {batch_size}")
         if len(dataset) < batch_size:  # type: ignore[arg-type]
-            raise ConfigError(
-                f"the dataset holds {len(dataset)} samples, fewer than one batch "  # type: ignore[arg-type]
-                f"({batch_size}); lower --batch-size"
-            )
+            raise ConfigError(f"the dataset holds {len(dataset)} samples, "  # type: ignore[arg-type]
+                              f"fewer than one batch ({batch_size}); lower --batch-size")
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed

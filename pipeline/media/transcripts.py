@@ -150,10 +150,9 @@ def read_text_file(path: Path, name: str | None = None) -> str:
             try:
                 text = data[len(bom):].decode(encoding)
             except UnicodeDecodeError as err:
-                raise TranscriptError(
-                    f"{name}: starts with a {encoding} byte-order mark but is not valid "
-                    f"{encoding} ({err.reason} at byte {err.start + len(bom)}); re-save it as UTF-8"
-                ) from err
+                raise TranscriptError(f"{name}: starts with a {encoding} byte-order mark but is "
+                                      f"not valid {encoding} ({err.reason} at byte "
+                                      f"{err.start + len(bom)}); re-save it as UTF-8") from err
             break
     else:
         try:
@@ -161,10 +160,8 @@ def read_text_file(path: Path, name: str | None = None) -> str:
         except UnicodeDecodeError:
             text = data.decode("cp1252", errors="replace")
     if "\x00" in text:
-        raise TranscriptError(
-            f"{name}: contains NUL characters, so it is binary or UTF-16 without a byte-order "
-            f"mark; re-save it as UTF-8"
-        )
+        raise TranscriptError(f"{name}: contains NUL characters, so it is binary or UTF-16 "
+                              f"without a byte-order mark; re-save it as UTF-8")
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 

@@ -98,14 +98,10 @@ class UnitStats:
     finished_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.fingerprint,
-            "unit": self.unit,
-            "sources": self.sources,
-            "finished_at": self.finished_at,
-            "videos": [video.to_dict() for video in self.videos],
-            "shards": [shard.to_dict() for shard in self.shards],
-        }
+        return {**self.fingerprint, "unit": self.unit, "sources": self.sources,
+                "finished_at": self.finished_at,
+                "videos": [video.to_dict() for video in self.videos],
+                "shards": [shard.to_dict() for shard in self.shards]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UnitStats:

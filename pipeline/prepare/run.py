@@ -183,8 +183,7 @@ class PrepareResult:
         """A JSON-ready summary (what `omni prepare --json` prints)."""
         plan = self.plan
         return {
-            "out_dir": str(self.out_dir),
-            "part": str(plan.part),
+            "out_dir": str(self.out_dir), "part": str(plan.part),
             "units": {"total": plan.units, "in_part": plan.units_in_part,
                       "done_before": plan.units_done, "prepared_now": plan.units_todo,
                       "missing": self.units_missing, "removed": self.units_removed},
@@ -193,8 +192,7 @@ class PrepareResult:
             "manifest": str(self.manifest) if self.manifest is not None else None,
             "elapsed_s": round(self.elapsed_s, 3),
             "videos": [video.to_dict() for video in self.videos],
-            "shards": [shard.to_dict() for shard in self.shards],
-        }
+            "shards": [shard.to_dict() for shard in self.shards]}
 
 
 _LISTED_ENTRIES = 3  # names of an unrelated output folder's contents quoted in the error
@@ -335,13 +333,9 @@ class _Run:
         self.committed[unit.index] = stats
 
 
-def prepare(
-    video_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    config: PrepareConfig | None = None,
-    options: RunOptions | None = None,
-    callbacks: PrepareCallbacks | None = None,
-) -> PrepareResult:
+def prepare(video_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+            config: PrepareConfig | None = None, options: RunOptions | None = None,
+            callbacks: PrepareCallbacks | None = None) -> PrepareResult:
     """Prepare every video under `video_dir` into shards in `out_dir` (see the module doc).
 
     Returns a `PrepareResult` once the units of `options.part` are done; failed videos are
