@@ -3,9 +3,7 @@
 The reading happens in `pipeline.inspect`; this module picks what to run from the options,
 draws the progress bars and renders the results as tables or, with `--json`, as one JSON
 document on stdout (nothing else is printed there; strict JSON: a NaN or infinity read from
-a manifest or a sample is null). Exit status: 0 when all went well, 1 when `--verify` found a
-problem, a shard is missing or unreadable (README.md, random bytes, a compressed tar), PATH
-holds no sample or is unusable, 2 for bad usage.
+a manifest or a sample is null). Exit statuses: README.md, "Inspecting shards".
 """
 
 from __future__ import annotations

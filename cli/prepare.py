@@ -2,11 +2,7 @@
 
 The work happens in `pipeline.prepare`; this module turns options into its configs, draws the
 progress bar, and renders the result as tables or, with `--json`, as one JSON document on
-stdout (nothing else is printed there). Exit status: 0 when the run completed, even with
-failed videos (they are listed); 2 for bad arguments (a missing VIDEO_DIR, an OUT_DIR that
-holds other things); 1 for an unusable output folder, one another run is using, a
-configuration that differs from the folder's (without `--overwrite`), a full disk, or
-`--strict` with any failed video.
+stdout (nothing else is printed there). Exit statuses: README.md, "Preparing videos" (Output).
 """
 
 from __future__ import annotations

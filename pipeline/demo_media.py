@@ -1,17 +1,9 @@
-"""A small learnable world of sample videos, for the demo and for trying the pipeline.
+"""A small learnable world of sample videos, for the demo and for trying the pipeline (what it
+shows and sounds like: README.md, "The demo world").
 
-Eight classes (`DEMO_CLASSES`) each tie a coloured shape, a kind of sound and a sentence
-together: "the red circle hums" shows a red circle over grey noise, sounds a 110 Hz hum and
-has that sentence as its transcript. Within a class every video differs (shape size, path and
-speed, colour, background, pitch, loudness, onsets, noise), so a model has to learn the
-class, not memorise footage; a new seed gives new videos of the same classes, an unseen set
-to evaluate cross-modal retrieval and transcript generation on.
-
-Everything a video shows follows from `demo_params(seed, index)`: its class (balanced over a
-seeded class order) and its random variation. Rendering is pure numpy and vectorised over
-frames and samples, so a 4 s video takes a small fraction of a second to make; the file name
-(`red-circle_s0_007.mp4`) carries class and seed, so `demo_class_of` recovers the label from
-a path alone, e.g. from the `source` of a prepared sample.
+Within a class every video differs, so a model has to learn the class, not memorise footage.
+Everything a video shows follows from `demo_params(seed, index)`; rendering is pure numpy,
+vectorised over frames and samples, so a 4 s video takes a small fraction of a second.
 """
 
 from __future__ import annotations

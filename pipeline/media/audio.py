@@ -147,13 +147,11 @@ def mel_to_waveform(mel: np.ndarray, config: PrepareConfig, iterations: int = 32
     (T * hop_length,) in [-1, 1] at `config.sample_rate`. The inverse of `log_mel`, for audio
     a model generates.
 
-    Undoes the log and `LOG_FLOOR`, maps mel power back to linear-frequency power with the
-    same filterbank (its pseudo-inverse, clamped to >= 0, refined by `NNLS_STEPS`
-    non-negative least-squares steps, since many more bins than filters leave the exact
-    inverse underdetermined), takes the square root as magnitude and recovers a phase by
-    fast Griffin-Lim (momentum `GRIFFIN_LIM_MOMENTUM`, `iterations` rounds) with `log_mel`'s
-    own analysis: periodic Hann `n_fft`, `hop_length`, centred frames with reflect padding.
-    The initial phase is drawn from `seed`, so the output is deterministic.
+    The steps and their measured quality are in README.md, "How audio is written": mel power
+    back to linear power by the filterbank's pseudo-inverse refined by `NNLS_STEPS`
+    non-negative least-squares steps (many more bins than filters leave the exact inverse
+    underdetermined), then fast Griffin-Lim with `log_mel`'s own analysis, from a phase drawn
+    from `seed`, so the output is deterministic.
 
     `log_mel` keeps T of the 1 + T centred frames (the last, centred on the clip's end,
     belongs to the next clip); it is taken equal to frame T - 1 here. Raises ConfigError when
