@@ -14,7 +14,6 @@ for a writer forever.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import stat
@@ -32,7 +31,7 @@ from pipeline.config import PrepareConfig
 from pipeline.errors import DecodeError, MediaError
 from pipeline.loader.samples import Batch, collate, sample_tensors
 from pipeline.media.audio import log_mel
-from pipeline.media.decode import iter_windows, probe
+from pipeline.media.decode import probe, window_from
 from pipeline.media.decode_pyav import MonoResampler, scale_to_rgb
 from pipeline.media.discover import VIDEO_EXTENSIONS, VideoSource, video_id
 from pipeline.media.frames import display_image, frame_size_problem, scaled_size
@@ -44,7 +43,6 @@ from pipeline.media.windows import (
     END_TOLERANCE,
     AudioBuffer,
     DecodeStats,
-    Window,
     grid_frames_within,
 )
 from pipeline.prepare.sample import sample_fields, video_context
@@ -162,13 +160,12 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
     """The clip window of a video that begins at `start` seconds (rounded to the frame grid),
     as `omni prepare` makes it.
 
-    The window comes from `iter_windows` run with `clip_stride` = that start, where it is
-    window 1: the grid, the frames and the audio do not depend on the stride, so it is bit for
-    bit prepare's window at that time. A start past the end is found by decoding to the end
-    (container durations can be estimates, so they do not decide it).
+    It is `window_from`'s, bit for bit prepare's window at that time. A start past the end is
+    found by decoding to the end (container durations can be estimates, so they do not decide
+    it).
     """
     path = regular_input(path, "video")
-    index, start, notes = _grid_start(path, start, config)
+    start, notes = _grid_start(path, start, config)
     try:
         info = probe(path)
     except DecodeError as err:
@@ -179,17 +176,9 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
     if not info.has_audio:
         notes += ("the video has no audio stream: its mel is digital silence, as prepare "
                   "stores such videos",)
-    windowed = replace(config, clip_stride=index / config.fps) if index else config
-    wanted = 1 if index else 0
     stats = DecodeStats()
-    window: Window | None = None
     try:
-        with contextlib.closing(iter_windows(path, windowed, stats)) as windows:
-            for window in windows:
-                if window.index == wanted:
-                    break
-            else:
-                window = None
+        window = window_from(path, config, start, stats)
     except DecodeError as err:
         raise MediaError(f"cannot decode video {path}: {err}") from err
     if window is None:
@@ -202,8 +191,8 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
 
 
 def _grid_start(path: Path, start: float,
-                config: PrepareConfig) -> tuple[int, float, tuple[str, ...]]:
-    """(grid index, seconds, notes) of the frame-grid time nearest `start`."""
+                config: PrepareConfig) -> tuple[float, tuple[str, ...]]:
+    """(seconds, notes) of the frame-grid time nearest `start`."""
     _check_start(path, start)
     index = round(start * config.fps)
     seconds = index / config.fps
@@ -211,7 +200,7 @@ def _grid_start(path: Path, start: float,
     if abs(seconds - start) > 1e-9:
         notes = (f"start {start:g} s rounded to {seconds:g} s, the nearest frame of the "
                  f"{config.fps} fps grid",)
-    return index, seconds, notes
+    return seconds, notes
 
 
 def _check_start(path: Path, start: float) -> None:

@@ -175,9 +175,8 @@ class _AudioPipe:
                 self.stats.first_error = f"audio: {tail}"
 
 
-def iter_windows_ffmpeg(
-    path: Path, config: PrepareConfig, stats: DecodeStats, threads: int = 0
-) -> Iterator[Window]:
+def iter_windows_ffmpeg(path: Path, config: PrepareConfig, stats: DecodeStats,
+                        threads: int = 0) -> Iterator[Window]:
     """`pipeline.media.decode.iter_windows` with the ffmpeg CLI (see the module docstring)."""
     info = probe_pyav(path)
     with tempfile.TemporaryDirectory(prefix="omni-decode-") as tmp:

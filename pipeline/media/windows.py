@@ -298,9 +298,8 @@ class WindowAssembler:
         if grid_frames is None:
             video_done = self._received > first + self.config.frames_per_clip
         else:
-            video_done = self._next < grid_window_count(
-                min(grid_frames, self._received), self.config
-            )
+            video_done = self._next < grid_window_count(min(grid_frames, self._received),
+                                                        self.config)
         return video_done and audio.end < sample + self.config.samples_per_clip
 
     def ready(self) -> Iterator[Window]:
@@ -310,9 +309,9 @@ class WindowAssembler:
             if self._received <= first + self.config.frames_per_clip:
                 return
             audio = self._audio
-            if audio is not None and not audio.ended:
-                if audio.end < sample + self.config.samples_per_clip:
-                    return
+            if (audio is not None and not audio.ended
+                    and audio.end < sample + self.config.samples_per_clip):
+                return
             yield self._emit()
 
     def finish(self, grid_frames: int) -> Iterator[Window]:
@@ -330,9 +329,8 @@ class WindowAssembler:
         j = self._next
         first, sample = self._span(j)
         offset = first - self._base
-        frames = np.stack(
-            [self._frames[offset + i] for i in range(cfg.frames_per_clip)]
-        )  # (T, F, F, 3)
+        frames = np.stack([self._frames[offset + i]
+                           for i in range(cfg.frames_per_clip)])  # (T, F, F, 3)
         image = self._images.pop(first + cfg.frames_per_clip // 2)
         if self._audio is not None:
             audio = self._audio.take(sample, cfg.samples_per_clip)  # (samples_per_clip,)
