@@ -110,12 +110,9 @@ def oversized_member(name: str, size: int, expected: Mapping[str, Any] | None) -
 
 
 def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = None) -> Any:
-    """Decode one member by its name; the only decoder shards are ever read with.
-
-    ``json`` -> dict, ``txt`` -> str, ``npy`` -> ndarray (no pickles), ``jpg``/``jpeg``/``png``
-    -> uint8 (H, W, 3) RGB, ``mp4`` -> uint8 (T, H, W, 3) from its H.264 stream. Any other type
-    (notably ``pyd``, ``pickle``, ``pth``, ``pt``) raises UnsafeMemberError without reading
-    the bytes; bytes that do not decode raise CorruptMemberError.
+    """Decode one member by its name (`_DECODERS`); the only decoder shards are ever read with.
+    Any other type (notably ``pyd``, ``pickle``, ``pth``, ``pt``) raises UnsafeMemberError
+    without reading the bytes; bytes that do not decode raise CorruptMemberError.
 
     Sizes are checked before pixels are decoded, so a small hostile member cannot expand into
     gigabytes: an image's or a clip stream's declared width and height (and a clip's declared
@@ -272,15 +269,9 @@ TIME_TOLERANCE = 1e-3
 
 
 def validate_sample(sample: Mapping[str, Any], expected: Mapping[str, Any] | None) -> list[str]:
-    """Every problem of a decoded sample, as readable sentences; an empty list means valid.
-
-    `sample` maps ``__key__`` and member names to decoded values (see `decode_sample`).
-    Checked: the key (present, no dot, ``<video_id>_<6+ digits>``, equal to the metadata's),
-    the members (each present, exactly one clip, nothing else), the metadata (fields and
-    types, schema version, times consistent with the frame and mel counts, allowed values),
-    the arrays (dtype and shape as the metadata says, finite mel) and, when `expected` is
-    given (`expected_from_config` of the manifest's config), the metadata against it.
-    """
+    """Every problem of a decoded sample (`decode_sample`'s), as readable sentences; an empty
+    list means valid. With `expected` (`expected_from_config` of the manifest's config) the
+    metadata is also checked against it."""
     problems: list[str] = []
     key = sample.get("__key__")
     if not isinstance(key, str) or not key:
