@@ -43,15 +43,10 @@ def root(
 
 def build_app(names: Iterable[str] = COMMANDS) -> typer.Typer:
     """The `omni` Typer app with the commands `names` (default: all of them)."""
-    app = typer.Typer(
-        name="omni",
-        help="OmniLatent: prepare videos into shards, inspect them, and train one model on "
-        "every modality.",
-        no_args_is_help=True,
-        add_completion=False,
-        rich_markup_mode="rich",
-        pretty_exceptions_enable=False,
-    )
+    app = typer.Typer(name="omni", help="OmniLatent: prepare videos into shards, inspect them, "
+                      "and train one model on every modality.", no_args_is_help=True,
+                      add_completion=False, rich_markup_mode="rich",
+                      pretty_exceptions_enable=False)
     app.callback(invoke_without_command=True)(root)
     for name in names:
         module_name, function = COMMANDS[name]

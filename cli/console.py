@@ -1,8 +1,12 @@
-"""The one rich Console every command renders through, and `plain` for what it must not read
-as markup."""
+"""The one rich Console every command renders through, `plain` for what it must not read as
+markup, and the small formatting helpers the commands share."""
+
+from collections.abc import Collection, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 console = Console(highlight=False)
 
@@ -31,3 +35,38 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1000
     return f"{count:.1f} TB"
+
+
+def count(number: int, noun: str) -> str:
+    """3, "shard" -> "3 shards"; 1, "shard" -> "1 shard"."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def table(title: str, *columns: str, right: Collection[str] = (), fold: Collection[str] = (),
+          **options: Any) -> Table:
+    """A Table with these columns, those named in `right` right-justified and those in `fold`
+    folded (paths and reasons are never cut short)."""
+    made = Table(title=title, **options)
+    for column in columns:
+        made.add_column(column, justify="right" if column in right else "left",
+                        overflow="fold" if column in fold else "ellipsis")
+    return made
+
+
+def print_not_prepared(title: str, videos: Sequence[tuple[str, str, str]],
+                       warnings: Sequence[tuple[str, str]], warnings_heading: str,
+                       limit: int) -> None:
+    """The (source, status, reason) of videos not prepared, then the (source, text) warnings
+    on videos prepared anyway: the first `limit` of each, then how many more --json lists."""
+    if videos:
+        listing = table(title, "video", "status", "reason", fold=("video", "reason"))
+        for source, status, reason in videos[:limit]:
+            colour = "red" if status == "failed" else "yellow"
+            listing.add_row(plain(source), f"[{colour}]{plain(status)}[/]", plain(reason))
+        console.print(listing)
+        if len(videos) > limit:
+            console.print(f"... and {len(videos) - limit} more (see --json)")
+    if warnings:
+        console.print(f"[yellow]{warnings_heading}[/] (videos prepared anyway):")
+        for source, text in warnings[:limit]:
+            console.print(f"  {plain(source)}: {plain(text)}", soft_wrap=True)

@@ -13,9 +13,8 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from cli.console import console, human_bytes, plain
+from cli.console import console, human_bytes, plain, table
 from cli.errors import run_command
 from pipeline.demo_media import DEMO_CLASSES, DemoVideo, make_demo_videos
 
@@ -34,14 +33,12 @@ EXAMPLES = """
 
 def _summary(videos: list[DemoVideo], out_dir: Path) -> None:
     per_class = Counter(video.class_name for video in videos)
-    table = Table(title=f"{len(videos)} demo videos", show_edge=False)
-    table.add_column("class")
-    table.add_column("videos", justify="right")
-    table.add_column("transcript")
+    listing = table(f"{len(videos)} demo videos", "class", "videos", "transcript",
+                    right=("videos",), show_edge=False)
     for demo_class in DEMO_CLASSES:
         if per_class[demo_class.name]:
-            table.add_row(demo_class.name, str(per_class[demo_class.name]), demo_class.sentence)
-    console.print(table)
+            listing.add_row(demo_class.name, str(per_class[demo_class.name]), demo_class.sentence)
+    console.print(listing)
     size = sum(video.path.stat().st_size for video in videos)
     console.print(f"{human_bytes(size)} in {plain(out_dir)} ({videos[0].duration:g} s each, "
                   f".srt and .vtt transcripts)", soft_wrap=True)
@@ -68,9 +65,7 @@ def demo_videos(
             TextColumn("[bold]demo-videos"), BarColumn(),
             TextColumn("{task.completed:.0f}/{task.total:.0f} videos"),
             TextColumn("{task.fields[rate]} videos/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
-        )
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
         with progress:
             task = progress.add_task("demo-videos", total=count, rate="-")
 

@@ -12,9 +12,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from cli.console import console, plain
+from cli.console import console, plain, table
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, Hooks, Json, Threads
 from omnilatent.errors import UsageError
@@ -36,13 +35,12 @@ EXAMPLES = """
 
 SPLITS = ("auto", "eval", "train", "all")
 _SHOWN_CAPTIONS = 3
+_RETRIEVAL = ("R@1", "chance", "R@5", "chance", "median rank", "chance")
 
 
 def _render(metrics: dict[str, Any], captions: dict[str, list[Any]]) -> None:
     console.print(f"{metrics['samples']} windows evaluated")
-    tasks = Table(title="task losses (lower is better)")
-    tasks.add_column("task")
-    tasks.add_column("loss", justify="right")
+    tasks = table("task losses (lower is better)", "task", "loss", right=("loss",))
     for name, value in metrics["tasks"].items():
         tasks.add_row(name, f"{value['loss']:.4f}")
     console.print(tasks)
@@ -50,37 +48,31 @@ def _render(metrics: dict[str, Any], captions: dict[str, list[Any]]) -> None:
                        ("retrieval_by_label", "retrieval: any window of the query's label")):
         if key not in metrics:
             continue
-        table = Table(title=title)
-        for column in ("task", "R@1", "chance", "R@5", "chance", "median rank", "chance"):
-            table.add_column(column, justify="left" if column == "task" else "right")
+        listing = table(title, "task", *_RETRIEVAL, right=_RETRIEVAL)
         for name, m in metrics[key].items():
-            table.add_row(name, f"{m['r1']:.3f}", f"[dim]{m['chance_r1']:.3f}[/]",
+            listing.add_row(name, f"{m['r1']:.3f}", f"[dim]{m['chance_r1']:.3f}[/]",
                           f"{m['r5']:.3f}", f"[dim]{m['chance_r5']:.3f}[/]",
-                          f"{m['median_rank']:g}", f"[dim]{m['chance_median_rank']:.1f}[/]")
-        console.print(table)
+                            f"{m['median_rank']:g}", f"[dim]{m['chance_median_rank']:.1f}[/]")
+        console.print(listing)
     if metrics["text"]:
-        table = Table(title="transcripts (greedy, windows with text)")
-        for column in ("task", "token accuracy", "CER", "tokens"):
-            table.add_column(column, justify="left" if column == "task" else "right")
+        text = ("token accuracy", "CER", "tokens")
+        listing = table("transcripts (greedy, windows with text)", "task", *text, right=text)
         for name, m in metrics["text"].items():
-            table.add_row(name, f"{m['token_accuracy']:.3f}", f"{m['cer']:.3f}",
-                          str(m["tokens"]))
-        console.print(table)
+            listing.add_row(name, f"{m['token_accuracy']:.3f}", f"{m['cer']:.3f}",
+                            str(m["tokens"]))
+        console.print(listing)
         for name, rows in captions.items():
             for caption in rows[:_SHOWN_CAPTIONS]:
                 console.print(f"[dim]{name}[/] {plain(repr(caption.reference))} -> "
                               f"{plain(repr(caption.generated))}", soft_wrap=True)
     else:
         console.print("[yellow]no window has transcript text: no text metrics[/]")
-    table = Table(title="reconstruction")
-    table.add_column("modality")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    listing = table("reconstruction", "modality", "metric", "value", right=("value",))
     for modality, values in metrics["reconstruction"].items():
         for name, value in values.items():
             unit = " dB" if name == "psnr" else " (log-mel)"
-            table.add_row(modality, name, f"{value:.3f}{unit}")
-    console.print(table)
+            listing.add_row(modality, name, f"{value:.3f}{unit}")
+    console.print(listing)
 
 
 def eval_command(

@@ -3,9 +3,7 @@
 The reading happens in `pipeline.inspect`; this module picks what to run from the options,
 draws the progress bars and renders the results as tables or, with `--json`, as one JSON
 document on stdout (nothing else is printed there; strict JSON: a NaN or infinity read from
-a manifest or a sample is null). Exit status: 0 when all went well, 1 when `--verify` found a
-problem, a shard is missing or unreadable (README.md, random bytes, a compressed tar), PATH
-holds no sample or is unusable, 2 for bad usage.
+a manifest or a sample is null). Exit statuses: README.md, "Inspecting shards".
 """
 
 from __future__ import annotations
@@ -25,9 +23,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
-from cli.console import console, human_bytes, plain
+from cli.console import console, count, human_bytes, plain, print_not_prepared, table
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
 from cli.options import Json
 from pipeline.inspect.export import ExportedSample, SampleView, export_samples, list_samples
@@ -91,8 +88,7 @@ def _with_bar(step: Callable[[ProgressFn | None], T], description: str, target: 
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
         TextColumn("{task.fields[samples]} samples"), TextColumn("{task.fields[rate]} samples/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
-    )
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
     with progress:
         return step(_Bar(progress, description, target.shard_bytes()))
 
@@ -114,7 +110,7 @@ def _incomplete(summary: Summary) -> CLIError | None:
     clean one (exit 0 with a table of zeros); None when every shard was read."""
     damaged = [entry for entry in summary.shards if entry.error is not None]
     if damaged:
-        return CLIError(f"{len(damaged)} of {_count(len(summary.shards), 'shard')} missing or "
+        return CLIError(f"{len(damaged)} of {count(len(summary.shards), 'shard')} missing or "
                         f"unreadable (listed above), so the numbers are incomplete",
                         hint="omni inspect reads the plain .tar shards omni prepare writes; "
                              "--verify says what is wrong with each")
@@ -122,10 +118,6 @@ def _incomplete(summary: Summary) -> CLIError | None:
         return CLIError(f"{summary.target.path} holds no samples",
                         hint="pass a folder written by omni prepare, or its .tar shards")
     return None
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _percent(part: int, whole: int) -> str:
@@ -140,7 +132,7 @@ def _seconds(value: float) -> str:
 # --------------------------------------------------------------------------- rendering
 def _describe(target: Target) -> str:
     if target.kind != "directory":
-        return _count(len(target.shards), "shard")
+        return count(len(target.shards), "shard")
     if target.manifest is None:
         return "prepared folder without manifest.json"
     created = f", written {plain(target.created)}" if target.created else ""
@@ -151,17 +143,17 @@ def _render_summary(summary: Summary) -> None:
     target = summary.target
     path = target.path if len(target.path) <= 100 else target.path[:99] + "…"
     console.print(f"[bold]{plain(path)}[/]: {_describe(target)}", soft_wrap=True)
-    table = Table(show_header=False, title="inspect summary")
+    grid = table("inspect summary", show_header=False)
     shards = summary.shards
     damaged = [entry for entry in shards if entry.error is not None]
-    table.add_row("shards", f"{len(shards)} ({human_bytes(summary.shard_bytes)})"
-                  + (f", [red]{len(damaged)} missing or unreadable[/]" if damaged else ""))
+    grid.add_row("shards", f"{len(shards)} ({human_bytes(summary.shard_bytes)})"
+                 + (f", [red]{len(damaged)} missing or unreadable[/]" if damaged else ""))
     samples = str(summary.samples)
     expected = summary.expected_samples
     if expected is not None:
         colour = "green" if expected == summary.samples else "red"
         samples += f" [{colour}](recorded: {plain(expected)})[/]"
-    table.add_row("samples", samples)
+    grid.add_row("samples", samples)
     videos = f"{summary.videos} with samples"
     totals = target.totals
     if totals is not None:
@@ -169,31 +161,30 @@ def _render_summary(summary: Summary) -> None:
                    f"{plain(totals.get('prepared'))} prepared, "
                    f"[red]{plain(totals.get('failed'))} failed[/], "
                    f"[yellow]{plain(totals.get('skipped'))} skipped[/]")
-    table.add_row("videos", videos)
+    grid.add_row("videos", videos)
     for split, text in _splits(summary).items():
-        table.add_row(f"{plain(split)} split", text)
+        grid.add_row(f"{plain(split)} split", text)
     if summary.footage_seconds is not None:
-        table.add_row("footage", f"{_seconds(summary.footage_seconds)} of prepared video")
+        grid.add_row("footage", f"{_seconds(summary.footage_seconds)} of prepared video")
     else:
-        table.add_row("footage", f"unknown without a manifest; the windows span "
-                                 f"{_seconds(summary.span_seconds)}")
-    table.add_row("clip-seconds", f"{summary.clip_seconds:.0f} s in {summary.samples} windows "
-                                  f"(windows overlap, so this is not footage)")
+        grid.add_row("footage", f"unknown without a manifest; the windows span "
+                                f"{_seconds(summary.span_seconds)}")
+    grid.add_row("clip-seconds", f"{summary.clip_seconds:.0f} s in {summary.samples} windows "
+                                 f"(windows overlap, so this is not footage)")
     coverage = ", ".join(f"{plain(item.source)} {item.with_text}/{item.samples}"
                          for item in summary.transcripts)
-    table.add_row("transcripts", f"{_percent(summary.with_text, summary.samples)} of samples "
-                                 f"have text" + (f": {coverage}" if coverage else ""))
-    table.add_row("audio", f"{_percent(summary.with_audio, summary.samples)} of samples have "
-                           f"an audio track")
+    grid.add_row("transcripts", f"{_percent(summary.with_text, summary.samples)} of samples "
+                                f"have text" + (f": {coverage}" if coverage else ""))
+    grid.add_row("audio", f"{_percent(summary.with_audio, summary.samples)} of samples have "
+                          f"an audio track")
     if summary.unreadable_meta:
-        table.add_row("unreadable", f"[red]{summary.unreadable_meta} samples have no readable "
-                                    f"json or txt[/] (run --verify for details)")
-    console.print(table)
+        grid.add_row("unreadable", f"[red]{summary.unreadable_meta} samples have no readable "
+                                   f"json or txt[/] (run --verify for details)")
+    console.print(grid)
 
     if summary.members:
-        members = Table(title="members (first samples)")
-        for column in ("member", "type", "dtype", "shape", "mean size"):
-            members.add_column(column, justify="right" if column == "mean size" else "left")
+        members = table("members (first samples)", "member", "type", "dtype", "shape",
+                        "mean size", right=("mean size",))
         for member in summary.members:
             kind = "[red]not read (unsafe or unknown type)[/]" if member.kind == "unread" \
                 else member.kind
@@ -209,7 +200,12 @@ def _render_summary(summary: Summary) -> None:
     for entry in damaged[:_MAX_LISTED]:
         console.print(f"[red]shard {plain(entry.path)}:[/] {plain(entry.error or '')}",
                       soft_wrap=True)
-    _render_issues(target)
+    warnings = [(issue.source, issue.reason) for issue in target.issues
+                if issue.status == "warning"]
+    print_not_prepared("videos not prepared (recorded at prepare time)",
+                       [(issue.source, issue.status, issue.reason) for issue in target.issues
+                        if issue.status != "warning"],
+                       warnings, f"{len(warnings)} prepare warning(s)", _MAX_LISTED)
     for note in target.notes:
         console.print(f"[yellow]note:[/] {plain(note)}", soft_wrap=True)
 
@@ -219,60 +215,36 @@ def _splits(summary: Summary) -> dict[str, str]:
     recorded_splits = summary.target.splits or {}
     described = {}
     for split, found in summary.splits.items():
-        text = (f"{_count(found.samples, 'sample')} of {_count(found.videos, 'video')} in "
-                f"{_count(found.shards, 'shard')}")
+        text = (f"{count(found.samples, 'sample')} of {count(found.videos, 'video')} in "
+                f"{count(found.shards, 'shard')}")
         recorded = recorded_splits.get(split)
         if recorded is not None:
             colour = "green" if recorded.get("clips") == found.samples else "red"
             clips, videos = recorded.get("clips", 0), recorded.get("videos", 0)
-            text += (f" [{colour}](recorded: {plain(_count(clips, 'clip'))} of "
-                     f"{plain(_count(videos, 'video'))})[/]")
+            text += (f" [{colour}](recorded: {plain(count(clips, 'clip'))} of "
+                     f"{plain(count(videos, 'video'))})[/]")
         described[split] = text
     return described
 
 
-def _render_issues(target: Target) -> None:
-    failures = [issue for issue in target.issues if issue.status != "warning"]
-    if failures:
-        listing = Table(title="videos not prepared (recorded at prepare time)")
-        listing.add_column("video", overflow="fold")
-        listing.add_column("status")
-        listing.add_column("reason", overflow="fold")
-        for issue in failures[:_MAX_LISTED]:
-            colour = "red" if issue.status == "failed" else "yellow"
-            listing.add_row(plain(issue.source), f"[{colour}]{plain(issue.status)}[/]",
-                            plain(issue.reason))
-        console.print(listing)
-        if len(failures) > _MAX_LISTED:
-            console.print(f"... and {len(failures) - _MAX_LISTED} more (see --json)")
-    warnings = [issue for issue in target.issues if issue.status == "warning"]
-    if warnings:
-        console.print(f"[yellow]{len(warnings)} prepare warning(s)[/] (videos prepared anyway):")
-        for issue in warnings[:_MAX_LISTED]:
-            console.print(f"  {plain(issue.source)}: {plain(issue.reason)}", soft_wrap=True)
-
-
 def _render_samples(views: list[SampleView]) -> None:
-    table = Table(title=f"first {_count(len(views), 'sample')}")
-    table.add_column("key", overflow="fold")
-    table.add_column("source", overflow="fold")
-    table.add_column("time (s)", no_wrap=True)
-    table.add_column("audio")
-    table.add_column("transcript", overflow="fold")
+    listing = table(f"first {count(len(views), 'sample')}", "key", "source", "time (s)",
+                    "audio", "transcript", fold=("key", "source", "transcript"))
+    listing.columns[2].no_wrap = True
     for view in views:
         if view.source is None:
-            table.add_row(plain(view.key), "[red]json does not decode[/]", "", "", "")
+            listing.add_row(plain(view.key), "[red]json does not decode[/]", "", "", "")
             continue
         times = f"{view.start:.2f}–{view.end:.2f}"
         text = (plain(view.text) if view.text
                 else f"[dim]({plain(view.transcript_source)}, empty)[/]")
-        table.add_row(plain(view.key), plain(view.source), times,
-                      "yes" if view.has_audio else "[yellow]no[/]", text)
-    console.print(table)
+        listing.add_row(plain(view.key), plain(view.source), times,
+                        "yes" if view.has_audio else "[yellow]no[/]", text)
+    console.print(listing)
 
 
 def _render_verify(result: VerifyResult) -> None:
-    scope = (f"{_count(result.samples, 'sample')} in {_count(result.shards, 'shard')} "
+    scope = (f"{count(result.samples, 'sample')} in {count(result.shards, 'shard')} "
              f"({human_bytes(result.bytes)}) "
              f"read in {result.elapsed_s:.1f} s ({result.samples_per_s:.0f} samples/s)")
     if result.ok:
@@ -280,14 +252,11 @@ def _render_verify(result: VerifyResult) -> None:
                       f"the schema and the recorded counts")
         return
     console.print(f"verify: [bold red]{result.problem_count} problem(s)[/], {scope}")
-    table = Table(title="problems")
-    table.add_column("shard", overflow="fold")
-    table.add_column("sample", overflow="fold")
-    table.add_column("problem", overflow="fold")
+    listing = table("problems", "shard", "sample", "problem", fold=("shard", "sample", "problem"))
     for problem in result.problems[:_MAX_LISTED]:
         shard = Path(problem.shard).name if problem.shard else "(all)"
-        table.add_row(plain(shard), plain(problem.key or ""), plain(problem.message))
-    console.print(table)
+        listing.add_row(plain(shard), plain(problem.key or ""), plain(problem.message))
+    console.print(listing)
     if result.problem_count > _MAX_LISTED:
         console.print(f"... and {result.problem_count - _MAX_LISTED} more (--json lists the "
                       f"first {len(result.problems)})")

@@ -2,11 +2,7 @@
 
 The work happens in `pipeline.prepare`; this module turns options into its configs, draws the
 progress bar, and renders the result as tables or, with `--json`, as one JSON document on
-stdout (nothing else is printed there). Exit status: 0 when the run completed, even with
-failed videos (they are listed); 2 for bad arguments (a missing VIDEO_DIR, an OUT_DIR that
-holds other things); 1 for an unusable output folder, one another run is using, a
-configuration that differs from the folder's (without `--overwrite`), a full disk, or
-`--strict` with any failed video.
+stdout (nothing else is printed there). Exit statuses: README.md, "Preparing videos" (Output).
 """
 
 from __future__ import annotations
@@ -25,9 +21,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
-from cli.console import console, human_bytes, plain
+from cli.console import console, count, human_bytes, plain, print_not_prepared, table
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
 from cli.options import Json
 from pipeline.config import DECODERS, PrepareConfig
@@ -83,7 +78,7 @@ class _ProgressBar(PrepareCallbacks):
     def on_start(self, plan: RunPlan) -> None:
         done = (f", {plan.units_done} already done (skipped)" if plan.units_done else "")
         part = f" (part {plan.part})" if plan.part.count > 1 else ""
-        console.print(f"{_count(plan.videos, 'video')} in {_count(plan.units, 'unit')}{part}: "
+        console.print(f"{count(plan.videos, 'video')} in {count(plan.units, 'unit')}{part}: "
                       f"{plan.units_todo} to prepare{done}")
         self.task = self.progress.add_task("prepare", total=max(plan.videos_todo, 1),
                                            videos=f"0/{plan.videos_todo}", clips=0, rate="-")
@@ -105,70 +100,53 @@ class _ProgressBar(PrepareCallbacks):
                                         f"{plain(outcome.reason or '')}")
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
 def _summary(result: PrepareResult, eval_fraction: float) -> None:
     totals, plan = result.totals, result.plan
-    table = Table(title="prepare summary", show_header=False)
+    grid = table("prepare summary", show_header=False)
     scope = f"part {plan.part}" if plan.part.count > 1 else "total"
-    table.add_row("videos", f"{totals.videos} in {scope}: "
-                  f"[green]{totals.prepared} prepared[/], [red]{totals.failed} failed[/], "
-                  f"[yellow]{totals.skipped} skipped[/]")
-    table.add_row("clips", f"{totals.clips}")
+    grid.add_row("videos", f"{totals.videos} in {scope}: "
+                 f"[green]{totals.prepared} prepared[/], [red]{totals.failed} failed[/], "
+                 f"[yellow]{totals.skipped} skipped[/]")
+    grid.add_row("clips", f"{totals.clips}")
     damaged = [video for video in result.videos if video.decode_errors]
     if damaged:
         errors = sum(video.decode_errors for video in damaged)
-        table.add_row("decode errors", f"[yellow]{errors} in {_count(len(damaged), 'video')}[/]"
-                      " (prepared anyway; see the warnings)")
+        grid.add_row("decode errors", f"[yellow]{errors} in {count(len(damaged), 'video')}[/]"
+                     " (prepared anyway; see the warnings)")
     held_out = result.splits[EVAL]
     if eval_fraction > 0:
-        table.add_row("eval split", f"{_count(held_out.videos, 'video')} ({held_out.prepared} "
-                      f"prepared), {_count(held_out.clips, 'clip')} in "
-                      f"{_count(held_out.shards, 'shard')} (--eval-fraction "
-                      f"{eval_fraction:g}); training never sees them")
+        grid.add_row("eval split", f"{count(held_out.videos, 'video')} ({held_out.prepared} "
+                     f"prepared), {count(held_out.clips, 'clip')} in "
+                     f"{count(held_out.shards, 'shard')} (--eval-fraction "
+                     f"{eval_fraction:g}); training never sees them")
     else:
-        table.add_row("eval split", "none (--eval-fraction 0): training sees every video")
-    table.add_row("footage", f"{totals.footage_seconds / 3600:.2f} h "
-                  f"({totals.footage_seconds:.0f} s)")
-    table.add_row("shards", f"{totals.shards} ({human_bytes(totals.bytes)})")
+        grid.add_row("eval split", "none (--eval-fraction 0): training sees every video")
+    grid.add_row("footage", f"{totals.footage_seconds / 3600:.2f} h "
+                 f"({totals.footage_seconds:.0f} s)")
+    grid.add_row("shards", f"{totals.shards} ({human_bytes(totals.bytes)})")
     units = f"{plan.units_in_part} of {plan.units}: {plan.units_todo} prepared now"
     if plan.units_done:
         units += f", {plan.units_done} already done (skipped)"
-    table.add_row("units", units)
+    grid.add_row("units", units)
     if result.units_removed:
-        table.add_row("removed", f"{result.units_removed} stale units no longer in the input")
-    table.add_row("time", f"{result.elapsed_s:.1f} s")
-    console.print(table)
+        grid.add_row("removed", f"{result.units_removed} stale units no longer in the input")
+    grid.add_row("time", f"{result.elapsed_s:.1f} s")
+    console.print(grid)
     if eval_fraction > 0 and totals.prepared and not held_out.prepared:
         # A hash threshold holds out each video with probability eval_fraction: a small corpus
         # may get none at all (10 videos at 0.05: 60 % of the time).
         console.print(f"[yellow]warning:[/] the eval split holds no prepared video: "
                       f"--eval-fraction {eval_fraction:g} of "
-                      f"{_count(totals.prepared, 'prepared video')} holds out "
+                      f"{count(totals.prepared, 'prepared video')} holds out "
                       f"{eval_fraction * totals.prepared:.2g} on average; pass a larger "
                       f"--eval-fraction (with --overwrite) to evaluate on held-out videos",
                       soft_wrap=True)
 
-    problems = [video for video in result.videos if video.status in (FAILED, SKIPPED)]
-    if problems:
-        listing = Table(title="not prepared", show_lines=False)
-        listing.add_column("video", overflow="fold")
-        listing.add_column("status")
-        listing.add_column("reason", overflow="fold")
-        for video in problems[:_MAX_LISTED]:
-            colour = "red" if video.status == FAILED else "yellow"
-            listing.add_row(plain(video.source), f"[{colour}]{video.status}[/]",
-                            plain(video.reason or ""))
-        console.print(listing)
-        if len(problems) > _MAX_LISTED:
-            console.print(f"... and {len(problems) - _MAX_LISTED} more (see --json)")
     warnings = [(video.source, text) for video in result.videos for text in video.warnings]
-    if warnings:
-        console.print(f"[yellow]{_count(len(warnings), 'warning')}[/] (videos prepared anyway):")
-        for source, text in warnings[:_MAX_LISTED]:
-            console.print(f"  {plain(source)}: {plain(text)}", soft_wrap=True)
+    print_not_prepared("not prepared", [(video.source, video.status, video.reason or "")
+                                        for video in result.videos
+                                        if video.status in (FAILED, SKIPPED)],
+                       warnings, count(len(warnings), "warning"), _MAX_LISTED)
     # paths on their own unwrapped lines, so they can be copied whatever the terminal width
     if result.manifest is not None:
         console.print(f"manifest: {plain(result.manifest)}", soft_wrap=True)
@@ -264,10 +242,8 @@ def prepare_command(
                 clip_duration=clip_duration, clip_stride=clip_stride, fps=fps,
                 video_size=frame_size, image_size=image_size, sample_rate=sample_rate,
                 n_mels=n_mels, samples_per_shard=samples_per_shard,
-                videos_per_unit=videos_per_unit, decoder=decoder,
-                eval_fraction=eval_fraction, split_seed=split_seed,
-                follow_symlinks=follow_symlinks,
-            )
+                videos_per_unit=videos_per_unit, decoder=decoder, eval_fraction=eval_fraction,
+                split_seed=split_seed, follow_symlinks=follow_symlinks)
             options = RunOptions(workers=workers or default_workers(), part=Part.parse(part),
                                  overwrite=overwrite, threads=decoder_threads)
         except ConfigError as err:
@@ -283,9 +259,7 @@ def prepare_command(
                     TextColumn("{task.fields[videos]} videos"),
                     TextColumn("{task.fields[clips]} clips"),
                     TextColumn("{task.fields[rate]} footage-s/s"),
-                    TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=True,
-                )
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
                 with progress:
                     result = prepare(video_dir, out_dir, config, options,
                                      _ProgressBar(progress))

@@ -19,9 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
-from cli.console import console, plain
+from cli.console import console, plain, table
 from omnilatent.training import Trainer, TrainerCallbacks, TrainResult
 from omnilatent.training.run_log import DROPPED_WARNING, dropped_share
 from omnilatent.training.trainer import METRICS_FILE
@@ -36,8 +35,7 @@ def progress_bar() -> Progress:
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[status]} | loss {task.fields[loss]} | "
                    "{task.fields[steps_per_s]} steps/s | {task.fields[samples_per_s]} samples/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
-    )
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
 
 
 class RichCallbacks(TrainerCallbacks):
@@ -62,12 +60,11 @@ class RichCallbacks(TrainerCallbacks):
     def on_start(self, trainer: Trainer) -> None:
         self.trainer = trainer
         amp = trainer.amp_dtype
-        console.print(
-            f"model: {trainer.model.num_parameters() / 1e6:.2f}M parameters | device: "
-            f"{trainer.device} | AMP: {'off' if amp is None else str(amp).replace('torch.', '')}"
-            f" | gradient checkpointing: "
-            f"{'on' if trainer.model.gradient_checkpointing else 'off'}", soft_wrap=True
-        )
+        console.print(f"model: {trainer.model.num_parameters() / 1e6:.2f}M parameters | device: "
+                      f"{trainer.device} | AMP: "
+                      f"{'off' if amp is None else str(amp).replace('torch.', '')} | gradient "
+                      f"checkpointing: {'on' if trainer.model.gradient_checkpointing else 'off'}",
+                      soft_wrap=True)
         status = "first step: loading data" + (
             ", compiling the model" if trainer.config.compile else "")
         self.progress.update(self.task_id, completed=trainer.step, status=status + "…")
@@ -88,12 +85,9 @@ class RichCallbacks(TrainerCallbacks):
         self.progress.update(self.task_id, loss=f"{record['loss']:.4f}")
         phase = f" | {plain(record['phase'])}" if "phase" in record else ""
         data = f" | {data_line(record['data'])}" if "data" in record else ""
-        console.print(
-            f"step {record['step']:>7}{phase} | loss {record['loss']:.4f} | "
-            f"lr {record['lr']:.2e} | "
-            f"{record['samples_per_s']:.1f} samples/s | {record['tokens_per_s']:.0f} tokens/s"
-            f"{data}", soft_wrap=True
-        )
+        console.print(f"step {record['step']:>7}{phase} | loss {record['loss']:.4f} | "
+                      f"lr {record['lr']:.2e} | {record['samples_per_s']:.1f} samples/s | "
+                      f"{record['tokens_per_s']:.0f} tokens/s{data}", soft_wrap=True)
 
     def on_eval(self, record: dict[str, Any]) -> None:
         console.print(f"[cyan]eval[/] step {record['step']} | {eval_line(record['eval'])}",
@@ -134,10 +128,8 @@ def eval_line(metrics: dict[str, Any]) -> str:
 
 
 def print_summary(records: list[dict[str, Any]], save_dir: Path, result: TrainResult) -> None:
-    table = Table(title=f"training summary: {result.step} steps")
-    table.add_column("task")
-    table.add_column("first logged loss", justify="right")
-    table.add_column("last logged loss", justify="right")
+    losses = ("first logged loss", "last logged loss")
+    listing = table(f"training summary: {result.step} steps", "task", *losses, right=losses)
     first: dict[str, tuple[int, float]] = {}
     last: dict[str, tuple[int, float]] = {}
     for record in records:
@@ -148,9 +140,9 @@ def print_summary(records: list[dict[str, Any]], save_dir: Path, result: TrainRe
         # a task logged in one window only has no second loss to compare: say so, rather
         # than repeat the first (which reads as "nothing learned")
         once = first[task][0] == last[task][0]
-        table.add_row(task, f"{first[task][1]:.4f} (step {first[task][0]})",
-                      "[dim]logged once[/]" if once
-                      else f"{last[task][1]:.4f} (step {last[task][0]})")
+        listing.add_row(task, f"{first[task][1]:.4f} (step {first[task][0]})",
+                        "[dim]logged once[/]" if once
+                        else f"{last[task][1]:.4f} (step {last[task][0]})")
     # One mean row per phase: later phases add tasks with other loss scales (text joins), so
     # a mean over the whole run would rise where nothing diverged.
     by_phase: dict[str | None, list[dict[str, Any]]] = {}
@@ -158,10 +150,10 @@ def print_summary(records: list[dict[str, Any]], save_dir: Path, result: TrainRe
         by_phase.setdefault(record.get("phase"), []).append(record)
     for phase, logged in by_phase.items():
         name = "all" if phase is None else f"phase {phase}"
-        table.add_row(f"[bold]{plain(name)} (window mean)[/]",
-                      f"{logged[0]['loss']:.4f} (step {logged[0]['step']})",
-                      f"{logged[-1]['loss']:.4f} (step {logged[-1]['step']})")
-    console.print(table)
+        listing.add_row(f"[bold]{plain(name)} (window mean)[/]",
+                        f"{logged[0]['loss']:.4f} (step {logged[0]['step']})",
+                        f"{logged[-1]['loss']:.4f} (step {logged[-1]['step']})")
+    console.print(listing)
     if result.data is not None:
         warn = dropped_share(result.data) > DROPPED_WARNING
         console.print(("[yellow]warning:[/] " if warn else "") + data_line(result.data)

@@ -212,11 +212,6 @@ def run_demo(config: OmniLatentConfig = TINY_DEMO, batch: int = 2, seed: int = 0
     torch.manual_seed(seed)
     model = OmniLatentModel(config)
     data = demo_inputs(config, batch, seed=seed)
-    return DemoReport(
-        parameters=model.num_parameters(),
-        reconstructions=tuple(reconstructions(model, data)),
-        translations=tuple(translations(model, data)),
-        hook=hook_check(model, data),
-        multimodal=multimodal_forward(model, data),
-        gradients=gradient_flow(model, data),
-    )
+    return DemoReport(model.num_parameters(), tuple(reconstructions(model, data)),
+                      tuple(translations(model, data)), hook_check(model, data),
+                      multimodal_forward(model, data), gradient_flow(model, data))

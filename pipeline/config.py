@@ -56,34 +56,27 @@ class PrepareConfig:
     follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
-        positive = ("clip_duration", "clip_stride", "fps", "video_size", "image_size",
-                    "sample_rate", "n_mels", "n_fft", "hop_length", "samples_per_shard",
-                    "videos_per_unit")
-        for name in positive:
+        for name in ("clip_duration", "clip_stride", "fps", "video_size", "image_size",
+                     "sample_rate", "n_mels", "n_fft", "hop_length", "samples_per_shard",
+                     "videos_per_unit"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not _is_multiple(self.clip_duration, 1.0 / self.fps):
-            raise ConfigError(
-                f"clip_duration ({self.clip_duration}) must be a whole number of frames at "
-                f"fps={self.fps} (a multiple of {1.0 / self.fps:g} s)"
-            )
+            raise ConfigError(f"clip_duration ({self.clip_duration}) must be a whole number of "
+                              f"frames at fps={self.fps} (a multiple of {1.0 / self.fps:g} s)")
         if not _is_multiple(self.clip_stride, 1.0 / self.fps):
-            raise ConfigError(
-                f"clip_stride ({self.clip_stride}) must be a multiple of 1/fps "
-                f"({1.0 / self.fps:g} s) so that windows share one frame grid"
-            )
+            raise ConfigError(f"clip_stride ({self.clip_stride}) must be a multiple of 1/fps "
+                              f"({1.0 / self.fps:g} s) so that windows share one frame grid")
         if not _is_multiple(self.clip_duration * self.sample_rate, self.hop_length):
-            raise ConfigError(
-                f"clip_duration * sample_rate ({self.clip_duration * self.sample_rate:g}) must be "
-                f"a multiple of hop_length ({self.hop_length})"
-            )
+            raise ConfigError(f"clip_duration * sample_rate "
+                              f"({self.clip_duration * self.sample_rate:g}) must be a multiple "
+                              f"of hop_length ({self.hop_length})")
         if self.n_fft < self.hop_length:
             raise ConfigError(f"n_fft ({self.n_fft}) must be >= hop_length ({self.hop_length})")
         nyquist = self.sample_rate / 2
         if self.f_max is not None and not (self.f_min < self.f_max <= nyquist):
-            raise ConfigError(
-                f"f_max must lie in (f_min={self.f_min}, {nyquist}], got {self.f_max}"
-            )
+            raise ConfigError(f"f_max must lie in (f_min={self.f_min}, {nyquist}], "
+                              f"got {self.f_max}")
         if not 0 <= self.f_min < nyquist:
             raise ConfigError(f"f_min must lie in [0, {nyquist}), got {self.f_min}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -129,8 +122,7 @@ class PrepareConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrepareConfig:
         data = {_IN_CODE.get(name, name): value for name, value in data.items()}
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown prepare config field(s): {', '.join(sorted(unknown))}")
         return cls(**data)

@@ -1,17 +1,9 @@
-"""A small learnable world of sample videos, for the demo and for trying the pipeline.
+"""A small learnable world of sample videos, for the demo and for trying the pipeline (what it
+shows and sounds like: README.md, "The demo world").
 
-Eight classes (`DEMO_CLASSES`) each tie a coloured shape, a kind of sound and a sentence
-together: "the red circle hums" shows a red circle over grey noise, sounds a 110 Hz hum and
-has that sentence as its transcript. Within a class every video differs (shape size, path and
-speed, colour, background, pitch, loudness, onsets, noise), so a model has to learn the
-class, not memorise footage; a new seed gives new videos of the same classes, an unseen set
-to evaluate cross-modal retrieval and transcript generation on.
-
-Everything a video shows follows from `demo_params(seed, index)`: its class (balanced over a
-seeded class order) and its random variation. Rendering is pure numpy and vectorised over
-frames and samples, so a 4 s video takes a small fraction of a second to make; the file name
-(`red-circle_s0_007.mp4`) carries class and seed, so `demo_class_of` recovers the label from
-a path alone, e.g. from the `source` of a prepared sample.
+Within a class every video differs, so a model has to learn the class, not memorise footage.
+Everything a video shows follows from `demo_params(seed, index)`; rendering is pure numpy,
+vectorised over frames and samples, so a 4 s video takes a small fraction of a second.
 """
 
 from __future__ import annotations
@@ -134,21 +126,15 @@ def demo_params(seed: int, index: int) -> DemoParams:
     angle = rng.uniform(0, 2 * math.pi)
     red, green, blue = (int(c) for c in np.clip(demo_class.colour + rng.integers(-10, 11, 3),
                                                 0, 255))
-    return DemoParams(
-        demo_class=demo_class,
-        colour=(red, green, blue),
-        radius=float(radius),
+    return DemoParams(  # the draws below, in this order, are part of every seed's videos
+        demo_class=demo_class, colour=(red, green, blue), radius=float(radius),
         start=(float(rng.uniform(radius, width - radius)),
                float(rng.uniform(radius, height - radius))),
         velocity=(speed * math.cos(angle), speed * math.sin(angle)),
-        background=float(rng.uniform(85.0, 135.0)),
-        noise=float(rng.uniform(5.0, 15.0)),
-        pitch=float(rng.uniform(0.97, 1.03)),
-        loudness=float(rng.uniform(0.25, 0.6)),
-        phase=float(rng.uniform(0, 2 * math.pi)),
-        onset=float(rng.uniform(0, 1.0)),
-        noise_seed=int(rng.integers(2**63)),
-    )
+        background=float(rng.uniform(85.0, 135.0)), noise=float(rng.uniform(5.0, 15.0)),
+        pitch=float(rng.uniform(0.97, 1.03)), loudness=float(rng.uniform(0.25, 0.6)),
+        phase=float(rng.uniform(0, 2 * math.pi)), onset=float(rng.uniform(0, 1.0)),
+        noise_seed=int(rng.integers(2**63)))
 
 
 def demo_file_stem(params: DemoParams, seed: int, index: int) -> str:
@@ -396,13 +382,8 @@ def encode_video(path: Path, params: DemoParams, duration: float) -> None:
         container.mux(audio.encode(None))
 
 
-def make_demo_videos(
-    out_dir: Path,
-    count: int = 16,
-    seed: int = 0,
-    duration: float = 4.0,
-    on_video: Callable[[DemoVideo], None] | None = None,
-) -> list[DemoVideo]:
+def make_demo_videos(out_dir: Path, count: int = 16, seed: int = 0, duration: float = 4.0,
+                     on_video: Callable[[DemoVideo], None] | None = None) -> list[DemoVideo]:
     """Write `count` videos of `duration` seconds into `out_dir` (created if missing), with
     one transcript cue spanning each: .srt for even indices, .vtt for odd ones.
 

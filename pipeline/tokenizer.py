@@ -14,6 +14,7 @@ character. Empty text gives an empty tensor, i.e. a batch row of padding only.
 from __future__ import annotations
 
 import importlib
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,9 @@ def byte_detokenize(ids: torch.Tensor | Iterable[int]) -> str:
     Ids outside the byte range (e.g. from a model's larger vocabulary) are skipped and broken
     UTF-8 becomes U+FFFD, so any model output can be shown.
     """
-    values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-    data = bytearray()
-    for value in values:
-        if value == EOS_ID:
-            break
-        if BYTE_OFFSET <= value < BYTE_VOCAB_SIZE:
-            data.append(value - BYTE_OFFSET)
+    values = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+    data = bytes(value - BYTE_OFFSET for value in itertools.takewhile(lambda v: v != EOS_ID, values)
+                 if BYTE_OFFSET <= value < BYTE_VOCAB_SIZE)
     return data.decode("utf-8", errors="replace")
 
 
@@ -111,16 +108,12 @@ class SentencePieceTokenizer:
 
     def decode(self, ids: torch.Tensor | Iterable[int]) -> str:
         """Text of (shifted) ids, for display: stops at EOS, skips padding and unknown ids."""
-        values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        values = ids.tolist() if isinstance(ids, torch.Tensor) else ids
         processor = self._load()
         size, eos = processor.get_piece_size(), self.eos_id
-        pieces = []
-        for value in values:
-            if value == eos:
-                break
-            if 0 < value <= size:
-                pieces.append(value - 1)
-        return str(processor.decode(pieces))
+        return str(processor.decode([value - 1 for value in
+                                     itertools.takewhile(lambda value: value != eos, values)
+                                     if 0 < value <= size]))
 
     def __call__(self, text: str, max_len: int) -> torch.Tensor:
         _check_max_len(max_len)
@@ -136,10 +129,8 @@ def _import_sentencepiece() -> Any:
     try:
         return importlib.import_module("sentencepiece")
     except ImportError as err:
-        raise PipelineError(
-            "the sentencepiece tokenizer needs the sentencepiece package: "
-            "pip install sentencepiece"
-        ) from err
+        raise PipelineError("the sentencepiece tokenizer needs the sentencepiece package: "
+                            "pip install sentencepiece") from err
 
 
 def sentencepiece_tokenizer(model_path: str | Path) -> TokenizerFn:

@@ -1,18 +1,6 @@
 """Measure what a model learned on held-out batches: task losses, cross-modal retrieval,
-transcripts and reconstruction.
-
-- **Task losses**: every curriculum task (`omnilatent.tasks.TASK_NAMES`), averaged
-  over samples (text tasks over reference tokens, on windows that have text).
-- **Retrieval** (audio->video, video->audio, image->audio, audio->image): each query's
-  prediction is ranked against the real targets of every evaluated window by correlation
-  (`metrics.correlation_distance`; video and image at 1/4 resolution, which keeps the stored
-  candidates at ~100 kB a window); the correct candidate is the query's own window, or, with
-  ``labels``, any window of the same label (``retrieval_by_label``).
-- **Text** (video, audio, image -> text): greedy, free-running transcripts of the windows that
-  have text; token accuracy position by position and the character error rate (edits over
-  reference characters, summed over windows).
-- **Reconstruction**: PSNR of image and video auto-encoding (pixels in [-1, 1]); mean absolute
-  log-mel error of audio auto-encoding, in log-mel units (natural log of mel power).
+transcripts and reconstruction, as README.md defines them ("Evaluating"). Retrieval candidates
+are stored at 1/4 resolution (`POOL`), ~100 kB a window.
 
 Evaluation consumes no random numbers and leaves the model in the mode it found it in, so
 running it inside a training run does not change that run.
@@ -125,14 +113,10 @@ def _rows(batch: dict[str, Any], keep: Tensor) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(
-    model: OmniLatentModel,
-    batches: Iterable[dict[str, Any]],
-    text: TextCodec,
-    max_samples: int | None = None,
-    labels: Callable[[dict[str, Any]], object] | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> EvalReport:
+def evaluate(model: OmniLatentModel, batches: Iterable[dict[str, Any]], text: TextCodec,
+             max_samples: int | None = None,
+             labels: Callable[[dict[str, Any]], object] | None = None,
+             progress: Callable[[int], None] | None = None) -> EvalReport:
     """Evaluate ``model`` on ``batches`` (the shard loader's, unshuffled) up to ``max_samples``.
 
     ``labels`` maps a window's metadata to a class (e.g. the demo world's), adding retrieval
@@ -222,12 +206,8 @@ def _metrics(seen: int, losses: _Sums, recon: _Sums, stored: dict[str, list[Tens
              metas: list[dict[str, Any]], tallies: dict[str, _TextTally],
              labels: Callable[[dict[str, Any]], object] | None) -> dict[str, Any]:
     metrics: dict[str, Any] = {
-        "samples": seen,
-        "tasks": {name: {"loss": value} for name, value in losses.means().items()},
-        "retrieval": {},
-        "text": {},
-        "reconstruction": {},
-    }
+        "samples": seen, "tasks": {name: {"loss": value} for name, value in losses.means().items()},
+        "retrieval": {}, "text": {}, "reconstruction": {}}
     if seen == 0:
         return metrics
     label_list = None if labels is None else [labels(meta) for meta in metas]
@@ -285,12 +265,9 @@ def check_shards_fit(shards: str, split: Split | None, model: OmniLatentModel) -
 def source_labeller(pattern: str) -> Callable[[dict[str, Any]], str]:
     """``labels`` for `evaluate` from ``--label-pattern``: the regex is searched in each
     window's source path and its first group (or the whole match) is the window's class. A
-    pattern RE2 cannot read, or a window it does not match, is a UsageError.
-
-    The pattern runs on text from the shards, so it is matched by RE2, in time linear in the
-    text whatever the pattern: Python's backtracking `re` took 32 s for `^(a|aa)+$` on a
-    41-character path, and doubles with each character more. RE2 reads Python's syntax except
-    backreferences and lookaround, which are refused.
+    pattern RE2 cannot read, or a window it does not match, is a UsageError. RE2, not `re`:
+    the pattern runs on text from the shards, and RE2 takes time linear in the text whatever
+    the pattern (README.md, "Evaluating").
     """
     import re2
 

@@ -42,12 +42,8 @@ from pipeline.modalities import MAX_TEXT_LEN_CAP
 from pipeline.normalize import model_to_mel, to_device_units, unit_to_pixels
 from pipeline.shards.schema import expected_from_config
 
-OUTPUT_SUFFIXES = {
-    "text": (".txt",),
-    "image": (".png", ".jpg", ".jpeg", ".webp"),
-    "audio": (".wav",),
-    "video": (".mp4", ".gif"),
-}
+OUTPUT_SUFFIXES = {"text": (".txt",), "image": (".png", ".jpg", ".jpeg", ".webp"),
+                   "audio": (".wav",), "video": (".mp4", ".gif")}
 # The part of a video window each source modality reads.
 _WINDOW_PART = {"video": "frames", "image": "image", "audio": "mel", "text": "text"}
 

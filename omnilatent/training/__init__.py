@@ -9,13 +9,5 @@ from omnilatent.training.data import (
 )
 from omnilatent.training.trainer import Trainer, TrainerCallbacks, TrainResult
 
-__all__ = [
-    "ResumableLoader",
-    "SyntheticMultimodalDataset",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "TrainerCallbacks",
-    "build_dataloader",
-    "collate_multimodal",
-]
+__all__ = ["ResumableLoader", "SyntheticMultimodalDataset", "TrainConfig", "TrainResult", "Trainer",
+           "TrainerCallbacks", "build_dataloader", "collate_multimodal"]

@@ -50,9 +50,8 @@ class TrainConfig:
             raise ConfigError(f"eval_every must be None (with each checkpoint) or an integer "
                               f">= 0 (0: never), got {self.eval_every!r}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
-            raise ConfigError(
-                f"warmup_steps must lie in [0, steps={self.steps}], got {self.warmup_steps}"
-            )
+            raise ConfigError(f"warmup_steps must lie in [0, steps={self.steps}], "
+                              f"got {self.warmup_steps}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -1,22 +1,8 @@
 """A phased curriculum over training tasks, learned from video.
 
-Default schedule (shares of the total steps), each phase adding tasks to the previous one,
-with task weights (share of a phase's steps, in proportion):
-
-| phase      | share | tasks (weight)                                                  |
-|------------|-------|-----------------------------------------------------------------|
-| warmup     | 5%    | video_recon, audio_recon (0.5 each)                             |
-| crossmodal | 20%   | + video_to_audio, audio_to_video (2 each)                       |
-| temporal   | 10%   | + temporal (0.5: future frames of a clip from its past frames)  |
-| grounding  | 30%   | + video_to_text, audio_to_text (2 each; needs transcripts)      |
-| joint      | 35%   | all tasks: + image_to_text, text_to_image, image_to_audio,      |
-|            |       | audio_to_image (1 each)                                         |
-
-Chosen by measurement (bench/learning.py; README, "Curriculum training"): the seed's equal
-weights and shares (10/25/25/15/25%) spend 55% of a run on reconstruction and future frames,
-which learn fastest and matter least, and start text at 60%, when the learning rate has decayed
-far; in 1000 steps of the tiny model the transcripts never named a class. The phases and their
-order are the seed's.
+The default schedule (`DEFAULT_SHARES`, `DEFAULT_WEIGHTS`: each phase adds tasks to the one
+before) and why its shares and weights differ from the seed's (measured: bench/learning.py) are
+in README.md, "Curriculum training".
 
 Within a phase, tasks follow a smooth weighted round-robin (deterministic, exact proportions,
 state a few floats): weighted random draws would make short windows of the loss swing with the
@@ -319,8 +305,7 @@ class CurriculumSampler(TaskSampler):
                     f"phase {span.phase.name!r} trains 'temporal' (future frames from past "
                     f"ones), which needs clips of at least {2 * tubelet} frames (two tubelets "
                     f"of {tubelet}), but the clips have {frames}; prepare longer clips "
-                    "(--clip-duration, --fps) or use a schedule without 'temporal'"
-                )
+                    "(--clip-duration, --fps) or use a schedule without 'temporal'")
 
     def notes(self) -> list[str]:
         return list(self._notes)

@@ -61,22 +61,15 @@ class ResumableLoader:
     records it as consumed and a resumed run continues with the next one.
     """
 
-    def __init__(
-        self,
-        dataset: Dataset,
-        batch_size: int,
-        seed: int = 0,
-        shuffle: bool = True,
-        num_workers: int = 0,
-        collate_fn: Callable[[Sequence[dict[str, Any]]], Batch] = collate_multimodal,
-    ) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 num_workers: int = 0,
+                 collate_fn: Callable[[Sequence[dict[str, Any]]], Batch] = collate_multimodal,
+                 ) -> None:
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be > 0, got {batch_size}")
         if len(dataset) < batch_size:  # type: ignore[arg-type]
-            raise ConfigError(
-                f"the dataset holds {len(dataset)} samples, fewer than one batch "  # type: ignore[arg-type]
-                f"({batch_size}); lower --batch-size"
-            )
+            raise ConfigError(f"the dataset holds {len(dataset)} samples, "  # type: ignore[arg-type]
+                              f"fewer than one batch ({batch_size}); lower --batch-size")
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
@@ -97,15 +90,9 @@ class ResumableLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._order()[self.batch * self.batch_size : len(self) * self.batch_size]
-        loader = DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=order,
-            num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
-            drop_last=True,
-            persistent_workers=False,
-        )
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order,
+                            num_workers=self.num_workers, collate_fn=self.collate_fn,
+                            drop_last=True, persistent_workers=False)
         for batch in loader:
             self.batch += 1
             yield batch
@@ -143,16 +130,9 @@ class SyntheticMultimodalDataset(Dataset):
     image (3, image_size, image_size), video (3, video_frames, video_size, video_size).
     """
 
-    def __init__(
-        self,
-        config: OmniLatentConfig,
-        length: int = 10_000,
-        seed: int = 0,
-        num_classes: int = 8,
-        text_len: int = 32,
-        noise: float = 0.1,
-        offset: float = 0.5,
-    ) -> None:
+    def __init__(self, config: OmniLatentConfig, length: int = 10_000, seed: int = 0,
+                 num_classes: int = 8, text_len: int = 32, noise: float = 0.1,
+                 offset: float = 0.5) -> None:
         if length <= 0 or num_classes <= 0 or text_len <= 0:
             raise ConfigError("length, num_classes and text_len must be > 0")
         self.config = config

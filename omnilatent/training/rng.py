@@ -23,15 +23,10 @@ def capture_rng() -> dict[str, Any]:
     """RNG states of python, numpy and torch (CPU and every CUDA device)."""
     version, internal, gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
-        "torch": torch.get_rng_state().tolist(),
-        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()]
-        if torch.cuda.is_available()
-        else [],
-    }
-    return state
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"python": [version, list(internal), gauss],
+            "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
+            "torch": torch.get_rng_state().tolist(), "cuda": [s.tolist() for s in cuda]}
 
 
 def restore_rng(state: dict[str, Any]) -> None:

@@ -32,13 +32,7 @@ def loader_counters(loader: Any) -> dict[str, int] | None:
     """The loader's `stats` (a `pipeline.loader` `LoaderStats`) as DATA_COUNTERS, or None for a
     loader that keeps none."""
     stats = getattr(loader, "stats", None)
-    if stats is None:
-        return None
-    return {"samples": int(stats.samples),
-            "dropped": int(stats.dropped),
-            "unsafe_members": int(stats.unsafe_members),
-            "corrupt_shards": int(stats.corrupt_shards),
-            "surplus_shards": int(stats.surplus_shards)}
+    return None if stats is None else {name: int(getattr(stats, name)) for name in DATA_COUNTERS}
 
 
 @dataclass

@@ -63,21 +63,12 @@ def flat_scalars(prefix: str, tree: dict[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardCallbacks(TrainerCallbacks):
-    """Writes each metrics record and eval record of a run as TensorBoard scalars into
-    ``log_dir`` (the run's save dir).
-
-    Tags: ``loss/all`` and ``loss/<task>`` (window means), ``lr``, ``throughput/samples_per_s``
-    and ``throughput/tokens_per_s``, ``data/skipped_batches`` and the loader's counters
-    ``data/<counter>`` with ``data/dropped_share``, ``phase`` (the phase's index in the
-    curriculum, with its name as text when it changes), ``eval/...`` (every number of an eval
-    record), and images of the predictions given to ``eval_samples`` (``eval/<task>``, e.g.
-    ``eval/audio_to_image``) at the next eval record's step; a predicted log-mel is also
-    audio (``eval/<task>/<window>``, Griffin-Lim at the training data's sample rate) when the
-    trainer's card names the `omni prepare` settings of its data (not for synthetic data,
-    whose mels belong to no sample rate). ``enabled=False`` writes nothing
-    (e.g. on ranks other than 0 of a distributed run). The writer opens in ``on_start``, where
-    the trainer's step (after a resume) is known; call ``close`` when the run ends to flush
-    it.
+    """Writes each metrics record and eval record of a run into ``log_dir`` (the run's save
+    dir) as the scalars, images and audio README.md lists ("TensorBoard"); a predicted
+    log-mel is audio only when the trainer's card names the `omni prepare` settings of its
+    data (synthetic mels belong to no sample rate). ``enabled=False`` writes nothing (ranks
+    other than 0). The writer opens in ``on_start``, where the trainer's step (after a
+    resume) is known; call ``close`` when the run ends to flush it.
     """
 
     def __init__(self, log_dir: Path, enabled: bool = True) -> None:

@@ -26,7 +26,6 @@ run. Prepare shards for large or untrusted corpora.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -41,7 +40,7 @@ from omnilatent.training.data import epoch_generator
 from pipeline.config import PrepareConfig
 from pipeline.errors import PipelineError
 from pipeline.loader.samples import collate, to_tensors
-from pipeline.media.decode import iter_windows, probe, video_end
+from pipeline.media.decode import iter_windows, probe, video_end, window_from
 from pipeline.media.discover import VideoSource, discover_videos
 from pipeline.media.subtitles import sidecar_path
 from pipeline.media.windows import Window, window_count
@@ -67,16 +66,10 @@ class VideoWatchingDataset(Dataset):
     (`video_watching_loader`); it numbers the windows on first ``len`` or index.
     """
 
-    def __init__(
-        self,
-        video_dir: str | Path,
-        config: OmniLatentConfig,
-        clip_duration: float = 2.0,
-        clip_stride: float = 1.0,
-        tokenizer_fn: TokenizerFn = byte_tokenizer,
-        max_text_len: int = MAX_TEXT_LEN,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, video_dir: str | Path, config: OmniLatentConfig,
+                 clip_duration: float = 2.0, clip_stride: float = 1.0,
+                 tokenizer_fn: TokenizerFn = byte_tokenizer, max_text_len: int = MAX_TEXT_LEN,
+                 seed: int = 0) -> None:
         fps = config.video_frames / clip_duration
         if abs(fps - round(fps)) > 1e-6:
             raise ConfigError(f"video_frames ({config.video_frames}) / clip_duration "
@@ -166,17 +159,10 @@ class VideoWatchingDataset(Dataset):
         return next(to_tensors([members], self.tokenizer_fn, self.max_text_len))
 
     def _decode_window(self, source: VideoSource, index: int) -> Window:
-        """Window ``index`` of a video. Decoded with the stride set to that window's start,
-        where it is window 1: the frame grid and the audio do not depend on the stride, so it
-        is bit for bit the window the whole-video decode makes (as in
-        `pipeline.generate.inputs.load_video_window`); decoding stops right after it."""
-        config = (replace(self.prepare, clip_stride=index * self.prepare.clip_stride) if index
-                  else self.prepare)
-        wanted = 1 if index else 0
-        with contextlib.closing(iter_windows(source.path, config)) as windows:
-            for window in windows:
-                if window.index == wanted:
-                    return replace(window, index=index)
+        """Window ``index`` of a video, bit for bit the whole-video decode's (`window_from`)."""
+        window = window_from(source.path, self.prepare, index * self.prepare.clip_stride)
+        if window is not None:
+            return replace(window, index=index)
         raise OmniLatentError(f"{source.rel_path} ends before its window {index}, which its "
                               "probed length promised; prepare it with `omni prepare`")
 

@@ -1,23 +1,11 @@
 """Input files for `omni generate`, turned into exactly the arrays `omni prepare` stores.
 
 A model only knows its inputs through the prepare pipeline, so every input goes through that
-pipeline's own code, never a look-alike:
-
-- **Video**: the window at `start` comes out of `pipeline.media.decode.iter_windows` (either
-  backend, `config.decoder`) and `pipeline.prepare.sample.sample_fields`: same frame grid, geometry,
-  log-mel (or the silent one when the video has no audio) and transcript text.
-- **Audio file**: PyAV decodes it; the PyAV backend's `MonoResampler` and `AudioBuffer`
-  downmix, resample and place it on the timeline as they do a video's sound; `log_mel`.
-- **Picture**: EXIF orientation applied, then the PyAV backend's `scale_to_rgb` (libswscale
-  bilinear, short side to `image_size`) and `display_image`'s centre crop: a still picture
-  gives the same `image` as a losslessly stored video of it does through prepare.
-- **Text**: whitespace collapsed to single spaces, as windows of a transcript are joined.
-
-Only regular files are read (`regular_input`): a FIFO, a device or a socket named like a
-picture, a sound or a video is refused before it is opened (opening a FIFO waits for a writer
-forever). A video's sidecar transcript is found by prepare's own rules (`video_context`), with
-the video's folder as the input folder: one that a symlink leads out of it is not read unless
-`follow_symlinks` (`omni generate --follow-symlinks`, as `omni prepare --follow-symlinks`).
+pipeline's own code, never a look-alike: `iter_windows` and `sample_fields` for a video, the
+PyAV backend's resampler and timeline for an audio file, its `scale_to_rgb` and
+`display_image` for a picture. What each kind of input becomes is stated in README.md, "How
+inputs are prepared". Only regular files are read (`regular_input`): opening a FIFO waits
+for a writer forever.
 
 `sample_arrays_batch` turns the arrays into a batch of one with the loader's own
 `sample_tensors` and `collate`, in the loader's stored dtypes; `pipeline.normalize`'s
@@ -26,7 +14,6 @@ the video's folder as the input folder: one that a symlink leads out of it is no
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import stat
@@ -44,7 +31,7 @@ from pipeline.config import PrepareConfig
 from pipeline.errors import DecodeError, MediaError
 from pipeline.loader.samples import Batch, collate, sample_tensors
 from pipeline.media.audio import log_mel
-from pipeline.media.decode import iter_windows, probe
+from pipeline.media.decode import probe, window_from
 from pipeline.media.decode_pyav import MonoResampler, scale_to_rgb
 from pipeline.media.discover import VIDEO_EXTENSIONS, VideoSource, video_id
 from pipeline.media.frames import display_image, frame_size_problem, scaled_size
@@ -56,7 +43,6 @@ from pipeline.media.windows import (
     END_TOLERANCE,
     AudioBuffer,
     DecodeStats,
-    Window,
     grid_frames_within,
 )
 from pipeline.prepare.sample import sample_fields, video_context
@@ -84,7 +70,7 @@ class SampleArrays:
     start: float | None = None
     frames: np.ndarray | None = None  # (T, frame_size, frame_size, 3) uint8
     image: np.ndarray | None = None  # (image_size, image_size, 3) uint8
-    mel: np.ndarray | None = None  # (n_mels, mel_frames) float16 log-mel, as `log_mel` makes it
+    mel: np.ndarray | None = None  # (n_mels, audio_frames) float16 log-mel, as `log_mel` makes it
     text: str | None = None
     notes: tuple[str, ...] = ()
 
@@ -171,21 +157,15 @@ def has_video_stream(path: str | os.PathLike[str]) -> bool:
 # --------------------------------------------------------------------------- video
 def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
                       start: float = 0.0, *, follow_symlinks: bool = False) -> SampleArrays:
-    """The clip window of a video that begins at `start` seconds, as `omni prepare` makes it.
+    """The clip window of a video that begins at `start` seconds (rounded to the frame grid),
+    as `omni prepare` makes it.
 
-    `start` is rounded to the frame grid (1 / fps; a note says so when that moves it). The
-    window comes from `iter_windows` run with `clip_stride` = that start, where it is window
-    1 (window 0 for start 0): the grid, the frames and the audio do not depend on the stride,
-    so it is bit for bit the window prepare makes at that time with any stride that lands
-    there. Decoding stops right after it, with memory bounded by about one clip; the video
-    is still decoded from its beginning, so a late start takes as long as decoding up to it,
-    and a start past the end is found at the end (container durations can be estimates, so
-    they do not decide it). Its transcript is found as prepare finds it, with the video's
-    folder as the input folder: a sidecar that a symlink leads out of it is ignored (with a
-    note) unless `follow_symlinks`.
+    It is `window_from`'s, bit for bit prepare's window at that time. A start past the end is
+    found by decoding to the end (container durations can be estimates, so they do not decide
+    it).
     """
     path = regular_input(path, "video")
-    index, start, notes = _grid_start(path, start, config)
+    start, notes = _grid_start(path, start, config)
     try:
         info = probe(path)
     except DecodeError as err:
@@ -196,17 +176,9 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
     if not info.has_audio:
         notes += ("the video has no audio stream: its mel is digital silence, as prepare "
                   "stores such videos",)
-    windowed = replace(config, clip_stride=index / config.fps) if index else config
-    wanted = 1 if index else 0
     stats = DecodeStats()
-    window: Window | None = None
     try:
-        with contextlib.closing(iter_windows(path, windowed, stats)) as windows:
-            for window in windows:
-                if window.index == wanted:
-                    break
-            else:
-                window = None
+        window = window_from(path, config, start, stats)
     except DecodeError as err:
         raise MediaError(f"cannot decode video {path}: {err}") from err
     if window is None:
@@ -219,8 +191,8 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
 
 
 def _grid_start(path: Path, start: float,
-                config: PrepareConfig) -> tuple[int, float, tuple[str, ...]]:
-    """(grid index, seconds, notes) of the frame-grid time nearest `start`."""
+                config: PrepareConfig) -> tuple[float, tuple[str, ...]]:
+    """(seconds, notes) of the frame-grid time nearest `start`."""
     _check_start(path, start)
     index = round(start * config.fps)
     seconds = index / config.fps
@@ -228,7 +200,7 @@ def _grid_start(path: Path, start: float,
     if abs(seconds - start) > 1e-9:
         notes = (f"start {start:g} s rounded to {seconds:g} s, the nearest frame of the "
                  f"{config.fps} fps grid",)
-    return index, seconds, notes
+    return seconds, notes
 
 
 def _check_start(path: Path, start: float) -> None:

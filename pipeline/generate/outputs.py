@@ -2,10 +2,8 @@
 
 The arrays come back to pipeline units first (`pipeline.normalize.unit_to_pixels`,
 `model_to_mel`, then `pipeline.media.audio.mel_to_waveform` for sound); this module only writes
-them. Every writer goes through `atomic_output`: a new file under a temporary name of its own
-beside the target, renamed over it once complete, so a failed, interrupted or concurrent write
-never leaves half a file under the name (nor an old file half overwritten), and a symlink at
-the name is replaced, never written through.
+them, each through `atomic_output`, so that a file is written whole or not at all (README.md,
+"Outputs are written whole or not at all").
 """
 
 from __future__ import annotations
@@ -43,14 +41,10 @@ def check_output_file(path: str | os.PathLike[str]) -> Path:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """A new file for the block to write, which then replaces `path` whole.
-
-    The file is created beside `path` under a name no other writer uses (".NAME.PID-RANDOM.tmp",
-    created exclusively, with the permissions a new file gets), flushed to disk and renamed
-    to `path` when the block ends; if the block or the write fails (a full disk, a file size
-    limit) it is deleted and `path` keeps what it held. Writers racing for one name each
-    rename a complete file, and the last one wins. A symlink at `path` is replaced by the new
-    file: the file it pointed to is left as it was, whatever the format. Raises MediaError.
+    """A new file for the block to write, which then replaces `path` whole: created
+    exclusively beside it under a name no other writer uses, flushed to disk and renamed over
+    `path` (a symlink there is replaced, not written through); deleted if anything fails, so
+    `path` keeps what it held. Raises MediaError.
     """
     path = check_output_file(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")

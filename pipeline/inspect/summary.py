@@ -104,12 +104,10 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(
-            expected_samples=self.expected_samples, shard_bytes=self.shard_bytes,
-            footage_seconds=self.footage_seconds,
-            text_fraction=_fraction(self.with_text, self.samples),
-            audio_fraction=_fraction(self.with_audio, self.samples),
-        )
+        data.update(expected_samples=self.expected_samples, shard_bytes=self.shard_bytes,
+                    footage_seconds=self.footage_seconds,
+                    text_fraction=_fraction(self.with_text, self.samples),
+                    audio_fraction=_fraction(self.with_audio, self.samples))
         return data
 
 
@@ -172,8 +170,7 @@ def summarize(target: Target, progress: ProgressFn | None = None) -> Summary:
         with_text=with_text, with_audio=with_audio, unreadable_meta=unreadable,
         transcripts=[TranscriptCoverage(source, counts[0], counts[1])
                      for source, counts in sorted(coverage.items())],
-        members=_probe_members(target), splits=splits,
-    )
+        members=_probe_members(target), splits=splits)
 
 
 def _probe_members(target: Target) -> list[MemberInfo]:

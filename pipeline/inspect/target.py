@@ -132,8 +132,7 @@ def _from_manifest(folder: Path, manifest: Manifest) -> Target:
         manifest=str(manifest.path), created=manifest.created,
         config=manifest.config.to_dict(), clip_encoding=manifest.clip_encoding,
         expected={shard.path: shard for shard in manifest.shards},
-        totals=manifest.totals, splits=manifest.splits, issues=issues,
-    )
+        totals=manifest.totals, splits=manifest.splits, issues=issues)
     listed = set(target.shards)
     extra = [str(path) for path in sorted(folder.glob(SHARD_GLOB)) if str(path) not in listed]
     if extra:

@@ -172,8 +172,7 @@ def verify(target: Target, workers: int = 1, progress: ProgressFn | None = None,
     return VerifyResult(
         shards=len(done), samples=sum(report.samples for report in done),
         bytes=sum(report.bytes or 0 for report in done), problems=problems.kept,
-        problem_count=problems.count, elapsed_s=time.monotonic() - started,
-    )
+        problem_count=problems.count, elapsed_s=time.monotonic() - started)
 
 
 def _format_of_first_sample(target: Target) -> dict[str, Any] | None:

@@ -160,11 +160,9 @@ class ShardLoader:
         if self.epochs is not None and self.epoch >= self.epochs:
             return
         fresh = self.batches == 0 and not any(self.consumed)
-        stream = _EpochStream(
-            self.shards, self.batch_size, self.tokenizer, self.max_text_len, self.seed,
-            self.epoch, self.rank, self.world_size, self.shuffle_shards, self.shuffle_buffer,
-            list(self.consumed),
-        )
+        stream = _EpochStream(self.shards, self.batch_size, self.tokenizer, self.max_text_len,
+                              self.seed, self.epoch, self.rank, self.world_size,
+                              self.shuffle_shards, self.shuffle_buffer, list(self.consumed))
         chunks: Iterable[_Chunk] = stream
         if self.num_workers > 0:
             # The DataLoader's own thread pins the workers' batches while this one trains.
@@ -182,12 +180,11 @@ class ShardLoader:
             yield (pin_batch(chunk.batch) if self.pin_memory and self.num_workers == 0
                    else chunk.batch)
         if fresh and self.batches == 0:
-            raise PipelineError(
-                f"epoch {self.epoch} of rank {self.rank} yielded no valid sample from "
-                f"{len(self.shards.urls)} shard(s) ({self.stats.skipped_samples} skipped, "
-                f"{self.stats.corrupt_shards} corrupt shards); last errors: "
-                + " | ".join(self.stats.errors[-3:])
-            )
+            raise PipelineError(f"epoch {self.epoch} of rank {self.rank} yielded no valid sample "
+                                f"from {len(self.shards.urls)} shard(s) "
+                                f"({self.stats.skipped_samples} skipped, "
+                                f"{self.stats.corrupt_shards} corrupt shards); last errors: "
+                                + " | ".join(self.stats.errors[-3:]))
         self.epoch += 1
         self.batches = 0
         self.consumed = self._no_progress()
@@ -233,30 +230,19 @@ class ShardLoader:
                 raise ConfigError(f"the loader state says {sum(consumed)} samples of this "
                                   f"epoch were read, but the shards hold {total}")
         if len(consumed) != len(self.consumed):
-            raise ConfigError(
-                f"the loader state was saved with {len(consumed)} worker position(s), this "
-                f"loader has {len(self.consumed)}; resume with num_workers={len(consumed)} "
-                f"(0 and 1 are the same)"
-            )
+            raise ConfigError(f"the loader state was saved with {len(consumed)} worker "
+                              f"position(s), this loader has {len(self.consumed)}; resume with "
+                              f"num_workers={len(consumed)} (0 and 1 are the same)")
         self.epoch, self.batches, self.consumed, self.found = epoch, batches, consumed, found
 
 
-def build_shard_loader(
-    urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    batch_size: int,
-    *,
-    tokenizer: TokenizerFn = byte_tokenizer,
-    max_text_len: int = 128,
-    seed: int = 0,
-    shuffle_shards: bool = True,
-    shuffle_buffer: int = 1000,
-    num_workers: int = 0,
-    epochs: int | None = None,
-    rank: int | None = None,
-    world_size: int | None = None,
-    split: Split | None = None,
-    pin_memory: bool = False,
-) -> ShardLoader:
+def build_shard_loader(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                       batch_size: int, *, tokenizer: TokenizerFn = byte_tokenizer,
+                       max_text_len: int = 128, seed: int = 0, shuffle_shards: bool = True,
+                       shuffle_buffer: int = 1000, num_workers: int = 0,
+                       epochs: int | None = None, rank: int | None = None,
+                       world_size: int | None = None, split: Split | None = None,
+                       pin_memory: bool = False) -> ShardLoader:
     """A `ShardLoader` over `urls` (see `resolve_shards` for what they may be, and for `split`:
     "train" or "eval" keeps that split of a prepared folder, None both).
 

@@ -39,9 +39,8 @@ def _hz_to_mel(freq: float) -> float:
     return 2595.0 * math.log10(1.0 + freq / 700.0)
 
 
-def mel_filterbank(
-    n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int
-) -> np.ndarray:
+def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int,
+                   sample_rate: int) -> np.ndarray:
     """Triangular HTK-mel filters as a float32 `(n_freqs, n_mels)` matrix, unnormalised.
 
     Same definition as `torchaudio.functional.melscale_fbanks(norm=None, mel_scale="htk")`, so
@@ -69,9 +68,8 @@ def mel_filterbank(
 
 
 @functools.lru_cache(maxsize=8)
-def _analysis(
-    n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_max: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _analysis(n_fft: int, sample_rate: int, n_mels: int, f_min: float,
+              f_max: float) -> tuple[np.ndarray, np.ndarray]:
     """Periodic Hann window `(n_fft,)` and filterbank `(F, M)`, both float32 and read-only,
     built once per setting."""
     window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
@@ -102,21 +100,18 @@ def log_mel(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
 
 
 def _log_mel_float32(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
-    """`log_mel` before its cast to float16: float32 `(n_mels, mel_frames)`."""
+    """`log_mel` before its cast to float16: float32 `(n_mels, audio_frames)`."""
     expected = config.samples_per_clip
     x = np.asarray(samples, dtype=np.float32)  # (S,)
     if x.ndim != 1 or x.shape[0] != expected:
-        raise ValueError(
-            f"log_mel expects mono audio of shape ({expected},) "
-            f"(clip_duration * sample_rate), got shape {x.shape}"
-        )
+        raise ValueError(f"log_mel expects mono audio of shape ({expected},) "
+                         f"(clip_duration * sample_rate), got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("log_mel got NaN or infinite audio samples; the decoder output is corrupt")
     if expected <= config.n_fft // 2:
-        raise ConfigError(
-            f"a clip of {expected} samples is too short for n_fft={config.n_fft}: reflect "
-            f"padding needs more than n_fft // 2 samples; lengthen clip_duration or lower n_fft"
-        )
+        raise ConfigError(f"a clip of {expected} samples is too short for n_fft={config.n_fft}: "
+                          f"reflect padding needs more than n_fft // 2 samples; lengthen "
+                          f"clip_duration or lower n_fft")
     window, fb = _analysis(config.n_fft, config.sample_rate, config.n_mels,
                            float(config.f_min), float(config.mel_f_max))
     half = config.n_fft // 2
@@ -152,13 +147,11 @@ def mel_to_waveform(mel: np.ndarray, config: PrepareConfig, iterations: int = 32
     (T * hop_length,) in [-1, 1] at `config.sample_rate`. The inverse of `log_mel`, for audio
     a model generates.
 
-    Undoes the log and `LOG_FLOOR`, maps mel power back to linear-frequency power with the
-    same filterbank (its pseudo-inverse, clamped to >= 0, refined by `NNLS_STEPS`
-    non-negative least-squares steps, since many more bins than filters leave the exact
-    inverse underdetermined), takes the square root as magnitude and recovers a phase by
-    fast Griffin-Lim (momentum `GRIFFIN_LIM_MOMENTUM`, `iterations` rounds) with `log_mel`'s
-    own analysis: periodic Hann `n_fft`, `hop_length`, centred frames with reflect padding.
-    The initial phase is drawn from `seed`, so the output is deterministic.
+    The steps and their measured quality are in README.md, "How audio is written": mel power
+    back to linear power by the filterbank's pseudo-inverse refined by `NNLS_STEPS`
+    non-negative least-squares steps (many more bins than filters leave the exact inverse
+    underdetermined), then fast Griffin-Lim with `log_mel`'s own analysis, from a phase drawn
+    from `seed`, so the output is deterministic.
 
     `log_mel` keeps T of the 1 + T centred frames (the last, centred on the clip's end,
     belongs to the next clip); it is taken equal to frame T - 1 here. Raises ConfigError when
@@ -211,9 +204,8 @@ def mel_to_waveform(mel: np.ndarray, config: PrepareConfig, iterations: int = 32
 
 
 @functools.lru_cache(maxsize=8)
-def _torch_analysis(
-    n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_max: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _torch_analysis(n_fft: int, sample_rate: int, n_mels: int, f_min: float,
+                    f_max: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`_analysis` as torch tensors: Hann window `(n_fft,)` and transposed filterbank `(M, F)`."""
     import torch
 
@@ -222,9 +214,8 @@ def _torch_analysis(
 
 
 @functools.lru_cache(maxsize=8)
-def _pseudo_inverse(
-    n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_max: float
-) -> torch.Tensor:
+def _pseudo_inverse(n_fft: int, sample_rate: int, n_mels: int, f_min: float,
+                    f_max: float) -> torch.Tensor:
     """(F, M) Moore-Penrose pseudo-inverse of `_analysis`'s filterbank, computed in float64."""
     import torch
 

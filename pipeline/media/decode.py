@@ -6,8 +6,10 @@ follow and the types they return are in `pipeline.media.windows`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.config import PrepareConfig
@@ -34,12 +36,8 @@ def video_end(path: str | os.PathLike[str]) -> float | None:
     return video_end_pyav(Path(path))
 
 
-def iter_windows(
-    path: str | os.PathLike[str],
-    config: PrepareConfig,
-    stats: DecodeStats | None = None,
-    threads: int = 0,
-) -> Iterator[Window]:
+def iter_windows(path: str | os.PathLike[str], config: PrepareConfig,
+                 stats: DecodeStats | None = None, threads: int = 0) -> Iterator[Window]:
     """Stream the clip windows of one video, in order, with the backend `config.decoder` names.
 
     Pass a `DecodeStats` to learn skipped packets, the duration and the memory peaks.
@@ -55,3 +53,15 @@ def iter_windows(
     from pipeline.media.decode_pyav import iter_windows_pyav
 
     return iter_windows_pyav(Path(path), config, stats, threads)
+
+
+def window_from(path: str | os.PathLike[str], config: PrepareConfig, start: float,
+                stats: DecodeStats | None = None) -> Window | None:
+    """The clip window that begins at `start` seconds (a time on the frame grid), or None when
+    the video ends before it. `iter_windows` runs with `clip_stride` = `start`, where it is
+    window 1: the grid, the frames and the audio do not depend on the stride, so it is bit for
+    bit the window a decode of the whole video makes at that time; decoding stops right after
+    it, with memory bounded by about one clip (the window keeps index 1)."""
+    windowed, wanted = (replace(config, clip_stride=start), 1) if start else (config, 0)
+    with contextlib.closing(iter_windows(path, windowed, stats)) as windows:
+        return next((window for window in windows if window.index == wanted), None)

@@ -175,9 +175,8 @@ class _AudioPipe:
                 self.stats.first_error = f"audio: {tail}"
 
 
-def iter_windows_ffmpeg(
-    path: Path, config: PrepareConfig, stats: DecodeStats, threads: int = 0
-) -> Iterator[Window]:
+def iter_windows_ffmpeg(path: Path, config: PrepareConfig, stats: DecodeStats,
+                        threads: int = 0) -> Iterator[Window]:
     """`pipeline.media.decode.iter_windows` with the ffmpeg CLI (see the module docstring)."""
     info = probe_pyav(path)
     with tempfile.TemporaryDirectory(prefix="omni-decode-") as tmp:
@@ -199,14 +198,8 @@ def iter_windows_ffmpeg(
                 process.close()
 
 
-def _windows(
-    info: VideoInfo,
-    config: PrepareConfig,
-    stats: DecodeStats,
-    video: _Process,
-    audio: _AudioPipe | None,
-    count_path: Path,
-) -> Iterator[Window]:
+def _windows(info: VideoInfo, config: PrepareConfig, stats: DecodeStats, video: _Process,
+             audio: _AudioPipe | None, count_path: Path) -> Iterator[Window]:
     width, height = scaled_size(*info.square_pixel_size, config.image_size)
     frame_bytes = width * height * 3
     assembler = WindowAssembler(config, audio is not None, stats)

@@ -214,20 +214,15 @@ class MonoResampler:
             yield samples, position
 
 
-def iter_windows_pyav(
-    path: Path, config: PrepareConfig, stats: DecodeStats, threads: int = 0
-) -> Iterator[Window]:
+def iter_windows_pyav(path: Path, config: PrepareConfig, stats: DecodeStats,
+                      threads: int = 0) -> Iterator[Window]:
     """`decode.iter_windows` with PyAV: one pass, bounded memory, timestamp-picked."""
-    container = open_container(path)
-    try:
+    with open_container(path) as container:
         yield from _windows(container, config, stats, threads)
-    finally:
-        container.close()
 
 
-def _windows(
-    container: InputContainer, config: PrepareConfig, stats: DecodeStats, threads: int
-) -> Iterator[Window]:
+def _windows(container: InputContainer, config: PrepareConfig, stats: DecodeStats,
+             threads: int) -> Iterator[Window]:
     video, audio = select_streams(container)
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads

@@ -19,9 +19,8 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.errors import PipelineError
 
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".ogv"}
-)
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg",
+                              ".ts", ".flv", ".ogv"})
 
 # Characters kept in an id's readable part; everything else becomes "-".
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -66,10 +65,8 @@ def video_id(rel_path: str) -> str:
 
 
 def _raise_walk_error(err: OSError) -> None:
-    raise PipelineError(
-        f"cannot list {err.filename}: {err.strerror}; fix its permissions or move it out of "
-        f"the input folder"
-    ) from err
+    raise PipelineError(f"cannot list {err.filename}: {err.strerror}; fix its permissions or "
+                        f"move it out of the input folder") from err
 
 
 def leaves_folder(path: Path, root: Path) -> bool:

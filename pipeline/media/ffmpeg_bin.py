@@ -32,18 +32,15 @@ def ffmpeg_binary() -> str:
     if override:
         found = shutil.which(override)
         if found is None:
-            raise PipelineError(
-                f"{ENV_VAR}={override!r} is not an executable file or a command on PATH; "
-                f"point it at an ffmpeg binary or unset it to use the bundled one"
-            )
+            raise PipelineError(f"{ENV_VAR}={override!r} is not an executable file or a command "
+                                f"on PATH; point it at an ffmpeg binary or unset it to use the "
+                                f"bundled one")
         return found
     try:
         return imageio_ffmpeg.get_ffmpeg_exe()
     except RuntimeError as err:
-        raise PipelineError(
-            f"no ffmpeg binary found ({err}); install the imageio-ffmpeg wheel for this "
-            f"platform or set {ENV_VAR} to an ffmpeg executable"
-        ) from err
+        raise PipelineError(f"no ffmpeg binary found ({err}); install the imageio-ffmpeg wheel "
+                            f"for this platform or set {ENV_VAR} to an ffmpeg executable") from err
 
 
 def stderr_error_count(text: str) -> int:

@@ -137,12 +137,9 @@ class FrameSkipper:
                    for other in itertools.chain(self._sent, self._ahead))
 
 
-def decoded_frames(
-    container: InputContainer,
-    streams: list[av.stream.Stream],
-    stats: DecodeStats,
-    skipper: FrameSkipper | None = None,
-) -> Iterator[tuple[av.stream.Stream, av.frame.Frame]]:
+def decoded_frames(container: InputContainer, streams: list[av.stream.Stream], stats: DecodeStats,
+                   skipper: FrameSkipper | None = None
+                   ) -> Iterator[tuple[av.stream.Stream, av.frame.Frame]]:
     """Decoded frames of `streams` in file order, skipping packets the decoder rejects.
 
     A demuxer error (a truncated or mangled container) ends the stream early: the decoders are
@@ -154,12 +151,8 @@ def decoded_frames(
         yield from _decoded(container, streams, stats, skipper)
 
 
-def _decoded(
-    container: InputContainer,
-    streams: list[av.stream.Stream],
-    stats: DecodeStats,
-    skipper: FrameSkipper | None,
-) -> Iterator[tuple[av.stream.Stream, av.frame.Frame]]:
+def _decoded(container: InputContainer, streams: list[av.stream.Stream], stats: DecodeStats,
+             skipper: FrameSkipper | None) -> Iterator[tuple[av.stream.Stream, av.frame.Frame]]:
     demuxer = container.demux(*streams)
     queue: deque[av.Packet] = deque()
     broken = False

@@ -208,22 +208,14 @@ def probe_pyav(path: Path) -> VideoInfo:
         else:
             duration = None
         return VideoInfo(
-            path=path,
-            duration_hint=duration,
-            width=width,
-            height=height,
-            rotation=rotation,
-            flip=flip,
-            fps_hint=float(video.average_rate) if video.average_rate else None,
+            path=path, duration_hint=duration, width=width, height=height, rotation=rotation,
+            flip=flip, fps_hint=float(video.average_rate) if video.average_rate else None,
             has_audio=audio is not None,
             audio_channels=audio.layout.nb_channels if audio is not None else None,
-            audio_rate=audio.rate if audio is not None else None,
-            start_time=origin(container),
-            pixel_format=pixel_format,
-            video_stream_index=video.index,
+            audio_rate=audio.rate if audio is not None else None, start_time=origin(container),
+            pixel_format=pixel_format, video_stream_index=video.index,
             audio_stream_index=audio.index if audio is not None else None,
-            sample_aspect_ratio=sample_aspect_ratio(video),
-        )
+            sample_aspect_ratio=sample_aspect_ratio(video))
 
 
 def video_end_pyav(path: Path) -> float | None:

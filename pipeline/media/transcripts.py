@@ -36,13 +36,9 @@ MAX_TRANSCRIPT_BYTES = 20_000_000
 MAX_WINDOW_TEXT_BYTES = 4096
 
 # Byte-order marks, longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
-_BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32-le"),
-    (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF8, "utf-8"),
-    (codecs.BOM_UTF16_LE, "utf-16-le"),
-    (codecs.BOM_UTF16_BE, "utf-16-be"),
-)
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+         (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+         (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
 @dataclass(frozen=True)
@@ -154,10 +150,9 @@ def read_text_file(path: Path, name: str | None = None) -> str:
             try:
                 text = data[len(bom):].decode(encoding)
             except UnicodeDecodeError as err:
-                raise TranscriptError(
-                    f"{name}: starts with a {encoding} byte-order mark but is not valid "
-                    f"{encoding} ({err.reason} at byte {err.start + len(bom)}); re-save it as UTF-8"
-                ) from err
+                raise TranscriptError(f"{name}: starts with a {encoding} byte-order mark but is "
+                                      f"not valid {encoding} ({err.reason} at byte "
+                                      f"{err.start + len(bom)}); re-save it as UTF-8") from err
             break
     else:
         try:
@@ -165,16 +160,10 @@ def read_text_file(path: Path, name: str | None = None) -> str:
         except UnicodeDecodeError:
             text = data.decode("cp1252", errors="replace")
     if "\x00" in text:
-        raise TranscriptError(
-            f"{name}: contains NUL characters, so it is binary or UTF-16 without a byte-order "
-            f"mark; re-save it as UTF-8"
-        )
+        raise TranscriptError(f"{name}: contains NUL characters, so it is binary or UTF-16 "
+                              f"without a byte-order mark; re-save it as UTF-8")
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
-
-# A character reference with its terminating ";" (&amp; &#233; &#x2014;). html.unescape alone
-# also expands HTML's legacy names without ";", turning plain subtitle text such as
-# "Salt &notes" into "Salt ¬es" and "&copy holders" into "© holders".
 
 _WHITESPACE = str.maketrans(dict.fromkeys(
     "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"

@@ -10,11 +10,11 @@ Timing rules, shared by both backends:
   has its frames timed from 0 by their durations, as the ffmpeg CLI does: its first frame is at
   0, each next one where the previous one ends.
 - **Frame grid.** Every clip samples one global grid ``t_k = k / fps``. Clip ``j`` starts at
-  ``s_j = j * clip_stride`` and holds grid frames ``j*stride_frames ...`` (``frames_per_clip`` of
+  ``s_j = j * clip_stride`` and holds grid frames ``j*stride_frames ...`` (``video_frames`` of
   them). The frame for ``t_k`` is the last decoded frame whose presentation time is
   ``<= t_k + 1e-6`` (what is on screen at ``t_k``; correct for variable frame rate); grid times
   before the first frame use the first frame. The clip's image is grid frame
-  ``j*stride_frames + frames_per_clip // 2`` (the middle of the clip).
+  ``j*stride_frames + video_frames // 2`` (the middle of the clip).
 - **Duration.** ``D`` is the end of the last decoded video frame (its time plus its duration).
   Clip ``j`` exists iff ``s_j + clip_duration <= D + END_TOLERANCE``: ``floor((D -
   clip_duration) / clip_stride) + 1`` clips when ``D >= clip_duration``, otherwise none. The
@@ -234,7 +234,7 @@ class WindowAssembler:
     Backends call `add_frame` for grid frames 0, 1, 2, ... in order (each a display image,
     (image_size, image_size, 3) uint8), `add_audio` for mono samples, `end_audio` when the audio
     stream is over, and `finish` with the number of grid frames that lie inside the video.
-    Window ``j`` is released once grid frame ``j*stride_frames + frames_per_clip`` has arrived
+    Window ``j`` is released once grid frame ``j*stride_frames + video_frames`` has arrived
     (which proves the video lasts to the window's end) and its audio is available.
     """
 
@@ -298,9 +298,8 @@ class WindowAssembler:
         if grid_frames is None:
             video_done = self._received > first + self.config.video_frames
         else:
-            video_done = self._next < grid_window_count(
-                min(grid_frames, self._received), self.config
-            )
+            video_done = self._next < grid_window_count(min(grid_frames, self._received),
+                                                        self.config)
         return video_done and audio.end < sample + self.config.samples_per_clip
 
     def ready(self) -> Iterator[Window]:
@@ -310,9 +309,9 @@ class WindowAssembler:
             if self._received <= first + self.config.video_frames:
                 return
             audio = self._audio
-            if audio is not None and not audio.ended:
-                if audio.end < sample + self.config.samples_per_clip:
-                    return
+            if (audio is not None and not audio.ended
+                    and audio.end < sample + self.config.samples_per_clip):
+                return
             yield self._emit()
 
     def finish(self, grid_frames: int) -> Iterator[Window]:
@@ -330,9 +329,8 @@ class WindowAssembler:
         j = self._next
         first, sample = self._span(j)
         offset = first - self._base
-        frames = np.stack(
-            [self._frames[offset + i] for i in range(cfg.video_frames)]
-        )  # (T, F, F, 3)
+        frames = np.stack([self._frames[offset + i]
+                           for i in range(cfg.video_frames)])  # (T, F, F, 3)
         image = self._images.pop(first + cfg.video_frames // 2)
         if self._audio is not None:
             audio = self._audio.take(sample, cfg.samples_per_clip)  # (samples_per_clip,)

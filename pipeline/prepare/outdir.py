@@ -98,28 +98,22 @@ class UnitStats:
     finished_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.fingerprint,
-            "unit": self.unit,
-            "sources": self.sources,
-            "finished_at": self.finished_at,
-            "videos": [video.to_dict() for video in self.videos],
-            "shards": [shard.to_dict() for shard in self.shards],
-        }
+        return {**self.fingerprint, "unit": self.unit, "sources": self.sources,
+                "finished_at": self.finished_at,
+                "videos": [video.to_dict() for video in self.videos],
+                "shards": [shard.to_dict() for shard in self.shards]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UnitStats:
         """Parse a stats file; raises ValueError/KeyError/TypeError when it is malformed."""
         fingerprint = {name: data[name] for name in ("schema_version", "clip_encoding", "config")}
         return cls(
-            unit=int(data["unit"]),
-            fingerprint=fingerprint,
+            unit=int(data["unit"]), fingerprint=fingerprint,
             sources=[str(source) for source in data["sources"]],
             videos=[VideoOutcome.from_dict(video) for video in data["videos"]],
             shards=[ShardInfo(str(s["path"]), int(s["samples"]), int(s["bytes"]),
                               parse_split(s.get("split", TRAIN))) for s in data["shards"]],
-            finished_at=str(data.get("finished_at", "")),
-        )
+            finished_at=str(data.get("finished_at", "")))
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -191,23 +185,15 @@ class OutputDir:
 
     def stats_units(self) -> list[int]:
         """Unit numbers that have a stats file, sorted."""
-        if not self.stats.is_dir():
-            return []
-        units = []
-        for path in self.stats.glob("unit-*.json"):
-            number = path.stem.removeprefix("unit-")
-            if number.isdigit():
-                units.append(int(number))
-        return sorted(units)
+        numbers = (path.stem.removeprefix("unit-") for path in self.stats.glob("unit-*.json"))
+        return sorted(int(number) for number in numbers if number.isdigit())
 
     def read_stats(self, unit: int) -> tuple[dict[str, Any] | None, UnitStats | None]:
         """(raw JSON, parsed stats) of a unit; (None, None) when missing, (raw or None, None)
         when unreadable or malformed."""
         try:
             raw = json.loads(self.stats_path(unit).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None, None
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # missing or unreadable
             return None, None
         if not isinstance(raw, dict):
             return None, None

@@ -31,9 +31,8 @@ class Part:
         if self.count < 1:
             raise ConfigError(f"part count must be >= 1, got {self.count} (use --part I/N)")
         if not 1 <= self.index <= self.count:
-            raise ConfigError(
-                f"part index must lie in 1..{self.count}, got {self.index} (--part I/N is 1-based)"
-            )
+            raise ConfigError(f"part index must lie in 1..{self.count}, got {self.index} "
+                              f"(--part I/N is 1-based)")
 
     @classmethod
     def parse(cls, text: str) -> Part:
@@ -76,10 +75,8 @@ def plan_units(sources: list[VideoSource], videos_per_unit: int) -> list[WorkUni
     """
     if videos_per_unit < 1:
         raise ConfigError(f"videos_per_unit must be >= 1, got {videos_per_unit}")
-    return [
-        WorkUnit(i // videos_per_unit, tuple(sources[i : i + videos_per_unit]))
-        for i in range(0, len(sources), videos_per_unit)
-    ]
+    return [WorkUnit(i // videos_per_unit, tuple(sources[i : i + videos_per_unit]))
+            for i in range(0, len(sources), videos_per_unit)]
 
 
 def select_part(units: list[WorkUnit], part: Part) -> list[WorkUnit]:

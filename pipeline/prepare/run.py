@@ -16,35 +16,11 @@ The stages, in order (`prepare`):
    shards of their own;
 6. write `manifest.json` if every unit of the plan is now done (other parts included).
 
-Decisions:
-
-- A video shorter than one clip yields no sample: status "skipped", reason "shorter than one
-  clip (1.50 s < 2 s)". A file without a video stream is "skipped" ("no video stream (audio
-  only)"); unreadable, truncated-to-nothing, crashing and hanging files are "failed". A file
-  cut short keeps the clips before the cut, with a warning.
-- No audio stream: the mel is `silent_log_mel`, `has_audio: false` in the sample json.
-- A malformed subtitle file is a warning on the video (`transcript_error` in the unit stats);
-  the video is prepared without text (`transcript_source: "none"`).
-- Untimed `.txt` transcripts: words spread evenly over the picture's duration (the end of
-  its last video packet; the container's stated duration only when no packet is timed;
-  `pipeline.prepare.sample.video_context`, `pipeline.media.transcripts.text_for_window`),
-  `transcript_timed: false`.
-- Writing fails (disk full, quota, read-only): the unit being written is not committed, its
-  temporary files are removed, and `prepare` raises `OutputError`; units committed before are
-  kept, and rerunning the same command resumes.
-- The output folder may not be the input folder or lie inside it: prepare never writes into
-  what it reads (the input may be a read-only mount shared by many jobs). Nor may it be a
-  folder of other things (`OutputDir.unrelated_entries`): `omni prepare videos .` in a
-  repository is a slip, refused like a missing input folder (`FolderArgumentError`).
-- One run at a time per output folder: a second one stops at once naming the first's pid
-  (`pipeline.lock.FolderInUseError`). Parts of a job array (`--part I/N`) share the folder's
-  lock and each hold their own part's (`OutputDir.lock_folder`): they run side by side, but
-  not beside a whole run nor beside another run of the same part.
-- A video or sidecar that a symlink leads out of the input folder is not read unless
-  `config.follow_symlinks`: the video is "skipped" with a reason saying so, the sidecar is a
-  transcript warning.
-- Units beyond the current plan (the input folder lost videos) are removed, and a unit whose
-  video list changed is prepared again, so a folder always mirrors its current input.
+What each kind of input, output folder and failure leads to (short, silent, cut-short and
+broken videos; malformed or untimed transcripts; a full disk; an output folder inside the input
+or in use by another run; symlinks out of the input) is stated once, in README.md, "Preparing
+videos" (tested by tests/test_prepare*.py). Units beyond the current plan (the input lost videos)
+are removed and a unit whose video list changed is prepared again: a folder mirrors its input.
 """
 
 from __future__ import annotations
@@ -68,7 +44,7 @@ from pipeline.prepare.video_job import VideoTask
 from pipeline.prepare.worker import RunningVideo, VideoRunner, start_forkserver
 from pipeline.shards.files import PartFile, ShardInfo, unit_name, write_unit_shards
 from pipeline.shards.manifest import Totals, split_totals
-from pipeline.shards.outcome import FAILED, OutputError, VideoOutcome
+from pipeline.shards.outcome import OutputError, VideoOutcome
 from pipeline.shards.schema import CLIP_ENCODINGS, DEFAULT_CLIP_ENCODING
 from pipeline.shards.split import SPLITS, Split, split_of
 
@@ -165,7 +141,6 @@ class RunProgress:
 
     videos_todo: int
     videos_done: int
-    failed: int
     clips: int  # finished videos plus the clips written so far by running ones
     footage_seconds: float  # likewise, seconds of video decoded
     running: list[RunningVideo]
@@ -180,8 +155,6 @@ class PrepareCallbacks:
     def on_progress(self, progress: RunProgress) -> None: ...
 
     def on_video(self, outcome: VideoOutcome) -> None: ...
-
-    def on_unit(self, unit: int, shards: list[ShardInfo]) -> None: ...
 
 
 @dataclass
@@ -206,16 +179,11 @@ class PrepareResult:
         """`totals` per split (see `pipeline.shards.manifest.split_totals`)."""
         return split_totals(self.videos, self.shards)
 
-    @property
-    def failures(self) -> list[VideoOutcome]:
-        return [video for video in self.videos if video.status == FAILED]
-
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (what `omni prepare --json` prints)."""
         plan = self.plan
         return {
-            "out_dir": str(self.out_dir),
-            "part": str(plan.part),
+            "out_dir": str(self.out_dir), "part": str(plan.part),
             "units": {"total": plan.units, "in_part": plan.units_in_part,
                       "done_before": plan.units_done, "prepared_now": plan.units_todo,
                       "missing": self.units_missing, "removed": self.units_removed},
@@ -224,8 +192,7 @@ class PrepareResult:
             "manifest": str(self.manifest) if self.manifest is not None else None,
             "elapsed_s": round(self.elapsed_s, 3),
             "videos": [video.to_dict() for video in self.videos],
-            "shards": [shard.to_dict() for shard in self.shards],
-        }
+            "shards": [shard.to_dict() for shard in self.shards]}
 
 
 _LISTED_ENTRIES = 3  # names of an unrelated output folder's contents quoted in the error
@@ -324,7 +291,7 @@ class _Run:
               outcomes: dict[int, list[VideoOutcome | None]],
               by_index: dict[int, WorkUnit]) -> None:
         total = len(tasks)
-        done = failed = clips = 0
+        done = clips = 0
         footage = 0.0
         with VideoRunner(self.options.workers, self.options.timeout_factor,
                          self.options.timeout_min_s) as runner:
@@ -333,7 +300,6 @@ class _Run:
                     runner.start(tasks.popleft())
                 for outcome in runner.wait(POLL_INTERVAL_S):
                     done += 1
-                    failed += outcome.status == FAILED
                     clips += outcome.clips
                     footage += outcome.footage_seconds
                     self.callbacks.on_video(outcome)
@@ -345,7 +311,7 @@ class _Run:
                         del outcomes[unit_index]
                 running = runner.running()
                 self.callbacks.on_progress(RunProgress(
-                    total, done, failed, clips + sum(r.clips for r in running),
+                    total, done, clips + sum(r.clips for r in running),
                     footage + sum(r.decoded_seconds for r in running), running))
 
     def _commit(self, unit: WorkUnit, videos: list[VideoOutcome]) -> None:
@@ -365,16 +331,11 @@ class _Run:
                               f"{err.strerror or err}") from err
         shutil.rmtree(self.out.unit_tmp(unit.index), ignore_errors=True)
         self.committed[unit.index] = stats
-        self.callbacks.on_unit(unit.index, shards)
 
 
-def prepare(
-    video_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    config: PrepareConfig | None = None,
-    options: RunOptions | None = None,
-    callbacks: PrepareCallbacks | None = None,
-) -> PrepareResult:
+def prepare(video_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+            config: PrepareConfig | None = None, options: RunOptions | None = None,
+            callbacks: PrepareCallbacks | None = None) -> PrepareResult:
     """Prepare every video under `video_dir` into shards in `out_dir` (see the module doc).
 
     Returns a `PrepareResult` once the units of `options.part` are done; failed videos are
@@ -465,21 +426,12 @@ def _prepare_locked(out: OutputDir, sources: list[VideoSource], config: PrepareC
                    f"(free some space) and rerun the same command to resume")
         raise OutputError(message) from err
 
-    all_done: list[UnitStats] = []
-    for unit in units:
-        stats = done.get(unit.index) or out.is_done(unit, fingerprint)
-        if stats is not None:
-            all_done.append(stats)
+    all_done = [stats for unit in units
+                if (stats := done.get(unit.index) or out.is_done(unit, fingerprint)) is not None]
     missing = len(units) - len(all_done)
     manifest = write_manifest(out, fingerprint, all_done) if missing == 0 else None
     ordered = [done[unit.index] for unit in mine]
     return PrepareResult(
-        out_dir=out.root,
-        plan=plan,
-        videos=[video for stats in ordered for video in stats.videos],
-        shards=[shard for stats in ordered for shard in stats.shards],
-        manifest=manifest,
-        units_missing=missing,
-        units_removed=len(stale),
-        elapsed_s=time.monotonic() - started,
-    )
+        out_dir=out.root, plan=plan, videos=[video for stats in ordered for video in stats.videos],
+        shards=[shard for stats in ordered for shard in stats.shards], manifest=manifest,
+        units_missing=missing, units_removed=len(stale), elapsed_s=time.monotonic() - started)

@@ -132,9 +132,9 @@ class SampleFields:
 
     key: str
     meta: SampleMeta
-    mel: np.ndarray  # (n_mels, mel_frames) float16
+    mel: np.ndarray  # (n_mels, audio_frames) float16
     image: np.ndarray  # (image_size, image_size, 3) uint8
-    frames: np.ndarray  # (frames_per_clip, frame_size, frame_size, 3) uint8
+    frames: np.ndarray  # (video_frames, video_size, video_size, 3) uint8
     text: str
     text_cut: bool = False  # the window's text was longer than MAX_WINDOW_TEXT_BYTES
 

@@ -11,17 +11,10 @@ imported the decoder, the sample code and the schema once, so starting one costs
 also reaches the ffmpeg processes of the ffmpeg backend), ignores Ctrl-C (the parent stops
 it), and exits within a second if the parent is killed outright.
 
-**Time limit.** `max(timeout_min_s, timeout_factor * D)`, where D is the larger of the duration
-the container states and the footage decoded so far (so a file with no stated duration, or a
-wrong one, keeps its time as long as it decodes at least 1/factor of real time). Before the
-worker has probed the file the limit is `timeout_min_s`. The stated duration is a header
-field anyone can patch, so it counts only up to what the file's size can hold
-(`MIN_BYTES_PER_SECOND`) and never past `MAX_STATED_S` (`time_limit`); decoded footage has
-no such bound, being real work done.
-
-**Memory limit.** Each worker's address space is bounded at `video_job.memory_limit` of its
-decoder threads (RLIMIT_AS, inherited by its ffmpeg processes): a file that needs more fails as
-that video's failure ("out of memory", or a crash if C code cannot recover), and the run goes on.
+The time limit (`time_limit`) and the memory limit (`video_job.memory_limit`, as RLIMIT_AS)
+are stated in README.md, "Isolation" and "Frame size and memory". Decoded footage extends the
+time limit without bound, being real work done; the stated duration is a header field anyone
+can patch, so it counts only up to what the file's size can hold.
 """
 
 from __future__ import annotations

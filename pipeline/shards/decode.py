@@ -65,7 +65,6 @@ class CorruptMemberError(PipelineError):
     """A member of a known type whose bytes do not decode; its sample must be dropped."""
 
 
-
 def member_type(name: str) -> str:
     """The type of a member, i.e. its last extension, lower case ("clip.mp4" -> "mp4")."""
     return name.rsplit(".", 1)[-1].lower()
@@ -111,12 +110,9 @@ def oversized_member(name: str, size: int, expected: Mapping[str, Any] | None) -
 
 
 def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = None) -> Any:
-    """Decode one member by its name; the only decoder shards are ever read with.
-
-    ``json`` -> dict, ``txt`` -> str, ``npy`` -> ndarray (no pickles), ``jpg``/``jpeg``/``png``
-    -> uint8 (H, W, 3) RGB, ``mp4`` -> uint8 (T, H, W, 3) from its H.264 stream. Any other type
-    (notably ``pyd``, ``pickle``, ``pth``, ``pt``) raises UnsafeMemberError without reading
-    the bytes; bytes that do not decode raise CorruptMemberError.
+    """Decode one member by its name (`_DECODERS`); the only decoder shards are ever read with.
+    Any other type (notably ``pyd``, ``pickle``, ``pth``, ``pt``) raises UnsafeMemberError
+    without reading the bytes; bytes that do not decode raise CorruptMemberError.
 
     Sizes are checked before pixels are decoded, so a small hostile member cannot expand into
     gigabytes: an image's or a clip stream's declared width and height (and a clip's declared
@@ -222,15 +218,8 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
     return np.stack(pictures)  # (T, H, W, 3)
 
 
-_DECODERS = {
-    "json": _decode_json,
-    "txt": _decode_text,
-    "npy": _decode_npy,
-    "jpg": functools.partial(_decode_image, "jpg"),
-    "jpeg": functools.partial(_decode_image, "jpeg"),
-    "png": functools.partial(_decode_image, "png"),
-    "mp4": _decode_mp4,
-}
+_DECODERS = {"json": _decode_json, "txt": _decode_text, "npy": _decode_npy, "mp4": _decode_mp4,
+             **{kind: functools.partial(_decode_image, kind) for kind in _PIL_FORMATS}}
 _MEDIA_MEMBERS = frozenset(SCHEMA_MEMBERS) - {MEMBER_JSON, MEMBER_TEXT}
 
 
@@ -280,15 +269,9 @@ TIME_TOLERANCE = 1e-3
 
 
 def validate_sample(sample: Mapping[str, Any], expected: Mapping[str, Any] | None) -> list[str]:
-    """Every problem of a decoded sample, as readable sentences; an empty list means valid.
-
-    `sample` maps ``__key__`` and member names to decoded values (see `decode_sample`).
-    Checked: the key (present, no dot, ``<video_id>_<6+ digits>``, equal to the metadata's),
-    the members (each present, exactly one clip, nothing else), the metadata (fields and
-    types, schema version, times consistent with the frame and mel counts, allowed values),
-    the arrays (dtype and shape as the metadata says, finite mel) and, when `expected` is
-    given (`expected_from_config` of the manifest's config), the metadata against it.
-    """
+    """Every problem of a decoded sample (`decode_sample`'s), as readable sentences; an empty
+    list means valid. With `expected` (`expected_from_config` of the manifest's config) the
+    metadata is also checked against it."""
     problems: list[str] = []
     key = sample.get("__key__")
     if not isinstance(key, str) or not key:
@@ -307,8 +290,8 @@ def validate_sample(sample: Mapping[str, Any], expected: Mapping[str, Any] | Non
         problems.append(f"missing clip member (one of {', '.join(CLIP_MEMBERS)})")
     elif len(clips) > 1:
         problems.append(f"several clip members: {', '.join(clips)}")
-    for name in sorted(members - {MEMBER_JSON, MEMBER_MEL, MEMBER_IMAGE, MEMBER_TEXT, *clips}):
-        problems.append(f"unexpected member {name!r}")
+    problems += [f"unexpected member {name!r}" for name
+                 in sorted(members - {MEMBER_JSON, MEMBER_MEL, MEMBER_IMAGE, MEMBER_TEXT, *clips})]
     if clips and clips[0] not in CLIP_MEMBERS:
         problems.append(f"unknown clip encoding {clips[0]!r}")
 

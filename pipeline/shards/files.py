@@ -29,7 +29,7 @@ import io
 import os
 import re
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -60,11 +60,6 @@ class PartFile:
     @property
     def samples(self) -> int:
         return len(self.offsets)
-
-    def ranges(self) -> Iterator[tuple[int, int]]:
-        """(start, stop) byte range of each sample, in order."""
-        bounds = [*self.offsets, self.end]
-        return zip(bounds[:-1], bounds[1:], strict=True)
 
 
 class PartWriter:

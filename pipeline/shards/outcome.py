@@ -4,20 +4,12 @@ orchestrator, the output folder's stats files, the manifest, `omni inspect` and 
 Light on purpose (no decoder, no numpy): every module that only records or reads outcomes
 imports it, so `pipeline.shards.manifest` and `pipeline.shards.shardset` stay quick to import.
 
-**Outcome of a video** (`VideoOutcome.status`):
-
-- ``prepared``: at least one clip written. Decoder complaints (a truncated file, corrupt
-  packets) and transcript problems are listed in `warnings`; a malformed subtitle file leaves
-  the video without text (`transcript_source` "none", `transcript_error` set).
-- ``skipped``: nothing wrong with the file, but no sample to make: shorter than one clip
-  ("shorter than one clip (1.50 s < 2 s)"), no video stream ("no video stream (audio only)"),
-  or not to be read (a symlink out of the input folder, `VideoSource.refused`; never opened).
-- ``failed``: unreadable (zero bytes, not media, an MP4 cut before its index was written, no
-  decodable frame, no complete clip before the decoder gave up, or cut short before the
-  first clip ends while the container states a longer duration), frames too large to decode
-  (`pipeline.media.frames.MAX_FRAME_BYTES`), crashed ("worker crashed with SIGSEGV"), timed out
-  ("timed out after 60 s"), out of memory ("out of memory (a prepare worker may reserve ...)")
-  or raised ("<ExceptionType>: message").
+**Outcome of a video** (`VideoOutcome.status`; which input leads to which, with its reason,
+is listed in README.md, "What happens to unusual videos"): ``prepared``, at least one clip
+written, decoder and transcript complaints in `warnings`; ``skipped``, nothing wrong with the
+file but no sample to make (shorter than one clip, no video stream, a symlink out of the input
+folder); ``failed``, the file could not be made into a clip (unreadable, too large, crashed,
+timed out, out of memory, raised).
 
 A failure to *write* (full disk, quota, read-only filesystem) is not the video's fault: the
 worker reports it as an output error and the run stops (see `OutputError`).

@@ -42,9 +42,7 @@ _MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 def split_member_name(name: str) -> tuple[str, str] | tuple[None, None]:
     """(sample key, member type) of a tar member name, or (None, None) if it has no type."""
     match = _MEMBER_NAME.match(name)
-    if not match:
-        return None, None
-    return match.group(1), match.group(2)
+    return (match.group(1), match.group(2)) if match else (None, None)
 
 
 def expand_urls(text: str) -> list[str]:
