@@ -5,14 +5,12 @@ packets and cut-short files, and let the H.264 decoder drop the frames no grid t
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections import deque
 from collections.abc import Iterator
 
 import av
-import av.logging
 from av.container import InputContainer
 from av.video.stream import VideoStream
 
@@ -37,30 +35,6 @@ def ffmpeg_message(err: av.FFmpegError) -> str:
 def _note_error(stats: DecodeStats, problem: str) -> None:
     if stats.first_error is None:
         stats.first_error = problem
-
-
-@contextlib.contextmanager
-def counted_errors(stats: DecodeStats) -> Iterator[None]:
-    """Count FFmpeg's error-level log lines in ``stats.decode_errors`` (and keep the first).
-
-    The H.264 decoder conceals a damaged macroblock ("error while decoding MB 7 5, bytestream
-    -7") and raises nothing: a bit-flipped file decodes to the end, and its log is the only
-    sign. PyAV keeps FFmpeg's log off by default; it is on, at error level only (filtered in
-    C, so a clean file costs nothing), while this block runs, and captured from every thread,
-    since frame threads decode and log too. Logging changes no decoded pixel.
-    """
-    previous = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)
-    logs: list[tuple[int, str, str]] = []
-    try:
-        with av.logging.Capture(local=False) as logs:
-            yield
-    finally:
-        av.logging.set_level(previous)
-        errors = [message.strip() for level, _, message in logs if level <= av.logging.ERROR]
-        stats.decode_errors += len(errors)
-        if errors and stats.first_decode_error is None:
-            stats.first_decode_error = errors[0]
 
 
 class FrameSkipper:
@@ -143,16 +117,13 @@ def decoded_frames(container: InputContainer, streams: list[av.stream.Stream], s
     """Decoded frames of `streams` in file order, skipping packets the decoder rejects.
 
     A demuxer error (a truncated or mangled container) ends the stream early: the decoders are
-    flushed so that frames already read still come out. Errors the decoders only log are
-    counted (`counted_errors`). With a `skipper`, packets wait in a
+    flushed so that frames already read still come out. Frames the decoder flags corrupt
+    (damage it concealed: H.264 patches bad macroblocks over and raises nothing) are counted in
+    `stats.decode_errors`. The flag is read, not FFmpeg's log: PyAV's log callback takes the
+    GIL from the decoder's own threads, and closing a frame-threaded decoder early (a window
+    taken from the middle of a video) deadlocked on it. With a `skipper`, packets wait in a
     queue until it has read far enough ahead to decide on them.
     """
-    with counted_errors(stats):
-        yield from _decoded(container, streams, stats, skipper)
-
-
-def _decoded(container: InputContainer, streams: list[av.stream.Stream], stats: DecodeStats,
-             skipper: FrameSkipper | None) -> Iterator[tuple[av.stream.Stream, av.frame.Frame]]:
     demuxer = container.demux(*streams)
     queue: deque[av.Packet] = deque()
     broken = False
@@ -196,4 +167,10 @@ def _decode(
                            f"{ffmpeg_message(err)}")
         return
     for frame in decoded:
+        if frame.is_corrupt:  # damage the decoder concealed (H.264 patches macroblocks over)
+            stats.decode_errors += 1
+            if stats.first_decode_error is None:
+                at = "" if frame.time is None else f" at {frame.time:.2f} s"
+                stats.first_decode_error = (f"decode error: the {packet.stream.type} decoder "
+                                            f"concealed damaged data in the frame{at}")
         yield packet.stream, frame
