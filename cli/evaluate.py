@@ -58,8 +58,7 @@ def _render(metrics: dict[str, Any], captions: dict[str, list[Any]]) -> None:
         text = ("token accuracy", "CER", "tokens")
         listing = table("transcripts (greedy, windows with text)", "task", *text, right=text)
         for name, m in metrics["text"].items():
-            listing.add_row(name, f"{m['token_accuracy']:.3f}", f"{m['cer']:.3f}",
-                            str(m["tokens"]))
+            listing.add_row(name, f"{m['token_accuracy']:.3f}", f"{m['cer']:.3f}", str(m["tokens"]))
         console.print(listing)
         for name, rows in captions.items():
             for caption in rows[:_SHOWN_CAPTIONS]:
@@ -118,8 +117,7 @@ def eval_command(
         if split not in SPLITS:
             raise CLIError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}",
                            exit_code=EXIT_USAGE)
-        chosen = held_out_split(shards) if split == "auto" else (
-            None if split == "all" else split)
+        chosen = held_out_split(shards) if split == "auto" else (None if split == "all" else split)
         try:
             labels = None if label_pattern is None else source_labeller(label_pattern)
         except UsageError as exc:  # the pattern itself; a window it misses is no usage error

@@ -70,8 +70,7 @@ class _Bar:
     def __init__(self, progress: Progress, description: str, total_bytes: int) -> None:
         self.progress = progress
         self.samples = 0
-        self.task = progress.add_task(description, total=max(total_bytes, 1), samples=0,
-                                      rate="-")
+        self.task = progress.add_task(description, total=max(total_bytes, 1), samples=0, rate="-")
 
     def __call__(self, samples: int, size: int) -> None:
         self.samples += samples

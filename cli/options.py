@@ -11,9 +11,7 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed for weights, data order 
 Workers = Annotated[
     int, typer.Option("--workers", min=0, help="Data loader worker processes (0 = in-process).")
 ]
-SaveDir = Annotated[
-    Path, typer.Option("--save-dir", help="Checkpoints and metrics.jsonl go here.")
-]
+SaveDir = Annotated[Path, typer.Option("--save-dir", help="Checkpoints and metrics.jsonl go here.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Hooks = Annotated[

@@ -76,7 +76,7 @@ class _ProgressBar(PrepareCallbacks):
         self.task: TaskID | None = None
 
     def on_start(self, plan: RunPlan) -> None:
-        done = (f", {plan.units_done} already done (skipped)" if plan.units_done else "")
+        done = f", {plan.units_done} already done (skipped)" if plan.units_done else ""
         part = f" (part {plan.part})" if plan.part.count > 1 else ""
         console.print(f"{count(plan.videos, 'video')} in {count(plan.units, 'unit')}{part}: "
                       f"{plan.units_todo} to prepare{done}")
@@ -168,8 +168,7 @@ def prepare_command(
     out_dir: Annotated[Path, typer.Argument(help="Output folder for shards/, stats/ and "
                                             "manifest.json (created if missing).",
                                             show_default=False)],
-    clip_duration: Annotated[float, typer.Option("--clip-duration",
-                                                 help="Seconds per clip.")]
+    clip_duration: Annotated[float, typer.Option("--clip-duration", help="Seconds per clip.")]
     = _DEFAULTS.clip_duration,
     clip_stride: Annotated[float, typer.Option("--clip-stride",
                                                help="Seconds between clip starts.")]
@@ -247,8 +246,7 @@ def prepare_command(
             options = RunOptions(workers=workers or default_workers(), part=Part.parse(part),
                                  overwrite=overwrite, threads=decoder_threads)
         except ConfigError as err:
-            raise CLIError(str(err), hint="see omni prepare --help",
-                           exit_code=EXIT_USAGE) from err
+            raise CLIError(str(err), hint="see omni prepare --help", exit_code=EXIT_USAGE) from err
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
         try:
             if json_output:
@@ -261,19 +259,16 @@ def prepare_command(
                     TextColumn("{task.fields[rate]} footage-s/s"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
                 with progress:
-                    result = prepare(video_dir, out_dir, config, options,
-                                     _ProgressBar(progress))
+                    result = prepare(video_dir, out_dir, config, options, _ProgressBar(progress))
         except FolderArgumentError as err:
-            raise CLIError(str(err), hint="see omni prepare --help",
-                           exit_code=EXIT_USAGE) from err
+            raise CLIError(str(err), hint="see omni prepare --help", exit_code=EXIT_USAGE) from err
         except KeyboardInterrupt:
             raise CLIError("interrupted: the units finished so far are kept",
                            hint="rerun the same command to resume", exit_code=130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
         if json_output:
-            console.out(json.dumps(result.to_dict(), ensure_ascii=True),
-                        highlight=False)
+            console.out(json.dumps(result.to_dict(), ensure_ascii=True), highlight=False)
         else:
             _summary(result, config.eval_fraction)
         failed = result.totals.failed

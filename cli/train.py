@@ -125,8 +125,7 @@ def _stop_handler() -> Iterator[list[bool]]:
         flag[0] = True
         console.print("[yellow]stop requested: saving a checkpoint after this step…[/]")
 
-    before = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT,
-                                                                    signal.SIGTERM)}
+    before = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:

@@ -57,8 +57,7 @@ class DemoClass:
 # whole stretch of the mel scale, so a prediction that knows the class can tell it apart.
 DEMO_CLASSES = (
     DemoClass("red circle", (230, 30, 30), "circle", "hums", 110.0, "the red circle hums"),
-    DemoClass("green square", (30, 210, 50), "square", "beeps", 1600.0,
-              "the green square beeps"),
+    DemoClass("green square", (30, 210, 50), "square", "beeps", 1600.0, "the green square beeps"),
     DemoClass("blue triangle", (40, 60, 240), "triangle", "buzzes", 3300.0,
               "the blue triangle buzzes"),
     DemoClass("yellow star", (240, 230, 30), "star", "whistles", 2400.0,
@@ -372,8 +371,7 @@ def encode_video(path: Path, params: DemoParams, duration: float) -> None:
             until = len(sound) if end == n_frames else round(end / FPS * SAMPLE_RATE)
             for start in range(audio_pos, until, _AUDIO_CHUNK):
                 chunk = sound[start:min(start + _AUDIO_CHUNK, until)]
-                samples = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp",
-                                                     layout="mono")
+                samples = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
                 samples.sample_rate, samples.pts = SAMPLE_RATE, start
                 samples.time_base = Fraction(1, SAMPLE_RATE)
                 container.mux(audio.encode(samples))

@@ -29,8 +29,7 @@ SHARD_DIR = "shards"  # in the checkpoint folder: shard-0000R-model-00001-of-000
 _SHARDING_KEY = "DCP_SHARDING_INFO"
 
 
-def save_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer
-                ) -> dict[str, Any]:
+def save_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Write this rank's shards of ``model`` and ``optimizer`` into ``folder/shards``, a
     collective every rank calls. Returns what the shards do not hold (for training.pt): the
     optimizer's param groups and the parameters that have optimizer state."""

@@ -37,8 +37,7 @@ from pipeline.shards.schema import MEL_SCALE
 from pipeline.shards.shardset import ShardSet, resolve_shards
 from pipeline.shards.split import EVAL, Split
 
-RETRIEVAL_PAIRS = (("audio", "video"), ("video", "audio"), ("image", "audio"),
-                   ("audio", "image"))
+RETRIEVAL_PAIRS = (("audio", "video"), ("video", "audio"), ("image", "audio"), ("audio", "image"))
 # Each retrieval pair and reconstruction is also a curriculum task: its predictions are the
 # outputs of that task's forward pass, not a second one.
 RETRIEVAL_TASKS = {f"{source}_to_{target}": target for source, target in RETRIEVAL_PAIRS}
@@ -215,8 +214,7 @@ def _metrics(seen: int, losses: _Sums, recon: _Sums, stored: dict[str, list[Tens
         metrics["retrieval_by_label"] = {}
     for src, tgt in RETRIEVAL_PAIRS:
         name = f"{src}_to_{tgt}"
-        distances = correlation_distance(torch.cat(stored[name]),
-                                         torch.cat(stored[f"real_{tgt}"]))
+        distances = correlation_distance(torch.cat(stored[name]), torch.cat(stored[f"real_{tgt}"]))
         metrics["retrieval"][name] = retrieval_metrics(distances)
         if label_list is not None:
             metrics["retrieval_by_label"][name] = retrieval_metrics(distances, label_list)

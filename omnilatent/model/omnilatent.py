@@ -136,8 +136,7 @@ class OmniLatentModel(nn.Module):
         """RoPE tables for `length` positions from the cache, rebuilt (float32, on `device`)
         when it is shorter, elsewhere, or was cast by ``model.to(dtype)``."""
         cached = self.rope_cos
-        if (cached.shape[0] < length or cached.device != device
-                or cached.dtype != torch.float32):
+        if cached.shape[0] < length or cached.device != device or cached.dtype != torch.float32:
             self.rope_cos, self.rope_sin = rope_tables(
                 max(length, cached.shape[0]), self.config.head_dim, self.config.rope_theta,
                 device)
@@ -230,8 +229,7 @@ class OmniLatentModel(nn.Module):
         hook_states: dict[str, dict[str, Tensor]] = {}
         for target_mod in target_modalities:
             target = targets.get(target_mod)
-            out, states = self._predict(inputs, target_mod, target,
-                                        target_lengths.get(target_mod))
+            out, states = self._predict(inputs, target_mod, target, target_lengths.get(target_mod))
             outputs[target_mod] = out
             hook_states[target_mod] = states
             if target is not None:

@@ -187,8 +187,7 @@ class Checkpointer:
                  for k, v in saved_cfg.to_dict().items()
                  if getattr(t.model_config, k) != v and k != "gradient_checkpointing"]
         if diffs:
-            raise CheckpointError(f"{path} was trained with a different model: "
-                                  + "; ".join(diffs))
+            raise CheckpointError(f"{path} was trained with a different model: " + "; ".join(diffs))
         reason = t.sampler.mismatch(state["sampler"])
         if reason:
             raise CheckpointError(f"{path} {reason}")
@@ -251,8 +250,7 @@ class Checkpointer:
             return
         note = ""
         keys = ("steps", "lr", "warmup_steps", "min_lr_ratio")
-        if any(saved.get(key, getattr(t.config, key)) != getattr(t.config, key)
-               for key in keys):
+        if any(saved.get(key, getattr(t.config, key)) != getattr(t.config, key) for key in keys):
             before = replace(t.config, **{key: saved[key] for key in keys if key in saved})
             lr = [c.lr * lr_factor(t.step, c.effective_warmup, c.steps, c.min_lr_ratio)
                   for c in (before, t.config)]

@@ -299,8 +299,7 @@ class CurriculumSampler(TaskSampler):
         self.text_skipped = 0
         frames, tubelet = config.video_frames, config.tubelet_size
         for span in self.spans:  # future frames: a clip is cut in two at a whole tubelet
-            if (frames < 2 * tubelet and "temporal" in span.phase.tasks
-                    and span.end > span.start):
+            if frames < 2 * tubelet and "temporal" in span.phase.tasks and span.end > span.start:
                 raise ConfigError(
                     f"phase {span.phase.name!r} trains 'temporal' (future frames from past "
                     f"ones), which needs clips of at least {2 * tubelet} frames (two tubelets "

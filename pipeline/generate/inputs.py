@@ -190,8 +190,7 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
                         fields.text, notes)
 
 
-def _grid_start(path: Path, start: float,
-                config: PrepareConfig) -> tuple[float, tuple[str, ...]]:
+def _grid_start(path: Path, start: float, config: PrepareConfig) -> tuple[float, tuple[str, ...]]:
     """(seconds, notes) of the frame-grid time nearest `start`."""
     _check_start(path, start)
     index = round(start * config.fps)
@@ -299,8 +298,7 @@ def _check_picture_size(path: Path, picture: Image.Image) -> None:
     would take more than MAX_FRAME_BYTES."""
     mode = ImageMode.getmode(picture.mode)
     pixel_bytes = len(mode.bands) * np.dtype(mode.typestr).itemsize
-    problem = frame_size_problem(*picture.size, 8 * max(3, pixel_bytes),
-                                 f"{picture.mode} picture")
+    problem = frame_size_problem(*picture.size, 8 * max(3, pixel_bytes), f"{picture.mode} picture")
     if problem is not None:
         raise MediaError(f"cannot read picture {path}: {problem}")
 

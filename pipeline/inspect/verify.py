@@ -96,8 +96,7 @@ def sample_problems(raw: RawSample, sample_format: dict[str, Any] | None,
     if raw.too_large:
         return [*problems, *raw.too_large]
     try:
-        sample, dropped = decode_sample({"__key__": raw.key, **raw.for_decoding()},
-                                        sample_format)
+        sample, dropped = decode_sample({"__key__": raw.key, **raw.for_decoding()}, sample_format)
     except CorruptMemberError as err:
         return [*problems, str(err)]
     problems += [f"member {name!r} is not part of shard schema v1 (unknown or unsafe type); "

@@ -85,8 +85,7 @@ def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path,
     count = (
         branches[1]
         .filter("setpts", f"PTS+{END_TOLERANCE!r}/TB")
-        .filter("fps", fps=config.fps, start_time=-_COUNT_EARLY_SLOTS / config.fps,
-                round="down")
+        .filter("fps", fps=config.fps, start_time=-_COUNT_EARLY_SLOTS / config.fps, round="down")
         .filter("scale", 1, 1)
         .filter("format", "gray")
     )
@@ -184,8 +183,7 @@ def iter_windows_ffmpeg(path: Path, config: PrepareConfig, stats: DecodeStats,
         count_path = workdir / "grid.count"
         processes: list[_Process] = []
         try:
-            video = _Process(video_command(info, config, count_path, threads), workdir,
-                             "video")
+            video = _Process(video_command(info, config, count_path, threads), workdir, "video")
             processes.append(video)
             audio = None
             if info.has_audio:
@@ -208,8 +206,7 @@ def _windows(info: VideoInfo, config: PrepareConfig, stats: DecodeStats, video: 
         if len(data) < frame_bytes:
             break
         rgb = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)  # (h, w, 3)
-        assembler.add_frame(display_image(rgb, info.rotation, config.image_size,
-                                          flip=info.flip))
+        assembler.add_frame(display_image(rgb, info.rotation, config.image_size, flip=info.flip))
         while audio is not None and assembler.audio_wanted():
             audio.pull(assembler)
         yield from assembler.ready()

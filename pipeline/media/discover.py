@@ -100,8 +100,7 @@ def discover_videos(root: Path, follow_symlinks: bool = False, *,
     real_root = os.path.realpath(root)
     seen: set[str] = set()
     found: list[VideoSource] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True,
-                                                onerror=_raise_walk_error):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_raise_walk_error):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames.clear()

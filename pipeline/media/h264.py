@@ -45,5 +45,4 @@ def deterministic_params(flags: frozenset[str]) -> dict[str, str]:
 @functools.cache
 def x264_options(crf: int, preset: str) -> dict[str, str]:
     """Options for PyAV's libx264 stream: `crf`, `preset`, one thread, deterministic bytes."""
-    return {"crf": str(crf), "preset": preset, "threads": "1",
-            **deterministic_params(cpu_flags())}
+    return {"crf": str(crf), "preset": preset, "threads": "1", **deterministic_params(cpu_flags())}

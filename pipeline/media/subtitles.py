@@ -73,8 +73,7 @@ def _timed(cues: list[Cue], source: TranscriptSource, name: str) -> Transcript:
         raise TranscriptError(f"{name}: {messages[0]}")
     kept = [cue for cue in cues if cue.text and cue.end >= cue.start]
     notes = tuple(f"{name}: skipped {message}" for message in messages)
-    return Transcript(sorted(kept, key=lambda c: (c.start, c.end)), source, timed=True,
-                      notes=notes)
+    return Transcript(sorted(kept, key=lambda c: (c.start, c.end)), source, timed=True, notes=notes)
 
 
 def parse_srt(text: str, name: str, source: TranscriptSource = "srt") -> Transcript:

@@ -273,8 +273,7 @@ class _Run:
             for position, source in enumerate(unit.sources):
                 slots[source.rel_path] = (unit.index, position)
                 part_path = self.out.unit_tmp(unit.index) / f"{position:04d}.{token}.tar"
-                split = split_of(source.video_id, self.config.eval_fraction,
-                                 self.config.split_seed)
+                split = split_of(source.video_id, self.config.eval_fraction, self.config.split_seed)
                 tasks.append(VideoTask(source, part_path, self.config,
                                        self.options.clip_encoding, threads, split))
         try:

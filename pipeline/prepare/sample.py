@@ -102,8 +102,7 @@ def video_context(source: VideoSource, info: VideoInfo,
     warnings: list[str] = []
     error = None
     try:
-        transcript = find_transcript(source.path, root=source.root,
-                                     follow_symlinks=follow_symlinks)
+        transcript = find_transcript(source.path, root=source.root, follow_symlinks=follow_symlinks)
         warnings += [f"transcript: {note}" for note in transcript.notes]
     except PipelineError as err:
         transcript, error = NO_TRANSCRIPT, str(err)

@@ -99,8 +99,7 @@ def _audio_only(path: Path) -> bool:
     attached_pic = int(av.stream.Disposition.attached_pic)
     try:
         with open_container(path) as container:
-            videos = [s for s in container.streams.video
-                      if not int(s.disposition) & attached_pic]
+            videos = [s for s in container.streams.video if not int(s.disposition) & attached_pic]
             return bool(container.streams.audio) and not videos
     except (DecodeError, av.FFmpegError, OSError):
         return False
@@ -226,8 +225,7 @@ def _decode_and_write(task: VideoTask, context: VideoContext, stats: DecodeStats
                       ) -> DecodeError | None:
     """Decode every window into `writer`; return the DecodeError that ended decoding early,
     if any (the windows before it are written). Other errors propagate."""
-    encoder = (_InlineEncoder if task.threads == 1 else _EncodeThread)(
-        writer, context, task.config)
+    encoder = (_InlineEncoder if task.threads == 1 else _EncodeThread)(writer, context, task.config)
     from pipeline.media.decode import iter_windows
 
     decode_error = None
@@ -304,8 +302,7 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         return
     send(("probe", info.duration_hint))
     outcome.has_audio, outcome.rotation, outcome.flip = info.has_audio, info.rotation, info.flip
-    probed = video_context(source, info, task.clip_encoding,
-                           follow_symlinks=config.follow_symlinks)
+    probed = video_context(source, info, task.clip_encoding, follow_symlinks=config.follow_symlinks)
     context = probed.context
     outcome.warnings.extend(probed.warnings)
     outcome.transcript_error = probed.transcript_error

@@ -346,8 +346,7 @@ def _meta_problems(meta: SampleMeta, key: Any, clips: list[str], text: Any) -> l
     if meta.fps <= 0 or meta.sample_rate <= 0 or meta.mel.hop_length <= 0:
         problems.append("fps, sample_rate and mel.hop_length must be > 0")
         return problems
-    if not (math.isfinite(meta.start) and math.isfinite(meta.end)
-            and 0 <= meta.start < meta.end):
+    if not (math.isfinite(meta.start) and math.isfinite(meta.end) and 0 <= meta.start < meta.end):
         problems.append(f"times must satisfy 0 <= start < end, got start={meta.start} "
                         f"end={meta.end}")
         return problems

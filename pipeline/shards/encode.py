@@ -57,9 +57,7 @@ def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_C
                          f"use an even frame_size or the npy clip encoding")
     buffer = BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream(
-            "libx264", rate=fps, options=dict(x264_options(crf, preset)),
-        )
+        stream = container.add_stream("libx264", rate=fps, options=dict(x264_options(crf, preset)))
         stream.width, stream.height, stream.pix_fmt = width, height, MP4_PIX_FMT
         stream.time_base = Fraction(1, fps)
         for index, picture in enumerate(frames):  # picture: (H, W, 3)
