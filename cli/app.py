@@ -3,8 +3,7 @@
 `main` imports only the module of the command on its command line (every module, for
 `omni --help` or an unknown name). No command module imports torch when it is imported (that
 takes seconds); `omni train` imports it when it runs. `app`, the whole command with every
-subcommand, is built on first access (PEP 562), for tests and for embedding.
-"""
+subcommand, is built on first access (PEP 562), for tests and for embedding."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 The videos come from `pipeline.demo_media`: eight classes whose shape, sound and sentence go
 together, with random variation per video, so a model trained on them has something to
-learn and a set made with another seed tests it on unseen videos.
-"""
+learn and a set made with another seed tests it on unseen videos."""
 
 from __future__ import annotations
 

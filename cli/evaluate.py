@@ -1,8 +1,7 @@
 """`omni eval`: measure a checkpoint on held-out shards (losses, retrieval, text, reconstruction).
 
 The measuring happens in `omnilatent.evaluation`; this module loads the checkpoint, draws the
-progress bar and renders the metrics as tables or, with `--json`, as one JSON document on stdout.
-"""
+progress bar and renders the metrics as tables or, with `--json`, as one JSON document on stdout."""
 
 from __future__ import annotations
 

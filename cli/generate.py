@@ -1,8 +1,7 @@
 """`omni generate`: one input file (or text) through a trained checkpoint into one output file.
 
 The work happens in `omnilatent.inference.generate`; this module parses the options, says what
-it made, and prints generated text.
-"""
+it made, and prints generated text."""
 
 from __future__ import annotations
 

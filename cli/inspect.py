@@ -3,8 +3,7 @@
 The reading happens in `pipeline.inspect`; this module picks what to run from the options,
 draws the progress bars and renders the results as tables or, with `--json`, as one JSON
 document on stdout (nothing else is printed there; strict JSON: a NaN or infinity read from
-a manifest or a sample is null). Exit statuses: README.md, "Inspecting shards".
-"""
+a manifest or a sample is null). Exit statuses: README.md, "Inspecting shards"."""
 
 from __future__ import annotations
 
@@ -299,8 +298,7 @@ def inspect_command(
     """Show what prepared shards hold; check them; export samples to look at.
 
     The default summary reads the json and txt of every sample (the media members are skipped
-    over) and decodes the first few samples for member dtypes and shapes.
-    """
+    over) and decodes the first few samples for member dtypes and shapes."""
 
     def body() -> None:
         if len(paths) > 1 and any(path.is_dir() for path in paths):

@@ -2,8 +2,7 @@
 
 The work happens in `pipeline.prepare`; this module turns options into its configs, draws the
 progress bar, and renders the result as tables or, with `--json`, as one JSON document on
-stdout (nothing else is printed there). Exit statuses: README.md, "Preparing videos" (Output).
-"""
+stdout (nothing else is printed there). Exit statuses: README.md, "Preparing videos" (Output)."""
 
 from __future__ import annotations
 
@@ -232,8 +231,7 @@ def prepare_command(
     Each video is cut into clips of --clip-duration seconds every --clip-stride seconds; each
     clip becomes one sample with its frames, middle image, log-mel audio and the transcript
     text that overlaps it (from .srt/.vtt/.txt sidecars or embedded subtitles). Broken videos
-    fail alone and are listed; rerunning resumes where a run stopped.
-    """
+    fail alone and are listed; rerunning resumes where a run stopped."""
 
     def body() -> None:
         try:

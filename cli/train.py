@@ -2,8 +2,7 @@
 trainer, evaluator, resume) and show it: live progress, then a summary.
 
 The options live here; torch-backed modules are imported when the command runs (see
-`cli/train_display.py`), so `omni --help` lists every command without loading torch.
-"""
+`cli/train_display.py`), so `omni --help` lists every command without loading torch."""
 
 from __future__ import annotations
 

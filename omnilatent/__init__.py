@@ -2,8 +2,7 @@
 
 The public names are imported on first use (PEP 562 `__getattr__`): importing a light
 submodule such as `omnilatent.errors`, as every `omni` command does at start-up, then costs
-milliseconds instead of the seconds that importing the model and torch takes.
-"""
+milliseconds instead of the seconds that importing the model and torch takes."""
 
 from __future__ import annotations
 

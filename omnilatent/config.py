@@ -50,8 +50,7 @@ class OmniLatentConfig:
     ``Trainer(model, config, loader)``), so they are accepted as optional defaults that
     `omnilatent.training.TrainConfig.from_model_config` turns into trainer settings. They
     change no weight or shape, so they are left out of ``to_dict`` (a checkpoint's model
-    config) and of ``==`` (the same model with another learning rate is the same model).
-    """
+    config) and of ``==`` (the same model with another learning rate is the same model)."""
 
     hidden_dim: int = 768
     num_layers: int = 12

@@ -56,8 +56,7 @@ class TemporalTask(Task):
     """Predict the future frames of a clip from its past frames.
 
     The clip (B, 3, T, H, W) is cut in two at a multiple of ``tubelet`` frames (8 | 8 at the
-    defaults); the model reads the first part and must produce the second.
-    """
+    defaults); the model reads the first part and must produce the second."""
 
     tubelet: int = 4
 
@@ -153,8 +152,7 @@ class PairSampler(TaskSampler):
     one task per target and any 16 consecutive turns hold every pair exactly once: a loss
     averaged over 16 steps always means the same mix. (Uniform random draws would make such an
     average swing with how many text steps, cross-entropy ~10, it happened to contain.)
-    Pairs the batch cannot serve are passed over, and the turn moves on.
-    """
+    Pairs the batch cannot serve are passed over, and the turn moves on."""
 
     def __init__(self, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)

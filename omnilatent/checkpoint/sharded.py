@@ -6,8 +6,7 @@ records where each shard lies in the full tensor (``DCP_SHARDING_INFO``). DCP's 
 reader unpickles a ``.metadata`` file; this storage rebuilds the layout from those headers, so
 a checkpoint is never unpickled. The headers are bounded and the full shapes they imply are
 compared with the expected ones before DCP allocates or reads anything; DCP reshards, so the
-files load at any world size, or in one process without a process group.
-"""
+files load at any world size, or in one process without a process group."""
 
 from __future__ import annotations
 

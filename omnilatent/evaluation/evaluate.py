@@ -3,8 +3,7 @@ transcripts and reconstruction, as README.md defines them ("Evaluating"). Retrie
 are stored at 1/4 resolution (`POOL`), ~100 kB a window.
 
 Evaluation consumes no random numbers and leaves the model in the mode it found it in, so
-running it inside a training run does not change that run.
-"""
+running it inside a training run does not change that run."""
 
 from __future__ import annotations
 
@@ -119,8 +118,7 @@ def evaluate(model: OmniLatentModel, batches: Iterable[dict[str, Any]], text: Te
     """Evaluate ``model`` on ``batches`` (the shard loader's, unshuffled) up to ``max_samples``.
 
     ``labels`` maps a window's metadata to a class (e.g. the demo world's), adding retrieval
-    counted by class. ``progress`` is called with the samples done so far after each batch.
-    """
+    counted by class. ``progress`` is called with the samples done so far after each batch."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -265,8 +263,7 @@ def source_labeller(pattern: str) -> Callable[[dict[str, Any]], str]:
     window's source path and its first group (or the whole match) is the window's class. A
     pattern RE2 cannot read, or a window it does not match, is a UsageError. RE2, not `re`:
     the pattern runs on text from the shards, and RE2 takes time linear in the text whatever
-    the pattern (README.md, "Evaluating").
-    """
+    the pattern (README.md, "Evaluating")."""
     import re2
 
     options = re2.Options()

@@ -7,8 +7,7 @@ bounds the change to content by ``sigmoid(gate) * max|v_hook|`` per head. Hook t
 content and to every active hook's tokens (including their own) in one softmax, so hooks read
 the sequence and each other.
 
-Notation: B batch, S content length, K_i tokens of hook i, H heads, Dh head dim, D model dim.
-"""
+Notation: B batch, S content length, K_i tokens of hook i, H heads, Dh head dim, D model dim."""
 
 from __future__ import annotations
 

@@ -22,8 +22,7 @@ token i = backbone token i) is the caller's decision and is taken only when the 
 source modality on the same grid (reconstruction, future frames), where it is real.
 
 Notation: B batch, S backbone tokens, L target positions, D model dim, H heads, Dh head dim,
-F position features.
-"""
+F position features."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ def sinusoid_features(positions: Tensor, features: int = AXIS_FEATURES) -> Tenso
     """(L,) integer positions -> (L, features) sin/cos at geometric frequencies.
 
     Periods run from 2*pi to 2*pi*10^4 positions, as in the original transformer: the fast ones
-    tell neighbours apart, the slow ones say where in a long sequence a position lies.
-    """
+    tell neighbours apart, the slow ones say where in a long sequence a position lies."""
     half = features // 2
     freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=positions.device) / half)
     angles = positions.float()[:, None] * freqs[None, :]  # (L, F/2)

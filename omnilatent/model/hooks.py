@@ -6,8 +6,7 @@ sigmoid gate (initialised near shut, ``sigmoid(-4) ~= 0.018``) so a freshly adde
 perturbs a trained model, yet both the gate and the tokens get gradient from the first step.
 Hook state is carried from one target layer to the next (through the transform when enabled),
 several hooks compose (each attends to the others' tokens), and removing a hook restores the
-model bit for bit because the hook-free code path is untouched.
-"""
+model bit for bit because the hook-free code path is untouched."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Backbone building blocks: RMSNorm, rotary embeddings, QK-normed attention, SwiGLU.
 
-Notation: B batch, S content sequence length, K hook tokens, H heads, Dh head dim, D model dim.
-"""
+Notation: B batch, S content sequence length, K hook tokens, H heads, Dh head dim, D model dim."""
 
 from __future__ import annotations
 

@@ -6,8 +6,7 @@ any registered Latent Neural Hooks joining at their layers) -> final norm -> tar
 tied to the text embedding.
 
 Notation: B batch, S sequence length (prefix + content), N content tokens, L target tokens,
-D model dim, V vocabulary.
-"""
+D model dim, V vocabulary."""
 
 from __future__ import annotations
 
@@ -172,8 +171,7 @@ class OmniLatentModel(nn.Module):
         With a target (teacher forcing) or parallel decoding this is one pass. Without a
         target, autoregressive decoding is greedy, one position per step with the decoder's
         keys and values cached; ``vocab_limit`` keeps choices below the tokenizer's size, and
-        rows stop after ``eos_id`` (later ids are padding), all rows at once ending early.
-        """
+        rows stop after ``eos_id`` (later ids are padding), all rows at once ending early."""
         decoder = self.decoder
         if target is not None or not decoder.autoregressive_text:
             previous = None
@@ -218,8 +216,7 @@ class OmniLatentModel(nn.Module):
         """Encode every input into one sequence and decode each target modality from it.
 
         Returns ``{"outputs": {modality: tensor}, "hook_states": {...}}`` and, when
-        ``targets`` holds a target, ``"losses": {modality: scalar}`` and ``"loss"`` (their sum).
-        """
+        ``targets`` holds a target, ``"losses": {modality: scalar}`` and ``"loss"`` (their sum)."""
         if not inputs:
             raise ConfigError("forward_multimodal needs at least one input modality")
         targets = targets or {}
@@ -295,8 +292,7 @@ class OmniLatentModel(nn.Module):
         """Greedy token ids (B, max_length) for ``source``; padding (0) after ``eos_id``.
 
         ``vocab_limit`` restricts choices to ids below it (the tokenizer's vocabulary, when the
-        model's is larger), so every id decodes to text.
-        """
+        model's is larger), so every id decodes to text."""
         hidden, keep, _, _ = self._run_backbone({source_modality: source}, "text")
         mask = None if keep is None else keep[:, None, None, :]
         _, ids = self._text_logits(hidden, mask, max_length, None, vocab_limit, eos_id)

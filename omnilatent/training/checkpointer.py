@@ -8,8 +8,7 @@ state.json: model_config, train_config, hooks, card, origin (what was trained, f
 ``sampler`` (`omnilatent.tasks.TaskSampler`), ``log_window`` (`LogWindow`), ``rng``, ``data``
 (`DataCursor`, the data source's name, total counters) and ``distributed`` (the world size;
 over 1, each rank's rng and data position). Each part checks its own state, so a new field of
-a part touches that part's module; a new part, this module and the part's.
-"""
+a part touches that part's module; a new part, this module and the part's."""
 
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ in README.md, "Curriculum training".
 Within a phase, tasks follow a smooth weighted round-robin (deterministic, exact proportions,
 state a few floats): weighted random draws would make short windows of the loss swing with the
 mix of tasks they held. A batch without transcript text passes over the text tasks (counted);
-a corpus without any text drops them from every phase at the start.
-"""
+a corpus without any text drops them from every phase at the start."""
 
 from __future__ import annotations
 

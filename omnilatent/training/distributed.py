@@ -18,8 +18,7 @@ NCCL, a collective on the default group is queued behind the device's work, so r
 result waits for the step), and the step's loss is all-reduced on the device and read later
 with the others. With gradient accumulation DDP all-reduces gradients once per step
 (`grad_sync`); FSDP2 reduce-scatters every micro-batch, as torchtitan does, since skipping it
-would hold unsharded gradients.
-"""
+would hold unsharded gradients."""
 
 from __future__ import annotations
 

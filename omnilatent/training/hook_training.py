@@ -15,8 +15,7 @@ one (`omnilatent.training.run` composes these steps):
 - `HookExport`: each new hook alone (`hook.json` + `hook.safetensors`, `LatentNeuralHook.save`)
   in ``SAVE_DIR/hooks/NAME/``, the hook of the newest checkpoint, for `omni eval`/`generate
   --hook`. The step checkpoints stay complete (base included), so `--resume` works as for any
-  run.
-"""
+  run."""
 
 from __future__ import annotations
 

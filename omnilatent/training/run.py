@@ -16,8 +16,7 @@ instead of `build_model`, another trainer instead of `build_trainer`):
 releases the save dir, the event files and the process group whatever happens. Nothing here
 prints: what a front end reports (the data, the held-out data or why there is none, the
 checkpoints passed over on resume) comes back as values, the rest through the trainer's
-callbacks.
-"""
+callbacks."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 Sizes that the data fixes (image and frame size, frames per clip, mel bins and frames) come
 from the prepare config (the manifest, or the first sample) and become the model's; when a
 model or checkpoint already exists they are checked against it and a mismatch is refused with
-the field names, never trained on.
-"""
+the field names, never trained on."""
 
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ train) to its end, so a second run into the same folder stops at once instead of
 
 Under torchrun (`omnilatent.training.distributed`) every rank runs this loop in step: the task
 is chosen from the modalities all ranks hold, losses and counts are reduced over ranks, and
-rank 0 alone logs, holds the lock and writes checkpoints (with every rank's data position).
-"""
+rank 0 alone logs, holds the lock and writes checkpoints (with every rank's data position)."""
 
 from __future__ import annotations
 
@@ -146,8 +145,7 @@ class Trainer:
     ``data_source`` names the kind of data (e.g. "shards"); it is checkpointed, and a resume
     on another kind is refused (its loader position would mean nothing there).
     ``distributed`` is this process's place in a torchrun job (default: a single process);
-    the model is wrapped in DDP, or sharded by FSDP2, accordingly.
-    """
+    the model is wrapped in DDP, or sharded by FSDP2, accordingly."""
 
     # Where the run started when not from a fresh model alone (`--from`, new hooks; see
     # `omnilatent.training.hook_training.run_origin`); every checkpoint records it.
@@ -279,8 +277,7 @@ class Trainer:
         The step's batches are drawn first and its task is chosen from the modalities all of
         them hold, so every micro-batch serves the task (a task chosen from the first batch
         alone fails on a later one without, e.g., transcript text). The cost: the step's
-        batches are in host memory together.
-        """
+        batches are in host memory together."""
         cfg = self.config
         mcfg = self.model_config
         self.model.train()
@@ -331,8 +328,7 @@ class Trainer:
 
         Called before every metrics record and checkpoint, so a record averages read losses
         and no checkpoint is written after a non-finite loss (the steps after it are lost
-        with the run, which stops here anyway).
-        """
+        with the run, which stops here anyway)."""
         if not self._pending:
             return
         values = torch.stack([loss for _, _, loss in self._pending]).tolist()

@@ -1,8 +1,7 @@
 """The default `omni inspect` view: shards, samples, footage, transcript coverage and audio
 share, in all and per split (train/eval, `pipeline.shards.split`). It reads the ``json`` and ``txt``
 of every sample but seeks past the media members, so it costs a small fraction of a full
-read; the first few samples are decoded for member dtypes and shapes.
-"""
+read; the first few samples are decoded for member dtypes and shapes."""
 
 from __future__ import annotations
 

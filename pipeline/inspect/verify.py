@@ -3,8 +3,7 @@
 with `validate.validate_sample` against the prepare config; sample counts and sizes against the
 manifest, shard by shard, per split and in total; keys duplicated anywhere in the set (both
 splits together: a video is in one split only); unreadable and truncated tars. Shards can be
-verified in parallel processes.
-"""
+verified in parallel processes."""
 
 from __future__ import annotations
 
@@ -142,8 +141,7 @@ def verify(target: Target, workers: int = 1, progress: ProgressFn | None = None,
 
     The samples are checked against the recorded prepare config or, without one, against the
     sizes in the first sample whose json decodes. With `workers` > 1, shards are verified in
-    that many processes and `progress` advances shard by shard.
-    """
+    that many processes and `progress` advances shard by shard."""
     started = time.monotonic()
     sample_format = target.sample_format or _format_of_first_sample(target)
     reports: list[ShardReport | None] = [None] * len(target.shards)

@@ -128,8 +128,7 @@ class ShardLoader:
     against an epoch of thousands per worker; keeping workers across epochs would need the
     epoch and positions passed to live workers, for no measurable gain. Prefetch stays at the
     DataLoader's default (2 chunks per worker): a worker decodes some tens of samples/s per
-    core while a GPU trains on thousands, so the queue runs empty whatever its depth.
-    """
+    core while a GPU trains on thousands, so the queue runs empty whatever its depth."""
 
     def __init__(self, shards: ShardSet, batch_size: int, *, tokenizer: TokenizerFn,
                  max_text_len: int, seed: int, shuffle_shards: bool, shuffle_buffer: int,
@@ -252,8 +251,7 @@ def build_shard_loader(urls: str | os.PathLike[str] | Sequence[str | os.PathLike
     shard; ranks get whole shards, so their sample counts differ unless the shards are equal.
     `pin_memory` puts the batches in pinned memory (with workers, on the DataLoader's pinning
     thread), so that a ``non_blocking`` copy to a CUDA device is asynchronous: pass True when
-    the batches go to a CUDA device, never on a machine without CUDA.
-    """
+    the batches go to a CUDA device, never on a machine without CUDA."""
     for name, value, low in (("batch_size", batch_size, 1), ("max_text_len", max_text_len, 1),
                              ("shuffle_buffer", shuffle_buffer, 0),
                              ("num_workers", num_workers, 0)):

@@ -29,8 +29,7 @@ Same rules as `pipeline.media.windows` describes, obtained from ffmpeg's filters
 
 Both pipes are read incrementally (one frame, one audio chunk at a time) and audio only as far
 as the next window needs, so memory stays bounded. Stderr goes to files, never to a pipe that
-could fill up and stall ffmpeg; the processes are killed if the consumer stops early.
-"""
+could fill up and stall ffmpeg; the processes are killed if the consumer stops early."""
 
 from __future__ import annotations
 
@@ -69,8 +68,7 @@ def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path,
                   threads: int = 0) -> list[str]:
     """ffmpeg arguments: grid frames as rgb24 on stdout, one byte per grid slot to `count_path`.
 
-    `threads` is the decoder's thread count (0: ffmpeg's choice).
-    """
+    `threads` is the decoder's thread count (0: ffmpeg's choice)."""
     width, height = scaled_size(*info.square_pixel_size, config.image_size)
     siting = {} if (info.pixel_format or "").startswith("yuvj") else {"in_chroma_loc": "left"}
     decoder = {"threads": threads} if threads > 0 else {}

@@ -10,8 +10,7 @@ where the CPU has it: x264 takes an explicit list, and forcing a set the CPU lac
 it, but every CPU with AVX-512 has all of the sets listed here.
 
 `omni prepare`'s resume promise (a killed run rerun gives the bytes of an uninterrupted one)
-and the demo world's reproducibility rest on this.
-"""
+and the demo world's reproducibility rest on this."""
 
 from __future__ import annotations
 

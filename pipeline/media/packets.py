@@ -1,7 +1,6 @@
 """The PyAV packet loop both the probe and the decode backend run: demux, decode, survive bad
 packets and cut-short files, and let the H.264 decoder drop the frames no grid time shows
-(`FrameSkipper`).
-"""
+(`FrameSkipper`)."""
 
 from __future__ import annotations
 
@@ -47,8 +46,7 @@ def counted_errors(stats: DecodeStats) -> Iterator[None]:
     -7") and raises nothing: a bit-flipped file decodes to the end, and its log is the only
     sign. PyAV keeps FFmpeg's log off by default; it is on, at error level only (filtered in
     C, so a clean file costs nothing), while this block runs, and captured from every thread,
-    since frame threads decode and log too. Logging changes no decoded pixel.
-    """
+    since frame threads decode and log too. Logging changes no decoded pixel."""
     previous = av.logging.get_level()
     av.logging.set_level(av.logging.ERROR)
     logs: list[tuple[int, str, str]] = []
@@ -81,8 +79,7 @@ class FrameSkipper:
     times show it; so one with an earlier time must have gone to the decoder), and in the last
     `LOOKAHEAD_PACKETS` packets (the last frame interval decides the duration of files that
     state no frame durations). Only H.264: in HEVC a "sub-layer non-reference" picture may
-    still be referenced from a higher temporal layer, so NONREF does not mean unused there.
-    """
+    still be referenced from a higher temporal layer, so NONREF does not mean unused there."""
 
     def __init__(self, stream: VideoStream, fps: int, start: float) -> None:
         self.stream = stream
@@ -145,8 +142,7 @@ def decoded_frames(container: InputContainer, streams: list[av.stream.Stream], s
     A demuxer error (a truncated or mangled container) ends the stream early: the decoders are
     flushed so that frames already read still come out. Errors the decoders only log are
     counted (`counted_errors`). With a `skipper`, packets wait in a
-    queue until it has read far enough ahead to decide on them.
-    """
+    queue until it has read far enough ahead to decide on them."""
     with counted_errors(stats):
         yield from _decoded(container, streams, stats, skipper)
 

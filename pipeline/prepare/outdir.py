@@ -20,8 +20,7 @@ listing) is stale and removed before the unit is prepared again.
 Only these names are ever created or deleted, so an output folder may hold other files; but
 prepare starts only in a new or empty folder or one that has `shards/` or `stats/`
 (`OutputDir.unrelated_entries`), so that a mistyped OUT_DIR (`omni prepare videos .`) does not
-spread shards through a folder of other things.
-"""
+spread shards through a folder of other things."""
 
 from __future__ import annotations
 

@@ -20,8 +20,7 @@ What each kind of input, output folder and failure leads to (short, silent, cut-
 broken videos; malformed or untimed transcripts; a full disk; an output folder inside the input
 or in use by another run; symlinks out of the input) is stated once, in README.md, "Preparing
 videos" (tested by tests/test_prepare*.py). Units beyond the current plan (the input lost videos)
-are removed and a unit whose video list changed is prepared again: a folder mirrors its input.
-"""
+are removed and a unit whose video list changed is prepared again: a folder mirrors its input."""
 
 from __future__ import annotations
 
@@ -68,8 +67,7 @@ def decoder_threads(workers: int, cpus: int | None = None) -> int:
     several CPUs gets one thread more than CPUs, as FFmpeg's automatic choice does: frame
     threads wait on each other's reference frames, so as many threads as cores leave cores
     idle (one worker on two cores, a 24 s 720p30 video: 2.6-2.9 s with 3 threads, 3.0-3.2 s
-    with 2, 3.5-3.8 s with 1).
-    """
+    with 2, 3.5-3.8 s with 1)."""
     share = (cpus if cpus is not None else default_workers()) // workers
     return share + 1 if share > 1 else 1
 
@@ -80,8 +78,7 @@ class RunOptions:
     reruns into the same folder.
 
     `timeout_factor` and `timeout_min_s` set each video's time limit:
-    `max(timeout_min_s, timeout_factor * duration)` (see `pipeline.prepare.worker.time_limit`).
-    """
+    `max(timeout_min_s, timeout_factor * duration)` (see `pipeline.prepare.worker.time_limit`)."""
 
     workers: int = field(default_factory=default_workers)
     part: Part = field(default_factory=Part)
@@ -342,8 +339,7 @@ def prepare(video_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     `check_folders`) or an empty input, FolderInUseError while another run prepares into
     `out_dir` (the same part of it), ConfigMismatchError when `out_dir` holds another
     configuration's units and `options.overwrite` is off, and OutputError when the output
-    cannot be written.
-    """
+    cannot be written."""
     started = time.monotonic()
     config = config if config is not None else PrepareConfig()
     options = options if options is not None else RunOptions()

@@ -12,8 +12,7 @@ checks and encodes them. Choices made here:
   duration; see `video_context`), with `transcript_timed: false`. A video whose untimed
   transcript cannot be placed because neither is known gets no text (see
   `VideoContext.for_video`). A window's text is cut to
-  `pipeline.media.transcripts.MAX_WINDOW_TEXT_BYTES` (`SampleFields.text_cut`).
-"""
+  `pipeline.media.transcripts.MAX_WINDOW_TEXT_BYTES` (`SampleFields.text_cut`)."""
 
 from __future__ import annotations
 
@@ -40,8 +39,7 @@ class VideoContext:
     """What every sample of one video shares: its source, stream facts and transcript.
 
     `text_duration` is the duration an untimed transcript is spread over (None for timed
-    transcripts, which do not need one).
-    """
+    transcripts, which do not need one)."""
 
     source: VideoSource
     rotation: int
@@ -66,8 +64,7 @@ class VideoContext:
         starts (samples are written as they are decoded): `duration_hint`, which
         `video_context` makes the end of the picture (its last video packet), or the
         container's stated duration when no packet is timed. Without one the transcript is
-        dropped with a warning rather than the video failing.
-        """
+        dropped with a warning rather than the video failing."""
         warning = None
         if not transcript.timed and not (duration_hint and duration_hint > 0):
             warning = ("untimed .txt transcript ignored: the container states no duration to "
@@ -97,8 +94,7 @@ def video_context(source: VideoSource, info: VideoInfo,
     cannot be read costs the text, never the video. Untimed words are spread over the picture
     itself (the end of the last video packet), not the container's duration, which covers
     longer audio, Matroska start offsets, or nothing at all for streamed files; that duration
-    is used only when no video packet is timed.
-    """
+    is used only when no video packet is timed."""
     warnings: list[str] = []
     error = None
     try:

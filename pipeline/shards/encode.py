@@ -42,8 +42,7 @@ def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_C
 
     ``mp4`` is H.264 (libx264, `crf`, `preset`, yuv420p, one thread, the same bytes on every
     run: `pipeline.media.h264`) at `fps` with frame i at time i / fps, so decoding gives back
-    exactly T frames. H and W must be even (yuv420p).
-    """
+    exactly T frames. H and W must be even (yuv420p)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"a clip must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     clip_member(encoding)  # refuses an encoding the schema does not define
@@ -85,8 +84,7 @@ def encode_sample(
     uint8 (T, frame_size, frame_size, 3), all as `config` and `meta` say; `clip_encoding`
     defaults to `meta.clip_encoding` and must agree with it. Everything is checked with
     `validate_sample` before encoding, so a shard never receives a sample the loader would
-    reject; a mismatch raises ValueError listing every problem.
-    """
+    reject; a mismatch raises ValueError listing every problem."""
     encoding = meta.clip_encoding if clip_encoding is None else clip_encoding
     clip_name = clip_member(encoding)
     problems = validate_sample(

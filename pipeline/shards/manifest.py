@@ -28,8 +28,7 @@ or runs (webdataset opens ``pipe:cmd`` through a shell).
 `totals` counts every video; `splits` counts each video in its split (`pipeline.shards.split`; a
 failed or skipped video too, though it has no samples), so the two splits add up to `totals`.
 A manifest written before splits existed has neither `split` nor `splits` nor `eval_fraction`:
-it reads as all train (`eval_fraction` 0).
-"""
+it reads as all train (`eval_fraction` 0)."""
 
 from __future__ import annotations
 

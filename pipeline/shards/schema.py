@@ -16,8 +16,7 @@ share the key ``<video_id>_<clip index, 6 digits>``:
 ``frame.jpg``   ``(image_size, image_size, 3)`` RGB, the clip's middle frame (image modality)
 ``clip.<enc>``  ``(T, frame_size, frame_size, 3)`` uint8 frames: ``npy`` (raw) or ``mp4`` (H.264)
 ``txt``         UTF-8 transcript of the cues overlapping the window (may be empty)
-==============  ==========================================================================
-"""
+==============  =========================================================================="""
 
 from __future__ import annotations
 
@@ -141,8 +140,7 @@ class SampleMeta:
     def from_dict(cls, data: Mapping[str, Any]) -> SampleMeta:
         """Parse a ``json`` member; raises ValueError naming the first missing or mistyped field.
 
-        Unknown fields are ignored, so a later schema may add fields that v1 readers skip.
-        """
+        Unknown fields are ignored, so a later schema may add fields that v1 readers skip."""
         mel = data.get("mel")
         if not isinstance(mel, Mapping):
             raise ValueError("json: field 'mel' is missing or not an object")
@@ -177,8 +175,7 @@ def sample_key(video_id: str, clip_index: int) -> str:
     """The webdataset key of clip `clip_index` of a video: ``<video_id>_<index:06d>``.
 
     webdataset splits a member name at the first dot of its base name into key and member
-    type, so a dot (or a "/") in the key would silently split one sample into broken ones.
-    """
+    type, so a dot (or a "/") in the key would silently split one sample into broken ones."""
     if clip_index < 0:
         raise ValueError(f"clip_index must be >= 0, got {clip_index}")
     key = f"{video_id}_{clip_index:06d}"
