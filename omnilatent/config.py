@@ -95,27 +95,20 @@ class OmniLatentConfig:
             if value > FIELD_CAPS[name]:
                 raise ConfigError(f"{name} must be at most {FIELD_CAPS[name]}, got {value}")
         if self.hidden_dim % self.num_heads:
-            raise ConfigError(
-                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
-            )
+            raise ConfigError(f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads "
+                              f"({self.num_heads})")
         if (self.hidden_dim // self.num_heads) % 2:
-            raise ConfigError(
-                f"head dim hidden_dim/num_heads = {self.hidden_dim // self.num_heads} must be even "
-                "for rotary position embeddings"
-            )
+            raise ConfigError(f"head dim hidden_dim/num_heads = {self.hidden_dim // self.num_heads}"
+                              " must be even for rotary position embeddings")
         if self.vocab_size < 2:
             raise ConfigError("vocab_size must be >= 2 (id 0 is padding)")
         for size_name in ("image_size", "video_size"):
             if getattr(self, size_name) % self.patch_size:
-                raise ConfigError(
-                    f"{size_name} ({getattr(self, size_name)}) must be a multiple of "
-                    f"patch_size ({self.patch_size})"
-                )
+                raise ConfigError(f"{size_name} ({getattr(self, size_name)}) must be a multiple of "
+                                  f"patch_size ({self.patch_size})")
         if self.video_frames % self.tubelet_size:
-            raise ConfigError(
-                f"video_frames ({self.video_frames}) must be a multiple of "
-                f"tubelet_size ({self.tubelet_size})"
-            )
+            raise ConfigError(f"video_frames ({self.video_frames}) must be a multiple of "
+                              f"tubelet_size ({self.tubelet_size})")
         side, video_side = self.image_size // self.patch_size, self.video_size // self.patch_size
         tokens = {"image": side**2, "audio": self.audio_frames // self.audio_stride,
                   "video": self.video_frames // self.tubelet_size * video_side**2}
@@ -140,23 +133,16 @@ class OmniLatentConfig:
             return ConfigError(f"{name} must be None (the trainer's default) or {expected}, "
                                f"got {getattr(self, name)!r}")
 
-        for name in ("batch_size", "max_steps"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value <= 0):
-                raise bad(name, "a positive integer")
-        for name in ("warmup_steps", "seed"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 0):
-                raise bad(name, "an integer >= 0")
-        for name, positive in (("learning_rate", True), ("weight_decay", False),
-                               ("grad_clip", False)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float))
-                                      or isinstance(value, bool)
-                                      or (value <= 0 if positive else value < 0)):
-                raise bad(name, "a number > 0" if positive else "a number >= 0")
+        for names, types, positive, expected in (
+                (("batch_size", "max_steps"), int, True, "a positive integer"),
+                (("warmup_steps", "seed"), int, False, "an integer >= 0"),
+                (("learning_rate",), (int, float), True, "a number > 0"),
+                (("weight_decay", "grad_clip"), (int, float), False, "a number >= 0")):
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and (not isinstance(value, types) or isinstance(value, bool)
+                                          or (value <= 0 if positive else value < 0)):
+                    raise bad(name, expected)
         if self.mixed_precision is not None and not isinstance(self.mixed_precision, bool):
             raise bad("mixed_precision", "True or False")
 
