@@ -17,15 +17,12 @@ import typer
 
 # Command name -> (module, function, in the order `omni --help` lists them); each module
 # also defines EXAMPLES, the epilog of its help.
-COMMANDS = {
-    "prepare": ("cli.prepare", "prepare_command"),
-    "inspect": ("cli.inspect", "inspect_command"),
-    "train": ("cli.train", "train"),
-    "eval": ("cli.evaluate", "eval_command"),
-    "generate": ("cli.generate", "generate_command"),
-    "demo-videos": ("cli.demo_videos", "demo_videos"),
-    "demo": ("cli.demo", "demo_command"),
-}
+COMMANDS = {"prepare": ("cli.prepare", "prepare_command"),
+            "inspect": ("cli.inspect", "inspect_command"), "train": ("cli.train", "train"),
+            "eval": ("cli.evaluate", "eval_command"),
+            "generate": ("cli.generate", "generate_command"),
+            "demo-videos": ("cli.demo_videos", "demo_videos"),
+            "demo": ("cli.demo", "demo_command")}
 
 
 def root(

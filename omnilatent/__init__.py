@@ -18,12 +18,8 @@ __all__ = ["MODALITIES", "LatentNeuralHook", "OmniLatentConfig", "OmniLatentMode
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
-_EXPORTS = {
-    "MODALITIES": "omnilatent.config",
-    "OmniLatentConfig": "omnilatent.config",
-    "OmniLatentModel": "omnilatent.model",
-    "LatentNeuralHook": "omnilatent.model.hooks",
-}
+_EXPORTS = {"MODALITIES": "omnilatent.config", "OmniLatentConfig": "omnilatent.config",
+            "OmniLatentModel": "omnilatent.model", "LatentNeuralHook": "omnilatent.model.hooks"}
 
 
 def __getattr__(name: str) -> Any:

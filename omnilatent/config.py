@@ -13,25 +13,16 @@ __all__ = ["MODALITIES", "OmniLatentConfig"]
 TEXT_DECODINGS = ("autoregressive", "parallel")
 # The seed's training fields of OmniLatentConfig -> the TrainConfig field each one sets
 # (`batch_size` sets none: the DataLoader takes it).
-TRAINING_FIELDS = {
-    "batch_size": None,
-    "learning_rate": "lr",
-    "weight_decay": "weight_decay",
-    "warmup_steps": "warmup_steps",
-    "max_steps": "steps",
-    "mixed_precision": "amp",
-    "grad_clip": "grad_clip",
-    "seed": "seed",
-}
+TRAINING_FIELDS = {"batch_size": None, "learning_rate": "lr", "weight_decay": "weight_decay",
+                   "warmup_steps": "warmup_steps", "max_steps": "steps",
+                   "mixed_precision": "amp", "grad_clip": "grad_clip", "seed": "seed"}
 # Caps on what a config may declare. A checkpoint's state.json is read into one, and the
 # model is built from it (on the meta device) before its weights are compared with the
 # safetensors header; no model this code trains comes near them (README: checkpoint format).
-FIELD_CAPS = {
-    "hidden_dim": 16384, "num_layers": 512, "num_heads": 512, "mlp_hidden_dim": 65536,
-    "vocab_size": 1 << 20, "n_mels": 1024, "audio_frames": 65536,
-    "audio_stride": 64, "image_size": 4096, "patch_size": 64, "video_size": 4096,
-    "video_frames": 1024, "tubelet_size": 64, "decoder_layers": 64,
-}
+FIELD_CAPS = {"hidden_dim": 16384, "num_layers": 512, "num_heads": 512, "mlp_hidden_dim": 65536,
+              "vocab_size": 1 << 20, "n_mels": 1024, "audio_frames": 65536,
+              "audio_stride": 64, "image_size": 4096, "patch_size": 64, "video_size": 4096,
+              "video_frames": 1024, "tubelet_size": 64, "decoder_layers": 64}
 # Tokens one image, clip or mel window may become (attention cost grows with their square;
 # image_size changes no weight, so only this bounds it).
 MAX_MODALITY_TOKENS = 4096
@@ -182,8 +173,6 @@ def check_data_fits_model(expected: dict[str, Any], config: OmniLatentConfig) ->
     problems = [f"data {name}={expected[name]} but model {name}={getattr(config, name)}"
                 for name in SIZE_FIELDS if int(expected[name]) != getattr(config, name)]
     if problems:
-        raise ConfigError(
-            "the data does not fit the model: " + "; ".join(problems)
-            + " (prepare the videos with matching --frame-size/--image-size/--n-mels/"
-            "--fps/--clip-duration, or train a new model on this data)"
-        )
+        raise ConfigError("the data does not fit the model: " + "; ".join(problems)
+                          + " (prepare the videos with matching --frame-size/--image-size/--n-mels/"
+                          "--fps/--clip-duration, or train a new model on this data)")

@@ -70,18 +70,16 @@ class TemporalTask(Task):
 
 
 # The named tasks of a curriculum (and of evaluation): pairs, and future frames.
-PAIR_TASKS: dict[str, tuple[str, str]] = {
-    "video_recon": ("video", "video"),
-    "audio_recon": ("audio", "audio"),
-    "video_to_audio": ("video", "audio"),
-    "audio_to_video": ("audio", "video"),
-    "video_to_text": ("video", "text"),
-    "audio_to_text": ("audio", "text"),
-    "image_to_text": ("image", "text"),
-    "text_to_image": ("text", "image"),
-    "image_to_audio": ("image", "audio"),
-    "audio_to_image": ("audio", "image"),
-}
+PAIR_TASKS: dict[str, tuple[str, str]] = {"video_recon": ("video", "video"),
+                                          "audio_recon": ("audio", "audio"),
+                                          "video_to_audio": ("video", "audio"),
+                                          "audio_to_video": ("audio", "video"),
+                                          "video_to_text": ("video", "text"),
+                                          "audio_to_text": ("audio", "text"),
+                                          "image_to_text": ("image", "text"),
+                                          "text_to_image": ("text", "image"),
+                                          "image_to_audio": ("image", "audio"),
+                                          "audio_to_image": ("audio", "image")}
 TASK_NAMES = (*PAIR_TASKS, "temporal")
 
 

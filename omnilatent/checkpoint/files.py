@@ -120,15 +120,9 @@ def begin_checkpoint(save_dir: Path, step: int) -> Path:
     return tmp
 
 
-def save_checkpoint(
-    save_dir: Path,
-    step: int,
-    model_state: dict[str, torch.Tensor] | None,
-    training_state: dict[str, Any],
-    state: dict[str, Any],
-    extra_files: dict[str, Path] | None = None,
-    tmp: Path | None = None,
-) -> Path:
+def save_checkpoint(save_dir: Path, step: int, model_state: dict[str, torch.Tensor] | None,
+                    training_state: dict[str, Any], state: dict[str, Any],
+                    extra_files: dict[str, Path] | None = None, tmp: Path | None = None) -> Path:
     """Write a complete checkpoint for ``step`` and return its final directory.
 
     ``extra_files`` (name in the checkpoint -> source, names from ``OPTIONAL_FILES``) are

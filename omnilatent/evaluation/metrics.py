@@ -57,14 +57,12 @@ def retrieval_metrics(distances: Tensor, labels: Sequence[object] | None = None
     n = distances.shape[0]
     ranks = retrieval_ranks(distances, labels).double()
     correct = _correct_mask(n, labels, distances.device).sum(dim=1).double()  # (N,) per query
-    return {
-        "r1": float((ranks <= 1).double().mean()), "r5": float((ranks <= 5).double().mean()),
-        "median_rank": float(ranks.median()), "chance_r1": float((correct / n).mean()),
-        "chance_r5": float(torch.tensor([_chance_at(n, int(k), 5) for k in correct]).mean()),
-        "chance_median_rank": float(torch.tensor(
-            [(n + 1) / (int(k) + 1) for k in correct]).median()),
-        "queries": n,
-    }
+    return {"r1": float((ranks <= 1).double().mean()), "r5": float((ranks <= 5).double().mean()),
+            "median_rank": float(ranks.median()), "chance_r1": float((correct / n).mean()),
+            "chance_r5": float(torch.tensor([_chance_at(n, int(k), 5) for k in correct]).mean()),
+            "chance_median_rank": float(torch.tensor(
+                [(n + 1) / (int(k) + 1) for k in correct]).median()),
+            "queries": n}
 
 
 def _correct_mask(n: int, labels: Sequence[object] | None, device: torch.device) -> Tensor:

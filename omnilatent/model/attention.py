@@ -39,15 +39,8 @@ class Attention(nn.Module):
         b, _, n, _ = x.shape
         return self.proj(x.transpose(1, 2).reshape(b, n, -1))  # (B, N, D)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        mask: Tensor | None,
-        hooks: list[Tensor],
-        gates: list[Tensor],
-    ) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                hooks: list[Tensor], gates: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """x: (B, S, D) normed content; mask: (B, 1, 1, S) bool keep-mask or None;
         hooks: normed hook states, each (B, K_i, D); gates: matching sigmoid gates, each (1,)."""
         drop = self.dropout if self.training else 0.0
@@ -87,15 +80,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dim, mlp_hidden)
         self.drop = nn.Dropout(dropout)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        mask: Tensor | None,
-        hooks: list[Tensor],
-        gates: list[Tensor],
-    ) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                hooks: list[Tensor], gates: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         attn, hook_attn = self.attn(
             self.attn_norm(x), cos, sin, mask, [self.attn_norm(h) for h in hooks], gates
         )

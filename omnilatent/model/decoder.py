@@ -147,10 +147,8 @@ class TargetDecoder(nn.Module):
         })
         self.summary = nn.Linear(d, d, bias=False)
         self.start = nn.Parameter(torch.zeros(d))  # "previous token" of the first text position
-        self.blocks = nn.ModuleList(
-            DecoderBlock(d, cfg.num_heads, cfg.mlp_hidden_dim, cfg.norm_eps)
-            for _ in range(cfg.decoder_layers)
-        )
+        self.blocks = nn.ModuleList(DecoderBlock(d, cfg.num_heads, cfg.mlp_hidden_dim, cfg.norm_eps)
+                                    for _ in range(cfg.decoder_layers))
         self.norm = RMSNorm(d, cfg.norm_eps)
 
     def queries(self, modality: str, grid: tuple[int, ...], memory: Tensor) -> Tensor:

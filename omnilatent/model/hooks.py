@@ -37,15 +37,9 @@ def _is_int(value: Any) -> bool:
 
 
 class LatentNeuralHook(nn.Module):
-    def __init__(
-        self,
-        name: str,
-        num_tokens: int,
-        dim: int,
-        target_layers: list[int] | tuple[int, ...],
-        gate_bias_init: float = -4.0,
-        use_transform: bool = True,
-    ) -> None:
+    def __init__(self, name: str, num_tokens: int, dim: int,
+                 target_layers: list[int] | tuple[int, ...], gate_bias_init: float = -4.0,
+                 use_transform: bool = True) -> None:
         super().__init__()
         if not isinstance(name, str) or not _NAME.match(name):
             raise HookError(
@@ -98,14 +92,9 @@ class LatentNeuralHook(nn.Module):
         return state + self.transform(state)  # (B, K, D)
 
     def settings(self) -> dict:
-        return {
-            "name": self.name,
-            "num_tokens": self.num_tokens,
-            "dim": self.dim,
-            "target_layers": list(self.target_layers),
-            "gate_bias_init": self.gate_bias_init,
-            "use_transform": self.use_transform,
-        }
+        return {"name": self.name, "num_tokens": self.num_tokens, "dim": self.dim,
+                "target_layers": list(self.target_layers),
+                "gate_bias_init": self.gate_bias_init, "use_transform": self.use_transform}
 
     def save(self, directory: str | Path) -> Path:
         """Write the hook alone (settings JSON + safetensors); no base-model weights."""

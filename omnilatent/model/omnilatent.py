@@ -75,16 +75,12 @@ class OmniLatentModel(nn.Module):
         if not isinstance(hook, LatentNeuralHook):
             raise HookError(f"expected a LatentNeuralHook, got {type(hook).__name__}")
         if hook.dim != self.config.hidden_dim:
-            raise HookError(
-                f"hook {hook.name!r} has dim {hook.dim} but the model's hidden_dim is "
-                f"{self.config.hidden_dim}"
-            )
+            raise HookError(f"hook {hook.name!r} has dim {hook.dim} but the model's hidden_dim is "
+                            f"{self.config.hidden_dim}")
         bad = [layer for layer in hook.target_layers if layer >= self.config.num_layers]
         if bad:
-            raise HookError(
-                f"hook {hook.name!r} targets layer(s) {bad}, but the model has layers "
-                f"0..{self.config.num_layers - 1}"
-            )
+            raise HookError(f"hook {hook.name!r} targets layer(s) {bad}, but the model has layers "
+                            f"0..{self.config.num_layers - 1}")
         if hook.name in self.hooks:
             raise HookError(f"a hook named {hook.name!r} is already registered; remove it first")
         # The hook's tokens join the residual stream, so they must share its device and dtype
@@ -206,13 +202,9 @@ class OmniLatentModel(nn.Module):
             ids = torch.cat([ids, ids.new_zeros(batch, length - ids.shape[1])], dim=1)
         return logits, ids
 
-    def forward_multimodal(
-        self,
-        inputs: dict[str, Tensor],
-        target_modalities: list[str],
-        targets: dict[str, Tensor] | None = None,
-        target_lengths: dict[str, int] | None = None,
-    ) -> dict[str, Any]:
+    def forward_multimodal(self, inputs: dict[str, Tensor], target_modalities: list[str],
+                           targets: dict[str, Tensor] | None = None,
+                           target_lengths: dict[str, int] | None = None) -> dict[str, Any]:
         """Encode every input into one sequence and decode each target modality from it.
 
         Returns ``{"outputs": {modality: tensor}, "hook_states": {...}}`` and, when
@@ -302,14 +294,8 @@ class OmniLatentModel(nn.Module):
             ids = ids.masked_fill(ended > 0, PAD_ID)
         return ids
 
-    def forward(
-        self,
-        source_modality: str,
-        source: Tensor,
-        target_modality: str,
-        target: Tensor | None = None,
-        target_length: int | None = None,
-    ) -> dict[str, Any]:
+    def forward(self, source_modality: str, source: Tensor, target_modality: str,
+                target: Tensor | None = None, target_length: int | None = None) -> dict[str, Any]:
         """One source to one target: ``{"output", "hook_states"}`` plus ``"loss"`` if a target
         is given. Without a target, text output has the source's token count (or
         ``target_length``), audio ``config.audio_frames`` frames, video ``config.video_frames``."""

@@ -111,19 +111,17 @@ class Checkpointer:
         distributed: dict[str, Any] = {"world_size": t.dist.world_size}
         if t.dist.enabled:
             distributed["ranks"] = ranks
-        state = {
-            "model_config": t.model_config.to_dict(),
-            "train_config": t.config.to_dict(),
-            "hooks": [hook.settings() for hook in t.model.hooks.values()],
-            "rng": ranks[0]["rng"],
-            "sampler": t.sampler.state_dict(),
-            "data": {"batches_seen": ranks[0]["batches_seen"], "loader": ranks[0]["loader"],
-                     "source": t.data_source, "counters": counters},
-            "distributed": distributed,
-            "log_window": t.window.state_dict(),
-            "card": None if t.card is None else t.card.to_state(),
-            "origin": t.origin,
-        }
+        state = {"model_config": t.model_config.to_dict(),
+                 "train_config": t.config.to_dict(),
+                 "hooks": [hook.settings() for hook in t.model.hooks.values()],
+                 "rng": ranks[0]["rng"],
+                 "sampler": t.sampler.state_dict(),
+                 "data": {"batches_seen": ranks[0]["batches_seen"], "loader": ranks[0]["loader"],
+                          "source": t.data_source, "counters": counters},
+                 "distributed": distributed,
+                 "log_window": t.window.state_dict(),
+                 "card": None if t.card is None else t.card.to_state(),
+                 "origin": t.origin}
         training_state = {"optimizer": optimizer_state, "scheduler": t.scheduler.state_dict(),
                           "scaler": t.scaler.state_dict()}
         path = save_checkpoint(save_dir, t.step, weights, training_state, state,

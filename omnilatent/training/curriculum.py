@@ -156,13 +156,10 @@ DEFAULT_WEIGHTS = {
     "video_to_audio": 2.0, "audio_to_video": 2.0, "video_to_text": 2.0, "audio_to_text": 2.0,
     "image_to_text": 1.0, "text_to_image": 1.0, "image_to_audio": 1.0, "audio_to_image": 1.0,
 }
-_DEFAULT_TASKS = _cumulative(
-    ["video_recon", "audio_recon"],
-    ["video_to_audio", "audio_to_video"],
-    ["temporal"],
-    ["video_to_text", "audio_to_text"],
-    ["image_to_text", "text_to_image", "image_to_audio", "audio_to_image"],
-)
+_DEFAULT_TASKS = _cumulative(["video_recon", "audio_recon"],
+                             ["video_to_audio", "audio_to_video"], ["temporal"],
+                             ["video_to_text", "audio_to_text"],
+                             ["image_to_text", "text_to_image", "image_to_audio", "audio_to_image"])
 DEFAULT_SHARES = {"warmup": 0.05, "crossmodal": 0.20, "temporal": 0.10, "grounding": 0.30,
                   "joint": 0.35}
 DEFAULT_SCHEDULE = Schedule(tuple(

@@ -151,18 +151,12 @@ class Trainer:
     # `omnilatent.training.hook_training.run_origin`); every checkpoint records it.
     origin: dict[str, Any] | None = None
 
-    def __init__(
-        self,
-        model: OmniLatentModel,
-        config: TrainConfig | OmniLatentConfig,
-        dataloader: Any,
-        callbacks: TrainerCallbacks | None = None,
-        card: CheckpointCard | None = None,
-        evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
-        data_source: str | None = None,
-        distributed: DistributedContext = SINGLE,
-        sampler: TaskSampler | None = None,
-    ) -> None:
+    def __init__(self, model: OmniLatentModel, config: TrainConfig | OmniLatentConfig,
+                 dataloader: Any, callbacks: TrainerCallbacks | None = None,
+                 card: CheckpointCard | None = None,
+                 evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
+                 data_source: str | None = None, distributed: DistributedContext = SINGLE,
+                 sampler: TaskSampler | None = None) -> None:
         if isinstance(config, OmniLatentConfig) and config != model.config:
             diffs = [f"{k} {v!r} vs the model's {getattr(model.config, k)!r}"
                      for k, v in config.to_dict().items() if getattr(model.config, k) != v]
@@ -360,16 +354,12 @@ class Trainer:
         per_task: dict[str, list[float]] = defaultdict(list)
         for name, value in window.recent:
             per_task[name].append(value)
-        record = {
-            "step": self.step,
-            "loss": sum(value for _, value in window.recent) / len(window.recent),
-            "losses": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
-            "lr": lr,
-            "tokens_per_s": window.tokens / elapsed,
-            "samples_per_s": window.samples / elapsed,
-            "skipped_batches": window.skipped,
-            **self.sampler.log_fields(self.step),
-        }
+        record = {"step": self.step,
+                  "loss": sum(value for _, value in window.recent) / len(window.recent),
+                  "losses": {k: sum(v) / len(v) for k, v in sorted(per_task.items())}, "lr": lr,
+                  "tokens_per_s": window.tokens / elapsed,
+                  "samples_per_s": window.samples / elapsed, "skipped_batches": window.skipped,
+                  **self.sampler.log_fields(self.step)}
         counters = self.cursor.counters()
         if counters is not None:
             record["data"] = counters

@@ -292,17 +292,10 @@ def to_tensors(src: Iterable[dict[str, Any]], tokenizer: TokenizerFn,
                              key=sample["__key__"], meta=sample[MEMBER_JSON])
 
 
-def sample_tensors(
-    frames: np.ndarray | None,
-    image: np.ndarray | None,
-    mel: np.ndarray | None,
-    text: str | None,
-    *,
-    tokenizer: TokenizerFn = byte_tokenizer,
-    max_text_len: int = MAX_TEXT_LEN,
-    key: str = "",
-    meta: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def sample_tensors(frames: np.ndarray | None, image: np.ndarray | None, mel: np.ndarray | None,
+                   text: str | None, *, tokenizer: TokenizerFn = byte_tokenizer,
+                   max_text_len: int = MAX_TEXT_LEN, key: str = "",
+                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """One sample as `collate` takes it: what the loader yields, and what `omni generate`
     builds from its input files, so the model sees both in the same units.
 

@@ -79,21 +79,19 @@ class _EpochStream(IterableDataset):
         """The pipeline, in order; None entries are stages switched off."""
         shard_rng = random.Random(f"shards/{self.seed}/{self.epoch}")
         sample_rng = random.Random(f"samples/{self.seed}/{self.epoch}/{self.rank}/{worker}")
-        return [
-            list(self.shards.urls),
-            partial(stage.shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
-            partial(stage.split_by_node, rank=self.rank, world_size=self.world_size),
-            partial(stage.split_by_worker, worker=worker, num_workers=num_workers),
-            partial(stage.tar_samples, stats=stats, sample_counts=self.shards.sample_counts,
-                    streamed=self.shards.streamed, expected=self.shards.expected),
-            (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=sample_rng)
-             if self.shuffle_buffer > 0 else None),
-            partial(stage.skip_consumed, cursor=cursor),
-            partial(stage.decode_samples, stats=stats, expected=self.shards.expected),
-            partial(stage.to_tensors, tokenizer=self.tokenizer, max_text_len=self.max_text_len),
-            partial(stage.batch_samples, batch_size=self.batch_size),
-            partial(_emit, worker=worker, cursor=cursor, stats=stats),
-        ]
+        return [list(self.shards.urls),
+                partial(stage.shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
+                partial(stage.split_by_node, rank=self.rank, world_size=self.world_size),
+                partial(stage.split_by_worker, worker=worker, num_workers=num_workers),
+                partial(stage.tar_samples, stats=stats, sample_counts=self.shards.sample_counts,
+                        streamed=self.shards.streamed, expected=self.shards.expected),
+                (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=sample_rng)
+                 if self.shuffle_buffer > 0 else None),
+                partial(stage.skip_consumed, cursor=cursor),
+                partial(stage.decode_samples, stats=stats, expected=self.shards.expected),
+                partial(stage.to_tensors, tokenizer=self.tokenizer, max_text_len=self.max_text_len),
+                partial(stage.batch_samples, batch_size=self.batch_size),
+                partial(_emit, worker=worker, cursor=cursor, stats=stats)]
 
     def __iter__(self) -> Iterator[_Chunk]:
         info = get_worker_info()

@@ -74,12 +74,10 @@ def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path,
     decoder = {"threads": threads} if threads > 0 else {}
     source = ffmpeg.input(_file_url(info.path), noautorotate=None, **DECODER_GUARD, **decoder)
     branches = source[str(info.video_stream_index)].filter("setpts", _shift(info)).split()
-    grid = (
-        branches[0]
-        .filter("fps", fps=config.fps, start_time=0, round="up")
-        .filter("scale", width, height, flags=SWS_INTERPOLATION, **siting)
-        .filter("format", "rgb24")
-    )
+    grid = (branches[0]
+            .filter("fps", fps=config.fps, start_time=0, round="up")
+            .filter("scale", width, height, flags=SWS_INTERPOLATION, **siting)
+            .filter("format", "rgb24"))
     count = (
         branches[1]
         .filter("setpts", f"PTS+{END_TOLERANCE!r}/TB")
@@ -97,11 +95,9 @@ def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path,
 def audio_command(info: VideoInfo, config: PrepareConfig) -> list[str]:
     """ffmpeg arguments: the audio stream as mono float32 little-endian at the target rate."""
     assert info.audio_stream_index is not None
-    audio = (
-        ffmpeg.input(_file_url(info.path), **DECODER_GUARD)[str(info.audio_stream_index)]
-        .filter("asetpts", _shift(info))
-        .filter("aresample", config.sample_rate, first_pts=0, ochl="mono", osf="flt")
-    )
+    audio = (ffmpeg.input(_file_url(info.path), **DECODER_GUARD)[str(info.audio_stream_index)]
+             .filter("asetpts", _shift(info))
+             .filter("aresample", config.sample_rate, first_pts=0, ochl="mono", osf="flt"))
     output = audio.output("pipe:1", format="f32le", acodec="pcm_f32le", ac=1, ar=config.sample_rate)
     return output.compile(cmd=[ffmpeg_binary(), *_GLOBAL_ARGS])
 

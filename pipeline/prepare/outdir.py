@@ -253,22 +253,20 @@ def build_manifest(fingerprint: Fingerprint, units: list[UnitStats]) -> dict[str
     """The manifest of a folder whose done units are `units` (all of them, in unit order)."""
     videos = [video for unit in units for video in unit.videos]
     infos = [shard for unit in units for shard in unit.shards]
-    return {
-        **fingerprint.to_dict(),
-        "created": utc_now(),
-        "units": len(units),
-        "shards": [{**shard.to_dict(), "unit": unit.unit} for unit in units
-                   for shard in unit.shards],
-        "totals": Totals.of(videos, len(infos), sum(shard.bytes for shard in infos)).to_dict(),
-        "splits": {split: totals.to_dict()
-                   for split, totals in split_totals(videos, infos).items()},
-        "failures": [{"source": v.source, "reason": v.reason} for v in videos
-                     if v.status == FAILED],
-        "skipped": [{"source": v.source, "reason": v.reason} for v in videos
-                    if v.status == SKIPPED],
-        "warnings": [{"source": v.source, "warning": warning} for v in videos
-                     for warning in v.warnings],
-    }
+    return {**fingerprint.to_dict(),
+            "created": utc_now(),
+            "units": len(units),
+            "shards": [{**shard.to_dict(), "unit": unit.unit} for unit in units
+                       for shard in unit.shards],
+            "totals": Totals.of(videos, len(infos), sum(shard.bytes for shard in infos)).to_dict(),
+            "splits": {split: totals.to_dict()
+                       for split, totals in split_totals(videos, infos).items()},
+            "failures": [{"source": v.source, "reason": v.reason} for v in videos
+                         if v.status == FAILED],
+            "skipped": [{"source": v.source, "reason": v.reason} for v in videos
+                        if v.status == SKIPPED],
+            "warnings": [{"source": v.source, "warning": warning} for v in videos
+                         for warning in v.warnings]}
 
 
 def write_manifest(out: OutputDir, fingerprint: Fingerprint, units: list[UnitStats]) -> Path:

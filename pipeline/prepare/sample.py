@@ -49,15 +49,9 @@ class VideoContext:
     clip_encoding: str = DEFAULT_CLIP_ENCODING
 
     @classmethod
-    def for_video(
-        cls,
-        source: VideoSource,
-        rotation: int,
-        has_audio: bool,
-        transcript: Transcript,
-        duration_hint: float | None,
-        clip_encoding: str = DEFAULT_CLIP_ENCODING,
-    ) -> tuple[VideoContext, str | None]:
+    def for_video(cls, source: VideoSource, rotation: int, has_audio: bool,
+                  transcript: Transcript, duration_hint: float | None,
+                  clip_encoding: str = DEFAULT_CLIP_ENCODING) -> tuple[VideoContext, str | None]:
         """The context of a video, and a warning when its transcript had to be dropped.
 
         An untimed transcript needs the duration to spread its words over before decoding
@@ -137,19 +131,13 @@ class SampleFields:
 def sample_fields(window: Window, context: VideoContext, config: PrepareConfig) -> SampleFields:
     """The sample of one window; `omni prepare` encodes it, `--video-dir` training uses it as
     it is, so both see the same mel, text and metadata."""
-    meta = SampleMeta.build(
-        config,
-        source=context.source.rel_path,
-        video_id=context.source.video_id,
-        clip_index=window.index,
-        start=window.start,
-        end=window.end,
-        rotation=context.rotation,
-        has_audio=context.has_audio,
-        transcript_source=context.transcript.source,
-        transcript_timed=context.transcript.timed,
-        clip_encoding=context.clip_encoding,
-    )
+    meta = SampleMeta.build(config, source=context.source.rel_path,
+                            video_id=context.source.video_id, clip_index=window.index,
+                            start=window.start, end=window.end, rotation=context.rotation,
+                            has_audio=context.has_audio,
+                            transcript_source=context.transcript.source,
+                            transcript_timed=context.transcript.timed,
+                            clip_encoding=context.clip_encoding)
     mel = log_mel(window.audio, config) if context.has_audio else silent_log_mel(config)
     text = window_text(window, context)
     return SampleFields(meta.key, meta, mel, window.image, window.frames, text.text, text.cut)

@@ -359,10 +359,8 @@ def _meta_problems(meta: SampleMeta, key: Any, clips: list[str], text: Any) -> l
 
 def _array_problems(sample: Mapping[str, Any], meta: SampleMeta, clips: list[str]) -> list[str]:
     problems: list[str] = []
-    shapes = [
-        (MEMBER_MEL, np.float16, (meta.mel.n_mels, meta.mel.frames)),
-        (MEMBER_IMAGE, np.uint8, (meta.image_size, meta.image_size, 3)),
-    ]
+    shapes = [(MEMBER_MEL, np.float16, (meta.mel.n_mels, meta.mel.frames)),
+              (MEMBER_IMAGE, np.uint8, (meta.image_size, meta.image_size, 3))]
     if len(clips) == 1:
         shapes.append((clips[0], np.uint8, (meta.frames, meta.frame_size, meta.frame_size, 3)))
     for name, dtype, shape in shapes:

@@ -68,16 +68,9 @@ def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_C
     return buffer.getvalue()
 
 
-def encode_sample(
-    key: str,
-    meta: SampleMeta,
-    mel: np.ndarray,
-    image: np.ndarray,
-    frames: np.ndarray,
-    text: str,
-    config: PrepareConfig,
-    clip_encoding: str | None = None,
-) -> dict[str, str | bytes]:
+def encode_sample(key: str, meta: SampleMeta, mel: np.ndarray, image: np.ndarray,
+                  frames: np.ndarray, text: str, config: PrepareConfig,
+                  clip_encoding: str | None = None) -> dict[str, str | bytes]:
     """One sample as webdataset members, ready for `webdataset.TarWriter.write`.
 
     `mel` is float16 (n_mels, T_mel), `image` uint8 (image_size, image_size, 3), `frames`
@@ -99,12 +92,9 @@ def encode_sample(
     image_buffer = BytesIO()
     Image.fromarray(image, mode="RGB").save(image_buffer, format="JPEG",
                                             quality=config.jpeg_quality)
-    return {
-        "__key__": key,
-        MEMBER_JSON: json.dumps(meta.to_dict(), sort_keys=True).encode("utf-8"),
-        MEMBER_MEL: mel_buffer.getvalue(),
-        MEMBER_IMAGE: image_buffer.getvalue(),
-        clip_name: encode_clip(frames, encoding, config.fps),
-        MEMBER_TEXT: text.encode("utf-8"),
-    }
+    return {"__key__": key,
+            MEMBER_JSON: json.dumps(meta.to_dict(), sort_keys=True).encode("utf-8"),
+            MEMBER_MEL: mel_buffer.getvalue(), MEMBER_IMAGE: image_buffer.getvalue(),
+            clip_name: encode_clip(frames, encoding, config.fps),
+            MEMBER_TEXT: text.encode("utf-8")}
 

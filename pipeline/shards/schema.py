@@ -105,21 +105,9 @@ class SampleMeta:
     clip_encoding: str  # one of CLIP_ENCODINGS
 
     @classmethod
-    def build(
-        cls,
-        config: PrepareConfig,
-        *,
-        source: str,
-        video_id: str,
-        clip_index: int,
-        start: float,
-        end: float,
-        rotation: int,
-        has_audio: bool,
-        transcript_source: str,
-        transcript_timed: bool,
-        clip_encoding: str = DEFAULT_CLIP_ENCODING,
-    ) -> SampleMeta:
+    def build(cls, config: PrepareConfig, *, source: str, video_id: str, clip_index: int,
+              start: float, end: float, rotation: int, has_audio: bool, transcript_source: str,
+              transcript_timed: bool, clip_encoding: str = DEFAULT_CLIP_ENCODING) -> SampleMeta:
         """The metadata of one window, with sizes and mel parameters taken from `config`."""
         mel = MelMeta(n_mels=config.n_mels, n_fft=config.n_fft, hop_length=config.hop_length,
                       f_min=float(config.f_min), f_max=float(config.mel_f_max),
