@@ -26,8 +26,7 @@ COMMANDS = {"prepare": ("cli.prepare", "prepare_command"),
 
 
 def root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
     """OmniLatent command line."""
     if version:
         from cli.console import console

@@ -93,8 +93,7 @@ def eval_command(
     hooks: Hooks = None,
     device: Device = "auto",
     threads: Threads = None,
-    json_output: Json = False,
-) -> None:
+    json_output: Json = False) -> None:
     """Evaluate a trained checkpoint: per-task loss, cross-modal retrieval (R@1, R@5, median
     rank, beside chance), transcripts from video, audio and image (token accuracy, character
     error rate), and reconstruction (PSNR, mel L1). The checkpoint carries its model config,

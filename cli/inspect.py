@@ -293,8 +293,7 @@ def inspect_command(
         "--workers", min=1, show_default=False,
         help=f"Processes for --verify \\[default: CPU count from {PARALLEL_FROM} samples on, "
              f"else 1].")] = None,
-    json_output: Json = False,
-) -> None:
+    json_output: Json = False) -> None:
     """Show what prepared shards hold; check them; export samples to look at.
 
     The default summary reads the json and txt of every sample (the media members are skipped

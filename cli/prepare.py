@@ -224,8 +224,7 @@ def prepare_command(
         help="Read videos and transcripts that symlinks lead to outside VIDEO_DIR; without "
              "it they are skipped with a warning, so a link cannot pull a private file into "
              "the shards.")] = _DEFAULTS.follow_symlinks,
-    json_output: Json = False,
-) -> None:
+    json_output: Json = False) -> None:
     """Turn a folder of videos into time-aligned WebDataset shards.
 
     Each video is cut into clips of --clip-duration seconds every --clip-stride seconds; each

@@ -287,8 +287,7 @@ def train(
         "--log-interval", rich_help_panel=RUNTIME, min=1, help="Steps per metrics line (16 = "
         "one cycle of all modality pairs).")] = 16,
     threads: _in_panel(Threads, RUNTIME) = None,
-    seed: _in_panel(Seed, RUNTIME) = 0,
-) -> None:
+    seed: _in_panel(Seed, RUNTIME) = 0) -> None:
     """Train OmniLatent on prepared shards, raw videos or synthetic data. Stop with Ctrl-C or
     SIGTERM: the current step finishes and a checkpoint is written, so `--resume auto`
     continues exactly where it stopped."""

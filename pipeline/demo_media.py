@@ -64,8 +64,7 @@ DEMO_CLASSES = (
     DemoClass("black cross", (15, 15, 15), "cross", "rings", 1100.0, "the black cross rings"),
     DemoClass("cyan diamond", (30, 220, 230), "diamond", "clicks", 6500.0,
               "the cyan diamond clicks"),
-    DemoClass("white bar", (245, 245, 245), "bar", "drones", 500.0, "the white bar drones"),
-)
+    DemoClass("white bar", (245, 245, 245), "bar", "drones", 500.0, "the white bar drones"))
 _BY_SLUG = {demo_class.slug: demo_class for demo_class in DEMO_CLASSES}
 _FILE_NAME = re.compile(r"(?P<slug>[a-z]+-[a-z]+)_s(?P<seed>\d+)_(?P<index>\d+)\.[A-Za-z0-9]+")
 

@@ -194,8 +194,7 @@ def read_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: checkpoint format {_shown(fmt)} is not supported (this omni reads formats "
             f"{' and '.join(map(str, READABLE_FORMATS))}; the model changed since it was "
-            "written: retrain, or use the omni version that wrote it)"
-        )
+            "written: retrain, or use the omni version that wrote it)")
     step = state["step"]
     if not is_int(step) or not 0 <= step <= MAX_STEP:
         raise CheckpointError(f"{path}: {STATE_FILE} step must be an integer from 0 to "

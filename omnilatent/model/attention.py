@@ -83,8 +83,7 @@ class Block(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 hooks: list[Tensor], gates: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         attn, hook_attn = self.attn(
-            self.attn_norm(x), cos, sin, mask, [self.attn_norm(h) for h in hooks], gates
-        )
+            self.attn_norm(x), cos, sin, mask, [self.attn_norm(h) for h in hooks], gates)
         x = x + self.drop(attn)
         x = x + self.drop(self.mlp(self.mlp_norm(x)))  # (B, S, D)
         if not hooks:

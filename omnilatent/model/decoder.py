@@ -143,8 +143,7 @@ class TargetDecoder(nn.Module):
         self.target_embed = nn.Embedding(len(MODALITIES), d)
         self.position = nn.ModuleDict({
             modality: nn.Linear(AXIS_FEATURES * parts.grid_axes(cfg), d, bias=False)
-            for modality, parts in REGISTRY.items()
-        })
+            for modality, parts in REGISTRY.items()})
         self.summary = nn.Linear(d, d, bias=False)
         self.start = nn.Parameter(torch.zeros(d))  # "previous token" of the first text position
         self.blocks = nn.ModuleList(DecoderBlock(d, cfg.num_heads, cfg.mlp_hidden_dim, cfg.norm_eps)

@@ -44,8 +44,7 @@ class LatentNeuralHook(nn.Module):
         if not isinstance(name, str) or not _NAME.match(name):
             raise HookError(
                 f"hook name must start with a letter or '_' and contain only letters, digits, "
-                f"'_' or '-', got {name!r}"
-            )
+                f"'_' or '-', got {name!r}")
         if not _is_int(num_tokens) or not 0 < num_tokens <= MAX_HOOK_TOKENS:
             raise HookError(f"hook {name!r}: num_tokens must be an integer from 1 to "
                             f"{MAX_HOOK_TOKENS}, got {num_tokens!r}"[:200])
@@ -75,8 +74,7 @@ class LatentNeuralHook(nn.Module):
         self.transform = (
             nn.Sequential(RMSNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
             if use_transform
-            else None
-        )
+            else None)
 
     def gate_value(self) -> Tensor:
         """How much content reads this hook, in (0, 1)."""
@@ -114,8 +112,7 @@ class LatentNeuralHook(nn.Module):
         settings_path, weights_path = directory / SETTINGS_FILE, directory / WEIGHTS_FILE
         if not settings_path.is_file() or not weights_path.is_file():
             raise HookError(
-                f"{directory} is not a saved hook: expected {SETTINGS_FILE} and {WEIGHTS_FILE}"
-            )
+                f"{directory} is not a saved hook: expected {SETTINGS_FILE} and {WEIGHTS_FILE}")
         try:
             settings = json.loads(settings_path.read_bytes())
             with torch.device("meta"):

@@ -43,8 +43,7 @@ class OmniLatentModel(nn.Module):
         self.target_tokens = nn.Embedding(len(MODALITIES), d)
         self.blocks = nn.ModuleList(
             Block(d, config.num_heads, config.mlp_hidden_dim, config.norm_eps, config.dropout)
-            for _ in range(config.num_layers)
-        )
+            for _ in range(config.num_layers))
         self.final_norm = RMSNorm(d, config.norm_eps)
         self.decoder = TargetDecoder(config)
         self.decoders = nn.ModuleDict({name: parts.decoder(config)
@@ -303,8 +302,7 @@ class OmniLatentModel(nn.Module):
             {source_modality: source},
             [target_modality],
             targets=None if target is None else {target_modality: target},
-            target_lengths=None if target_length is None else {target_modality: target_length},
-        )
+            target_lengths=None if target_length is None else {target_modality: target_length})
         out = {"output": result["outputs"][target_modality],
                "hook_states": result["hook_states"][target_modality]}
         if "loss" in result:

@@ -170,15 +170,13 @@ class Checkpointer:
                 f"{t.dist.world_size}: each process's data position and random state belong "
                 f"to one process of that run; resume with {saved_world} process(es) in all "
                 "(torchrun --nnodes x --nproc_per_node), or start a new run from its weights "
-                f"in another save dir (--from {path}: any number of processes)"
-            )
+                f"in another save dir (--from {path}: any number of processes)")
         saved = state["data"].get("source")
         if saved is not None and t.data_source is not None and saved != t.data_source:
             raise CheckpointError(
                 f"{path} was trained on {saved} data but this run reads {t.data_source} "
                 f"data; resume with the data source it was trained on, or start a new run in "
-                "another save dir"
-            )
+                "another save dir")
         saved_cfg = OmniLatentConfig.from_dict(state["model_config"])
         diffs = [f"{k}: checkpoint {v!r} vs now {getattr(t.model_config, k)!r}"
                  for k, v in saved_cfg.to_dict().items()

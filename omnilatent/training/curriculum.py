@@ -154,8 +154,7 @@ def _cumulative(*groups: list[str]) -> list[dict[str, float]]:
 DEFAULT_WEIGHTS = {
     "video_recon": 0.5, "audio_recon": 0.5, "temporal": 0.5,
     "video_to_audio": 2.0, "audio_to_video": 2.0, "video_to_text": 2.0, "audio_to_text": 2.0,
-    "image_to_text": 1.0, "text_to_image": 1.0, "image_to_audio": 1.0, "audio_to_image": 1.0,
-}
+    "image_to_text": 1.0, "text_to_image": 1.0, "image_to_audio": 1.0, "audio_to_image": 1.0}
 _DEFAULT_TASKS = _cumulative(["video_recon", "audio_recon"],
                              ["video_to_audio", "audio_to_video"], ["temporal"],
                              ["video_to_text", "audio_to_text"],
@@ -164,8 +163,7 @@ DEFAULT_SHARES = {"warmup": 0.05, "crossmodal": 0.20, "temporal": 0.10, "groundi
                   "joint": 0.35}
 DEFAULT_SCHEDULE = Schedule(tuple(
     Phase(name, tasks, share=share)
-    for (name, share), tasks in zip(DEFAULT_SHARES.items(), _DEFAULT_TASKS, strict=True)
-))
+    for (name, share), tasks in zip(DEFAULT_SHARES.items(), _DEFAULT_TASKS, strict=True)))
 
 
 def default_schedule(shares: dict[str, float] | None = None) -> Schedule:

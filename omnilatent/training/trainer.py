@@ -185,11 +185,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_factor(s, config.effective_warmup, config.steps, config.min_lr_ratio),
-        )
+            lambda s: lr_factor(s, config.effective_warmup, config.steps, config.min_lr_ratio))
         self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype == torch.float16
-        )
+            self.device.type, enabled=self.amp_dtype == torch.float16)
         if config.compile:  # each block on its own: all 16 tasks share its graphs
             compile_blocks(self.model)
         self.forward_model: Callable[..., dict] = self.wrapped
@@ -401,8 +399,7 @@ class Trainer:
                     raise OmniLatentError(
                         f"{in_a_row} steps in a row could serve no task of step "
                         f"{self.step + 1} (e.g. a phase of text tasks only, on data without "
-                        "transcripts); check the schedule against the data"
-                    )
+                        "transcripts); check the schedule against the data")
                 continue
             in_a_row = 0
             task, loss, samples, tokens = outcome

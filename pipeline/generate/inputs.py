@@ -52,8 +52,7 @@ MODALITY_EXTENSIONS: dict[Modality, frozenset[str]] = {
     "video": VIDEO_EXTENSIONS,
     "audio": frozenset({".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".aac"}),
     "image": frozenset({".png", ".jpg", ".jpeg", ".webp"}),
-    "text": frozenset({".txt"}),
-}
+    "text": frozenset({".txt"})}
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,7 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 # needs no plotting library.
 _VIRIDIS = np.array([
     (68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
-    (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
-], dtype=np.float64)
+    (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37)], dtype=np.float64)
 
 
 @dataclass(frozen=True)

@@ -83,12 +83,10 @@ def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path,
         .filter("setpts", f"PTS+{END_TOLERANCE!r}/TB")
         .filter("fps", fps=config.fps, start_time=-_COUNT_EARLY_SLOTS / config.fps, round="down")
         .filter("scale", 1, 1)
-        .filter("format", "gray")
-    )
+        .filter("format", "gray"))
     outputs = ffmpeg.merge_outputs(
         grid.output("pipe:1", format="rawvideo", pix_fmt="rgb24"),
-        count.output(_file_url(count_path), format="rawvideo", pix_fmt="gray"),
-    )
+        count.output(_file_url(count_path), format="rawvideo", pix_fmt="gray"))
     return outputs.compile(cmd=[ffmpeg_binary(), *_GLOBAL_ARGS, "-y"])
 
 
@@ -116,8 +114,7 @@ class _Process:
         self.log = open(workdir / f"{name}.log", "w+b")  # closed in close()
         try:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log
-            )
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log)
         except OSError as err:
             self.log.close()
             raise DecodeError(f"cannot run ffmpeg ({cmd[0]}): {err.strerror or err}") from err

@@ -229,8 +229,7 @@ def _check_fingerprints(out: OutputDir, fingerprint: Fingerprint) -> None:
                 f"{out.root} was prepared with other settings ({unit_name(unit)}: "
                 f"{'; '.join(differences)}); rerun with the settings it was made with to "
                 f"resume, or pass --overwrite to delete its shards and start over",
-                differences,
-            )
+                differences)
 
 
 def _present_units(out: OutputDir) -> set[int]:

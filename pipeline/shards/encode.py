@@ -83,8 +83,7 @@ def encode_sample(key: str, meta: SampleMeta, mel: np.ndarray, image: np.ndarray
     problems = validate_sample(
         {"__key__": key, MEMBER_JSON: meta.to_dict(), MEMBER_MEL: mel, MEMBER_IMAGE: image,
          clip_name: frames, MEMBER_TEXT: text},
-        expected_from_config(config),
-    )
+        expected_from_config(config))
     if problems:
         raise ValueError(f"refusing to write sample {key}: " + "; ".join(problems))
     mel_buffer = BytesIO()

@@ -128,8 +128,7 @@ def read_manifest(folder: Path) -> Manifest | None:
             totals=totals,
             splits={parse_split(name): dict(counts) for name, counts in splits.items()},
             failures=list(data.get("failures", [])), skipped=list(data.get("skipped", [])),
-            warnings=list(data.get("warnings", [])),
-        )
+            warnings=list(data.get("warnings", [])))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"{path} is unreadable or malformed ({type(err).__name__}: {err}); "
                           f"re-run omni prepare on the same folders to rewrite it") from err

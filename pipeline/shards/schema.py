@@ -118,8 +118,7 @@ class SampleMeta:
             fps=config.fps, frames=config.video_frames, frame_size=config.video_size,
             image_size=config.image_size, sample_rate=config.sample_rate, mel=mel,
             rotation=rotation, has_audio=has_audio, transcript_source=transcript_source,
-            transcript_timed=transcript_timed, clip_encoding=clip_encoding,
-        )
+            transcript_timed=transcript_timed, clip_encoding=clip_encoding)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,8 +140,7 @@ def _typed_fields(cls: type, data: Mapping[str, Any], where: str,
                   skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """The fields of dataclass `cls` from `data`, checked against their annotated type."""
     checks: dict[str, tuple[type, ...]] = {
-        "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
-    }
+        "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
     values: dict[str, Any] = {}
     for field in fields(cls):
         if field.name in skip:
