@@ -202,9 +202,8 @@ def train(
     workers: _in_panel(Workers, DATA) = 0,
     dim: Annotated[int, typer.Option("--dim", rich_help_panel=MODEL, min=8,
                                      help="Model width.")] = OmniLatentConfig.hidden_dim,
-    layers: Annotated[int, typer.Option(
-        "--layers", rich_help_panel=MODEL, min=1,
-        help="Transformer blocks.")] = OmniLatentConfig.num_layers,
+    layers: Annotated[int, typer.Option("--layers", rich_help_panel=MODEL, min=1,
+                                        help="Transformer blocks.")] = OmniLatentConfig.num_layers,
     heads: Annotated[int, typer.Option(
         "--heads", rich_help_panel=MODEL, min=1, help="Attention heads; --dim must be a "
         "multiple of 2 x --heads.")] = OmniLatentConfig.num_heads,
@@ -240,9 +239,8 @@ def train(
     batch_size: Annotated[int, typer.Option(
         "--batch-size", rich_help_panel=OPTIMISATION, min=1,
         help="Samples per batch (per process under torchrun).")] = 4,
-    grad_accum: Annotated[int, typer.Option(
-        "--grad-accum", rich_help_panel=OPTIMISATION, min=1,
-        help="Batches accumulated per step.")] = 1,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", rich_help_panel=OPTIMISATION, min=1,
+                                            help="Batches accumulated per step.")] = 1,
     lr: Annotated[float, typer.Option("--lr", rich_help_panel=OPTIMISATION, min=0.0,
                                       help="Peak learning rate.")] = 6e-4,
     save_dir: _in_panel(SaveDir, CHECKPOINTS) = Path("runs/omni"),

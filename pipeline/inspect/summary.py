@@ -162,14 +162,13 @@ def summarize(target: Target, progress: ProgressFn | None = None) -> Summary:
         splits[entry.split].samples += entry.samples
     for split, ids in split_videos.items():
         splits[split].videos = len(ids)
-    return Summary(
-        target=target, shards=entries, samples=samples, videos=len(spans),
-        clip_seconds=round(clip_seconds, 3),
-        span_seconds=round(sum(end - start for start, end in spans.values()), 3),
-        with_text=with_text, with_audio=with_audio, unreadable_meta=unreadable,
-        transcripts=[TranscriptCoverage(source, counts[0], counts[1])
-                     for source, counts in sorted(coverage.items())],
-        members=_probe_members(target), splits=splits)
+    return Summary(target=target, shards=entries, samples=samples, videos=len(spans),
+                   clip_seconds=round(clip_seconds, 3),
+                   span_seconds=round(sum(end - start for start, end in spans.values()), 3),
+                   with_text=with_text, with_audio=with_audio, unreadable_meta=unreadable,
+                   transcripts=[TranscriptCoverage(source, counts[0], counts[1])
+                                for source, counts in sorted(coverage.items())],
+                   members=_probe_members(target), splits=splits)
 
 
 def _probe_members(target: Target) -> list[MemberInfo]:

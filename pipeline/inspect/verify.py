@@ -166,10 +166,9 @@ def verify(target: Target, workers: int = 1, progress: ProgressFn | None = None,
         problems.count += report.problem_count - len(report.problems)
     _check_keys(done, problems)
     _check_records(target, done, problems)
-    return VerifyResult(
-        shards=len(done), samples=sum(report.samples for report in done),
-        bytes=sum(report.bytes or 0 for report in done), problems=problems.kept,
-        problem_count=problems.count, elapsed_s=time.monotonic() - started)
+    return VerifyResult(shards=len(done), samples=sum(report.samples for report in done),
+                        bytes=sum(report.bytes or 0 for report in done), problems=problems.kept,
+                        problem_count=problems.count, elapsed_s=time.monotonic() - started)
 
 
 def _format_of_first_sample(target: Target) -> dict[str, Any] | None:

@@ -106,13 +106,12 @@ class UnitStats:
     def from_dict(cls, data: dict[str, Any]) -> UnitStats:
         """Parse a stats file; raises ValueError/KeyError/TypeError when it is malformed."""
         fingerprint = {name: data[name] for name in ("schema_version", "clip_encoding", "config")}
-        return cls(
-            unit=int(data["unit"]), fingerprint=fingerprint,
-            sources=[str(source) for source in data["sources"]],
-            videos=[VideoOutcome.from_dict(video) for video in data["videos"]],
-            shards=[ShardInfo(str(s["path"]), int(s["samples"]), int(s["bytes"]),
-                              parse_split(s.get("split", TRAIN))) for s in data["shards"]],
-            finished_at=str(data.get("finished_at", "")))
+        return cls(unit=int(data["unit"]), fingerprint=fingerprint,
+                   sources=[str(source) for source in data["sources"]],
+                   videos=[VideoOutcome.from_dict(video) for video in data["videos"]],
+                   shards=[ShardInfo(str(s["path"]), int(s["samples"]), int(s["bytes"]),
+                                     parse_split(s.get("split", TRAIN))) for s in data["shards"]],
+                   finished_at=str(data.get("finished_at", "")))
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -179,17 +179,16 @@ class PrepareResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (what `omni prepare --json` prints)."""
         plan = self.plan
-        return {
-            "out_dir": str(self.out_dir), "part": str(plan.part),
-            "units": {"total": plan.units, "in_part": plan.units_in_part,
-                      "done_before": plan.units_done, "prepared_now": plan.units_todo,
-                      "missing": self.units_missing, "removed": self.units_removed},
-            "totals": self.totals.to_dict(),
-            "splits": {split: totals.to_dict() for split, totals in self.splits.items()},
-            "manifest": str(self.manifest) if self.manifest is not None else None,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "videos": [video.to_dict() for video in self.videos],
-            "shards": [shard.to_dict() for shard in self.shards]}
+        return {"out_dir": str(self.out_dir), "part": str(plan.part),
+                "units": {"total": plan.units, "in_part": plan.units_in_part,
+                          "done_before": plan.units_done, "prepared_now": plan.units_todo,
+                          "missing": self.units_missing, "removed": self.units_removed},
+                "totals": self.totals.to_dict(),
+                "splits": {split: totals.to_dict() for split, totals in self.splits.items()},
+                "manifest": str(self.manifest) if self.manifest is not None else None,
+                "elapsed_s": round(self.elapsed_s, 3),
+                "videos": [video.to_dict() for video in self.videos],
+                "shards": [shard.to_dict() for shard in self.shards]}
 
 
 _LISTED_ENTRIES = 3  # names of an unrelated output folder's contents quoted in the error

@@ -63,14 +63,13 @@ class Totals:
     @classmethod
     def of(cls, videos: list[VideoOutcome], shards: int, size: int) -> Totals:
         prepared = [video for video in videos if video.status == PREPARED]
-        return cls(
-            videos=len(videos), prepared=len(prepared),
-            failed=sum(video.status == FAILED for video in videos),
-            skipped=sum(video.status == SKIPPED for video in videos),
-            clips=sum(video.clips for video in videos),
-            clips_with_text=sum(video.clips_with_text for video in videos),
-            footage_seconds=round(sum(video.footage_seconds for video in prepared), 3),
-            shards=shards, bytes=size)
+        return cls(videos=len(videos), prepared=len(prepared),
+                   failed=sum(video.status == FAILED for video in videos),
+                   skipped=sum(video.status == SKIPPED for video in videos),
+                   clips=sum(video.clips for video in videos),
+                   clips_with_text=sum(video.clips_with_text for video in videos),
+                   footage_seconds=round(sum(video.footage_seconds for video in prepared), 3),
+                   shards=shards, bytes=size)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
