@@ -3,8 +3,7 @@
 `main` imports only the module of the command on its command line (every module, for
 `omni --help` or an unknown name). No command module imports torch when it is imported (that
 takes seconds); `omni train` imports it when it runs. `app`, the whole command with every
-subcommand, is built on first access (PEP 562), for tests and for embedding.
-"""
+subcommand, is built on first access (PEP 562), for tests and for embedding."""
 
 from __future__ import annotations
 
@@ -18,20 +17,16 @@ import typer
 
 # Command name -> (module, function, in the order `omni --help` lists them); each module
 # also defines EXAMPLES, the epilog of its help.
-COMMANDS = {
-    "prepare": ("cli.prepare", "prepare_command"),
-    "inspect": ("cli.inspect", "inspect_command"),
-    "train": ("cli.train", "train"),
-    "eval": ("cli.evaluate", "eval_command"),
-    "generate": ("cli.generate", "generate_command"),
-    "demo-videos": ("cli.demo_videos", "demo_videos"),
-    "demo": ("cli.demo", "demo_command"),
-}
+COMMANDS = {"prepare": ("cli.prepare", "prepare_command"),
+            "inspect": ("cli.inspect", "inspect_command"), "train": ("cli.train", "train"),
+            "eval": ("cli.evaluate", "eval_command"),
+            "generate": ("cli.generate", "generate_command"),
+            "demo-videos": ("cli.demo_videos", "demo_videos"),
+            "demo": ("cli.demo", "demo_command")}
 
 
 def root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
     """OmniLatent command line."""
     if version:
         from cli.console import console

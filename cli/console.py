@@ -20,8 +20,7 @@ def plain(value: object) -> str:
     the command with a MarkupError, ``broken [i].mp4`` would print as ``broken .mp4``, and a
     ``[link=…]`` tag would plant a terminal hyperlink that hides the real path.
     Backslashes at the end are doubled and closed by an empty span, so that they print as they
-    are whether a tag follows or not (rich's own `escape` gets one of the two wrong).
-    """
+    are whether a tag follows or not (rich's own `escape` gets one of the two wrong)."""
     text = str(value)
     body = text.rstrip("\\")
     trailing = len(text) - len(body)

@@ -1,7 +1,6 @@
 """`omni demo`: the seed's ``demo.py`` on the tiny model, printed part by part.
 
-The work and its checks live in `omnilatent.demo`; this module only renders the report.
-"""
+The work and its checks live in `omnilatent.demo`; this module only renders the report."""
 
 from __future__ import annotations
 

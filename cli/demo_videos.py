@@ -2,8 +2,7 @@
 
 The videos come from `pipeline.demo_media`: eight classes whose shape, sound and sentence go
 together, with random variation per video, so a model trained on them has something to
-learn and a set made with another seed tests it on unseen videos.
-"""
+learn and a set made with another seed tests it on unseen videos."""
 
 from __future__ import annotations
 
@@ -54,8 +53,7 @@ def demo_videos(
                                       "of every video's variation; another seed gives "
                                       "unseen videos.")] = 0,
     duration: Annotated[float, typer.Option("--duration", min=1.0,
-                                            help="Seconds per video.")] = 4.0,
-) -> None:
+                                            help="Seconds per video.")] = 4.0) -> None:
     """Write sample videos (H.264 + AAC, 160x120) of eight classes, e.g. "the red circle
     hums": a shape moving over grey noise, its sound and its sentence as a transcript (.srt
     or .vtt). File names carry the class and seed, e.g. red-circle_s0_007.mp4."""

@@ -4,8 +4,7 @@ Library code raises its own exceptions (all OmniLatentError); commands may raise
 CLIError for bad arguments. ``run_command`` renders all of them the same way, with the
 traceback only when OMNI_DEBUG=1. A plain ValueError is rendered too: it is what third-party
 code raises for a value a user passed on (braceexpand for an unbalanced `--shards` pattern,
-torch for a state that does not fit), so it is a message to act on, not a crash to report.
-"""
+torch for a state that does not fit), so it is a message to act on, not a crash to report."""
 
 from __future__ import annotations
 

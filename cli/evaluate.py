@@ -1,8 +1,7 @@
 """`omni eval`: measure a checkpoint on held-out shards (losses, retrieval, text, reconstruction).
 
 The measuring happens in `omnilatent.evaluation`; this module loads the checkpoint, draws the
-progress bar and renders the metrics as tables or, with `--json`, as one JSON document on stdout.
-"""
+progress bar and renders the metrics as tables or, with `--json`, as one JSON document on stdout."""
 
 from __future__ import annotations
 
@@ -58,8 +57,7 @@ def _render(metrics: dict[str, Any], captions: dict[str, list[Any]]) -> None:
         text = ("token accuracy", "CER", "tokens")
         listing = table("transcripts (greedy, windows with text)", "task", *text, right=text)
         for name, m in metrics["text"].items():
-            listing.add_row(name, f"{m['token_accuracy']:.3f}", f"{m['cer']:.3f}",
-                            str(m["tokens"]))
+            listing.add_row(name, f"{m['token_accuracy']:.3f}", f"{m['cer']:.3f}", str(m["tokens"]))
         console.print(listing)
         for name, rows in captions.items():
             for caption in rows[:_SHOWN_CAPTIONS]:
@@ -95,8 +93,7 @@ def eval_command(
     hooks: Hooks = None,
     device: Device = "auto",
     threads: Threads = None,
-    json_output: Json = False,
-) -> None:
+    json_output: Json = False) -> None:
     """Evaluate a trained checkpoint: per-task loss, cross-modal retrieval (R@1, R@5, median
     rank, beside chance), transcripts from video, audio and image (token accuracy, character
     error rate), and reconstruction (PSNR, mel L1). The checkpoint carries its model config,
@@ -118,8 +115,7 @@ def eval_command(
         if split not in SPLITS:
             raise CLIError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}",
                            exit_code=EXIT_USAGE)
-        chosen = held_out_split(shards) if split == "auto" else (
-            None if split == "all" else split)
+        chosen = held_out_split(shards) if split == "auto" else (None if split == "all" else split)
         try:
             labels = None if label_pattern is None else source_labeller(label_pattern)
         except UsageError as exc:  # the pattern itself; a window it misses is no usage error

@@ -1,8 +1,7 @@
 """`omni generate`: one input file (or text) through a trained checkpoint into one output file.
 
 The work happens in `omnilatent.inference.generate`; this module parses the options, says what
-it made, and prints generated text.
-"""
+it made, and prints generated text."""
 
 from __future__ import annotations
 
@@ -64,8 +63,7 @@ def generate_command(
              "folder; without it, it is ignored with a note, as omni prepare does.")] = False,
     hooks: Hooks = None,
     device: Device = "auto",
-    threads: Threads = None,
-) -> None:
+    threads: Threads = None) -> None:
     """Generate one output from one input with a trained checkpoint. The input goes through
     the same decode, geometry and mel code as `omni prepare`, so the model sees what it saw
     in training; audio outputs are inverted from log-mel with Griffin-Lim."""

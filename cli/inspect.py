@@ -3,8 +3,7 @@
 The reading happens in `pipeline.inspect`; this module picks what to run from the options,
 draws the progress bars and renders the results as tables or, with `--json`, as one JSON
 document on stdout (nothing else is printed there; strict JSON: a NaN or infinity read from
-a manifest or a sample is null). Exit statuses: README.md, "Inspecting shards".
-"""
+a manifest or a sample is null). Exit statuses: README.md, "Inspecting shards"."""
 
 from __future__ import annotations
 
@@ -70,8 +69,7 @@ class _Bar:
     def __init__(self, progress: Progress, description: str, total_bytes: int) -> None:
         self.progress = progress
         self.samples = 0
-        self.task = progress.add_task(description, total=max(total_bytes, 1), samples=0,
-                                      rate="-")
+        self.task = progress.add_task(description, total=max(total_bytes, 1), samples=0, rate="-")
 
     def __call__(self, samples: int, size: int) -> None:
         self.samples += samples
@@ -295,13 +293,11 @@ def inspect_command(
         "--workers", min=1, show_default=False,
         help=f"Processes for --verify \\[default: CPU count from {PARALLEL_FROM} samples on, "
              f"else 1].")] = None,
-    json_output: Json = False,
-) -> None:
+    json_output: Json = False) -> None:
     """Show what prepared shards hold; check them; export samples to look at.
 
     The default summary reads the json and txt of every sample (the media members are skipped
-    over) and decodes the first few samples for member dtypes and shapes.
-    """
+    over) and decodes the first few samples for member dtypes and shapes."""
 
     def body() -> None:
         if len(paths) > 1 and any(path.is_dir() for path in paths):

@@ -2,8 +2,7 @@
 
 The work happens in `pipeline.prepare`; this module turns options into its configs, draws the
 progress bar, and renders the result as tables or, with `--json`, as one JSON document on
-stdout (nothing else is printed there). Exit statuses: README.md, "Preparing videos" (Output).
-"""
+stdout (nothing else is printed there). Exit statuses: README.md, "Preparing videos" (Output)."""
 
 from __future__ import annotations
 
@@ -76,7 +75,7 @@ class _ProgressBar(PrepareCallbacks):
         self.task: TaskID | None = None
 
     def on_start(self, plan: RunPlan) -> None:
-        done = (f", {plan.units_done} already done (skipped)" if plan.units_done else "")
+        done = f", {plan.units_done} already done (skipped)" if plan.units_done else ""
         part = f" (part {plan.part})" if plan.part.count > 1 else ""
         console.print(f"{count(plan.videos, 'video')} in {count(plan.units, 'unit')}{part}: "
                       f"{plan.units_todo} to prepare{done}")
@@ -168,8 +167,7 @@ def prepare_command(
     out_dir: Annotated[Path, typer.Argument(help="Output folder for shards/, stats/ and "
                                             "manifest.json (created if missing).",
                                             show_default=False)],
-    clip_duration: Annotated[float, typer.Option("--clip-duration",
-                                                 help="Seconds per clip.")]
+    clip_duration: Annotated[float, typer.Option("--clip-duration", help="Seconds per clip.")]
     = _DEFAULTS.clip_duration,
     clip_stride: Annotated[float, typer.Option("--clip-stride",
                                                help="Seconds between clip starts.")]
@@ -226,15 +224,13 @@ def prepare_command(
         help="Read videos and transcripts that symlinks lead to outside VIDEO_DIR; without "
              "it they are skipped with a warning, so a link cannot pull a private file into "
              "the shards.")] = _DEFAULTS.follow_symlinks,
-    json_output: Json = False,
-) -> None:
+    json_output: Json = False) -> None:
     """Turn a folder of videos into time-aligned WebDataset shards.
 
     Each video is cut into clips of --clip-duration seconds every --clip-stride seconds; each
     clip becomes one sample with its frames, middle image, log-mel audio and the transcript
     text that overlaps it (from .srt/.vtt/.txt sidecars or embedded subtitles). Broken videos
-    fail alone and are listed; rerunning resumes where a run stopped.
-    """
+    fail alone and are listed; rerunning resumes where a run stopped."""
 
     def body() -> None:
         try:
@@ -247,8 +243,7 @@ def prepare_command(
             options = RunOptions(workers=workers or default_workers(), part=Part.parse(part),
                                  overwrite=overwrite, threads=decoder_threads)
         except ConfigError as err:
-            raise CLIError(str(err), hint="see omni prepare --help",
-                           exit_code=EXIT_USAGE) from err
+            raise CLIError(str(err), hint="see omni prepare --help", exit_code=EXIT_USAGE) from err
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
         try:
             if json_output:
@@ -261,19 +256,16 @@ def prepare_command(
                     TextColumn("{task.fields[rate]} footage-s/s"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
                 with progress:
-                    result = prepare(video_dir, out_dir, config, options,
-                                     _ProgressBar(progress))
+                    result = prepare(video_dir, out_dir, config, options, _ProgressBar(progress))
         except FolderArgumentError as err:
-            raise CLIError(str(err), hint="see omni prepare --help",
-                           exit_code=EXIT_USAGE) from err
+            raise CLIError(str(err), hint="see omni prepare --help", exit_code=EXIT_USAGE) from err
         except KeyboardInterrupt:
             raise CLIError("interrupted: the units finished so far are kept",
                            hint="rerun the same command to resume", exit_code=130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
         if json_output:
-            console.out(json.dumps(result.to_dict(), ensure_ascii=True),
-                        highlight=False)
+            console.out(json.dumps(result.to_dict(), ensure_ascii=True), highlight=False)
         else:
             _summary(result, config.eval_fraction)
         failed = result.totals.failed

@@ -2,8 +2,7 @@
 trainer, evaluator, resume) and show it: live progress, then a summary.
 
 The options live here; torch-backed modules are imported when the command runs (see
-`cli/train_display.py`), so `omni --help` lists every command without loading torch.
-"""
+`cli/train_display.py`), so `omni --help` lists every command without loading torch."""
 
 from __future__ import annotations
 
@@ -125,8 +124,7 @@ def _stop_handler() -> Iterator[list[bool]]:
         flag[0] = True
         console.print("[yellow]stop requested: saving a checkpoint after this step…[/]")
 
-    before = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT,
-                                                                    signal.SIGTERM)}
+    before = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
@@ -204,9 +202,8 @@ def train(
     workers: _in_panel(Workers, DATA) = 0,
     dim: Annotated[int, typer.Option("--dim", rich_help_panel=MODEL, min=8,
                                      help="Model width.")] = OmniLatentConfig.hidden_dim,
-    layers: Annotated[int, typer.Option(
-        "--layers", rich_help_panel=MODEL, min=1,
-        help="Transformer blocks.")] = OmniLatentConfig.num_layers,
+    layers: Annotated[int, typer.Option("--layers", rich_help_panel=MODEL, min=1,
+                                        help="Transformer blocks.")] = OmniLatentConfig.num_layers,
     heads: Annotated[int, typer.Option(
         "--heads", rich_help_panel=MODEL, min=1, help="Attention heads; --dim must be a "
         "multiple of 2 x --heads.")] = OmniLatentConfig.num_heads,
@@ -242,9 +239,8 @@ def train(
     batch_size: Annotated[int, typer.Option(
         "--batch-size", rich_help_panel=OPTIMISATION, min=1,
         help="Samples per batch (per process under torchrun).")] = 4,
-    grad_accum: Annotated[int, typer.Option(
-        "--grad-accum", rich_help_panel=OPTIMISATION, min=1,
-        help="Batches accumulated per step.")] = 1,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", rich_help_panel=OPTIMISATION, min=1,
+                                            help="Batches accumulated per step.")] = 1,
     lr: Annotated[float, typer.Option("--lr", rich_help_panel=OPTIMISATION, min=0.0,
                                       help="Peak learning rate.")] = 6e-4,
     save_dir: _in_panel(SaveDir, CHECKPOINTS) = Path("runs/omni"),
@@ -289,8 +285,7 @@ def train(
         "--log-interval", rich_help_panel=RUNTIME, min=1, help="Steps per metrics line (16 = "
         "one cycle of all modality pairs).")] = 16,
     threads: _in_panel(Threads, RUNTIME) = None,
-    seed: _in_panel(Seed, RUNTIME) = 0,
-) -> None:
+    seed: _in_panel(Seed, RUNTIME) = 0) -> None:
     """Train OmniLatent on prepared shards, raw videos or synthetic data. Stop with Ctrl-C or
     SIGTERM: the current step finishes and a checkpoint is written, so `--resume auto`
     continues exactly where it stopped."""

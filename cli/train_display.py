@@ -1,8 +1,7 @@
 """How `omni train` shows a run: live progress and log lines, then a summary table.
 
 Kept apart from the command's options (`cli/train.py`) because it needs the trainer, and so
-torch: `omni --help` builds every command's options and should not wait seconds for torch.
-"""
+torch: `omni --help` builds every command's options and should not wait seconds for torch."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ class RichCallbacks(TrainerCallbacks):
     step's loss is that of a single task, and tasks alternate: it jumped 2.76 -> 0.23 -> 2.24
     between text and picture targets), read at log intervals, as the trainer reads losses.
     ``samples_per_step`` (batch size x accumulation) turns steps/s into samples/s. Every line
-    is printed unwrapped, so piped logs keep one record a line whatever the width.
-    """
+    is printed unwrapped, so piped logs keep one record a line whatever the width."""
 
     def __init__(self, progress: Progress, total: int, samples_per_step: int) -> None:
         self.progress = progress

@@ -2,8 +2,7 @@
 
 The public names are imported on first use (PEP 562 `__getattr__`): importing a light
 submodule such as `omnilatent.errors`, as every `omni` command does at start-up, then costs
-milliseconds instead of the seconds that importing the model and torch takes.
-"""
+milliseconds instead of the seconds that importing the model and torch takes."""
 
 from __future__ import annotations
 
@@ -19,12 +18,8 @@ __all__ = ["MODALITIES", "LatentNeuralHook", "OmniLatentConfig", "OmniLatentMode
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
-_EXPORTS = {
-    "MODALITIES": "omnilatent.config",
-    "OmniLatentConfig": "omnilatent.config",
-    "OmniLatentModel": "omnilatent.model",
-    "LatentNeuralHook": "omnilatent.model.hooks",
-}
+_EXPORTS = {"MODALITIES": "omnilatent.config", "OmniLatentConfig": "omnilatent.config",
+            "OmniLatentModel": "omnilatent.model", "LatentNeuralHook": "omnilatent.model.hooks"}
 
 
 def __getattr__(name: str) -> Any:

@@ -13,25 +13,16 @@ __all__ = ["MODALITIES", "OmniLatentConfig"]
 TEXT_DECODINGS = ("autoregressive", "parallel")
 # The seed's training fields of OmniLatentConfig -> the TrainConfig field each one sets
 # (`batch_size` sets none: the DataLoader takes it).
-TRAINING_FIELDS = {
-    "batch_size": None,
-    "learning_rate": "lr",
-    "weight_decay": "weight_decay",
-    "warmup_steps": "warmup_steps",
-    "max_steps": "steps",
-    "mixed_precision": "amp",
-    "grad_clip": "grad_clip",
-    "seed": "seed",
-}
+TRAINING_FIELDS = {"batch_size": None, "learning_rate": "lr", "weight_decay": "weight_decay",
+                   "warmup_steps": "warmup_steps", "max_steps": "steps",
+                   "mixed_precision": "amp", "grad_clip": "grad_clip", "seed": "seed"}
 # Caps on what a config may declare. A checkpoint's state.json is read into one, and the
 # model is built from it (on the meta device) before its weights are compared with the
 # safetensors header; no model this code trains comes near them (README: checkpoint format).
-FIELD_CAPS = {
-    "hidden_dim": 16384, "num_layers": 512, "num_heads": 512, "mlp_hidden_dim": 65536,
-    "vocab_size": 1 << 20, "n_mels": 1024, "audio_frames": 65536,
-    "audio_stride": 64, "image_size": 4096, "patch_size": 64, "video_size": 4096,
-    "video_frames": 1024, "tubelet_size": 64, "decoder_layers": 64,
-}
+FIELD_CAPS = {"hidden_dim": 16384, "num_layers": 512, "num_heads": 512, "mlp_hidden_dim": 65536,
+              "vocab_size": 1 << 20, "n_mels": 1024, "audio_frames": 65536,
+              "audio_stride": 64, "image_size": 4096, "patch_size": 64, "video_size": 4096,
+              "video_frames": 1024, "tubelet_size": 64, "decoder_layers": 64}
 # Tokens one image, clip or mel window may become (attention cost grows with their square;
 # image_size changes no weight, so only this bounds it).
 MAX_MODALITY_TOKENS = 4096
@@ -50,8 +41,7 @@ class OmniLatentConfig:
     ``Trainer(model, config, loader)``), so they are accepted as optional defaults that
     `omnilatent.training.TrainConfig.from_model_config` turns into trainer settings. They
     change no weight or shape, so they are left out of ``to_dict`` (a checkpoint's model
-    config) and of ``==`` (the same model with another learning rate is the same model).
-    """
+    config) and of ``==`` (the same model with another learning rate is the same model)."""
 
     hidden_dim: int = 768
     num_layers: int = 12
@@ -96,27 +86,20 @@ class OmniLatentConfig:
             if value > FIELD_CAPS[name]:
                 raise ConfigError(f"{name} must be at most {FIELD_CAPS[name]}, got {value}")
         if self.hidden_dim % self.num_heads:
-            raise ConfigError(
-                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
-            )
+            raise ConfigError(f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads "
+                              f"({self.num_heads})")
         if (self.hidden_dim // self.num_heads) % 2:
-            raise ConfigError(
-                f"head dim hidden_dim/num_heads = {self.hidden_dim // self.num_heads} must be even "
-                "for rotary position embeddings"
-            )
+            raise ConfigError(f"head dim hidden_dim/num_heads = {self.hidden_dim // self.num_heads}"
+                              " must be even for rotary position embeddings")
         if self.vocab_size < 2:
             raise ConfigError("vocab_size must be >= 2 (id 0 is padding)")
         for size_name in ("image_size", "video_size"):
             if getattr(self, size_name) % self.patch_size:
-                raise ConfigError(
-                    f"{size_name} ({getattr(self, size_name)}) must be a multiple of "
-                    f"patch_size ({self.patch_size})"
-                )
+                raise ConfigError(f"{size_name} ({getattr(self, size_name)}) must be a multiple of "
+                                  f"patch_size ({self.patch_size})")
         if self.video_frames % self.tubelet_size:
-            raise ConfigError(
-                f"video_frames ({self.video_frames}) must be a multiple of "
-                f"tubelet_size ({self.tubelet_size})"
-            )
+            raise ConfigError(f"video_frames ({self.video_frames}) must be a multiple of "
+                              f"tubelet_size ({self.tubelet_size})")
         side, video_side = self.image_size // self.patch_size, self.video_size // self.patch_size
         tokens = {"image": side**2, "audio": self.audio_frames // self.audio_stride,
                   "video": self.video_frames // self.tubelet_size * video_side**2}
@@ -141,23 +124,16 @@ class OmniLatentConfig:
             return ConfigError(f"{name} must be None (the trainer's default) or {expected}, "
                                f"got {getattr(self, name)!r}")
 
-        for name in ("batch_size", "max_steps"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value <= 0):
-                raise bad(name, "a positive integer")
-        for name in ("warmup_steps", "seed"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 0):
-                raise bad(name, "an integer >= 0")
-        for name, positive in (("learning_rate", True), ("weight_decay", False),
-                               ("grad_clip", False)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float))
-                                      or isinstance(value, bool)
-                                      or (value <= 0 if positive else value < 0)):
-                raise bad(name, "a number > 0" if positive else "a number >= 0")
+        for names, types, positive, expected in (
+                (("batch_size", "max_steps"), int, True, "a positive integer"),
+                (("warmup_steps", "seed"), int, False, "an integer >= 0"),
+                (("learning_rate",), (int, float), True, "a number > 0"),
+                (("weight_decay", "grad_clip"), (int, float), False, "a number >= 0")):
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and (not isinstance(value, types) or isinstance(value, bool)
+                                          or (value <= 0 if positive else value < 0)):
+                    raise bad(name, expected)
         if self.mixed_precision is not None and not isinstance(self.mixed_precision, bool):
             raise bad("mixed_precision", "True or False")
 
@@ -197,8 +173,6 @@ def check_data_fits_model(expected: dict[str, Any], config: OmniLatentConfig) ->
     problems = [f"data {name}={expected[name]} but model {name}={getattr(config, name)}"
                 for name in SIZE_FIELDS if int(expected[name]) != getattr(config, name)]
     if problems:
-        raise ConfigError(
-            "the data does not fit the model: " + "; ".join(problems)
-            + " (prepare the videos with matching --frame-size/--image-size/--n-mels/"
-            "--fps/--clip-duration, or train a new model on this data)"
-        )
+        raise ConfigError("the data does not fit the model: " + "; ".join(problems)
+                          + " (prepare the videos with matching --frame-size/--image-size/--n-mels/"
+                          "--fps/--clip-duration, or train a new model on this data)")

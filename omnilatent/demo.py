@@ -5,8 +5,7 @@ self-reconstruction of every modality, cross-modal translation, a Latent Neural 
 lifecycle (it changes outputs; removing it restores them bit for bit), a multimodal forward
 pass, and a gradient-flow check (every parameter the forward uses gets a finite, non-zero
 gradient: no dead branch). At the tiny size (``TINY_DEMO``) the whole run takes seconds on a
-CPU.
-"""
+CPU."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Errors raised by the omnilatent library. The CLI renders them; library code never prints.
 
 The base (`OmniLatentError`) and `ConfigError` are the lowest layer's (`pipeline.errors`), so
-one ``except`` catches a bad setting wherever it was found, model, trainer or data.
-"""
+one ``except`` catches a bad setting wherever it was found, model, trainer or data."""
 
 from pipeline.errors import ConfigError, OmniLatentError
 

@@ -56,8 +56,7 @@ class TemporalTask(Task):
     """Predict the future frames of a clip from its past frames.
 
     The clip (B, 3, T, H, W) is cut in two at a multiple of ``tubelet`` frames (8 | 8 at the
-    defaults); the model reads the first part and must produce the second.
-    """
+    defaults); the model reads the first part and must produce the second."""
 
     tubelet: int = 4
 
@@ -71,18 +70,16 @@ class TemporalTask(Task):
 
 
 # The named tasks of a curriculum (and of evaluation): pairs, and future frames.
-PAIR_TASKS: dict[str, tuple[str, str]] = {
-    "video_recon": ("video", "video"),
-    "audio_recon": ("audio", "audio"),
-    "video_to_audio": ("video", "audio"),
-    "audio_to_video": ("audio", "video"),
-    "video_to_text": ("video", "text"),
-    "audio_to_text": ("audio", "text"),
-    "image_to_text": ("image", "text"),
-    "text_to_image": ("text", "image"),
-    "image_to_audio": ("image", "audio"),
-    "audio_to_image": ("audio", "image"),
-}
+PAIR_TASKS: dict[str, tuple[str, str]] = {"video_recon": ("video", "video"),
+                                          "audio_recon": ("audio", "audio"),
+                                          "video_to_audio": ("video", "audio"),
+                                          "audio_to_video": ("audio", "video"),
+                                          "video_to_text": ("video", "text"),
+                                          "audio_to_text": ("audio", "text"),
+                                          "image_to_text": ("image", "text"),
+                                          "text_to_image": ("text", "image"),
+                                          "image_to_audio": ("image", "audio"),
+                                          "audio_to_image": ("audio", "image")}
 TASK_NAMES = (*PAIR_TASKS, "temporal")
 
 
@@ -153,8 +150,7 @@ class PairSampler(TaskSampler):
     one task per target and any 16 consecutive turns hold every pair exactly once: a loss
     averaged over 16 steps always means the same mix. (Uniform random draws would make such an
     average swing with how many text steps, cross-entropy ~10, it happened to contain.)
-    Pairs the batch cannot serve are passed over, and the turn moves on.
-    """
+    Pairs the batch cannot serve are passed over, and the turn moves on."""
 
     def __init__(self, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)

@@ -8,8 +8,7 @@ running on them, sampled when the command starts, at least one; `--threads N` or
 `OMP_NUM_THREADS` (torchrun sets it to 1) choose for themselves. A run on a quiet machine
 keeps every core, as before.
 
-This module imports nothing heavy: the choice is made before torch computes anything.
-"""
+This module imports nothing heavy: the choice is made before torch computes anything."""
 
 from __future__ import annotations
 

@@ -4,8 +4,7 @@
 shard a sample lands in (the eval split: `eval_fraction`, `split_seed`). It is stored
 in each unit's stats file and in the manifest, and a rerun into the same output directory with a
 different `PrepareConfig` is refused unless `--overwrite`. Settings that only change *how* the
-work runs (workers, `--part`, `--strict`) live in `RunOptions` and never invalidate earlier work.
-"""
+work runs (workers, `--part`, `--strict`) live in `RunOptions` and never invalidate earlier work."""
 
 from __future__ import annotations
 

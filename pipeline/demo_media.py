@@ -3,8 +3,7 @@ shows and sounds like: README.md, "The demo world").
 
 Within a class every video differs, so a model has to learn the class, not memorise footage.
 Everything a video shows follows from `demo_params(seed, index)`; rendering is pure numpy,
-vectorised over frames and samples, so a 4 s video takes a small fraction of a second.
-"""
+vectorised over frames and samples, so a 4 s video takes a small fraction of a second."""
 
 from __future__ import annotations
 
@@ -36,8 +35,7 @@ class DemoClass:
     """One class of the demo world: what its videos show, sound like and say.
 
     `hz` is the base frequency of the sound (the pips of "clicks" too); a video's pitch
-    jitter scales it.
-    """
+    jitter scales it."""
 
     name: str
     colour: tuple[int, int, int]
@@ -57,8 +55,7 @@ class DemoClass:
 # whole stretch of the mel scale, so a prediction that knows the class can tell it apart.
 DEMO_CLASSES = (
     DemoClass("red circle", (230, 30, 30), "circle", "hums", 110.0, "the red circle hums"),
-    DemoClass("green square", (30, 210, 50), "square", "beeps", 1600.0,
-              "the green square beeps"),
+    DemoClass("green square", (30, 210, 50), "square", "beeps", 1600.0, "the green square beeps"),
     DemoClass("blue triangle", (40, 60, 240), "triangle", "buzzes", 3300.0,
               "the blue triangle buzzes"),
     DemoClass("yellow star", (240, 230, 30), "star", "whistles", 2400.0,
@@ -67,8 +64,7 @@ DEMO_CLASSES = (
     DemoClass("black cross", (15, 15, 15), "cross", "rings", 1100.0, "the black cross rings"),
     DemoClass("cyan diamond", (30, 220, 230), "diamond", "clicks", 6500.0,
               "the cyan diamond clicks"),
-    DemoClass("white bar", (245, 245, 245), "bar", "drones", 500.0, "the white bar drones"),
-)
+    DemoClass("white bar", (245, 245, 245), "bar", "drones", 500.0, "the white bar drones"))
 _BY_SLUG = {demo_class.slug: demo_class for demo_class in DEMO_CLASSES}
 _FILE_NAME = re.compile(r"(?P<slug>[a-z]+-[a-z]+)_s(?P<seed>\d+)_(?P<index>\d+)\.[A-Za-z0-9]+")
 
@@ -77,8 +73,7 @@ _FILE_NAME = re.compile(r"(?P<slug>[a-z]+-[a-z]+)_s(?P<seed>\d+)_(?P<index>\d+)\
 class DemoParams:
     """Everything random about one video; rendering is a pure function of these.
 
-    Lengths are in pixels of the `SIZE` picture, times in seconds, levels in 0-255.
-    """
+    Lengths are in pixels of the `SIZE` picture, times in seconds, levels in 0-255."""
 
     demo_class: DemoClass
     colour: tuple[int, int, int]  # the class colour, jittered by up to 10 per channel
@@ -114,8 +109,7 @@ def demo_params(seed: int, index: int) -> DemoParams:
     """The class and random variation of video `index` of the set made with `seed`.
 
     Each video draws from its own stream (a child of the seed keyed by `index`), so a video's
-    parameters do not depend on how many videos the set holds.
-    """
+    parameters do not depend on how many videos the set holds."""
     if seed < 0 or index < 0:
         raise PipelineError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     demo_class = class_order(seed)[index % len(DEMO_CLASSES)]
@@ -198,8 +192,7 @@ def shape_mask(params: DemoParams, frames: np.ndarray) -> np.ndarray:
     """Where the shape is in each of the `frames` (indices at `FPS`): bool (T, H, W).
 
     Only a box around the shape is tested (the star's trigonometry over whole frames would
-    cost more than encoding them).
-    """
+    cost more than encoding them)."""
     width, height = SIZE
     centres = shape_centres(params, frames / FPS)  # (T, 2)
     side = math.ceil(2 * params.radius) + 2
@@ -230,8 +223,7 @@ def render_frames(params: DemoParams, frames: np.ndarray) -> np.ndarray:
     Grey-level noise in 2x2 pixel blocks, new in every frame (seeded per frame, so any frame
     renders alone), under the shape in its colour. Drawing in YUV skips an RGB conversion
     that costs as much as the encoding; blocks, rather than single pixels, survive the
-    encoder's quantisation at a quarter of the bits.
-    """
+    encoder's quantisation at a quarter of the bits."""
     width, height = SIZE
     noise = np.empty((len(frames), height // 2, width // 2), dtype=np.float32)  # (T, H/2, W/2)
     for i, frame in enumerate(frames):
@@ -342,8 +334,7 @@ def encode_video(path: Path, params: DemoParams, duration: float) -> None:
     One encoder thread: the pictures are tiny, so threads cost more than they save, and the
     output stays byte-identical run to run. Noise is costly to code and nothing needs it
     exact: x264's "ultrafast" preset at CRF 33 keeps the grain in a quarter of the CPU time
-    that "veryfast" takes, at about the same size (~65 KB per 4 s).
-    """
+    that "veryfast" takes, at about the same size (~65 KB per 4 s)."""
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     width, height = SIZE
     n_frames = round(duration * FPS)
@@ -372,8 +363,7 @@ def encode_video(path: Path, params: DemoParams, duration: float) -> None:
             until = len(sound) if end == n_frames else round(end / FPS * SAMPLE_RATE)
             for start in range(audio_pos, until, _AUDIO_CHUNK):
                 chunk = sound[start:min(start + _AUDIO_CHUNK, until)]
-                samples = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp",
-                                                     layout="mono")
+                samples = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
                 samples.sample_rate, samples.pts = SAMPLE_RATE, start
                 samples.time_base = Fraction(1, SAMPLE_RATE)
                 container.mux(audio.encode(samples))
@@ -390,8 +380,7 @@ def make_demo_videos(out_dir: Path, count: int = 16, seed: int = 0, duration: fl
     Video i is of class `class_order(seed)[i % 8]`, so the classes are balanced; its name is
     `demo_file_stem` (files of the same name are replaced). Each video is written under a
     temporary name and renamed when complete, after its transcript, so a folder never holds
-    a partial video. `on_video` is called after each one (for progress displays).
-    """
+    a partial video. `on_video` is called after each one (for progress displays)."""
     if count < 1:
         raise PipelineError(f"count must be >= 1, got {count}")
     if seed < 0:

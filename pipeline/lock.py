@@ -8,8 +8,7 @@ it would let a third run lock a fresh inode while the second still holds the old
 
 A shared lock lets several holders in at once and keeps exclusive ones out: the parts of an
 `omni prepare --part I/N` job array share their output folder, which a whole run into it may
-not.
-"""
+not."""
 
 from __future__ import annotations
 

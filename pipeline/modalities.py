@@ -2,8 +2,7 @@
 
 Torch-free, so the prepare side, the loader and the model all read it and none reaches into
 another for a convention. The model's parts of each modality are
-`omnilatent.model.modalities.REGISTRY`, one entry per row here.
-"""
+`omnilatent.model.modalities.REGISTRY`, one entry per row here."""
 
 from __future__ import annotations
 

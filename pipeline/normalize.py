@@ -15,8 +15,7 @@ values; float32 is already model units (the synthetic dataset and `collate_multi
 user's own dataset produce them) and passes through unchanged; text ids pass through as they
 are. The divisions run against a divisor tensor on the data's own device: CUDA turns a division
 by a Python number into a multiplication by its reciprocal (one bit less exact), and the
-results must be bit-identical wherever they are computed.
-"""
+results must be bit-identical wherever they are computed."""
 
 from __future__ import annotations
 
@@ -41,8 +40,7 @@ def pixels_to_unit(pixels: torch.Tensor) -> torch.Tensor:
 def unit_to_pixels(values: torch.Tensor) -> torch.Tensor:
     """Model pixels in [-1, 1] back to uint8: rounded to the nearest level, clipped to 0..255.
 
-    Exact inverse of `pixels_to_unit` on its outputs; a model's values outside [-1, 1] clip.
-    """
+    Exact inverse of `pixels_to_unit` on its outputs; a model's values outside [-1, 1] clip."""
     return values.detach().float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 

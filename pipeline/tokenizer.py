@@ -8,8 +8,7 @@ Byte-level ids: 0 padding, 1 BOS, 2 EOS, 3..258 the UTF-8 bytes 0..255 (vocab >=
 BOS is emitted: the model already starts every sequence with its own modality tokens. EOS is
 appended when the whole text and EOS fit in `max_len`, so a model learns where a transcript ends; a
 truncated text has no EOS, which tells it the text goes on. Truncation never splits a UTF-8
-character. Empty text gives an empty tensor, i.e. a batch row of padding only.
-"""
+character. Empty text gives an empty tensor, i.e. a batch row of padding only."""
 
 from __future__ import annotations
 
@@ -65,8 +64,7 @@ def byte_detokenize(ids: torch.Tensor | Iterable[int]) -> str:
     """The text of byte-level ids, for display: stops at EOS, skips padding and BOS.
 
     Ids outside the byte range (e.g. from a model's larger vocabulary) are skipped and broken
-    UTF-8 becomes U+FFFD, so any model output can be shown.
-    """
+    UTF-8 becomes U+FFFD, so any model output can be shown."""
     values = ids.tolist() if isinstance(ids, torch.Tensor) else ids
     data = bytes(value - BYTE_OFFSET for value in itertools.takewhile(lambda v: v != EOS_ID, values)
                  if BYTE_OFFSET <= value < BYTE_VOCAB_SIZE)
@@ -79,8 +77,7 @@ class SentencePieceTokenizer:
     SentencePiece models usually give id 0 to <unk>, which would collide with padding, so
     every id is shifted by one: a model with vocabulary V needs a text vocabulary of V + 1.
     EOS (the model's, if it has one) follows the same rule as the byte tokenizer. The model
-    file is loaded lazily, once per process, so instances pickle into DataLoader workers.
-    """
+    file is loaded lazily, once per process, so instances pickle into DataLoader workers."""
 
     def __init__(self, model_path: str | Path) -> None:
         self.model_path = str(model_path)
@@ -137,8 +134,7 @@ def sentencepiece_tokenizer(model_path: str | Path) -> TokenizerFn:
     """A `TokenizerFn` for the SentencePiece model at `model_path` (see SentencePieceTokenizer).
 
     Checks now that sentencepiece is installed and the file exists, so a misconfiguration
-    fails when the loader is built, not in a worker mid-epoch.
-    """
+    fails when the loader is built, not in a worker mid-epoch."""
     _import_sentencepiece()
     if not Path(model_path).is_file():
         raise ConfigError(f"SentencePiece model {model_path} does not exist; pass the .model "

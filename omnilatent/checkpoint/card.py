@@ -4,8 +4,7 @@ A checkpoint holds, besides its weights, a *card*: the tokenizer (byte-level, or
 SentencePiece model copied into the checkpoint folder as `tokenizer.model`), the text length
 the model was trained with, and the `omni prepare` settings of its training data (sizes, fps,
 clip length, mel parameters). `omni eval` and `omni generate` need nothing else: an input is
-prepared with exactly those settings, and the model's ids are decoded with that tokenizer.
-"""
+prepared with exactly those settings, and the model's ids are decoded with that tokenizer."""
 
 from __future__ import annotations
 

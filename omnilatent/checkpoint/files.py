@@ -17,8 +17,7 @@ model.safetensors: one safetensors file per rank with its shards of the model an
 (`omnilatent.checkpoint.sharded`); training.pt then keeps the optimizer's param groups, and the
 manifest lists every rank's file. Format 4 renamed the sampler's key; format 3 added
 ``state_sha256``; format 2 checkpoints (the same layout, written before it) are still read,
-their state.json checked against the schema only.
-"""
+their state.json checked against the schema only."""
 
 from __future__ import annotations
 
@@ -121,15 +120,9 @@ def begin_checkpoint(save_dir: Path, step: int) -> Path:
     return tmp
 
 
-def save_checkpoint(
-    save_dir: Path,
-    step: int,
-    model_state: dict[str, torch.Tensor] | None,
-    training_state: dict[str, Any],
-    state: dict[str, Any],
-    extra_files: dict[str, Path] | None = None,
-    tmp: Path | None = None,
-) -> Path:
+def save_checkpoint(save_dir: Path, step: int, model_state: dict[str, torch.Tensor] | None,
+                    training_state: dict[str, Any], state: dict[str, Any],
+                    extra_files: dict[str, Path] | None = None, tmp: Path | None = None) -> Path:
     """Write a complete checkpoint for ``step`` and return its final directory.
 
     ``extra_files`` (name in the checkpoint -> source, names from ``OPTIONAL_FILES``) are
@@ -137,8 +130,7 @@ def save_checkpoint(
     first; the directory is renamed only after every file is flushed, so a crash leaves either
     no checkpoint or a complete one. ``model_state`` None: ``tmp`` holds the ranks' shards
     instead. ``state`` must be plain JSON (no NaN): state.json records the SHA-256 of its
-    canonical form, which readers recompute.
-    """
+    canonical form, which readers recompute."""
     reserved = sorted(_RESERVED_KEYS & set(state))
     if reserved:
         raise CheckpointError(f"the checkpoint state must not set {', '.join(reserved)}: "
@@ -202,8 +194,7 @@ def read_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: checkpoint format {_shown(fmt)} is not supported (this omni reads formats "
             f"{' and '.join(map(str, READABLE_FORMATS))}; the model changed since it was "
-            "written: retrain, or use the omni version that wrote it)"
-        )
+            "written: retrain, or use the omni version that wrote it)")
     step = state["step"]
     if not is_int(step) or not 0 <= step <= MAX_STEP:
         raise CheckpointError(f"{path}: {STATE_FILE} step must be an integer from 0 to "
@@ -253,8 +244,7 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> dict[str, Any]:
     Anything wrong (a partial folder, a truncated or corrupt file, a state.json that is not
     what save_checkpoint wrote) is a CheckpointError naming the problem, never another
     exception, so a search can skip the checkpoint and say why. Only the generic schema is
-    checked; the trainer's own keys are checked by the ``check`` of find_latest_checkpoint.
-    """
+    checked; the trainer's own keys are checked by the ``check`` of find_latest_checkpoint."""
     state = read_state(path)
     files = state["files"]
     try:
@@ -396,8 +386,7 @@ def prune_checkpoints(save_dir: Path, keep_last: int, *, keep: Path | None = Non
     never deleted, and counts as one of the kept wherever its step falls. ``verified``
     (resolved paths) are the checkpoints this process hashed already: only their sizes are
     checked again; the others are hashed once and added, so a run hashes each checkpoint once,
-    not every kept one at every save.
-    """
+    not every kept one at every save."""
     if keep_last <= 0:
         return []
     kept_path = None if keep is None else keep.resolve()

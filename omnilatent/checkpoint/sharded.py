@@ -6,8 +6,7 @@ records where each shard lies in the full tensor (``DCP_SHARDING_INFO``). DCP's 
 reader unpickles a ``.metadata`` file; this storage rebuilds the layout from those headers, so
 a checkpoint is never unpickled. The headers are bounded and the full shapes they imply are
 compared with the expected ones before DCP allocates or reads anything; DCP reshards, so the
-files load at any world size, or in one process without a process group.
-"""
+files load at any world size, or in one process without a process group."""
 
 from __future__ import annotations
 
@@ -29,8 +28,7 @@ SHARD_DIR = "shards"  # in the checkpoint folder: shard-0000R-model-00001-of-000
 _SHARDING_KEY = "DCP_SHARDING_INFO"
 
 
-def save_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer
-                ) -> dict[str, Any]:
+def save_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Write this rank's shards of ``model`` and ``optimizer`` into ``folder/shards``, a
     collective every rank calls. Returns what the shards do not hold (for training.pt): the
     optimizer's param groups and the parameters that have optimizer state."""

@@ -3,8 +3,7 @@ transcripts and reconstruction, as README.md defines them ("Evaluating"). Retrie
 are stored at 1/4 resolution (`POOL`), ~100 kB a window.
 
 Evaluation consumes no random numbers and leaves the model in the mode it found it in, so
-running it inside a training run does not change that run.
-"""
+running it inside a training run does not change that run."""
 
 from __future__ import annotations
 
@@ -37,8 +36,7 @@ from pipeline.shards.schema import MEL_SCALE
 from pipeline.shards.shardset import ShardSet, resolve_shards
 from pipeline.shards.split import EVAL, Split
 
-RETRIEVAL_PAIRS = (("audio", "video"), ("video", "audio"), ("image", "audio"),
-                   ("audio", "image"))
+RETRIEVAL_PAIRS = (("audio", "video"), ("video", "audio"), ("image", "audio"), ("audio", "image"))
 # Each retrieval pair and reconstruction is also a curriculum task: its predictions are the
 # outputs of that task's forward pass, not a second one.
 RETRIEVAL_TASKS = {f"{source}_to_{target}": target for source, target in RETRIEVAL_PAIRS}
@@ -120,8 +118,7 @@ def evaluate(model: OmniLatentModel, batches: Iterable[dict[str, Any]], text: Te
     """Evaluate ``model`` on ``batches`` (the shard loader's, unshuffled) up to ``max_samples``.
 
     ``labels`` maps a window's metadata to a class (e.g. the demo world's), adding retrieval
-    counted by class. ``progress`` is called with the samples done so far after each batch.
-    """
+    counted by class. ``progress`` is called with the samples done so far after each batch."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -215,8 +212,7 @@ def _metrics(seen: int, losses: _Sums, recon: _Sums, stored: dict[str, list[Tens
         metrics["retrieval_by_label"] = {}
     for src, tgt in RETRIEVAL_PAIRS:
         name = f"{src}_to_{tgt}"
-        distances = correlation_distance(torch.cat(stored[name]),
-                                         torch.cat(stored[f"real_{tgt}"]))
+        distances = correlation_distance(torch.cat(stored[name]), torch.cat(stored[f"real_{tgt}"]))
         metrics["retrieval"][name] = retrieval_metrics(distances)
         if label_list is not None:
             metrics["retrieval_by_label"][name] = retrieval_metrics(distances, label_list)
@@ -267,8 +263,7 @@ def source_labeller(pattern: str) -> Callable[[dict[str, Any]], str]:
     window's source path and its first group (or the whole match) is the window's class. A
     pattern RE2 cannot read, or a window it does not match, is a UsageError. RE2, not `re`:
     the pattern runs on text from the shards, and RE2 takes time linear in the text whatever
-    the pattern (README.md, "Evaluating").
-    """
+    the pattern (README.md, "Evaluating")."""
     import re2
 
     options = re2.Options()

@@ -3,8 +3,7 @@
 Kept free of the model and the data so each can be checked on hand-made inputs with known
 answers (tests/test_eval_metrics.py).
 
-Notation: N queries (= candidates), L text positions.
-"""
+Notation: N queries (= candidates), L text positions."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ def correlation_distance(predictions: Tensor, candidates: Tensor) -> Tensor:
     Not the mean squared error: a prediction cannot know what the other modality does not
     carry (a video's brightness and contrast, a sound's loudness), and raw distances rank
     candidates by exactly those. Centring each vector and comparing directions leaves what the
-    source can predict: where and in which colour something is, which bands sound.
-    """
+    source can predict: where and in which colour something is, which bands sound."""
     p = _centred_unit(predictions)  # (N, K)
     c = _centred_unit(candidates)  # (M, K)
     return 1.0 - p @ c.T
@@ -42,8 +40,7 @@ def retrieval_ranks(distances: Tensor, labels: Sequence[object] | None = None) -
     Without labels, the correct candidate of query i is candidate i (the query's own window).
     With labels, any candidate with the query's label is correct, and the rank is that of the
     nearest one. Ties count against the query (a candidate at an equal distance ranks ahead),
-    so a model whose predictions are all the same cannot score above chance.
-    """
+    so a model whose predictions are all the same cannot score above chance."""
     n = distances.shape[0]
     if distances.shape != (n, n):
         raise ValueError(f"distances must be square (queries = candidates), got "
@@ -60,14 +57,12 @@ def retrieval_metrics(distances: Tensor, labels: Sequence[object] | None = None
     n = distances.shape[0]
     ranks = retrieval_ranks(distances, labels).double()
     correct = _correct_mask(n, labels, distances.device).sum(dim=1).double()  # (N,) per query
-    return {
-        "r1": float((ranks <= 1).double().mean()), "r5": float((ranks <= 5).double().mean()),
-        "median_rank": float(ranks.median()), "chance_r1": float((correct / n).mean()),
-        "chance_r5": float(torch.tensor([_chance_at(n, int(k), 5) for k in correct]).mean()),
-        "chance_median_rank": float(torch.tensor(
-            [(n + 1) / (int(k) + 1) for k in correct]).median()),
-        "queries": n,
-    }
+    return {"r1": float((ranks <= 1).double().mean()), "r5": float((ranks <= 5).double().mean()),
+            "median_rank": float(ranks.median()), "chance_r1": float((correct / n).mean()),
+            "chance_r5": float(torch.tensor([_chance_at(n, int(k), 5) for k in correct]).mean()),
+            "chance_median_rank": float(torch.tensor(
+                [(n + 1) / (int(k) + 1) for k in correct]).median()),
+            "queries": n}
 
 
 def _correct_mask(n: int, labels: Sequence[object] | None, device: torch.device) -> Tensor:
@@ -90,8 +85,7 @@ def token_accuracy(predicted: Tensor, reference: Tensor) -> tuple[int, int]:
     """(matches, reference tokens): position-wise agreement where the reference is not padding.
 
     ``predicted`` (B, L') is free-running greedy output, not teacher-forced, so a model is not
-    credited for continuing a prefix it was given; positions it did not produce count as wrong.
-    """
+    credited for continuing a prefix it was given; positions it did not produce count as wrong."""
     length = reference.shape[1]
     if predicted.shape[1] < length:
         pad = predicted.new_zeros(predicted.shape[0], length - predicted.shape[1])

@@ -5,8 +5,7 @@ with the settings on the checkpoint's card) and batched by the loader's own func
 output is mapped back from model units (`pipeline.normalize`) and written by
 `pipeline.generate.outputs`: text as .txt, a picture as PNG/JPEG/WebP, sound as WAV (log-mel
 inverted by Griffin-Lim), a clip as MP4 or GIF at the training fps, each written whole or not at
-all (a symlink at the output name is replaced, not written through).
-"""
+all (a symlink at the output name is replaced, not written through)."""
 
 from __future__ import annotations
 
@@ -79,8 +78,7 @@ def read_input(trained: TrainedModel, path: str | os.PathLike[str] | None, text:
 
     A video file can feed any modality: its clip (the default), still image, soundtrack or
     transcript window; other files feed their own modality. A video's sidecar transcript is
-    found by prepare's rules (`follow_symlinks` as `omni prepare --follow-symlinks`).
-    """
+    found by prepare's rules (`follow_symlinks` as `omni prepare --follow-symlinks`)."""
     if (path is None) == (text is None):
         raise ConfigError("give exactly one input: a file, or text")
     if modality is not None and modality not in MODALITIES:

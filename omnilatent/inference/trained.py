@@ -2,8 +2,7 @@
 
 Only the weights are read (safetensors; the optimizer state is not needed), after the whole
 checkpoint verifies against the sizes and hashes in its state.json; a sharded (FSDP)
-checkpoint's shards are joined in this process.
-"""
+checkpoint's shards are joined in this process."""
 
 from __future__ import annotations
 

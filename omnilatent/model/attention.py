@@ -7,8 +7,7 @@ bounds the change to content by ``sigmoid(gate) * max|v_hook|`` per head. Hook t
 content and to every active hook's tokens (including their own) in one softmax, so hooks read
 the sequence and each other.
 
-Notation: B batch, S content length, K_i tokens of hook i, H heads, Dh head dim, D model dim.
-"""
+Notation: B batch, S content length, K_i tokens of hook i, H heads, Dh head dim, D model dim."""
 
 from __future__ import annotations
 
@@ -40,15 +39,8 @@ class Attention(nn.Module):
         b, _, n, _ = x.shape
         return self.proj(x.transpose(1, 2).reshape(b, n, -1))  # (B, N, D)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        mask: Tensor | None,
-        hooks: list[Tensor],
-        gates: list[Tensor],
-    ) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                hooks: list[Tensor], gates: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """x: (B, S, D) normed content; mask: (B, 1, 1, S) bool keep-mask or None;
         hooks: normed hook states, each (B, K_i, D); gates: matching sigmoid gates, each (1,)."""
         drop = self.dropout if self.training else 0.0
@@ -88,18 +80,10 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dim, mlp_hidden)
         self.drop = nn.Dropout(dropout)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        mask: Tensor | None,
-        hooks: list[Tensor],
-        gates: list[Tensor],
-    ) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                hooks: list[Tensor], gates: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         attn, hook_attn = self.attn(
-            self.attn_norm(x), cos, sin, mask, [self.attn_norm(h) for h in hooks], gates
-        )
+            self.attn_norm(x), cos, sin, mask, [self.attn_norm(h) for h in hooks], gates)
         x = x + self.drop(attn)
         x = x + self.drop(self.mlp(self.mlp_norm(x)))  # (B, S, D)
         if not hooks:

@@ -1,8 +1,7 @@
 """Per-modality encoders (raw input -> tokens) and decoders (tokens -> raw output of a given
 size: audio or video frames, image side), listed in `omnilatent.model.modalities.REGISTRY`.
 
-Notation: B batch, N tokens, D model dim, M mel bins, T time steps, P patch size.
-"""
+Notation: B batch, N tokens, D model dim, M mel bins, T time steps, P patch size."""
 
 from __future__ import annotations
 

@@ -22,8 +22,7 @@ token i = backbone token i) is the caller's decision and is taken only when the 
 source modality on the same grid (reconstruction, future frames), where it is real.
 
 Notation: B batch, S backbone tokens, L target positions, D model dim, H heads, Dh head dim,
-F position features.
-"""
+F position features."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ def sinusoid_features(positions: Tensor, features: int = AXIS_FEATURES) -> Tenso
     """(L,) integer positions -> (L, features) sin/cos at geometric frequencies.
 
     Periods run from 2*pi to 2*pi*10^4 positions, as in the original transformer: the fast ones
-    tell neighbours apart, the slow ones say where in a long sequence a position lies.
-    """
+    tell neighbours apart, the slow ones say where in a long sequence a position lies."""
     half = features // 2
     freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=positions.device) / half)
     angles = positions.float()[:, None] * freqs[None, :]  # (L, F/2)
@@ -145,14 +143,11 @@ class TargetDecoder(nn.Module):
         self.target_embed = nn.Embedding(len(MODALITIES), d)
         self.position = nn.ModuleDict({
             modality: nn.Linear(AXIS_FEATURES * parts.grid_axes(cfg), d, bias=False)
-            for modality, parts in REGISTRY.items()
-        })
+            for modality, parts in REGISTRY.items()})
         self.summary = nn.Linear(d, d, bias=False)
         self.start = nn.Parameter(torch.zeros(d))  # "previous token" of the first text position
-        self.blocks = nn.ModuleList(
-            DecoderBlock(d, cfg.num_heads, cfg.mlp_hidden_dim, cfg.norm_eps)
-            for _ in range(cfg.decoder_layers)
-        )
+        self.blocks = nn.ModuleList(DecoderBlock(d, cfg.num_heads, cfg.mlp_hidden_dim, cfg.norm_eps)
+                                    for _ in range(cfg.decoder_layers))
         self.norm = RMSNorm(d, cfg.norm_eps)
 
     def queries(self, modality: str, grid: tuple[int, ...], memory: Tensor) -> Tensor:

@@ -6,8 +6,7 @@ sigmoid gate (initialised near shut, ``sigmoid(-4) ~= 0.018``) so a freshly adde
 perturbs a trained model, yet both the gate and the tokens get gradient from the first step.
 Hook state is carried from one target layer to the next (through the transform when enabled),
 several hooks compose (each attends to the others' tokens), and removing a hook restores the
-model bit for bit because the hook-free code path is untouched.
-"""
+model bit for bit because the hook-free code path is untouched."""
 
 from __future__ import annotations
 
@@ -38,21 +37,14 @@ def _is_int(value: Any) -> bool:
 
 
 class LatentNeuralHook(nn.Module):
-    def __init__(
-        self,
-        name: str,
-        num_tokens: int,
-        dim: int,
-        target_layers: list[int] | tuple[int, ...],
-        gate_bias_init: float = -4.0,
-        use_transform: bool = True,
-    ) -> None:
+    def __init__(self, name: str, num_tokens: int, dim: int,
+                 target_layers: list[int] | tuple[int, ...], gate_bias_init: float = -4.0,
+                 use_transform: bool = True) -> None:
         super().__init__()
         if not isinstance(name, str) or not _NAME.match(name):
             raise HookError(
                 f"hook name must start with a letter or '_' and contain only letters, digits, "
-                f"'_' or '-', got {name!r}"
-            )
+                f"'_' or '-', got {name!r}")
         if not _is_int(num_tokens) or not 0 < num_tokens <= MAX_HOOK_TOKENS:
             raise HookError(f"hook {name!r}: num_tokens must be an integer from 1 to "
                             f"{MAX_HOOK_TOKENS}, got {num_tokens!r}"[:200])
@@ -82,8 +74,7 @@ class LatentNeuralHook(nn.Module):
         self.transform = (
             nn.Sequential(RMSNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
             if use_transform
-            else None
-        )
+            else None)
 
     def gate_value(self) -> Tensor:
         """How much content reads this hook, in (0, 1)."""
@@ -99,14 +90,9 @@ class LatentNeuralHook(nn.Module):
         return state + self.transform(state)  # (B, K, D)
 
     def settings(self) -> dict:
-        return {
-            "name": self.name,
-            "num_tokens": self.num_tokens,
-            "dim": self.dim,
-            "target_layers": list(self.target_layers),
-            "gate_bias_init": self.gate_bias_init,
-            "use_transform": self.use_transform,
-        }
+        return {"name": self.name, "num_tokens": self.num_tokens, "dim": self.dim,
+                "target_layers": list(self.target_layers),
+                "gate_bias_init": self.gate_bias_init, "use_transform": self.use_transform}
 
     def save(self, directory: str | Path) -> Path:
         """Write the hook alone (settings JSON + safetensors); no base-model weights."""
@@ -126,8 +112,7 @@ class LatentNeuralHook(nn.Module):
         settings_path, weights_path = directory / SETTINGS_FILE, directory / WEIGHTS_FILE
         if not settings_path.is_file() or not weights_path.is_file():
             raise HookError(
-                f"{directory} is not a saved hook: expected {SETTINGS_FILE} and {WEIGHTS_FILE}"
-            )
+                f"{directory} is not a saved hook: expected {SETTINGS_FILE} and {WEIGHTS_FILE}")
         try:
             settings = json.loads(settings_path.read_bytes())
             with torch.device("meta"):

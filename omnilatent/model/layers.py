@@ -1,7 +1,6 @@
 """Backbone building blocks: RMSNorm, rotary embeddings, QK-normed attention, SwiGLU.
 
-Notation: B batch, S content sequence length, K hook tokens, H heads, Dh head dim, D model dim.
-"""
+Notation: B batch, S content sequence length, K hook tokens, H heads, Dh head dim, D model dim."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(
-    seq_len: int, head_dim: int, theta: float, device: torch.device
-) -> tuple[Tensor, Tensor]:
+    seq_len: int, head_dim: int, theta: float, device: torch.device) -> tuple[Tensor, Tensor]:
     """cos/sin tables for positions 0..seq_len-1, each (seq_len, head_dim // 2)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
     angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)  # (S, Dh/2)

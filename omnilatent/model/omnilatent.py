@@ -6,8 +6,7 @@ any registered Latent Neural Hooks joining at their layers) -> final norm -> tar
 tied to the text embedding.
 
 Notation: B batch, S sequence length (prefix + content), N content tokens, L target tokens,
-D model dim, V vocabulary.
-"""
+D model dim, V vocabulary."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ class OmniLatentModel(nn.Module):
         self.target_tokens = nn.Embedding(len(MODALITIES), d)
         self.blocks = nn.ModuleList(
             Block(d, config.num_heads, config.mlp_hidden_dim, config.norm_eps, config.dropout)
-            for _ in range(config.num_layers)
-        )
+            for _ in range(config.num_layers))
         self.final_norm = RMSNorm(d, config.norm_eps)
         self.decoder = TargetDecoder(config)
         self.decoders = nn.ModuleDict({name: parts.decoder(config)
@@ -76,16 +74,12 @@ class OmniLatentModel(nn.Module):
         if not isinstance(hook, LatentNeuralHook):
             raise HookError(f"expected a LatentNeuralHook, got {type(hook).__name__}")
         if hook.dim != self.config.hidden_dim:
-            raise HookError(
-                f"hook {hook.name!r} has dim {hook.dim} but the model's hidden_dim is "
-                f"{self.config.hidden_dim}"
-            )
+            raise HookError(f"hook {hook.name!r} has dim {hook.dim} but the model's hidden_dim is "
+                            f"{self.config.hidden_dim}")
         bad = [layer for layer in hook.target_layers if layer >= self.config.num_layers]
         if bad:
-            raise HookError(
-                f"hook {hook.name!r} targets layer(s) {bad}, but the model has layers "
-                f"0..{self.config.num_layers - 1}"
-            )
+            raise HookError(f"hook {hook.name!r} targets layer(s) {bad}, but the model has layers "
+                            f"0..{self.config.num_layers - 1}")
         if hook.name in self.hooks:
             raise HookError(f"a hook named {hook.name!r} is already registered; remove it first")
         # The hook's tokens join the residual stream, so they must share its device and dtype
@@ -136,8 +130,7 @@ class OmniLatentModel(nn.Module):
         """RoPE tables for `length` positions from the cache, rebuilt (float32, on `device`)
         when it is shorter, elsewhere, or was cast by ``model.to(dtype)``."""
         cached = self.rope_cos
-        if (cached.shape[0] < length or cached.device != device
-                or cached.dtype != torch.float32):
+        if cached.shape[0] < length or cached.device != device or cached.dtype != torch.float32:
             self.rope_cos, self.rope_sin = rope_tables(
                 max(length, cached.shape[0]), self.config.head_dim, self.config.rope_theta,
                 device)
@@ -173,8 +166,7 @@ class OmniLatentModel(nn.Module):
         With a target (teacher forcing) or parallel decoding this is one pass. Without a
         target, autoregressive decoding is greedy, one position per step with the decoder's
         keys and values cached; ``vocab_limit`` keeps choices below the tokenizer's size, and
-        rows stop after ``eos_id`` (later ids are padding), all rows at once ending early.
-        """
+        rows stop after ``eos_id`` (later ids are padding), all rows at once ending early."""
         decoder = self.decoder
         if target is not None or not decoder.autoregressive_text:
             previous = None
@@ -209,18 +201,13 @@ class OmniLatentModel(nn.Module):
             ids = torch.cat([ids, ids.new_zeros(batch, length - ids.shape[1])], dim=1)
         return logits, ids
 
-    def forward_multimodal(
-        self,
-        inputs: dict[str, Tensor],
-        target_modalities: list[str],
-        targets: dict[str, Tensor] | None = None,
-        target_lengths: dict[str, int] | None = None,
-    ) -> dict[str, Any]:
+    def forward_multimodal(self, inputs: dict[str, Tensor], target_modalities: list[str],
+                           targets: dict[str, Tensor] | None = None,
+                           target_lengths: dict[str, int] | None = None) -> dict[str, Any]:
         """Encode every input into one sequence and decode each target modality from it.
 
         Returns ``{"outputs": {modality: tensor}, "hook_states": {...}}`` and, when
-        ``targets`` holds a target, ``"losses": {modality: scalar}`` and ``"loss"`` (their sum).
-        """
+        ``targets`` holds a target, ``"losses": {modality: scalar}`` and ``"loss"`` (their sum)."""
         if not inputs:
             raise ConfigError("forward_multimodal needs at least one input modality")
         targets = targets or {}
@@ -230,8 +217,7 @@ class OmniLatentModel(nn.Module):
         hook_states: dict[str, dict[str, Tensor]] = {}
         for target_mod in target_modalities:
             target = targets.get(target_mod)
-            out, states = self._predict(inputs, target_mod, target,
-                                        target_lengths.get(target_mod))
+            out, states = self._predict(inputs, target_mod, target, target_lengths.get(target_mod))
             outputs[target_mod] = out
             hook_states[target_mod] = states
             if target is not None:
@@ -297,8 +283,7 @@ class OmniLatentModel(nn.Module):
         """Greedy token ids (B, max_length) for ``source``; padding (0) after ``eos_id``.
 
         ``vocab_limit`` restricts choices to ids below it (the tokenizer's vocabulary, when the
-        model's is larger), so every id decodes to text.
-        """
+        model's is larger), so every id decodes to text."""
         hidden, keep, _, _ = self._run_backbone({source_modality: source}, "text")
         mask = None if keep is None else keep[:, None, None, :]
         _, ids = self._text_logits(hidden, mask, max_length, None, vocab_limit, eos_id)
@@ -308,14 +293,8 @@ class OmniLatentModel(nn.Module):
             ids = ids.masked_fill(ended > 0, PAD_ID)
         return ids
 
-    def forward(
-        self,
-        source_modality: str,
-        source: Tensor,
-        target_modality: str,
-        target: Tensor | None = None,
-        target_length: int | None = None,
-    ) -> dict[str, Any]:
+    def forward(self, source_modality: str, source: Tensor, target_modality: str,
+                target: Tensor | None = None, target_length: int | None = None) -> dict[str, Any]:
         """One source to one target: ``{"output", "hook_states"}`` plus ``"loss"`` if a target
         is given. Without a target, text output has the source's token count (or
         ``target_length``), audio ``config.audio_frames`` frames, video ``config.video_frames``."""
@@ -323,8 +302,7 @@ class OmniLatentModel(nn.Module):
             {source_modality: source},
             [target_modality],
             targets=None if target is None else {target_modality: target},
-            target_lengths=None if target_length is None else {target_modality: target_length},
-        )
+            target_lengths=None if target_length is None else {target_modality: target_length})
         out = {"output": result["outputs"][target_modality],
                "hook_states": result["hook_states"][target_modality]}
         if "loss" in result:

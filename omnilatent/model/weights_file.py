@@ -4,8 +4,7 @@ A weights file is data, never a reason to allocate what it says. Its header (an 
 little-endian length, then that much JSON naming each tensor's dtype, shape and byte range)
 is read and bounded here first; the shapes the model expects (built on the meta device, so
 nothing is allocated) are compared with it; only a file that fits is loaded. Whatever is
-wrong is a ValueError saying what, for the caller to name the file in its own error.
-"""
+wrong is a ValueError saying what, for the caller to name the file in its own error."""
 
 from __future__ import annotations
 

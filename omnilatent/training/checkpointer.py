@@ -8,8 +8,7 @@ state.json: model_config, train_config, hooks, card, origin (what was trained, f
 ``sampler`` (`omnilatent.tasks.TaskSampler`), ``log_window`` (`LogWindow`), ``rng``, ``data``
 (`DataCursor`, the data source's name, total counters) and ``distributed`` (the world size;
 over 1, each rank's rng and data position). Each part checks its own state, so a new field of
-a part touches that part's module; a new part, this module and the part's.
-"""
+a part touches that part's module; a new part, this module and the part's."""
 
 from __future__ import annotations
 
@@ -112,19 +111,17 @@ class Checkpointer:
         distributed: dict[str, Any] = {"world_size": t.dist.world_size}
         if t.dist.enabled:
             distributed["ranks"] = ranks
-        state = {
-            "model_config": t.model_config.to_dict(),
-            "train_config": t.config.to_dict(),
-            "hooks": [hook.settings() for hook in t.model.hooks.values()],
-            "rng": ranks[0]["rng"],
-            "sampler": t.sampler.state_dict(),
-            "data": {"batches_seen": ranks[0]["batches_seen"], "loader": ranks[0]["loader"],
-                     "source": t.data_source, "counters": counters},
-            "distributed": distributed,
-            "log_window": t.window.state_dict(),
-            "card": None if t.card is None else t.card.to_state(),
-            "origin": t.origin,
-        }
+        state = {"model_config": t.model_config.to_dict(),
+                 "train_config": t.config.to_dict(),
+                 "hooks": [hook.settings() for hook in t.model.hooks.values()],
+                 "rng": ranks[0]["rng"],
+                 "sampler": t.sampler.state_dict(),
+                 "data": {"batches_seen": ranks[0]["batches_seen"], "loader": ranks[0]["loader"],
+                          "source": t.data_source, "counters": counters},
+                 "distributed": distributed,
+                 "log_window": t.window.state_dict(),
+                 "card": None if t.card is None else t.card.to_state(),
+                 "origin": t.origin}
         training_state = {"optimizer": optimizer_state, "scheduler": t.scheduler.state_dict(),
                           "scaler": t.scaler.state_dict()}
         path = save_checkpoint(save_dir, t.step, weights, training_state, state,
@@ -173,22 +170,19 @@ class Checkpointer:
                 f"{t.dist.world_size}: each process's data position and random state belong "
                 f"to one process of that run; resume with {saved_world} process(es) in all "
                 "(torchrun --nnodes x --nproc_per_node), or start a new run from its weights "
-                f"in another save dir (--from {path}: any number of processes)"
-            )
+                f"in another save dir (--from {path}: any number of processes)")
         saved = state["data"].get("source")
         if saved is not None and t.data_source is not None and saved != t.data_source:
             raise CheckpointError(
                 f"{path} was trained on {saved} data but this run reads {t.data_source} "
                 f"data; resume with the data source it was trained on, or start a new run in "
-                "another save dir"
-            )
+                "another save dir")
         saved_cfg = OmniLatentConfig.from_dict(state["model_config"])
         diffs = [f"{k}: checkpoint {v!r} vs now {getattr(t.model_config, k)!r}"
                  for k, v in saved_cfg.to_dict().items()
                  if getattr(t.model_config, k) != v and k != "gradient_checkpointing"]
         if diffs:
-            raise CheckpointError(f"{path} was trained with a different model: "
-                                  + "; ".join(diffs))
+            raise CheckpointError(f"{path} was trained with a different model: " + "; ".join(diffs))
         reason = t.sampler.mismatch(state["sampler"])
         if reason:
             raise CheckpointError(f"{path} {reason}")
@@ -251,8 +245,7 @@ class Checkpointer:
             return
         note = ""
         keys = ("steps", "lr", "warmup_steps", "min_lr_ratio")
-        if any(saved.get(key, getattr(t.config, key)) != getattr(t.config, key)
-               for key in keys):
+        if any(saved.get(key, getattr(t.config, key)) != getattr(t.config, key) for key in keys):
             before = replace(t.config, **{key: saved[key] for key in keys if key in saved})
             lr = [c.lr * lr_factor(t.step, c.effective_warmup, c.steps, c.min_lr_ratio)
                   for c in (before, t.config)]

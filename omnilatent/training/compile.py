@@ -15,8 +15,7 @@ next call (a new hook count compiles one more block graph at most).
 Only training calls (``block.training`` with grad enabled) go through the compiled graphs;
 evaluation and generation run the same block eagerly, so they cost no compiles and never
 spend the recompile budget. The block's ``forward`` is replaced on the instance, so module
-hooks around it (FSDP2's unshard/reshard, DDP) stay eager and the state dict is unchanged.
-"""
+hooks around it (FSDP2's unshard/reshard, DDP) stay eager and the state dict is unchanged."""
 
 from __future__ import annotations
 
@@ -37,8 +36,7 @@ def compile_blocks(model: OmniLatentModel,
 
     Safe to call twice (a compiled block is left as it is). ``backend`` is any
     `torch.compile` backend, `BACKEND` when None ("aot_eager" compiles in a fraction of
-    inductor's time; tests use it).
-    """
+    inductor's time; tests use it)."""
     for block in model.blocks:
         if not getattr(block, "_omni_compiled", False):
             block.forward = _training_forward(block, backend or BACKEND)

@@ -7,8 +7,7 @@ in README.md, "Curriculum training".
 Within a phase, tasks follow a smooth weighted round-robin (deterministic, exact proportions,
 state a few floats): weighted random draws would make short windows of the loss swing with the
 mix of tasks they held. A batch without transcript text passes over the text tasks (counted);
-a corpus without any text drops them from every phase at the start.
-"""
+a corpus without any text drops them from every phase at the start."""
 
 from __future__ import annotations
 
@@ -155,21 +154,16 @@ def _cumulative(*groups: list[str]) -> list[dict[str, float]]:
 DEFAULT_WEIGHTS = {
     "video_recon": 0.5, "audio_recon": 0.5, "temporal": 0.5,
     "video_to_audio": 2.0, "audio_to_video": 2.0, "video_to_text": 2.0, "audio_to_text": 2.0,
-    "image_to_text": 1.0, "text_to_image": 1.0, "image_to_audio": 1.0, "audio_to_image": 1.0,
-}
-_DEFAULT_TASKS = _cumulative(
-    ["video_recon", "audio_recon"],
-    ["video_to_audio", "audio_to_video"],
-    ["temporal"],
-    ["video_to_text", "audio_to_text"],
-    ["image_to_text", "text_to_image", "image_to_audio", "audio_to_image"],
-)
+    "image_to_text": 1.0, "text_to_image": 1.0, "image_to_audio": 1.0, "audio_to_image": 1.0}
+_DEFAULT_TASKS = _cumulative(["video_recon", "audio_recon"],
+                             ["video_to_audio", "audio_to_video"], ["temporal"],
+                             ["video_to_text", "audio_to_text"],
+                             ["image_to_text", "text_to_image", "image_to_audio", "audio_to_image"])
 DEFAULT_SHARES = {"warmup": 0.05, "crossmodal": 0.20, "temporal": 0.10, "grounding": 0.30,
                   "joint": 0.35}
 DEFAULT_SCHEDULE = Schedule(tuple(
     Phase(name, tasks, share=share)
-    for (name, share), tasks in zip(DEFAULT_SHARES.items(), _DEFAULT_TASKS, strict=True)
-))
+    for (name, share), tasks in zip(DEFAULT_SHARES.items(), _DEFAULT_TASKS, strict=True)))
 
 
 def default_schedule(shares: dict[str, float] | None = None) -> Schedule:
@@ -299,8 +293,7 @@ class CurriculumSampler(TaskSampler):
         self.text_skipped = 0
         frames, tubelet = config.video_frames, config.tubelet_size
         for span in self.spans:  # future frames: a clip is cut in two at a whole tubelet
-            if (frames < 2 * tubelet and "temporal" in span.phase.tasks
-                    and span.end > span.start):
+            if frames < 2 * tubelet and "temporal" in span.phase.tasks and span.end > span.start:
                 raise ConfigError(
                     f"phase {span.phase.name!r} trains 'temporal' (future frames from past "
                     f"ones), which needs clips of at least {2 * tubelet} frames (two tubelets "

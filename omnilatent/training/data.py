@@ -2,8 +2,7 @@
 
 The synthetic dataset exists to check the training loop and memory without real data: every
 sample belongs to one of a few latent classes and each modality carries a class-specific
-pattern plus noise, so cross-modal prediction is learnable and a falling loss means something.
-"""
+pattern plus noise, so cross-modal prediction is learnable and a falling loss means something."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ def collate_multimodal(samples: Sequence[dict[str, Any]]) -> Batch:
     Tensors are stacked; ``text`` (L_i,) is right-padded to the longest in the batch by the
     loaders' own rule (`pipeline.tokenizer.pad_texts`); every other value (metadata) is
     gathered into a list. Keys missing from any sample are dropped, so a batch only claims
-    modalities that all of its samples hold.
-    """
+    modalities that all of its samples hold."""
     if not samples:
         raise ConfigError("cannot collate an empty list of samples")
     keys = set(samples[0])
@@ -58,8 +56,7 @@ class ResumableLoader:
 
     Each ``iter()`` runs the rest of the current epoch. The position (epoch, batch) is
     advanced *before* a batch is handed out, so a checkpoint taken after training on a batch
-    records it as consumed and a resumed run continues with the next one.
-    """
+    records it as consumed and a resumed run continues with the next one."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True,
                  num_workers: int = 0,
@@ -127,8 +124,7 @@ class SyntheticMultimodalDataset(Dataset):
 
     Sample ``i`` depends only on ``(seed, i)``, so any worker count gives the same data.
     Shapes follow the model config: text (text_len,), audio (n_mels, audio_frames),
-    image (3, image_size, image_size), video (3, video_frames, video_size, video_size).
-    """
+    image (3, image_size, image_size), video (3, video_frames, video_size, video_size)."""
 
     def __init__(self, config: OmniLatentConfig, length: int = 10_000, seed: int = 0,
                  num_classes: int = 8, text_len: int = 32, noise: float = 0.1,

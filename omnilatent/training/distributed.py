@@ -18,8 +18,7 @@ NCCL, a collective on the default group is queued behind the device's work, so r
 result waits for the step), and the step's loss is all-reduced on the device and read later
 with the others. With gradient accumulation DDP all-reduces gradients once per step
 (`grad_sync`); FSDP2 reduce-scatters every micro-batch, as torchtitan does, since skipping it
-would hold unsharded gradients.
-"""
+would hold unsharded gradients."""
 
 from __future__ import annotations
 
@@ -90,8 +89,7 @@ def init_distributed(device: str, fsdp: bool = False) -> DistributedContext:
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
     host_group = (dist.new_group(backend="gloo", timeout=timedelta(minutes=30))
                   if dist.get_backend() == "nccl" else None)
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, fsdp,
-                              host_group)
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, fsdp, host_group)
 
 
 def teardown_distributed() -> None:
@@ -185,8 +183,7 @@ def rank_loader(dataset: Dataset, batch_size: int, context: DistributedContext, 
                            num_workers=num_workers, collate_fn=collate)
 
 
-def wrap_model(model: nn.Module, context: DistributedContext,
-               device: torch.device) -> nn.Module:
+def wrap_model(model: nn.Module, context: DistributedContext, device: torch.device) -> nn.Module:
     """The module to run forward/backward through: ``model`` itself in one process, a DDP
     wrapper around it, or ``model`` sharded in place by FSDP2 (every transformer block, then
     the rest). Call before the optimizer is built: FSDP2 replaces the parameters."""

@@ -15,8 +15,7 @@ one (`omnilatent.training.run` composes these steps):
 - `HookExport`: each new hook alone (`hook.json` + `hook.safetensors`, `LatentNeuralHook.save`)
   in ``SAVE_DIR/hooks/NAME/``, the hook of the newest checkpoint, for `omni eval`/`generate
   --hook`. The step checkpoints stay complete (base included), so `--resume` works as for any
-  run.
-"""
+  run."""
 
 from __future__ import annotations
 
@@ -125,8 +124,7 @@ def parse_hook_spec(spec: str) -> HookSpec:
         else:
             raise UsageError(f"--hook {spec!r}: {item!r} is not KEY=VALUE",
                              hint=f"--hook {_SPEC_FORM}")
-    tokens = (_positive(values["tokens"], spec) if "tokens" in values
-              else DEFAULT_HOOK_TOKENS)
+    tokens = _positive(values["tokens"], spec) if "tokens" in values else DEFAULT_HOOK_TOKENS
     layers = _layers(values["layers"], spec) if "layers" in values else None
     return HookSpec(name.strip(), tokens, layers)
 
@@ -243,8 +241,7 @@ def export_hooks(checkpoint: Path, names: list[str], save_dir: Path) -> list[Pat
             tensors = read_weights(checkpoint, expected, partial=True)
         else:
             with safe_open(str(checkpoint / MODEL_FILE), "pt") as weights:
-                tensors = {k: weights.get_tensor(k) for k in weights.keys()
-                           if k.startswith(prefix)}
+                tensors = {k: weights.get_tensor(k) for k in weights.keys() if k.startswith(prefix)}
         hook.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()})
         written.append(_replace_folder(save_dir / HOOKS_DIR / name, hook.save))
     return written

@@ -56,8 +56,7 @@ def check_rng_state(state: Any) -> None:
 
     Each part is first checked for shape and range (the generators accept some garbage and
     fail later, or read out of bounds), then set on a scratch generator of its kind, which
-    runs the library's own validation without touching the global generators.
-    """
+    runs the library's own validation without touching the global generators."""
     if not isinstance(state, dict) or not {"python", "numpy", "torch", "cuda"} <= set(state):
         raise CheckpointError("'rng' must be an object with the python, numpy, torch and cuda "
                               "generator states")

@@ -16,8 +16,7 @@ instead of `build_model`, another trainer instead of `build_trainer`):
 releases the save dir, the event files and the process group whatever happens. Nothing here
 prints: what a front end reports (the data, the held-out data or why there is none, the
 checkpoints passed over on resume) comes back as values, the rest through the trainer's
-callbacks.
-"""
+callbacks."""
 
 from __future__ import annotations
 
@@ -258,8 +257,7 @@ def build_model(options: TrainRunOptions, source: DataSource | None,
     return OmniLatentModel(model_config(options, source, vocab_size))
 
 
-def from_checkpoint(options: TrainRunOptions
-                    ) -> tuple[TrainRunOptions, TrainedModel | None]:
+def from_checkpoint(options: TrainRunOptions) -> tuple[TrainRunOptions, TrainedModel | None]:
     """``options.start.checkpoint`` loaded (None without one), and ``options`` with its
     tokenizer. Its card fixes the text settings and its config the model's shape: a
     tokenizer, text length or shape that contradicts them is a UsageError naming both."""
@@ -466,8 +464,7 @@ def run_training(run: TrainRun, should_stop: Callable[[], bool] = lambda: False,
     trainer = run.trainer
     trainer.claim_save_dir()  # before the save dir is read: another run may be writing it
     try:
-        plan = resolve_resume(run.options.resume, run.options.save_dir,
-                              trainer.checkpointer.check)
+        plan = resolve_resume(run.options.resume, run.options.save_dir, trainer.checkpointer.check)
         if on_resume is not None:
             on_resume(plan)
         if plan.checkpoint is not None:

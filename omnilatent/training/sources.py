@@ -3,8 +3,7 @@
 Sizes that the data fixes (image and frame size, frames per clip, mel bins and frames) come
 from the prepare config (the manifest, or the first sample) and become the model's; when a
 model or checkpoint already exists they are checked against it and a mismatch is refused with
-the field names, never trained on.
-"""
+the field names, never trained on."""
 
 from __future__ import annotations
 
@@ -69,8 +68,7 @@ def video_dir_source(video_dir: Path, batch_size: int, *, seed: int, workers: in
     prepare = PrepareConfig(clip_duration=clip_duration, clip_stride=clip_stride)
     dataset = VideoWatchingDataset.from_prepare_config(video_dir, prepare, tokenizer,
                                                        max_text_len=max_text_len, seed=seed)
-    loader = video_watching_loader(dataset, batch_size, num_workers=workers,
-                                   pin_memory=pin_memory)
+    loader = video_watching_loader(dataset, batch_size, num_workers=workers, pin_memory=pin_memory)
     return DataSource(loader, expected_from_config(prepare), dataset.corpus_has_text,
                       f"{len(dataset.videos)} video(s) from {video_dir}, decoded on the fly",
                       prepare)

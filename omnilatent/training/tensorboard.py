@@ -3,8 +3,7 @@
 The metrics records (`Trainer._log`) and eval records become scalars, so a run can be watched
 live with ``tensorboard --logdir SAVE_DIR`` next to its metrics.jsonl. A resumed run purges
 the events a killed run wrote after its checkpoint (``purge_step``), as the trainer truncates
-metrics.jsonl, so no step appears twice.
-"""
+metrics.jsonl, so no step appears twice."""
 
 from __future__ import annotations
 
@@ -68,8 +67,7 @@ class TensorBoardCallbacks(TrainerCallbacks):
     log-mel is audio only when the trainer's card names the `omni prepare` settings of its
     data (synthetic mels belong to no sample rate). ``enabled=False`` writes nothing (ranks
     other than 0). The writer opens in ``on_start``, where the trainer's step (after a
-    resume) is known; call ``close`` when the run ends to flush it.
-    """
+    resume) is known; call ``close`` when the run ends to flush it."""
 
     def __init__(self, log_dir: Path, enabled: bool = True) -> None:
         self.log_dir = Path(log_dir)

@@ -9,8 +9,7 @@ train) to its end, so a second run into the same folder stops at once instead of
 
 Under torchrun (`omnilatent.training.distributed`) every rank runs this loop in step: the task
 is chosen from the modalities all ranks hold, losses and counts are reduced over ranks, and
-rank 0 alone logs, holds the lock and writes checkpoints (with every rank's data position).
-"""
+rank 0 alone logs, holds the lock and writes checkpoints (with every rank's data position)."""
 
 from __future__ import annotations
 
@@ -146,25 +145,18 @@ class Trainer:
     ``data_source`` names the kind of data (e.g. "shards"); it is checkpointed, and a resume
     on another kind is refused (its loader position would mean nothing there).
     ``distributed`` is this process's place in a torchrun job (default: a single process);
-    the model is wrapped in DDP, or sharded by FSDP2, accordingly.
-    """
+    the model is wrapped in DDP, or sharded by FSDP2, accordingly."""
 
     # Where the run started when not from a fresh model alone (`--from`, new hooks; see
     # `omnilatent.training.hook_training.run_origin`); every checkpoint records it.
     origin: dict[str, Any] | None = None
 
-    def __init__(
-        self,
-        model: OmniLatentModel,
-        config: TrainConfig | OmniLatentConfig,
-        dataloader: Any,
-        callbacks: TrainerCallbacks | None = None,
-        card: CheckpointCard | None = None,
-        evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
-        data_source: str | None = None,
-        distributed: DistributedContext = SINGLE,
-        sampler: TaskSampler | None = None,
-    ) -> None:
+    def __init__(self, model: OmniLatentModel, config: TrainConfig | OmniLatentConfig,
+                 dataloader: Any, callbacks: TrainerCallbacks | None = None,
+                 card: CheckpointCard | None = None,
+                 evaluator: Callable[[OmniLatentModel], dict[str, Any]] | None = None,
+                 data_source: str | None = None, distributed: DistributedContext = SINGLE,
+                 sampler: TaskSampler | None = None) -> None:
         if isinstance(config, OmniLatentConfig) and config != model.config:
             diffs = [f"{k} {v!r} vs the model's {getattr(model.config, k)!r}"
                      for k, v in config.to_dict().items() if getattr(model.config, k) != v]
@@ -193,11 +185,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_factor(s, config.effective_warmup, config.steps, config.min_lr_ratio),
-        )
+            lambda s: lr_factor(s, config.effective_warmup, config.steps, config.min_lr_ratio))
         self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype == torch.float16
-        )
+            self.device.type, enabled=self.amp_dtype == torch.float16)
         if config.compile:  # each block on its own: all 16 tasks share its graphs
             compile_blocks(self.model)
         self.forward_model: Callable[..., dict] = self.wrapped
@@ -279,8 +269,7 @@ class Trainer:
         The step's batches are drawn first and its task is chosen from the modalities all of
         them hold, so every micro-batch serves the task (a task chosen from the first batch
         alone fails on a later one without, e.g., transcript text). The cost: the step's
-        batches are in host memory together.
-        """
+        batches are in host memory together."""
         cfg = self.config
         mcfg = self.model_config
         self.model.train()
@@ -331,8 +320,7 @@ class Trainer:
 
         Called before every metrics record and checkpoint, so a record averages read losses
         and no checkpoint is written after a non-finite loss (the steps after it are lost
-        with the run, which stops here anyway).
-        """
+        with the run, which stops here anyway)."""
         if not self._pending:
             return
         values = torch.stack([loss for _, _, loss in self._pending]).tolist()
@@ -364,16 +352,12 @@ class Trainer:
         per_task: dict[str, list[float]] = defaultdict(list)
         for name, value in window.recent:
             per_task[name].append(value)
-        record = {
-            "step": self.step,
-            "loss": sum(value for _, value in window.recent) / len(window.recent),
-            "losses": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
-            "lr": lr,
-            "tokens_per_s": window.tokens / elapsed,
-            "samples_per_s": window.samples / elapsed,
-            "skipped_batches": window.skipped,
-            **self.sampler.log_fields(self.step),
-        }
+        record = {"step": self.step,
+                  "loss": sum(value for _, value in window.recent) / len(window.recent),
+                  "losses": {k: sum(v) / len(v) for k, v in sorted(per_task.items())}, "lr": lr,
+                  "tokens_per_s": window.tokens / elapsed,
+                  "samples_per_s": window.samples / elapsed, "skipped_batches": window.skipped,
+                  **self.sampler.log_fields(self.step)}
         counters = self.cursor.counters()
         if counters is not None:
             record["data"] = counters
@@ -415,8 +399,7 @@ class Trainer:
                     raise OmniLatentError(
                         f"{in_a_row} steps in a row could serve no task of step "
                         f"{self.step + 1} (e.g. a phase of text tasks only, on data without "
-                        "transcripts); check the schedule against the data"
-                    )
+                        "transcripts); check the schedule against the data")
                 continue
             in_a_row = 0
             task, loss, samples, tokens = outcome

@@ -21,8 +21,7 @@ Two ways to read the folder, one decode path (`iter_windows` -> `sample_fields` 
 Unlike `omni prepare`, decoding runs inside the training process (or its loader workers)
 without a time limit or crash isolation: the streaming form skips (and counts) a video that
 raises, the map-style form raises naming the video and window, and a decoder crash ends the
-run. Prepare shards for large or untrusted corpora.
-"""
+run. Prepare shards for large or untrusted corpora."""
 
 from __future__ import annotations
 
@@ -63,8 +62,7 @@ class VideoWatchingDataset(Dataset):
     The constructor probes every video once to number the windows (``len``); a video that
     cannot be probed, or is shorter than one clip, holds none and is named in ``failures``.
     `from_prepare_config` builds the same dataset unnumbered, for the streaming loader
-    (`video_watching_loader`); it numbers the windows on first ``len`` or index.
-    """
+    (`video_watching_loader`); it numbers the windows on first ``len`` or index."""
 
     def __init__(self, video_dir: str | Path, config: OmniLatentConfig,
                  clip_duration: float = 2.0, clip_stride: float = 1.0,

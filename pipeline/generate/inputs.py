@@ -9,8 +9,7 @@ for a writer forever.
 
 `sample_arrays_batch` turns the arrays into a batch of one with the loader's own
 `sample_tensors` and `collate`, in the loader's stored dtypes; `pipeline.normalize`'s
-`to_model_units` then gives the model the training normalisation, as it does to a loader batch.
-"""
+`to_model_units` then gives the model the training normalisation, as it does to a loader batch."""
 
 from __future__ import annotations
 
@@ -53,8 +52,7 @@ MODALITY_EXTENSIONS: dict[Modality, frozenset[str]] = {
     "video": VIDEO_EXTENSIONS,
     "audio": frozenset({".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".aac"}),
     "image": frozenset({".png", ".jpg", ".jpeg", ".webp"}),
-    "text": frozenset({".txt"}),
-}
+    "text": frozenset({".txt"})}
 
 
 @dataclass(frozen=True)
@@ -63,8 +61,7 @@ class SampleArrays:
 
     `start` is where the window begins in the source, on the frame grid for a video (None for
     a picture or text); `notes` are things worth telling the user (a rounded start, a
-    transcript that could not be read, a decoder complaint).
-    """
+    transcript that could not be read, a decoder complaint)."""
 
     source: str  # the input's path, or "<text>"
     start: float | None = None
@@ -125,8 +122,7 @@ def load_input(path: str | os.PathLike[str], config: PrepareConfig,
 
     `start` (seconds) picks the window of a video or an audio file; pictures and text have
     none, and a non-zero `start` for them is refused rather than ignored. `follow_symlinks`
-    is `load_video_window`'s.
-    """
+    is `load_video_window`'s."""
     modality = guess_modality(path) if modality is None else modality
     if modality == "video":
         return load_video_window(path, config, start, follow_symlinks=follow_symlinks)
@@ -162,8 +158,7 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
 
     It is `window_from`'s, bit for bit prepare's window at that time. A start past the end is
     found by decoding to the end (container durations can be estimates, so they do not decide
-    it).
-    """
+    it)."""
     path = regular_input(path, "video")
     start, notes = _grid_start(path, start, config)
     try:
@@ -190,8 +185,7 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
                         fields.text, notes)
 
 
-def _grid_start(path: Path, start: float,
-                config: PrepareConfig) -> tuple[float, tuple[str, ...]]:
+def _grid_start(path: Path, start: float, config: PrepareConfig) -> tuple[float, tuple[str, ...]]:
     """(seconds, notes) of the frame-grid time nearest `start`."""
     _check_start(path, start)
     index = round(start * config.fps)
@@ -228,8 +222,7 @@ def load_audio_file(path: str | os.PathLike[str], config: PrepareConfig,
     `config.sample_rate` by the PyAV backend's `MonoResampler`, and placed on the timeline by
     its `AudioBuffer` (time 0 is the container's start, as for a video); a clip that runs past
     the end is padded with silence, as prepare pads a video's. Decoding stops once the clip
-    is complete and keeps at most about one clip of samples.
-    """
+    is complete and keeps at most about one clip of samples."""
     path = regular_input(path, "audio file")
     _check_start(path, start)
     try:
@@ -276,8 +269,7 @@ def load_image_file(path: str | os.PathLike[str], config: PrepareConfig) -> Samp
     then `still_image`. Animated files give their first frame.
 
     Its stated size is checked against MAX_FRAME_BYTES before it is decoded: Pillow's own
-    guard stops only above 179 megapixels, and a 200 kB PNG may state 13300x13300.
-    """
+    guard stops only above 179 megapixels, and a 200 kB PNG may state 13300x13300."""
     path = Path(path)
     try:
         with _open_regular(path, "picture") as handle:
@@ -299,8 +291,7 @@ def _check_picture_size(path: Path, picture: Image.Image) -> None:
     would take more than MAX_FRAME_BYTES."""
     mode = ImageMode.getmode(picture.mode)
     pixel_bytes = len(mode.bands) * np.dtype(mode.typestr).itemsize
-    problem = frame_size_problem(*picture.size, 8 * max(3, pixel_bytes),
-                                 f"{picture.mode} picture")
+    problem = frame_size_problem(*picture.size, 8 * max(3, pixel_bytes), f"{picture.mode} picture")
     if problem is not None:
         raise MediaError(f"cannot read picture {path}: {problem}")
 
@@ -309,8 +300,7 @@ def still_image(rgb: np.ndarray, image_size: int) -> np.ndarray:
     """A (H, W, 3) uint8 RGB picture as a clip image: (image_size, image_size, 3) uint8.
 
     The PyAV backend's own steps for a frame with square pixels and no rotation: libswscale
-    bilinear to `scaled_size` (`scale_to_rgb`), then `display_image`'s centre crop.
-    """
+    bilinear to `scaled_size` (`scale_to_rgb`), then `display_image`'s centre crop."""
     height, width = rgb.shape[:2]
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
     scaled = scale_to_rgb(frame, scaled_size(width, height, image_size),

@@ -3,8 +3,7 @@
 The arrays come back to pipeline units first (`pipeline.normalize.unit_to_pixels`,
 `model_to_mel`, then `pipeline.media.audio.mel_to_waveform` for sound); this module only writes
 them, each through `atomic_output`, so that a file is written whole or not at all (README.md,
-"Outputs are written whole or not at all").
-"""
+"Outputs are written whole or not at all")."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A new file for the block to write, which then replaces `path` whole: created
     exclusively beside it under a name no other writer uses, flushed to disk and renamed over
     `path` (a symlink there is replaced, not written through); deleted if anything fails, so
-    `path` keeps what it held. Raises MediaError.
-    """
+    `path` keeps what it held. Raises MediaError."""
     path = check_output_file(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
@@ -101,8 +99,7 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int) -> P
     times frames in hundredths of a second, so frame i lasts from i / fps to (i + 1) / fps
     rounded to those (8 fps: 120 and 130 ms in turn) and the clip plays T / fps seconds;
     Pillow merges identical consecutive frames (adding up their durations), so a still
-    stretch plays as long but holds fewer frames.
-    """
+    stretch plays as long but holds fewer frames."""
     path = Path(path)
     _check_pixels(frames, 4, "(T, H, W, 3)")
     if len(frames) == 0:

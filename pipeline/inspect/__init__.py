@@ -17,5 +17,4 @@ Samples are grouped the way webdataset groups them (consecutive members sharing 
 the first dot of the base name), so inspect sees exactly what the loader sees. It reads them
 the way the loader does too: as plain local tars, each member's declared size checked against
 `member_cap` before it is read, media decoded by the same size-checking decoder, and of
-a prepared folder only the shards inside it (`pipeline.shards.files.listed_shard_path`).
-"""
+a prepared folder only the shards inside it (`pipeline.shards.files.listed_shard_path`)."""

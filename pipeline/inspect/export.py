@@ -1,7 +1,6 @@
 """Samples a person can read or open: the first samples as text (`list_samples`), or as files
 (`export_samples`: frame PNG, clip GIF and contact sheet, mel PNG, transcript), decoded as the
-loader decodes them.
-"""
+loader decodes them."""
 
 from __future__ import annotations
 
@@ -40,8 +39,7 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 # needs no plotting library.
 _VIRIDIS = np.array([
     (68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
-    (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
-], dtype=np.float64)
+    (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37)], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,7 @@ def export_samples(target: Target, out_dir: str | os.PathLike[str],
     Per sample: ``<key>.frame.png`` (the middle frame), ``<key>.clip.gif`` (every frame at the
     clip's fps), ``<key>.sheet.png`` (the frames in a grid), ``<key>.mel.png`` (see
     `mel_image`) and ``<key>.txt`` (the transcript). A sample that does not decode is listed
-    with its error and nothing written for it.
-    """
+    with its error and nothing written for it."""
     folder = Path(out_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -163,8 +160,7 @@ def _write_files(folder: Path, stem: str, meta: SampleMeta, image: np.ndarray,
 def contact_sheet(frames: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) frames in a near-square grid, row by row: (rows * H, cols * W, 3).
 
-    Cells after the last frame stay black (16 frames make a 4 x 4 sheet).
-    """
+    Cells after the last frame stay black (16 frames make a 4 x 4 sheet)."""
     count, height, width, channels = frames.shape
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
@@ -180,8 +176,7 @@ def mel_image(mel: np.ndarray) -> np.ndarray:
     bottom, viridis colours.
 
     Normalised per image (its minimum dark, its maximum bright), as spectrogram viewers do, so
-    quiet speech shows its structure; a constant mel (a silent track) comes out uniformly dark.
-    """
+    quiet speech shows its structure; a constant mel (a silent track) comes out uniformly dark."""
     values = np.flipud(mel.astype(np.float64))  # (M, T), row 0 is now the highest band
     low, high = float(values.min()), float(values.max())
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)

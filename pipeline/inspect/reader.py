@@ -7,8 +7,7 @@ declared size checked against `decode.member_cap` before it is read. It stays a 
 own because its policy differs: the loader streams URLs, counts damage in its stats and drops
 what it cannot use, while inspect reads only some members, keeps every name (an odd member is
 a finding, not noise) and checks each tar's end-of-archive blocks; and the loader's module
-imports torch, which `omni inspect` must not.
-"""
+imports torch, which `omni inspect` must not."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ ProgressFn = Callable[[int, int], None]
 class ShardReadError(PipelineError):
     """A shard that cannot be read to its end: unreadable, cut short, or not a tar.
 
-    `reason` says what is wrong without the path, for reports that already show it.
-    """
+    `reason` says what is wrong without the path, for reports that already show it."""
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
@@ -50,8 +48,7 @@ class RawSample:
     `names` lists every member type in tar order, read or not, and `sizes` the bytes each
     declares; `members` holds the bytes of those that were asked for, are schema members and
     are within their cap; `too_large` says which ones were over it (left unread). `end` is the
-    byte offset just past the sample's last member.
-    """
+    byte offset just past the sample's last member."""
 
     key: str
     names: list[str]
@@ -79,8 +76,7 @@ def iter_raw_samples(path: str, read: Callable[[str], bool],
     tars are read: a compressed one is unreadable. Raises ShardReadError after
     the last complete sample when the tar cannot be read to its end, including a tar cut
     short at a member boundary (tarfile reads that as a clean end; its missing end-of-archive
-    blocks give it away). The sample being read when the damage showed is not yielded.
-    """
+    blocks give it away). The sample being read when the damage showed is not yielded."""
     current: RawSample | None = None
     try:
         with open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:

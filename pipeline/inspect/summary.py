@@ -1,8 +1,7 @@
 """The default `omni inspect` view: shards, samples, footage, transcript coverage and audio
 share, in all and per split (train/eval, `pipeline.shards.split`). It reads the ``json`` and ``txt``
 of every sample but seeks past the media members, so it costs a small fraction of a full
-read; the first few samples are decoded for member dtypes and shapes.
-"""
+read; the first few samples are decoded for member dtypes and shapes."""
 
 from __future__ import annotations
 
@@ -163,14 +162,13 @@ def summarize(target: Target, progress: ProgressFn | None = None) -> Summary:
         splits[entry.split].samples += entry.samples
     for split, ids in split_videos.items():
         splits[split].videos = len(ids)
-    return Summary(
-        target=target, shards=entries, samples=samples, videos=len(spans),
-        clip_seconds=round(clip_seconds, 3),
-        span_seconds=round(sum(end - start for start, end in spans.values()), 3),
-        with_text=with_text, with_audio=with_audio, unreadable_meta=unreadable,
-        transcripts=[TranscriptCoverage(source, counts[0], counts[1])
-                     for source, counts in sorted(coverage.items())],
-        members=_probe_members(target), splits=splits)
+    return Summary(target=target, shards=entries, samples=samples, videos=len(spans),
+                   clip_seconds=round(clip_seconds, 3),
+                   span_seconds=round(sum(end - start for start, end in spans.values()), 3),
+                   with_text=with_text, with_audio=with_audio, unreadable_meta=unreadable,
+                   transcripts=[TranscriptCoverage(source, counts[0], counts[1])
+                                for source, counts in sorted(coverage.items())],
+                   members=_probe_members(target), splits=splits)
 
 
 def _probe_members(target: Target) -> list[MemberInfo]:

@@ -1,7 +1,6 @@
 """What PATH names for `omni inspect`: a prepared folder, shard files or brace patterns, and
 what was recorded about those shards (the manifest or, without one, the finished units' stats
-files), so that the summary and verify can compare what they find with it.
-"""
+files), so that the summary and verify can compare what they find with it."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ class Target:
 
     `expected` maps a shard path to its recorded count, size and split; `totals` and `splits`
     (the same counts per split) are the manifest's (or, without a manifest, those of the
-    finished units' stats files).
-    """
+    finished units' stats files)."""
 
     path: str
     kind: str  # "directory", "shard" or "shards"
@@ -80,8 +78,7 @@ class Target:
 def open_target(paths: Sequence[str | os.PathLike[str]]) -> Target:
     """Resolve `paths`: one prepared folder, or local shard files and brace patterns.
 
-    Raises PipelineError (ConfigError) with what to do when nothing usable is found.
-    """
+    Raises PipelineError (ConfigError) with what to do when nothing usable is found."""
     items = [os.fspath(path) for path in paths]
     if not items:
         raise ConfigError("pass a folder written by omni prepare, a .tar shard or a pattern")

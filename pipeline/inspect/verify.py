@@ -3,8 +3,7 @@
 with `validate.validate_sample` against the prepare config; sample counts and sizes against the
 manifest, shard by shard, per split and in total; keys duplicated anywhere in the set (both
 splits together: a video is in one split only); unreadable and truncated tars. Shards can be
-verified in parallel processes.
-"""
+verified in parallel processes."""
 
 from __future__ import annotations
 
@@ -96,8 +95,7 @@ def sample_problems(raw: RawSample, sample_format: dict[str, Any] | None,
     if raw.too_large:
         return [*problems, *raw.too_large]
     try:
-        sample, dropped = decode_sample({"__key__": raw.key, **raw.for_decoding()},
-                                        sample_format)
+        sample, dropped = decode_sample({"__key__": raw.key, **raw.for_decoding()}, sample_format)
     except CorruptMemberError as err:
         return [*problems, str(err)]
     problems += [f"member {name!r} is not part of shard schema v1 (unknown or unsafe type); "
@@ -143,8 +141,7 @@ def verify(target: Target, workers: int = 1, progress: ProgressFn | None = None,
 
     The samples are checked against the recorded prepare config or, without one, against the
     sizes in the first sample whose json decodes. With `workers` > 1, shards are verified in
-    that many processes and `progress` advances shard by shard.
-    """
+    that many processes and `progress` advances shard by shard."""
     started = time.monotonic()
     sample_format = target.sample_format or _format_of_first_sample(target)
     reports: list[ShardReport | None] = [None] * len(target.shards)
@@ -169,10 +166,9 @@ def verify(target: Target, workers: int = 1, progress: ProgressFn | None = None,
         problems.count += report.problem_count - len(report.problems)
     _check_keys(done, problems)
     _check_records(target, done, problems)
-    return VerifyResult(
-        shards=len(done), samples=sum(report.samples for report in done),
-        bytes=sum(report.bytes or 0 for report in done), problems=problems.kept,
-        problem_count=problems.count, elapsed_s=time.monotonic() - started)
+    return VerifyResult(shards=len(done), samples=sum(report.samples for report in done),
+                        bytes=sum(report.bytes or 0 for report in done), problems=problems.kept,
+                        problem_count=problems.count, elapsed_s=time.monotonic() - started)
 
 
 def _format_of_first_sample(target: Target) -> dict[str, Any] | None:

@@ -26,8 +26,7 @@ with 0; ``has_text`` (B,) bool; ``__key__`` list[str]; ``meta`` list[dict] (the 
 A quarter (pixels) and half (mel) of float32's bytes cross from the workers and to the device;
 the consumer maps them to model units there (`pipeline.normalize.to_model_units`). With
 ``pin_memory`` the batches' tensors are in pinned memory, so a ``non_blocking`` copy to a CUDA
-device runs asynchronously.
-"""
+device runs asynchronously."""
 
 from __future__ import annotations
 
@@ -177,8 +176,7 @@ def tar_samples(src: Iterable[str], stats: LoaderStats, sample_counts: dict[str,
     value None, their bytes skipped unread (`decode_samples` drops them by name). Two members
     of one sample with the same name, or a member declaring more bytes than
     `decode.member_cap` of `expected` (skipped unread), mark the sample for `decode_samples`
-    to drop.
-    """
+    to drop."""
     for url in src:
         current: dict[str, Any] | None = None
         count = 0
@@ -257,8 +255,7 @@ def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
     """Decoded, validated samples; unsafe members and broken samples are dropped and counted.
 
     Without `expected` (no manifest) the first sample whose json parses sets it, so a batch
-    never mixes sizes.
-    """
+    never mixes sizes."""
     for raw in src:
         where = f"{raw.get('__key__')} ({raw.get('__url__')})"
         try:
@@ -295,17 +292,10 @@ def to_tensors(src: Iterable[dict[str, Any]], tokenizer: TokenizerFn,
                              key=sample["__key__"], meta=sample[MEMBER_JSON])
 
 
-def sample_tensors(
-    frames: np.ndarray | None,
-    image: np.ndarray | None,
-    mel: np.ndarray | None,
-    text: str | None,
-    *,
-    tokenizer: TokenizerFn = byte_tokenizer,
-    max_text_len: int = MAX_TEXT_LEN,
-    key: str = "",
-    meta: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def sample_tensors(frames: np.ndarray | None, image: np.ndarray | None, mel: np.ndarray | None,
+                   text: str | None, *, tokenizer: TokenizerFn = byte_tokenizer,
+                   max_text_len: int = MAX_TEXT_LEN, key: str = "",
+                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """One sample as `collate` takes it: what the loader yields, and what `omni generate`
     builds from its input files, so the model sees both in the same units.
 
@@ -313,8 +303,7 @@ def sample_tensors(
     device): `frames` (T, H, W, 3) and `image` (S, S, 3) uint8, `mel` (M, T_mel) float16
     log-mel; another dtype is refused (a float32 tensor would pass for model units). `text` is
     tokenized. A modality given as None is left out (generating from a picture has only
-    `image`), and `collate` leaves it out of the batch.
-    """
+    `image`), and `collate` leaves it out of the batch."""
     tensors: dict[str, Any] = {}
     for modality, array in (("video", frames), ("image", image), ("audio", mel)):
         if array is None:
@@ -340,8 +329,7 @@ def batch_samples(src: Iterable[dict[str, Any]], batch_size: int) -> Iterator[Ba
 
     Unlike `webdataset.batched`, a full batch leaves before the next sample is pulled, so the
     cursor's position at that moment counts exactly the samples this batch and the ones
-    before it consumed: what resuming needs.
-    """
+    before it consumed: what resuming needs."""
     pending: list[dict[str, Any]] = []
     for sample in src:
         pending.append(sample)

@@ -79,21 +79,19 @@ class _EpochStream(IterableDataset):
         """The pipeline, in order; None entries are stages switched off."""
         shard_rng = random.Random(f"shards/{self.seed}/{self.epoch}")
         sample_rng = random.Random(f"samples/{self.seed}/{self.epoch}/{self.rank}/{worker}")
-        return [
-            list(self.shards.urls),
-            partial(stage.shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
-            partial(stage.split_by_node, rank=self.rank, world_size=self.world_size),
-            partial(stage.split_by_worker, worker=worker, num_workers=num_workers),
-            partial(stage.tar_samples, stats=stats, sample_counts=self.shards.sample_counts,
-                    streamed=self.shards.streamed, expected=self.shards.expected),
-            (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=sample_rng)
-             if self.shuffle_buffer > 0 else None),
-            partial(stage.skip_consumed, cursor=cursor),
-            partial(stage.decode_samples, stats=stats, expected=self.shards.expected),
-            partial(stage.to_tensors, tokenizer=self.tokenizer, max_text_len=self.max_text_len),
-            partial(stage.batch_samples, batch_size=self.batch_size),
-            partial(_emit, worker=worker, cursor=cursor, stats=stats),
-        ]
+        return [list(self.shards.urls),
+                partial(stage.shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
+                partial(stage.split_by_node, rank=self.rank, world_size=self.world_size),
+                partial(stage.split_by_worker, worker=worker, num_workers=num_workers),
+                partial(stage.tar_samples, stats=stats, sample_counts=self.shards.sample_counts,
+                        streamed=self.shards.streamed, expected=self.shards.expected),
+                (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=sample_rng)
+                 if self.shuffle_buffer > 0 else None),
+                partial(stage.skip_consumed, cursor=cursor),
+                partial(stage.decode_samples, stats=stats, expected=self.shards.expected),
+                partial(stage.to_tensors, tokenizer=self.tokenizer, max_text_len=self.max_text_len),
+                partial(stage.batch_samples, batch_size=self.batch_size),
+                partial(_emit, worker=worker, cursor=cursor, stats=stats)]
 
     def __iter__(self) -> Iterator[_Chunk]:
         info = get_worker_info()
@@ -128,8 +126,7 @@ class ShardLoader:
     against an epoch of thousands per worker; keeping workers across epochs would need the
     epoch and positions passed to live workers, for no measurable gain. Prefetch stays at the
     DataLoader's default (2 chunks per worker): a worker decodes some tens of samples/s per
-    core while a GPU trains on thousands, so the queue runs empty whatever its depth.
-    """
+    core while a GPU trains on thousands, so the queue runs empty whatever its depth."""
 
     def __init__(self, shards: ShardSet, batch_size: int, *, tokenizer: TokenizerFn,
                  max_text_len: int, seed: int, shuffle_shards: bool, shuffle_buffer: int,
@@ -252,8 +249,7 @@ def build_shard_loader(urls: str | os.PathLike[str] | Sequence[str | os.PathLike
     shard; ranks get whole shards, so their sample counts differ unless the shards are equal.
     `pin_memory` puts the batches in pinned memory (with workers, on the DataLoader's pinning
     thread), so that a ``non_blocking`` copy to a CUDA device is asynchronous: pass True when
-    the batches go to a CUDA device, never on a machine without CUDA.
-    """
+    the batches go to a CUDA device, never on a machine without CUDA."""
     for name, value, low in (("batch_size", batch_size, 1), ("max_text_len", max_text_len, 1),
                              ("shuffle_buffer", shuffle_buffer, 0),
                              ("num_workers", num_workers, 0)):

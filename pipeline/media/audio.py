@@ -10,8 +10,7 @@ torchaudio is not a dependency (no wheel for every platform we run on), so the m
 written here from torchaudio's definition (`melscale_fbanks(norm=None, mel_scale="htk")`); the
 tests pin it against reference values computed with librosa, which shares that definition.
 
-Notation: F = n_fft // 2 + 1 frequency bins, M = n_mels, T = mel frames, S = samples.
-"""
+Notation: F = n_fft // 2 + 1 frequency bins, M = n_mels, T = mel frames, S = samples."""
 
 from __future__ import annotations
 
@@ -50,8 +49,7 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int,
     f_max. Computed in float64, returned as float32.
 
     A filter narrower than the bin spacing can catch no bin and is all zeros (e.g. the lowest
-    HTK filters for 128 mels at n_fft=400); such a channel carries no information.
-    """
+    HTK filters for 128 mels at n_fft=400); such a channel carries no information."""
     if n_freqs < 2 or n_mels < 1:
         raise ConfigError(f"need n_freqs >= 2 and n_mels >= 1, got {n_freqs} and {n_mels}")
     if not 0 <= f_min < f_max:
@@ -94,8 +92,7 @@ def log_mel(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
     clips tile the timeline without a duplicated frame and T depends only on the config.
 
     Raises ValueError for input of the wrong shape or with non-finite values, and ConfigError
-    if the clip is too short for reflect padding.
-    """
+    if the clip is too short for reflect padding."""
     return _log_mel_float32(samples, config).astype(np.float16)  # (M, T)
 
 
@@ -127,8 +124,7 @@ def _log_mel_float32(samples: np.ndarray, config: PrepareConfig) -> np.ndarray:
 def silent_log_mel(config: PrepareConfig) -> np.ndarray:
     """What `log_mel` gives for digital silence, for videos that have no audio stream.
 
-    Equal to `log_mel(np.zeros(config.samples_per_clip), config)` without computing an STFT.
-    """
+    Equal to `log_mel(np.zeros(config.samples_per_clip), config)` without computing an STFT."""
     return np.full((config.n_mels, config.audio_frames), math.log(LOG_FLOOR),
                    dtype=np.float16)  # (M, T)
 
@@ -155,8 +151,7 @@ def mel_to_waveform(mel: np.ndarray, config: PrepareConfig, iterations: int = 32
 
     `log_mel` keeps T of the 1 + T centred frames (the last, centred on the clip's end,
     belongs to the next clip); it is taken equal to frame T - 1 here. Raises ConfigError when
-    the mel's bands do not match `config` or it is too short to frame.
-    """
+    the mel's bands do not match `config` or it is too short to frame."""
     import torch
 
     values = torch.tensor(np.asarray(mel, dtype=np.float32))  # (M, T)
@@ -228,8 +223,7 @@ def _mel_to_power(mel_power: torch.Tensor, fb_t: torch.Tensor,
     """Non-negative linear-frequency power (F, T) whose mel projection fits `mel_power` (M, T).
 
     Starts from the clamped pseudo-inverse and applies Lee-Seung multiplicative updates for
-    min ||fb_t @ P - mel||^2, P >= 0: each step keeps P non-negative and lowers the error.
-    """
+    min ||fb_t @ P - mel||^2, P >= 0: each step keeps P non-negative and lowers the error."""
     power = (pseudo_inverse @ mel_power).clamp_(min=1e-10)  # (F, T)
     numerator = fb_t.T @ mel_power  # (F, T)
     for _ in range(NNLS_STEPS):

@@ -1,8 +1,7 @@
 """Decode one video into a stream of clip windows: the backend-neutral interface, which
 dispatches to the backend `config.decoder` names (`pipeline.media.decode_pyav`,
 `pipeline.media.decode_ffmpeg`). Both probe with PyAV (`media.probe`); the timing rules they
-follow and the types they return are in `pipeline.media.windows`.
-"""
+follow and the types they return are in `pipeline.media.windows`."""
 
 from __future__ import annotations
 
@@ -21,8 +20,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
 
     Both backends probe with PyAV (libavformat), so they agree on stream choice and rotation,
     whatever the prepare config. Raises `DecodeError` when the file cannot be opened or has no
-    video stream. Messages never repeat the path: the caller records it.
-    """
+    video stream. Messages never repeat the path: the caller records it."""
     from pipeline.media.probe import probe_pyav
 
     return probe_pyav(Path(path))
@@ -43,8 +41,7 @@ def iter_windows(path: str | os.PathLike[str], config: PrepareConfig,
     Pass a `DecodeStats` to learn skipped packets, the duration and the memory peaks.
     `threads` is the video decoder's thread count (0: the decoder's choice, one more than the
     CPUs); the windows do not depend on it. Raises `DecodeError` for files that cannot be
-    decoded (no video stream, unreadable, no frames).
-    """
+    decoded (no video stream, unreadable, no frames)."""
     stats = stats if stats is not None else DecodeStats()
     if config.decoder == "ffmpeg":
         from pipeline.media.decode_ffmpeg import iter_windows_ffmpeg

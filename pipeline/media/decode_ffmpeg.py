@@ -29,8 +29,7 @@ Same rules as `pipeline.media.windows` describes, obtained from ffmpeg's filters
 
 Both pipes are read incrementally (one frame, one audio chunk at a time) and audio only as far
 as the next window needs, so memory stays bounded. Stderr goes to files, never to a pipe that
-could fill up and stall ffmpeg; the processes are killed if the consumer stops early.
-"""
+could fill up and stall ffmpeg; the processes are killed if the consumer stops early."""
 
 from __future__ import annotations
 
@@ -69,42 +68,34 @@ def video_command(info: VideoInfo, config: PrepareConfig, count_path: Path,
                   threads: int = 0) -> list[str]:
     """ffmpeg arguments: grid frames as rgb24 on stdout, one byte per grid slot to `count_path`.
 
-    `threads` is the decoder's thread count (0: ffmpeg's choice).
-    """
+    `threads` is the decoder's thread count (0: ffmpeg's choice)."""
     width, height = scaled_size(*info.square_pixel_size, config.image_size)
     siting = {} if (info.pixel_format or "").startswith("yuvj") else {"in_chroma_loc": "left"}
     decoder = {"threads": threads} if threads > 0 else {}
     source = ffmpeg.input(_file_url(info.path), noautorotate=None, **DECODER_GUARD, **decoder)
     branches = source[str(info.video_stream_index)].filter("setpts", _shift(info)).split()
-    grid = (
-        branches[0]
-        .filter("fps", fps=config.fps, start_time=0, round="up")
-        .filter("scale", width, height, flags=SWS_INTERPOLATION, **siting)
-        .filter("format", "rgb24")
-    )
+    grid = (branches[0]
+            .filter("fps", fps=config.fps, start_time=0, round="up")
+            .filter("scale", width, height, flags=SWS_INTERPOLATION, **siting)
+            .filter("format", "rgb24"))
     count = (
         branches[1]
         .filter("setpts", f"PTS+{END_TOLERANCE!r}/TB")
-        .filter("fps", fps=config.fps, start_time=-_COUNT_EARLY_SLOTS / config.fps,
-                round="down")
+        .filter("fps", fps=config.fps, start_time=-_COUNT_EARLY_SLOTS / config.fps, round="down")
         .filter("scale", 1, 1)
-        .filter("format", "gray")
-    )
+        .filter("format", "gray"))
     outputs = ffmpeg.merge_outputs(
         grid.output("pipe:1", format="rawvideo", pix_fmt="rgb24"),
-        count.output(_file_url(count_path), format="rawvideo", pix_fmt="gray"),
-    )
+        count.output(_file_url(count_path), format="rawvideo", pix_fmt="gray"))
     return outputs.compile(cmd=[ffmpeg_binary(), *_GLOBAL_ARGS, "-y"])
 
 
 def audio_command(info: VideoInfo, config: PrepareConfig) -> list[str]:
     """ffmpeg arguments: the audio stream as mono float32 little-endian at the target rate."""
     assert info.audio_stream_index is not None
-    audio = (
-        ffmpeg.input(_file_url(info.path), **DECODER_GUARD)[str(info.audio_stream_index)]
-        .filter("asetpts", _shift(info))
-        .filter("aresample", config.sample_rate, first_pts=0, ochl="mono", osf="flt")
-    )
+    audio = (ffmpeg.input(_file_url(info.path), **DECODER_GUARD)[str(info.audio_stream_index)]
+             .filter("asetpts", _shift(info))
+             .filter("aresample", config.sample_rate, first_pts=0, ochl="mono", osf="flt"))
     output = audio.output("pipe:1", format="f32le", acodec="pcm_f32le", ac=1, ar=config.sample_rate)
     return output.compile(cmd=[ffmpeg_binary(), *_GLOBAL_ARGS])
 
@@ -123,8 +114,7 @@ class _Process:
         self.log = open(workdir / f"{name}.log", "w+b")  # closed in close()
         try:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log
-            )
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log)
         except OSError as err:
             self.log.close()
             raise DecodeError(f"cannot run ffmpeg ({cmd[0]}): {err.strerror or err}") from err
@@ -184,8 +174,7 @@ def iter_windows_ffmpeg(path: Path, config: PrepareConfig, stats: DecodeStats,
         count_path = workdir / "grid.count"
         processes: list[_Process] = []
         try:
-            video = _Process(video_command(info, config, count_path, threads), workdir,
-                             "video")
+            video = _Process(video_command(info, config, count_path, threads), workdir, "video")
             processes.append(video)
             audio = None
             if info.has_audio:
@@ -208,8 +197,7 @@ def _windows(info: VideoInfo, config: PrepareConfig, stats: DecodeStats, video: 
         if len(data) < frame_bytes:
             break
         rgb = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)  # (h, w, 3)
-        assembler.add_frame(display_image(rgb, info.rotation, config.image_size,
-                                          flip=info.flip))
+        assembler.add_frame(display_image(rgb, info.rotation, config.image_size, flip=info.flip))
         while audio is not None and assembler.audio_wanted():
             audio.pull(assembler)
         yield from assembler.ready()

@@ -5,8 +5,7 @@ Only frames that land on the fps grid are converted to RGB, and straight to the 
 one small conversion per grid frame instead of a full-resolution RGB copy per source frame.
 H.264 frames that no grid time shows and no other frame is predicted from are not even
 decoded (`pipeline.media.packets.FrameSkipper`). The rules this module follows are in
-`pipeline.media.windows`; probing is `pipeline.media.probe`, shared with the ffmpeg backend.
-"""
+`pipeline.media.windows`; probing is `pipeline.media.probe`, shared with the ffmpeg backend."""
 
 from __future__ import annotations
 
@@ -57,8 +56,7 @@ def scale_to_rgb(frame: av.VideoFrame, size: tuple[int, int],
     The one conversion every picture the model sees goes through: a video frame on the grid
     here, a still image given to `omni generate` in `pipeline.generate.inputs`. Pass one reformatter
     per stream of pictures of one size (it keeps the swscale context); one thread, because the
-    decoder's threads and the other workers already use the cores.
-    """
+    decoder's threads and the other workers already use the cores."""
     width, height = size
     return reformatter.reformat(
         frame, width, height, format="rgb24", interpolation=SWS_INTERPOLATION.upper(),
@@ -154,8 +152,7 @@ class _Continuity:
     dropped); after a leap forward, the last picture would be repeated, with silence, over the
     gap. Both happen in MPEG-TS files joined with `cat`. Rebasing the times would need audio
     and video rebased alike; instead decoding ends at the video's jump, as if the file ended
-    there, so every window before it is kept and correct, and the jump is reported.
-    """
+    there, so every window before it is kept and correct, and the jump is reported."""
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -184,8 +181,7 @@ class MonoResampler:
     """Any audio frame -> mono float32 at the target rate, with its position from the origin.
 
     Every sound the model hears goes through it: a video's audio here, an audio file given to
-    `omni generate` in `pipeline.generate.inputs`, so both are downmixed and resampled alike.
-    """
+    `omni generate` in `pipeline.generate.inputs`, so both are downmixed and resampled alike."""
 
     def __init__(self, sample_rate: int, start: float) -> None:
         self.sample_rate = sample_rate

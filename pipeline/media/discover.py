@@ -6,8 +6,7 @@ filesystem's listing order; the id names every sample of the video in the shards
 A symlink may lead anywhere, and prepare copies what it reads into shards that get shared:
 a file reached through a symlink that leaves the input folder is refused unless the caller
 asks to follow symlinks (`omni prepare --follow-symlinks`), so a link planted in a downloaded
-corpus cannot pull in a private file.
-"""
+corpus cannot pull in a private file."""
 
 from __future__ import annotations
 
@@ -52,8 +51,7 @@ def video_id(rel_path: str) -> str:
     [A-Za-z0-9_-] (spaces, dots, non-ASCII) turned into "-", and cut to its last 60 characters;
     it is for people reading shard listings. The hash of the full relative path makes the id
     unique and deterministic. No "." (webdataset splits keys at the first dot) and no "/".
-    Names that slug away entirely (e.g. all non-ASCII) get the hash alone.
-    """
+    Names that slug away entirely (e.g. all non-ASCII) get the hash alone."""
     pure = PurePosixPath(rel_path)
     parts = [*pure.parent.parts, pure.stem]  # "a.mp4" has no parent parts
     slug = "_".join(_UNSAFE.sub("-", part).strip("-") for part in parts)
@@ -91,8 +89,7 @@ def discover_videos(root: Path, follow_symlinks: bool = False, *,
     video whose real path lies outside `root` (a symlink, or a symlinked folder, leading out)
     is left out unless `follow_symlinks`; `with_refused` lists it anyway, with `refused` set,
     so that prepare can report it. Raises PipelineError if `root` is not a directory or a
-    folder under it cannot be listed.
-    """
+    folder under it cannot be listed."""
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a directory"
         raise PipelineError(f"input folder {root} {what}; pass a folder of videos")
@@ -100,8 +97,7 @@ def discover_videos(root: Path, follow_symlinks: bool = False, *,
     real_root = os.path.realpath(root)
     seen: set[str] = set()
     found: list[VideoSource] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True,
-                                                onerror=_raise_walk_error):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_raise_walk_error):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames.clear()

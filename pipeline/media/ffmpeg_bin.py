@@ -2,8 +2,7 @@
 
 One place decides, so that the FFmpeg decode backend and subtitle extraction always use the same
 build: `OMNI_FFMPEG` wins (a system ffmpeg with more codecs, or a cluster module), otherwise the
-static build that the `imageio-ffmpeg` wheel ships, which needs no system package.
-"""
+static build that the `imageio-ffmpeg` wheel ships, which needs no system package."""
 
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ def ffmpeg_binary() -> str:
     """Return the path of the ffmpeg executable to run.
 
     `OMNI_FFMPEG` may be a path or a bare command name looked up on `PATH`. Raises
-    `PipelineError` when the named binary does not exist or no binary can be found.
-    """
+    `PipelineError` when the named binary does not exist or no binary can be found."""
     override = os.environ.get(ENV_VAR)
     if override:
         found = shutil.which(override)
@@ -61,8 +59,7 @@ def stderr_summary(text: str, lines: int = 5) -> str:
 
     The "[component @ 0x...]" prefixes go: the addresses differ on every run, so failure
     reasons and warnings that kept them would never be the same twice (stats, manifests).
-    So do repeats of a line ("Last message repeated 1 times", or the line itself again).
-    """
+    So do repeats of a line ("Last message repeated 1 times", or the line itself again)."""
     kept: list[str] = []
     for line in text.splitlines():
         line = _LOG_PREFIX.sub("", line).strip()

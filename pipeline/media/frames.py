@@ -4,8 +4,7 @@ A backend only has to deliver each picked frame as RGB at `scaled_size` of its *
 (unrotated) size; everything after that (display rotation, centre crop, the shrink to the clip
 size) happens here, once, so the PyAV and FFmpeg backends cannot drift apart. The scaling itself
 is libswscale's bilinear filter in both backends (`SWS_INTERPOLATION`), which widens its kernel
-when it shrinks, so downscaling an HD frame to 224 does not alias.
-"""
+when it shrinks, so downscaling an HD frame to 224 does not alias."""
 
 from __future__ import annotations
 
@@ -38,8 +37,7 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """(width, height) that gives the shorter side `short_side` pixels, keeping the aspect ratio.
 
     The long side is rounded half up, as ffmpeg's `av_rescale` does, and never drops below
-    `short_side`, so the centre crop always fits.
-    """
+    `short_side`, so the centre crop always fits."""
     if width <= 0 or height <= 0:
         raise ValueError(f"frame size must be positive, got {width}x{height}")
     short, long = min(width, height), max(width, height)
@@ -70,8 +68,7 @@ def display_image(scaled: np.ndarray, rotation: int, image_size: int, *,
     `scaled` is (h, w, 3) uint8 in coded orientation; `rotation` is the clockwise display
     rotation and `flip` a left-right mirror applied after it (a display matrix that mirrors,
     e.g. a front camera's). Returns a contiguous (image_size, image_size, 3) uint8 array that
-    owns its memory, so it never pins a decoder's or a pipe's buffer.
-    """
+    owns its memory, so it never pins a decoder's or a pipe's buffer."""
     upright = rotate(scaled, rotation)  # (H, W, 3) as displayed
     if flip:
         upright = upright[:, ::-1]  # (H, W, 3) mirrored
@@ -82,8 +79,7 @@ def clip_frame(image: np.ndarray, frame_size: int) -> np.ndarray:
     """Shrink a square (S, S, 3) image to (frame_size, frame_size, 3) for the video modality.
 
     PIL's bilinear resize averages over the whole footprint when it shrinks (unlike a GPU
-    bilinear sample), so a 2x reduction is a proper low-pass and not every other pixel.
-    """
+    bilinear sample), so a 2x reduction is a proper low-pass and not every other pixel."""
     if image.shape[0] == frame_size and image.shape[1] == frame_size:
         return image
     small = Image.fromarray(image).resize((frame_size, frame_size), Image.Resampling.BILINEAR)

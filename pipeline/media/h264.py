@@ -10,8 +10,7 @@ where the CPU has it: x264 takes an explicit list, and forcing a set the CPU lac
 it, but every CPU with AVX-512 has all of the sets listed here.
 
 `omni prepare`'s resume promise (a killed run rerun gives the bytes of an uninterrupted one)
-and the demo world's reproducibility rest on this.
-"""
+and the demo world's reproducibility rest on this."""
 
 from __future__ import annotations
 
@@ -45,5 +44,4 @@ def deterministic_params(flags: frozenset[str]) -> dict[str, str]:
 @functools.cache
 def x264_options(crf: int, preset: str) -> dict[str, str]:
     """Options for PyAV's libx264 stream: `crf`, `preset`, one thread, deterministic bytes."""
-    return {"crf": str(crf), "preset": preset, "threads": "1",
-            **deterministic_params(cpu_flags())}
+    return {"crf": str(crf), "preset": preset, "threads": "1", **deterministic_params(cpu_flags())}

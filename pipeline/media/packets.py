@@ -1,7 +1,6 @@
 """The PyAV packet loop both the probe and the decode backend run: demux, decode, survive bad
 packets and cut-short files, and let the H.264 decoder drop the frames no grid time shows
-(`FrameSkipper`).
-"""
+(`FrameSkipper`)."""
 
 from __future__ import annotations
 
@@ -55,8 +54,7 @@ class FrameSkipper:
     times show it; so one with an earlier time must have gone to the decoder), and in the last
     `LOOKAHEAD_PACKETS` packets (the last frame interval decides the duration of files that
     state no frame durations). Only H.264: in HEVC a "sub-layer non-reference" picture may
-    still be referenced from a higher temporal layer, so NONREF does not mean unused there.
-    """
+    still be referenced from a higher temporal layer, so NONREF does not mean unused there."""
 
     def __init__(self, stream: VideoStream, fps: int, start: float) -> None:
         self.stream = stream
@@ -122,8 +120,7 @@ def decoded_frames(container: InputContainer, streams: list[av.stream.Stream], s
     `stats.decode_errors`. The flag is read, not FFmpeg's log: PyAV's log callback takes the
     GIL from the decoder's own threads, and closing a frame-threaded decoder early (a window
     taken from the middle of a video) deadlocked on it. With a `skipper`, packets wait in a
-    queue until it has read far enough ahead to decide on them.
-    """
+    queue until it has read far enough ahead to decide on them."""
     demuxer = container.demux(*streams)
     queue: deque[av.Packet] = deque()
     broken = False

@@ -1,8 +1,7 @@
 """Probing with PyAV, for both decode backends (the ffmpeg CLI build ships no ffprobe): open a
 file (and say why one cannot be opened), choose its streams, read its origin, orientation and
 pixel aspect ratio, and `probe_pyav` / `video_end_pyav` on top of them. The PyAV decode loop
-that uses the same helpers is `pipeline.media.decode_pyav`.
-"""
+that uses the same helpers is `pipeline.media.decode_pyav`."""
 
 from __future__ import annotations
 
@@ -60,8 +59,7 @@ def _mp4_without_index(path: Path) -> bool:
 
     MP4 writers (cameras, screen recorders, PyAV, ffmpeg without ``+faststart``) append the
     index when they finish, so this is a recording or download that stopped early; FFmpeg
-    only says "Invalid data found when processing input". Reads one box header per box.
-    """
+    only says "Invalid data found when processing input". Reads one box header per box."""
     try:
         with path.open("rb") as handle:
             end = handle.seek(0, os.SEEK_END)
@@ -88,8 +86,7 @@ def select_streams(container: InputContainer) -> tuple[VideoStream, AudioStream 
     """The first real video stream (cover art is skipped) and the first audio stream.
 
     The video stream's frames are checked against MAX_FRAME_BYTES (`check_frame_size`), and
-    its decoder gets `DECODER_GUARD`, before any of them is decoded.
-    """
+    its decoder gets `DECODER_GUARD`, before any of them is decoded."""
     videos = [s for s in container.streams.video if not int(s.disposition) & _ATTACHED_PIC]
     if not videos:
         raise DecodeError("no video stream")
@@ -133,8 +130,7 @@ def has_timestamps(container: InputContainer) -> bool:
     demuxer guesses them, not even regularly (MPEG-1: 0, 0.08, 0.12 s, ... at 25 fps). The
     ffmpeg CLI drops such guesses and times the frames from 0 by their durations; the PyAV
     backend does the same (`decode_pyav._GridPicker`), or the two backends would show
-    different frames.
-    """
+    different frames."""
     return not container.format.flags & _NO_TIMESTAMPS
 
 
@@ -144,8 +140,7 @@ def frame_orientation(frame: av.VideoFrame, stream: VideoStream) -> tuple[int, b
     The matrix is read whole, not just its angle (`frame.rotation`): a phone's front camera or
     ``ffmpeg -display_hflip`` also mirrors the picture, and the angle of a mirroring matrix is
     not the rotation to apply. Files without a matrix on their frames (older FFmpeg builds)
-    may carry the legacy `rotate` tag (clockwise degrees, never a mirror) instead.
-    """
+    may carry the legacy `rotate` tag (clockwise degrees, never a mirror) instead."""
     matrix = _display_matrix(frame)
     if matrix is not None:
         return matrix_orientation(matrix)
@@ -170,8 +165,7 @@ def matrix_orientation(matrix: tuple[int, ...]) -> tuple[int, bool]:
     This is what ffmpeg's autorotate and players show. The matrix's top-left 2x2 block
     (a b / c d) maps a coded point (x, y) to (a x + c y, b x + d y); a negative determinant
     means it mirrors. Negating the first column (what ``-display_hflip`` does to a matrix) takes
-    the mirror out, and what remains is a rotation by atan2(b, a) clockwise.
-    """
+    the mirror out, and what remains is a rotation by atan2(b, a) clockwise."""
     a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
     mirror = a * d - b * c < 0
     if mirror:
@@ -225,8 +219,7 @@ def video_end_pyav(path: Path) -> float | None:
     Container durations are not the video's: they cover the longest stream (audio that runs on
     after the picture), Matroska states the end timestamp rather than the span when the file
     does not start at 0, and streamed Matroska/WebM states none. An untimed transcript must be
-    spread over the footage the windows actually cover, so it uses this instead.
-    """
+    spread over the footage the windows actually cover, so it uses this instead."""
     with open_container(path) as container:
         video, _ = select_streams(container)
         start = origin(container)

@@ -73,8 +73,7 @@ def _timed(cues: list[Cue], source: TranscriptSource, name: str) -> Transcript:
         raise TranscriptError(f"{name}: {messages[0]}")
     kept = [cue for cue in cues if cue.text and cue.end >= cue.start]
     notes = tuple(f"{name}: skipped {message}" for message in messages)
-    return Transcript(sorted(kept, key=lambda c: (c.start, c.end)), source, timed=True,
-                      notes=notes)
+    return Transcript(sorted(kept, key=lambda c: (c.start, c.end)), source, timed=True, notes=notes)
 
 
 def parse_srt(text: str, name: str, source: TranscriptSource = "srt") -> Transcript:
@@ -82,8 +81,7 @@ def parse_srt(text: str, name: str, source: TranscriptSource = "srt") -> Transcr
 
     Like video players, skips a broken cue and keeps the rest; text that yields no cue at all
     is malformed and raises TranscriptError with the strict parser's reason, as does text of
-    more than MAX_CUES cues.
-    """
+    more than MAX_CUES cues."""
     _check_cue_count(text.count("-->"), name)
     items = pysrt.from_string(text)
     if not items and text.strip():
@@ -106,8 +104,7 @@ def parse_vtt(text: str, name: str) -> Transcript:
 
     A missing "WEBVTT" header raises TranscriptError; a broken cue is skipped, but cue blocks
     that yield no cue at all raise TranscriptError with the strict parser's reason, as does
-    text of more than MAX_CUES cues.
-    """
+    text of more than MAX_CUES cues."""
     _check_cue_count(text.count("-->"), name)
     try:
         captions = webvtt.from_string(text).captions
@@ -153,8 +150,7 @@ def load_sidecar(path: Path, name: str | None = None) -> Transcript:
     SRT and VTT cue text loses its markup (<i>, {\\an8}, <c.color>, ...) and extra whitespace;
     cues left empty are dropped. A .txt file is an untimed transcript, whitespace collapsed.
     Raises TranscriptError naming the file (`name`, default the path) and the parser's reason
-    when it is malformed, or why it was not read (see `read_text_file`, `MAX_CUES`).
-    """
+    when it is malformed, or why it was not read (see `read_text_file`, `MAX_CUES`)."""
     name = str(path) if name is None else name
     kind = path.suffix.lower()
     if kind not in (".srt", ".vtt", ".txt"):
@@ -189,8 +185,7 @@ def extract_embedded(video_path: Path, ffmpeg_binary: str | None = None,
     stops writing past MAX_TRANSCRIPT_BYTES, so a huge stream costs no more memory than a
     sidecar may. Raises DecodeError if the container cannot be opened and TranscriptError
     (naming the video as `name`, default its path) if the conversion fails, times out, or
-    yields more than MAX_TRANSCRIPT_BYTES or MAX_CUES.
-    """
+    yields more than MAX_TRANSCRIPT_BYTES or MAX_CUES."""
     name = str(video_path) if name is None else name
     try:
         with av.open(str(video_path)) as container:
@@ -309,8 +304,7 @@ def find_transcript(video_path: Path, ffmpeg_binary: str | None = None, *,
     `root` is the input folder (default: the video's folder): messages name files relative to
     it, and a sidecar that a symlink leads out of it is refused (TranscriptError) unless
     `follow_symlinks`. Errors of `load_sidecar` and `extract_embedded` propagate: a broken
-    transcript is reported, not silently skipped.
-    """
+    transcript is reported, not silently skipped."""
     root = video_path.parent if root is None else root
     sidecar = sidecar_path(video_path)
     if sidecar is not None:

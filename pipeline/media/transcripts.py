@@ -8,8 +8,7 @@ Transcripts come from anywhere, so reading one is bounded: only a regular file i
 FIFO would block forever), at most `MAX_TRANSCRIPT_BYTES` of it (or of an embedded stream) and
 `MAX_CUES` cues are read, and a window's text is cut to `MAX_WINDOW_TEXT_BYTES`. Past a limit
 the text is dropped or cut with a message, never the video. Messages name files relative to
-the input folder, as video ids are.
-"""
+the input folder, as video ids are."""
 
 from __future__ import annotations
 
@@ -56,8 +55,7 @@ class Transcript:
 
     `timed` is False for plain-text transcripts (.txt): they hold a single cue with the whole
     text and meaningless times; `text_for_window` spreads its words over the video instead.
-    Treat it as read-only: `words` and `cue_index` are computed once.
-    """
+    Treat it as read-only: `words` and `cue_index` are computed once."""
 
     cues: list[Cue]
     source: TranscriptSource
@@ -117,8 +115,7 @@ def _read_regular_file(path: Path, name: str) -> bytes:
 
     Checked before opening it (opening a FIFO blocks until a writer comes, opening a device
     may act on it), and again on the descriptor, opened non-blocking, in case the name was
-    swapped in between; the read stops past the limit in case the file grew.
-    """
+    swapped in between; the read stops past the limit in case the file grew."""
     try:
         _check_readable(os.stat(path), name)
         handle = open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
@@ -141,8 +138,7 @@ def read_text_file(path: Path, name: str | None = None) -> str:
     UTF-8 is read as Windows-1252, the usual legacy single-byte encoding (bytes it leaves
     undefined become U+FFFD). Raises TranscriptError naming the file (`name`, default the
     path) when it is not a regular file, is over MAX_TRANSCRIPT_BYTES, cannot be read, its BOM
-    contradicts its bytes, or it holds NUL characters (binary, or UTF-16 without BOM).
-    """
+    contradicts its bytes, or it holds NUL characters (binary, or UTF-16 without BOM)."""
     name = str(path) if name is None else name
     data = _read_regular_file(path, name)
     for bom, encoding in _BOMS:
@@ -209,8 +205,7 @@ def text_for_window(transcript: Transcript, start: float, end: float, video_dura
     character over the video: word i, which starts at character c_i of the words joined by
     single spaces (length L), is placed at `video_duration * c_i / L` seconds, and a window
     gets the words placed in [start, end). Windows that tile the video thus share the text
-    out in order, each word exactly once. `video_duration` is only used for untimed ones.
-    """
+    out in order, each word exactly once. `video_duration` is only used for untimed ones."""
     if transcript.timed:
         starts, reach = transcript.cue_index
         first = bisect.bisect_right(reach, start)  # cues before it all end by `start`

@@ -27,8 +27,7 @@ Timing rules, shared by both backends:
 
 `WindowAssembler` turns grid frames and audio into windows as soon as each is complete and
 keeps only what windows still open need, so memory is bounded by about one clip, not by the
-length of the video.
-"""
+length of the video."""
 
 from __future__ import annotations
 
@@ -108,8 +107,7 @@ class DecodeStats:
     """Counters a caller may pass to `iter_windows` to learn how decoding went.
 
     The peaks show that memory stays bounded: at most about one clip's frames and one clip's
-    audio (plus whatever the file's interleaving forces) are held at any time.
-    """
+    audio (plus whatever the file's interleaving forces) are held at any time."""
 
     video_frames: int = 0  # decoded source frames (PyAV only; ffmpeg does not report them)
     grid_frames: int = 0  # frames delivered on the fps grid
@@ -133,8 +131,7 @@ def grid_frames_within(duration: float, config: PrepareConfig) -> int:
     Frame k counts when a clip could end right after it: (k + 1) / fps <= D + END_TOLERANCE.
     D is a float sum of rational timestamps (Matroska at 24 fps: 1.958 + 0.041 =
     1.9989999999999999, exactly 1 ms short of 2 s), so the product is rounded to 1e-6 of a
-    frame before the floor; otherwise the tolerance is lost to the last bit.
-    """
+    frame before the floor; otherwise the tolerance is lost to the last bit."""
     return max(0, math.floor(round((duration + END_TOLERANCE) * config.fps, 6)))
 
 
@@ -156,8 +153,7 @@ class AudioBuffer:
     Places decoded chunks on the timeline by the rules in the module docstring; the windows
     of a video and an audio file given to `omni generate` (`pipeline.generate.inputs`) both use it.
     `end` is where the signal received so far ends, so that the next chunk is placed against
-    it; samples forgotten ahead of it (a gap between windows) are dropped as they arrive.
-    """
+    it; samples forgotten ahead of it (a gap between windows) are dropped as they arrive."""
 
     def __init__(self, tolerance: int) -> None:
         self.tolerance = tolerance  # samples of timestamp jitter to ignore
@@ -180,8 +176,7 @@ class AudioBuffer:
         """Append samples; `position` (absolute index of the first one) places them if known.
 
         The first chunk always goes to its position; later ones only when they jump by more
-        than the tolerance, so timestamp jitter does not tear the signal.
-        """
+        than the tolerance, so timestamp jitter does not tear the signal."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)  # (n,)
         if position is not None and self.started and abs(position - self.end) <= self.tolerance:
             position = None
@@ -235,8 +230,7 @@ class WindowAssembler:
     (image_size, image_size, 3) uint8), `add_audio` for mono samples, `end_audio` when the audio
     stream is over, and `finish` with the number of grid frames that lie inside the video.
     Window ``j`` is released once grid frame ``j*stride_frames + video_frames`` has arrived
-    (which proves the video lasts to the window's end) and its audio is available.
-    """
+    (which proves the video lasts to the window's end) and its audio is available."""
 
     def __init__(self, config: PrepareConfig, has_audio: bool, stats: DecodeStats) -> None:
         self.config = config
@@ -289,8 +283,7 @@ class WindowAssembler:
     def audio_wanted(self, grid_frames: int | None = None) -> bool:
         """True when the next window only waits for audio: a pull-based backend reads more.
 
-        Pass `grid_frames` (as for `finish`) once the video has ended.
-        """
+        Pass `grid_frames` (as for `finish`) once the video has ended."""
         audio = self._audio
         if audio is None or audio.ended:
             return False
@@ -317,8 +310,7 @@ class WindowAssembler:
     def finish(self, grid_frames: int) -> Iterator[Window]:
         """The video is over and the first `grid_frames` grid frames lie inside it.
 
-        Releases every remaining window that fits; the audio counts as ended.
-        """
+        Releases every remaining window that fits; the audio counts as ended."""
         self.end_audio()
         total = grid_window_count(min(grid_frames, self._received), self.config)
         while self._next < total:

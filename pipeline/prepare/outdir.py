@@ -20,8 +20,7 @@ listing) is stale and removed before the unit is prepared again.
 Only these names are ever created or deleted, so an output folder may hold other files; but
 prepare starts only in a new or empty folder or one that has `shards/` or `stats/`
 (`OutputDir.unrelated_entries`), so that a mistyped OUT_DIR (`omni prepare videos .`) does not
-spread shards through a folder of other things.
-"""
+spread shards through a folder of other things."""
 
 from __future__ import annotations
 
@@ -107,13 +106,12 @@ class UnitStats:
     def from_dict(cls, data: dict[str, Any]) -> UnitStats:
         """Parse a stats file; raises ValueError/KeyError/TypeError when it is malformed."""
         fingerprint = {name: data[name] for name in ("schema_version", "clip_encoding", "config")}
-        return cls(
-            unit=int(data["unit"]), fingerprint=fingerprint,
-            sources=[str(source) for source in data["sources"]],
-            videos=[VideoOutcome.from_dict(video) for video in data["videos"]],
-            shards=[ShardInfo(str(s["path"]), int(s["samples"]), int(s["bytes"]),
-                              parse_split(s.get("split", TRAIN))) for s in data["shards"]],
-            finished_at=str(data.get("finished_at", "")))
+        return cls(unit=int(data["unit"]), fingerprint=fingerprint,
+                   sources=[str(source) for source in data["sources"]],
+                   videos=[VideoOutcome.from_dict(video) for video in data["videos"]],
+                   shards=[ShardInfo(str(s["path"]), int(s["samples"]), int(s["bytes"]),
+                                     parse_split(s.get("split", TRAIN))) for s in data["shards"]],
+                   finished_at=str(data.get("finished_at", "")))
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -254,22 +252,20 @@ def build_manifest(fingerprint: Fingerprint, units: list[UnitStats]) -> dict[str
     """The manifest of a folder whose done units are `units` (all of them, in unit order)."""
     videos = [video for unit in units for video in unit.videos]
     infos = [shard for unit in units for shard in unit.shards]
-    return {
-        **fingerprint.to_dict(),
-        "created": utc_now(),
-        "units": len(units),
-        "shards": [{**shard.to_dict(), "unit": unit.unit} for unit in units
-                   for shard in unit.shards],
-        "totals": Totals.of(videos, len(infos), sum(shard.bytes for shard in infos)).to_dict(),
-        "splits": {split: totals.to_dict()
-                   for split, totals in split_totals(videos, infos).items()},
-        "failures": [{"source": v.source, "reason": v.reason} for v in videos
-                     if v.status == FAILED],
-        "skipped": [{"source": v.source, "reason": v.reason} for v in videos
-                    if v.status == SKIPPED],
-        "warnings": [{"source": v.source, "warning": warning} for v in videos
-                     for warning in v.warnings],
-    }
+    return {**fingerprint.to_dict(),
+            "created": utc_now(),
+            "units": len(units),
+            "shards": [{**shard.to_dict(), "unit": unit.unit} for unit in units
+                       for shard in unit.shards],
+            "totals": Totals.of(videos, len(infos), sum(shard.bytes for shard in infos)).to_dict(),
+            "splits": {split: totals.to_dict()
+                       for split, totals in split_totals(videos, infos).items()},
+            "failures": [{"source": v.source, "reason": v.reason} for v in videos
+                         if v.status == FAILED],
+            "skipped": [{"source": v.source, "reason": v.reason} for v in videos
+                        if v.status == SKIPPED],
+            "warnings": [{"source": v.source, "warning": warning} for v in videos
+                         for warning in v.warnings]}
 
 
 def write_manifest(out: OutputDir, fingerprint: Fingerprint, units: list[UnitStats]) -> Path:

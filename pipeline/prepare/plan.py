@@ -8,8 +8,7 @@ same input folder derives the same units, and a unit is done or not as a whole.
 `--part I/N` selects every N-th unit starting with unit I-1 (I is 1-based): units I-1, I-1+N,
 I-1+2N, ... Interleaving rather than contiguous blocks spreads the long and short videos of a
 folder (often grouped by sub-folder) over all parts, so parts of a job array finish at about the
-same time. Parts are disjoint and together cover every unit exactly once.
-"""
+same time. Parts are disjoint and together cover every unit exactly once."""
 
 from __future__ import annotations
 
@@ -71,8 +70,7 @@ class WorkUnit:
 def plan_units(sources: list[VideoSource], videos_per_unit: int) -> list[WorkUnit]:
     """Cut the discovered videos (already sorted) into consecutive units of `videos_per_unit`.
 
-    The last unit may be shorter. No videos gives no units.
-    """
+    The last unit may be shorter. No videos gives no units."""
     if videos_per_unit < 1:
         raise ConfigError(f"videos_per_unit must be >= 1, got {videos_per_unit}")
     return [WorkUnit(i // videos_per_unit, tuple(sources[i : i + videos_per_unit]))

@@ -4,8 +4,7 @@
 Both fork them from a *forkserver* that imports the heavy modules they run (numpy, PyAV, PIL)
 once, so that each child starts in milliseconds instead of importing them again; where
 forkserver is unavailable (Windows), plain spawn. Never fork: the caller may run threads (a
-progress bar, an encoder), which a fork would copy mid-work.
-"""
+progress bar, an encoder), which a fork would copy mid-work."""
 
 from __future__ import annotations
 

@@ -20,8 +20,7 @@ What each kind of input, output folder and failure leads to (short, silent, cut-
 broken videos; malformed or untimed transcripts; a full disk; an output folder inside the input
 or in use by another run; symlinks out of the input) is stated once, in README.md, "Preparing
 videos" (tested by tests/test_prepare*.py). Units beyond the current plan (the input lost videos)
-are removed and a unit whose video list changed is prepared again: a folder mirrors its input.
-"""
+are removed and a unit whose video list changed is prepared again: a folder mirrors its input."""
 
 from __future__ import annotations
 
@@ -68,8 +67,7 @@ def decoder_threads(workers: int, cpus: int | None = None) -> int:
     several CPUs gets one thread more than CPUs, as FFmpeg's automatic choice does: frame
     threads wait on each other's reference frames, so as many threads as cores leave cores
     idle (one worker on two cores, a 24 s 720p30 video: 2.6-2.9 s with 3 threads, 3.0-3.2 s
-    with 2, 3.5-3.8 s with 1).
-    """
+    with 2, 3.5-3.8 s with 1)."""
     share = (cpus if cpus is not None else default_workers()) // workers
     return share + 1 if share > 1 else 1
 
@@ -80,8 +78,7 @@ class RunOptions:
     reruns into the same folder.
 
     `timeout_factor` and `timeout_min_s` set each video's time limit:
-    `max(timeout_min_s, timeout_factor * duration)` (see `pipeline.prepare.worker.time_limit`).
-    """
+    `max(timeout_min_s, timeout_factor * duration)` (see `pipeline.prepare.worker.time_limit`)."""
 
     workers: int = field(default_factory=default_workers)
     part: Part = field(default_factory=Part)
@@ -182,17 +179,16 @@ class PrepareResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (what `omni prepare --json` prints)."""
         plan = self.plan
-        return {
-            "out_dir": str(self.out_dir), "part": str(plan.part),
-            "units": {"total": plan.units, "in_part": plan.units_in_part,
-                      "done_before": plan.units_done, "prepared_now": plan.units_todo,
-                      "missing": self.units_missing, "removed": self.units_removed},
-            "totals": self.totals.to_dict(),
-            "splits": {split: totals.to_dict() for split, totals in self.splits.items()},
-            "manifest": str(self.manifest) if self.manifest is not None else None,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "videos": [video.to_dict() for video in self.videos],
-            "shards": [shard.to_dict() for shard in self.shards]}
+        return {"out_dir": str(self.out_dir), "part": str(plan.part),
+                "units": {"total": plan.units, "in_part": plan.units_in_part,
+                          "done_before": plan.units_done, "prepared_now": plan.units_todo,
+                          "missing": self.units_missing, "removed": self.units_removed},
+                "totals": self.totals.to_dict(),
+                "splits": {split: totals.to_dict() for split, totals in self.splits.items()},
+                "manifest": str(self.manifest) if self.manifest is not None else None,
+                "elapsed_s": round(self.elapsed_s, 3),
+                "videos": [video.to_dict() for video in self.videos],
+                "shards": [shard.to_dict() for shard in self.shards]}
 
 
 _LISTED_ENTRIES = 3  # names of an unrelated output folder's contents quoted in the error
@@ -232,8 +228,7 @@ def _check_fingerprints(out: OutputDir, fingerprint: Fingerprint) -> None:
                 f"{out.root} was prepared with other settings ({unit_name(unit)}: "
                 f"{'; '.join(differences)}); rerun with the settings it was made with to "
                 f"resume, or pass --overwrite to delete its shards and start over",
-                differences,
-            )
+                differences)
 
 
 def _present_units(out: OutputDir) -> set[int]:
@@ -273,8 +268,7 @@ class _Run:
             for position, source in enumerate(unit.sources):
                 slots[source.rel_path] = (unit.index, position)
                 part_path = self.out.unit_tmp(unit.index) / f"{position:04d}.{token}.tar"
-                split = split_of(source.video_id, self.config.eval_fraction,
-                                 self.config.split_seed)
+                split = split_of(source.video_id, self.config.eval_fraction, self.config.split_seed)
                 tasks.append(VideoTask(source, part_path, self.config,
                                        self.options.clip_encoding, threads, split))
         try:
@@ -343,8 +337,7 @@ def prepare(video_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     `check_folders`) or an empty input, FolderInUseError while another run prepares into
     `out_dir` (the same part of it), ConfigMismatchError when `out_dir` holds another
     configuration's units and `options.overwrite` is off, and OutputError when the output
-    cannot be written.
-    """
+    cannot be written."""
     started = time.monotonic()
     config = config if config is not None else PrepareConfig()
     options = options if options is not None else RunOptions()

@@ -12,8 +12,7 @@ checks and encodes them. Choices made here:
   duration; see `video_context`), with `transcript_timed: false`. A video whose untimed
   transcript cannot be placed because neither is known gets no text (see
   `VideoContext.for_video`). A window's text is cut to
-  `pipeline.media.transcripts.MAX_WINDOW_TEXT_BYTES` (`SampleFields.text_cut`).
-"""
+  `pipeline.media.transcripts.MAX_WINDOW_TEXT_BYTES` (`SampleFields.text_cut`)."""
 
 from __future__ import annotations
 
@@ -40,8 +39,7 @@ class VideoContext:
     """What every sample of one video shares: its source, stream facts and transcript.
 
     `text_duration` is the duration an untimed transcript is spread over (None for timed
-    transcripts, which do not need one).
-    """
+    transcripts, which do not need one)."""
 
     source: VideoSource
     rotation: int
@@ -51,23 +49,16 @@ class VideoContext:
     clip_encoding: str = DEFAULT_CLIP_ENCODING
 
     @classmethod
-    def for_video(
-        cls,
-        source: VideoSource,
-        rotation: int,
-        has_audio: bool,
-        transcript: Transcript,
-        duration_hint: float | None,
-        clip_encoding: str = DEFAULT_CLIP_ENCODING,
-    ) -> tuple[VideoContext, str | None]:
+    def for_video(cls, source: VideoSource, rotation: int, has_audio: bool,
+                  transcript: Transcript, duration_hint: float | None,
+                  clip_encoding: str = DEFAULT_CLIP_ENCODING) -> tuple[VideoContext, str | None]:
         """The context of a video, and a warning when its transcript had to be dropped.
 
         An untimed transcript needs the duration to spread its words over before decoding
         starts (samples are written as they are decoded): `duration_hint`, which
         `video_context` makes the end of the picture (its last video packet), or the
         container's stated duration when no packet is timed. Without one the transcript is
-        dropped with a warning rather than the video failing.
-        """
+        dropped with a warning rather than the video failing."""
         warning = None
         if not transcript.timed and not (duration_hint and duration_hint > 0):
             warning = ("untimed .txt transcript ignored: the container states no duration to "
@@ -97,13 +88,11 @@ def video_context(source: VideoSource, info: VideoInfo,
     cannot be read costs the text, never the video. Untimed words are spread over the picture
     itself (the end of the last video packet), not the container's duration, which covers
     longer audio, Matroska start offsets, or nothing at all for streamed files; that duration
-    is used only when no video packet is timed.
-    """
+    is used only when no video packet is timed."""
     warnings: list[str] = []
     error = None
     try:
-        transcript = find_transcript(source.path, root=source.root,
-                                     follow_symlinks=follow_symlinks)
+        transcript = find_transcript(source.path, root=source.root, follow_symlinks=follow_symlinks)
         warnings += [f"transcript: {note}" for note in transcript.notes]
     except PipelineError as err:
         transcript, error = NO_TRANSCRIPT, str(err)
@@ -142,19 +131,13 @@ class SampleFields:
 def sample_fields(window: Window, context: VideoContext, config: PrepareConfig) -> SampleFields:
     """The sample of one window; `omni prepare` encodes it, `--video-dir` training uses it as
     it is, so both see the same mel, text and metadata."""
-    meta = SampleMeta.build(
-        config,
-        source=context.source.rel_path,
-        video_id=context.source.video_id,
-        clip_index=window.index,
-        start=window.start,
-        end=window.end,
-        rotation=context.rotation,
-        has_audio=context.has_audio,
-        transcript_source=context.transcript.source,
-        transcript_timed=context.transcript.timed,
-        clip_encoding=context.clip_encoding,
-    )
+    meta = SampleMeta.build(config, source=context.source.rel_path,
+                            video_id=context.source.video_id, clip_index=window.index,
+                            start=window.start, end=window.end, rotation=context.rotation,
+                            has_audio=context.has_audio,
+                            transcript_source=context.transcript.source,
+                            transcript_timed=context.transcript.timed,
+                            clip_encoding=context.clip_encoding)
     mel = log_mel(window.audio, config) if context.has_audio else silent_log_mel(config)
     text = window_text(window, context)
     return SampleFields(meta.key, meta, mel, window.image, window.frames, text.text, text.cut)

@@ -21,8 +21,7 @@ that is what the kernel can bound without cgroups: glibc reserves 64 MB for each
 arena and 8 MB for its stack, so a 320x240 video reserves 0.4 GB with one decoder thread and
 1.4 GB with 17 while using under 0.1 GB; an 8K H.264 video (frames of MAX_FRAME_BYTES are
 refused before that, `pipeline.media.probe`) reserves 3.0 GB. Hence a base plus a share per
-decoder thread.
-"""
+decoder thread."""
 
 from __future__ import annotations
 
@@ -99,8 +98,7 @@ def _audio_only(path: Path) -> bool:
     attached_pic = int(av.stream.Disposition.attached_pic)
     try:
         with open_container(path) as container:
-            videos = [s for s in container.streams.video
-                      if not int(s.disposition) & attached_pic]
+            videos = [s for s in container.streams.video if not int(s.disposition) & attached_pic]
             return bool(container.streams.audio) and not videos
     except (DecodeError, av.FFmpegError, OSError):
         return False
@@ -154,8 +152,7 @@ class _EncodeThread:
     that releases the GIL, so it overlaps decoding instead of adding to it: measured on a
     720p30 H.264 file, encoding in line added ~25% to the decode time, in a thread ~5%. The
     queue holds at most `QUEUE_WINDOWS`, so memory stays bounded by a few windows. An error
-    in the thread stops the work and is raised in the main thread by `put` or `raise_error`.
-    """
+    in the thread stops the work and is raised in the main thread by `put` or `raise_error`."""
 
     QUEUE_WINDOWS = 2
 
@@ -226,8 +223,7 @@ def _decode_and_write(task: VideoTask, context: VideoContext, stats: DecodeStats
                       ) -> DecodeError | None:
     """Decode every window into `writer`; return the DecodeError that ended decoding early,
     if any (the windows before it are written). Other errors propagate."""
-    encoder = (_InlineEncoder if task.threads == 1 else _EncodeThread)(
-        writer, context, task.config)
+    encoder = (_InlineEncoder if task.threads == 1 else _EncodeThread)(writer, context, task.config)
     from pipeline.media.decode import iter_windows
 
     decode_error = None
@@ -252,8 +248,7 @@ def prepare_video(task: VideoTask, send: Callable[[tuple[Any, ...]], None]) -> V
     Runs inside a worker process (or directly, in tests). `send` receives ("probe",
     duration_hint) once and ("progress", clips, decoded_seconds) now and then. Any exception
     makes the video fail with reason "<ExceptionType>: <message>" and removes its part file;
-    only `OutputError` (the part file cannot be written) propagates.
-    """
+    only `OutputError` (the part file cannot be written) propagates."""
     started = time.perf_counter()
     outcome = VideoOutcome(task.source.rel_path, task.source.video_id, split=task.split)
     try:
@@ -304,8 +299,7 @@ def _prepare(task: VideoTask, send: Callable[[tuple[Any, ...]], None],
         return
     send(("probe", info.duration_hint))
     outcome.has_audio, outcome.rotation, outcome.flip = info.has_audio, info.rotation, info.flip
-    probed = video_context(source, info, task.clip_encoding,
-                           follow_symlinks=config.follow_symlinks)
+    probed = video_context(source, info, task.clip_encoding, follow_symlinks=config.follow_symlinks)
     context = probed.context
     outcome.warnings.extend(probed.warnings)
     outcome.transcript_error = probed.transcript_error
@@ -369,8 +363,7 @@ def _short_of_stated(decoded: float, stated: float | None, start: float) -> str 
     Some demuxers (Matroska) reach the end of a cut-short file without an error, so this is
     the only sign of a truncated file; it also flags audio that runs on long after the picture.
     Matroska states its end time rather than its span when the file starts at `start` > 0, so
-    the picture counts as complete if it fills either reading of the stated duration.
-    """
+    the picture counts as complete if it fills either reading of the stated duration."""
     if stated is None:
         return None
     shortfall = stated - decoded

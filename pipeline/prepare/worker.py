@@ -14,8 +14,7 @@ it), and exits within a second if the parent is killed outright.
 The time limit (`time_limit`) and the memory limit (`video_job.memory_limit`, as RLIMIT_AS)
 are stated in README.md, "Isolation" and "Frame size and memory". Decoded footage extends the
 time limit without bound, being real work done; the stated duration is a header field anyone
-can patch, so it counts only up to what the file's size can hold.
-"""
+can patch, so it counts only up to what the file's size can hold."""
 
 from __future__ import annotations
 
@@ -124,8 +123,7 @@ def start_forkserver() -> None:
     It imports `PRELOAD` (numpy, PyAV, PIL, the sample code: ~0.5 s) in its own process, so a
     caller that starts it before its own work (importing the CLI, discovery, planning) overlaps
     the two instead of waiting for it at the first `VideoRunner.start`. Where forkserver is
-    unavailable this does nothing: spawned workers have no server to start.
-    """
+    unavailable this does nothing: spawned workers have no server to start."""
     if _context().get_start_method() == "forkserver":
         from multiprocessing import forkserver  # POSIX only
 
@@ -179,8 +177,7 @@ class VideoRunner:
 
     `start` a task when `free` is positive; `wait` returns the outcomes of videos that
     finished (successfully or not). Always `close` it (or use it as a context manager): every
-    worker still running is killed.
-    """
+    worker still running is killed."""
 
     def __init__(self, workers: int, timeout_factor: float, timeout_min_s: float) -> None:
         if workers < 1:
@@ -219,8 +216,7 @@ class VideoRunner:
     def wait(self, timeout: float) -> list[VideoOutcome]:
         """Block up to `timeout` seconds for news; return the videos that finished.
 
-        Raises `OutputError` when a worker could not write its output.
-        """
+        Raises `OutputError` when a worker could not write its output."""
         if not self._jobs:
             return []
         now = time.monotonic()

@@ -5,8 +5,7 @@ Safety: webdataset's default decoders unpickle ``.pyd``/``.pickle``/``.pth`` mem
 shard from an untrusted source could run code. `decode_member` is the one decoder of this
 project; it reads only the schema's member types (`schema`), loads ``.npy`` with
 ``allow_pickle=False``, restricts PIL and FFmpeg to the one format the extension names, and
-refuses everything else unread.
-"""
+refuses everything else unread."""
 
 from __future__ import annotations
 
@@ -88,8 +87,7 @@ def member_cap(name: str, expected: Mapping[str, Any] | None) -> int:
     json and txt: MAX_TEXT_BYTES. A media member of a shard set of known sizes (`expected`):
     twice its raw bytes plus a little, at most MAX_MEMBER_BYTES; with unknown sizes (no
     manifest), MAX_MEMBER_BYTES. With known sizes, a loader's shuffle buffer full of hostile
-    samples so holds at most about twice what it holds of genuine ones.
-    """
+    samples so holds at most about twice what it holds of genuine ones."""
     if name in (MEMBER_JSON, MEMBER_TEXT):
         return MAX_TEXT_BYTES
     shape = None if expected is None else member_shape(name, expected)
@@ -119,8 +117,7 @@ def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = N
     frame count) must be those of `expected` (`expected_from_config`), frames past the expected
     count stop the decode, and nothing may decode to more than MAX_MEMBER_BYTES. Without
     `expected` only that last bound applies: readers of untrusted shards pass it
-    (`decode_sample` does).
-    """
+    (`decode_sample` does)."""
     kind = member_type(name)
     decoder = _DECODERS.get(kind)
     if decoder is None:
@@ -235,8 +232,7 @@ def decode_sample(raw: Mapping[str, Any], expected: Mapping[str, Any] | None = N
 
     Media members are decoded to the sizes `expected` (the manifest's `expected_from_config`)
     or, without it, to those the sample's own json declares; a sample with media but no usable
-    json raises CorruptMemberError, its media left undecoded (see `decode_member`).
-    """
+    json raises CorruptMemberError, its media left undecoded (see `decode_member`)."""
     sizes = expected
     if sizes is None and not _MEDIA_MEMBERS.isdisjoint(raw):
         sizes = _declared_sizes(raw)
@@ -346,8 +342,7 @@ def _meta_problems(meta: SampleMeta, key: Any, clips: list[str], text: Any) -> l
     if meta.fps <= 0 or meta.sample_rate <= 0 or meta.mel.hop_length <= 0:
         problems.append("fps, sample_rate and mel.hop_length must be > 0")
         return problems
-    if not (math.isfinite(meta.start) and math.isfinite(meta.end)
-            and 0 <= meta.start < meta.end):
+    if not (math.isfinite(meta.start) and math.isfinite(meta.end) and 0 <= meta.start < meta.end):
         problems.append(f"times must satisfy 0 <= start < end, got start={meta.start} "
                         f"end={meta.end}")
         return problems
@@ -364,10 +359,8 @@ def _meta_problems(meta: SampleMeta, key: Any, clips: list[str], text: Any) -> l
 
 def _array_problems(sample: Mapping[str, Any], meta: SampleMeta, clips: list[str]) -> list[str]:
     problems: list[str] = []
-    shapes = [
-        (MEMBER_MEL, np.float16, (meta.mel.n_mels, meta.mel.frames)),
-        (MEMBER_IMAGE, np.uint8, (meta.image_size, meta.image_size, 3)),
-    ]
+    shapes = [(MEMBER_MEL, np.float16, (meta.mel.n_mels, meta.mel.frames)),
+              (MEMBER_IMAGE, np.uint8, (meta.image_size, meta.image_size, 3))]
     if len(clips) == 1:
         shapes.append((clips[0], np.uint8, (meta.frames, meta.frame_size, meta.frame_size, 3)))
     for name, dtype, shape in shapes:

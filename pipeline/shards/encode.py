@@ -42,8 +42,7 @@ def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_C
 
     ``mp4`` is H.264 (libx264, `crf`, `preset`, yuv420p, one thread, the same bytes on every
     run: `pipeline.media.h264`) at `fps` with frame i at time i / fps, so decoding gives back
-    exactly T frames. H and W must be even (yuv420p).
-    """
+    exactly T frames. H and W must be even (yuv420p)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"a clip must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     clip_member(encoding)  # refuses an encoding the schema does not define
@@ -57,9 +56,7 @@ def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_C
                          f"use an even frame_size or the npy clip encoding")
     buffer = BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream(
-            "libx264", rate=fps, options=dict(x264_options(crf, preset)),
-        )
+        stream = container.add_stream("libx264", rate=fps, options=dict(x264_options(crf, preset)))
         stream.width, stream.height, stream.pix_fmt = width, height, MP4_PIX_FMT
         stream.time_base = Fraction(1, fps)
         for index, picture in enumerate(frames):  # picture: (H, W, 3)
@@ -71,31 +68,22 @@ def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_C
     return buffer.getvalue()
 
 
-def encode_sample(
-    key: str,
-    meta: SampleMeta,
-    mel: np.ndarray,
-    image: np.ndarray,
-    frames: np.ndarray,
-    text: str,
-    config: PrepareConfig,
-    clip_encoding: str | None = None,
-) -> dict[str, str | bytes]:
+def encode_sample(key: str, meta: SampleMeta, mel: np.ndarray, image: np.ndarray,
+                  frames: np.ndarray, text: str, config: PrepareConfig,
+                  clip_encoding: str | None = None) -> dict[str, str | bytes]:
     """One sample as webdataset members, ready for `webdataset.TarWriter.write`.
 
     `mel` is float16 (n_mels, T_mel), `image` uint8 (image_size, image_size, 3), `frames`
     uint8 (T, frame_size, frame_size, 3), all as `config` and `meta` say; `clip_encoding`
     defaults to `meta.clip_encoding` and must agree with it. Everything is checked with
     `validate_sample` before encoding, so a shard never receives a sample the loader would
-    reject; a mismatch raises ValueError listing every problem.
-    """
+    reject; a mismatch raises ValueError listing every problem."""
     encoding = meta.clip_encoding if clip_encoding is None else clip_encoding
     clip_name = clip_member(encoding)
     problems = validate_sample(
         {"__key__": key, MEMBER_JSON: meta.to_dict(), MEMBER_MEL: mel, MEMBER_IMAGE: image,
          clip_name: frames, MEMBER_TEXT: text},
-        expected_from_config(config),
-    )
+        expected_from_config(config))
     if problems:
         raise ValueError(f"refusing to write sample {key}: " + "; ".join(problems))
     mel_buffer = BytesIO()
@@ -103,12 +91,9 @@ def encode_sample(
     image_buffer = BytesIO()
     Image.fromarray(image, mode="RGB").save(image_buffer, format="JPEG",
                                             quality=config.jpeg_quality)
-    return {
-        "__key__": key,
-        MEMBER_JSON: json.dumps(meta.to_dict(), sort_keys=True).encode("utf-8"),
-        MEMBER_MEL: mel_buffer.getvalue(),
-        MEMBER_IMAGE: image_buffer.getvalue(),
-        clip_name: encode_clip(frames, encoding, config.fps),
-        MEMBER_TEXT: text.encode("utf-8"),
-    }
+    return {"__key__": key,
+            MEMBER_JSON: json.dumps(meta.to_dict(), sort_keys=True).encode("utf-8"),
+            MEMBER_MEL: mel_buffer.getvalue(), MEMBER_IMAGE: image_buffer.getvalue(),
+            clip_name: encode_clip(frames, encoding, config.fps),
+            MEMBER_TEXT: text.encode("utf-8")}
 

@@ -20,8 +20,7 @@ keep the unit prefix (`unit-NNNNNN-`, which clearing a unit removes) and the `.t
 and a unit's train shards sort before its eval shards.
 
 Member headers carry a fixed mtime (0) and owner, so the same input and configuration give
-byte-identical shards on every run, whether or not it was interrupted and resumed.
-"""
+byte-identical shards on every run, whether or not it was interrupted and resumed."""
 
 from __future__ import annotations
 
@@ -66,8 +65,7 @@ class PartWriter:
     """Writes one video's samples to a part file, remembering where each sample starts.
 
     Use as a context manager; `close` returns the finished `PartFile`. OSError from the
-    filesystem (a full disk) propagates unchanged so the caller can tell it from bad input.
-    """
+    filesystem (a full disk) propagates unchanged so the caller can tell it from bad input."""
 
     def __init__(self, path: Path) -> None:
         self.part = PartFile(path)
@@ -190,8 +188,7 @@ def write_unit_shards(
     All shards of both splits are written and flushed under temporary names first, then
     renamed; if anything fails (e.g. the disk is full) the temporary files are removed and the
     error propagates, so a final name only ever holds a complete shard. Part files are left to
-    the caller. A split without samples has no shards.
-    """
+    the caller. A split without samples has no shards."""
     folder = out_dir / SHARD_DIR
     folder.mkdir(parents=True, exist_ok=True)
     batches = [(split, index, runs) for split in SPLITS

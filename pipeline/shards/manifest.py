@@ -28,8 +28,7 @@ or runs (webdataset opens ``pipe:cmd`` through a shell).
 `totals` counts every video; `splits` counts each video in its split (`pipeline.shards.split`; a
 failed or skipped video too, though it has no samples), so the two splits add up to `totals`.
 A manifest written before splits existed has neither `split` nor `splits` nor `eval_fraction`:
-it reads as all train (`eval_fraction` 0).
-"""
+it reads as all train (`eval_fraction` 0)."""
 
 from __future__ import annotations
 
@@ -64,14 +63,13 @@ class Totals:
     @classmethod
     def of(cls, videos: list[VideoOutcome], shards: int, size: int) -> Totals:
         prepared = [video for video in videos if video.status == PREPARED]
-        return cls(
-            videos=len(videos), prepared=len(prepared),
-            failed=sum(video.status == FAILED for video in videos),
-            skipped=sum(video.status == SKIPPED for video in videos),
-            clips=sum(video.clips for video in videos),
-            clips_with_text=sum(video.clips_with_text for video in videos),
-            footage_seconds=round(sum(video.footage_seconds for video in prepared), 3),
-            shards=shards, bytes=size)
+        return cls(videos=len(videos), prepared=len(prepared),
+                   failed=sum(video.status == FAILED for video in videos),
+                   skipped=sum(video.status == SKIPPED for video in videos),
+                   clips=sum(video.clips for video in videos),
+                   clips_with_text=sum(video.clips_with_text for video in videos),
+                   footage_seconds=round(sum(video.footage_seconds for video in prepared), 3),
+                   shards=shards, bytes=size)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -129,8 +127,7 @@ def read_manifest(folder: Path) -> Manifest | None:
             totals=totals,
             splits={parse_split(name): dict(counts) for name, counts in splits.items()},
             failures=list(data.get("failures", [])), skipped=list(data.get("skipped", [])),
-            warnings=list(data.get("warnings", [])),
-        )
+            warnings=list(data.get("warnings", [])))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"{path} is unreadable or malformed ({type(err).__name__}: {err}); "
                           f"re-run omni prepare on the same folders to rewrite it") from err

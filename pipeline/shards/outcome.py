@@ -12,8 +12,7 @@ folder); ``failed``, the file could not be made into a clip (unreadable, too lar
 timed out, out of memory, raised).
 
 A failure to *write* (full disk, quota, read-only filesystem) is not the video's fault: the
-worker reports it as an output error and the run stops (see `OutputError`).
-"""
+worker reports it as an output error and the run stops (see `OutputError`)."""
 
 from __future__ import annotations
 

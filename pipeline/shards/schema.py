@@ -16,8 +16,7 @@ share the key ``<video_id>_<clip index, 6 digits>``:
 ``frame.jpg``   ``(image_size, image_size, 3)`` RGB, the clip's middle frame (image modality)
 ``clip.<enc>``  ``(T, frame_size, frame_size, 3)`` uint8 frames: ``npy`` (raw) or ``mp4`` (H.264)
 ``txt``         UTF-8 transcript of the cues overlapping the window (may be empty)
-==============  ==========================================================================
-"""
+==============  =========================================================================="""
 
 from __future__ import annotations
 
@@ -106,21 +105,9 @@ class SampleMeta:
     clip_encoding: str  # one of CLIP_ENCODINGS
 
     @classmethod
-    def build(
-        cls,
-        config: PrepareConfig,
-        *,
-        source: str,
-        video_id: str,
-        clip_index: int,
-        start: float,
-        end: float,
-        rotation: int,
-        has_audio: bool,
-        transcript_source: str,
-        transcript_timed: bool,
-        clip_encoding: str = DEFAULT_CLIP_ENCODING,
-    ) -> SampleMeta:
+    def build(cls, config: PrepareConfig, *, source: str, video_id: str, clip_index: int,
+              start: float, end: float, rotation: int, has_audio: bool, transcript_source: str,
+              transcript_timed: bool, clip_encoding: str = DEFAULT_CLIP_ENCODING) -> SampleMeta:
         """The metadata of one window, with sizes and mel parameters taken from `config`."""
         mel = MelMeta(n_mels=config.n_mels, n_fft=config.n_fft, hop_length=config.hop_length,
                       f_min=float(config.f_min), f_max=float(config.mel_f_max),
@@ -131,8 +118,7 @@ class SampleMeta:
             fps=config.fps, frames=config.video_frames, frame_size=config.video_size,
             image_size=config.image_size, sample_rate=config.sample_rate, mel=mel,
             rotation=rotation, has_audio=has_audio, transcript_source=transcript_source,
-            transcript_timed=transcript_timed, clip_encoding=clip_encoding,
-        )
+            transcript_timed=transcript_timed, clip_encoding=clip_encoding)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,8 +127,7 @@ class SampleMeta:
     def from_dict(cls, data: Mapping[str, Any]) -> SampleMeta:
         """Parse a ``json`` member; raises ValueError naming the first missing or mistyped field.
 
-        Unknown fields are ignored, so a later schema may add fields that v1 readers skip.
-        """
+        Unknown fields are ignored, so a later schema may add fields that v1 readers skip."""
         mel = data.get("mel")
         if not isinstance(mel, Mapping):
             raise ValueError("json: field 'mel' is missing or not an object")
@@ -155,8 +140,7 @@ def _typed_fields(cls: type, data: Mapping[str, Any], where: str,
                   skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """The fields of dataclass `cls` from `data`, checked against their annotated type."""
     checks: dict[str, tuple[type, ...]] = {
-        "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
-    }
+        "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
     values: dict[str, Any] = {}
     for field in fields(cls):
         if field.name in skip:
@@ -177,8 +161,7 @@ def sample_key(video_id: str, clip_index: int) -> str:
     """The webdataset key of clip `clip_index` of a video: ``<video_id>_<index:06d>``.
 
     webdataset splits a member name at the first dot of its base name into key and member
-    type, so a dot (or a "/") in the key would silently split one sample into broken ones.
-    """
+    type, so a dot (or a "/") in the key would silently split one sample into broken ones."""
     if clip_index < 0:
         raise ValueError(f"clip_index must be >= 0, got {clip_index}")
     key = f"{video_id}_{clip_index:06d}"

@@ -10,8 +10,7 @@ environment substitution) and the split of a member name into sample key and typ
 
 Only what a person names on the command line is ever opened as a URL (webdataset's gopen runs
 ``pipe:cmd`` through a shell): the shards of a prepared folder, from its manifest or found on
-disk, are local files inside it (`pipeline.shards.files.listed_shard_path`), opened as files.
-"""
+disk, are local files inside it (`pipeline.shards.files.listed_shard_path`), opened as files."""
 
 from __future__ import annotations
 
@@ -59,8 +58,7 @@ class ShardSet:
     """Resolved input: the shard URLs, their manifest sample counts and expected sizes.
 
     Every url is a local file, opened as one, except those in `streamed`: URLs the caller
-    passed as such (``pipe:``, ``http(s)://`` ...), which only webdataset's gopen can open.
-    """
+    passed as such (``pipe:``, ``http(s)://`` ...), which only webdataset's gopen can open."""
 
     urls: tuple[str, ...]
     sample_counts: dict[str, int]  # url -> samples, for shards listed in a manifest
@@ -83,8 +81,7 @@ def resolve_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     its manifest records them (without a manifest, as their file names say:
     ``unit-NNNNNN-eval-SSSSSS.tar``). Tar paths, patterns and URLs are taken as given: whoever
     named them chose them. Raises ConfigError when nothing is found, a directory holds none of
-    the requested split, or two manifests disagree on the sample format.
-    """
+    the requested split, or two manifests disagree on the sample format."""
     if split is not None and split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)} or None (both), "
                           f"got {split!r}")

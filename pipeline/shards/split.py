@@ -11,8 +11,7 @@ videos to a corpus never moves an existing video between the splits (so no later
 on what an earlier one was evaluated on), and every `--part I/N` run decides its units' videos
 without seeing the rest of the corpus. The price is that the eval share is F only on average
 (binomial): a corpus of 10 videos at F = 0.05 most likely has no eval video at all.
-SHA-256 rather than Python's `hash()`, which is salted per process for strings.
-"""
+SHA-256 rather than Python's `hash()`, which is salted per process for strings."""
 
 from __future__ import annotations
 
