@@ -201,7 +201,6 @@ class Trainer:
         self._lock = (None if config.save_dir is None or not distributed.is_main
                       else FolderLock(config.save_dir))
 
-    # ------------------------------------------------------------- checkpoints
     def metrics_path(self) -> Path | None:
         return None if self.config.save_dir is None else self.config.save_dir / METRICS_FILE
 
@@ -233,7 +232,6 @@ class Trainer:
                 self.release_save_dir()
             raise
 
-    # ------------------------------------------------------------- evaluation
     def _eval_due(self, saving: bool) -> bool:
         every = self.config.eval_every
         if self.evaluator is None or every == 0:
@@ -259,7 +257,6 @@ class Trainer:
         self.callbacks.on_eval(record)
         return record
 
-    # ------------------------------------------------------------- training
     def _train_step(self) -> tuple[Task, Tensor, int, int] | None:
         """One optimizer step over ``grad_accum`` batches: (task, loss, samples, tokens), or
         None when no task can use them. The loss is a 0-dim float64 tensor on the device,
@@ -274,8 +271,6 @@ class Trainer:
         mcfg = self.model_config
         self.model.train()
         samples, tokens = 0, 0
-        # Summed on the device; read at log intervals (`_read_losses`): each read waits for
-        # the GPU to finish.
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())

@@ -70,8 +70,6 @@ MAX_ERRORS = 20  # reasons kept in LoaderStats.errors
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")
 
 
-
-
 @dataclass
 class LoaderStats:
     """What the loader has delivered and dropped since it was built (all epochs, all workers)."""
@@ -134,7 +132,6 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-# --------------------------------------------------------------------------- stages
 @dataclass
 class Cursor:
     """Raw samples taken from the shuffle buffer this epoch, and how many of them to drop."""
@@ -284,7 +281,6 @@ def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
 
 def to_tensors(src: Iterable[dict[str, Any]], tokenizer: TokenizerFn,
                max_text_len: int) -> Iterator[dict[str, Any]]:
-    """`sample_tensors` of each decoded sample."""
     for sample in src:
         clip = next(value for name, value in sample.items() if name.startswith(CLIP_PREFIX))
         yield sample_tensors(clip, sample[MEMBER_IMAGE], sample[MEMBER_MEL], sample[MEMBER_TEXT],
@@ -362,5 +358,3 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     batch["__key__"] = [sample["__key__"] for sample in samples]
     batch["meta"] = [sample["meta"] for sample in samples]
     return batch
-
-

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from av.container import InputContainer
 from av.video.reformatter import VideoReformatter
 from av.video.stream import VideoStream
 
@@ -113,9 +112,7 @@ class _GridPicker:
 
     def end(self) -> float | None:
         """Duration D (end of the last frame), or None when no frame had a timestamp."""
-        if self._frame is None:
-            return None
-        return self._time + self._frame_duration(self._frame)
+        return None if self._frame is None else self._time + self._frame_duration(self._frame)
 
     def flush(self, grid_frames: int) -> Iterator[np.ndarray]:
         """The remaining grid images up to `grid_frames`: the last frame stays on screen."""
@@ -214,49 +211,44 @@ def iter_windows_pyav(path: Path, config: PrepareConfig, stats: DecodeStats,
                       threads: int = 0) -> Iterator[Window]:
     """`decode.iter_windows` with PyAV: one pass, bounded memory, timestamp-picked."""
     with open_container(path) as container:
-        yield from _windows(container, config, stats, threads)
-
-
-def _windows(container: InputContainer, config: PrepareConfig, stats: DecodeStats,
-             threads: int) -> Iterator[Window]:
-    video, audio = select_streams(container)
-    video.thread_type = "AUTO"
-    video.codec_context.thread_count = threads
-    start, timed = origin(container), has_timestamps(container)
-    assembler = WindowAssembler(config, audio is not None, stats)
-    picker = _GridPicker(config, video, start, timed)
-    resampler = MonoResampler(config.sample_rate, start) if audio is not None else None
-    streams = [video] if audio is None else [video, audio]
-    # The skipper reads frame times off packets: guessed ones would mislead it.
-    skipper = (FrameSkipper(video, config.fps, start)
-               if timed and FrameSkipper.applies(video) else None)
-    watch = _Continuity(start) if container.format.flags & _TS_DISCONT else None
-    for stream, frame in decoded_frames(container, streams, stats, skipper):
-        if watch is not None and not watch.follows(stream, frame):
+        video, audio = select_streams(container)
+        video.thread_type = "AUTO"
+        video.codec_context.thread_count = threads
+        start, timed = origin(container), has_timestamps(container)
+        assembler = WindowAssembler(config, audio is not None, stats)
+        picker = _GridPicker(config, video, start, timed)
+        resampler = MonoResampler(config.sample_rate, start) if audio is not None else None
+        streams = [video] if audio is None else [video, audio]
+        # The skipper reads frame times off packets: guessed ones would mislead it.
+        skipper = (FrameSkipper(video, config.fps, start)
+                   if timed and FrameSkipper.applies(video) else None)
+        watch = _Continuity(start) if container.format.flags & _TS_DISCONT else None
+        for stream, frame in decoded_frames(container, streams, stats, skipper):
+            if watch is not None and not watch.follows(stream, frame):
+                if stream is video:
+                    stats.first_error = stats.first_error or watch.jump
+                    break
+                continue  # the audio after its jump is dropped; the video decides where to stop
             if stream is video:
-                stats.first_error = stats.first_error or watch.jump
-                break
-            continue  # the audio after its jump is dropped; the video decides where to stop
-        if stream is video:
-            stats.video_frames += 1
-            for image in picker.push(frame):
-                assembler.add_frame(image)
+                stats.video_frames += 1
+                for image in picker.push(frame):
+                    assembler.add_frame(image)
+                    yield from assembler.ready()
+            elif resampler is not None:
+                for samples, position in resampler.resample(frame):
+                    assembler.add_audio(samples, position)
                 yield from assembler.ready()
-        elif resampler is not None:
-            for samples, position in resampler.resample(frame):
+        if resampler is not None:
+            for samples, position in resampler.resample(None):
                 assembler.add_audio(samples, position)
+        assembler.end_audio()
+        duration = picker.end()
+        if duration is None:
+            reason = f": {stats.first_error}" if stats.first_error else ""
+            raise DecodeError(f"no decodable video frames{reason}")
+        stats.duration = duration
+        grid_frames = grid_frames_within(duration, config)
+        for image in picker.flush(grid_frames):
+            assembler.add_frame(image)
             yield from assembler.ready()
-    if resampler is not None:
-        for samples, position in resampler.resample(None):
-            assembler.add_audio(samples, position)
-    assembler.end_audio()
-    duration = picker.end()
-    if duration is None:
-        reason = f": {stats.first_error}" if stats.first_error else ""
-        raise DecodeError(f"no decodable video frames{reason}")
-    stats.duration = duration
-    grid_frames = grid_frames_within(duration, config)
-    for image in picker.flush(grid_frames):
-        assembler.add_frame(image)
-        yield from assembler.ready()
-    yield from assembler.finish(grid_frames)
+        yield from assembler.finish(grid_frames)

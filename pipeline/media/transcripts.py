@@ -102,8 +102,7 @@ def file_kind(mode: int) -> str:
 
 def _check_readable(info: os.stat_result, name: str) -> None:
     if not stat.S_ISREG(info.st_mode):
-        raise TranscriptError(f"{name} is {file_kind(info.st_mode)}, not a regular file; not "
-                              f"read")
+        raise TranscriptError(f"{name} is {file_kind(info.st_mode)}, not a regular file; not read")
     if info.st_size > MAX_TRANSCRIPT_BYTES:
         raise TranscriptError(f"{name} is {info.st_size / 1e6:.1f} MB, over the "
                               f"{MAX_TRANSCRIPT_BYTES / 1e6:g} MB a transcript may take; not "

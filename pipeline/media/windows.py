@@ -86,7 +86,6 @@ class VideoInfo:
 
 
 def square_pixel_width(width: int, sample_aspect_ratio: float) -> int:
-    """A coded width in square pixels (rounded, at least 1)."""
     return max(1, round(width * sample_aspect_ratio))
 
 
@@ -136,7 +135,6 @@ def grid_frames_within(duration: float, config: PrepareConfig) -> int:
 
 
 def window_count(duration: float, config: PrepareConfig) -> int:
-    """Number of clip windows in a video whose last frame ends at `duration` seconds."""
     return grid_window_count(grid_frames_within(duration, config), config)
 
 
@@ -243,9 +241,7 @@ class WindowAssembler:
         tolerance = round(AUDIO_HARD_COMPENSATION_S * config.sample_rate)
         self._audio = AudioBuffer(tolerance) if has_audio else None
 
-    # -- inputs ---------------------------------------------------------------------------
     def add_frame(self, image: np.ndarray) -> None:
-        """Append the next grid frame, a (image_size, image_size, 3) uint8 display image."""
         cfg = self.config
         index = self._received
         offset = index - cfg.video_frames // 2
@@ -274,7 +270,6 @@ class WindowAssembler:
         if self._audio is not None:
             self._audio.ended = True
 
-    # -- outputs --------------------------------------------------------------------------
     def _span(self, j: int) -> tuple[int, int]:
         """(first grid index, first audio sample) of window j."""
         first = j * self.config.stride_frames
@@ -296,7 +291,6 @@ class WindowAssembler:
         return video_done and audio.end < sample + self.config.samples_per_clip
 
     def ready(self) -> Iterator[Window]:
-        """Windows that are complete now, in order."""
         while True:
             first, sample = self._span(self._next)
             if self._received <= first + self.config.video_frames:
@@ -337,7 +331,6 @@ class WindowAssembler:
         return window
 
     def _forget(self) -> None:
-        """Drop frames and audio that no later window uses."""
         first, sample = self._span(self._next)
         while self._base < first and self._frames:
             self._frames.popleft()
