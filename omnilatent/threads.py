@@ -68,7 +68,8 @@ def choose_threads(requested: int | None = None, environ: dict[str, str] | None 
     if busy is None:
         return ThreadChoice(cores, f"{cores} cores")
     free = max(1, min(cores, round(cores - busy)))
-    return ThreadChoice(free, f"{cores} cores, {busy:g} other tasks running")
+    others = f"{busy:g} other task" + ("" if busy == 1 else "s")
+    return ThreadChoice(free, f"{cores} cores, {others} running")
 
 
 def configure_threads(requested: int | None = None) -> ThreadChoice:
