@@ -127,7 +127,6 @@ def _seconds(value: float) -> str:
     return f"{value / 3600:.2f} h ({seconds} s)"
 
 
-# --------------------------------------------------------------------------- rendering
 def _describe(target: Target) -> str:
     if target.kind != "directory":
         return count(len(target.shards), "shard")
@@ -272,7 +271,6 @@ def _render_export(exported: list[ExportedSample], folder: Path) -> None:
             console.print(f"  {plain(stem)}.{{{','.join(item.files)}}}", soft_wrap=True)
 
 
-# --------------------------------------------------------------------------- command
 def inspect_command(
     paths: Annotated[list[Path], typer.Argument(
         metavar="PATH", show_default=False,
@@ -309,10 +307,9 @@ def inspect_command(
                            hint="pass a folder (it is created if missing)", exit_code=EXIT_USAGE)
         target = open_target(paths)
         show = not json_output  # human output is printed step by step, JSON once at the end
-        document: dict[str, Any] = {"summary": None, "samples": None, "verify": None,
-                                    "export": None}
         summary = _with_bar(lambda bar: summarize(target, bar), "scan", target, show)
-        document["summary"] = summary.to_dict()
+        document: dict[str, Any] = {"summary": summary.to_dict(), "samples": None,
+                                    "verify": None, "export": None}
         if show:
             _render_summary(summary)
         if samples is not None:

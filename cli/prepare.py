@@ -268,10 +268,9 @@ def prepare_command(
             console.out(json.dumps(result.to_dict(), ensure_ascii=True), highlight=False)
         else:
             _summary(result, config.eval_fraction)
-        failed = result.totals.failed
-        if strict and failed:
+        if strict and result.totals.failed:
             if not json_output:
-                console.print(f"[bold red]--strict:[/] {failed} video(s) failed")
+                console.print(f"[bold red]--strict:[/] {result.totals.failed} video(s) failed")
             raise typer.Exit(EXIT_ERROR)
 
     run_command(body)

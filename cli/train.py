@@ -278,7 +278,7 @@ def train(
         help="torch.compile each transformer block (all tasks share its graphs; hooks "
              "work).")] = False,
     fsdp: Annotated[bool, typer.Option(
-        "--fsdp", rich_help_panel="Runtime", help="Under torchrun: shard the model over the "
+        "--fsdp", rich_help_panel=RUNTIME, help="Under torchrun: shard the model over the "
         "processes (FSDP2) instead of replicating it (DDP), for models too big for one GPU.")]
     = False,
     log_interval: Annotated[int, typer.Option(

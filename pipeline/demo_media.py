@@ -77,7 +77,7 @@ class DemoParams:
 
     demo_class: DemoClass
     colour: tuple[int, int, int]  # the class colour, jittered by up to 10 per channel
-    radius: float  # half the shape's extent: 1/5 to 1/3 of the picture height
+    radius: float  # half the shape's extent: 1/4 to 1/2.8 of the picture height
     start: tuple[float, float]  # shape centre (x, y) at t = 0
     velocity: tuple[float, float]  # pixels per second; the shape bounces off the edges
     background: float  # mean grey level of the noise background
@@ -143,7 +143,6 @@ def demo_class_of(path: str | os.PathLike[str]) -> DemoClass | None:
     return _BY_SLUG.get(match["slug"]) if match else None
 
 
-# --------------------------------------------------------------------------- picture
 def shape_centres(params: DemoParams, times: np.ndarray) -> np.ndarray:
     """Shape centre (x, y) at each of `times`: (T, 2). A straight path that bounces off the
     picture's edges (folded back into [radius, side - radius])."""
@@ -245,7 +244,6 @@ def render_frames(params: DemoParams, frames: np.ndarray) -> np.ndarray:
     return np.concatenate([luma, *planes], axis=1)  # (T, H * 3 / 2, W)
 
 
-# --------------------------------------------------------------------------- sound
 def _periodic(t: np.ndarray, period: float, onset: float) -> np.ndarray:
     """Seconds since the latest event of a train that repeats every `period` from `onset`."""
     return np.mod(t - onset, period)
@@ -306,7 +304,6 @@ def render_sound(params: DemoParams, duration: float) -> np.ndarray:
     return np.clip(sound + hiss, -1, 1).astype(np.float32)
 
 
-# --------------------------------------------------------------------------- files
 def _timestamp(seconds: float, sep: str) -> str:
     ms = round(seconds * 1000)
     hours, minutes, secs = ms // 3_600_000, ms // 60_000 % 60, ms // 1000 % 60

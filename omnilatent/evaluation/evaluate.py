@@ -138,7 +138,6 @@ def evaluate(model: OmniLatentModel, batches: Iterable[dict[str, Any]], text: Te
             if max_samples is not None and seen + len(batch["__key__"]) > max_samples:
                 batch = _rows(batch, torch.arange(len(batch["__key__"])) < max_samples - seen)
             batch = batch_to_device(batch, device)  # model units from here: metrics too
-            size = len(batch["__key__"])
             has_text = batch["text"].ne(0).any(dim=1)  # (B,)
             with_text = _rows(batch, has_text) if bool(has_text.any()) else None
             for task in tasks:
@@ -162,13 +161,13 @@ def evaluate(model: OmniLatentModel, batches: Iterable[dict[str, Any]], text: Te
             if with_text is not None:
                 _transcripts(model, with_text, text, tallies, captions)
             metas.extend(batch["meta"])
-            seen += size
+            seen += len(batch["__key__"])
             if progress is not None:
                 progress(seen)
     finally:
         model.train(was_training)
-    metrics = _metrics(seen, losses, recon, stored, metas, tallies, labels)
-    return EvalReport(metrics, captions, samples)
+    return EvalReport(_metrics(seen, losses, recon, stored, metas, tallies, labels), captions,
+                      samples)
 
 
 def _reconstruction(modality: str, output: Tensor, target: Tensor, sums: _Sums) -> None:
@@ -227,7 +226,6 @@ def _metrics(seen: int, losses: _Sums, recon: _Sums, stored: dict[str, list[Tens
     return metrics
 
 
-# --------------------------------------------------------------------------- held-out shards
 def held_out_split(shards: str) -> Split | None:
     """The split to evaluate on by default: a prepared folder's eval split when it has one,
     else every shard (a folder prepared from unseen videos, a tar, a pattern)."""

@@ -97,4 +97,3 @@ def _build(config: OmniLatentConfig, hooks: Sequence[dict]) -> OmniLatentModel:
     for settings in hooks:
         model.register_hook(LatentNeuralHook(**settings))
     return model
-

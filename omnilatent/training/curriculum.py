@@ -195,8 +195,7 @@ def _parse_inline(spec: str) -> Schedule:
             shares[name.strip()] = float(value)
         except ValueError:
             raise ConfigError(f"bad share {value!r} for phase {name.strip()!r}") from None
-    named = {**{k: 0.0 for k in DEFAULT_SHARES}, **shares}
-    return default_schedule(named)
+    return default_schedule({**{k: 0.0 for k in DEFAULT_SHARES}, **shares})
 
 
 def _phase_from_dict(data: Any, where: str) -> Phase:

@@ -108,8 +108,7 @@ class ResumableLoader:
         if not valid:
             raise ConfigError(f"not a position of this loader (epoch and batch, integers "
                               f">= 0): {str(state)[:100]}")
-        self.epoch = state["epoch"]
-        self.batch = state["batch"]
+        self.epoch, self.batch = state["epoch"], state["batch"]
 
 
 def build_dataloader(
@@ -175,9 +174,7 @@ class SyntheticMultimodalDataset(Dataset):
         image = image + self.noise * torch.randn(image.shape, generator=g)
 
         speed = 0.02 * (1 + cls % 3)
-        video = torch.stack(
-            [self._grating(cls, cfg.video_size, shift=t * speed) for t in range(cfg.video_frames)],
-            dim=1,
-        )  # (3, T, H, W)
+        video = torch.stack([self._grating(cls, cfg.video_size, shift=t * speed)
+                             for t in range(cfg.video_frames)], dim=1)  # (3, T, H, W)
         video = video + self.offset + self.noise * torch.randn(video.shape, generator=g)
         return {"text": text.long(), "audio": audio, "image": image, "video": video}

@@ -167,8 +167,7 @@ def barrier(context: DistributedContext) -> None:
 def _slice_batch(samples: Sequence[dict[str, Any]], rank: int, world_size: int) -> Batch:
     """Rank ``rank``'s samples of a global batch: every ``world_size``-th from ``rank``,
     collated with the global batch (text padded to its longest, as one process would)."""
-    batch = collate_multimodal(samples)
-    return {key: value[rank::world_size] for key, value in batch.items()}
+    return {key: value[rank::world_size] for key, value in collate_multimodal(samples).items()}
 
 
 def rank_loader(dataset: Dataset, batch_size: int, context: DistributedContext, seed: int = 0,

@@ -271,4 +271,3 @@ class HookExport(TrainerCallbacks):
 
     def on_checkpoint(self, path: Path) -> None:
         export_hooks(path, self.names, self.save_dir)
-

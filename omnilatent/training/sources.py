@@ -51,10 +51,9 @@ def shard_source(shards: str, batch_size: int, *, seed: int, workers: int,
     if manifest is None:
         raise ConfigError(f"no {MANIFEST_NAME} found for {shards}; pass the folder written by "
                           "`omni prepare` once it is complete (all --part runs done)")
-    expected = expected_from_config(manifest.config)
     clips_with_text = manifest.splits.get("train", manifest.totals).get("clips_with_text")
-    has_text = None if clips_with_text is None else clips_with_text > 0
-    return DataSource(loader, expected, has_text,
+    return DataSource(loader, expected_from_config(manifest.config),
+                      None if clips_with_text is None else clips_with_text > 0,
                       f"{len(resolved.urls)} train shard(s) from {shards}", manifest.config)
 
 

@@ -38,8 +38,7 @@ def _picture(prediction: Tensor) -> Tensor:
     (N, C, H, W) in [0, 1]: a video's frames as a grid (`frame_grid`), a mel with its low
     bands at the bottom, scaled to its own range."""
     if prediction.dim() == 5:
-        pixels = ((prediction + 1) / 2).clamp(0, 1)
-        return torch.stack([frame_grid(video) for video in pixels])
+        return torch.stack([frame_grid(video) for video in ((prediction + 1) / 2).clamp(0, 1)])
     if prediction.dim() == 4:
         return ((prediction + 1) / 2).clamp(0, 1)
     mel = prediction.flip(1).unsqueeze(1)  # (N, 1, M, T)

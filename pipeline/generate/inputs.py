@@ -150,7 +150,6 @@ def has_video_stream(path: str | os.PathLike[str]) -> bool:
         return True
 
 
-# --------------------------------------------------------------------------- video
 def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
                       start: float = 0.0, *, follow_symlinks: bool = False) -> SampleArrays:
     """The clip window of a video that begins at `start` seconds (rounded to the frame grid),
@@ -188,8 +187,7 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
 def _grid_start(path: Path, start: float, config: PrepareConfig) -> tuple[float, tuple[str, ...]]:
     """(seconds, notes) of the frame-grid time nearest `start`."""
     _check_start(path, start)
-    index = round(start * config.fps)
-    seconds = index / config.fps
+    seconds = round(start * config.fps) / config.fps
     notes: tuple[str, ...] = ()
     if abs(seconds - start) > 1e-9:
         notes = (f"start {start:g} s rounded to {seconds:g} s, the nearest frame of the "
@@ -213,7 +211,6 @@ def _past_end(path: Path, start: float, duration: float | None, config: PrepareC
             f"of the video ({length}); use a start of at most {latest:g} s")
 
 
-# --------------------------------------------------------------------------- audio
 def load_audio_file(path: str | os.PathLike[str], config: PrepareConfig,
                     start: float = 0.0) -> SampleArrays:
     """`config.clip_duration` of an audio file from `start` seconds, as a prepared log-mel.
@@ -263,7 +260,6 @@ def load_audio_file(path: str | os.PathLike[str], config: PrepareConfig,
                         notes=notes)
 
 
-# --------------------------------------------------------------------------- picture
 def load_image_file(path: str | os.PathLike[str], config: PrepareConfig) -> SampleArrays:
     """A picture as the clip image prepare would make of it: upright (EXIF orientation), RGB,
     then `still_image`. Animated files give their first frame.
@@ -308,7 +304,6 @@ def still_image(rgb: np.ndarray, image_size: int) -> np.ndarray:
     return display_image(scaled, 0, image_size)  # (S, S, 3)
 
 
-# --------------------------------------------------------------------------- text
 def load_text_file(path: str | os.PathLike[str]) -> SampleArrays:
     """The text of a file (encoding detected as for transcripts) as `text_input` makes it."""
     path = regular_input(path, "text file")
@@ -320,7 +315,6 @@ def text_input(text: str) -> SampleArrays:
     return SampleArrays("<text>", text=" ".join(text.split()))
 
 
-# --------------------------------------------------------------------------- batch
 def sample_arrays_batch(arrays: SampleArrays, tokenizer: TokenizerFn = byte_tokenizer,
                         max_text_len: int = 128) -> Batch:
     """A batch of one in the loader's format and dtypes, with only the input's modalities

@@ -168,10 +168,7 @@ def matrix_orientation(matrix: tuple[int, ...]) -> tuple[int, bool]:
     the mirror out, and what remains is a rotation by atan2(b, a) clockwise."""
     a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
     mirror = a * d - b * c < 0
-    if mirror:
-        a = -a
-    rotation = round(math.degrees(math.atan2(b, a)) / 90) * 90 % 360
-    return rotation, mirror
+    return round(math.degrees(math.atan2(b, -a if mirror else a)) / 90) * 90 % 360, mirror
 
 
 def sample_aspect_ratio(stream: VideoStream) -> float:

@@ -48,7 +48,6 @@ _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]
 _ASS_ESCAPES = re.compile(r"\\[Nnh]")
 
 
-# Every character `str.split()` splits at, but " ": `collapse_whitespace` maps them to " ".
 def clean_text(text: str) -> str:
     """Cue text without markup or entities, whitespace collapsed to single spaces."""
     text = _ASS_ESCAPES.sub(" ", _MARKUP.sub("", text))
@@ -217,16 +216,12 @@ def extract_embedded(video_path: Path, ffmpeg_binary: str | None = None,
         raise TranscriptError(f"{stream}: over {MAX_TRANSCRIPT_BYTES / 1e6:g} MB of subtitles, "
                               f"more than a transcript may take; not read")
     text = result.stdout.decode("utf-8", errors="replace").replace("\r\n", "\n")
-    if ass:
-        return parse_ass(text, stream)
-    return parse_srt(text, stream, source="embedded")
+    return parse_ass(text, stream) if ass else parse_srt(text, stream, source="embedded")
 
 
 # Override blocks that switch vector drawing on ({\p1}, {\an7\p2}) up to one that switches
 # it off ({\p0}) or the end of the event: shapes, not words.
 _ASS_DRAWING = re.compile(r"\{[^}]*\\p[1-9][^}]*\}.*?(?:\{[^}]*\\p0[^}]*\}|$)", re.S)
-
-
 # The event fields when a script has no "Format:" line (the ASS v4+ default).
 _ASS_FIELDS = ["Layer", "Start", "End", "Style", "Name", "MarginL", "MarginR", "MarginV",
                "Effect", "Text"]
@@ -314,5 +309,3 @@ def find_transcript(video_path: Path, ffmpeg_binary: str | None = None, *,
         return load_sidecar(sidecar, name)
     embedded = extract_embedded(video_path, ffmpeg_binary, _relative_name(video_path, root))
     return embedded if embedded is not None else Transcript([], "none", timed=True)
-
-

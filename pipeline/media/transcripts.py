@@ -160,6 +160,7 @@ def read_text_file(path: Path, name: str | None = None) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+# Every character `str.split()` splits at, but " ": `collapse_whitespace` maps them to " ".
 _WHITESPACE = str.maketrans(dict.fromkeys(
     "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000", " "))

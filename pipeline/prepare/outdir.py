@@ -203,9 +203,8 @@ class OutputDir:
     def is_done(self, unit: WorkUnit, fingerprint: Fingerprint) -> UnitStats | None:
         """The unit's stats when it is done (see the module docstring), else None."""
         raw, stats = self.read_stats(unit.index)
-        if raw is None or stats is None or fingerprint.differences(raw):
-            return None
-        if stats.unit != unit.index or stats.sources != unit.rel_paths:
+        if (raw is None or stats is None or fingerprint.differences(raw)
+                or stats.unit != unit.index or stats.sources != unit.rel_paths):
             return None
         for shard in stats.shards:
             try:  # a stats file naming anything but its own shards is not ours: redo the unit

@@ -96,4 +96,3 @@ def encode_sample(key: str, meta: SampleMeta, mel: np.ndarray, image: np.ndarray
             MEMBER_MEL: mel_buffer.getvalue(), MEMBER_IMAGE: image_buffer.getvalue(),
             clip_name: encode_clip(frames, encoding, config.fps),
             MEMBER_TEXT: text.encode("utf-8")}
-
