@@ -79,7 +79,7 @@ from omnilatent.config import MODALITIES, model_sizes
 from omnilatent.tasks import content_tokens
 from pipeline.loader.samples import Batch
 from pipeline.loader.shard_loader import build_shard_loader
-from pipeline.prepare.run import default_workers
+from pipeline.prepare.processes import usable_cpus
 from pipeline.shards.decode import decode_member
 from pipeline.shards.encode import encode_clip
 from pipeline.shards.manifest import read_manifest
@@ -288,7 +288,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     shutil.rmtree(twin)
     return {
         "prepared": str(folder) if args.prepared is not None else None,
-        "batch_size": args.batch_size, "cpus": default_workers(), "repeats": args.repeats,
+        "batch_size": args.batch_size, "cpus": usable_cpus(), "repeats": args.repeats,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "torch_threads": torch.get_num_threads(),
         "load_before": [round(x, 2) for x in load_before],

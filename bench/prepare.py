@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.media.ffmpeg_bin import ffmpeg_binary
-from pipeline.prepare.run import default_workers
+from pipeline.prepare.processes import usable_cpus
 
 RATIO_TARGET = 1.3  # omni prepare --workers 1 over the ffmpeg decode, at most
 DEFAULT_RATIO_TARGET = 1.0  # omni prepare at the default worker count over it, at most
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     totals = summary["totals"]
     result: dict[str, Any] = {
         "videos": len(paths), "video_seconds": args.duration, "decoder": args.decoder,
-        "cpus": default_workers(), "repeats": args.repeats,
+        "cpus": usable_cpus(), "repeats": args.repeats,
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in load_after],
         "generated_s": round(generated_s, 1), "clips": totals["clips"],

@@ -49,9 +49,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from omnilatent.threads import usable_cores
+    from pipeline.prepare.processes import usable_cpus
 
-    cores = usable_cores()
+    cores = usable_cpus()
     settings = {"default": [], "--threads 1": ["--threads", "1"],
                 f"--threads {cores} (before)": ["--threads", str(cores)]}
     work = Path(tempfile.mkdtemp(prefix="bench-threads-"))

@@ -31,7 +31,7 @@ from pipeline.inspect.reader import ProgressFn
 from pipeline.inspect.summary import Summary, summarize
 from pipeline.inspect.target import Target, open_target
 from pipeline.inspect.verify import VerifyResult, verify
-from pipeline.prepare.run import default_workers
+from pipeline.prepare.processes import usable_cpus
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -319,7 +319,7 @@ def inspect_command(
                 _render_samples(views)
         result = None
         if verify_all:
-            count = workers or (default_workers() if summary.samples >= PARALLEL_FROM else 1)
+            count = workers or (usable_cpus() if summary.samples >= PARALLEL_FROM else 1)
             result = _with_bar(lambda bar: verify(target, count, bar), "verify", target, show)
             document["verify"] = result.to_dict()
             if show:

@@ -27,6 +27,7 @@ from cli.options import Json
 from pipeline.config import DECODERS, PrepareConfig
 from pipeline.errors import ConfigError
 from pipeline.prepare.plan import Part
+from pipeline.prepare.processes import usable_cpus
 from pipeline.prepare.run import (
     FolderArgumentError,
     PrepareCallbacks,
@@ -34,7 +35,6 @@ from pipeline.prepare.run import (
     RunOptions,
     RunPlan,
     RunProgress,
-    default_workers,
     prepare,
 )
 from pipeline.shards.outcome import FAILED, SKIPPED, VideoOutcome
@@ -240,7 +240,7 @@ def prepare_command(
                 n_mels=n_mels, samples_per_shard=samples_per_shard,
                 videos_per_unit=videos_per_unit, decoder=decoder, eval_fraction=eval_fraction,
                 split_seed=split_seed, follow_symlinks=follow_symlinks)
-            options = RunOptions(workers=workers or default_workers(), part=Part.parse(part),
+            options = RunOptions(workers=workers or usable_cpus(), part=Part.parse(part),
                                  overwrite=overwrite, threads=decoder_threads)
         except ConfigError as err:
             raise CLIError(str(err), hint="see omni prepare --help", exit_code=EXIT_USAGE) from err

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.prepare.processes import usable_cpus
+
 LOADAVG = Path("/proc/loadavg")
 SAMPLES, SAMPLE_GAP_S = 5, 0.01
 
@@ -28,13 +30,6 @@ class ThreadChoice:
 
     threads: int
     reason: str
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def others_running(loadavg: Path = LOADAVG) -> float | None:
@@ -63,7 +58,7 @@ def choose_threads(requested: int | None = None, environ: dict[str, str] | None 
     fixed = environ.get("OMP_NUM_THREADS", "").strip()
     if fixed.isdigit() and int(fixed) > 0:
         return ThreadChoice(int(fixed), "OMP_NUM_THREADS")
-    cores = usable_cores() if cores is None else cores
+    cores = usable_cpus() if cores is None else cores
     busy = others_running() if busy is None else busy
     if busy is None:
         return ThreadChoice(cores, f"{cores} cores")

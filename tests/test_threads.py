@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from omnilatent.threads import choose_threads, others_running, usable_cores
+from omnilatent.threads import choose_threads, others_running
+from pipeline.prepare.processes import usable_cpus
 
 
 def test_a_quiet_machine_keeps_every_core() -> None:
@@ -48,7 +49,7 @@ def test_busy_loops_beside_a_command_give_it_one_thread() -> None:
     spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         time.sleep(0.5)  # both running
-        cores = usable_cores()
+        cores = usable_cpus()
         chosen = choose_threads(environ={}, cores=cores)
         assert chosen.threads <= max(1, cores - 2)
     finally:

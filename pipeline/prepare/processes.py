@@ -9,6 +9,7 @@ progress bar, an encoder), which a fork would copy mid-work."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 from multiprocessing.context import BaseContext
 
 
@@ -20,3 +21,10 @@ def process_context(preload: list[str]) -> BaseContext:
         context.set_forkserver_preload(preload)
         return context
     return multiprocessing.get_context("spawn")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (the Slurm/cgroup affinity, not the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

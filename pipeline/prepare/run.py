@@ -39,6 +39,7 @@ from pipeline.lock import FolderLock
 from pipeline.media.discover import VIDEO_EXTENSIONS, VideoSource, discover_videos
 from pipeline.prepare.outdir import Fingerprint, OutputDir, UnitStats, utc_now, write_manifest
 from pipeline.prepare.plan import Part, WorkUnit, plan_units, select_part
+from pipeline.prepare.processes import usable_cpus
 from pipeline.prepare.video_job import VideoTask
 from pipeline.prepare.worker import RunningVideo, VideoRunner, start_forkserver
 from pipeline.shards.files import PartFile, ShardInfo, unit_name, write_unit_shards
@@ -51,13 +52,6 @@ from pipeline.shards.split import SPLITS, Split, split_of
 POLL_INTERVAL_S = 0.25
 
 
-def default_workers() -> int:
-    """The CPUs this process may run on (the Slurm/cgroup affinity, not the machine's)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
 def decoder_threads(workers: int, cpus: int | None = None) -> int:
     """Video decoder threads for each of `workers` workers: the CPUs shared out among them.
 
@@ -68,7 +62,7 @@ def decoder_threads(workers: int, cpus: int | None = None) -> int:
     threads wait on each other's reference frames, so as many threads as cores leave cores
     idle (one worker on two cores, a 24 s 720p30 video: 2.6-2.9 s with 3 threads, 3.0-3.2 s
     with 2, 3.5-3.8 s with 1)."""
-    share = (cpus if cpus is not None else default_workers()) // workers
+    share = (cpus if cpus is not None else usable_cpus()) // workers
     return share + 1 if share > 1 else 1
 
 
@@ -80,7 +74,7 @@ class RunOptions:
     `timeout_factor` and `timeout_min_s` set each video's time limit:
     `max(timeout_min_s, timeout_factor * duration)` (see `pipeline.prepare.worker.time_limit`)."""
 
-    workers: int = field(default_factory=default_workers)
+    workers: int = field(default_factory=usable_cpus)
     part: Part = field(default_factory=Part)
     overwrite: bool = False
     timeout_factor: float = 10.0
