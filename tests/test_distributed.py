@@ -268,6 +268,11 @@ def _all_reduces_per_run(rank: int, init_file: str, out: str) -> None:
     if rank == 0:
         same = all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
         Path(out).write_text(json.dumps({"counts": counts, "same": same}))
+    # Leave together, with no DDP reducer alive: a rank that tears gloo down while its peer
+    # still holds pairs open was seen to abort ("terminate called without an active
+    # exception") on a loaded CI machine.
+    del trainer
+    dist.barrier()
     dist.destroy_process_group()
 
 
