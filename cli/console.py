@@ -6,6 +6,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 console = Console(highlight=False)
@@ -50,6 +58,15 @@ def table(title: str, *columns: str, right: Collection[str] = (), fold: Collecti
         made.add_column(column, justify="right" if column in right else "left",
                         overflow="fold" if column in fold else "ellipsis")
     return made
+
+
+def live_bar(label: str, *columns: ProgressColumn, remaining: bool = True,
+             **options: Any) -> Progress:
+    """The progress layout every command shares: `label` in bold, the bar, `columns`, time
+    elapsed and (with `remaining`) left; transient, so the summary replaces it."""
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), *columns, TimeElapsedColumn(),
+                    *([TimeRemainingColumn()] if remaining else []), console=console,
+                    transient=True, **options)
 
 
 def print_not_prepared(title: str, videos: Sequence[tuple[str, str, str]],

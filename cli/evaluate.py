@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import MofNCompleteColumn, TextColumn
 
-from cli.console import console, plain, table
+from cli.console import console, live_bar, plain, table
 from cli.errors import EXIT_USAGE, CLIError, run_command
 from cli.options import Device, Hooks, Json, Threads
 from omnilatent.errors import UsageError
@@ -135,9 +135,8 @@ def eval_command(
                           f"({'all shards' if chosen is None else chosen + ' split'})",
                           soft_wrap=True)
         loader = eval_loader(shards, trained.text, trained.card.max_text_len, batch_size, chosen)
-        progress = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("windows"), TimeElapsedColumn(), console=console,
-                            transient=True, disable=json_output)
+        progress = live_bar("eval", MofNCompleteColumn(), TextColumn("windows"),
+                            remaining=False, disable=json_output)
         with progress:
             bar = progress.add_task("eval", total=total)
             report = evaluate(trained.model, loader, trained.text, max_samples=samples,

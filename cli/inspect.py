@@ -14,16 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import DownloadColumn, Progress, TextColumn
 
-from cli.console import console, count, human_bytes, plain, print_not_prepared, table
+from cli.console import console, count, human_bytes, live_bar, plain, print_not_prepared, table
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
 from cli.options import Json
 from pipeline.inspect.export import ExportedSample, SampleView, export_samples, list_samples
@@ -83,10 +76,9 @@ def _with_bar(step: Callable[[ProgressFn | None], T], description: str, target: 
     """`step(progress callback)` under a transient bar over the shards' bytes, or bare."""
     if not show:
         return step(None)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-        TextColumn("{task.fields[samples]} samples"), TextColumn("{task.fields[rate]} samples/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    progress = live_bar("{task.description}", DownloadColumn(),
+                        TextColumn("{task.fields[samples]} samples"),
+                        TextColumn("{task.fields[rate]} samples/s"))
     with progress:
         return step(_Bar(progress, description, target.shard_bytes()))
 

@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress, TaskID, TextColumn
 
-from cli.console import console, count, human_bytes, plain, print_not_prepared, table
+from cli.console import console, count, human_bytes, live_bar, plain, print_not_prepared, table
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
 from cli.options import Json
 from pipeline.config import DECODERS, PrepareConfig
@@ -249,12 +242,9 @@ def prepare_command(
             if json_output:
                 result = prepare(video_dir, out_dir, config, options)
             else:
-                progress = Progress(
-                    TextColumn("[bold]prepare"), BarColumn(),
-                    TextColumn("{task.fields[videos]} videos"),
-                    TextColumn("{task.fields[clips]} clips"),
-                    TextColumn("{task.fields[rate]} footage-s/s"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+                progress = live_bar("prepare", TextColumn("{task.fields[videos]} videos"),
+                                    TextColumn("{task.fields[clips]} clips"),
+                                    TextColumn("{task.fields[rate]} footage-s/s"))
                 with progress:
                     result = prepare(video_dir, out_dir, config, options, _ProgressBar(progress))
         except FolderArgumentError as err:

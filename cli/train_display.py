@@ -10,16 +10,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import MofNCompleteColumn, Progress, TextColumn
 
-from cli.console import console, plain, table
+from cli.console import console, live_bar, plain, table
 from omnilatent.training import Trainer, TrainerCallbacks, TrainResult
 from omnilatent.training.run_log import DROPPED_WARNING, dropped_share
 from omnilatent.training.trainer import METRICS_FILE
@@ -30,11 +23,9 @@ RATE_STEPS = 20  # steps/s is measured over the last this many steps
 def progress_bar() -> Progress:
     """The live bar: what the run is doing (its phase, or what it waits for before the first
     step), a smoothed loss, steps/s and samples/s."""
-    return Progress(
-        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[status]} | loss {task.fields[loss]} | "
-                   "{task.fields[steps_per_s]} steps/s | {task.fields[samples_per_s]} samples/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    return live_bar("train", MofNCompleteColumn(), TextColumn(
+        "{task.fields[status]} | loss {task.fields[loss]} | "
+        "{task.fields[steps_per_s]} steps/s | {task.fields[samples_per_s]} samples/s"))
 
 
 class RichCallbacks(TrainerCallbacks):
