@@ -8,6 +8,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import PipelineError
-from pipeline.inspect.reader import (
-    META_MEMBERS,
-    RawSample,
-    ShardReadError,
-    iter_all,
-    iter_raw_samples,
-    parse_meta,
-)
+from pipeline.inspect.reader import META_MEMBERS, RawSample, iter_all, parse_meta
 from pipeline.inspect.target import Target
 from pipeline.shards.decode import CorruptMemberError, decode_sample
 from pipeline.shards.schema import (
@@ -59,21 +53,11 @@ class SampleView:
 def list_samples(target: Target, count: int) -> list[SampleView]:
     """The first `count` samples in shard order, read from their json and txt only."""
     views: list[SampleView] = []
-    if count <= 0:
-        return views
-    for path in target.shards:
-        if not os.path.isfile(path):
-            continue
-        try:
-            for raw in iter_raw_samples(path, META_MEMBERS.__contains__):
-                meta, text = parse_meta(raw)
-                views.append(SampleView(
-                    raw.key, path, meta and meta.source, meta and meta.start, meta and meta.end,
-                    meta and meta.transcript_source, meta and meta.has_audio, text))
-                if len(views) == count:
-                    return views
-        except ShardReadError:
-            continue
+    for raw in islice(iter_all(target, META_MEMBERS.__contains__), max(count, 0)):
+        meta, text = parse_meta(raw)
+        views.append(SampleView(
+            raw.key, raw.shard, meta and meta.source, meta and meta.start, meta and meta.end,
+            meta and meta.transcript_source, meta and meta.has_audio, text))
     return views
 
 
@@ -100,16 +84,10 @@ def export_samples(target: Target, out_dir: str | os.PathLike[str],
     except OSError as err:
         raise PipelineError(f"cannot create the export folder {folder}: "
                             f"{err.strerror or err}; choose a writable folder") from err
-    exported: list[ExportedSample] = []
     used: set[str] = set()
-    if count <= 0:
-        return exported
     sample_format = target.sample_format
-    for raw in iter_all(target, lambda name: True, sample_format):
-        exported.append(_export(raw, folder, _file_stem(raw.key, used), sample_format))
-        if len(exported) == count:
-            break
-    return exported
+    return [_export(raw, folder, _file_stem(raw.key, used), sample_format)
+            for raw in islice(iter_all(target, lambda name: True, sample_format), max(count, 0))]
 
 
 def _export(raw: RawSample, folder: Path, stem: str,

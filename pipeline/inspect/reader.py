@@ -48,8 +48,9 @@ class RawSample:
     `names` lists every member type in tar order, read or not, and `sizes` the bytes each
     declares; `members` holds the bytes of those that were asked for, are schema members and
     are within their cap; `too_large` says which ones were over it (left unread). `end` is the
-    byte offset just past the sample's last member."""
+    byte offset just past the sample's last member in the tar at `shard`."""
 
+    shard: str
     key: str
     names: list[str]
     members: dict[str, bytes]
@@ -91,7 +92,7 @@ def iter_raw_samples(path: str, read: Callable[[str], bool],
                     yield current
                     current = None
                 if current is None:
-                    current = RawSample(prefix, [], {}, 0)
+                    current = RawSample(path, prefix, [], {}, 0)
                 current.names.append(suffix)
                 current.sizes[suffix] = info.size
                 if read(suffix) and suffix in SCHEMA_MEMBERS:

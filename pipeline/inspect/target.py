@@ -118,12 +118,11 @@ def _open_directory(folder: Path) -> Target:
 
 
 def _from_manifest(folder: Path, manifest: Manifest) -> Target:
-    issues = [VideoIssue(str(item["source"]), FAILED, str(item["reason"]))
-              for item in manifest.failures]
-    issues += [VideoIssue(str(item["source"]), SKIPPED, str(item["reason"]))
-               for item in manifest.skipped]
-    issues += [VideoIssue(str(item["source"]), "warning", str(item["warning"]))
-               for item in manifest.warnings]
+    issues = [VideoIssue(str(item["source"]), status, str(item[key]))
+              for status, key, items in ((FAILED, "reason", manifest.failures),
+                                         (SKIPPED, "reason", manifest.skipped),
+                                         ("warning", "warning", manifest.warnings))
+              for item in items]
     target = Target(
         path=str(folder), kind="directory", shards=[shard.path for shard in manifest.shards],
         manifest=str(manifest.path), created=manifest.created,
