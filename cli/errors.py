@@ -32,12 +32,14 @@ class CLIError(Exception):
         self.exit_code = exit_code
 
 
-def run_command(fn: Callable[[], T]) -> T:
-    """Call ``fn`` and turn known errors into a one-line message and a non-zero exit."""
+def run_command(fn: Callable[[], T], usage: tuple[type[Exception], ...] = ()) -> T:
+    """Call ``fn`` and turn known errors into a one-line message and a non-zero exit. The
+    library errors in ``usage`` (e.g. UsageError: options that contradict each other or the
+    save dir) are the options' fault: they exit with the usage code, as a bad option does."""
     try:
         return fn()
     except (CLIError, OmniLatentError, ValueError) as exc:
-        exit_code = getattr(exc, "exit_code", EXIT_ERROR)
+        exit_code = EXIT_USAGE if isinstance(exc, usage) else getattr(exc, "exit_code", EXIT_ERROR)
         if os.environ.get("OMNI_DEBUG") == "1":
             console.print_exception()
         console.print(f"[bold red]Error:[/] {plain(exc)}")

@@ -75,16 +75,6 @@ def _in_panel(alias: Any, panel: str) -> Any:
     return Annotated[base, info]
 
 
-@contextmanager
-def _usage_errors() -> Iterator[None]:
-    """The library's UsageError (options that contradict each other or the save dir) exits
-    with the usage code, as a bad option does."""
-    try:
-        yield
-    except UsageError as exc:
-        raise CLIError(str(exc), hint=exc.hint, exit_code=EXIT_USAGE) from None
-
-
 def _show_run(run: TrainRun, threads: ThreadChoice) -> None:
     """What the run reads and where it evaluates and logs, before it starts."""
     console.print(f"data: {plain(run.source.description)}", soft_wrap=True)
@@ -317,10 +307,9 @@ def train(
 
         source = chosen[0]
         cpu_threads = configure_threads(threads)
-        with _usage_errors():
-            start = StartOptions(from_checkpoint,
-                                 tuple(parse_hook_spec(spec) for spec in hook_specs or ()),
-                                 freeze_base)
+        start = StartOptions(from_checkpoint,
+                             tuple(parse_hook_spec(spec) for spec in hook_specs or ()),
+                             freeze_base)
         options = TrainRunOptions(
             data=DataOptions(source, None if source == "synthetic" else str(sources[source]),
                              batch_size=batch_size, workers=workers,
@@ -341,8 +330,7 @@ def train(
             resume=resume, fsdp=fsdp, start=start)
         progress = progress_bar()
         display = RichCallbacks(progress, steps, batch_size * grad_accum)
-        with _usage_errors():
-            run = build_run(options, display)
+        run = build_run(options, display)
 
         def show(plan: ResumePlan) -> None:
             # once the save dir is claimed and the resume resolved: a refusal comes first
@@ -350,12 +338,11 @@ def train(
                 _show_run(run, cpu_threads)
                 _show_resume(plan, options)
 
-        with _stop_handler() as stop, _usage_errors(), \
-                progress if run.context.is_main else nullcontext():
+        with _stop_handler() as stop, progress if run.context.is_main else nullcontext():
             result = run_training(run, should_stop=lambda: stop[0], on_resume=show)
         if run.context.is_main:  # rank 0 shows
             print_summary(display.records, save_dir, result)
         if result.interrupted:
             raise typer.Exit(130)
 
-    run_command(body)
+    run_command(body, usage=(UsageError,))
