@@ -145,6 +145,16 @@ class _Writer:
         self.path.unlink(missing_ok=True)
 
 
+def _write_window(window: Window, writer: _Writer, context: VideoContext,
+                  config: PrepareConfig) -> None:
+    """Assemble, encode and write the sample of one window (on either encoder's thread)."""
+    from pipeline.prepare.sample import encode_fields, sample_fields
+
+    fields = sample_fields(window, context, config)
+    writer.write(encode_fields(fields, config, context.clip_encoding), window.end,
+                 fields.text_cut)
+
+
 class _EncodeThread:
     """Assembles and writes samples in a second thread while the main thread decodes.
 
@@ -166,15 +176,11 @@ class _EncodeThread:
         self._thread.start()
 
     def _run(self) -> None:
-        from pipeline.prepare.sample import encode_fields, sample_fields
-
         while (window := self._queue.get()) is not None:
             if self._error is not None:
                 continue  # keep draining so that `put` never blocks forever
             try:
-                fields = sample_fields(window, self._context, self._config)
-                sample = encode_fields(fields, self._config, self._context.clip_encoding)
-                self._writer.write(sample, window.end, fields.text_cut)
+                _write_window(window, self._writer, self._context, self._config)
             except BaseException as err:
                 self._error = err
 
@@ -199,17 +205,12 @@ class _InlineEncoder:
     single-threaded worker then measures the per-worker work, which workers scale)."""
 
     def __init__(self, writer: _Writer, context: VideoContext, config: PrepareConfig) -> None:
-        from pipeline.prepare.sample import encode_fields, sample_fields
-
-        self._encode_fields, self._sample_fields = encode_fields, sample_fields
         self._writer = writer
         self._context = context
         self._config = config
 
     def put(self, window: Window) -> None:
-        fields = self._sample_fields(window, self._context, self._config)
-        sample = self._encode_fields(fields, self._config, self._context.clip_encoding)
-        self._writer.write(sample, window.end, fields.text_cut)
+        _write_window(window, self._writer, self._context, self._config)
 
     def stop(self) -> None:
         """Nothing is queued."""
