@@ -10,6 +10,7 @@ import copy
 import re
 import signal
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, get_args
 
@@ -61,9 +62,13 @@ EXAMPLES = """
       --grad-checkpointing --save-dir runs/base --save-every 500[/]
 """
 
-# `omni train --help` groups its options under these headings
+# `omni train --help` groups its options under these headings; `Data(...)` is a typer.Option
+# listed under "Data", and so on
 DATA, MODEL, START, CURRICULUM = "Data", "Model", "Start from a checkpoint, hooks", "Curriculum"
 OPTIMISATION, CHECKPOINTS, RUNTIME = "Optimisation", "Checkpoints and evaluation", "Runtime"
+Data, Model, Start, Curriculum, Optimisation, Checkpoints, Runtime = (
+    partial(typer.Option, rich_help_panel=panel)
+    for panel in (DATA, MODEL, START, CURRICULUM, OPTIMISATION, CHECKPOINTS, RUNTIME))
 
 
 def _in_panel(alias: Any, panel: str) -> Any:
@@ -161,119 +166,99 @@ def _check_model_shape(dim: int, layers: int, heads: int, text_decoding: str) ->
 
 
 def _frac(name: str) -> Any:
-    return typer.Option(f"--{name}-frac", min=0.0, max=1.0, rich_help_panel=CURRICULUM,
-                        help=f"Share of steps for the {name} phase (shortcut; "
-                        + ("takes what the others leave when omitted)." if name == "joint"
-                           else "others keep their default share)."))
+    return Curriculum(f"--{name}-frac", min=0.0, max=1.0,
+                      help=f"Share of steps for the {name} phase (shortcut; "
+                      + ("takes what the others leave when omitted)." if name == "joint"
+                         else "others keep their default share)."))
 
 
 def train(
-    synthetic: Annotated[bool, typer.Option(
-        "--synthetic", rich_help_panel=DATA,
-        help="Train on seeded synthetic multimodal data (checks pipeline and memory).")]
-    = False,
-    shards: Annotated[str | None, typer.Option(
-        "--shards", rich_help_panel=DATA, help="A folder written by `omni prepare` (or its "
-        "shards as a brace pattern): stream its samples.")] = None,
-    video_dir: Annotated[Path | None, typer.Option(
-        "--video-dir", rich_help_panel=DATA,
-        help="Decode the videos of this folder on the fly (no shards).")] = None,
-    tokenizer_path: Annotated[Path | None, typer.Option(
-        "--tokenizer", rich_help_panel=DATA,
-        help="A SentencePiece .model file (default: byte-level tokens).")] = None,
-    max_text_len: Annotated[int, typer.Option(
-        "--max-text-len", rich_help_panel=DATA, min=1, help="Tokens kept per transcript.")]
-    = 128,
-    clip_duration: Annotated[float, typer.Option(
-        "--clip-duration", rich_help_panel=DATA, help="--video-dir: seconds per clip.")] = 2.0,
-    clip_stride: Annotated[float, typer.Option(
-        "--clip-stride", rich_help_panel=DATA,
-        help="--video-dir: seconds between clip starts.")] = 1.0,
+    synthetic: Annotated[bool, Data("--synthetic", help="Train on seeded synthetic multimodal "
+                                    "data (checks pipeline and memory).")] = False,
+    shards: Annotated[str | None, Data("--shards", help="A folder written by `omni prepare` (or "
+                                       "its shards as a brace pattern): stream its samples.")]
+    = None,
+    video_dir: Annotated[Path | None, Data(
+        "--video-dir", help="Decode the videos of this folder on the fly (no shards).")] = None,
+    tokenizer_path: Annotated[Path | None, Data(
+        "--tokenizer", help="A SentencePiece .model file (default: byte-level tokens).")] = None,
+    max_text_len: Annotated[int, Data("--max-text-len", min=1,
+                                      help="Tokens kept per transcript.")] = 128,
+    clip_duration: Annotated[float, Data("--clip-duration",
+                                         help="--video-dir: seconds per clip.")] = 2.0,
+    clip_stride: Annotated[float, Data("--clip-stride",
+                                       help="--video-dir: seconds between clip starts.")] = 1.0,
     workers: _in_panel(Workers, DATA) = 0,
-    dim: Annotated[int, typer.Option("--dim", rich_help_panel=MODEL, min=8,
-                                     help="Model width.")] = OmniLatentConfig.hidden_dim,
-    layers: Annotated[int, typer.Option("--layers", rich_help_panel=MODEL, min=1,
-                                        help="Transformer blocks.")] = OmniLatentConfig.num_layers,
-    heads: Annotated[int, typer.Option(
-        "--heads", rich_help_panel=MODEL, min=1, help="Attention heads; --dim must be a "
-        "multiple of 2 x --heads.")] = OmniLatentConfig.num_heads,
-    text_decoding: Annotated[str, typer.Option(
-        "--text-decoding", rich_help_panel=MODEL, help="autoregressive (default) or parallel "
-        "text output (see the README's measurement).")] = OmniLatentConfig.text_decoding,
-    from_checkpoint: Annotated[Path | None, typer.Option(
-        "--from", rich_help_panel=START, help="Start from a trained checkpoint (its folder, or "
-        "a save dir: the newest), with its model shape and tokenizer, a fresh optimizer and "
-        "step 0 (--resume continues a run instead).")] = None,
-    hook_specs: Annotated[list[str] | None, typer.Option(
-        "--hook", rich_help_panel=START, help="Add a new Latent Neural Hook "
-        "NAME[:tokens=8,layers=0-5] (default: 8 tokens, every layer; layers=0,2,4 also "
-        "works); repeat for several. Saved alone in SAVE_DIR/hooks/NAME at each "
-        "checkpoint.")] = None,
-    freeze_base: Annotated[bool, typer.Option(
-        "--freeze-base", rich_help_panel=START, help="Train only the new hooks: the "
-        "checkpoint's weights stay bit-identical (needs --from and --hook).")] = False,
-    phase_schedule: Annotated[str | None, typer.Option(
-        "--phase-schedule", rich_help_panel=CURRICULUM, help="Curriculum: 'default'; shares "
-        "of the phases warmup, crossmodal, temporal, grounding and joint that sum to 1 (those "
-        "not named get 0), e.g. warmup=0.2,joint=0.8; or a .toml/.json file. Default for "
-        "--shards/--video-dir; without it --synthetic trains all 16 modality pairs in "
-        "turn.")] = None,
+    dim: Annotated[int, Model("--dim", min=8, help="Model width.")] = OmniLatentConfig.hidden_dim,
+    layers: Annotated[int, Model("--layers", min=1, help="Transformer blocks.")]
+    = OmniLatentConfig.num_layers,
+    heads: Annotated[int, Model("--heads", min=1, help="Attention heads; --dim must be a "
+                                "multiple of 2 x --heads.")] = OmniLatentConfig.num_heads,
+    text_decoding: Annotated[str, Model("--text-decoding", help="autoregressive (default) or "
+                                        "parallel text output (see the README's measurement).")]
+    = OmniLatentConfig.text_decoding,
+    from_checkpoint: Annotated[Path | None, Start(
+        "--from", help="Start from a trained checkpoint (its folder, or a save dir: the "
+        "newest), with its model shape and tokenizer, a fresh optimizer and step 0 (--resume "
+        "continues a run instead).")] = None,
+    hook_specs: Annotated[list[str] | None, Start(
+        "--hook", help="Add a new Latent Neural Hook NAME[:tokens=8,layers=0-5] (default: 8 "
+        "tokens, every layer; layers=0,2,4 also works); repeat for several. Saved alone in "
+        "SAVE_DIR/hooks/NAME at each checkpoint.")] = None,
+    freeze_base: Annotated[bool, Start(
+        "--freeze-base", help="Train only the new hooks: the checkpoint's weights stay "
+        "bit-identical (needs --from and --hook).")] = False,
+    phase_schedule: Annotated[str | None, Curriculum(
+        "--phase-schedule", help="Curriculum: 'default'; shares of the phases warmup, "
+        "crossmodal, temporal, grounding and joint that sum to 1 (those not named get 0), e.g. "
+        "warmup=0.2,joint=0.8; or a .toml/.json file. Default for --shards/--video-dir; "
+        "without it --synthetic trains all 16 modality pairs in turn.")] = None,
     warmup_frac: Annotated[float | None, _frac("warmup")] = None,
     crossmodal_frac: Annotated[float | None, _frac("crossmodal")] = None,
     temporal_frac: Annotated[float | None, _frac("temporal")] = None,
     grounding_frac: Annotated[float | None, _frac("grounding")] = None,
     joint_frac: Annotated[float | None, _frac("joint")] = None,
-    steps: Annotated[int, typer.Option(
-        "--steps", "--total-steps", rich_help_panel=OPTIMISATION, min=1,
-        help="Optimizer steps to train for.")] = 1000,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", rich_help_panel=OPTIMISATION, min=1,
-        help="Samples per batch (per process under torchrun).")] = 4,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", rich_help_panel=OPTIMISATION, min=1,
+    steps: Annotated[int, Optimisation("--steps", "--total-steps", min=1,
+                                       help="Optimizer steps to train for.")] = 1000,
+    batch_size: Annotated[int, Optimisation(
+        "--batch-size", min=1, help="Samples per batch (per process under torchrun).")] = 4,
+    grad_accum: Annotated[int, Optimisation("--grad-accum", min=1,
                                             help="Batches accumulated per step.")] = 1,
-    lr: Annotated[float, typer.Option("--lr", rich_help_panel=OPTIMISATION, min=0.0,
-                                      help="Peak learning rate.")] = 6e-4,
+    lr: Annotated[float, Optimisation("--lr", min=0.0, help="Peak learning rate.")] = 6e-4,
     save_dir: _in_panel(SaveDir, CHECKPOINTS) = Path("runs/omni"),
-    save_every: Annotated[int, typer.Option(
-        "--save-every", rich_help_panel=CHECKPOINTS, min=0,
-        help="Checkpoint every N steps (0 = only at the end).")] = 0,
-    keep_last: Annotated[int, typer.Option("--keep-last", rich_help_panel=CHECKPOINTS, min=0,
-                                           help="Checkpoints kept (0 = all).")] = 3,
-    resume: Annotated[str, typer.Option(
-        "--resume", rich_help_panel=CHECKPOINTS, help="'auto' (newest complete checkpoint in "
-        "--save-dir), 'none', or a checkpoint path.")] = "none",
-    eval_every: Annotated[int | None, typer.Option(
-        "--eval-every", rich_help_panel=CHECKPOINTS, min=0, help="Evaluate on held-out data "
-        "every N steps (default: at each checkpoint; 0: never). Records go to metrics.jsonl.")]
-    = None,
-    eval_shards: Annotated[str | None, typer.Option(
-        "--eval-shards", rich_help_panel=CHECKPOINTS, help="Held-out data to evaluate on "
-        "(default: the eval split of --shards, when it has one).")] = None,
-    eval_samples: Annotated[int, typer.Option(
-        "--eval-samples", rich_help_panel=CHECKPOINTS, min=1, help="Windows per evaluation "
-        "(the first ones, always the same).")] = 256,
-    label_pattern: Annotated[str | None, typer.Option(
-        "--label-pattern", rich_help_panel=CHECKPOINTS, help="Regex on each held-out window's "
-        "source path; its first group is a class label, and retrieval is also counted by "
-        "class (as `omni eval --label-pattern`).")] = None,
+    save_every: Annotated[int, Checkpoints(
+        "--save-every", min=0, help="Checkpoint every N steps (0 = only at the end).")] = 0,
+    keep_last: Annotated[int, Checkpoints("--keep-last", min=0,
+                                          help="Checkpoints kept (0 = all).")] = 3,
+    resume: Annotated[str, Checkpoints("--resume", help="'auto' (newest complete checkpoint in "
+                                       "--save-dir), 'none', or a checkpoint path.")] = "none",
+    eval_every: Annotated[int | None, Checkpoints(
+        "--eval-every", min=0, help="Evaluate on held-out data every N steps (default: at each "
+        "checkpoint; 0: never). Records go to metrics.jsonl.")] = None,
+    eval_shards: Annotated[str | None, Checkpoints("--eval-shards", help="Held-out data to "
+                                                   "evaluate on (default: the eval split of "
+                                                   "--shards, when it has one).")] = None,
+    eval_samples: Annotated[int, Checkpoints("--eval-samples", min=1, help="Windows per "
+                                             "evaluation (the first ones, always the same).")]
+    = 256,
+    label_pattern: Annotated[str | None, Checkpoints(
+        "--label-pattern", help="Regex on each held-out window's source path; its first group "
+        "is a class label, and retrieval is also counted by class (as `omni eval "
+        "--label-pattern`).")] = None,
     device: _in_panel(Device, RUNTIME) = "auto",
-    no_amp: Annotated[bool, typer.Option(
-        "--no-amp", rich_help_panel=RUNTIME,
-        help="Disable mixed precision on GPU (it is always off on CPU).")] = False,
-    grad_checkpointing: Annotated[bool, typer.Option(
-        "--grad-checkpointing/--no-grad-checkpointing", rich_help_panel=RUNTIME,
+    no_amp: Annotated[bool, Runtime(
+        "--no-amp", help="Disable mixed precision on GPU (it is always off on CPU).")] = False,
+    grad_checkpointing: Annotated[bool, Runtime(
+        "--grad-checkpointing/--no-grad-checkpointing",
         help="Recompute activations in backward to save memory.")] = False,
-    compile_model: Annotated[bool, typer.Option(
-        "--compile", rich_help_panel=RUNTIME,
-        help="torch.compile each transformer block (all tasks share its graphs; hooks "
-             "work).")] = False,
-    fsdp: Annotated[bool, typer.Option(
-        "--fsdp", rich_help_panel=RUNTIME, help="Under torchrun: shard the model over the "
-        "processes (FSDP2) instead of replicating it (DDP), for models too big for one GPU.")]
+    compile_model: Annotated[bool, Runtime("--compile", help="torch.compile each transformer "
+                                           "block (all tasks share its graphs; hooks work).")]
     = False,
-    log_interval: Annotated[int, typer.Option(
-        "--log-interval", rich_help_panel=RUNTIME, min=1, help="Steps per metrics line (16 = "
-        "one cycle of all modality pairs).")] = 16,
+    fsdp: Annotated[bool, Runtime(
+        "--fsdp", help="Under torchrun: shard the model over the processes (FSDP2) instead of "
+        "replicating it (DDP), for models too big for one GPU.")] = False,
+    log_interval: Annotated[int, Runtime("--log-interval", min=1, help="Steps per metrics line "
+                                         "(16 = one cycle of all modality pairs).")] = 16,
     threads: _in_panel(Threads, RUNTIME) = None,
     seed: _in_panel(Seed, RUNTIME) = 0) -> None:
     """Train OmniLatent on prepared shards, raw videos or synthetic data. Stop with Ctrl-C or
