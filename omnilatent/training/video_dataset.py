@@ -108,7 +108,6 @@ class VideoWatchingDataset(Dataset):
         self._windows: list[tuple[int, int]] | None = None  # (video number, window index)
         self._contexts: dict[int, VideoContext] = {}
 
-    # ------------------------------------------------------------- map-style
     def build_index(self) -> None:
         """Number every window of every video, probing each video once (its streams, and its
         end by demuxing, not decoding: container durations cover longer audio)."""
@@ -164,7 +163,6 @@ class VideoWatchingDataset(Dataset):
         raise OmniLatentError(f"{source.rel_path} ends before its window {index}, which its "
                               "probed length promised; prepare it with `omni prepare`")
 
-    # ------------------------------------------------------------- shared decode path
     def _context(self, source: VideoSource, info: Any) -> VideoContext:
         return video_context(source, info, clip_encoding="npy",
                              follow_symlinks=self.prepare.follow_symlinks).context
@@ -181,7 +179,6 @@ class VideoWatchingDataset(Dataset):
         for window in iter_windows(source.path, self.prepare):
             yield self._members(window, context)
 
-    # ------------------------------------------------------------- streaming
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
