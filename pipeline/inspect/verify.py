@@ -202,12 +202,10 @@ def _check_records(target: Target, reports: list[ShardReport], problems: _Proble
                                             "interrupted unit; re-running prepare removes it)")
         if recorded is None or report.bytes is None:
             continue
-        if report.samples != recorded.samples:
-            problems.add(report.path, None, f"{report.samples} samples, {source} says "
-                                            f"{recorded.samples}")
-        if report.bytes != recorded.bytes:
-            problems.add(report.path, None, f"{report.bytes} bytes, {source} says "
-                                            f"{recorded.bytes}")
+        for what, found, noted in (("samples", report.samples, recorded.samples),
+                                   ("bytes", report.bytes, recorded.bytes)):
+            if found != noted:
+                problems.add(report.path, None, f"{found} {what}, {source} says {noted}")
     totals = target.totals
     if not target.manifest or totals is None:
         return

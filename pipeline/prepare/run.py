@@ -91,10 +91,9 @@ class RunOptions:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1 (or None: the CPUs shared out among the "
                               f"workers), got {self.threads}")
-        if self.timeout_factor <= 0:
-            raise ConfigError(f"timeout_factor must be > 0, got {self.timeout_factor}")
-        if self.timeout_min_s <= 0:
-            raise ConfigError(f"timeout_min_s must be > 0, got {self.timeout_min_s}")
+        for name in ("timeout_factor", "timeout_min_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.clip_encoding not in CLIP_ENCODINGS:
             raise ConfigError(f"clip_encoding must be one of {', '.join(CLIP_ENCODINGS)}, "
                               f"got {self.clip_encoding!r}")

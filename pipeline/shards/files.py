@@ -29,7 +29,7 @@ import os
 import re
 import tarfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -114,8 +114,7 @@ class ShardInfo:
     split: Split = TRAIN
 
     def to_dict(self) -> dict[str, str | int]:
-        return {"path": self.path, "samples": self.samples, "bytes": self.bytes,
-                "split": self.split}
+        return asdict(self)
 
 
 def unit_name(index: int) -> str:
