@@ -104,7 +104,7 @@ class DemoVideo:
 
 # The gaps of real video, in turn by index (5 is prime to the 8 classes, so 40 videos give
 # every class every kind): a transcript spoken throughout, none at all (no sidecar), speech
-# in two stretches with silence between (windows in the gap have no text), no audio stream.
+# over part of the video only (windows away from it have no text), no audio stream.
 REALISTIC_KINDS = ("complete", "no transcript", "speech gaps", "no audio", "speech gaps")
 REALISTIC_FPS = (12, 16, 24, 25, 30)
 
@@ -131,9 +131,9 @@ def realistic_gaps(seed: int, index: int, duration: float) -> VideoGaps:
     cues: tuple[tuple[float, float], ...] = ((0.0, length),)
     if kind == "no transcript":
         cues = ()
-    elif kind == "speech gaps":  # spoken at the start and the end, silent in between
-        first, second = rng.uniform(0.2, 0.35), rng.uniform(0.65, 0.8)
-        cues = ((0.0, round(length * first, 2)), (round(length * second, 2), length))
+    elif kind == "speech gaps":  # spoken for 30-50 % of it, at the start or the end
+        spoken = round(length * rng.uniform(0.3, 0.5), 2)
+        cues = ((0.0, spoken),) if rng.random() < 0.5 else ((round(length - spoken, 2), length),)
     return VideoGaps(kind, length, fps, kind != "no audio", cues)
 
 

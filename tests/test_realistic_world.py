@@ -58,7 +58,7 @@ def test_realistic_world_has_the_promised_mix_and_repeats_per_seed(world: Path,
             continue
         cues = load_sidecar(sidecar).cues
         covered = sum(cue.end - cue.start for cue in cues)
-        partial += covered < 0.75 * facts[path][2]  # speech with a gap in the middle
+        partial += covered < 0.75 * facts[path][2]  # speech over part of the video
     assert partial == 2
     assert len({round(rate) for _, rate, _ in facts.values()}) > 1  # frame rates vary
     assert len({round(length, 1) for _, _, length in facts.values()}) > 1  # lengths vary
