@@ -42,10 +42,6 @@ class Task:
     def name(self) -> str:
         return self.label or task_name(self.source, self.target)
 
-    @property
-    def needs_text(self) -> bool:
-        return "text" in (self.source, self.target)
-
     def inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
         """(source tensor, target tensor) for this task."""
         return batch[self.source], batch[self.target]
