@@ -27,6 +27,10 @@ EXAMPLES = """
   A training set, and an unseen evaluation set of the same classes (another seed):
     [cyan]omni demo-videos world/train --count 96 --seed 0[/]
     [cyan]omni demo-videos world/eval --count 32 --seed 1 --duration 2[/]
+
+  A world with the gaps of real video (no transcript, speech gaps, no sound, varied
+  lengths and frame rates):
+    [cyan]omni demo-videos world/real --count 40 --realistic[/]
 """
 
 
@@ -39,8 +43,17 @@ def _summary(videos: list[DemoVideo], out_dir: Path) -> None:
             listing.add_row(demo_class.name, str(per_class[demo_class.name]), demo_class.sentence)
     console.print(listing)
     size = sum(video.path.stat().st_size for video in videos)
-    console.print(f"{human_bytes(size)} in {plain(out_dir)} ({videos[0].duration:g} s each, "
-                  f".srt and .vtt transcripts)", soft_wrap=True)
+    kinds = Counter(video.kind for video in videos)
+    if set(kinds) == {"complete"}:
+        console.print(f"{human_bytes(size)} in {plain(out_dir)} ({videos[0].duration:g} s "
+                      "each, .srt and .vtt transcripts)", soft_wrap=True)
+    else:
+        lengths = [video.duration for video in videos]
+        rates = sorted({video.fps for video in videos})
+        console.print(f"{human_bytes(size)} in {plain(out_dir)} ({min(lengths):g}-"
+                      f"{max(lengths):g} s, {'/'.join(map(str, rates))} fps; "
+                      + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) + ")",
+                      soft_wrap=True)
     console.print(f"next: [cyan]omni prepare {plain(out_dir)} SHARD_DIR[/]", soft_wrap=True)
 
 
@@ -53,7 +66,12 @@ def demo_videos(
                                       "of every video's variation; another seed gives "
                                       "unseen videos.")] = 0,
     duration: Annotated[float, typer.Option("--duration", min=1.0,
-                                            help="Seconds per video.")] = 4.0) -> None:
+                                            help="Seconds per video.")] = 4.0,
+    realistic: Annotated[bool, typer.Option(
+        "--realistic", help="Give the world the gaps of real video, in turn by index: no "
+        "transcript, speech covering only part of a video, no audio stream; lengths of "
+        "0.75-1.5x --duration (at least 2 s) and frame rates of 12-30 fps vary.")] = False,
+) -> None:
     """Write sample videos (H.264 + AAC, 160x120) of eight classes, e.g. "the red circle
     hums": a shape moving over grey noise, its sound and its sentence as a transcript (.srt
     or .vtt). File names carry the class and seed, e.g. red-circle_s0_007.mp4."""
@@ -74,7 +92,7 @@ def demo_videos(
                     progress.update(task, rate=f"{done.completed / done.elapsed:.1f}")
 
             videos = make_demo_videos(out_dir, count=count, seed=seed, duration=duration,
-                                      on_video=advance)
+                                      on_video=advance, realistic=realistic)
         _summary(videos, out_dir)
 
     run_command(body)

@@ -42,13 +42,37 @@ class Task:
     def name(self) -> str:
         return self.label or task_name(self.source, self.target)
 
-    @property
-    def needs_text(self) -> bool:
-        return "text" in (self.source, self.target)
-
     def inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
         """(source tensor, target tensor) for this task."""
         return batch[self.source], batch[self.target]
+
+    def rows(self, batch: dict) -> Tensor | None:
+        """(B,) bool: the rows of ``batch`` that hold both the source and the target (see
+        `row_mask`); None when every row does. A row without its source would teach the
+        model to map nothing to an output (the mean), one without its target to predict a
+        stand-in (silence for a video with no sound)."""
+        masks = [mask for modality in {self.source, self.target}
+                 if (mask := row_mask(batch, modality)) is not None]
+        if not masks:
+            return None
+        keep = masks[0] if len(masks) == 1 else masks[0] & masks[1]
+        return None if bool(keep.all()) else keep
+
+    def served(self, batch: dict) -> dict:
+        """``batch`` cut to the rows this task can use (`rows`): the batch itself when every
+        row holds both modalities, so a full batch is never copied."""
+        keep = self.rows(batch)
+        if keep is None:
+            return batch
+        index = keep.nonzero().flatten().tolist()
+        cut = {k: v[keep] if isinstance(v, Tensor) and v.dim() and v.shape[0] == keep.shape[0]
+               else [v[i] for i in index] if isinstance(v, list) else v
+               for k, v in batch.items()}
+        text = cut.get("text")
+        if isinstance(text, Tensor) and text.dim() == 2:  # as its rows alone would collate
+            held = (text != PAD_ID).any(dim=0).nonzero()  # columns with a token
+            cut["text"] = text[:, :int(held[-1]) + 1 if len(held) else 1]
+        return cut
 
 
 @dataclass(frozen=True)
@@ -92,14 +116,32 @@ def build_task(name: str, tubelet: int) -> Task:
     return Task(source, target, name)
 
 
+# The per-row flags of modalities a window may lack, set by the loaders' collate: text
+# (no transcript there) and audio (a video without a sound stream, stored as silence).
+ROW_FLAGS = {"text": "has_text", "audio": "has_audio"}
+
+
+def row_mask(batch: dict, modality: str) -> Tensor | None:
+    """(B,) bool: the rows of ``batch`` that hold ``modality`` (on the batch's device), or
+    None when every row does by construction (image, video; audio without a flag). Text
+    without a ``has_text`` flag counts the rows with a token that is not padding."""
+    flag = batch.get(ROW_FLAGS.get(modality, ""))
+    if isinstance(flag, Tensor):
+        return flag.bool()
+    value = batch.get(modality)
+    if modality == "text" and isinstance(value, Tensor):
+        return (value != PAD_ID).any(dim=1)
+    return None
+
+
 def present_modalities(batch: dict) -> list[str]:
-    """Modalities the batch can serve; text only when at least one token is not padding."""
+    """Modalities the batch can serve: those at least one row holds (`row_mask`)."""
     present = []
     for modality in MODALITIES:
-        value = batch.get(modality)
-        if not isinstance(value, Tensor):
+        if not isinstance(batch.get(modality), Tensor):
             continue
-        if modality == "text" and not bool((value != PAD_ID).any()):
+        mask = row_mask(batch, modality)
+        if mask is not None and not bool(mask.any()):
             continue
         present.append(modality)
     return present

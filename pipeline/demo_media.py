@@ -91,12 +91,50 @@ class DemoParams:
 
 @dataclass(frozen=True)
 class DemoVideo:
-    """One written video, its transcript sidecar and its class."""
+    """One written video, its transcript sidecar (None: it has none) and its class."""
 
     path: Path
-    transcript: Path
+    transcript: Path | None
     duration: float
     class_name: str
+    fps: int = FPS
+    has_audio: bool = True
+    kind: str = "complete"  # one of REALISTIC_KINDS
+
+
+# The gaps of real video, in turn by index (5 is prime to the 8 classes, so 40 videos give
+# every class every kind): a transcript spoken throughout, none at all (no sidecar), speech
+# over part of the video only (windows away from it have no text), no audio stream.
+REALISTIC_KINDS = ("complete", "no transcript", "speech gaps", "no audio", "speech gaps")
+REALISTIC_FPS = (12, 16, 24, 25, 30)
+
+
+@dataclass(frozen=True)
+class VideoGaps:
+    """How one video of a realistic world departs from the demo world's."""
+
+    kind: str
+    duration: float
+    fps: int
+    audio: bool
+    cues: tuple[tuple[float, float], ...]  # when the sentence is spoken; empty: no transcript
+
+
+def realistic_gaps(seed: int, index: int, duration: float) -> VideoGaps:
+    """The gaps of video `index` of a realistic world: its kind is `REALISTIC_KINDS` in turn;
+    length (0.75x to 1.5x `duration`, at least 2 s: one clip) and frame rate are drawn from a
+    stream of its own, so the class, picture and sound are those of the demo world's video."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 1)))
+    kind = REALISTIC_KINDS[index % len(REALISTIC_KINDS)]
+    length = round(float(np.clip(duration * rng.uniform(0.75, 1.5), 2.0, MAX_DURATION)), 2)
+    fps = int(rng.choice(REALISTIC_FPS))
+    cues: tuple[tuple[float, float], ...] = ((0.0, length),)
+    if kind == "no transcript":
+        cues = ()
+    elif kind == "speech gaps":  # spoken for 30-50 % of it, at the start or the end
+        spoken = round(length * rng.uniform(0.3, 0.5), 2)
+        cues = ((0.0, spoken),) if rng.random() < 0.5 else ((round(length - spoken, 2), length),)
+    return VideoGaps(kind, length, fps, kind != "no audio", cues)
 
 
 def class_order(seed: int) -> tuple[DemoClass, ...]:
@@ -187,13 +225,13 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise PipelineError(f"unknown demo shape {shape!r}")
 
 
-def shape_mask(params: DemoParams, frames: np.ndarray) -> np.ndarray:
-    """Where the shape is in each of the `frames` (indices at `FPS`): bool (T, H, W).
+def shape_mask(params: DemoParams, frames: np.ndarray, fps: int = FPS) -> np.ndarray:
+    """Where the shape is in each of the `frames` (indices at `fps`): bool (T, H, W).
 
     Only a box around the shape is tested (the star's trigonometry over whole frames would
     cost more than encoding them)."""
     width, height = SIZE
-    centres = shape_centres(params, frames / FPS)  # (T, 2)
+    centres = shape_centres(params, frames / fps)  # (T, 2)
     side = math.ceil(2 * params.radius) + 2
     origins = np.maximum(np.floor(centres - params.radius).astype(int), 0)  # (T, 2) box corner
     pixels = origins[:, :, None] + np.arange(side) + 0.5  # (T, 2, S) pixel centres in the box
@@ -215,8 +253,8 @@ def _yuv(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
             128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255)
 
 
-def render_frames(params: DemoParams, frames: np.ndarray) -> np.ndarray:
-    """The pictures of the `frames` (indices at `FPS`), as yuv420p planes stacked the way
+def render_frames(params: DemoParams, frames: np.ndarray, fps: int = FPS) -> np.ndarray:
+    """The pictures of the `frames` (indices at `fps`), as yuv420p planes stacked the way
     PyAV's `VideoFrame.from_ndarray` takes them: uint8 (T, H * 3 / 2, W).
 
     Grey-level noise in 2x2 pixel blocks, new in every frame (seeded per frame, so any frame
@@ -231,7 +269,7 @@ def render_frames(params: DemoParams, frames: np.ndarray) -> np.ndarray:
     grey = np.clip(params.background + params.noise * noise, 0, 255)  # (T, H/2, W/2)
     luma = np.round(16 + 219 / 255 * grey).astype(np.uint8)  # (T, H/2, W/2) limited range
     luma = luma.repeat(2, axis=1).repeat(2, axis=2)  # (T, H, W)
-    mask = shape_mask(params, frames)  # (T, H, W)
+    mask = shape_mask(params, frames, fps)  # (T, H, W)
     y, cb, cr = _yuv(params.colour)
     luma[mask] = round(y)  # (T, H, W)
     # Chroma is at half resolution: a 2x2 block takes the shape's share of its pixels.
@@ -324,9 +362,10 @@ def write_vtt(path: Path, cues: list[tuple[float, float, str]]) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def encode_video(path: Path, params: DemoParams, duration: float) -> None:
+def encode_video(path: Path, params: DemoParams, duration: float, fps: int = FPS,
+                 audio: bool = True) -> None:
     """Write the video of `params` as H.264 (libx264 if PyAV has it, else MPEG-4 part 2)
-    yuv420p at `FPS` with mono AAC at `SAMPLE_RATE`.
+    yuv420p at `fps` with mono AAC at `SAMPLE_RATE` (no audio stream at all without `audio`).
 
     One encoder thread: the pictures are tiny, so threads cost more than they save, and the
     output stays byte-identical run to run. Noise is costly to code and nothing needs it
@@ -334,45 +373,55 @@ def encode_video(path: Path, params: DemoParams, duration: float) -> None:
     that "veryfast" takes, at about the same size (~65 KB per 4 s)."""
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     width, height = SIZE
-    n_frames = round(duration * FPS)
+    n_frames = round(duration * fps)
     sound = render_sound(params, duration)  # (N,)
     with av.open(str(path), mode="w", format="mp4") as container:
-        video = container.add_stream(codec, rate=FPS)
+        video = container.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.codec_context.time_base = Fraction(1, FPS)
+        video.codec_context.time_base = Fraction(1, fps)
         video.thread_count = 1
         if codec == "libx264":
             video.options = dict(x264_options(33, "ultrafast"))
         else:
             video.bit_rate = 400_000
-        audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
-        audio.bit_rate = 48_000
+        stream = None
+        if audio:
+            stream = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+            stream.bit_rate = 48_000
         audio_pos = 0
         for first in range(0, n_frames, _FRAMES_PER_BLOCK):
             frames = np.arange(first, min(first + _FRAMES_PER_BLOCK, n_frames))
-            for index, planes in zip(frames, render_frames(params, frames), strict=True):
+            for index, planes in zip(frames, render_frames(params, frames, fps), strict=True):
                 frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
                 frame.pts = int(index)
                 container.mux(video.encode(frame))
             # Interleave: audio up to the end of this block of pictures (all of it after the
             # last block, also when `duration` is not a whole number of frames).
             end = frames[-1] + 1
-            until = len(sound) if end == n_frames else round(end / FPS * SAMPLE_RATE)
+            until = len(sound) if end == n_frames else round(end / fps * SAMPLE_RATE)
+            if stream is None:
+                continue
             for start in range(audio_pos, until, _AUDIO_CHUNK):
                 chunk = sound[start:min(start + _AUDIO_CHUNK, until)]
                 samples = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
                 samples.sample_rate, samples.pts = SAMPLE_RATE, start
                 samples.time_base = Fraction(1, SAMPLE_RATE)
-                container.mux(audio.encode(samples))
+                container.mux(stream.encode(samples))
             audio_pos = until
         container.mux(video.encode(None))
-        container.mux(audio.encode(None))
+        if stream is not None:
+            container.mux(stream.encode(None))
 
 
 def make_demo_videos(out_dir: Path, count: int = 16, seed: int = 0, duration: float = 4.0,
-                     on_video: Callable[[DemoVideo], None] | None = None) -> list[DemoVideo]:
+                     on_video: Callable[[DemoVideo], None] | None = None,
+                     realistic: bool = False) -> list[DemoVideo]:
     """Write `count` videos of `duration` seconds into `out_dir` (created if missing), with
     one transcript cue spanning each: .srt for even indices, .vtt for odd ones.
+
+    `realistic` gives the world the gaps of real video (`realistic_gaps`): videos without a
+    transcript or without an audio stream, speech that covers only part of a video, lengths
+    and frame rates that vary.
 
     Video i is of class `class_order(seed)[i % 8]`, so the classes are balanced; its name is
     `demo_file_stem` (files of the same name are replaced). Each video is written under a
@@ -390,14 +439,20 @@ def make_demo_videos(out_dir: Path, count: int = 16, seed: int = 0, duration: fl
         out_dir.mkdir(parents=True, exist_ok=True)
         for index in range(count):
             params = demo_params(seed, index)
+            gaps = (realistic_gaps(seed, index, duration) if realistic
+                    else VideoGaps("complete", duration, FPS, True, ((0.0, duration),)))
             path = out_dir / f"{demo_file_stem(params, seed, index)}.mp4"
             writer, suffix = (write_srt, ".srt") if index % 2 == 0 else (write_vtt, ".vtt")
-            transcript = path.with_suffix(suffix)
-            writer(transcript, [(0.0, duration, params.demo_class.sentence)])
+            transcript = path.with_suffix(suffix) if gaps.cues else None
+            for stale in (path.with_suffix(".srt"), path.with_suffix(".vtt")):
+                stale.unlink(missing_ok=True)  # a rewrite must not keep an old transcript
+            if transcript is not None:
+                writer(transcript, [(a, b, params.demo_class.sentence) for a, b in gaps.cues])
             partial = path.with_name(f".{path.stem}.partial.mp4")
-            encode_video(partial, params, duration)
+            encode_video(partial, params, gaps.duration, gaps.fps, gaps.audio)
             partial.replace(path)
-            video = DemoVideo(path, transcript, duration, params.demo_class.name)
+            video = DemoVideo(path, transcript, gaps.duration, params.demo_class.name,
+                              gaps.fps, gaps.audio, gaps.kind)
             videos.append(video)
             if on_video is not None:
                 on_video(video)

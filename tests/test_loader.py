@@ -104,12 +104,14 @@ def test_batches_have_model_shapes_stored_dtypes_and_ranges(
     batches = list(loader)
     assert [len(b["__key__"]) for b in batches] == [5, 5, 2]
     batch = batches[0]
-    assert set(batch) == {"video", "image", "audio", "text", "has_text", "__key__", "meta"}
+    assert set(batch) == {"video", "image", "audio", "text", "has_text", "has_audio", "__key__",
+                          "meta"}
     assert batch["video"].shape == (5, 3, 4, 32, 32) and batch["video"].dtype == torch.uint8
     assert batch["image"].shape == (5, 3, 64, 64) and batch["image"].dtype == torch.uint8
     assert batch["audio"].shape == (5, 16, 100) and batch["audio"].dtype == torch.float16
     assert batch["text"].dtype == torch.long and batch["text"].dim() == 2
     assert batch["has_text"].dtype == torch.bool and batch["has_text"].shape == (5,)
+    assert batch["has_audio"].tolist() == [m["has_audio"] for m in batch["meta"]]
     assert batch["__key__"] == keys[:5]
     assert [m["key"] for m in batch["meta"]] == keys[:5]
 

@@ -28,7 +28,7 @@ from omnilatent.evaluation.metrics import (
 )
 from omnilatent.inference.text import TextCodec
 from omnilatent.model import OmniLatentModel
-from omnilatent.tasks import TASK_NAMES, build_task
+from omnilatent.tasks import TASK_NAMES, Task, build_task
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.normalize import batch_to_device
 from pipeline.shards.manifest import read_manifest
@@ -126,7 +126,7 @@ def evaluate(model: OmniLatentModel, batches: Iterable[dict[str, Any]], text: Te
     losses = _Sums()
     recon = _Sums()
     stored: dict[str, list[Tensor]] = defaultdict(list)
-    metas: list[dict[str, Any]] = []
+    metas: dict[str, list[dict[str, Any]]] = defaultdict(list)  # per retrieval task
     tallies = {source: _TextTally() for source in TEXT_SOURCES}
     captions: dict[str, list[Caption]] = {f"{s}_to_text": [] for s in TEXT_SOURCES}
     samples: dict[str, Tensor] = {}
@@ -138,29 +138,25 @@ def evaluate(model: OmniLatentModel, batches: Iterable[dict[str, Any]], text: Te
             if max_samples is not None and seen + len(batch["__key__"]) > max_samples:
                 batch = _rows(batch, torch.arange(len(batch["__key__"])) < max_samples - seen)
             batch = batch_to_device(batch, device)  # model units from here: metrics too
-            has_text = batch["text"].ne(0).any(dim=1)  # (B,)
-            with_text = _rows(batch, has_text) if bool(has_text.any()) else None
-            for task in tasks:
-                data = with_text if task.needs_text else batch
-                if data is None:
+            for task in tasks:  # each only where its source and target exist
+                data = task.served(batch)
+                if not data["__key__"]:
                     continue
                 source, target = task.inputs(data)
                 out = model(task.source, source, task.target, target=target)
                 weight = int(target.ne(0).sum()) if task.target == "text" else len(source)
                 losses.add(task.name, float(out["loss"]), weight)
-                if task.name in RETRIEVAL_TASKS:
+                if task.name in RETRIEVAL_TASKS:  # candidates: the real targets of its rows
                     stored[task.name].append(_pooled(task.target, out["output"]))
+                    stored[f"{task.name}.real"].append(_pooled(task.target, target))
+                    metas[task.name].extend(data["meta"])
                 if task.name in SAMPLE_TASKS and task.name not in samples:
                     samples[task.name] = out["output"][:SAMPLE_WINDOWS].detach().float().cpu()
                 elif task.name in RECONSTRUCTION_TASKS:
                     _reconstruction(task.target, out["output"], target, recon)
             image = model.reconstruct("image", batch["image"])["output"]  # not a task
             _reconstruction("image", image, batch["image"], recon)
-            for modality in ("audio", "image", "video"):
-                stored[f"real_{modality}"].append(_pooled(modality, batch[modality]))
-            if with_text is not None:
-                _transcripts(model, with_text, text, tallies, captions)
-            metas.extend(batch["meta"])
+            _transcripts(model, batch, text, tallies, captions)
             seen += len(batch["__key__"])
             if progress is not None:
                 progress(seen)
@@ -181,15 +177,18 @@ def _reconstruction(modality: str, output: Tensor, target: Tensor, sums: _Sums) 
 
 def _transcripts(model: OmniLatentModel, batch: dict[str, Any], text: TextCodec,
                  tallies: dict[str, _TextTally], captions: dict[str, list[Caption]]) -> None:
-    reference = batch["text"]  # (B, L)
-    refs = [text.decode(row) for row in reference.cpu()]
-    for source in TEXT_SOURCES:
-        ids = model.generate_text(source, batch[source], reference.shape[1],
+    for source in TEXT_SOURCES:  # the rows with a transcript and the source (e.g. sound)
+        rows = Task(source, "text").served(batch)
+        if not rows["__key__"]:
+            continue
+        reference = rows["text"]  # (B, L)
+        refs = [text.decode(row) for row in reference.cpu()]
+        ids = model.generate_text(source, rows[source], reference.shape[1],
                                   vocab_limit=text.vocab_limit, eos_id=text.eos_id)  # (B, L)
         tally = tallies[source]
         hits, tokens = token_accuracy(ids, reference)
         tally.hits, tally.tokens = tally.hits + hits, tally.tokens + tokens
-        for row, ref, key, meta in zip(ids.cpu(), refs, batch["__key__"], batch["meta"],
+        for row, ref, key, meta in zip(ids.cpu(), refs, rows["__key__"], rows["meta"],
                                        strict=True):
             generated = text.decode(row)
             edits, chars = character_errors(generated, ref)
@@ -199,22 +198,23 @@ def _transcripts(model: OmniLatentModel, batch: dict[str, Any], text: TextCodec,
 
 
 def _metrics(seen: int, losses: _Sums, recon: _Sums, stored: dict[str, list[Tensor]],
-             metas: list[dict[str, Any]], tallies: dict[str, _TextTally],
+             metas: dict[str, list[dict[str, Any]]], tallies: dict[str, _TextTally],
              labels: Callable[[dict[str, Any]], object] | None) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "samples": seen, "tasks": {name: {"loss": value} for name, value in losses.means().items()},
         "retrieval": {}, "text": {}, "reconstruction": {}}
     if seen == 0:
         return metrics
-    label_list = None if labels is None else [labels(meta) for meta in metas]
-    if label_list is not None:
+    if labels is not None:
         metrics["retrieval_by_label"] = {}
-    for src, tgt in RETRIEVAL_PAIRS:
-        name = f"{src}_to_{tgt}"
-        distances = correlation_distance(torch.cat(stored[name]), torch.cat(stored[f"real_{tgt}"]))
+    for name in RETRIEVAL_TASKS:  # among the windows holding both modalities
+        if not stored[name]:
+            continue
+        distances = correlation_distance(torch.cat(stored[name]), torch.cat(stored[f"{name}.real"]))
         metrics["retrieval"][name] = retrieval_metrics(distances)
-        if label_list is not None:
-            metrics["retrieval_by_label"][name] = retrieval_metrics(distances, label_list)
+        if labels is not None:
+            metrics["retrieval_by_label"][name] = retrieval_metrics(
+                distances, [labels(meta) for meta in metas[name]])
     for source, tally in tallies.items():
         if tally.tokens:
             metrics["text"][f"{source}_to_text"] = {

@@ -279,7 +279,13 @@ class Trainer:
         task = self.sampler.select(self.step, present, self.callbacks.on_event)
         if task is None:
             return None
-        for index, batch in enumerate(batches):
+        # Only the rows holding the task's source and target train (a window without a
+        # transcript, or without sound); when some were cut, each micro-batch weighs by its
+        # rows, so the step's loss is the mean over the rows that trained.
+        served = [task.served(batch) for batch in batches]
+        rows = [task.inputs(batch)[0].shape[0] for batch in served]
+        cut = any(part is not whole for part, whole in zip(served, batches, strict=True))
+        for index, batch in enumerate(served):
             source, _ = task.inputs(batch)  # host views
             samples += source.shape[0]
             tokens += content_tokens(task.source, source, mcfg.audio_stride, mcfg.patch_size,
@@ -292,7 +298,8 @@ class Trainer:
             with grad_sync(self.wrapped, self.dist, index == len(batches) - 1):
                 with autocast:
                     out = self.forward_model(task.source, source, task.target, target=target)
-                loss = out["loss"] / cfg.grad_accum
+                loss = (out["loss"] * (rows[index] / sum(rows)) if cut
+                        else out["loss"] / cfg.grad_accum)
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach()
         if self.dist.enabled:  # the step's loss is the mean over ranks; counts are totals

@@ -22,7 +22,8 @@ small hostile shard cannot make a worker read or decode gigabytes.
 Batch (B samples, T frames, M mel bins, L the longest text in the batch, at least 1), in the
 stored dtypes: ``video`` (B, 3, T, H, W) and ``image`` (B, 3, S, S) uint8 pixels, channels
 first; ``audio`` (B, M, T_mel) float16 log-mel as stored; ``text`` (B, L) long, right-padded
-with 0; ``has_text`` (B,) bool; ``__key__`` list[str]; ``meta`` list[dict] (the json member).
+with 0; ``has_text`` and ``has_audio`` (B,) bool (the row has a transcript / a sound
+stream); ``__key__`` list[str]; ``meta`` list[dict] (the json member).
 A quarter (pixels) and half (mel) of float32's bytes cross from the workers and to the device;
 the consumer maps them to model units there (`pipeline.normalize.to_model_units`). With
 ``pin_memory`` the batches' tensors are in pinned memory, so a ``non_blocking`` copy to a CUDA
@@ -339,7 +340,9 @@ def batch_samples(src: Iterable[dict[str, Any]], batch_size: int) -> Iterator[Ba
 def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     """Stack `sample_tensors` outputs; text right-padded by `pipeline.tokenizer.pad_texts`,
     the one padding rule. A modality that any sample lacks is left out of the batch (and with
-    text, `has_text`), as `omnilatent.training.collate_multimodal` does."""
+    text, `has_text`), as `omnilatent.training.collate_multimodal` does. ``has_audio`` (B,)
+    is False for the rows whose json says the video has no sound stream (their mel is
+    silence), so trainers and evaluation use audio only where it exists."""
     def held(name: str) -> bool:
         return all(name in sample for sample in samples)
 
@@ -355,6 +358,9 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
         texts = [sample["text"] for sample in samples]
         batch["text"] = pad_texts(texts)  # (B, L)
         batch["has_text"] = torch.tensor([int(text.shape[0]) for text in texts]) > 0  # (B,)
+    if held("audio"):  # a video without a sound stream is stored as silence, flagged in json
+        batch["has_audio"] = torch.tensor([sample["meta"].get("has_audio", True) is not False
+                                           for sample in samples])  # (B,)
     batch["__key__"] = [sample["__key__"] for sample in samples]
     batch["meta"] = [sample["meta"] for sample in samples]
     return batch
