@@ -6,8 +6,9 @@
 #   1. nvidia-smi, the Python, torch and CUDA versions;
 #   2. a small prepared folder (`omni demo-videos` in parallel + `omni prepare`) under $DATA;
 #   3. batch 4, default config, eager: peak memory with AMP and gradient checkpointing;
-#   4. batch 32, eager, then compiled: MFU;
-#   5. batch 32 with --shards: loader-fed vs synthetic steps/s.
+#   4. `bench/sync_check.py`: 16 trainer steps under torch.cuda.set_sync_debug_mode("error");
+#   5. batch 32, eager, then compiled: MFU;
+#   6. batch 32 with --shards: loader-fed vs synthetic steps/s.
 #
 # Each step runs under `timeout` (and within the whole run's deadline); a failed step is noted
 # and the next one runs. Every step's JSON and log go to $OUT (default ./gpu-out), with
@@ -101,6 +102,7 @@ mv "$OUT/env.out" "$OUT/env.txt"
 run_step data 150 bash -c make_data
 [[ -s $OUT/data.out ]] && mv "$OUT/data.out" "$OUT/data.json"
 bench b4_eager 90 --batch-size 4
+run_step sync_check 60 "$PY" "$REPO/bench/sync_check.py" --device cuda  # short: runs early
 bench b32_eager 90 --batch-size 32
 # a recompile (or a block run eagerly past the recompile limit) shows in b32_compiled.log
 TORCH_LOGS=recompiles bench b32_compiled 180 --batch-size 32 --compile
@@ -142,6 +144,9 @@ for path in sorted(out.glob("b*.json")):
         at = f" (goal at batch {v['goal_batch_size']})" if v["goal_batch_size"] else ""
         print(f"  {'PASS' if v['pass'] else 'FAIL'} {v['goal']} {v['task']}: {v['value']} "
               f"{v['target']} at batch {v['batch_size']}{at}")
+sync = out / "sync_check.out"
+if sync.is_file() and sync.read_text().strip():
+    print(f"\nsync_check: {sync.read_text().strip()}")
 EOF
 cat "$OUT/summary.txt"
 echo "results in $OUT"

@@ -3,6 +3,7 @@ FSDP2 checkpoints are sharded, resume exactly and load in one process."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -287,3 +288,123 @@ def test_ddp_all_reduces_gradients_once_per_step_with_accumulation(tmp_path: Pat
     once, every = result["counts"]
     assert once > 0 and every == 2 * once, result
     assert result["same"]
+
+
+def _host_collectives_per_run(rank: int, init_file: str, out: str) -> None:
+    """Rank ``rank`` of 2 (gloo): 20 steps of all 16 tasks, a record every 10, once as the
+    trainer runs them and once agreeing on a stop every step (so nothing is drawn ahead);
+    rank 0 writes each run's all-reduces, by caller and by when they were waited for, its
+    losses and whether the weights of the two runs are equal."""
+    import torch.distributed as dist
+
+    from omnilatent.training import SyntheticMultimodalDataset
+    from omnilatent.training import trainer as trainer_module
+    from omnilatent.training.distributed import DistributedContext, rank_loader
+    from omnilatent.training.rng import seed_everything
+    from tests.conftest import TINY
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    context = DistributedContext(rank, 2)
+    real = dist.all_reduce
+    runs = []
+    for stop_check_every in (trainer_module.STOP_CHECK_EVERY, 1):
+        trainer_module.STOP_CHECK_EVERY = stop_check_every
+        seed_everything(0)
+        config = OmniLatentConfig(**TINY)
+        dataset = SyntheticMultimodalDataset(config, length=64, seed=0, text_len=6)
+        trainer = Trainer(OmniLatentModel(config),
+                          TrainConfig(steps=20, lr=1e-3, device="cpu", log_interval=10),
+                          rank_loader(dataset, 1, context), distributed=context)
+        calls: list[str] = []
+
+        def counting(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False, calls=calls,
+                     trainer=trainer):
+            caller = sys._getframe(1).f_code.co_name
+            work = real(tensor, op=op, group=group, async_op=async_op)
+            if not async_op:
+                calls.append(f"{caller}: waited at once")
+                return work
+            launched = trainer.step
+
+            class Counted:
+                def wait(self) -> None:
+                    when = "at once" if trainer.step == launched else "a step later"
+                    calls.append(f"{caller}: waited {when}")
+                    work.wait()
+
+            return Counted()
+
+        dist.all_reduce = counting
+        result = trainer.train()
+        dist.all_reduce = real
+        runs.append({"calls": calls, "losses": [h["loss"] for h in result.history],
+                     "weights": {k: v.clone() for k, v in trainer.model.state_dict().items()}})
+    if rank == 0:
+        same = all(torch.equal(runs[0]["weights"][k], runs[1]["weights"][k])
+                   for k in runs[0]["weights"])
+        Path(out).write_text(json.dumps({"calls": [run["calls"] for run in runs],
+                                         "losses": [run["losses"] for run in runs],
+                                         "same": same}))
+    del trainer
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_steps_make_no_blocking_host_collective_between_records(tmp_path: Path) -> None:
+    """Issue 19, §4: per step, the ranks send their batches' modalities a step ahead and wait
+    for them a step later; counts are summed once per record and a stop agreed every
+    STOP_CHECK_EVERY (10) steps. 20 steps, records at 10 and 20: the host all-reduces waited
+    for at once are the first step's and the one after each record's modalities (2), the
+    counts (2) and the stop check at step 10 (1), not 3 a step (60) as before; the loss
+    all-reduce (device, read at records) stays one a step. Same losses and weights as
+    agreeing on everything every step."""
+    out = tmp_path / "calls.json"
+    torch.multiprocessing.spawn(_host_collectives_per_run,
+                                args=(str(tmp_path / "init"), str(out)), nprocs=2)
+    result = json.loads(out.read_text())
+    ahead, every_step = (collections.Counter(calls) for calls in result["calls"])
+    assert ahead == {"__init__: waited a step later": 18, "__init__: waited at once": 2,
+                     "all_reduce: waited at once": 3, "mean_over_ranks: waited at once": 20}
+    assert every_step == {"__init__: waited at once": 20, "all_reduce: waited at once": 21,
+                          "mean_over_ranks: waited at once": 20}
+    assert result["losses"][0] == result["losses"][1] and len(result["losses"][0]) == 20
+    assert result["same"]
+
+
+def _stop_on_one_rank(rank: int, init_file: str, save_dir: str) -> None:
+    """Rank ``rank`` of 2 (gloo): a stop asked on rank 1 alone after step 3 of 30."""
+    import torch.distributed as dist
+
+    from omnilatent.training import SyntheticMultimodalDataset
+    from omnilatent.training.distributed import DistributedContext, rank_loader
+    from omnilatent.training.rng import seed_everything
+    from tests.conftest import TINY
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    context = DistributedContext(rank, 2)
+    seed_everything(0)
+    config = OmniLatentConfig(**TINY)
+    dataset = SyntheticMultimodalDataset(config, length=64, seed=0, text_len=6)
+    trainer = Trainer(OmniLatentModel(config),
+                      TrainConfig(steps=30, lr=1e-3, device="cpu", log_interval=4,
+                                  save_dir=Path(save_dir)),
+                      rank_loader(dataset, 1, context), distributed=context)
+    result = trainer.train(should_stop=lambda t=trainer: rank == 1 and t.step >= 3)
+    assert result.interrupted and result.step == 10, result
+    del trainer
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_stop_on_one_rank_stops_every_rank_at_the_next_check_with_a_checkpoint(
+        tmp_path: Path) -> None:
+    """Issue 19, §4: a stop asked after step 3 on one rank is agreed at step 10 (the stop is
+    checked every STOP_CHECK_EVERY steps); both ranks stop there and the checkpoint holds
+    each rank's position after exactly 10 batches (none drawn ahead)."""
+    torch.multiprocessing.spawn(_stop_on_one_rank,
+                                args=(str(tmp_path / "init"), str(tmp_path / "run")), nprocs=2)
+    assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == ["step-00000010"]
+    state = load_checkpoint(tmp_path / "run" / "step-00000010").state
+    assert [r["batches_seen"] for r in state["distributed"]["ranks"]] == [10, 10]

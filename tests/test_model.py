@@ -7,7 +7,8 @@ import torch
 
 from omnilatent import MODALITIES, OmniLatentConfig, OmniLatentModel
 from omnilatent.errors import ConfigError
-from omnilatent.model.layers import rope_tables
+from omnilatent.model.attention import Attention
+from omnilatent.model.layers import RMSNorm, rope_tables
 from omnilatent.model.modalities import text_loss
 from tests.conftest import TINY, make_inputs
 
@@ -196,3 +197,15 @@ def test_rope_tables_are_cached_unsaved_and_change_nothing(tiny_model, tiny_conf
     cos, sin = rope_tables(5, tiny_config.head_dim, tiny_config.rope_theta, torch.device("cpu"))
     torch.testing.assert_close(tiny_model._rope(5, torch.device("cpu")), (cos, sin), rtol=0,
                                atol=0)
+
+
+def test_norms_keep_the_activation_dtype_under_autocast() -> None:
+    """Issue 19, §4: under bf16 autocast the fp32 norm weight must not promote the output,
+    so q and k leave QK-norm in bf16 like v; without autocast fp32 stays fp32."""
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
+    norm, attn = RMSNorm(32), Attention(32, 4, 1e-6, 0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert norm(x.bfloat16()).dtype == torch.bfloat16
+        q, k, v = attn._heads(x)
+        assert v.dtype == torch.bfloat16 and q.dtype == k.dtype == v.dtype
+    assert norm(x).dtype == torch.float32

@@ -32,6 +32,7 @@ from omnilatent.training import (
     build_dataloader,
     collate_multimodal,
 )
+from omnilatent.training import trainer as trainer_module
 from omnilatent.training.checkpointer import upgrade
 from omnilatent.training.config import lr_factor
 from omnilatent.training.rng import seed_everything
@@ -40,6 +41,7 @@ from omnilatent.training.trainer import TrainerCallbacks
 from pipeline.loader.samples import LoaderStats
 from pipeline.lock import FolderInUseError, FolderLock
 from tests.conftest import TINY, TextOnEvenSamples
+from tests.host_sync import HostSyncRecorder
 
 
 def _trainer(cfg, save_dir: Path | None, steps: int, *, loader=None, data_source=None,
@@ -522,6 +524,35 @@ def test_losses_are_read_once_per_record_not_once_per_step(tiny_config, monkeypa
     monkeypatch.undo()
     assert len(reads) == 2, reads
     assert len(result.history) == 16 and all(math.isfinite(h["loss"]) for h in result.history)
+
+
+def test_a_training_step_moves_nothing_between_host_and_device_but_its_batch(
+        tiny_config, monkeypatch) -> None:
+    """Issue 19, §4: after its batch is on the device, a step (forward, backward, optimizer,
+    all 16 tasks) neither reads a device tensor nor copies host data to the device: no index
+    tensor built from a list each forward (on CUDA a blocking copy). `HostSyncRecorder` sees on
+    CPU the ops that would transfer or synchronise on CUDA."""
+    trainer = _trainer(tiny_config, None, 16, log_interval=8)
+    recorder = HostSyncRecorder([*trainer.model.parameters(), *trainer.model.buffers()])
+    move = trainer_module.to_device_units
+
+    def moved(*args, **kwargs):
+        out = move(*args, **kwargs)
+        recorder.mark_device([out])
+        return out
+
+    monkeypatch.setattr(trainer_module, "to_device_units", moved)
+    step = trainer._train_step
+
+    def recorded():
+        with recorder:
+            return step()
+
+    trainer._train_step = recorded
+    result = trainer.train()
+    assert recorder.events == []
+    assert sorted({h["task"] for h in result.history}) == sorted(
+        task_name(s, t) for s in MODALITIES for t in MODALITIES)
 
 
 def test_a_non_finite_loss_stops_the_run_before_a_later_checkpoint(tiny_config,

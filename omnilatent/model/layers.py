@@ -16,9 +16,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Normalise in float32: bf16 sums of squares lose too much precision.
+        # Normalise in float32: bf16 sums of squares lose too much precision. The weight is
+        # cast to x's dtype: under autocast an fp32 weight would promote the output to fp32
+        # (q/k would leave QK-norm in fp32 beside a bf16 v).
         normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        return normed.type_as(x) * self.weight.type_as(x)
 
 
 def rope_tables(

@@ -240,11 +240,14 @@ class OmniLatentModel(nn.Module):
         if any(tokens.shape[0] != batch for _, tokens, _ in encoded):
             raise ConfigError("all input modalities must have the same batch size")
         device = encoded[0][1].device
-        source_ids = torch.tensor([MODALITY_INDEX[m] for m, _, _ in encoded], device=device)
         prefix_len = 1 + len(encoded)
+        # Rows by slicing, not an index tensor: building one from a list every forward is a
+        # blocking host-to-device copy on CUDA (the rows, and their gradients, are the same).
         t_idx = MODALITY_INDEX[target_mod]
-        prefix = torch.cat([self.target_tokens.weight[t_idx:t_idx + 1],
-                            self.source_tokens(source_ids)])  # (1 + n_sources, D)
+        rows = [self.target_tokens.weight[t_idx:t_idx + 1]]
+        rows += [self.source_tokens.weight[MODALITY_INDEX[m]:MODALITY_INDEX[m] + 1]
+                 for m, _, _ in encoded]
+        prefix = torch.cat(rows)  # (1 + n_sources, D)
         seq = torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1)]
                         + [tokens for _, tokens, _ in encoded], dim=1)  # (B, S, D)
         keep = None

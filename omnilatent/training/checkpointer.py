@@ -83,7 +83,10 @@ class Checkpointer:
         if save_dir is None:
             raise ConfigError("cannot save a checkpoint: TrainConfig.save_dir is not set")
         counters = t.cursor.counters()
-        ranks = gather_to_main(t.dist, {"rng": capture_rng(), **t.cursor.state_dict()})
+        # each rank's part, and its samples and tokens since the last record (the trainer
+        # sums them over ranks at log intervals; the checkpoint keeps their total)
+        gathered = gather_to_main(t.dist, ({"rng": capture_rng(), **t.cursor.state_dict()},
+                                           (t.window.samples, t.window.tokens)))
         tmp, weights = None, None
         if t.dist.fsdp:  # rank 0's temporary folder, or why it has none, on every rank
             try:
@@ -97,14 +100,18 @@ class Checkpointer:
         else:
             weights, optimizer_state = t.model.state_dict(), t.optimizer.state_dict()
         path = save_dir / step_dir_name(t.step)
-        if ranks is not None:
-            path = self._write(save_dir, weights, optimizer_state, counters, ranks, tmp)
+        if gathered is not None:
+            window = {**t.window.state_dict(),
+                      "samples": sum(samples for _, (samples, _) in gathered),
+                      "tokens": sum(tokens for _, (_, tokens) in gathered)}
+            ranks = [part for part, _ in gathered]
+            path = self._write(save_dir, weights, optimizer_state, counters, ranks, window, tmp)
         barrier(t.dist)
         return path
 
     def _write(self, save_dir: Path, weights: dict[str, Tensor] | None, optimizer_state: dict,
                counters: dict[str, int] | None, ranks: list[dict[str, Any]],
-               tmp: Path | None) -> Path:
+               window: dict[str, Any], tmp: Path | None) -> Path:
         """Rank 0's part of ``save``: the files (``weights`` None: the shards are in
         ``tmp``), then pruning."""
         t = self.trainer
@@ -119,7 +126,7 @@ class Checkpointer:
                  "data": {"batches_seen": ranks[0]["batches_seen"], "loader": ranks[0]["loader"],
                           "source": t.data_source, "counters": counters},
                  "distributed": distributed,
-                 "log_window": t.window.state_dict(),
+                 "log_window": window,
                  "card": None if t.card is None else t.card.to_state(),
                  "origin": t.origin}
         training_state = {"optimizer": optimizer_state, "scheduler": t.scheduler.state_dict(),
@@ -229,6 +236,8 @@ class Checkpointer:
         t.step = state["step"]
         if "log_window" in state:
             t.window.load_state_dict(state["log_window"])
+            if not t.dist.is_main:  # the saved counts are every rank's: rank 0 carries them
+                t.window.samples = t.window.tokens = 0
         self._note_changes(state["train_config"])
         self._truncate_metrics()
         t.callbacks.on_event(f"resumed from {path} at step {t.step}")

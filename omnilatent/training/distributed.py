@@ -5,7 +5,7 @@ rendezvous; `init_distributed` joins the process group (NCCL on CUDA, gloo on CP
 builds the same model from the same seed (DDP also broadcasts rank 0's weights), reads its own
 part of the data (the shard loader splits shards by rank; `rank_loader` splits map-style
 datasets by sample) and runs the same number of forward/backward passes per step; the task of a
-step is chosen from the modalities present on *all* ranks (`common_present`), so the curriculum
+step is chosen from the modalities present on *all* ranks (`CommonPresent`), so the curriculum
 and the task order stay in step. Rank 0 alone logs, holds the save dir's lock and writes
 checkpoints in the single-process format plus every rank's data position and RNG states
 (``state["distributed"]``), so each rank continues its own stream on resume; under FSDP2 each
@@ -16,9 +16,11 @@ No step waits for the device: the ranks agree on host values (the modalities pre
 request, sample counts) over a gloo group of their own (`DistributedContext.host_group`; with
 NCCL, a collective on the default group is queued behind the device's work, so reading its
 result waits for the step), and the step's loss is all-reduced on the device and read later
-with the others. With gradient accumulation DDP all-reduces gradients once per step
-(`grad_sync`); FSDP2 reduce-scatters every micro-batch, as torchtitan does, since skipping it
-would hold unsharded gradients."""
+with the others. Nor does a step wait on a host round trip: the trainer sums counts at log
+intervals, checks for a stop every few steps and exchanges the modalities of a step's batches
+a step ahead (`CommonPresent`, see `omnilatent.training.trainer`). With gradient
+accumulation DDP all-reduces gradients once per step (`grad_sync`); FSDP2 reduce-scatters
+every micro-batch, as torchtitan does, since skipping it would hold unsharded gradients."""
 
 from __future__ import annotations
 
@@ -125,13 +127,27 @@ def grad_sync(module: nn.Module, context: DistributedContext,
     return module.no_sync()
 
 
-def common_present(context: DistributedContext, present: set[str]) -> set[str]:
+class CommonPresent:
     """The modalities present on every rank: the same set everywhere, so every rank picks the
-    same task (or skips the step together)."""
-    if not context.enabled:
-        return present
-    mask = all_reduce([float(m in present) for m in MODALITIES], dist.ReduceOp.MIN, context)
-    return {m for m, flag in zip(MODALITIES, mask, strict=True) if flag == 1.0}
+    same task (or skips the step together). Built when a step's batches are drawn, it sends
+    this rank's set at once (an async MIN all-reduce over the host group); ``result`` waits
+    for the answer, which the trainer asks for a step later when it draws a step ahead."""
+
+    def __init__(self, context: DistributedContext, present: set[str]) -> None:
+        self._present = present
+        self._work = None
+        if context.enabled:
+            self._mask = torch.tensor([float(m in present) for m in MODALITIES],
+                                      dtype=torch.float64)  # (len(MODALITIES),)
+            self._work = dist.all_reduce(self._mask, op=dist.ReduceOp.MIN,
+                                         group=context.host_group, async_op=True)
+
+    def result(self) -> set[str]:
+        if self._work is None:
+            return self._present
+        self._work.wait()
+        return {m for m, flag in zip(MODALITIES, self._mask.tolist(), strict=True)
+                if flag == 1.0}
 
 
 def any_rank(context: DistributedContext, flag: bool) -> bool:

@@ -9,7 +9,15 @@ train) to its end, so a second run into the same folder stops at once instead of
 
 Under torchrun (`omnilatent.training.distributed`) every rank runs this loop in step: the task
 is chosen from the modalities all ranks hold, losses and counts are reduced over ranks, and
-rank 0 alone logs, holds the lock and writes checkpoints (with every rank's data position)."""
+rank 0 alone logs, holds the lock and writes checkpoints (with every rank's data position).
+
+No step waits on a host round trip between ranks. Each rank draws the next step's batches
+after the current step's backward pass and sends their modalities then (`CommonPresent`),
+waiting for the answer a step later; sample and token counts stay per rank and are summed
+once per metrics record; a stop request is agreed every `STOP_CHECK_EVERY` steps. No batch is
+drawn ahead across a step after which the trainer logs, checks for a stop or may save, so
+records and checkpoints see the data position (and loader counters) they saw before, and the
+step after such a step waits for its exchange."""
 
 from __future__ import annotations
 
@@ -37,10 +45,10 @@ from omnilatent.training.config import TrainConfig, as_train_config, lr_factor
 from omnilatent.training.cursor import DataCursor
 from omnilatent.training.distributed import (
     SINGLE,
+    CommonPresent,
     DistributedContext,
     all_reduce,
     any_rank,
-    common_present,
     grad_sync,
     mean_over_ranks,
     wrap_model,
@@ -52,6 +60,9 @@ from pipeline.normalize import to_device_units
 
 METRICS_FILE = "metrics.jsonl"
 MAX_SKIPPED_IN_A_ROW = 1000  # steps no task could use, before the run is called stuck
+# Under torchrun, steps between the ranks' agreements on a stop request (one host all-reduce
+# each): Ctrl-C or SIGTERM stops within this many steps, with a checkpoint on every rank.
+STOP_CHECK_EVERY = 10
 
 
 class TrainerCallbacks:
@@ -197,6 +208,8 @@ class Trainer:
         self.step = 0
         self.window = LogWindow(deque(maxlen=config.log_interval))
         self._pending: list[tuple[int, str, Tensor]] = []  # (step, task, loss) not yet read
+        # under torchrun, the next step's batches and their exchange in flight (drawn ahead)
+        self._ahead: tuple[list[dict], CommonPresent] | None = None
         self._warned_dropped = False
         self._lock = (None if config.save_dir is None or not distributed.is_main
                       else FolderLock(config.save_dir))
@@ -257,11 +270,28 @@ class Trainer:
         self.callbacks.on_eval(record)
         return record
 
+    def _draw(self) -> tuple[list[dict], CommonPresent]:
+        """A step's ``grad_accum`` batches, their common modalities sent to the other ranks."""
+        batches = [self.cursor.next_batch() for _ in range(self.config.grad_accum)]
+        return batches, CommonPresent(self.dist, common_modalities(batches))
+
+    def _draw_ahead(self, step: int) -> None:
+        """Under torchrun, draw the batches of the step after ``step`` now, so their exchange
+        runs while this one finishes; not across a step that logs, checks for a stop or may
+        save (see the module)."""
+        cfg = self.config
+        if not self.dist.enabled or step == cfg.steps or step % cfg.log_interval == 0 \
+                or step % STOP_CHECK_EVERY == 0 \
+                or (cfg.save_every > 0 and step % cfg.save_every == 0):
+            return
+        self._ahead = self._draw()
+
     def _train_step(self) -> tuple[Task, Tensor, int, int] | None:
         """One optimizer step over ``grad_accum`` batches: (task, loss, samples, tokens), or
         None when no task can use them. The loss is a 0-dim float64 tensor on the device,
         the mean over ranks, not read here: reading waits for the device to finish the step,
-        so `_read_losses` reads the pending steps' losses together at log intervals.
+        so `_read_losses` reads the pending steps' losses together at log intervals. The
+        counts are this rank's (`_log` sums them over ranks).
 
         The step's batches are drawn first and its task is chosen from the modalities all of
         them hold, so every micro-batch serves the task (a task chosen from the first batch
@@ -274,9 +304,9 @@ class Trainer:
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())
-        batches = [self.cursor.next_batch() for _ in range(cfg.grad_accum)]
-        present = common_present(self.dist, common_modalities(batches))
-        task = self.sampler.select(self.step, present, self.callbacks.on_event)
+        batches, present = self._ahead or self._draw()
+        self._ahead = None
+        task = self.sampler.select(self.step, present.result(), self.callbacks.on_event)
         if task is None:
             return None
         # Only the rows holding the task's source and target train (a window without a
@@ -302,11 +332,11 @@ class Trainer:
                         else out["loss"] / cfg.grad_accum)
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach()
-        if self.dist.enabled:  # the step's loss is the mean over ranks; counts are totals
+        # after the backward passes, so the global RNG serves loader and dropout in the order
+        # of drawing each step's batches when it begins
+        self._draw_ahead(self.step + 1)
+        if self.dist.enabled:  # the step's loss is the mean over ranks
             step_loss = mean_over_ranks(step_loss, self.dist)
-            samples_f, tokens_f = all_reduce([samples, tokens], torch.distributed.ReduceOp.SUM,
-                                             self.dist)
-            samples, tokens = int(samples_f), int(tokens_f)
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -354,13 +384,20 @@ class Trainer:
         per_task: dict[str, list[float]] = defaultdict(list)
         for name, value in window.recent:
             per_task[name].append(value)
+        # this rank's counts and loader counters, summed over ranks in one host all-reduce
+        local = self.cursor.local_counters()
+        counts = [window.samples, window.tokens, *(local.values() if local else ())]
+        if self.dist.enabled:
+            counts = [int(v) for v in all_reduce(counts, torch.distributed.ReduceOp.SUM,
+                                                 self.dist)]
+        samples, tokens = counts[:2]
+        counters = None if local is None else dict(zip(local, counts[2:], strict=True))
         record = {"step": self.step,
                   "loss": sum(value for _, value in window.recent) / len(window.recent),
                   "losses": {k: sum(v) / len(v) for k, v in sorted(per_task.items())}, "lr": lr,
-                  "tokens_per_s": window.tokens / elapsed,
-                  "samples_per_s": window.samples / elapsed, "skipped_batches": window.skipped,
+                  "tokens_per_s": tokens / elapsed,
+                  "samples_per_s": samples / elapsed, "skipped_batches": window.skipped,
                   **self.sampler.log_fields(self.step)}
-        counters = self.cursor.counters()
         if counters is not None:
             record["data"] = counters
             share = dropped_share(counters)
@@ -375,6 +412,14 @@ class Trainer:
                     + (f" (last reason: {reasons[0]})" if reasons else ""))
         window.restart()
         return record
+
+    def _stop_requested(self, should_stop: Callable[[], bool] | None) -> bool:
+        """Whether to stop after this step: asked every step in one process; under torchrun
+        agreed by all ranks every `STOP_CHECK_EVERY` steps, true on all when true on any."""
+        if self.dist.enabled and (self.step % STOP_CHECK_EVERY
+                                  or self.step == self.config.steps):
+            return False
+        return any_rank(self.dist, should_stop is not None and should_stop())
 
     def _train(self, should_stop: Callable[[], bool] | None) -> TrainResult:
         cfg = self.config
@@ -418,7 +463,7 @@ class Trainer:
                         f.write(json.dumps(record) + "\n")
                 self.callbacks.on_log(record)
                 result.last_record = record
-            stop = any_rank(self.dist, should_stop is not None and should_stop())
+            stop = self._stop_requested(should_stop)
             periodic = cfg.save_every > 0 and self.step % cfg.save_every == 0
             saving = cfg.save_dir is not None and (periodic or self.step == cfg.steps or stop)
             # before the checkpoint, so a resume keeps the record; under DDP rank 0 evaluates
