@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 
-from cli.console import console, human_bytes, plain, table
+from cli.console import console, human_bytes, live_bar, plain, table
 from cli.errors import run_command
 from pipeline.demo_media import DEMO_CLASSES, DemoVideo, make_demo_videos
 
@@ -77,11 +77,9 @@ def demo_videos(
     or .vtt). File names carry the class and seed, e.g. red-circle_s0_007.mp4."""
 
     def body() -> None:
-        progress = Progress(
-            TextColumn("[bold]demo-videos"), BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f} videos"),
-            TextColumn("{task.fields[rate]} videos/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+        progress = live_bar("demo-videos",
+                            TextColumn("{task.completed:.0f}/{task.total:.0f} videos"),
+                            TextColumn("{task.fields[rate]} videos/s"))
         with progress:
             task = progress.add_task("demo-videos", total=count, rate="-")
 

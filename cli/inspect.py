@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.progress import DownloadColumn, Progress, TextColumn
+from rich.progress import DownloadColumn, TextColumn
 
 from cli.console import console, count, human_bytes, live_bar, plain, print_not_prepared, table
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CLIError, run_command
@@ -56,31 +56,26 @@ PARALLEL_FROM = 2000  # --verify uses every CPU from this many samples on (else 
 _MAX_LISTED = 20  # problems, failures and shards listed in the human output
 
 
-class _Bar:
-    """A progress callback for `pipeline.inspect`: bytes drive the bar, samples the rate."""
-
-    def __init__(self, progress: Progress, description: str, total_bytes: int) -> None:
-        self.progress = progress
-        self.samples = 0
-        self.task = progress.add_task(description, total=max(total_bytes, 1), samples=0, rate="-")
-
-    def __call__(self, samples: int, size: int) -> None:
-        self.samples += samples
-        elapsed = self.progress.tasks[self.task].elapsed or 0.0
-        rate = f"{self.samples / elapsed:.0f}" if elapsed > 0 else "-"
-        self.progress.update(self.task, advance=size, samples=self.samples, rate=rate)
-
-
 def _with_bar(step: Callable[[ProgressFn | None], T], description: str, target: Target,
               show: bool) -> T:
-    """`step(progress callback)` under a transient bar over the shards' bytes, or bare."""
+    """`step(progress callback)` under a transient bar over the shards' bytes, or bare: the
+    bytes read drive the bar, the samples read the rate."""
     if not show:
         return step(None)
     progress = live_bar("{task.description}", DownloadColumn(),
                         TextColumn("{task.fields[samples]} samples"),
                         TextColumn("{task.fields[rate]} samples/s"))
     with progress:
-        return step(_Bar(progress, description, target.shard_bytes()))
+        task = progress.add_task(description, total=max(target.shard_bytes(), 1), samples=0,
+                                 rate="-")
+
+        def advance(samples: int, size: int) -> None:
+            read = progress.tasks[task].fields["samples"] + samples
+            elapsed = progress.tasks[task].elapsed or 0.0
+            rate = f"{read / elapsed:.0f}" if elapsed > 0 else "-"
+            progress.update(task, advance=size, samples=read, rate=rate)
+
+        return step(advance)
 
 
 def _strict_json(value: Any) -> Any:

@@ -262,12 +262,12 @@ def _replace_folder(final: Path, write: Callable[[Path], object]) -> Path:
     return final
 
 
+@dataclass
 class HookExport(TrainerCallbacks):
     """Exports the new hooks (`export_hooks`) of each checkpoint as it is written."""
 
-    def __init__(self, names: list[str], save_dir: Path) -> None:
-        self.names = names
-        self.save_dir = save_dir
+    names: list[str]
+    save_dir: Path
 
     def on_checkpoint(self, path: Path) -> None:
         export_hooks(path, self.names, self.save_dir)

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
+from omnilatent.training.run_log import dropped_share
 from omnilatent.training.trainer import Trainer, TrainerCallbacks
 from pipeline.config import PrepareConfig
 from pipeline.media.audio import mel_to_waveform
@@ -102,8 +103,7 @@ class TensorBoardCallbacks(TrainerCallbacks):
         scalars.update({f"loss/{task}": loss for task, loss in record["losses"].items()})
         if "data" in record:
             scalars.update(flat_scalars("data", record["data"]))
-            read = record["data"]["samples"] + record["data"]["dropped"]
-            scalars["data/dropped_share"] = record["data"]["dropped"] / read if read else 0.0
+            scalars["data/dropped_share"] = dropped_share(record["data"])
         phase = record.get("phase")
         if phase is not None:
             if phase in self._phases:

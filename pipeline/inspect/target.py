@@ -155,11 +155,9 @@ def _from_stats(folder: Path) -> Target:
         videos += stats.videos
         infos += stats.shards
         configs.append(stats.fingerprint)
-        source = out.stats_path(unit)
-        target.expected.update({
-            shard.path: shard for shard in (
-                ManifestShard(listed_shard_path(folder, info.path, source), info.samples,
-                              info.bytes, info.split) for info in stats.shards)})
+        for info in stats.shards:
+            path = listed_shard_path(folder, info.path, out.stats_path(unit))
+            target.expected[path] = ManifestShard(path, info.samples, info.bytes, info.split)
     recorded = (f"counts are checked against the stats files of {len(configs)} finished "
                 f"unit(s)" if configs else "there are no stats files either (shards copied "
                 "without them?), so there are no recorded counts to check against")

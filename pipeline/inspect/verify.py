@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.inspect.reader import (
@@ -74,13 +74,13 @@ class VerifyResult:
         return {**asdict(self), "ok": self.ok, "samples_per_s": round(self.samples_per_s, 1)}
 
 
+@dataclass
 class _Problems:
     """The first `limit` problems in detail, and how many there were in all."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.kept: list[Problem] = []
-        self.count = 0
+    limit: int
+    kept: list[Problem] = field(default_factory=list)
+    count: int = 0
 
     def add(self, shard: str | None, key: str | None, message: str) -> None:
         self.count += 1

@@ -247,27 +247,24 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def build_manifest(fingerprint: Fingerprint, units: list[UnitStats]) -> dict[str, Any]:
-    """The manifest of a folder whose done units are `units` (all of them, in unit order)."""
+def write_manifest(out: OutputDir, fingerprint: Fingerprint, units: list[UnitStats]) -> Path:
+    """Write `manifest.json` for the done `units` (all of them, in unit order) and return
+    its path."""
     videos = [video for unit in units for video in unit.videos]
     infos = [shard for unit in units for shard in unit.shards]
-    return {**fingerprint.to_dict(),
-            "created": utc_now(),
-            "units": len(units),
-            "shards": [{**shard.to_dict(), "unit": unit.unit} for unit in units
-                       for shard in unit.shards],
-            "totals": Totals.of(videos, len(infos), sum(shard.bytes for shard in infos)).to_dict(),
-            "splits": {split: totals.to_dict()
-                       for split, totals in split_totals(videos, infos).items()},
-            "failures": [{"source": v.source, "reason": v.reason} for v in videos
-                         if v.status == FAILED],
-            "skipped": [{"source": v.source, "reason": v.reason} for v in videos
-                        if v.status == SKIPPED],
-            "warnings": [{"source": v.source, "warning": warning} for v in videos
-                         for warning in v.warnings]}
-
-
-def write_manifest(out: OutputDir, fingerprint: Fingerprint, units: list[UnitStats]) -> Path:
-    """Write `manifest.json` for the done `units` and return its path."""
-    write_json_atomic(out.manifest, build_manifest(fingerprint, units))
+    write_json_atomic(out.manifest, {
+        **fingerprint.to_dict(),
+        "created": utc_now(),
+        "units": len(units),
+        "shards": [{**shard.to_dict(), "unit": unit.unit} for unit in units
+                   for shard in unit.shards],
+        "totals": Totals.of(videos, len(infos), sum(shard.bytes for shard in infos)).to_dict(),
+        "splits": {split: totals.to_dict()
+                   for split, totals in split_totals(videos, infos).items()},
+        "failures": [{"source": v.source, "reason": v.reason} for v in videos
+                     if v.status == FAILED],
+        "skipped": [{"source": v.source, "reason": v.reason} for v in videos
+                    if v.status == SKIPPED],
+        "warnings": [{"source": v.source, "warning": warning} for v in videos
+                     for warning in v.warnings]})
     return out.manifest

@@ -236,19 +236,18 @@ def _present_units(out: OutputDir) -> set[int]:
     return found
 
 
+@dataclass
 class _Run:
     """The prepare loop over this run's units; one instance per `prepare` call."""
 
-    def __init__(self, out: OutputDir, fingerprint: Fingerprint, options: RunOptions,
-                 callbacks: PrepareCallbacks) -> None:
-        self.out = out
-        self.fingerprint = fingerprint
-        self.config = fingerprint.config
-        self.options = options
-        self.callbacks = callbacks
-        self.committed: dict[int, UnitStats] = {}
+    out: OutputDir
+    fingerprint: Fingerprint
+    options: RunOptions
+    callbacks: PrepareCallbacks
+    committed: dict[int, UnitStats] = field(default_factory=dict)
 
     def run(self, units: list[WorkUnit]) -> dict[int, UnitStats]:
+        config = self.fingerprint.config
         token = secrets.token_hex(4)  # part files of an earlier, killed run never collide
         threads = self.options.threads or decoder_threads(self.options.workers)
         tasks: deque[VideoTask] = deque()
@@ -261,8 +260,8 @@ class _Run:
             for position, source in enumerate(unit.sources):
                 slots[source.rel_path] = (unit.index, position)
                 part_path = self.out.unit_tmp(unit.index) / f"{position:04d}.{token}.tar"
-                split = split_of(source.video_id, self.config.eval_fraction, self.config.split_seed)
-                tasks.append(VideoTask(source, part_path, self.config,
+                split = split_of(source.video_id, config.eval_fraction, config.split_seed)
+                tasks.append(VideoTask(source, part_path, config,
                                        self.options.clip_encoding, threads, split))
         try:
             self._loop(tasks, slots, outcomes, by_index)
@@ -309,7 +308,7 @@ class _Run:
                 parts[video.split].append(video.part)
         try:
             shards = write_unit_shards(parts, self.out.root, unit.index,
-                                       self.config.samples_per_shard)
+                                       self.fingerprint.config.samples_per_shard)
             stats = UnitStats(unit.index, self.fingerprint.to_dict(), unit.rel_paths, videos,
                               shards, utc_now())
             self.out.write_stats(stats)

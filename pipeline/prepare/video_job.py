@@ -25,6 +25,7 @@ decoder thread."""
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -166,10 +167,8 @@ class _EncodeThread:
 
     QUEUE_WINDOWS = 2
 
-    def __init__(self, writer: _Writer, context: VideoContext, config: PrepareConfig) -> None:
-        self._writer = writer
-        self._context = context
-        self._config = config
+    def __init__(self, write: Callable[[Window], None]) -> None:
+        self._write = write
         self._queue: queue.Queue[Window | None] = queue.Queue(maxsize=self.QUEUE_WINDOWS)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="omni-encode", daemon=True)
@@ -180,7 +179,7 @@ class _EncodeThread:
             if self._error is not None:
                 continue  # keep draining so that `put` never blocks forever
             try:
-                _write_window(window, self._writer, self._context, self._config)
+                self._write(window)
             except BaseException as err:
                 self._error = err
 
@@ -198,19 +197,14 @@ class _EncodeThread:
             raise self._error
 
 
+@dataclass
 class _InlineEncoder:
     """`_EncodeThread`'s interface on the calling thread: each window is encoded and written
     as it is put. For a worker with one decoder thread, so that the worker is one thread in
     all: with a worker per CPU, a second thread per worker only adds hand-overs (and a lone
     single-threaded worker then measures the per-worker work, which workers scale)."""
 
-    def __init__(self, writer: _Writer, context: VideoContext, config: PrepareConfig) -> None:
-        self._writer = writer
-        self._context = context
-        self._config = config
-
-    def put(self, window: Window) -> None:
-        _write_window(window, self._writer, self._context, self._config)
+    put: Callable[[Window], None]
 
     def stop(self) -> None:
         """Nothing is queued."""
@@ -224,7 +218,8 @@ def _decode_and_write(task: VideoTask, context: VideoContext, stats: DecodeStats
                       ) -> DecodeError | None:
     """Decode every window into `writer`; return the DecodeError that ended decoding early,
     if any (the windows before it are written). Other errors propagate."""
-    encoder = (_InlineEncoder if task.threads == 1 else _EncodeThread)(writer, context, task.config)
+    write = functools.partial(_write_window, writer=writer, context=context, config=task.config)
+    encoder = (_InlineEncoder if task.threads == 1 else _EncodeThread)(write)
     from pipeline.media.decode import iter_windows
 
     decode_error = None

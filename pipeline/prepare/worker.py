@@ -172,7 +172,7 @@ def _signal_name(exitcode: int) -> str:
         return f"signal {-exitcode}"
 
 
-class VideoRunner:
+class VideoRunner(contextlib.AbstractContextManager["VideoRunner"]):
     """Runs up to `workers` videos at once, each in its own process with a time limit.
 
     `start` a task when `free` is positive; `wait` returns the outcomes of videos that
@@ -293,9 +293,6 @@ class VideoRunner:
         """Kill every running worker and forget it (their part files are left to the caller)."""
         for job in list(self._jobs):
             self._remove(job, kill=True)
-
-    def __enter__(self) -> VideoRunner:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

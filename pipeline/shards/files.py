@@ -24,6 +24,7 @@ byte-identical shards on every run, whether or not it was interrupted and resume
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -61,7 +62,7 @@ class PartFile:
         return len(self.offsets)
 
 
-class PartWriter:
+class PartWriter(contextlib.AbstractContextManager["PartWriter"]):
     """Writes one video's samples to a part file, remembering where each sample starts.
 
     Use as a context manager; `close` returns the finished `PartFile`. OSError from the
@@ -95,9 +96,6 @@ class PartWriter:
             self._tar.close()
             self._file.close()
         return self.part
-
-    def __enter__(self) -> PartWriter:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
