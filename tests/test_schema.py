@@ -152,6 +152,17 @@ def test_mp4_refuses_odd_frame_sizes() -> None:
         encode_clip(np.zeros((4, 33, 33, 3), np.uint8), "mp4", 8)
 
 
+@pytest.mark.parametrize(("frames", "preset"), [(48, "medium"), (8, "ultrafast")])
+def test_mp4_clips_longer_than_the_lookahead_or_fast_presets_encode_every_frame(
+        frames: int, preset: str) -> None:
+    """x264 hands packets out before the last frame once its lookahead is full (48 frames at
+    the default preset, 8 at ultrafast): the muxer then re-times the stream, and frames must
+    keep their 1/fps stamps (they reached x264 out of order and muxing failed)."""
+    clip = np.random.default_rng(0).integers(0, 256, (frames, 16, 16, 3), dtype=np.uint8)
+    decoded = decode_member("clip.mp4", encode_clip(clip, "mp4", 8, preset=preset))
+    assert decoded.shape == clip.shape
+
+
 def test_default_clip_encoding_is_the_documented_mp4_and_round_trips() -> None:
     """A sample whose meta names no encoding stores `clip.mp4` (the schema table's member),
     and what it stores decodes and validates as any sample the loader reads."""

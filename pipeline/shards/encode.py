@@ -58,11 +58,12 @@ def encode_clip(frames: np.ndarray, encoding: str, fps: int, *, crf: int = MP4_C
     with av.open(buffer, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps, options=dict(x264_options(crf, preset)))
         stream.width, stream.height, stream.pix_fmt = width, height, MP4_PIX_FMT
-        stream.time_base = Fraction(1, fps)
+        # Frames keep their own 1/fps: the muxer re-times the stream when it writes the header
+        # (first packet out), and frames stamped with that would reach x264 out of order.
+        stream.time_base = time_base = Fraction(1, fps)
         for index, picture in enumerate(frames):  # picture: (H, W, 3)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
-            frame.pts = index
-            frame.time_base = stream.time_base
+            frame.pts, frame.time_base = index, time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return buffer.getvalue()
