@@ -209,7 +209,9 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
                                          f"of {width}x{height}")
             if len(pictures) == limit:
                 raise CorruptMemberError(f"more than {limit} frames")
-            pictures.append(reformatter.reformat(frame, format="rgb24").to_ndarray())
+            # One swscale thread: by default (threads=0) every clip's context starts a slice
+            # thread per CPU and hands each small frame to them, more CPU than converting it.
+            pictures.append(reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray())
     if not pictures:
         raise CorruptMemberError("no decodable frames")
     return np.stack(pictures)  # (T, H, W, 3)
