@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
@@ -53,6 +54,8 @@ MAX_TEXT_BYTES = 64 * 2**10
 _CAP_SLACK = 64 * 2**10
 
 _NPY_MAGIC = b"\x93NUMPY"
+# One swscale context per thread, kept across clips (`_reformatter`).
+_SWSCALE = threading.local()
 _PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}
 
 
@@ -201,7 +204,7 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
         # Frame threads cost more to start than 16 small frames take to decode.
         stream.thread_type = "NONE"
         stream.codec_context.thread_count = 1
-        reformatter = VideoReformatter()  # one swscale context for the whole clip
+        reformatter = _reformatter()
         pictures = []
         for frame in container.decode(stream):
             if (frame.width, frame.height) != (width, height):  # the bitstream may disagree
@@ -215,6 +218,18 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
     if not pictures:
         raise CorruptMemberError("no decodable frames")
     return np.stack(pictures)  # (T, H, W, 3)
+
+
+def _reformatter() -> VideoReformatter:
+    """This thread's swscale context, kept across clips: setting one up for every clip cost
+    about as much CPU as converting its frames (`bench/loader.py`, issue 19). PyAV sets it up
+    again only when a frame's size or format differs from the last one's. With one swscale
+    thread it holds no threads, so a DataLoader worker forked after the parent decoded a
+    clip inherits a usable copy."""
+    if not hasattr(_SWSCALE, "reformatter"):
+        _SWSCALE.reformatter = VideoReformatter()
+    reformatter: VideoReformatter = _SWSCALE.reformatter
+    return reformatter
 
 
 _DECODERS = {"json": _decode_json, "txt": _decode_text, "npy": _decode_npy, "mp4": _decode_mp4,
