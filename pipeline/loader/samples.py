@@ -30,6 +30,7 @@ device runs asynchronously."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -41,6 +42,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 import webdataset as wds
+from torch.utils.data import get_worker_info
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.modalities import MAX_TEXT_LEN, TABLE
@@ -374,7 +376,12 @@ def stack_into_layout(values: Sequence[torch.Tensor], layout: tuple[int, ...] | 
                                 f"{tuple(first.shape)} and {value.dtype} {tuple(value.shape)}")
     order = None if layout is None else [axis - 1 for axis in layout[1:]]  # a sample's axes
     shape = first.shape if order is None else [first.shape[axis] for axis in order]
-    batch = torch.empty((len(values), *shape), dtype=first.dtype)
+    size = (len(values), *shape)
+    if get_worker_info() is None:
+        batch = torch.empty(size, dtype=first.dtype)
+    else:  # born in shared memory, as default_collate does: sent to the trainer uncopied
+        storage = first.untyped_storage()._new_shared(math.prod(size) * first.element_size())
+        batch = torch.empty(0, dtype=first.dtype).set_(storage).view(size)
     for slot, value in zip(batch.numpy(), values, strict=True):
         array = value.numpy()
         np.copyto(slot, array if order is None else array.transpose(order))
