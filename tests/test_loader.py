@@ -152,8 +152,9 @@ def test_collate_copies_each_sample_into_its_channels_first_place() -> None:
 
 
 def test_mp4_clips_decode_as_per_frame_swscale_rgb24_did() -> None:
-    """The loader's clip decode (one swscale thread, one context kept across clips) gives
-    the frames a fresh default swscale context per clip gave (issue 19), clip after clip."""
+    """The loader's clip decode (one swscale thread, one context kept across clips, planar
+    gbrp into a channels-first buffer) gives the frames that per-frame rgb24 from a fresh
+    default swscale context per clip gave (issue 19), clip after clip, noise included."""
     rng = np.random.default_rng(1)
     for clip in range(3):
         frames = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
@@ -165,6 +166,9 @@ def test_mp4_clips_decode_as_per_frame_swscale_rgb24_did() -> None:
                             for frame in container.decode(video=0)])
         new = decode_member("clip.mp4", data, {"video_frames": 5, "video_size": 16})
         assert new.dtype == np.uint8 and np.array_equal(new, old), clip
+        assert new.transpose(3, 0, 1, 2).flags.c_contiguous  # channels first in memory
+        for sizes in ({"video_frames": 9, "video_size": 16}, None):  # fewer frames than room
+            assert np.array_equal(decode_member("clip.mp4", data, sizes), old), sizes
 
 
 def test_pin_memory_is_off_by_default_and_refused_without_cuda(

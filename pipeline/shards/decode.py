@@ -205,19 +205,39 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
         stream.thread_type = "NONE"
         stream.codec_context.thread_count = 1
         reformatter = _reformatter()
-        pictures = []
+        # Channels first: the layout the batch has (`pipeline.loader.samples.collate`), so
+        # the loader copies each sample's frames in one piece instead of transposing them.
+        # Without expected sizes the buffer spans the decode bound, untouched past the frames.
+        clip = np.empty((3, limit, height, width), np.uint8)
+        count = 0
         for frame in container.decode(stream):
             if (frame.width, frame.height) != (width, height):  # the bitstream may disagree
                 raise CorruptMemberError(f"a frame of {frame.width}x{frame.height} in a stream "
                                          f"of {width}x{height}")
-            if len(pictures) == limit:
+            if count == limit:
                 raise CorruptMemberError(f"more than {limit} frames")
-            # One swscale thread: by default (threads=0) every clip's context starts a slice
-            # thread per CPU and hands each small frame to them, more CPU than converting it.
-            pictures.append(reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray())
-    if not pictures:
+            _planar_rgb(reformatter, frame, clip[:, count])
+            count += 1
+    if count == 0:
         raise CorruptMemberError("no decodable frames")
-    return np.stack(pictures)  # (T, H, W, 3)
+    # (T, H, W, 3), as every clip decodes, over channels-first memory; a clip shorter than
+    # its buffer is copied out of it.
+    return (clip if count == limit else clip[:, :count].copy()).transpose(1, 2, 3, 0)
+
+
+# gbrp's planes in RGB order: swscale writes G, B, R.
+_GBRP_TO_RGB = (1, 2, 0)
+
+
+def _planar_rgb(reformatter: VideoReformatter, frame: av.VideoFrame, out: np.ndarray) -> None:
+    """`frame` converted to RGB into `out` (3, H, W) uint8, by swscale to planar ``gbrp``:
+    the same values as ``rgb24`` (tests check), each channel written in one piece. One
+    swscale thread: by default (threads=0) every context starts a slice thread per CPU and
+    hands each small frame to them, more CPU than converting it."""
+    planar = reformatter.reformat(frame, format="gbrp", threads=1)
+    for channel, plane in zip(_GBRP_TO_RGB, planar.planes, strict=True):
+        rows = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+        out[channel] = rows[:, :frame.width]
 
 
 def _reformatter() -> VideoReformatter:
