@@ -171,6 +171,30 @@ def test_mp4_clips_decode_as_per_frame_swscale_rgb24_did() -> None:
             assert np.array_equal(decode_member("clip.mp4", data, sizes), old), sizes
 
 
+def _decode_in_child(data: bytes, queue: Any) -> None:
+    queue.put(decode_member("clip.mp4", data).shape)
+
+
+def test_a_worker_forked_after_the_parent_decoded_a_clip_decodes_too() -> None:
+    """The swscale context a thread keeps across clips holds no threads (one swscale thread),
+    so a process forked from one that has decoded, as a DataLoader worker is, decodes too:
+    with swscale's default thread pool the child waited forever on threads it did not have."""
+    import multiprocessing
+
+    data = encode_clip(np.zeros((3, 16, 16, 3), np.uint8), "mp4", 4)
+    decode_member("clip.mp4", data)  # the parent's context exists before the fork
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_decode_in_child, args=(data, queue))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the forked child hung decoding a clip")
+    assert child.exitcode == 0 and queue.get(timeout=5) == (3, 16, 16, 3)
+
+
 def test_pin_memory_is_off_by_default_and_refused_without_cuda(
         prepared: tuple[Path, list[str]]) -> None:
     root, _ = prepared
