@@ -11,19 +11,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from av.video.reformatter import VideoReformatter
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.loader import shard_loader as loader_module
+from pipeline.loader.samples import collate, sample_tensors
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.media.discover import video_id
 from pipeline.normalize import to_model_units
-from pipeline.shards.decode import MAX_TEXT_BYTES
-from pipeline.shards.encode import encode_sample
+from pipeline.shards.decode import MAX_TEXT_BYTES, decode_member
+from pipeline.shards.encode import encode_clip, encode_sample
 from pipeline.shards.schema import MEL_CENTER, MEL_SCALE, SampleMeta
 from pipeline.shards.shardset import expand_urls, split_member_name
 from pipeline.tokenizer import byte_detokenize
@@ -128,6 +131,70 @@ def test_batches_have_model_shapes_stored_dtypes_and_ranges(
     assert torch.equal(batch["audio"][0], torch.from_numpy(mel))  # exactly as stored
     expected_audio = (torch.from_numpy(mel).float() - MEL_CENTER) / MEL_SCALE
     assert torch.allclose(to_model_units("audio", batch["audio"])[0], expected_audio)
+
+
+def test_collate_copies_each_sample_into_its_channels_first_place() -> None:
+    """The batch equals what ``torch.stack`` then ``permute(...).contiguous()`` made before
+    (issue 19), byte for byte, for every stored modality; mismatched samples are refused."""
+    rng = np.random.default_rng(0)
+    samples = [sample_tensors(rng.integers(0, 256, (4, 6, 8, 3), dtype=np.uint8),
+                              rng.integers(0, 256, (10, 10, 3), dtype=np.uint8),
+                              rng.normal(size=(5, 7)).astype(np.float16), "hi")
+               for _ in range(3)]
+    batch = collate(samples)
+    for name, layout in (("video", (0, 4, 1, 2, 3)), ("image", (0, 3, 1, 2)), ("audio", None)):
+        stacked = torch.stack([sample[name] for sample in samples])
+        old = stacked if layout is None else stacked.permute(layout).contiguous()
+        assert batch[name].is_contiguous() and batch[name].dtype == old.dtype, name
+        assert torch.equal(batch[name], old), name
+    odd = sample_tensors(np.zeros((4, 6, 8, 3), np.uint8), np.zeros((10, 10, 3), np.uint8),
+                         np.zeros((5, 8), np.float16), "hi")  # one mel frame more
+    with pytest.raises(PipelineError, match="audio of the batch's samples differ"):
+        collate([samples[0], odd])
+
+
+def test_mp4_clips_decode_as_per_frame_swscale_rgb24_did() -> None:
+    """The loader's clip decode (one swscale thread, one context kept across clips, planar
+    gbrp into a channels-first buffer) gives the frames that per-frame rgb24 from a fresh
+    default swscale context per clip gave (issue 19), clip after clip, noise included."""
+    rng = np.random.default_rng(1)
+    for clip in range(3):
+        frames = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+        frames[:, :8] = 40 * clip  # a flat region beside the noise
+        data = encode_clip(frames, "mp4", 4)
+        with av.open(io.BytesIO(data), "r", format="mp4") as container:
+            reformatter = VideoReformatter()
+            old = np.stack([reformatter.reformat(frame, format="rgb24").to_ndarray()
+                            for frame in container.decode(video=0)])
+        new = decode_member("clip.mp4", data, {"video_frames": 5, "video_size": 16})
+        assert new.dtype == np.uint8 and np.array_equal(new, old), clip
+        assert new.transpose(3, 0, 1, 2).flags.c_contiguous  # channels first in memory
+        for sizes in ({"video_frames": 9, "video_size": 16}, None):  # fewer frames than room
+            assert np.array_equal(decode_member("clip.mp4", data, sizes), old), sizes
+
+
+def _decode_in_child(data: bytes, queue: Any) -> None:
+    queue.put(decode_member("clip.mp4", data).shape)
+
+
+def test_a_worker_forked_after_the_parent_decoded_a_clip_decodes_too() -> None:
+    """The swscale context a thread keeps across clips holds no threads (one swscale thread),
+    so a process forked from one that has decoded, as a DataLoader worker is, decodes too:
+    with swscale's default thread pool the child waited forever on threads it did not have."""
+    import multiprocessing
+
+    data = encode_clip(np.zeros((3, 16, 16, 3), np.uint8), "mp4", 4)
+    decode_member("clip.mp4", data)  # the parent's context exists before the fork
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_decode_in_child, args=(data, queue))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the forked child hung decoding a clip")
+    assert child.exitcode == 0 and queue.get(timeout=5) == (3, 16, 16, 3)
 
 
 def test_pin_memory_is_off_by_default_and_refused_without_cuda(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
@@ -53,6 +54,8 @@ MAX_TEXT_BYTES = 64 * 2**10
 _CAP_SLACK = 64 * 2**10
 
 _NPY_MAGIC = b"\x93NUMPY"
+# One swscale context per thread, kept across clips (`_reformatter`).
+_SWSCALE = threading.local()
 _PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}
 
 
@@ -201,18 +204,52 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
         # Frame threads cost more to start than 16 small frames take to decode.
         stream.thread_type = "NONE"
         stream.codec_context.thread_count = 1
-        reformatter = VideoReformatter()  # one swscale context for the whole clip
-        pictures = []
+        reformatter = _reformatter()
+        # Channels first: the layout the batch has (`pipeline.loader.samples.collate`), so
+        # the loader copies each sample's frames in one piece instead of transposing them.
+        # Without expected sizes the buffer spans the decode bound, untouched past the frames.
+        clip = np.empty((3, limit, height, width), np.uint8)
+        count = 0
         for frame in container.decode(stream):
             if (frame.width, frame.height) != (width, height):  # the bitstream may disagree
                 raise CorruptMemberError(f"a frame of {frame.width}x{frame.height} in a stream "
                                          f"of {width}x{height}")
-            if len(pictures) == limit:
+            if count == limit:
                 raise CorruptMemberError(f"more than {limit} frames")
-            pictures.append(reformatter.reformat(frame, format="rgb24").to_ndarray())
-    if not pictures:
+            _planar_rgb(reformatter, frame, clip[:, count])
+            count += 1
+    if count == 0:
         raise CorruptMemberError("no decodable frames")
-    return np.stack(pictures)  # (T, H, W, 3)
+    # (T, H, W, 3), as every clip decodes, over channels-first memory; a clip shorter than
+    # its buffer is copied out of it.
+    return (clip if count == limit else clip[:, :count].copy()).transpose(1, 2, 3, 0)
+
+
+# gbrp's planes in RGB order: swscale writes G, B, R.
+_GBRP_TO_RGB = (1, 2, 0)
+
+
+def _planar_rgb(reformatter: VideoReformatter, frame: av.VideoFrame, out: np.ndarray) -> None:
+    """`frame` converted to RGB into `out` (3, H, W) uint8, by swscale to planar ``gbrp``:
+    the same values as ``rgb24`` (tests check), each channel written in one piece. One
+    swscale thread: by default (threads=0) every context starts a slice thread per CPU and
+    hands each small frame to them, more CPU than converting it."""
+    planar = reformatter.reformat(frame, format="gbrp", threads=1)
+    for channel, plane in zip(_GBRP_TO_RGB, planar.planes, strict=True):
+        rows = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+        out[channel] = rows[:, :frame.width]
+
+
+def _reformatter() -> VideoReformatter:
+    """This thread's swscale context, kept across clips: setting one up for every clip cost
+    about as much CPU as converting its frames (`bench/loader.py`, issue 19). PyAV sets it up
+    again only when a frame's size or format differs from the last one's. With one swscale
+    thread it holds no threads, so a DataLoader worker forked after the parent decoded a
+    clip inherits a usable copy."""
+    if not hasattr(_SWSCALE, "reformatter"):
+        _SWSCALE.reformatter = VideoReformatter()
+    reformatter: VideoReformatter = _SWSCALE.reformatter
+    return reformatter
 
 
 _DECODERS = {"json": _decode_json, "txt": _decode_text, "npy": _decode_npy, "mp4": _decode_mp4,
