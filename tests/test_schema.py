@@ -451,3 +451,20 @@ def test_member_caps_follow_the_expected_sizes() -> None:
     assert oversized_member("txt", MAX_TEXT_BYTES, None) is None
     reason = oversized_member("txt", MAX_TEXT_BYTES + 1, None)
     assert reason is not None and f"declares {MAX_TEXT_BYTES + 1} bytes" in reason
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(24, dtype=np.float16).reshape(2, 3, 4),
+    np.asfortranarray(np.arange(12, dtype=np.uint8).reshape(3, 4)),
+    np.full((), 1.5, np.float16)])
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_npy_members_decode_as_np_load(array: np.ndarray, version: tuple[int, int]) -> None:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=version)
+    decoded = decode_member("mel.npy", buffer.getvalue())
+    loaded = np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False)
+    assert decoded.dtype == loaded.dtype and decoded.shape == loaded.shape
+    assert decoded.flags.writeable and decoded.flags.owndata
+    np.testing.assert_array_equal(decoded, loaded)
+    with pytest.raises(CorruptMemberError):
+        decode_member("mel.npy", buffer.getvalue()[:-1])  # cut short of what it declares

@@ -154,18 +154,24 @@ def _decode_npy(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
     buffer = BytesIO(data)
     version = np.lib.format.read_magic(buffer)
     if version == (1, 0):
-        declared, _, dtype = np.lib.format.read_array_header_1_0(buffer)
+        declared, fortran_order, dtype = np.lib.format.read_array_header_1_0(buffer)
     elif version == (2, 0):
-        declared, _, dtype = np.lib.format.read_array_header_2_0(buffer)
+        declared, fortran_order, dtype = np.lib.format.read_array_header_2_0(buffer)
     else:
         raise CorruptMemberError(f".npy format version {version} is not read (1.0 and 2.0 are)")
-    # np.load allocates what the header declares before it reads the data.
+    if dtype.hasobject:  # np.load would unpickle them (allow_pickle=True) or refuse
+        raise CorruptMemberError(f"holds Python objects ({dtype}); never unpickled")
     size = math.prod(declared) * dtype.itemsize
     if size > MAX_MEMBER_BYTES:
         raise CorruptMemberError(f"declares a {dtype} array of shape {declared}, {size} bytes, "
                                  f"more than {MAX_MEMBER_BYTES}")
-    buffer.seek(0)
-    return np.load(buffer, allow_pickle=False)
+    # The array from the bytes after the header just read (np.load would parse the header
+    # again, the costlier half of loading a mel), copied once into memory of its own and
+    # writable, as np.load's; a member shorter than its header declares raises ValueError.
+    flat = np.frombuffer(data, dtype, count=math.prod(declared), offset=buffer.tell())
+    if fortran_order:
+        return flat.reshape(declared[::-1]).transpose().copy(order="K")
+    return flat.reshape(declared).copy()
 
 
 def _decode_image(kind: str, data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
@@ -177,7 +183,8 @@ def _decode_image(kind: str, data: bytes, shape: tuple[int, ...] | None) -> np.n
         if width * height * 3 > MAX_MEMBER_BYTES:
             raise CorruptMemberError(f"image of {width}x{height} is larger than "
                                      f"{MAX_MEMBER_BYTES} bytes decoded")
-        return np.array(image.convert("RGB"))  # (H, W, 3), writable (asarray is read-only)
+        # (H, W, 3), writable (asarray is read-only); a JPEG of RGB needs no convert (a copy).
+        return np.array(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
