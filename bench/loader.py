@@ -16,13 +16,15 @@ of:
   validation, tensors and batches, i.e. what training gets;
 
 and prints for each its wall samples/s and its CPU milliseconds per sample, counted over every
-process it uses: the main process's `time.process_time` (all its threads) plus the user and
-system time of its DataLoader workers, which reach ``RUSAGE_CHILDREN`` once the epoch's end
-has joined them. CPU time hardly moves when other jobs compete for the cores, so it is the
-figure that holds on a busy machine; wall time does not. It prints loader/floor in samples per
-CPU-second (1.0: the loader costs no more than decoding its members). Each figure is the best
-of `--repeats` epochs (wall and CPU each their minimum), after one warm-up epoch that fills the
-page cache; a loader epoch includes starting its worker processes, as a training epoch does.
+process it uses: the main process's `time.process_time` (all its threads) plus the run time
+of its live DataLoader workers' threads (``/proc/<pid>/task/<tid>/schedstat``) and of exited
+children (``RUSAGE_CHILDREN``). CPU time hardly moves when other jobs compete for the cores,
+so it is the figure that holds on a busy machine; wall time does not. It prints loader/floor
+in samples per CPU-second (1.0: the loader costs no more than decoding its members). Each
+figure is the best of `--repeats` epochs (wall and CPU each their minimum), after one warm-up
+epoch that fills the page cache; a loader's epochs are its steady ones, as training runs
+them (one loader, its workers kept across epochs), and the workers' start-up, paid once per
+loader, is printed apart: the first epoch's CPU less a steady one's.
 Torch's intra-op threads follow ``OMP_NUM_THREADS`` (printed): run it with 1 and without.
 
 It also prints:
@@ -38,8 +40,8 @@ It also prints:
 - the bytes of one batch's tensors that cross from a worker to the trainer and on to the
   device: stored dtypes (uint8 pixels, float16 mel) against float32 model units;
 - the per-epoch start-up of the workers: the time to an epoch's first batch (no shuffle
-  buffer) with W workers less that with none, which persistent workers would save once per
-  epoch (see `pipeline.loader.shard_loader.ShardLoader`).
+  buffer) with W workers less that with none, paid once per loader (its workers persist
+  across epochs, see `pipeline.loader.shard_loader.ShardLoader`).
 
 Without `--prepared` it generates the videos of `bench/prepare.py` and prepares them with
 `omni prepare --samples-per-shard 16`, so that two workers have shards to share.
@@ -132,10 +134,23 @@ def raw_twin(folder: Path, out: Path) -> Path:
     return out
 
 
-def loader_epoch(folder: Path, batch_size: int, workers: int) -> int:
-    """One epoch of the training loader; return the number of samples it delivered."""
-    loader = build_shard_loader(folder, batch_size, num_workers=workers, epochs=1)
-    return sum(len(batch["__key__"]) for batch in loader)
+def loader_epochs(folder: Path, batch_size: int, workers: int, repeats: int
+                  ) -> tuple[Cost, float]:
+    """The training loader's steady epochs, and its workers' start-up: one loader (endless
+    epochs, its workers kept across them, as training runs it) times a first epoch, which
+    starts the workers, then `repeats` more (`cost`: each the least). Returns the steady cost
+    and the start-up's CPU seconds, paid once per loader (a run or a resume, not an epoch):
+    the first epoch's CPU less a steady one's."""
+    loader = build_shard_loader(folder, batch_size, num_workers=workers)
+
+    def epoch() -> int:
+        return sum(len(batch["__key__"]) for batch in loader)
+
+    cpu = cpu_seconds()
+    samples = epoch()
+    first = cpu_seconds() - cpu
+    steady = cost(epoch, repeats, warm_up=False)
+    return steady, first - steady.cpu_s * samples
 
 
 def first_batch_s(folder: Path, workers: int, repeats: int) -> float:
@@ -194,10 +209,19 @@ def floor_epoch(members: list[tuple[str, bytes]], samples: int) -> int:
 
 
 def cpu_seconds() -> float:
-    """CPU seconds of this process (all threads) and of its children that have been waited
-    for (DataLoader workers, once the epoch's end has joined them)."""
+    """CPU seconds of this process (all threads), of its children that have been waited for,
+    and of its live children (DataLoader workers kept across epochs): every thread's run
+    time in ``/proc/<pid>/task/<tid>/schedstat``, in nanoseconds."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    live = 0
+    for listing in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        for pid in listing.read_text().split():
+            for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+                try:
+                    live += int(stat.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pass  # the thread or process has just exited
+    return time.process_time() + children.ru_utime + children.ru_stime + live / 1e9
 
 
 @dataclass(frozen=True)
@@ -214,10 +238,11 @@ class Cost:
                 "cores": round(self.cpu_s / self.wall_s, 2)}
 
 
-def cost(fn: Callable[[], int], repeats: int) -> Cost:
+def cost(fn: Callable[[], int], repeats: int, warm_up: bool = True) -> Cost:
     """Wall and CPU seconds per sample of `fn` (which returns its sample count), each the
-    least of `repeats` runs after a warm-up run: the run least disturbed by other jobs."""
-    fn()
+    least of `repeats` runs (after a warm-up run): the run least disturbed by other jobs."""
+    if warm_up:
+        fn()
     walls, cpus = [], []
     for _ in range(repeats):
         cpu, start = cpu_seconds(), time.perf_counter()
@@ -259,16 +284,16 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     samples = tar_epoch(urls)
     members = read_members(urls)
     floor = cost(lambda: floor_epoch(members, samples), args.repeats)
-    loaders = {workers: cost(lambda w=workers: loader_epoch(folder, args.batch_size, w),
-                             args.repeats)
+    loaders = {workers: loader_epochs(folder, args.batch_size, workers, args.repeats)
                for workers in args.workers}
     return {
         "shards": len(urls), "samples": samples,
         "bytes": sum(Path(url).stat().st_size for url in urls),
         "tarfile": cost(lambda: tar_epoch(urls), args.repeats).as_dict(),
         "floor": floor.as_dict(),
-        "loader": {str(w): c.as_dict() for w, c in loaders.items()},
-        "loader_over_floor": {str(w): floor.cpu_s / c.cpu_s for w, c in loaders.items()},
+        "loader": {str(w): c.as_dict() for w, (c, _) in loaders.items()},
+        "loader_over_floor": {str(w): floor.cpu_s / c.cpu_s for w, (c, _) in loaders.items()},
+        "startup_cpu_ms": {str(w): round(s * 1e3, 1) for w, (_, s) in loaders.items()},
     }
 
 
@@ -325,6 +350,10 @@ def report(result: dict[str, Any]) -> None:
                   f"{c['samples_per_cpu_s']:11.1f}{c['cores']:7.2f}")
         print("  loader/floor, samples per CPU-second: " + ", ".join(
             f"{w} workers {r:.2f}" for w, r in enc["loader_over_floor"].items()))
+        print("  workers' start-up, CPU ms once per loader (a run or a resume; the first "
+              "epoch's CPU less a steady one's): " + ", ".join(
+                  f"{w} workers {ms:.0f}" for w, ms in enc["startup_cpu_ms"].items()
+                  if w != "0"))
     sizes = result["batch_bytes"]
     print(f"one batch's tensors, worker -> trainer -> device: {sizes['stored'] / 1e6:.2f} MB "
           f"(uint8 pixels, float16 mel) vs {sizes['float32'] / 1e6:.2f} MB as float32 units "

@@ -541,6 +541,43 @@ def test_workers_deliver_every_sample_once_and_resume_without_repeats(
     assert sorted(seen + rest) == sorted(keys)
 
 
+def test_workers_are_started_once_and_kept_across_epochs_and_left_iterations(
+        prepared: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Persistent workers read each epoch and resume position as an iteration starts: the
+    epochs and an iteration left early and continued are those of loaders built for them, with
+    one DataLoader (one start of the workers), and the trainer's torch random stream is not
+    drawn on."""
+    root, keys = prepared
+    started: list[Any] = []
+
+    class Counting(loader_module.DataLoader):  # type: ignore[misc, name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            started.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    def build(epochs: int | None = 3) -> ShardLoader:
+        return build_shard_loader(root, batch_size=2, seed=4, shuffle_buffer=3, num_workers=2,
+                                  epochs=epochs)
+
+    monkeypatch.setattr(loader_module, "DataLoader", Counting)
+    rng = torch.random.get_rng_state()
+    loader = build()
+    epoch0 = all_keys(loader)
+    iterator = iter(loader)
+    partial = [key for _ in range(2) for key in next(iterator)["__key__"]]
+    iterator.close()  # left early: the workers' prefetched chunks are dropped
+    epoch1 = partial + all_keys(loader)
+    epoch2 = all_keys(loader)
+    assert len(started) == 1 and loader._workers is None  # the last epoch ended: they exit
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert all(sorted(epoch) == sorted(keys) for epoch in (epoch0, epoch1, epoch2))
+    for epoch, seen in ((1, epoch1), (2, epoch2)):
+        fresh = build(None)
+        fresh.load_state_dict({"epoch": epoch, "batches": 0, "consumed": [0, 0]})
+        assert all_keys(fresh) == seen
+    assert epoch1 != epoch0
+
+
 def test_state_from_another_worker_count_is_refused(prepared: tuple[Path, list[str]]) -> None:
     root, _ = prepared
     loader = build_shard_loader(root, batch_size=2, num_workers=0)

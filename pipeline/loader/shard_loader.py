@@ -60,25 +60,28 @@ def _unchanged(item: _Chunk) -> _Chunk:
 
 @dataclass
 class _EpochStream(IterableDataset):
-    """One epoch of one rank; each DataLoader worker (or the main process) iterates a copy."""
+    """The epochs of one rank; each DataLoader worker (or the main process) iterates a copy.
+
+    Which epoch, and the raw samples each worker consumed earlier in it, are read from
+    `position` when an iteration starts: a tensor in shared memory that `ShardLoader` writes
+    before each ``iter()``, so persistent workers start every epoch where the loader says."""
 
     shards: ShardSet
     batch_size: int
     tokenizer: TokenizerFn
     max_text_len: int
     seed: int
-    epoch: int
     rank: int
     world_size: int
     shuffle_shards: bool
     shuffle_buffer: int
-    skip: list[int]  # raw samples each worker consumed earlier in this epoch
+    position: torch.Tensor  # (1 + workers,) int64: the epoch, then each worker's consumed
 
-    def stages(self, worker: int, num_workers: int, stats: LoaderStats,
+    def stages(self, epoch: int, worker: int, num_workers: int, stats: LoaderStats,
                cursor: Cursor) -> list[Any]:
         """The pipeline, in order; None entries are stages switched off."""
-        shard_rng = random.Random(f"shards/{self.seed}/{self.epoch}")
-        sample_rng = random.Random(f"samples/{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        shard_rng = random.Random(f"shards/{self.seed}/{epoch}")
+        sample_rng = random.Random(f"samples/{self.seed}/{epoch}/{self.rank}/{worker}")
         return [list(self.shards.urls),
                 partial(stage.shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
                 partial(stage.split_by_node, rank=self.rank, world_size=self.world_size),
@@ -96,8 +99,9 @@ class _EpochStream(IterableDataset):
     def __iter__(self) -> Iterator[_Chunk]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        cursor = Cursor(skip=self.skip[worker])
-        stages = self.stages(worker, num_workers, LoaderStats(), cursor)
+        epoch, skip = int(self.position[0]), int(self.position[1 + worker])
+        cursor = Cursor(skip=skip)
+        stages = self.stages(epoch, worker, num_workers, LoaderStats(), cursor)
         return iter(wds.DataPipeline([step for step in stages if step is not None]))
 
 
@@ -119,14 +123,17 @@ class ShardLoader:
     The state also holds what the tar stage found this epoch (`LoaderStats.findings`), so the
     shards a resumed epoch reads again are not counted corrupt twice.
 
-    Each epoch gets a fresh DataLoader (no persistent workers): its stream carries the epoch
-    and every worker's resume position, which a fresh worker receives with its copy of the
-    stream. Starting the workers costs about 0.1 s per worker and epoch (`bench/loader.py`:
-    time to an epoch's first batch, 2 CPUs under load), the decoding of a handful of samples,
-    against an epoch of thousands per worker; keeping workers across epochs would need the
-    epoch and positions passed to live workers, for no measurable gain. Prefetch stays at the
-    DataLoader's default (2 chunks per worker): a worker decodes some tens of samples/s per
-    core while a GPU trains on thousands, so the queue runs empty whatever its depth."""
+    The workers are started once and kept across epochs (``persistent_workers``): each
+    ``iter()`` writes the epoch and every worker's resume position into a shared-memory tensor
+    that the workers read as they start the epoch, and the DataLoader drops what the workers
+    had prefetched for an iteration left early. Starting them anew every epoch cost about 40
+    ms of CPU per worker (fork, copied pages, exit; `bench/loader.py`), now paid once per
+    loader; they exit when the last of `epochs` ends or the loader is dropped. The
+    DataLoader's base seed comes from a generator of the loader's own, so the trainer's torch
+    random stream is not drawn on at each start (nothing in the stages uses it). Prefetch
+    stays at the DataLoader's default (2 chunks per worker): a worker decodes some tens of
+    samples/s per core while a GPU trains on thousands, so the queue runs empty whatever its
+    depth."""
 
     def __init__(self, shards: ShardSet, batch_size: int, *, tokenizer: TokenizerFn,
                  max_text_len: int, seed: int, shuffle_shards: bool, shuffle_buffer: int,
@@ -149,6 +156,12 @@ class ShardLoader:
         self.batches = 0  # yielded in the current epoch
         self.consumed = self._no_progress()
         self.found: set[tuple[str, str]] = set()  # findings counted in the current epoch
+        self._position = torch.zeros(1 + len(self.consumed), dtype=torch.int64)
+        if num_workers > 0:
+            self._position.share_memory_()
+        self._stream = _EpochStream(shards, batch_size, tokenizer, max_text_len, seed, rank,
+                                    world_size, shuffle_shards, shuffle_buffer, self._position)
+        self._workers: DataLoader | None = None  # started by the first iter(), then kept
 
     def _no_progress(self) -> list[int]:
         return [0] * max(1, self.num_workers)
@@ -157,15 +170,16 @@ class ShardLoader:
         if self.epochs is not None and self.epoch >= self.epochs:
             return
         fresh = self.batches == 0 and not any(self.consumed)
-        stream = _EpochStream(self.shards, self.batch_size, self.tokenizer, self.max_text_len,
-                              self.seed, self.epoch, self.rank, self.world_size,
-                              self.shuffle_shards, self.shuffle_buffer, list(self.consumed))
-        chunks: Iterable[_Chunk] = stream
+        self._position.copy_(torch.tensor([self.epoch, *self.consumed]))
+        chunks: Iterable[_Chunk] = self._stream
         if self.num_workers > 0:
-            # The DataLoader's own thread pins the workers' batches while this one trains.
-            chunks = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                                collate_fn=_unchanged, persistent_workers=False,
-                                pin_memory=self.pin_memory)
+            if self._workers is None:
+                # The DataLoader's own thread pins the workers' batches while this one trains.
+                self._workers = DataLoader(
+                    self._stream, batch_size=None, num_workers=self.num_workers,
+                    collate_fn=_unchanged, persistent_workers=True, pin_memory=self.pin_memory,
+                    generator=torch.Generator().manual_seed(self.seed))
+            chunks = self._workers
         for chunk in chunks:
             self._count(chunk.stats)
             self.consumed[chunk.worker] = chunk.position
@@ -186,6 +200,8 @@ class ShardLoader:
         self.batches = 0
         self.consumed = self._no_progress()
         self.found = set()
+        if self.epochs is not None and self.epoch >= self.epochs:
+            self._workers = None  # the last epoch is done: its workers exit
 
     def _count(self, news: LoaderStats) -> None:
         """Add a worker's news to `stats`, each tar-stage finding once per epoch."""
