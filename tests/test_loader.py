@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import pickle
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from av.video.reformatter import VideoReformatter
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.loader import samples as samples_module
 from pipeline.loader import shard_loader as loader_module
 from pipeline.loader.samples import collate, sample_tensors
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
@@ -151,6 +153,41 @@ def test_collate_copies_each_sample_into_its_channels_first_place() -> None:
                          np.zeros((5, 8), np.float16), "hi")  # one mel frame more
     with pytest.raises(PipelineError, match="audio of the batch's samples differ"):
         collate([samples[0], odd])
+
+
+@pytest.mark.parametrize("encoding", ["npy", "mp4"])
+def test_clips_decode_into_their_batch_slots(tmp_path: Path, encoding: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each clip is decoded straight into its slot of the batch's video, which `collate`
+    takes without copying, and the batches equal the clips decoded alone; a sample dropped
+    after its clip was decoded (its json contradicts its txt) leaves its slot to the next."""
+    def contradict(shard: int, index: int, members: dict[str, Any]) -> None:
+        if (shard, index) == (0, 2):
+            members["json"] = json.dumps({**json.loads(members["json"]),
+                                          "transcript_source": "none"}).encode()
+
+    keys = write_shards(tmp_path, encoding=encoding, edit=contradict)
+    stacked: list[str] = []
+    stack = samples_module.stack_into_layout
+    monkeypatch.setattr(samples_module, "stack_into_layout",
+                        lambda values, layout, name: stacked.append(name)
+                        or stack(values, layout, name))
+    loader = build_shard_loader(tmp_path, batch_size=5, shuffle_shards=False, shuffle_buffer=0)
+    batches = list(loader)
+    assert loader.stats.skipped_samples == 1 and "video" not in stacked
+    assert [key for batch in batches for key in batch["__key__"]] == keys[:2] + keys[3:]
+    clips = {}
+    for path in sorted((tmp_path / "shards").glob("*.tar")):
+        with tarfile.open(path) as archive:
+            for member in archive:
+                key, suffix = split_member_name(member.name)
+                handle = archive.extractfile(member)
+                if suffix == f"clip.{encoding}" and handle is not None:
+                    clips[key] = decode_member(suffix, handle.read())
+    for batch in batches:
+        alone = torch.stack([torch.from_numpy(clips[key]) for key in batch["__key__"]])
+        assert batch["video"].is_contiguous()
+        assert torch.equal(batch["video"], alone.permute(0, 4, 1, 2, 3))
 
 
 def test_mp4_clips_decode_as_per_frame_swscale_rgb24_did() -> None:

@@ -6,7 +6,8 @@ One epoch is a visible list of webdataset stages (`_EpochStream.stages`):
     -> tar to raw samples (a broken shard is counted, the run goes on; each member's declared
        size checked before it is read)
     -> sample shuffle buffer (seed, epoch, rank, worker) -> skip what was consumed
-    -> safe decode (`decode.decode_sample`) + `validate.validate_sample`
+    -> safe decode (`decode.decode_sample`; each clip straight into its slot of the batch,
+       `ClipSlots`) + `validate.validate_sample`
     -> tensors -> batches
 
 Every random choice comes from a generator seeded with (seed, epoch[, rank, worker]), so the
@@ -250,9 +251,55 @@ def skip_consumed(src: Iterable[dict[str, Any]], cursor: Cursor) -> Iterator[dic
             yield sample
 
 
+@dataclass
+class ClipSlots:
+    """The video of the batch being gathered, allocated before its clips are decoded:
+    `decode_samples` decodes each clip straight into the next slot, channels first, and
+    `batch_samples` hands the filled slots to `collate` as the batch's video, so no clip is
+    copied between decode and batch. With DataLoader workers the buffer is born in shared
+    memory (`batch_tensor`), so it also crosses to the trainer uncopied.
+
+    Every sample `decode_samples` yields is the next one `batch_samples` takes, so the slots
+    fill in batch order; a sample dropped after decoding leaves its slot to the next one."""
+
+    batch_size: int
+    clip: tuple[int, int, int, int]  # a clip's (3, T, H, W)
+    video: torch.Tensor | None = None  # (batch_size, 3, T, H, W) uint8
+    filled: int = 0
+
+    @classmethod
+    def of(cls, expected: dict[str, Any] | None, batch_size: int) -> ClipSlots | None:
+        """Slots for clips of the `expected` sizes; None when sizes are unknown (no manifest)."""
+        if expected is None:
+            return None
+        size = expected["video_size"]
+        return cls(batch_size, (3, expected["video_frames"], size, size))
+
+    def next_slot(self) -> np.ndarray:
+        """The (3, T, H, W) slot the next clip is decoded into (a fresh batch's first slot
+        once the last batch is full)."""
+        if self.video is None or self.filled == self.batch_size:
+            self.video = batch_tensor((self.batch_size, *self.clip), torch.uint8)
+            self.filled = 0
+        slot: np.ndarray = self.video[self.filled].numpy()
+        return slot
+
+    def keep(self) -> None:
+        """The clip just decoded is the batch's next sample."""
+        self.filled += 1
+
+    def batch_video(self, samples: int) -> torch.Tensor | None:
+        """The filled slots, (samples, 3, T, H, W), if `samples` are what they hold."""
+        if self.video is None or self.filled != samples:
+            return None
+        return self.video[:samples]
+
+
 def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
-                   expected: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+                   expected: dict[str, Any] | None,
+                   slots: ClipSlots | None = None) -> Iterator[dict[str, Any]]:
     """Decoded, validated samples; unsafe members and broken samples are dropped and counted.
+    With `slots`, each clip is decoded into its slot of the batch (`ClipSlots`).
 
     Without `expected` (no manifest) the first sample whose json parses sets it, so a batch
     never mixes sizes."""
@@ -261,7 +308,8 @@ def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
         try:
             if "__error__" in raw:
                 raise CorruptMemberError(raw["__error__"])
-            sample, dropped = decode_sample(raw, expected)
+            sample, dropped = decode_sample(raw, expected,
+                                            None if slots is None else slots.next_slot())
         except CorruptMemberError as err:
             stats.skipped_samples += 1
             stats.note(f"{where}: {err}")
@@ -279,6 +327,8 @@ def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
             stats.skipped_samples += 1
             stats.note(f"{where}: " + "; ".join(problems))
             continue
+        if slots is not None:
+            slots.keep()
         yield sample
 
 
@@ -323,26 +373,31 @@ def sample_tensors(frames: np.ndarray | None, image: np.ndarray | None, mel: np.
     return tensors
 
 
-def batch_samples(src: Iterable[dict[str, Any]], batch_size: int) -> Iterator[Batch]:
-    """Collated batches of `batch_size` samples, the last one possibly smaller.
+def batch_samples(src: Iterable[dict[str, Any]], batch_size: int,
+                  slots: ClipSlots | None = None) -> Iterator[Batch]:
+    """Collated batches of `batch_size` samples, the last one possibly smaller; with `slots`,
+    their video is the slots the clips were decoded into.
 
     Unlike `webdataset.batched`, a full batch leaves before the next sample is pulled, so the
     cursor's position at that moment counts exactly the samples this batch and the ones
-    before it consumed: what resuming needs."""
+    before it consumed: what resuming needs (and the slots are not yet handed on)."""
     pending: list[dict[str, Any]] = []
     for sample in src:
         pending.append(sample)
         if len(pending) == batch_size:
-            yield collate(pending)
+            yield collate(pending, None if slots is None else slots.batch_video(len(pending)))
             pending = []
     if pending:
-        yield collate(pending)
+        yield collate(pending, None if slots is None else slots.batch_video(len(pending)))
 
 
-def collate(samples: Sequence[dict[str, Any]]) -> Batch:
+def collate(samples: Sequence[dict[str, Any]], video: torch.Tensor | None = None) -> Batch:
     """Stack `sample_tensors` outputs; text right-padded by `pipeline.tokenizer.pad_texts`,
-    the one padding rule. A modality that any sample lacks is left out of the batch (and with
-    text, `has_text`), as `omnilatent.training.collate_multimodal` does. ``has_audio`` (B,)
+    the one padding rule. `video` (B, 3, T, H, W), when given, is the buffer the samples'
+    clips were decoded into (`ClipSlots`): taken as the batch's video where each sample's
+    clip is its slot, and stacked as any other modality otherwise. A modality that any
+    sample lacks is left out of the batch (and with text, `has_text`), as
+    `omnilatent.training.collate_multimodal` does. ``has_audio`` (B,)
     is False for the rows whose json says the video has no sound stream (their mel is
     silence), so trainers and evaluation use audio only where it exists."""
     def held(name: str) -> bool:
@@ -351,6 +406,9 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     batch: Batch = {}
     for row in TABLE:  # stored arrays, stacked and put channels first (`Modality.batch_layout`)
         if row.stored_dtype is None or not held(row.name):
+            continue
+        if row.name == "video" and video is not None and _in_slots(samples, video):
+            batch["video"] = video
             continue
         batch[row.name] = stack_into_layout([sample[row.name] for sample in samples],
                                             row.batch_layout, row.name)
@@ -364,6 +422,25 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     batch["__key__"] = [sample["__key__"] for sample in samples]
     batch["meta"] = [sample["meta"] for sample in samples]
     return batch
+
+
+def _in_slots(samples: Sequence[dict[str, Any]], video: torch.Tensor) -> bool:
+    """Whether each sample's clip (T, H, W, 3) is the channels-first slot of `video` at its
+    index, i.e. the batch is already stacked."""
+    return len(samples) == len(video) and all(
+        clip.data_ptr() == slot.data_ptr() and clip.shape == view.shape
+        and clip.stride() == view.stride() and clip.dtype == slot.dtype
+        for clip, slot in zip((sample["video"] for sample in samples), video, strict=True)
+        for view in (slot.permute(1, 2, 3, 0),))
+
+
+def batch_tensor(size: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised batch tensor; in a DataLoader worker born in shared memory, as
+    default_collate's are, so sending it to the trainer copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(size, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(size) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(size)
 
 
 def stack_into_layout(values: Sequence[torch.Tensor], layout: tuple[int, ...] | None,
@@ -382,12 +459,7 @@ def stack_into_layout(values: Sequence[torch.Tensor], layout: tuple[int, ...] | 
                                 f"{tuple(first.shape)} and {value.dtype} {tuple(value.shape)}")
     order = None if layout is None else [axis - 1 for axis in layout[1:]]  # a sample's axes
     shape = first.shape if order is None else [first.shape[axis] for axis in order]
-    size = (len(values), *shape)
-    if get_worker_info() is None:
-        batch = torch.empty(size, dtype=first.dtype)
-    else:  # born in shared memory, as default_collate does: sent to the trainer uncopied
-        storage = first.untyped_storage()._new_shared(math.prod(size) * first.element_size())
-        batch = torch.empty(0, dtype=first.dtype).set_(storage).view(size)
+    batch = batch_tensor((len(values), *shape), first.dtype)
     for slot, value in zip(batch.numpy(), values, strict=True):
         array = value.numpy()
         np.copyto(slot, array if order is None else array.transpose(order))

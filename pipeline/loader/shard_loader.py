@@ -81,6 +81,7 @@ class _EpochStream(IterableDataset):
                cursor: Cursor) -> list[Any]:
         """The pipeline, in order; None entries are stages switched off."""
         shard_rng = random.Random(f"shards/{self.seed}/{epoch}")
+        slots = stage.ClipSlots.of(self.shards.expected, self.batch_size)
         sample_rng = random.Random(f"samples/{self.seed}/{epoch}/{self.rank}/{worker}")
         return [list(self.shards.urls),
                 partial(stage.shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
@@ -91,9 +92,10 @@ class _EpochStream(IterableDataset):
                 (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=sample_rng)
                  if self.shuffle_buffer > 0 else None),
                 partial(stage.skip_consumed, cursor=cursor),
-                partial(stage.decode_samples, stats=stats, expected=self.shards.expected),
+                partial(stage.decode_samples, stats=stats, expected=self.shards.expected,
+                        slots=slots),
                 partial(stage.to_tensors, tokenizer=self.tokenizer, max_text_len=self.max_text_len),
-                partial(stage.batch_samples, batch_size=self.batch_size),
+                partial(stage.batch_samples, batch_size=self.batch_size, slots=slots),
                 partial(_emit, worker=worker, cursor=cursor, stats=stats)]
 
     def __iter__(self) -> Iterator[_Chunk]:

@@ -110,7 +110,8 @@ def oversized_member(name: str, size: int, expected: Mapping[str, Any] | None) -
             f"hold; skipped unread")
 
 
-def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = None) -> Any:
+def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = None,
+                  out: np.ndarray | None = None) -> Any:
     """Decode one member by its name (`_DECODERS`); the only decoder shards are ever read with.
     Any other type (notably ``pyd``, ``pickle``, ``pth``, ``pt``) raises UnsafeMemberError
     without reading the bytes; bytes that do not decode raise CorruptMemberError.
@@ -120,7 +121,12 @@ def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = N
     frame count) must be those of `expected` (`expected_from_config`), frames past the expected
     count stop the decode, and nothing may decode to more than MAX_MEMBER_BYTES. Without
     `expected` only that last bound applies: readers of untrusted shards pass it
-    (`decode_sample` does)."""
+    (`decode_sample` does).
+
+    `out`, for a clip member of the expected size: a (3, T, H, W) uint8 buffer (a slot of the
+    loader's batch, `pipeline.loader.samples.ClipSlots`) that the clip is decoded into,
+    channels first, and returned as its (T, H, W, 3) view; a clip of another size is decoded
+    into memory of its own, as without `out`."""
     kind = member_type(name)
     decoder = _DECODERS.get(kind)
     if decoder is None:
@@ -128,6 +134,8 @@ def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = N
                                 f"v1 and is never deserialised")
     shape = None if expected is None else member_shape(name, expected)
     try:
+        if out is not None and name in CLIP_MEMBERS:
+            return decoder(data, shape, out=out)
         return decoder(data, shape)
     except CorruptMemberError as err:
         raise CorruptMemberError(f"member {name!r}: {err}") from err
@@ -147,7 +155,8 @@ def _decode_text(data: bytes, shape: tuple[int, ...] | None) -> str:
     return data.decode("utf-8")
 
 
-def _decode_npy(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
+def _decode_npy(data: bytes, shape: tuple[int, ...] | None,
+                out: np.ndarray | None = None) -> np.ndarray:
     # np.load would also open .npz archives (and with allow_pickle, pickles): accept .npy only.
     if not data.startswith(_NPY_MAGIC):
         raise CorruptMemberError("not an .npy array (bad magic bytes)")
@@ -169,6 +178,9 @@ def _decode_npy(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
     # again, the costlier half of loading a mel), copied once into memory of its own and
     # writable, as np.load's; a member shorter than its header declares raises ValueError.
     flat = np.frombuffer(data, dtype, count=math.prod(declared), offset=buffer.tell())
+    if out is not None and not fortran_order and _fits(out, declared, dtype):
+        np.copyto(out, flat.reshape(declared).transpose(3, 0, 1, 2))  # into its slot
+        return out.transpose(1, 2, 3, 0)
     if fortran_order:
         return flat.reshape(declared[::-1]).transpose().copy(order="K")
     return flat.reshape(declared).copy()
@@ -187,7 +199,14 @@ def _decode_image(kind: str, data: bytes, shape: tuple[int, ...] | None) -> np.n
         return np.array(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
+def _fits(out: np.ndarray, frames: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
+    """Whether a clip of `frames` (T, H, W, 3) and `dtype` fills `out` (3, T, H, W)."""
+    return (dtype == out.dtype and len(frames) == 4
+            and (frames[3], *frames[:3]) == tuple(out.shape))
+
+
+def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
+                out: np.ndarray | None = None) -> np.ndarray:
     # format="mp4" keeps FFmpeg from probing other demuxers (some, like HLS, open URLs).
     with av.open(BytesIO(data), "r", format="mp4") as container:
         if len(container.streams.video) != 1:
@@ -215,7 +234,10 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
         # Channels first: the layout the batch has (`pipeline.loader.samples.collate`), so
         # the loader copies each sample's frames in one piece instead of transposing them.
         # Without expected sizes the buffer spans the decode bound, untouched past the frames.
-        clip = np.empty((3, limit, height, width), np.uint8)
+        if out is not None and _fits(out, (limit, height, width, 3), np.dtype(np.uint8)):
+            clip = out
+        else:
+            clip = np.empty((3, limit, height, width), np.uint8)
         count = 0
         for frame in container.decode(stream):
             if (frame.width, frame.height) != (width, height):  # the bitstream may disagree
@@ -264,8 +286,8 @@ _DECODERS = {"json": _decode_json, "txt": _decode_text, "npy": _decode_npy, "mp4
 _MEDIA_MEMBERS = frozenset(SCHEMA_MEMBERS) - {MEMBER_JSON, MEMBER_TEXT}
 
 
-def decode_sample(raw: Mapping[str, Any], expected: Mapping[str, Any] | None = None
-                  ) -> tuple[dict[str, Any], list[str]]:
+def decode_sample(raw: Mapping[str, Any], expected: Mapping[str, Any] | None = None,
+                  clip_out: np.ndarray | None = None) -> tuple[dict[str, Any], list[str]]:
     """Decode the schema's members of a raw webdataset sample; leave every other one unread.
 
     Returns the decoded sample (``__key__``, ``__url__`` and other ``__meta__`` entries kept
@@ -276,7 +298,8 @@ def decode_sample(raw: Mapping[str, Any], expected: Mapping[str, Any] | None = N
 
     Media members are decoded to the sizes `expected` (the manifest's `expected_from_config`)
     or, without it, to those the sample's own json declares; a sample with media but no usable
-    json raises CorruptMemberError, its media left undecoded (see `decode_member`)."""
+    json raises CorruptMemberError, its media left undecoded (see `decode_member`, and for
+    `clip_out` its `out`)."""
     sizes = expected
     if sizes is None and not _MEDIA_MEMBERS.isdisjoint(raw):
         sizes = _declared_sizes(raw)
@@ -286,7 +309,7 @@ def decode_sample(raw: Mapping[str, Any], expected: Mapping[str, Any] | None = N
         if name.startswith("__"):
             decoded[name] = value
         elif name in SCHEMA_MEMBERS:
-            decoded[name] = decode_member(name, value, sizes)
+            decoded[name] = decode_member(name, value, sizes, clip_out)
         else:
             dropped.append(name)
     return decoded, dropped
