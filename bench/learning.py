@@ -264,6 +264,16 @@ def print_run(result: dict[str, Any]) -> None:
     print(f"ceiling, R@1 of the clip itself knowing only its class: {result['clip_ceiling']:.3f}")
 
 
+def print_summary(summary: dict[str, dict[str, Any]]) -> None:
+    """One line per figure: each run's value, the mean and the worst."""
+    runs = len(next(iter(summary.values()))["runs"])
+    print(f"\n{'figure':<26}" + "".join(f"{f'run {i + 1}':>8}" for i in range(runs))
+          + f"{'mean':>8}{'worst':>8}")
+    for label, s in summary.items():
+        print(f"{label:<26}" + "".join(f"{v:>8.3f}" for v in s["runs"])
+              + f"{s['mean']:>8.3f}{s['worst']:>8.3f}")
+
+
 def print_targets(targets: dict[str, bool]) -> None:
     for name, ok in targets.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
@@ -338,11 +348,7 @@ def main() -> None:
     for i, run in enumerate(runs):
         print(f"\n== run {i + 1}: training seed {run['seed']}, world {run['world']}")
         print_run(run)
-    print(f"\n{'figure':<26}" + "".join(f"{f'run {i + 1}':>8}" for i in range(len(runs)))
-          + f"{'mean':>8}{'worst':>8}")
-    for label, s in summary.items():
-        print(f"{label:<26}" + "".join(f"{v:>8.3f}" for v in s["runs"])
-              + f"{s['mean']:>8.3f}{s['worst']:>8.3f}")
+    print_summary(summary)
     print("targets on the worst run (CER on the mean):")
     print_targets(targets)
 
