@@ -12,6 +12,7 @@ import torch
 from omnilatent import OmniLatentConfig, OmniLatentModel
 from omnilatent.errors import ConfigError
 from omnilatent.model.modalities import REGISTRY
+from omnilatent.training import TrainConfig
 from pipeline.tokenizer import BYTE_VOCAB_SIZE, EOS_ID, byte_detokenize, byte_tokenizer
 from tests.conftest import TINY
 
@@ -47,13 +48,14 @@ def test_identity_only_for_the_same_modality_on_the_same_grid() -> None:
 
 def _caption_noise(decoding: str, targets: Callable[[], torch.Tensor], steps: int,
                    captions: int) -> torch.Tensor:
-    """Train a tiny model to write ``targets()`` (B, L) from random pictures, then return its
-    greedy ids (captions, 32) for new random pictures: the source carries no information, so
-    whatever it writes is what its text decoding makes of the targets alone."""
+    """Train a tiny model to write ``targets()`` (B, L) from random pictures, at the trainer's
+    default learning rate, then return its greedy ids (captions, 32) for new random pictures:
+    the source carries no information, so whatever it writes is what its text decoding makes
+    of the targets alone."""
     torch.manual_seed(0)
     cfg = OmniLatentConfig(**dict(TINY, vocab_size=BYTE_VOCAB_SIZE, text_decoding=decoding))
     model = OmniLatentModel(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=TrainConfig().lr)
     for _ in range(steps):
         target = targets()
         loss = model("image", torch.randn(len(target), 3, 32, 32), "text", target=target)["loss"]
@@ -72,6 +74,17 @@ def test_a_model_trained_to_write_a_fixed_string_writes_it(decoding: str) -> Non
     ids = _caption_noise(decoding, lambda: target, steps=120, captions=3)
     assert [byte_detokenize(row) for row in ids] == [sentence] * 3
     assert bool((ids[:, target.shape[1]:] == 0).all())  # padding after EOS
+
+
+@pytest.mark.parametrize("width", [32, 256])
+def test_text_logits_start_with_unit_spread_at_any_width(width: int) -> None:
+    """Tied to embedding rows of std 0.02, unscaled logits started at std 0.02 * sqrt(width)
+    (0.23 at the bench's 128): too flat a softmax to learn spelling from in a short run."""
+    torch.manual_seed(0)
+    model = OmniLatentModel(OmniLatentConfig(**dict(TINY, hidden_dim=width)))
+    with torch.no_grad():
+        logits = model("audio", torch.randn(4, 16, 24), "text", target_length=16)["output"]
+    assert 0.7 < float(logits.std()) < 1.4
 
 
 def test_generation_never_picks_ids_outside_the_tokenizer() -> None:

@@ -3,7 +3,7 @@
 Sequence: [target token, source token(s), content tokens] -> pre-norm transformer blocks (with
 any registered Latent Neural Hooks joining at their layers) -> final norm -> target decoder
 (one query per output position, see `decoder.py`) -> modality output head. Text output is
-tied to the text embedding.
+tied to the text embedding, scaled as `text_logits` says.
 
 Notation: B batch, S sequence length (prefix + content), N content tokens, L target tokens,
 D model dim, V vocabulary."""
@@ -25,6 +25,8 @@ from omnilatent.model.hooks import LatentNeuralHook
 from omnilatent.model.layers import RMSNorm, rope_tables
 from omnilatent.model.modalities import MODALITY_INDEX, REGISTRY
 from pipeline.modalities import PAD_ID
+
+INIT_STD = 0.02  # of every weight matrix and embedding at initialisation
 
 
 class OmniLatentModel(nn.Module):
@@ -59,11 +61,29 @@ class OmniLatentModel(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
                                nn.ConvTranspose3d)):
-            nn.init.normal_(module.weight, std=0.02)
+            nn.init.normal_(module.weight, std=INIT_STD)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
+            nn.init.normal_(module.weight, std=INIT_STD)
+
+    def text_logits(self, hidden: Tensor) -> Tensor:
+        """(..., D) normed hidden states -> (..., V) logits through the tied text embedding,
+        scaled by 1 / (INIT_STD * sqrt(D)) so that they start with unit spread at any width.
+
+        Unscaled, a hidden state of RMS 1 (norm sqrt(D)) against rows of std 0.02 gave logits
+        of std 0.23 at D = 128: a softmax so flat that AdamW, moving each weight by about the
+        learning rate per step, needed hundreds of text steps to make it confident, and the
+        tiny model's transcripts came out misspelt (README, "Design choices")."""
+        scale = 1.0 / (INIT_STD * math.sqrt(self.config.hidden_dim))
+        return hidden @ self.text_embed.weight.t() * scale
+
+    def previous_text(self, ids: Tensor) -> Tensor:
+        """Embedded ids (..., D) as the autoregressive decoder's "token before": scaled by
+        sqrt(D) (as the original transformer's embeddings) to the size of the other parts of a
+        text query, which the raw rows (std 0.02) were ten times smaller than, so the decoder
+        hardly saw which letter it had just written ("diaaond")."""
+        return self.text_embed(ids) * math.sqrt(self.config.hidden_dim)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -171,9 +191,9 @@ class OmniLatentModel(nn.Module):
         if target is not None or not decoder.autoregressive_text:
             previous = None
             if decoder.autoregressive_text:
-                previous = decoder.shifted(self.text_embed(target))  # (B, L, D)
+                previous = decoder.shifted(self.previous_text(target))  # (B, L, D)
             hidden = decoder(memory, "text", (length,), mask, previous)  # (B, L, D)
-            logits = hidden @ self.text_embed.weight.t()  # (B, L, V), tied weights
+            logits = self.text_logits(hidden)  # (B, L, V)
             ids = None if target is not None else _greedy(logits, vocab_limit)
             return logits, ids
         batch = memory.shape[0]
@@ -184,11 +204,11 @@ class OmniLatentModel(nn.Module):
         done = torch.zeros(batch, dtype=torch.bool, device=memory.device)  # (B,)
         for position in range(length):
             hidden = decoder.step_text(state, position, previous, mask)  # (B, D)
-            logits = hidden @ self.text_embed.weight.t()  # (B, V)
+            logits = self.text_logits(hidden)  # (B, V)
             steps.append(logits)
             choice = _greedy(logits, vocab_limit).masked_fill(done, PAD_ID)  # (B,)
             chosen.append(choice)
-            previous = self.text_embed(choice)  # (B, D)
+            previous = self.previous_text(choice)  # (B, D)
             if eos_id is not None:
                 done |= choice == eos_id
                 if bool(done.all()):
@@ -274,7 +294,7 @@ class OmniLatentModel(nn.Module):
         same_grid = list(inputs) == [target_mod] and content.shape[1] == length
         if target_mod == "text":
             if same_grid:
-                return content @ self.text_embed.weight.t(), states  # (B, L, V)
+                return self.text_logits(content), states  # (B, L, V)
             logits, _ = self._text_logits(hidden, mask, length, target, vocab_limit, eos_id)
             return logits, states
         decoded = content if same_grid else self.decoder(hidden, target_mod, grid, mask)
