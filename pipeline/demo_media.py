@@ -203,26 +203,18 @@ def _inside_star(u: np.ndarray, v: np.ndarray, inner: float = 0.55) -> np.ndarra
     return dx * y - dy * (x - inner) >= 0
 
 
-def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Points (u, v), in units of the radius around the centre (v pointing down), inside
-    `shape`; each shape fills most of the [-1, 1] square."""
-    if shape == "circle":
-        return u**2 + v**2 <= 1
-    if shape == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
-    if shape == "triangle":
-        return (v <= 0.8) & (np.abs(u) <= (v + 1) / 1.8)
-    if shape == "star":
-        return _inside_star(u, v)
-    if shape == "ring":
-        return (u**2 + v**2 <= 1) & (u**2 + v**2 >= 0.55**2)
-    if shape == "cross":
-        return ((np.abs(u) <= 0.35) & (np.abs(v) <= 1)) | ((np.abs(v) <= 0.35) & (np.abs(u) <= 1))
-    if shape == "diamond":
-        return np.abs(u) + np.abs(v) <= 1
-    if shape == "bar":
-        return (np.abs(u) <= 1) & (np.abs(v) <= 0.5)
-    raise PipelineError(f"unknown demo shape {shape!r}")
+# Points (u, v), in units of the radius around the centre (v pointing down), inside each
+# shape; each shape fills most of the [-1, 1] square.
+_INSIDE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "circle": lambda u, v: u**2 + v**2 <= 1,
+    "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.8,
+    "triangle": lambda u, v: (v <= 0.8) & (np.abs(u) <= (v + 1) / 1.8),
+    "star": _inside_star,
+    "ring": lambda u, v: (u**2 + v**2 <= 1) & (u**2 + v**2 >= 0.55**2),
+    "cross": lambda u, v: (((np.abs(u) <= 0.35) & (np.abs(v) <= 1))
+                           | ((np.abs(v) <= 0.35) & (np.abs(u) <= 1))),
+    "diamond": lambda u, v: np.abs(u) + np.abs(v) <= 1,
+    "bar": lambda u, v: (np.abs(u) <= 1) & (np.abs(v) <= 0.5)}
 
 
 def shape_mask(params: DemoParams, frames: np.ndarray, fps: int = FPS) -> np.ndarray:
@@ -237,7 +229,7 @@ def shape_mask(params: DemoParams, frames: np.ndarray, fps: int = FPS) -> np.nda
     pixels = origins[:, :, None] + np.arange(side) + 0.5  # (T, 2, S) pixel centres in the box
     offsets = (pixels - centres[:, :, None]) / params.radius  # (T, 2, S)
     u, v = offsets[:, 0, None, :], offsets[:, 1, :, None]  # (T, 1, S), (T, S, 1)
-    inside = _inside(params.demo_class.shape, u, v)  # (T, S, S)
+    inside = _INSIDE[params.demo_class.shape](u, v)  # (T, S, S)
     mask = np.zeros((len(frames), height, width), dtype=bool)  # (T, H, W)
     for frame_mask, (x, y), box in zip(mask, origins, inside, strict=True):
         region = frame_mask[y : y + side, x : x + side]  # cut at the right and bottom edges

@@ -88,12 +88,12 @@ class _TextTally:
     chars: int = 0  # reference characters
 
 
+@dataclass
 class _Sums:
     """Running weighted sums, averaged at the end."""
 
-    def __init__(self) -> None:
-        self.total: dict[str, float] = defaultdict(float)
-        self.weight: dict[str, float] = defaultdict(float)
+    total: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    weight: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def add(self, name: str, value: float, weight: float) -> None:
         self.total[name] += value * weight
@@ -101,13 +101,6 @@ class _Sums:
 
     def means(self) -> dict[str, float]:
         return {k: self.total[k] / self.weight[k] for k in self.total if self.weight[k] > 0}
-
-
-def _rows(batch: dict[str, Any], keep: Tensor) -> dict[str, Any]:
-    """The rows of a batch where ``keep`` (B,) is true."""
-    index = keep.nonzero().flatten().tolist()
-    return {k: v[keep] if isinstance(v, Tensor) else [v[i] for i in index]
-            for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -136,7 +129,7 @@ def evaluate(model: OmniLatentModel, batches: Iterable[dict[str, Any]], text: Te
             if max_samples is not None and seen >= max_samples:
                 break
             if max_samples is not None and seen + len(batch["__key__"]) > max_samples:
-                batch = _rows(batch, torch.arange(len(batch["__key__"])) < max_samples - seen)
+                batch = {k: v[:max_samples - seen] for k, v in batch.items()}  # its first rows
             batch = batch_to_device(batch, device)  # model units from here: metrics too
             for task in tasks:  # each only where its source and target exist
                 data = task.served(batch)

@@ -26,7 +26,7 @@ run. Prepare shards for large or untrusted corpora."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,22 +179,18 @@ class VideoWatchingDataset(Dataset):
         for window in iter_windows(source.path, self.prepare):
             yield self._members(window, context)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def _order(self) -> list[VideoSource]:
         generator = epoch_generator(self.seed, self.epoch)
         return [self.videos[i] for i in torch.randperm(len(self.videos),
                                                        generator=generator).tolist()]
 
 
+@dataclass
 class _VideoStream(IterableDataset):
     """The streaming form: the windows of every video in the dataset's seeded order for its
     epoch, each video decoded once; loader workers split the videos between them."""
 
-    def __init__(self, dataset: VideoWatchingDataset) -> None:
-        super().__init__()
-        self.dataset = dataset
+    dataset: VideoWatchingDataset
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         dataset = self.dataset
@@ -210,6 +206,7 @@ class _VideoStream(IterableDataset):
                 dataset.failures[source.rel_path] = str(err)
 
 
+@dataclass
 class VideoWatchingLoader:
     """Batches of a `VideoWatchingDataset` in its streaming form (no index needed), resumable:
     each ``iter()`` runs (the rest of) one epoch; the position is (epoch, batches), and
@@ -217,17 +214,15 @@ class VideoWatchingLoader:
     the next batch is the one that would have come next. `pin_memory` (for a CUDA device
     only) puts the batches in pinned memory."""
 
-    def __init__(self, dataset: VideoWatchingDataset, batch_size: int,
-                 num_workers: int = 0, pin_memory: bool = False) -> None:
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.epoch = 0
-        self.batches = 0
+    dataset: VideoWatchingDataset
+    batch_size: int
+    num_workers: int = 0
+    pin_memory: bool = False
+    epoch: int = 0
+    batches: int = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.dataset.set_epoch(self.epoch)
+        self.dataset.epoch = self.epoch
         loader = DataLoader(_VideoStream(self.dataset), batch_size=self.batch_size,
                             num_workers=self.num_workers, collate_fn=collate_video_watching,
                             pin_memory=self.pin_memory)

@@ -142,12 +142,7 @@ class ShardLoader:
                  num_workers: int, epochs: int | None, rank: int, world_size: int,
                  pin_memory: bool = False) -> None:
         self.shards = shards
-        self.batch_size = batch_size
-        self.tokenizer = tokenizer
-        self.max_text_len = max_text_len
         self.seed = seed
-        self.shuffle_shards = shuffle_shards
-        self.shuffle_buffer = shuffle_buffer
         self.num_workers = num_workers
         self.epochs = epochs
         self.rank = rank
