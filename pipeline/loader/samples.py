@@ -151,16 +151,12 @@ def shuffle_shards(src: Iterable[str], rng: random.Random) -> Iterator[str]:
     yield from shards
 
 
-def split_by_node(src: Iterable[str], rank: int, world_size: int) -> Iterator[str]:
-    """Every `world_size`-th shard starting at `rank`: ranks read disjoint shards."""
+def every_nth(src: Iterable[str], start: int, step: int) -> Iterator[str]:
+    """Every `step`-th shard from the `start`-th: ranks (then each rank's workers) read
+    disjoint shards."""
     for index, url in enumerate(src):
-        if index % world_size == rank:
+        if index % step == start:
             yield url
-
-
-def split_by_worker(src: Iterable[str], worker: int, num_workers: int) -> Iterator[str]:
-    """Every `num_workers`-th shard of this rank starting at `worker`."""
-    return split_by_node(src, worker, num_workers)
 
 
 def tar_samples(src: Iterable[str], stats: LoaderStats, sample_counts: dict[str, int],

@@ -85,8 +85,8 @@ class _EpochStream(IterableDataset):
         sample_rng = random.Random(f"samples/{self.seed}/{epoch}/{self.rank}/{worker}")
         return [list(self.shards.urls),
                 partial(stage.shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
-                partial(stage.split_by_node, rank=self.rank, world_size=self.world_size),
-                partial(stage.split_by_worker, worker=worker, num_workers=num_workers),
+                partial(stage.every_nth, start=self.rank, step=self.world_size),  # by rank
+                partial(stage.every_nth, start=worker, step=num_workers),  # by worker
                 partial(stage.tar_samples, stats=stats, sample_counts=self.shards.sample_counts,
                         streamed=self.shards.streamed, expected=self.shards.expected),
                 (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=sample_rng)
