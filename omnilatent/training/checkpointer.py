@@ -118,7 +118,7 @@ class Checkpointer:
         distributed: dict[str, Any] = {"world_size": t.dist.world_size}
         if t.dist.enabled:
             distributed["ranks"] = ranks
-        state = {"model_config": t.model_config.to_dict(),
+        state = {"model_config": t.model.config.to_dict(),
                  "train_config": t.config.to_dict(),
                  "hooks": [hook.settings() for hook in t.model.hooks.values()],
                  "rng": ranks[0]["rng"],
@@ -185,9 +185,9 @@ class Checkpointer:
                 f"data; resume with the data source it was trained on, or start a new run in "
                 "another save dir")
         saved_cfg = OmniLatentConfig.from_dict(state["model_config"])
-        diffs = [f"{k}: checkpoint {v!r} vs now {getattr(t.model_config, k)!r}"
+        diffs = [f"{k}: checkpoint {v!r} vs now {getattr(t.model.config, k)!r}"
                  for k, v in saved_cfg.to_dict().items()
-                 if getattr(t.model_config, k) != v and k != "gradient_checkpointing"]
+                 if getattr(t.model.config, k) != v and k != "gradient_checkpointing"]
         if diffs:
             raise CheckpointError(f"{path} was trained with a different model: " + "; ".join(diffs))
         reason = t.sampler.mismatch(state["sampler"])

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from omnilatent.checkpoint.json_values import is_count
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import ConfigError
 from pipeline.tokenizer import pad_texts
@@ -103,8 +104,7 @@ class ResumableLoader:
         """Continue from ``state_dict``; ConfigError (nothing changed) for any other state,
         e.g. that of a shard loader when a run is resumed on other data."""
         valid = (isinstance(state, dict) and set(state) == {"epoch", "batch"}
-                 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                         for v in state.values()))
+                 and all(is_count(v) for v in state.values()))
         if not valid:
             raise ConfigError(f"not a position of this loader (epoch and batch, integers "
                               f">= 0): {str(state)[:100]}")

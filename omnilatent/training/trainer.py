@@ -190,7 +190,6 @@ class Trainer:
             self.device = torch.device("cuda", distributed.local_rank)
         self.model = model.to(self.device)
         self.wrapped = wrap_model(self.model, distributed, self.device)  # before the optimizer
-        self.model_config: OmniLatentConfig = model.config
         self.dataloader = dataloader
         self.amp_dtype = amp_dtype_for(self.device, config.amp)
         self.optimizer = build_optimizer(self.model, config)
@@ -298,7 +297,7 @@ class Trainer:
         alone fails on a later one without, e.g., transcript text). The cost: the step's
         batches are in host memory together."""
         cfg = self.config
-        mcfg = self.model_config
+        mcfg = self.model.config
         self.model.train()
         samples, tokens = 0, 0
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
