@@ -281,8 +281,7 @@ class OmniLatentModel(nn.Module):
         return hidden, keep, prefix_len, states
 
     def _predict(self, inputs: dict[str, Tensor], target_mod: str, target: Tensor | None,
-                 target_length: int | None, vocab_limit: int | None = None,
-                 eos_id: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                 target_length: int | None) -> tuple[Tensor, dict[str, Tensor]]:
         """The output for one target modality (and the hook states of its backbone pass)."""
         hidden, keep, prefix_len, states = self._run_backbone(inputs, target_mod)
         content = hidden[:, prefix_len:]  # (B, N, D)
@@ -295,7 +294,7 @@ class OmniLatentModel(nn.Module):
         if target_mod == "text":
             if same_grid:
                 return self.text_logits(content), states  # (B, L, V)
-            logits, _ = self._text_logits(hidden, mask, length, target, vocab_limit, eos_id)
+            logits, _ = self._text_logits(hidden, mask, length, target)
             return logits, states
         decoded = content if same_grid else self.decoder(hidden, target_mod, grid, mask)
         return self.decoders[target_mod](decoded, size), states
