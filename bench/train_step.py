@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from omnilatent import OmniLatentConfig, OmniLatentModel
-from omnilatent.tasks import Task, content_tokens, present_modalities
+from omnilatent.tasks import Task, content_tokens, servable_pairs
 from omnilatent.training import SyntheticMultimodalDataset, TrainConfig, collate_multimodal
 from omnilatent.training.compile import compile_blocks
 from omnilatent.training.trainer import amp_dtype_for, build_optimizer, resolve_device
@@ -168,7 +168,7 @@ def loader_vs_synthetic(cfg: OmniLatentConfig, loader, steps: int, warmup: int,
     batches = _endless(loader)
     try:
         first = next(batches)
-        missing = sorted(modalities - set(present_modalities(first)))
+        missing = sorted(modalities - {source for source, _ in servable_pairs(first)})
         if missing:
             return {"task": task.name, "skipped": f"the data holds no {', '.join(missing)}"}
         source, target = task.inputs({m: _synthetic_like(m, first[m], device)

@@ -134,17 +134,14 @@ def row_mask(batch: dict, modality: str) -> Tensor | None:
     return None
 
 
-def present_modalities(batch: dict) -> list[str]:
-    """Modalities the batch can serve: those at least one row holds (`row_mask`)."""
-    present = []
-    for modality in MODALITIES:
-        if not isinstance(batch.get(modality), Tensor):
-            continue
-        mask = row_mask(batch, modality)
-        if mask is not None and not bool(mask.any()):
-            continue
-        present.append(modality)
-    return present
+def servable_pairs(batch: dict) -> set[tuple[str, str]]:
+    """The (source, target) pairs the batch can serve: those at least one row holds both
+    modalities of (`Task.rows`). Pairs, not modalities: a batch whose sound and transcripts sit
+    in different rows serves audio tasks and text tasks, but no row of it could train
+    audio_to_text."""
+    held = [modality for modality in MODALITIES if isinstance(batch.get(modality), Tensor)]
+    return {(source, target) for source in held for target in held
+            if (keep := Task(source, target).rows(batch)) is None or bool(keep.any())}
 
 
 MAX_TURN = 2**62  # a sampler's counters stay far below this
@@ -157,9 +154,11 @@ class TaskSampler(ABC):
     global random generator, so where it is built does not change any random stream."""
 
     @abstractmethod
-    def select(self, step: int, present: set[str], notify: Callable[[str], None]) -> Task | None:
-        """The task of step index ``step`` given the modalities every batch of the step holds
-        (None: skip the step); ``notify`` tells the user (e.g. a phase begins)."""
+    def select(self, step: int, present: set[tuple[str, str]],
+               notify: Callable[[str], None]) -> Task | None:
+        """The task of step index ``step`` given the (source, target) pairs every batch of the
+        step can serve (`servable_pairs`; None: skip the step); ``notify`` tells the user (e.g.
+        a phase begins)."""
 
     def notes(self) -> list[str]:
         """What the user is told when training starts."""
@@ -201,8 +200,8 @@ class PairSampler(TaskSampler):
                       for t in MODALITIES}
         self.turn = 0
 
-    def choose(self, present: set[str]) -> Task:
-        """The next pair whose source and target are both in ``present``."""
+    def choose(self, present: set[tuple[str, str]]) -> Task:
+        """The next pair in ``present`` (`servable_pairs`)."""
         if not present:
             raise OmniLatentError("no modality (text, audio, image or video) is held by every "
                                   "batch of the step; check the data source")
@@ -211,10 +210,11 @@ class PairSampler(TaskSampler):
             target = MODALITIES[self.turn % n]
             source = self.order[target][(self.turn // n) % n]
             self.turn += 1
-            if source in present and target in present:
+            if (source, target) in present:
                 return Task(source, target)
 
-    def select(self, step: int, present: set[str], notify: Callable[[str], None]) -> Task:
+    def select(self, step: int, present: set[tuple[str, str]],
+               notify: Callable[[str], None]) -> Task:
         return self.choose(present)
 
     def state_dict(self) -> dict[str, Any]:
@@ -237,9 +237,9 @@ class PairSampler(TaskSampler):
         self.turn = int(state["turn"])
 
 
-def common_modalities(batches: list[dict]) -> set[str]:
-    """Modalities every one of ``batches`` can serve (see `present_modalities`)."""
-    return set.intersection(*(set(present_modalities(batch)) for batch in batches))
+def common_pairs(batches: list[dict]) -> set[tuple[str, str]]:
+    """The pairs every one of ``batches`` can serve (see `servable_pairs`)."""
+    return set.intersection(*(servable_pairs(batch) for batch in batches))
 
 
 def content_tokens(modality: str, x: Tensor, audio_stride: int, patch: int, tubelet: int) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from omnilatent import OmniLatentModel
-from omnilatent.tasks import build_task, present_modalities
+from omnilatent.tasks import build_task, servable_pairs
 from omnilatent.training import TrainConfig, Trainer
 from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumSampler
 from omnilatent.training.rng import seed_everything
@@ -90,12 +90,31 @@ def test_no_task_is_chosen_for_a_modality_no_row_holds(tiny_config) -> None:
     batch["has_audio"][:] = False
     batch["text"][:] = 0
     batch["has_text"][:] = False
-    present = set(present_modalities(batch))
-    assert present == {"image", "video"}
+    present = servable_pairs(batch)
+    assert {source for source, _ in present} == {"image", "video"}
     sampler = CurriculumSampler(DEFAULT_SCHEDULE, 100, tiny_config)
     chosen = {sampler.select(step, present, lambda _: None) for step in range(100)}
     chosen.discard(None)
-    assert chosen and all({t.source, t.target} <= present for t in chosen)
+    assert chosen and all({t.source, t.target} <= {"image", "video"} for t in chosen)
+
+
+def test_sound_and_text_in_different_rows_train_no_audio_text_pair(tiny_config) -> None:
+    """Rows 0 with sound and no transcript, row 1 a transcript and no sound: audio tasks and
+    text tasks each have a row, audio_to_text and text_to_audio none, so a step never picks
+    them (it would have run the model on an empty batch)."""
+    batch = _batch(tiny_config, 2)
+    batch["has_audio"][1] = False
+    batch["text"][0] = 0
+    batch["has_text"][0] = False
+    present = servable_pairs(batch)
+    assert {("audio", "video"), ("text", "image"), ("audio", "audio"), ("text", "text")} <= present
+    assert not {("audio", "text"), ("text", "audio")} & present
+    seed_everything(0)
+    trainer = Trainer(OmniLatentModel(tiny_config), TrainConfig(steps=32, lr=1e-3), [batch])
+    result = trainer.train()
+    tasks = {record["task"] for record in result.history}
+    assert "audio_to_text" not in tasks and "text_to_audio" not in tasks
+    assert {"audio_to_video", "text_to_image"} <= tasks
 
 
 def test_collate_flags_the_rows_of_videos_without_sound() -> None:

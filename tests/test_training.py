@@ -24,7 +24,7 @@ from omnilatent.checkpoint.files import (
     verify_checkpoint,
 )
 from omnilatent.errors import CheckpointError, ConfigError, OmniLatentError
-from omnilatent.tasks import PairSampler, present_modalities, task_name
+from omnilatent.tasks import PairSampler, servable_pairs, task_name
 from omnilatent.training import (
     SyntheticMultimodalDataset,
     TrainConfig,
@@ -190,7 +190,7 @@ def test_synthetic_training_reduces_the_loss(tiny_config) -> None:
 def test_pair_sampler_covers_all_pairs_in_any_16_steps_and_skips_missing() -> None:
     batch = {m: torch.ones(1, 2, dtype=torch.long) if m == "text" else torch.zeros(1)
              for m in MODALITIES}
-    sampler, present = PairSampler(seed=3), set(present_modalities(batch))
+    sampler, present = PairSampler(seed=3), servable_pairs(batch)
     names = [sampler.choose(present).name for _ in range(40)]
     for start in range(0, 24):
         assert len(set(names[start:start + 16])) == 16
@@ -200,7 +200,7 @@ def test_pair_sampler_covers_all_pairs_in_any_16_steps_and_skips_missing() -> No
     assert [again.choose(present).name for _ in range(5)] == [sampler.choose(present).name
                                                               for _ in range(5)]
     no_text = dict(batch, text=torch.zeros(1, 3, dtype=torch.long))  # all padding
-    tasks = [sampler.choose(set(present_modalities(no_text))) for _ in range(30)]
+    tasks = [sampler.choose(servable_pairs(no_text)) for _ in range(30)]
     assert all("text" not in (t.source, t.target) for t in tasks)
     assert len({t.name for t in tasks}) == 9
 

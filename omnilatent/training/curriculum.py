@@ -309,7 +309,8 @@ class CurriculumSampler(TaskSampler):
                 return span
         return self.spans[-1]
 
-    def select(self, step: int, present: set[str], notify: Callable[[str], None]) -> Task | None:
+    def select(self, step: int, present: set[tuple[str, str]],
+               notify: Callable[[str], None]) -> Task | None:
         span = self.span_at(step)
         if span.phase.name != self._phase_name:
             self._rr = _RoundRobin()
@@ -317,8 +318,8 @@ class CurriculumSampler(TaskSampler):
             notify(f"phase {span.phase.name!r} (steps {span.start + 1}-{span.end}): "
                    f"{', '.join(span.phase.tasks)}")
         eligible = {name: w for name, w in span.phase.tasks.items()
-                    if {self.tasks[name].source, self.tasks[name].target} <= present}
-        if len(eligible) < len(span.phase.tasks) and "text" not in present:
+                    if (self.tasks[name].source, self.tasks[name].target) in present}
+        if len(eligible) < len(span.phase.tasks) and ("text", "text") not in present:
             self.text_skipped += 1
         if not eligible:
             return None

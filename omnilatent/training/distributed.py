@@ -5,7 +5,7 @@ rendezvous; `init_distributed` joins the process group (NCCL on CUDA, gloo on CP
 builds the same model from the same seed (DDP also broadcasts rank 0's weights), reads its own
 part of the data (the shard loader splits shards by rank; `rank_loader` splits map-style
 datasets by sample) and runs the same number of forward/backward passes per step; the task of a
-step is chosen from the modalities present on *all* ranks (`CommonPresent`), so the curriculum
+step is chosen from the task pairs *all* ranks can serve (`CommonPresent`), so the curriculum
 and the task order stay in step. Rank 0 alone logs, holds the save dir's lock and writes
 checkpoints in the single-process format plus every rank's data position and RNG states
 (``state["distributed"]``), so each rank continues its own stream on resume; under FSDP2 each
@@ -71,6 +71,7 @@ class DistributedContext:
 
 
 SINGLE = DistributedContext()
+PAIRS = [(source, target) for source in MODALITIES for target in MODALITIES]  # a mask's order
 
 
 def init_distributed(device: str, fsdp: bool = False) -> DistributedContext:
@@ -128,25 +129,26 @@ def grad_sync(module: nn.Module, context: DistributedContext,
 
 
 class CommonPresent:
-    """The modalities present on every rank: the same set everywhere, so every rank picks the
-    same task (or skips the step together). Built when a step's batches are drawn, it sends
-    this rank's set at once (an async MIN all-reduce over the host group); ``result`` waits
-    for the answer, which the trainer asks for a step later when it draws a step ahead."""
+    """The task pairs every rank's batches can serve (`servable_pairs`): the same set
+    everywhere, so every rank picks the same task (or skips the step together). Built when a
+    step's batches are drawn, it sends this rank's set at once (an async MIN all-reduce over
+    the host group); ``result`` waits for the answer, which the trainer asks for a step later
+    when it draws a step ahead."""
 
-    def __init__(self, context: DistributedContext, present: set[str]) -> None:
+    def __init__(self, context: DistributedContext, present: set[tuple[str, str]]) -> None:
         self._present = present
         self._work = None
         if context.enabled:
-            self._mask = torch.tensor([float(m in present) for m in MODALITIES],
-                                      dtype=torch.float64)  # (len(MODALITIES),)
+            self._mask = torch.tensor([float(pair in present) for pair in PAIRS],
+                                      dtype=torch.float64)  # (len(PAIRS),)
             self._work = dist.all_reduce(self._mask, op=dist.ReduceOp.MIN,
                                          group=context.host_group, async_op=True)
 
-    def result(self) -> set[str]:
+    def result(self) -> set[tuple[str, str]]:
         if self._work is None:
             return self._present
         self._work.wait()
-        return {m for m, flag in zip(MODALITIES, self._mask.tolist(), strict=True)
+        return {pair for pair, flag in zip(PAIRS, self._mask.tolist(), strict=True)
                 if flag == 1.0}
 
 

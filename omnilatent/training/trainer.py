@@ -8,11 +8,11 @@ A run holds its save dir's lock (`pipeline.lock.FolderLock`) from its first touc
 train) to its end, so a second run into the same folder stops at once instead of mixing in.
 
 Under torchrun (`omnilatent.training.distributed`) every rank runs this loop in step: the task
-is chosen from the modalities all ranks hold, losses and counts are reduced over ranks, and
+is chosen from the task pairs all ranks can serve, losses and counts are reduced over ranks, and
 rank 0 alone logs, holds the lock and writes checkpoints (with every rank's data position).
 
 No step waits on a host round trip between ranks. Each rank draws the next step's batches
-after the current step's backward pass and sends their modalities then (`CommonPresent`),
+after the current step's backward pass and sends the pairs they serve then (`CommonPresent`),
 waiting for the answer a step later; sample and token counts stay per rank and are summed
 once per metrics record; a stop request is agreed every `STOP_CHECK_EVERY` steps. No batch is
 drawn ahead across a step after which the trainer logs, checks for a stop or may save, so
@@ -38,7 +38,7 @@ from omnilatent.checkpoint.card import CheckpointCard
 from omnilatent.config import OmniLatentConfig
 from omnilatent.errors import ConfigError, OmniLatentError
 from omnilatent.model import OmniLatentModel
-from omnilatent.tasks import PairSampler, Task, TaskSampler, common_modalities, content_tokens
+from omnilatent.tasks import PairSampler, Task, TaskSampler, common_pairs, content_tokens
 from omnilatent.training.checkpointer import Checkpointer
 from omnilatent.training.compile import compile_blocks
 from omnilatent.training.config import TrainConfig, as_train_config, lr_factor
@@ -270,9 +270,9 @@ class Trainer:
         return record
 
     def _draw(self) -> tuple[list[dict], CommonPresent]:
-        """A step's ``grad_accum`` batches, their common modalities sent to the other ranks."""
+        """A step's ``grad_accum`` batches, the pairs all of them serve sent to the other ranks."""
         batches = [self.cursor.next_batch() for _ in range(self.config.grad_accum)]
-        return batches, CommonPresent(self.dist, common_modalities(batches))
+        return batches, CommonPresent(self.dist, common_pairs(batches))
 
     def _draw_ahead(self, step: int) -> None:
         """Under torchrun, draw the batches of the step after ``step`` now, so their exchange
@@ -292,8 +292,8 @@ class Trainer:
         so `_read_losses` reads the pending steps' losses together at log intervals. The
         counts are this rank's (`_log` sums them over ranks).
 
-        The step's batches are drawn first and its task is chosen from the modalities all of
-        them hold, so every micro-batch serves the task (a task chosen from the first batch
+        The step's batches are drawn first and its task is chosen from the pairs all of them
+        serve, so every micro-batch has rows for the task (a task chosen from the first batch
         alone fails on a later one without, e.g., transcript text). The cost: the step's
         batches are in host memory together."""
         cfg = self.config
