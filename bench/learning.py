@@ -30,7 +30,7 @@ folder (`demo-train-w0-shards`, ...) and reused by every run, and by later invoc
     python bench/learning.py --phase-schedule bench/seed_schedule.toml   # the seed's curriculum
     python bench/learning.py --json > learning.json
     python bench/learning.py --seeds 3                 # the worst of three runs, two worlds
-    python bench/learning.py --world realistic       # both worlds with the gaps of real video
+    python bench/learning.py --world realistic --seeds 3 --steps 1500   # worlds with gaps
 
 `--world realistic` makes both worlds with `omni demo-videos --realistic` (videos without a
 transcript or without sound, speech gaps, varied lengths and frame rates); every figure is
