@@ -20,7 +20,10 @@ keep the unit prefix (`unit-NNNNNN-`, which clearing a unit removes) and the `.t
 and a unit's train shards sort before its eval shards.
 
 Member headers carry a fixed mtime (0) and owner, so the same input and configuration give
-byte-identical shards on every run, whether or not it was interrupted and resumed."""
+byte-identical shards on every run, whether or not it was interrupted and resumed. The mtime
+is the integer 0, not webdataset's float: `tarfile` writes a float mtime into a pax header
+before every member, which a loader then parses (about half of its tar reading,
+`bench/loader.py`, issue 19)."""
 
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from pipeline.shards.split import EVAL, SPLITS, TRAIN, Split
 SHARD_DIR = "shards"
 TMP_SUFFIX = ".tmp"
 # Fixed header fields: reproducible shards (cf. SOURCE_DATE_EPOCH in reproducible builds).
-MEMBER_MTIME = 0.0
+MEMBER_MTIME = 0
 MEMBER_MODE = 0o444
 MEMBER_OWNER = "bigdata"  # user and group, as webdataset's TarWriter writes them
 _END_OF_ARCHIVE = bytes(1024)  # two zero 512-byte blocks
@@ -72,7 +75,7 @@ class PartWriter(contextlib.AbstractContextManager["PartWriter"]):
         self.part = PartFile(path)
         self._file = open(path, "wb")  # closed in close()
         # Not webdataset's TarWriter: its package imports torch (seconds per worker). The
-        # members get the headers TarWriter gives them, so the bytes are the same.
+        # members get TarWriter's headers but for the integer mtime (no pax header each).
         self._tar = tarfile.open(fileobj=self._file, mode="w|")
 
     def write(self, sample: Mapping[str, str | bytes]) -> None:
