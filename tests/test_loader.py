@@ -170,8 +170,8 @@ def test_clips_decode_into_their_batch_slots(tmp_path: Path, encoding: str,
     stacked: list[str] = []
     stack = samples_module.stack_into_layout
     monkeypatch.setattr(samples_module, "stack_into_layout",
-                        lambda values, layout, name: stacked.append(name)
-                        or stack(values, layout, name))
+                        lambda values, layout, name, out=None: stacked.append(name)
+                        or stack(values, layout, name, out))
     loader = build_shard_loader(tmp_path, batch_size=5, shuffle_shards=False, shuffle_buffer=0)
     batches = list(loader)
     assert loader.stats.skipped_samples == 1 and "video" not in stacked

@@ -7,7 +7,7 @@ One epoch is a visible list of webdataset stages (`_EpochStream.stages`):
        size checked before it is read)
     -> sample shuffle buffer (seed, epoch, rank, worker) -> skip what was consumed
     -> safe decode (`decode.decode_sample`; each clip straight into its slot of the batch,
-       `ClipSlots`) + `validate.validate_sample`
+       `BatchSlots`, reused buffers of a `batch_pool.BatchPool`) + `validate.validate_sample`
     -> tensors -> batches
 
 Every random choice comes from a generator seeded with (seed, epoch[, rank, worker]), so the
@@ -47,6 +47,7 @@ import webdataset as wds
 from torch.utils.data import get_worker_info
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.loader.batch_pool import BatchPool, SlotLayout
 from pipeline.modalities import MAX_TEXT_LEN, TABLE
 from pipeline.normalize import STORED_DTYPES
 from pipeline.shards.decode import (
@@ -247,55 +248,85 @@ def skip_consumed(src: Iterable[dict[str, Any]], cursor: Cursor) -> Iterator[dic
             yield sample
 
 
+def slot_layout(expected: dict[str, Any], batch_size: int) -> SlotLayout:
+    """The pooled arrays of a batch of `batch_size` samples of the `expected` sizes, channels
+    first as `collate` lays them out: video (B, 3, T, H, W) and image (B, 3, S, S) uint8,
+    audio (B, M, T_mel) float16."""
+    size, image = expected["video_size"], expected["image_size"]
+    return SlotLayout.of({
+        "video": ((batch_size, 3, expected["video_frames"], size, size), np.dtype(np.uint8)),
+        "image": ((batch_size, 3, image, image), np.dtype(np.uint8)),
+        "audio": ((batch_size, expected["n_mels"], expected["audio_frames"]),
+                  np.dtype(np.float16))})
+
+
 @dataclass
-class ClipSlots:
-    """The video of the batch being gathered, allocated before its clips are decoded:
-    `decode_samples` decodes each clip straight into the next slot, channels first, and
-    `batch_samples` hands the filled slots to `collate` as the batch's video, so no clip is
-    copied between decode and batch. With DataLoader workers the buffer is born in shared
-    memory (`batch_tensor`), so it also crosses to the trainer uncopied.
+class BatchSlots:
+    """The buffers of the batch being gathered, taken before its first clip is decoded:
+    `decode_samples` decodes each clip straight into the next slot of its video, channels
+    first, and `collate` copies each sample's image and mel into theirs, so no clip is copied
+    between decode and batch. In a DataLoader worker the buffers are a slot of `pool` when
+    one is free (`pipeline.loader.batch_pool`: shared memory reused, already mapped), else
+    fresh ones (`batch_tensor`: in a worker born in shared memory).
 
     Every sample `decode_samples` yields is the next one `batch_samples` takes, so the slots
     fill in batch order; a sample dropped after decoding leaves its slot to the next one."""
 
-    batch_size: int
-    clip: tuple[int, int, int, int]  # a clip's (3, T, H, W)
-    video: torch.Tensor | None = None  # (batch_size, 3, T, H, W) uint8
+    layout: SlotLayout
+    pool: BatchPool | None
+    group: int  # the DataLoader worker's id
+    buffers: dict[str, torch.Tensor] | None = None  # the layout's arrays, (batch_size, ...)
+    slot: int | None = None  # the pool's slot the buffers are; None for fresh ones
     filled: int = 0
-
-    @classmethod
-    def of(cls, expected: dict[str, Any] | None, batch_size: int) -> ClipSlots | None:
-        """Slots for clips of the `expected` sizes; None when sizes are unknown (no manifest)."""
-        if expected is None:
-            return None
-        size = expected["video_size"]
-        return cls(batch_size, (3, expected["video_frames"], size, size))
 
     def next_slot(self) -> np.ndarray:
         """The (3, T, H, W) slot the next clip is decoded into (a fresh batch's first slot
         once the last batch is full)."""
-        if self.video is None or self.filled == self.batch_size:
-            self.video = batch_tensor((self.batch_size, *self.clip), torch.uint8)
-            self.filled = 0
-        slot: np.ndarray = self.video[self.filled].numpy()
+        if self.buffers is None or self.filled == len(self.buffers["video"]):
+            self._next_batch()
+        assert self.buffers is not None
+        slot: np.ndarray = self.buffers["video"][self.filled].numpy()
         return slot
+
+    def _next_batch(self) -> None:
+        self.slot = None if self.pool is None else self.pool.take(self.group)
+        self.filled = 0
+        if self.pool is not None and self.slot is not None:
+            arrays = self.pool.arrays(self.slot, release=False)  # the trainer's side frees it
+            self.buffers = {name: torch.from_numpy(array) for name, array in arrays.items()}
+        else:
+            self.buffers = {name: batch_tensor(shape, getattr(torch, str(dtype)))
+                            for name, _, shape, dtype in self.layout.arrays}
 
     def keep(self) -> None:
         """The clip just decoded is the batch's next sample."""
         self.filled += 1
 
-    def batch_video(self, samples: int) -> torch.Tensor | None:
-        """The filled slots, (samples, 3, T, H, W), if `samples` are what they hold."""
-        if self.video is None or self.filled != samples:
+    def hand_on(self) -> int | None:
+        """In a worker: the pool slot of the batch just collated, whose freeing now falls to
+        the trainer's side (None: fresh buffers, sent as tensors)."""
+        slot, self.slot = self.slot, None
+        return slot
+
+    def drop(self) -> None:
+        """In a worker at the end of an epoch: free a slot taken for a batch that no sample
+        filled (the trainer's side frees the ones handed on)."""
+        if self.pool is not None and self.slot is not None:
+            self.pool.free(self.slot)
+            self.slot = None
+
+    def batch_buffers(self, samples: int) -> dict[str, torch.Tensor] | None:
+        """The buffers' first `samples` rows, if the slots hold that many clips."""
+        if self.buffers is None or self.filled != samples:
             return None
-        return self.video[:samples]
+        return {name: buffer[:samples] for name, buffer in self.buffers.items()}
 
 
 def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
                    expected: dict[str, Any] | None,
-                   slots: ClipSlots | None = None) -> Iterator[dict[str, Any]]:
+                   slots: BatchSlots | None = None) -> Iterator[dict[str, Any]]:
     """Decoded, validated samples; unsafe members and broken samples are dropped and counted.
-    With `slots`, each clip is decoded into its slot of the batch (`ClipSlots`).
+    With `slots`, each clip is decoded into its slot of the batch (`BatchSlots`).
 
     Without `expected` (no manifest) the first sample whose json parses sets it, so a batch
     never mixes sizes."""
@@ -370,9 +401,9 @@ def sample_tensors(frames: np.ndarray | None, image: np.ndarray | None, mel: np.
 
 
 def batch_samples(src: Iterable[dict[str, Any]], batch_size: int,
-                  slots: ClipSlots | None = None) -> Iterator[Batch]:
+                  slots: BatchSlots | None = None) -> Iterator[Batch]:
     """Collated batches of `batch_size` samples, the last one possibly smaller; with `slots`,
-    their video is the slots the clips were decoded into.
+    into its buffers: their video is the slots the clips were decoded into.
 
     Unlike `webdataset.batched`, a full batch leaves before the next sample is pulled, so the
     cursor's position at that moment counts exactly the samples this batch and the ones
@@ -381,17 +412,19 @@ def batch_samples(src: Iterable[dict[str, Any]], batch_size: int,
     for sample in src:
         pending.append(sample)
         if len(pending) == batch_size:
-            yield collate(pending, None if slots is None else slots.batch_video(len(pending)))
+            yield collate(pending, None if slots is None else slots.batch_buffers(len(pending)))
             pending = []
     if pending:
-        yield collate(pending, None if slots is None else slots.batch_video(len(pending)))
+        yield collate(pending, None if slots is None else slots.batch_buffers(len(pending)))
 
 
-def collate(samples: Sequence[dict[str, Any]], video: torch.Tensor | None = None) -> Batch:
+def collate(samples: Sequence[dict[str, Any]],
+            buffers: dict[str, torch.Tensor] | None = None) -> Batch:
     """Stack `sample_tensors` outputs; text right-padded by `pipeline.tokenizer.pad_texts`,
-    the one padding rule. `video` (B, 3, T, H, W), when given, is the buffer the samples'
-    clips were decoded into (`ClipSlots`): taken as the batch's video where each sample's
-    clip is its slot, and stacked as any other modality otherwise. A modality that any
+    the one padding rule. `buffers`, when given, are the batch's arrays (`BatchSlots`), which
+    the samples are copied into; its video (B, 3, T, H, W) is the buffer the samples' clips
+    were decoded into, taken as the batch's video where each sample's clip is its slot, and
+    copied into as the other modalities otherwise. A modality that any
     sample lacks is left out of the batch (and with text, `has_text`), as
     `omnilatent.training.collate_multimodal` does. ``has_audio`` (B,)
     is False for the rows whose json says the video has no sound stream (their mel is
@@ -403,11 +436,12 @@ def collate(samples: Sequence[dict[str, Any]], video: torch.Tensor | None = None
     for row in TABLE:  # stored arrays, stacked and put channels first (`Modality.batch_layout`)
         if row.stored_dtype is None or not held(row.name):
             continue
-        if row.name == "video" and video is not None and _in_slots(samples, video):
-            batch["video"] = video
+        out = None if buffers is None else buffers.get(row.name)
+        if row.name == "video" and out is not None and _in_slots(samples, out):
+            batch["video"] = out
             continue
         batch[row.name] = stack_into_layout([sample[row.name] for sample in samples],
-                                            row.batch_layout, row.name)
+                                            row.batch_layout, row.name, out)
     if held("text"):
         texts = [sample["text"] for sample in samples]
         batch["text"] = pad_texts(texts)  # (B, L)
@@ -440,9 +474,10 @@ def batch_tensor(size: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
 
 
 def stack_into_layout(values: Sequence[torch.Tensor], layout: tuple[int, ...] | None,
-                      name: str) -> torch.Tensor:
+                      name: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """The samples' `values` (equal shapes and dtype, still the stored uint8 or float16)
-    stacked into one new (B, ...) tensor permuted by `layout` (None: as they are).
+    stacked into one (B, ...) tensor permuted by `layout` (None: as they are): `out` when it
+    has that shape and dtype, else a new one.
 
     Each sample is copied once, straight into its permuted place in the batch, by numpy on
     the calling thread: ``torch.stack`` then ``permute(...).contiguous()`` copied every byte
@@ -455,7 +490,9 @@ def stack_into_layout(values: Sequence[torch.Tensor], layout: tuple[int, ...] | 
                                 f"{tuple(first.shape)} and {value.dtype} {tuple(value.shape)}")
     order = None if layout is None else [axis - 1 for axis in layout[1:]]  # a sample's axes
     shape = first.shape if order is None else [first.shape[axis] for axis in order]
-    batch = batch_tensor((len(values), *shape), first.dtype)
+    size = (len(values), *shape)
+    batch = (out if out is not None and out.shape == size and out.dtype == first.dtype
+             else batch_tensor(size, first.dtype))
     for slot, value in zip(batch.numpy(), values, strict=True):
         array = value.numpy()
         np.copyto(slot, array if order is None else array.transpose(order))

@@ -11,11 +11,13 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.multiprocessing as mp
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.loader import samples as stage
+from pipeline.loader.batch_pool import BatchPool
 from pipeline.loader.samples import Batch, Cursor, LoaderStats
 from pipeline.shards.shardset import ShardSet, resolve_shards
 from pipeline.shards.split import Split
@@ -27,17 +29,34 @@ _FINDING_COUNTERS = ("skipped_samples", "unsafe_members", "corrupt_shards", "sur
 
 @dataclass
 class _Chunk:
-    """What a worker sends: a batch (None at its end), its position and its stats news."""
+    """What a worker sends: a batch (None at its end), its position and its stats news. A
+    batch in a slot of the loader's `BatchPool` (named by `pool`) comes without its pooled
+    tensors (their keys hold None): `resolved` puts them back, over this process's mapping
+    of the slot, so no pixel crosses between the processes."""
 
     batch: Batch | None
     worker: int
     position: int
     stats: LoaderStats
+    pool: str | None = None
+    slot: int | None = None
+
+    def resolved(self) -> _Chunk:
+        """This chunk with its batch's pooled tensors in place; the slot is freed once they
+        are all gone."""
+        if self.batch is None or self.pool is None or self.slot is None:
+            return self
+        rows = len(self.batch["__key__"])
+        arrays = BatchPool.find(self.pool).arrays(self.slot, rows, release=True)
+        batch = {key: torch.from_numpy(arrays[key]) if value is None and key in arrays
+                 else value for key, value in self.batch.items()}
+        return replace(self, batch=batch, pool=None, slot=None)
 
     def pin_memory(self) -> _Chunk:
         """This chunk with its batch's tensors in pinned memory: what the DataLoader's pinning
         thread calls (it passes other objects through untouched)."""
-        return replace(self, batch=None if self.batch is None else pin_batch(self.batch))
+        chunk = self.resolved()
+        return replace(chunk, batch=None if chunk.batch is None else pin_batch(chunk.batch))
 
 
 def pin_batch(batch: Batch) -> Batch:
@@ -46,10 +65,21 @@ def pin_batch(batch: Batch) -> Batch:
             for key, value in batch.items()}
 
 
-def _emit(src: Iterable[Batch], worker: int, cursor: Cursor,
-          stats: LoaderStats) -> Iterator[_Chunk]:
+def _emit(src: Iterable[Batch], worker: int, cursor: Cursor, stats: LoaderStats,
+          slots: stage.BatchSlots | None) -> Iterator[_Chunk]:
+    """The chunks of one epoch. In a worker, a batch in a pool slot leaves without its pooled
+    tensors (`_Chunk.resolved`)."""
+    in_worker = get_worker_info() is not None
     for batch in src:
-        yield _Chunk(batch, worker, cursor.position, stats.take())
+        slot = slots.hand_on() if in_worker and slots is not None else None
+        if slot is None or slots is None or slots.pool is None:
+            yield _Chunk(batch, worker, cursor.position, stats.take())
+            continue
+        names = {name for name, *_ in slots.layout.arrays}
+        bare = {key: None if key in names else value for key, value in batch.items()}
+        yield _Chunk(bare, worker, cursor.position, stats.take(), slots.pool.token, slot)
+    if in_worker and slots is not None:
+        slots.drop()
     yield _Chunk(None, worker, cursor.position, stats.take())
 
 
@@ -76,12 +106,15 @@ class _EpochStream(IterableDataset):
     shuffle_shards: bool
     shuffle_buffer: int
     position: torch.Tensor  # (1 + workers,) int64: the epoch, then each worker's consumed
+    pool: BatchPool | None  # the workers' reused batch buffers (`_batch_pool`)
 
     def stages(self, epoch: int, worker: int, num_workers: int, stats: LoaderStats,
                cursor: Cursor) -> list[Any]:
         """The pipeline, in order; None entries are stages switched off."""
         shard_rng = random.Random(f"shards/{self.seed}/{epoch}")
-        slots = stage.ClipSlots.of(self.shards.expected, self.batch_size)
+        expected = self.shards.expected
+        slots = None if expected is None else stage.BatchSlots(
+            stage.slot_layout(expected, self.batch_size), self.pool, worker)
         sample_rng = random.Random(f"samples/{self.seed}/{epoch}/{self.rank}/{worker}")
         return [list(self.shards.urls),
                 partial(stage.shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
@@ -96,7 +129,7 @@ class _EpochStream(IterableDataset):
                         slots=slots),
                 partial(stage.to_tensors, tokenizer=self.tokenizer, max_text_len=self.max_text_len),
                 partial(stage.batch_samples, batch_size=self.batch_size, slots=slots),
-                partial(_emit, worker=worker, cursor=cursor, stats=stats)]
+                partial(_emit, worker=worker, cursor=cursor, stats=stats, slots=slots)]
 
     def __iter__(self) -> Iterator[_Chunk]:
         info = get_worker_info()
@@ -157,7 +190,8 @@ class ShardLoader:
         if num_workers > 0:
             self._position.share_memory_()
         self._stream = _EpochStream(shards, batch_size, tokenizer, max_text_len, seed, rank,
-                                    world_size, shuffle_shards, shuffle_buffer, self._position)
+                                    world_size, shuffle_shards, shuffle_buffer, self._position,
+                                    _batch_pool(shards, batch_size, num_workers))
         self._workers: DataLoader | None = None  # started by the first iter(), then kept
 
     def _no_progress(self) -> list[int]:
@@ -178,6 +212,7 @@ class ShardLoader:
                     generator=torch.Generator().manual_seed(self.seed))
             chunks = self._workers
         for chunk in chunks:
+            chunk = chunk.resolved()
             self._count(chunk.stats)
             self.consumed[chunk.worker] = chunk.position
             if chunk.batch is None:
@@ -244,6 +279,14 @@ class ShardLoader:
                               f"position(s), this loader has {len(self.consumed)}; resume with "
                               f"num_workers={len(consumed)} (0 and 1 are the same)")
         self.epoch, self.batches, self.consumed, self.found = epoch, batches, consumed, found
+
+
+def _batch_pool(shards: ShardSet, batch_size: int, workers: int) -> BatchPool | None:
+    """Reused buffers for the workers' batches when their sizes are known (a manifest) and the
+    workers are forked (they inherit the pool's memory; spawned ones could not)."""
+    if shards.expected is None or workers == 0 or mp.get_start_method() != "fork":
+        return None
+    return BatchPool(stage.slot_layout(shards.expected, batch_size), workers)
 
 
 def build_shard_loader(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],

@@ -1,0 +1,92 @@
+"""Reused batch buffers of the shard loader's workers (`pipeline.loader.batch_pool`): a slot
+is reused only once nothing reads it, batches stay the ones fresh buffers give, and the
+loader runs without a pool where workers cannot inherit one."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_loader import write_shards
+
+from pipeline.loader import shard_loader as loader_module
+from pipeline.loader.batch_pool import SLOTS_PER_WORKER, BatchPool, SlotLayout
+from pipeline.loader.shard_loader import build_shard_loader
+
+LAYOUT = SlotLayout.of({"video": ((2, 3, 4, 8, 8), np.dtype(np.uint8)),
+                        "audio": ((2, 5, 7), np.dtype(np.float16))})
+
+
+def test_a_slot_is_taken_again_only_once_every_view_of_it_is_gone() -> None:
+    pool = BatchPool(LAYOUT, workers=1)
+    slots = [pool.take(0) for _ in range(SLOTS_PER_WORKER)]
+    assert sorted(slots) == list(range(SLOTS_PER_WORKER))  # type: ignore[type-var]
+    assert pool.take(0) is None  # all taken: the worker falls back to fresh buffers
+    arrays = pool.arrays(slots[0], 1, release=True)  # type: ignore[arg-type]
+    assert arrays["video"].shape == (1, 3, 4, 8, 8) and arrays["audio"].dtype == np.float16
+    kept = torch.from_numpy(arrays["audio"])[0, 1:]  # a view of a view, through torch
+    del arrays
+    gc.collect()
+    assert pool.take(0) is None  # the tensor still reads the slot
+    del kept
+    assert pool.take(0) == slots[0]
+    unreleased = pool.arrays(slots[1], release=False)  # a worker's own view frees nothing
+    del unreleased
+    gc.collect()
+    assert pool.take(0) is None
+
+
+def test_pool_arrays_do_not_overlap_and_are_shared_with_a_forked_child() -> None:
+    import multiprocessing
+
+    pool = BatchPool(LAYOUT, workers=2)
+    child = multiprocessing.get_context("fork").Process(
+        target=lambda: pool.arrays(5, release=False)["audio"].fill(3.5))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert (pool.arrays(5, release=False)["audio"] == 3.5).all()  # what the child wrote
+    for slot in (4, 6):
+        arrays = pool.arrays(slot, release=False)
+        assert not arrays["audio"].any() and not arrays["video"].any()
+
+
+def test_held_batches_are_never_overwritten_and_equal_fresh_buffers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers, more batches held at once than their slots, two epochs: every batch
+    equals the one the loader gives without workers (hence without a pool), and the pool's
+    slots were used and freed again."""
+    write_shards(tmp_path, encoding="mp4")
+    reference = [batch for _ in range(2) for batch in
+                 build_shard_loader(tmp_path, batch_size=1, shuffle_buffer=0, epochs=2)]
+    loader = build_shard_loader(tmp_path, batch_size=1, shuffle_buffer=0, epochs=2,
+                                num_workers=2)
+    pool = loader._stream.pool
+    assert pool is not None
+    slots: list[int | None] = []  # of the batches received, None for fresh buffers
+    resolved = loader_module._Chunk.resolved
+    monkeypatch.setattr(loader_module._Chunk, "resolved",
+                        lambda chunk: slots.append(chunk.slot) or resolved(chunk))
+    held = [batch for _ in range(2) for batch in loader]
+    pooled = [slot for slot in slots if slot is not None]
+    assert len(pooled) == 2 * SLOTS_PER_WORKER and None in slots  # pool, then fresh
+    key = sorted(range(len(reference)), key=lambda i: reference[i]["__key__"])
+    mine = sorted(range(len(held)), key=lambda i: held[i]["__key__"])
+    assert len(held) == len(reference) == 24
+    for i, j in zip(key, mine, strict=True):
+        for name in ("video", "image", "audio", "text", "has_text", "has_audio"):
+            assert torch.equal(reference[i][name], held[j][name]), name
+    del held
+    gc.collect()
+    assert not any(pool._busy[:])  # every slot handed on was freed with its batch
+
+
+def test_spawned_workers_get_no_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_shards(tmp_path)
+    assert build_shard_loader(tmp_path, batch_size=2, num_workers=1)._stream.pool is not None
+    assert build_shard_loader(tmp_path, batch_size=2)._stream.pool is None  # no workers
+    monkeypatch.setattr(loader_module.mp, "get_start_method", lambda: "spawn")
+    assert build_shard_loader(tmp_path, batch_size=2, num_workers=1)._stream.pool is None
