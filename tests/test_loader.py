@@ -27,7 +27,7 @@ from pipeline.loader.samples import collate, sample_tensors
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.media.discover import video_id
 from pipeline.normalize import to_model_units
-from pipeline.shards.decode import MAX_TEXT_BYTES, decode_member
+from pipeline.shards.decode import MAX_TEXT_BYTES, CorruptMemberError, decode_member
 from pipeline.shards.encode import encode_clip, encode_sample
 from pipeline.shards.schema import MEL_CENTER, MEL_SCALE, SampleMeta
 from pipeline.shards.shardset import expand_urls, split_member_name
@@ -768,3 +768,29 @@ def test_member_names_split_as_webdataset_splits_them(name: str) -> None:
 def test_shard_patterns_expand_as_webdataset_expands_them(text: str) -> None:
     assert expand_urls(text) == wds.shardlists.expand_urls(text)
 
+
+
+@pytest.mark.parametrize("mode,options", [
+    ("RGB", {"subsampling": 2}), ("RGB", {"subsampling": 1}), ("RGB", {"subsampling": 0}),
+    ("RGB", {"progressive": True, "quality": 60}), ("L", {}), ("CMYK", {}),
+    ("RGB", {"quality": 100, "subsampling": 0})])
+def test_jpegs_decode_to_the_pixels_pil_gave(mode: str, options: dict[str, Any]) -> None:
+    """`decode_member` reads JPEGs by TurboJPEG (simplejpeg; CMYK through PIL) to exactly the
+    pixels PIL's decode and convert to RGB gave (issue 19), noise and sharp edges included,
+    at odd sizes; a truncated JPEG is a corrupt member."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    pixels[:, :20] = (250, 10, 30)  # a saturated block with a sharp chroma edge
+    picture = Image.fromarray(pixels).convert(mode)
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", **options)
+    data = out.getvalue()
+    with Image.open(io.BytesIO(data)) as image:
+        pil = np.array(image.convert("RGB"))
+    decoded = decode_member("frame.jpg", data)
+    assert decoded.dtype == np.uint8 and decoded.flags.writeable
+    assert np.array_equal(decoded, pil)
+    with pytest.raises(CorruptMemberError):
+        decode_member("frame.jpg", data[: len(data) // 2])
