@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 import torch.multiprocessing as mp
 import webdataset as wds
@@ -19,6 +20,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.loader import samples as stage
 from pipeline.loader.batch_pool import BatchPool
 from pipeline.loader.samples import Batch, Cursor, LoaderStats
+from pipeline.normalize import STORED_DTYPES
 from pipeline.shards.shardset import ShardSet, resolve_shards
 from pipeline.shards.split import Split
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer
@@ -29,10 +31,15 @@ _FINDING_COUNTERS = ("skipped_samples", "unsafe_members", "corrupt_shards", "sur
 
 @dataclass
 class _Chunk:
-    """What a worker sends: a batch (None at its end), its position and its stats news. A
-    batch in a slot of the loader's `BatchPool` (named by `pool`) comes without its pooled
-    tensors (their keys hold None): `resolved` puts them back, over this process's mapping
-    of the slot, so no pixel crosses between the processes."""
+    """What a worker sends: a batch (None at its end), its position and its stats news.
+
+    A worker's batch crosses without its large tensors, which stay where the worker wrote
+    them: the keys of those in a slot of the loader's `BatchPool` (named by `pool`) hold None
+    and `resolved` puts them back over this process's mapping of the slot, so no pixel
+    crosses; outside a slot (none free) they cross as torch's shared-memory tensors. The
+    small ones (text and the row flags) cross as numpy arrays, pickled by value: a tensor
+    crosses as a shared-memory file and a socket round trip to the worker, about 1 ms of CPU
+    each (`bench/loader.py`, issue 19)."""
 
     batch: Batch | None
     worker: int
@@ -41,14 +48,28 @@ class _Chunk:
     pool: str | None = None
     slot: int | None = None
 
-    def resolved(self) -> _Chunk:
-        """This chunk with its batch's pooled tensors in place; the slot is freed once they
-        are all gone."""
-        if self.batch is None or self.pool is None or self.slot is None:
+    def sent(self, slots: stage.BatchSlots | None) -> _Chunk:
+        """This chunk as a worker sends it (see the class)."""
+        if self.batch is None:
             return self
-        rows = len(self.batch["__key__"])
-        arrays = BatchPool.find(self.pool).arrays(self.slot, rows, release=True)
+        slot = None if slots is None else slots.hand_on()
+        pooled = set() if slots is None or slot is None else {
+            name for name, *_ in slots.layout.arrays}
+        batch = {key: None if key in pooled
+                 else value.numpy() if isinstance(value, torch.Tensor) and key not in STORED_DTYPES
+                 else value for key, value in self.batch.items()}
+        token = None if slots is None or slots.pool is None or slot is None else slots.pool.token
+        return replace(self, batch=batch, pool=token, slot=slot)
+
+    def resolved(self) -> _Chunk:
+        """This chunk as the worker's batch was (`sent`'s inverse): its pooled tensors over
+        the slot, which is freed once they are all gone, and tensors again for arrays."""
+        if self.batch is None:
+            return self
+        arrays = {} if self.pool is None or self.slot is None else BatchPool.find(
+            self.pool).arrays(self.slot, len(self.batch["__key__"]), release=True)
         batch = {key: torch.from_numpy(arrays[key]) if value is None and key in arrays
+                 else torch.from_numpy(value) if isinstance(value, np.ndarray)
                  else value for key, value in self.batch.items()}
         return replace(self, batch=batch, pool=None, slot=None)
 
@@ -67,17 +88,11 @@ def pin_batch(batch: Batch) -> Batch:
 
 def _emit(src: Iterable[Batch], worker: int, cursor: Cursor, stats: LoaderStats,
           slots: stage.BatchSlots | None) -> Iterator[_Chunk]:
-    """The chunks of one epoch. In a worker, a batch in a pool slot leaves without its pooled
-    tensors (`_Chunk.resolved`)."""
+    """The chunks of one epoch; a worker's as it sends them (`_Chunk.sent`)."""
     in_worker = get_worker_info() is not None
     for batch in src:
-        slot = slots.hand_on() if in_worker and slots is not None else None
-        if slot is None or slots is None or slots.pool is None:
-            yield _Chunk(batch, worker, cursor.position, stats.take())
-            continue
-        names = {name for name, *_ in slots.layout.arrays}
-        bare = {key: None if key in names else value for key, value in batch.items()}
-        yield _Chunk(bare, worker, cursor.position, stats.take(), slots.pool.token, slot)
+        chunk = _Chunk(batch, worker, cursor.position, stats.take())
+        yield chunk.sent(slots) if in_worker else chunk
     if in_worker and slots is not None:
         slots.drop()
     yield _Chunk(None, worker, cursor.position, stats.take())
