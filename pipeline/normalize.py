@@ -7,7 +7,9 @@ the bytes of float32 to pass between processes and to copy to the GPU. `to_model
 model outputs back (`unit_to_pixels`, `model_to_mel`) before writing files. Keeping each pair
 side by side is what keeps them exact inverses.
 
-- Pixels: uint8 x -> x / 127.5 - 1, in [-1, 1] (0 -> -1, 255 -> 1).
+- Pixels: uint8 x -> x / 127.5 - 1, in [-1, 1] (0 -> -1, 255 -> 1). A loader batch's mp4
+  clips arrive as I420 planes, (B, T, 3H/2, W) uint8: half the bytes of RGB, converted to RGB
+  on the device first (`i420_to_rgb`), within I420_TOLERANCE of the CPU's swscale RGB.
 - Log-mel: (log_mel - MEL_CENTER) / MEL_SCALE (`pipeline.shards`: silence -13.8 -> -1.96).
 
 The dtype says which units a tensor is in: uint8 video and image and float16 audio are stored
@@ -28,6 +30,22 @@ from pipeline.modalities import MODALITIES, TABLE
 from pipeline.shards.schema import MEL_CENTER, MEL_SCALE
 
 PIXEL_SCALE = 127.5
+# I420 (yuv420p) frames as prepared clips carry them (colorspace and range unspecified):
+# BT.601 limited range, as swscale reads them. Y' = 16..235 spans 0..255; Cb, Cr = 16..240
+# around 128 span -1..1 of the colour differences (Kr = 0.299, Kb = 0.114).
+_Y_GAIN = 255 / 219
+_CR_TO_R = 2 * (1 - 0.299) * 255 / 224
+_CB_TO_B = 2 * (1 - 0.114) * 255 / 224
+_CB_TO_G = 2 * 0.114 * (1 - 0.114) / (1 - 0.299 - 0.114) * 255 / 224
+_CR_TO_G = 2 * 0.299 * (1 - 0.299) / (1 - 0.299 - 0.114) * 255 / 224
+# How far `i420_to_rgb` may be from the RGB that swscale makes of the same decoded frames
+# (`pipeline.shards.decode`'s CPU path, `decode_member` without a slot): at most this many
+# uint8 levels in any channel, and fewer than I420_TOLERANCE_SHARE of the values differ at
+# all (tests/test_normalize.py, on saturated colours, one-pixel chroma edges and noise:
+# 63-67 % differ, 15-19 % by more than one level, on average +0.8 levels). swscale's
+# fixed-point arithmetic truncates where this rounds to the nearest level.
+I420_TOLERANCE = 3
+I420_TOLERANCE_SHARE = 0.7
 # The dtypes a modality's tensor may arrive in: stored values, or float32 model units.
 STORED_DTYPES = {row.name: getattr(torch, row.stored_dtype) for row in TABLE if row.stored_dtype}
 
@@ -61,10 +79,38 @@ def _divisor(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.full((), value, dtype=torch.float32, device=like.device)
 
 
+def i420_to_rgb(planes: torch.Tensor) -> torch.Tensor:
+    """I420 frames (..., T, 3H/2, W) uint8 (per frame the yuv420p frame buffer: H rows of Y,
+    then the H/2 x W/2 values of U, then V's) to RGB (..., 3, T, H, W) uint8 on their own
+    device, with nothing read back to the host.
+
+    BT.601 limited range, each chroma sample spread over its 2x2 luma pixels, as swscale's
+    default conversion of these frames (the CPU path, `decode_member` without a slot) does it;
+    each value is rounded to the nearest level and clamped to 0..255. Within I420_TOLERANCE
+    levels of swscale's RGB (max abs difference; under I420_TOLERANCE_SHARE of values differ)."""
+    *lead, frames, rows, width = planes.shape
+    height = rows * 2 // 3
+    if planes.dtype != torch.uint8 or rows != height * 3 // 2 or height % 2 or width % 2:
+        raise PipelineError(f"I420 frames must be uint8 (..., T, 3H/2, W) with H and W even, "
+                            f"got {planes.dtype} {tuple(planes.shape)}")
+    luma = planes[..., :height, :].float().sub_(16.0).mul_(_Y_GAIN)  # (..., T, H, W)
+    chroma = planes[..., height:, :].reshape(*lead, frames, 2, height // 2, 1, width // 2, 1)
+    chroma = chroma.expand(*lead, frames, 2, height // 2, 2, width // 2, 2)
+    chroma = chroma.reshape(*lead, frames, 2, height, width).float().sub_(128.0)
+    cb, cr = chroma.unbind(-3)  # (..., T, H, W) each, from (..., T, 2, H, W)
+    red = luma + cr * _CR_TO_R
+    green = luma - cb * _CB_TO_G - cr * _CR_TO_G
+    blue = luma + cb * _CB_TO_B
+    rgb = torch.stack((red, green, blue), dim=-4)  # (..., 3, T, H, W)
+    return rgb.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def to_model_units(modality: str, x: torch.Tensor) -> torch.Tensor:
     """`x` of `modality` in the model's units: uint8 video/image -> `pixels_to_unit`, float16
     audio -> `mel_to_model`, float32 (already units) and text unchanged; any other dtype is
-    refused. Call it after the copy to the device, so the smaller stored dtype travels."""
+    refused. uint8 video of 4 dims, (B, T, 3H/2, W), is I420 (the loader's mp4 clips): it is
+    converted to RGB (`i420_to_rgb`) first, giving (B, 3, T, H, W) units as a 5-dim RGB
+    batch does. Call it after the copy to the device, so the smaller stored dtype travels."""
     if modality == "text":
         return x
     stored = STORED_DTYPES.get(modality)
@@ -76,6 +122,8 @@ def to_model_units(modality: str, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != stored:
         raise PipelineError(f"{modality} arrived as {x.dtype}; expected {stored} (stored "
                             f"values) or torch.float32 (model units)")
+    if modality == "video" and x.dim() == 4:
+        x = i420_to_rgb(x)  # (B, T, 3H/2, W) -> (B, 3, T, H, W)
     return pixels_to_unit(x) if stored == torch.uint8 else mel_to_model(x)
 
 

@@ -21,12 +21,15 @@ decompressed, and no member is read whose declared size exceeds `decode.member_c
 small hostile shard cannot make a worker read or decode gigabytes.
 
 Batch (B samples, T frames, M mel bins, L the longest text in the batch, at least 1), in the
-stored dtypes: ``video`` (B, 3, T, H, W) and ``image`` (B, 3, S, S) uint8 pixels, channels
-first; ``audio`` (B, M, T_mel) float16 log-mel as stored; ``text`` (B, L) long, right-padded
-with 0; ``has_text`` and ``has_audio`` (B,) bool (the row has a transcript / a sound
-stream); ``__key__`` list[str]; ``meta`` list[dict] (the json member).
-A quarter (pixels) and half (mel) of float32's bytes cross from the workers and to the device;
-the consumer maps them to model units there (`pipeline.normalize.to_model_units`). With
+stored dtypes: ``video`` uint8, of mp4 clips their I420 frames (B, T, 3H/2, W) (per frame
+Y's H rows, then U's and V's H/2 x W/2 values back to back), of npy clips RGB (B, 3, T, H, W)
+channels first; ``image`` (B, 3, S, S) uint8 pixels, channels first; ``audio`` (B, M, T_mel)
+float16 log-mel as stored; ``text`` (B, L) long, right-padded with 0; ``has_text`` and
+``has_audio`` (B,) bool (the row has a transcript / a sound stream); ``__key__`` list[str];
+``meta`` list[dict] (the json member).
+A quarter (pixels; I420 an eighth) and half (mel) of float32's bytes cross from the workers
+and to the device; the consumer maps them to model units there
+(`pipeline.normalize.to_model_units`, which also converts I420 to RGB there). With
 ``pin_memory`` the batches' tensors are in pinned memory, so a ``non_blocking`` copy to a CUDA
 device runs asynchronously."""
 
@@ -48,14 +51,16 @@ from torch.utils.data import get_worker_info
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.modalities import MAX_TEXT_LEN, TABLE
-from pipeline.normalize import STORED_DTYPES
+from pipeline.normalize import STORED_DTYPES, i420_to_rgb
 from pipeline.shards.decode import (
     CorruptMemberError,
     decode_sample,
+    i420_shape,
     oversized_member,
     validate_sample,
 )
 from pipeline.shards.schema import (
+    CLIP_MEMBERS,
     CLIP_PREFIX,
     MEMBER_IMAGE,
     MEMBER_JSON,
@@ -72,6 +77,7 @@ Batch = dict[str, Any]
 MAX_ERRORS = 20  # reasons kept in LoaderStats.errors
 # Members webdataset skips entirely ("__key__.txt" and the like): not part of any sample.
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")
+MP4_MEMBER = CLIP_PREFIX + "mp4"
 
 
 @dataclass
@@ -256,11 +262,16 @@ class ClipSlots:
     memory (`batch_tensor`), so it also crosses to the trainer uncopied.
 
     Every sample `decode_samples` yields is the next one `batch_samples` takes, so the slots
-    fill in batch order; a sample dropped after decoding leaves its slot to the next one."""
+    fill in batch order; a sample dropped after decoding leaves its slot to the next one.
+
+    An mp4 clip's slot holds its I420 frames (T, 3H/2, W) (`decode.i420_shape`; converted to
+    RGB on the device by `pipeline.normalize.to_model_units`), an npy clip's its RGB frames
+    channels first (3, T, H, W). A clip of the other layout than the batch's so far starts a
+    new buffer, and `collate` stacks that batch's clips (`_same_layout`)."""
 
     batch_size: int
     clip: tuple[int, int, int, int]  # a clip's (3, T, H, W)
-    video: torch.Tensor | None = None  # (batch_size, 3, T, H, W) uint8
+    video: torch.Tensor | None = None  # (batch_size, 3, T, H, W) or (batch_size, T, 3H/2, W)
     filled: int = 0
 
     @classmethod
@@ -271,11 +282,15 @@ class ClipSlots:
         size = expected["video_size"]
         return cls(batch_size, (3, expected["video_frames"], size, size))
 
-    def next_slot(self) -> np.ndarray:
-        """The (3, T, H, W) slot the next clip is decoded into (a fresh batch's first slot
-        once the last batch is full)."""
-        if self.video is None or self.filled == self.batch_size:
-            self.video = batch_tensor((self.batch_size, *self.clip), torch.uint8)
+    def next_slot(self, member: str | None) -> np.ndarray:
+        """The slot the next clip, of member `member`, is decoded into: (T, 3H/2, W) for an
+        mp4 of even size, else (3, T, H, W) (a fresh batch's first slot once the last batch
+        is full)."""
+        _, frames, height, width = self.clip
+        shape = (i420_shape(frames, height, width)
+                 if member == MP4_MEMBER and not height % 2 and not width % 2 else self.clip)
+        if self.video is None or self.filled == self.batch_size or self.video.shape[1:] != shape:
+            self.video = batch_tensor((self.batch_size, *shape), torch.uint8)
             self.filled = 0
         slot: np.ndarray = self.video[self.filled].numpy()
         return slot
@@ -285,7 +300,8 @@ class ClipSlots:
         self.filled += 1
 
     def batch_video(self, samples: int) -> torch.Tensor | None:
-        """The filled slots, (samples, 3, T, H, W), if `samples` are what they hold."""
+        """The filled slots, (samples, 3, T, H, W) or (samples, T, 3H/2, W), if `samples` are
+        what they hold."""
         if self.video is None or self.filled != samples:
             return None
         return self.video[:samples]
@@ -304,8 +320,9 @@ def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
         try:
             if "__error__" in raw:
                 raise CorruptMemberError(raw["__error__"])
+            member = next((name for name in CLIP_MEMBERS if name in raw), None)
             sample, dropped = decode_sample(raw, expected,
-                                            None if slots is None else slots.next_slot())
+                                            None if slots is None else slots.next_slot(member))
         except CorruptMemberError as err:
             stats.skipped_samples += 1
             stats.note(f"{where}: {err}")
@@ -345,7 +362,8 @@ def sample_tensors(frames: np.ndarray | None, image: np.ndarray | None, mel: np.
     builds from its input files, so the model sees both in the same units.
 
     The arrays keep their stored dtypes (`pipeline.normalize.to_model_units` maps them on the
-    device): `frames` (T, H, W, 3) and `image` (S, S, 3) uint8, `mel` (M, T_mel) float16
+    device): `frames` (T, H, W, 3) RGB or (T, 3H/2, W) I420 (an mp4 clip, `decode.i420_shape`)
+    and `image` (S, S, 3) uint8, `mel` (M, T_mel) float16
     log-mel; another dtype is refused (a float32 tensor would pass for model units). `text` is
     tokenized. A modality given as None is left out (generating from a picture has only
     `image`), and `collate` leaves it out of the batch."""
@@ -353,7 +371,7 @@ def sample_tensors(frames: np.ndarray | None, image: np.ndarray | None, mel: np.
     for modality, array in (("video", frames), ("image", image), ("audio", mel)):
         if array is None:
             continue
-        value = torch.from_numpy(array)  # (T, H, W, 3) | (S, S, 3) uint8, (M, T_mel) float16
+        value = torch.from_numpy(array)  # (T, H, W, 3) | (T, 3H/2, W) | (S, S, 3) uint8, ...
         if value.dtype != STORED_DTYPES[modality]:
             raise PipelineError(f"{modality} must be stored as {STORED_DTYPES[modality]}, "
                                 f"got {value.dtype}")
@@ -389,9 +407,11 @@ def batch_samples(src: Iterable[dict[str, Any]], batch_size: int,
 
 def collate(samples: Sequence[dict[str, Any]], video: torch.Tensor | None = None) -> Batch:
     """Stack `sample_tensors` outputs; text right-padded by `pipeline.tokenizer.pad_texts`,
-    the one padding rule. `video` (B, 3, T, H, W), when given, is the buffer the samples'
-    clips were decoded into (`ClipSlots`): taken as the batch's video where each sample's
-    clip is its slot, and stacked as any other modality otherwise. A modality that any
+    the one padding rule. `video` (B, 3, T, H, W) or (B, T, 3H/2, W), when given, is the
+    buffer the samples' clips were decoded into (`ClipSlots`): taken as the batch's video
+    where each sample's clip is its slot, and stacked as any other modality otherwise. I420
+    clips (T, 3H/2, W) stack to (B, T, 3H/2, W), RGB ones to (B, 3, T, H, W); a batch of
+    both (shard sets of both clip encodings) is all RGB (`_same_layout`). A modality that any
     sample lacks is left out of the batch (and with text, `has_text`), as
     `omnilatent.training.collate_multimodal` does. ``has_audio`` (B,)
     is False for the rows whose json says the video has no sound stream (their mel is
@@ -406,8 +426,11 @@ def collate(samples: Sequence[dict[str, Any]], video: torch.Tensor | None = None
         if row.name == "video" and video is not None and _in_slots(samples, video):
             batch["video"] = video
             continue
-        batch[row.name] = stack_into_layout([sample[row.name] for sample in samples],
-                                            row.batch_layout, row.name)
+        values, layout = [sample[row.name] for sample in samples], row.batch_layout
+        if row.name == "video":
+            values = _same_layout(values)
+            layout = layout if values[0].dim() == 4 else None  # I420 stacks as it is
+        batch[row.name] = stack_into_layout(values, layout, row.name)
     if held("text"):
         texts = [sample["text"] for sample in samples]
         batch["text"] = pad_texts(texts)  # (B, L)
@@ -421,13 +444,23 @@ def collate(samples: Sequence[dict[str, Any]], video: torch.Tensor | None = None
 
 
 def _in_slots(samples: Sequence[dict[str, Any]], video: torch.Tensor) -> bool:
-    """Whether each sample's clip (T, H, W, 3) is the channels-first slot of `video` at its
-    index, i.e. the batch is already stacked."""
+    """Whether each sample's clip, (T, H, W, 3) or I420 (T, 3H/2, W), is the slot of `video`
+    at its index (channels first, or as it is), i.e. the batch is already stacked."""
     return len(samples) == len(video) and all(
         clip.data_ptr() == slot.data_ptr() and clip.shape == view.shape
         and clip.stride() == view.stride() and clip.dtype == slot.dtype
         for clip, slot in zip((sample["video"] for sample in samples), video, strict=True)
-        for view in (slot.permute(1, 2, 3, 0),))
+        for view in (slot.permute(1, 2, 3, 0) if slot.dim() == 4 else slot,))
+
+
+def _same_layout(clips: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`clips` as they are when all are RGB (T, H, W, 3) or all I420 (T, 3H/2, W); a mix
+    (shard sets of both clip encodings in one loader) all RGB, the I420 ones converted as
+    `pipeline.normalize.to_model_units` converts them."""
+    if len({clip.dim() for clip in clips}) == 1:
+        return clips
+    return [i420_to_rgb(clip).permute(1, 2, 3, 0) if clip.dim() == 3 else clip
+            for clip in clips]
 
 
 def batch_tensor(size: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
