@@ -252,6 +252,10 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
             clip = out
         else:
             clip = np.empty((3, limit, height, width), np.uint8)
+        if planes:  # per frame Y (H, W), U and V (H/2, W/2): views of the slot
+            luma = clip[:, :height]
+            chroma = clip.reshape(limit, -1)[:, height * width:].reshape(
+                limit, 2, height // 2, width // 2)
         count = 0
         for frame in container.decode(stream):
             if (frame.width, frame.height) != (width, height):  # the bitstream may disagree
@@ -260,7 +264,7 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
             if count == limit:
                 raise CorruptMemberError(f"more than {limit} frames")
             if planes:
-                _i420(reformatter, frame, clip[count])
+                _i420(reformatter, frame, (luma[count], *chroma[count]))
             else:
                 _planar_rgb(reformatter, frame, clip[:, count])
             count += 1
@@ -288,17 +292,14 @@ def _planar_rgb(reformatter: VideoReformatter, frame: av.VideoFrame, out: np.nda
         out[channel] = rows[:, :frame.width]
 
 
-def _i420(reformatter: VideoReformatter, frame: av.VideoFrame, out: np.ndarray) -> None:
-    """`frame`'s yuv420p planes copied into `out` (3H/2, W) uint8 (`i420_shape`); a frame of
-    another pixel format (a prepared clip is yuv420p, a foreign one may not be) is converted
-    to yuv420p by swscale first."""
+def _i420(reformatter: VideoReformatter, frame: av.VideoFrame,
+          targets: tuple[np.ndarray, ...]) -> None:
+    """`frame`'s yuv420p planes copied into `targets`, views of one frame of an I420 slot
+    (`i420_shape`): Y (H, W), U and V (H/2, W/2). A frame of another pixel format (a
+    prepared clip is yuv420p, a foreign one may not be) is converted to yuv420p by swscale
+    first."""
     if frame.format.name != "yuv420p":
         frame = reformatter.reformat(frame, format="yuv420p", threads=1)
-    height, width = frame.height, frame.width
-    luma, flat = height * width, out.reshape(-1)  # a view: `out` is one contiguous frame
-    # Y (H x W), then U and V (H/2 x W/2) each, back to back.
-    targets = (out[:height], flat[luma:luma * 5 // 4].reshape(height // 2, width // 2),
-               flat[luma * 5 // 4:].reshape(height // 2, width // 2))
     for target, plane in zip(targets, frame.planes, strict=True):
         rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
         np.copyto(target, rows[:target.shape[0], :target.shape[1]])
