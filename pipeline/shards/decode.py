@@ -242,8 +242,9 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
         stream.thread_type = "NONE"
         stream.codec_context.thread_count = 1
         reformatter = _reformatter()
-        planes = (out is not None and not height % 2 and not width % 2
-                  and out.dtype == np.uint8 and out.shape == i420_shape(limit, height, width))
+        planes = (out is not None and not height % 2 and not width % 2  # views need one piece
+                  and out.dtype == np.uint8 and out.shape == i420_shape(limit, height, width)
+                  and out.flags.c_contiguous)
         # Channels first: the layout the batch has (`pipeline.loader.samples.collate`), so
         # the loader copies each sample's frames in one piece instead of transposing them.
         # Without expected sizes the buffer spans the decode bound, untouched past the frames.
