@@ -22,6 +22,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from fractions import Fraction
+from io import BytesIO
 from pathlib import Path
 
 import av
@@ -392,3 +393,11 @@ def read_samples(out: Path) -> dict[str, dict[str, bytes]]:
                 assert handle is not None
                 samples.setdefault(key, {})[kind] = handle.read()
     return samples
+
+
+def i420_frames(data: bytes) -> np.ndarray:
+    """The frames of an mp4's video stream as PyAV decodes them, each as its yuv420p frame
+    buffer (``VideoFrame.to_ndarray()``: (3H/2, W), Y rows then U then V): (T, 3H/2, W)."""
+    with av.open(BytesIO(data), "r", format="mp4") as container:
+        return np.stack([frame.to_ndarray(format="yuv420p")
+                         for frame in container.decode(video=0)])

@@ -18,6 +18,7 @@ import pytest
 import torch
 import webdataset as wds
 from av.video.reformatter import VideoReformatter
+from media import i420_frames
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
@@ -26,7 +27,7 @@ from pipeline.loader import shard_loader as loader_module
 from pipeline.loader.samples import collate, sample_tensors
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.media.discover import video_id
-from pipeline.normalize import to_model_units
+from pipeline.normalize import i420_to_rgb, to_model_units
 from pipeline.shards.decode import MAX_TEXT_BYTES, CorruptMemberError, decode_member
 from pipeline.shards.encode import encode_clip, encode_sample
 from pipeline.shards.schema import MEL_CENTER, MEL_SCALE, SampleMeta
@@ -159,8 +160,10 @@ def test_collate_copies_each_sample_into_its_channels_first_place() -> None:
 def test_clips_decode_into_their_batch_slots(tmp_path: Path, encoding: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Each clip is decoded straight into its slot of the batch's video, which `collate`
-    takes without copying, and the batches equal the clips decoded alone; a sample dropped
-    after its clip was decoded (its json contradicts its txt) leaves its slot to the next."""
+    takes without copying, and the batches equal the clips decoded alone: an npy clip's RGB
+    channels first, an mp4 clip's frames as the decoder gives them, yuv420p planes (I420,
+    (B, T, 3H/2, W)); a sample dropped after its clip was decoded (its json contradicts its
+    txt) leaves its slot to the next."""
     def contradict(shard: int, index: int, members: dict[str, Any]) -> None:
         if (shard, index) == (0, 2):
             members["json"] = json.dumps({**json.loads(members["json"]),
@@ -182,32 +185,83 @@ def test_clips_decode_into_their_batch_slots(tmp_path: Path, encoding: str,
             for member in archive:
                 key, suffix = split_member_name(member.name)
                 handle = archive.extractfile(member)
-                if suffix == f"clip.{encoding}" and handle is not None:
-                    clips[key] = decode_member(suffix, handle.read())
+                if suffix == "clip.npy" and handle is not None:
+                    clips[key] = decode_member(suffix, handle.read()).transpose(3, 0, 1, 2)
+                elif suffix == "clip.mp4" and handle is not None:
+                    clips[key] = i420_frames(handle.read())  # (T, 3H/2, W)
+    size, frames = SMALL.video_size, SMALL.video_frames
+    layout = (3, frames, size, size) if encoding == "npy" else (frames, size * 3 // 2, size)
     for batch in batches:
         alone = torch.stack([torch.from_numpy(clips[key]) for key in batch["__key__"]])
         assert batch["video"].is_contiguous()
-        assert torch.equal(batch["video"], alone.permute(0, 4, 1, 2, 3))
+        assert batch["video"].shape == (len(alone), *layout)
+        assert torch.equal(batch["video"], alone)
 
 
-def test_mp4_clips_decode_as_per_frame_swscale_rgb24_did() -> None:
-    """The loader's clip decode (one swscale thread, one context kept across clips, planar
-    gbrp into a channels-first buffer) gives the frames that per-frame rgb24 from a fresh
-    default swscale context per clip gave (issue 19), clip after clip, noise included."""
+@pytest.mark.parametrize("size", [16, 40, 56])
+def test_mp4_clips_decode_as_per_frame_swscale_rgb24_did(size: int) -> None:
+    """The RGB clip decode (one swscale thread, one context kept across clips, into a
+    channels-first buffer) gives the frames that per-frame rgb24 from a fresh default swscale
+    context per clip gave (issue 19), clip after clip, noise included; at widths that are not
+    a multiple of 16 too (planar gbrp filled their last columns with garbage)."""
     rng = np.random.default_rng(1)
     for clip in range(3):
-        frames = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+        frames = rng.integers(0, 256, (5, size, size, 3), dtype=np.uint8)
         frames[:, :8] = 40 * clip  # a flat region beside the noise
         data = encode_clip(frames, "mp4", 4)
         with av.open(io.BytesIO(data), "r", format="mp4") as container:
             reformatter = VideoReformatter()
             old = np.stack([reformatter.reformat(frame, format="rgb24").to_ndarray()
                             for frame in container.decode(video=0)])
-        new = decode_member("clip.mp4", data, {"video_frames": 5, "video_size": 16})
+        new = decode_member("clip.mp4", data, {"video_frames": 5, "video_size": size})
         assert new.dtype == np.uint8 and np.array_equal(new, old), clip
         assert new.transpose(3, 0, 1, 2).flags.c_contiguous  # channels first in memory
-        for sizes in ({"video_frames": 9, "video_size": 16}, None):  # fewer frames than room
+        for sizes in ({"video_frames": 9, "video_size": size}, None):  # fewer frames than room
             assert np.array_equal(decode_member("clip.mp4", data, sizes), old), sizes
+
+
+def test_an_mp4_clip_of_another_pixel_format_decodes_to_yuv420p_planes() -> None:
+    """A clip stream that is not yuv420p (prepare never writes one) still fills an I420 slot
+    correctly: its frames converted to yuv420p by swscale, as PyAV's reformat gives them."""
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv444p"
+        for picture in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        container.mux(stream.encode(None))
+    data = buffer.getvalue()
+    with av.open(io.BytesIO(data), "r", format="mp4") as container:
+        decoded = list(container.decode(video=0))
+        assert decoded[0].format.name == "yuv444p"
+        wanted = np.stack([VideoReformatter().reformat(frame, format="yuv420p").to_ndarray()
+                           for frame in decoded])
+    slot = np.full((3, 24, 16), 7, np.uint8)
+    clip = decode_member("clip.mp4", data, {"video_frames": 3, "video_size": 16}, out=slot)
+    assert np.shares_memory(clip, slot) and np.array_equal(clip, wanted)
+
+
+def test_a_batch_of_mp4_and_npy_clips_is_all_rgb(tmp_path: Path) -> None:
+    """Shard sets of both clip encodings in one loader: a batch of mp4 clips is I420, one of
+    npy clips RGB, and one of both RGB (B, 3, T, H, W), its mp4 clips converted as
+    `to_model_units` converts I420, its npy clips as stored."""
+    write_shards(tmp_path / "mp4", encoding="mp4")
+    write_shards(tmp_path / "npy", encoding="npy")
+    loader = build_shard_loader([str(tmp_path / "mp4"), str(tmp_path / "npy")], batch_size=8,
+                                shuffle_shards=False, shuffle_buffer=0)
+    batches = list(loader)
+    size, frames = SMALL.video_size, SMALL.video_frames
+    assert [tuple(batch["video"].shape) for batch in batches] == [
+        (8, frames, size * 3 // 2, size), (8, 3, frames, size, size),
+        (8, 3, frames, size, size)]
+    mixed = batches[1]["video"]  # mp4 shard 2, then npy shard 0
+    for index in range(PER_SHARD):
+        planes = i420_frames(sample_members(SMALL, 2, index, "mp4")["clip.mp4"])
+        assert torch.equal(mixed[index], i420_to_rgb(torch.from_numpy(planes)))
+        clip = decode_member("clip.npy", sample_members(SMALL, 0, index)["clip.npy"])
+        assert torch.equal(mixed[PER_SHARD + index], torch.from_numpy(clip).permute(3, 0, 1, 2))
 
 
 def _decode_in_child(data: bytes, queue: Any) -> None:
@@ -292,8 +346,8 @@ def test_mp4_clips_load_close_to_their_source(tmp_path: Path) -> None:
     loader = build_shard_loader(tmp_path, batch_size=4, shuffle_shards=False, shuffle_buffer=0)
     batch = next(iter(loader))
     assert batch["__key__"] == keys[:4]
-    assert batch["video"].shape == (4, 3, 4, 32, 32)
-    pixels = batch["video"][:, :, :, 8:, 8:].float()  # away from the marked corner
+    assert batch["video"].shape == (4, 4, 48, 32)  # I420: (B, T, 3H/2, W)
+    pixels = i420_to_rgb(batch["video"])[:, :, :, 8:, 8:].float()  # away from the marked corner
     wanted = torch.tensor([10.0, 14.0, 18.0, 22.0]).view(4, 1, 1, 1, 1)
     assert (pixels - wanted).abs().mean() < 2.0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -24,6 +25,7 @@ import torch
 import webdataset as wds
 from media import (
     counter_picture,
+    i420_frames,
     make_audio_only,
     make_oversized_video,
     make_video,
@@ -38,6 +40,7 @@ from PIL import Image, ImageFile
 from pipeline.config import DECODERS, PrepareConfig
 from pipeline.errors import ConfigError, MediaError
 from pipeline.generate.inputs import (
+    SampleArrays,
     guess_modality,
     load_audio_file,
     load_image_file,
@@ -59,7 +62,7 @@ from pipeline.media.frames import frame_size_problem
 from pipeline.media.windows import DecodeStats, Window
 from pipeline.normalize import model_to_mel, pixels_to_unit, to_model_units, unit_to_pixels
 from pipeline.shards.decode import decode_sample
-from pipeline.shards.encode import encode_sample
+from pipeline.shards.encode import encode_clip, encode_sample
 from pipeline.shards.schema import MEL_CENTER, MEL_SCALE, SampleMeta
 
 CONFIG = PrepareConfig()
@@ -384,6 +387,38 @@ def test_sample_tensors_and_collate_equal_the_loader(tmp_path: Path) -> None:
                                                                 torch.from_numpy(mel))
     torch.testing.assert_close(to_model_units("audio", ours["audio"])[0],
                                (torch.from_numpy(mel).float() - MEL_CENTER) / MEL_SCALE)
+
+
+def test_a_video_window_reaches_the_model_as_the_loader_gives_its_mp4_clip(
+        tmp_path: Path, video: Path) -> None:
+    """`omni generate`'s video input goes the loader's way: the window's frames encoded as
+    prepare stores them (an mp4 clip) and decoded to I420 planes, equal to the loader's batch
+    of that sample, so `to_model_units` gives the model training's units."""
+    config = PrepareConfig(clip_duration=1.0, fps=4, video_size=32, image_size=64, n_mels=16)
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (config.video_frames, 32, 32, 3), dtype=np.uint8)
+    meta = SampleMeta.build(config, source="v.mp4", video_id="v_0123456789abcdef",
+                            clip_index=0, start=0.0, end=1.0, rotation=0, has_audio=True,
+                            transcript_source="srt", transcript_timed=True, clip_encoding="mp4")
+    members = encode_sample(meta.key, meta, np.zeros((16, config.audio_frames), np.float16),
+                            np.zeros((64, 64, 3), np.uint8), frames, "", config, "mp4")
+    (tmp_path / "shards").mkdir()
+    with wds.TarWriter(str(tmp_path / "shards" / "s-000000.tar")) as writer:
+        writer.write(members)
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"schema_version": 1, "config": config.to_dict(), "shards": [
+            {"path": "shards/s-000000.tar", "samples": 1,
+             "bytes": (tmp_path / "shards" / "s-000000.tar").stat().st_size}]}))
+    loaded = next(iter(build_shard_loader(tmp_path, batch_size=1, shuffle_buffer=0)))
+    ours = sample_arrays_batch(SampleArrays("v.mp4", 0.0, frames, fps=config.fps))
+    assert ours["video"].shape == loaded["video"].shape == (1, config.video_frames, 48, 32)
+    assert torch.equal(ours["video"], loaded["video"])
+    arrays = load_video_window(video, CONFIG)
+    batch = sample_arrays_batch(arrays)
+    wanted = i420_frames(encode_clip(arrays.frames, "mp4", CONFIG.fps))
+    assert torch.equal(batch["video"][0], torch.from_numpy(wanted))
+    assert to_model_units("video", batch["video"]).shape == (
+        1, 3, CONFIG.video_frames, CONFIG.video_size, CONFIG.video_size)
 
 
 def test_a_picture_makes_a_batch_of_only_an_image(media_dir: Path) -> None:

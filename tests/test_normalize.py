@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
 
@@ -12,8 +15,17 @@ from omnilatent.training import TrainConfig, Trainer
 from omnilatent.training.rng import seed_everything
 from pipeline.errors import PipelineError
 from pipeline.loader.shard_loader import build_shard_loader
-from pipeline.normalize import batch_to_device, to_device_units, to_model_units
+from pipeline.normalize import (
+    batch_to_device,
+    i420_to_rgb,
+    pixels_to_unit,
+    to_device_units,
+    to_model_units,
+)
+from pipeline.shards.decode import decode_member, i420_shape
+from pipeline.shards.encode import encode_clip
 from pipeline.shards.schema import MEL_CENTER, MEL_SCALE
+from tests.host_sync import HostSyncRecorder
 from tests.test_loader import SMALL, write_shards
 
 
@@ -112,3 +124,69 @@ def test_training_on_stored_batches_equals_training_on_float32_units(tmp_path: P
     targets = {task.split("_to_")[1] if "_to_" in task else task.split("_")[0]
                for task, _ in stored}
     assert targets >= {"video", "image", "audio"}
+
+
+def colour_clip(size: int) -> np.ndarray:
+    """(4, size, size, 3) uint8 frames that are hard on 4:2:0: saturated primaries and
+    secondaries, one-pixel stripes of opposite colours (chroma edges between two chroma
+    samples, at even and odd columns and rows), and noise."""
+    rng = np.random.default_rng(7)
+    bars = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255],
+                     [255, 0, 255], [255, 255, 255], [0, 0, 0]], np.uint8)
+    frames = np.empty((4, size, size, 3), np.uint8)
+    columns, quarter, half = np.arange(size), size // 4, size // 2
+    for index, frame in enumerate(frames):
+        frame[:] = bars[(columns * 8 // size + index) % 8]  # bars, moving
+        frame[half:] = bars[(columns + index) % 8]  # a colour change every pixel
+        frame[quarter:half, :half] = bars[(np.arange(quarter, half) + index) % 8, None]  # rows
+        frame[quarter:half, half:] = rng.integers(0, 256, (half - quarter, size - half, 3))
+    return frames
+
+
+def swscale_rgb24(data: bytes) -> np.ndarray:
+    """The frames of an mp4 as swscale converts them to rgb24 by default: (T, H, W, 3)."""
+    with av.open(io.BytesIO(data), "r", format="mp4") as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+# 38: U and V do not fill whole rows of W, and swscale converts its last columns in C;
+# 112: the default clip size.
+@pytest.mark.parametrize("size", [32, 38, 112])
+def test_i420_to_rgb_gives_the_pixels_swscale_gives(size: int) -> None:
+    """A loader batch's mp4 clip (its yuv420p planes, decoded into an I420 slot) converted on
+    the device equals the same clip converted to RGB by swscale on the CPU, bit for bit, in
+    the columns swscale's SIMD code converts (all of them at widths that are multiples of
+    16); past them swscale's C tables round differently, by at most 2 levels. The shapes are
+    those of an RGB batch; swscale's rgb24 is what `decode_member` gives without a slot."""
+    frames = colour_clip(size)
+    data = encode_clip(frames, "mp4", 4)
+    sizes = {"video_frames": 4, "video_size": size}
+    rgb = swscale_rgb24(data)  # (T, H, W, 3)
+    assert np.array_equal(decode_member("clip.mp4", data, sizes), rgb)
+    slot = np.empty(i420_shape(4, size, size), np.uint8)
+    planes = decode_member("clip.mp4", data, sizes, out=slot)
+    assert planes.shape == (4, size * 3 // 2, size) and np.shares_memory(planes, slot)
+    old = torch.from_numpy(rgb).permute(3, 0, 1, 2)  # (3, T, H, W)
+    new = i420_to_rgb(torch.from_numpy(planes))
+    simd = size // 16 * 16
+    assert torch.equal(new[..., :simd], old[..., :simd])
+    assert ((new[..., simd:].int() - old[..., simd:].int()).abs() <= 2).all()
+    units = to_model_units("video", torch.from_numpy(planes)[None])  # (1, T, 3H/2, W)
+    assert units.shape == (1, 3, 4, size, size) and units.dtype == torch.float32
+    assert torch.equal(units, pixels_to_unit(new[None]))
+
+
+def test_i420_to_rgb_reads_nothing_back_from_the_device() -> None:
+    """The conversion is tensor ops on the batch's device: no value read to the host, no
+    tensor of host data copied to the device (`tests/host_sync.py`)."""
+    planes = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 4, 12, 8),
+                                                                 dtype=np.uint8))
+    recorder = HostSyncRecorder([planes])
+    with recorder:
+        units = to_model_units("video", planes)
+    assert recorder.events == [] and units.shape == (2, 3, 4, 8, 8)
+
+
+def test_i420_of_an_odd_shape_is_refused() -> None:
+    with pytest.raises(PipelineError, match="I420 frames must be"):
+        to_model_units("video", torch.zeros(1, 4, 10, 8, dtype=torch.uint8))

@@ -86,7 +86,7 @@ def test_windows_without_sound_or_transcript_load_flagged_and_train(world: Path,
     model_config = OmniLatentConfig(hidden_dim=32, num_layers=1, num_heads=4, vocab_size=300,
                                     n_mels=16, audio_frames=batch["audio"].shape[-1],
                                     image_size=32, patch_size=16, video_size=32,
-                                    video_frames=batch["video"].shape[2])
+                                    video_frames=batch["video"].shape[1])  # I420 (B, T, 3H/2, W)
     for name, rows in (("video_to_audio", batch["has_audio"]),
                        ("audio_to_text", batch["has_audio"] & batch["has_text"]),
                        ("image_to_text", batch["has_text"])):

@@ -141,7 +141,8 @@ class Trainer:
 
     The loader yields ``dict[str, Tensor]`` batches (text ``(B, L)``, audio ``(B, M, T)``,
     image ``(B, 3, H, W)``, video ``(B, 3, T, H, W)``), float32 in model units or in the shard
-    loader's stored dtypes (`pipeline.normalize.to_model_units`); its position is kept by a
+    loader's stored dtypes (`pipeline.normalize.to_model_units`; its mp4 clips' video is I420
+    ``(B, T, 3H/2, W)`` uint8, made RGB there); its position is kept by a
     `DataCursor` (a plain DataLoader's only by a count of batches to skip).
     ``sampler`` chooses each step's task (default: all 16 modality pairs in turn; a
     curriculum is `omnilatent.training.curriculum.CurriculumSampler`).

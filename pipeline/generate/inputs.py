@@ -8,7 +8,8 @@ inputs are prepared". Only regular files are read (`regular_input`): opening a F
 for a writer forever.
 
 `sample_arrays_batch` turns the arrays into a batch of one with the loader's own
-`sample_tensors` and `collate`, in the loader's stored dtypes; `pipeline.normalize`'s
+`sample_tensors` and `collate`, in the loader's stored dtypes, a video window as the loader
+gives its clip (`loader_clip`: I420 frames of the mp4 prepare stores); `pipeline.normalize`'s
 `to_model_units` then gives the model the training normalisation, as it does to a loader batch."""
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from pipeline.media.windows import (
     grid_frames_within,
 )
 from pipeline.prepare.sample import sample_fields, video_context
+from pipeline.shards.decode import decode_member, i420_shape
+from pipeline.shards.encode import encode_clip
+from pipeline.shards.schema import CLIP_PREFIX
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer
 
 Modality = Literal["text", "audio", "image", "video"]
@@ -60,7 +64,8 @@ class SampleArrays:
     """One input as the shards would hold it; a modality the input does not have is None.
 
     `start` is where the window begins in the source, on the frame grid for a video (None for
-    a picture or text); `notes` are things worth telling the user (a rounded start, a
+    a picture or text), `fps` a video window's frame rate (that of the config it was read
+    with); `notes` are things worth telling the user (a rounded start, a
     transcript that could not be read, a decoder complaint)."""
 
     source: str  # the input's path, or "<text>"
@@ -70,6 +75,7 @@ class SampleArrays:
     mel: np.ndarray | None = None  # (n_mels, audio_frames) float16 log-mel, as `log_mel` makes it
     text: str | None = None
     notes: tuple[str, ...] = ()
+    fps: int | None = None
 
 
 def guess_modality(path: str | os.PathLike[str]) -> Modality:
@@ -181,7 +187,7 @@ def load_video_window(path: str | os.PathLike[str], config: PrepareConfig,
         notes += (f"decoder: {stats.first_error}",)
     fields = sample_fields(window, context, config)
     return SampleArrays(str(path), window.start, fields.frames, fields.image, fields.mel,
-                        fields.text, notes)
+                        fields.text, notes, config.fps)
 
 
 def _grid_start(path: Path, start: float, config: PrepareConfig) -> tuple[float, tuple[str, ...]]:
@@ -318,9 +324,28 @@ def text_input(text: str) -> SampleArrays:
 def sample_arrays_batch(arrays: SampleArrays, tokenizer: TokenizerFn = byte_tokenizer,
                         max_text_len: int = 128) -> Batch:
     """A batch of one in the loader's format and dtypes, with only the input's modalities
-    (`video` (1, 3, T, F, F) and `image` (1, 3, S, S) uint8, `audio` (1, M, T_mel) float16,
-    `text` (1, L))."""
-    tensors = sample_tensors(arrays.frames, arrays.image, arrays.mel, arrays.text,
+    (`video` (1, T, 3F/2, F) I420 (`loader_clip`) and `image` (1, 3, S, S) uint8, `audio`
+    (1, M, T_mel) float16, `text` (1, L))."""
+    frames = arrays.frames
+    if frames is not None:
+        if arrays.fps is None:
+            raise MediaError(f"{arrays.source}: a video window needs its frame rate (fps)")
+        frames = loader_clip(frames, arrays.fps)
+    tensors = sample_tensors(frames, arrays.image, arrays.mel, arrays.text,
                              tokenizer=tokenizer, max_text_len=max_text_len, key=arrays.source,
                              meta={"source": arrays.source, "start": arrays.start})
     return collate([tensors])
+
+
+def loader_clip(frames: np.ndarray, fps: int) -> np.ndarray:
+    """A window's frames (T, F, F, 3) uint8 as the shard loader gives them to the model: the
+    mp4 clip `omni prepare` stores (`encode_clip`, at the config's `fps`) decoded into an I420
+    slot, (T, 3F/2, F) (`decode_member`), so generating sees training's units. Odd-sized
+    frames, which prepare can only store as npy, stay RGB as the loader gives npy clips."""
+    count, size = frames.shape[:2]  # square, as prepare makes them
+    if size % 2:
+        return frames
+    clip: np.ndarray = decode_member(CLIP_PREFIX + "mp4", encode_clip(frames, "mp4", fps),
+                                     {"video_frames": count, "video_size": size},
+                                     out=np.empty(i420_shape(count, size, size), np.uint8))
+    return clip

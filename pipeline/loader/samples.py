@@ -21,12 +21,15 @@ decompressed, and no member is read whose declared size exceeds `decode.member_c
 small hostile shard cannot make a worker read or decode gigabytes.
 
 Batch (B samples, T frames, M mel bins, L the longest text in the batch, at least 1), in the
-stored dtypes: ``video`` (B, 3, T, H, W) and ``image`` (B, 3, S, S) uint8 pixels, channels
-first; ``audio`` (B, M, T_mel) float16 log-mel as stored; ``text`` (B, L) long, right-padded
-with 0; ``has_text`` and ``has_audio`` (B,) bool (the row has a transcript / a sound
-stream); ``__key__`` list[str]; ``meta`` list[dict] (the json member).
-A quarter (pixels) and half (mel) of float32's bytes cross from the workers and to the device;
-the consumer maps them to model units there (`pipeline.normalize.to_model_units`). With
+stored dtypes: ``video`` uint8, of mp4 clips their I420 frames (B, T, 3H/2, W) (per frame
+Y's H rows, then U's and V's H/2 x W/2 values back to back), of npy clips RGB (B, 3, T, H, W)
+channels first; ``image`` (B, 3, S, S) uint8 pixels, channels first; ``audio`` (B, M, T_mel)
+float16 log-mel as stored; ``text`` (B, L) long, right-padded with 0; ``has_text`` and
+``has_audio`` (B,) bool (the row has a transcript / a sound stream); ``__key__`` list[str];
+``meta`` list[dict] (the json member).
+A quarter (pixels; I420 an eighth) and half (mel) of float32's bytes cross from the workers
+and to the device; the consumer maps them to model units there
+(`pipeline.normalize.to_model_units`, which also converts I420 to RGB there). With
 ``pin_memory`` the batches' tensors are in pinned memory, so a ``non_blocking`` copy to a CUDA
 device runs asynchronously."""
 
@@ -49,14 +52,16 @@ from torch.utils.data import get_worker_info
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.loader.batch_pool import BatchPool, SlotLayout
 from pipeline.modalities import MAX_TEXT_LEN, TABLE
-from pipeline.normalize import STORED_DTYPES
+from pipeline.normalize import STORED_DTYPES, i420_to_rgb
 from pipeline.shards.decode import (
     CorruptMemberError,
     decode_sample,
+    i420_shape,
     oversized_member,
     validate_sample,
 )
 from pipeline.shards.schema import (
+    CLIP_MEMBERS,
     CLIP_PREFIX,
     MEMBER_IMAGE,
     MEMBER_JSON,
@@ -73,6 +78,7 @@ Batch = dict[str, Any]
 MAX_ERRORS = 20  # reasons kept in LoaderStats.errors
 # Members webdataset skips entirely ("__key__.txt" and the like): not part of any sample.
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")
+MP4_MEMBER = CLIP_PREFIX + "mp4"
 
 
 @dataclass
@@ -270,33 +276,52 @@ class BatchSlots:
     fresh ones (`batch_tensor`: in a worker born in shared memory).
 
     Every sample `decode_samples` yields is the next one `batch_samples` takes, so the slots
-    fill in batch order; a sample dropped after decoding leaves its slot to the next one."""
+    fill in batch order; a sample dropped after decoding leaves its slot to the next one.
+
+    An mp4 clip's slot holds its I420 frames (T, 3H/2, W) (`decode.i420_shape`; converted to
+    RGB on the device by `pipeline.normalize.to_model_units`), an npy clip's its RGB frames
+    channels first (3, T, H, W). A clip of the other layout than the batch's so far starts a
+    new buffer, and `collate` stacks that batch's clips (`_same_layout`)."""
 
     layout: SlotLayout
     pool: BatchPool | None
     group: int  # the DataLoader worker's id
-    buffers: dict[str, torch.Tensor] | None = None  # the layout's arrays, (batch_size, ...)
+    buffers: dict[str, torch.Tensor] | None = None  # the batch's arrays, (batch_size, ...)
     slot: int | None = None  # the pool's slot the buffers are; None for fresh ones
     filled: int = 0
 
-    def next_slot(self) -> np.ndarray:
-        """The (3, T, H, W) slot the next clip is decoded into (a fresh batch's first slot
-        once the last batch is full)."""
-        if self.buffers is None or self.filled == len(self.buffers["video"]):
-            self._next_batch()
+    def next_slot(self, member: str | None) -> np.ndarray:
+        """The slot the next clip, of member `member`, is decoded into: (T, 3H/2, W) for an
+        mp4 of even size, else (3, T, H, W) (a fresh batch's first slot once the last batch
+        is full); a clip of the other layout than its batch's gets memory of its own."""
+        batch, channels, frames, height, width = dict(
+            (name, shape) for name, _, shape, _ in self.layout.arrays)["video"]
+        shape = (i420_shape(frames, height, width)
+                 if member == MP4_MEMBER and not height % 2 and not width % 2
+                 else (channels, frames, height, width))
+        if self.buffers is None or self.filled == batch:
+            self._next_batch(shape)
         assert self.buffers is not None
+        if self.buffers["video"].shape[1:] != shape:
+            return np.empty(shape, np.uint8)
         slot: np.ndarray = self.buffers["video"][self.filled].numpy()
         return slot
 
-    def _next_batch(self) -> None:
+    def _next_batch(self, clip: tuple[int, ...]) -> None:
+        """Take the next batch's buffers, its video of clips of shape `clip` (the slot's
+        video, laid out for RGB clips, holds I420 ones in its first half)."""
         self.slot = None if self.pool is None else self.pool.take(self.group)
         self.filled = 0
         if self.pool is not None and self.slot is not None:
             arrays = self.pool.arrays(self.slot, release=False)  # the trainer's side frees it
             self.buffers = {name: torch.from_numpy(array) for name, array in arrays.items()}
+            rows = len(self.buffers["video"])
+            self.buffers["video"] = self.buffers["video"].view(-1)[
+                :rows * math.prod(clip)].view(rows, *clip)
         else:
-            self.buffers = {name: batch_tensor(shape, getattr(torch, str(dtype)))
-                            for name, _, shape, dtype in self.layout.arrays}
+            self.buffers = {name: batch_tensor(
+                (shape[0], *clip) if name == "video" else shape, getattr(torch, str(dtype)))
+                for name, _, shape, dtype in self.layout.arrays}
 
     def keep(self) -> None:
         """The clip just decoded is the batch's next sample."""
@@ -307,6 +332,13 @@ class BatchSlots:
         the trainer's side (None: fresh buffers, sent as tensors)."""
         slot, self.slot = self.slot, None
         return slot
+
+    def in_buffers(self, batch: Batch) -> set[str]:
+        """The keys of `batch` whose tensors are this batch's buffers (a batch of mixed clip
+        layouts has its video elsewhere)."""
+        return {name for name, buffer in (self.buffers or {}).items()
+                if isinstance(batch.get(name), torch.Tensor)
+                and batch[name].data_ptr() == buffer.data_ptr()}
 
     def drop(self) -> None:
         """In a worker at the end of an epoch: free a slot taken for a batch that no sample
@@ -335,8 +367,9 @@ def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
         try:
             if "__error__" in raw:
                 raise CorruptMemberError(raw["__error__"])
+            member = next((name for name in CLIP_MEMBERS if name in raw), None)
             sample, dropped = decode_sample(raw, expected,
-                                            None if slots is None else slots.next_slot())
+                                            None if slots is None else slots.next_slot(member))
         except CorruptMemberError as err:
             stats.skipped_samples += 1
             stats.note(f"{where}: {err}")
@@ -376,7 +409,8 @@ def sample_tensors(frames: np.ndarray | None, image: np.ndarray | None, mel: np.
     builds from its input files, so the model sees both in the same units.
 
     The arrays keep their stored dtypes (`pipeline.normalize.to_model_units` maps them on the
-    device): `frames` (T, H, W, 3) and `image` (S, S, 3) uint8, `mel` (M, T_mel) float16
+    device): `frames` (T, H, W, 3) RGB or (T, 3H/2, W) I420 (an mp4 clip, `decode.i420_shape`)
+    and `image` (S, S, 3) uint8, `mel` (M, T_mel) float16
     log-mel; another dtype is refused (a float32 tensor would pass for model units). `text` is
     tokenized. A modality given as None is left out (generating from a picture has only
     `image`), and `collate` leaves it out of the batch."""
@@ -384,7 +418,7 @@ def sample_tensors(frames: np.ndarray | None, image: np.ndarray | None, mel: np.
     for modality, array in (("video", frames), ("image", image), ("audio", mel)):
         if array is None:
             continue
-        value = torch.from_numpy(array)  # (T, H, W, 3) | (S, S, 3) uint8, (M, T_mel) float16
+        value = torch.from_numpy(array)  # (T, H, W, 3) | (T, 3H/2, W) | (S, S, 3) uint8, ...
         if value.dtype != STORED_DTYPES[modality]:
             raise PipelineError(f"{modality} must be stored as {STORED_DTYPES[modality]}, "
                                 f"got {value.dtype}")
@@ -422,9 +456,11 @@ def collate(samples: Sequence[dict[str, Any]],
             buffers: dict[str, torch.Tensor] | None = None) -> Batch:
     """Stack `sample_tensors` outputs; text right-padded by `pipeline.tokenizer.pad_texts`,
     the one padding rule. `buffers`, when given, are the batch's arrays (`BatchSlots`), which
-    the samples are copied into; its video (B, 3, T, H, W) is the buffer the samples' clips
-    were decoded into, taken as the batch's video where each sample's clip is its slot, and
-    copied into as the other modalities otherwise. A modality that any
+    the samples are copied into; its video, (B, 3, T, H, W) or (B, T, 3H/2, W), is the buffer
+    the samples' clips were decoded into, taken as the batch's video where each sample's clip
+    is its slot, and copied into as the other modalities otherwise. I420 clips (T, 3H/2, W)
+    stack to (B, T, 3H/2, W), RGB ones to (B, 3, T, H, W); a batch of both (shard sets of
+    both clip encodings) is all RGB (`_same_layout`). A modality that any
     sample lacks is left out of the batch (and with text, `has_text`), as
     `omnilatent.training.collate_multimodal` does. ``has_audio`` (B,)
     is False for the rows whose json says the video has no sound stream (their mel is
@@ -440,8 +476,11 @@ def collate(samples: Sequence[dict[str, Any]],
         if row.name == "video" and out is not None and _in_slots(samples, out):
             batch["video"] = out
             continue
-        batch[row.name] = stack_into_layout([sample[row.name] for sample in samples],
-                                            row.batch_layout, row.name, out)
+        values, layout = [sample[row.name] for sample in samples], row.batch_layout
+        if row.name == "video":
+            values = _same_layout(values)
+            layout = layout if values[0].dim() == 4 else None  # I420 stacks as it is
+        batch[row.name] = stack_into_layout(values, layout, row.name, out)
     if held("text"):
         texts = [sample["text"] for sample in samples]
         batch["text"] = pad_texts(texts)  # (B, L)
@@ -455,13 +494,23 @@ def collate(samples: Sequence[dict[str, Any]],
 
 
 def _in_slots(samples: Sequence[dict[str, Any]], video: torch.Tensor) -> bool:
-    """Whether each sample's clip (T, H, W, 3) is the channels-first slot of `video` at its
-    index, i.e. the batch is already stacked."""
+    """Whether each sample's clip, (T, H, W, 3) or I420 (T, 3H/2, W), is the slot of `video`
+    at its index (channels first, or as it is), i.e. the batch is already stacked."""
     return len(samples) == len(video) and all(
         clip.data_ptr() == slot.data_ptr() and clip.shape == view.shape
         and clip.stride() == view.stride() and clip.dtype == slot.dtype
         for clip, slot in zip((sample["video"] for sample in samples), video, strict=True)
-        for view in (slot.permute(1, 2, 3, 0),))
+        for view in (slot.permute(1, 2, 3, 0) if slot.dim() == 4 else slot,))
+
+
+def _same_layout(clips: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`clips` as they are when all are RGB (T, H, W, 3) or all I420 (T, 3H/2, W); a mix
+    (shard sets of both clip encodings in one loader) all RGB, the I420 ones converted as
+    `pipeline.normalize.to_model_units` converts them."""
+    if len({clip.dim() for clip in clips}) == 1:
+        return clips
+    return [i420_to_rgb(clip).permute(1, 2, 3, 0) if clip.dim() == 3 else clip
+            for clip in clips]
 
 
 def batch_tensor(size: Sequence[int], dtype: torch.dtype) -> torch.Tensor:

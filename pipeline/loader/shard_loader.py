@@ -3,6 +3,7 @@ a cursor that resumes mid-epoch; `build_shard_loader` builds it from shard paths
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,14 +30,26 @@ from pipeline.tokenizer import TokenizerFn, byte_tokenizer
 _FINDING_COUNTERS = ("skipped_samples", "unsafe_members", "corrupt_shards", "surplus_shards")
 
 
+@dataclass(frozen=True)
+class _InSlot:
+    """A batch tensor of `shape` that lies at the start of its array in a pool slot."""
+
+    shape: tuple[int, ...]
+
+    def over(self, array: np.ndarray) -> torch.Tensor:
+        """The tensor over the slot's `array` (an I420 video fills the first half of its
+        array, laid out for RGB clips)."""
+        return torch.from_numpy(array.reshape(-1)[:math.prod(self.shape)].reshape(self.shape))
+
+
 @dataclass
 class _Chunk:
     """What a worker sends: a batch (None at its end), its position and its stats news.
 
     A worker's batch crosses without its large tensors, which stay where the worker wrote
-    them: the keys of those in a slot of the loader's `BatchPool` (named by `pool`) hold None
-    and `resolved` puts them back over this process's mapping of the slot, so no pixel
-    crosses; outside a slot (none free) they cross as torch's shared-memory tensors. The
+    them: the keys of those in a slot of the loader's `BatchPool` (named by `pool`) hold their
+    shape (`_InSlot`) and `resolved` puts them back over this process's mapping of the slot,
+    so no pixel crosses; outside a slot (none free) they cross as torch's shared-memory tensors. The
     small ones (text and the row flags) cross as numpy arrays, pickled by value: a tensor
     crosses as a shared-memory file and a socket round trip to the worker, about 1 ms of CPU
     each (`bench/loader.py`, issue 19)."""
@@ -53,9 +66,8 @@ class _Chunk:
         if self.batch is None:
             return self
         slot = None if slots is None else slots.hand_on()
-        pooled = set() if slots is None or slot is None else {
-            name for name, *_ in slots.layout.arrays}
-        batch = {key: None if key in pooled
+        pooled = set() if slots is None or slot is None else slots.in_buffers(self.batch)
+        batch = {key: _InSlot(tuple(value.shape)) if key in pooled
                  else value.numpy() if isinstance(value, torch.Tensor) and key not in STORED_DTYPES
                  else value for key, value in self.batch.items()}
         token = None if slots is None or slots.pool is None or slot is None else slots.pool.token
@@ -67,8 +79,8 @@ class _Chunk:
         if self.batch is None:
             return self
         arrays = {} if self.pool is None or self.slot is None else BatchPool.find(
-            self.pool).arrays(self.slot, len(self.batch["__key__"]), release=True)
-        batch = {key: torch.from_numpy(arrays[key]) if value is None and key in arrays
+            self.pool).arrays(self.slot, release=True)
+        batch = {key: value.over(arrays[key]) if isinstance(value, _InSlot)
                  else torch.from_numpy(value) if isinstance(value, np.ndarray)
                  else value for key, value in self.batch.items()}
         return replace(self, batch=batch, pool=None, slot=None)

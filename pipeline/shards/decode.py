@@ -124,10 +124,13 @@ def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = N
     `expected` only that last bound applies: readers of untrusted shards pass it
     (`decode_sample` does).
 
-    `out`, for a clip member of the expected size: a (3, T, H, W) uint8 buffer (a slot of the
-    loader's batch, `pipeline.loader.samples.ClipSlots`) that the clip is decoded into,
-    channels first, and returned as its (T, H, W, 3) view; a clip of another size is decoded
-    into memory of its own, as without `out`."""
+    `out`, for a clip member of the expected size: a uint8 buffer (a slot of the loader's
+    batch, `pipeline.loader.samples.BatchSlots`) that the clip is decoded into and returned.
+    A (3, T, H, W) one takes the clip in RGB, channels first, returned as its (T, H, W, 3)
+    view. A `clip.mp4` may instead go into an I420 one, (T, 3H/2, W) (`i420_shape`): each
+    frame's yuv420p planes as the decoder gives them, no pixel conversion on the CPU
+    (`pipeline.normalize.i420_to_rgb` converts them on the device), returned as it is. A clip
+    of another size is decoded into memory of its own, as without `out`: RGB (T, H, W, 3)."""
     kind = member_type(name)
     decoder = _DECODERS.get(kind)
     if decoder is None:
@@ -222,6 +225,14 @@ def _check_picture(width: int, height: int, shape: tuple[int, ...] | None) -> No
                                  f"{MAX_MEMBER_BYTES} bytes decoded")
 
 
+def i420_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """The (T, 3H/2, W) uint8 array of a clip's I420 frames: per frame the yuv420p frame
+    buffer (as ``av.VideoFrame.to_ndarray()`` gives it): H rows of Y, then the H/2 x W/2
+    values of U, then those of V, back to back (H/4 rows of W each where 4 divides H). H and
+    W must be even."""
+    return (frames, height * 3 // 2, width)
+
+
 def _fits(out: np.ndarray, frames: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
     """Whether a clip of `frames` (T, H, W, 3) and `dtype` fills `out` (3, T, H, W)."""
     return (dtype == out.dtype and len(frames) == 4
@@ -254,13 +265,21 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
         stream.thread_type = "NONE"
         stream.codec_context.thread_count = 1
         reformatter = _reformatter()
+        planes = (out is not None and not height % 2 and not width % 2  # views need one piece
+                  and out.dtype == np.uint8 and out.shape == i420_shape(limit, height, width)
+                  and out.flags.c_contiguous)
         # Channels first: the layout the batch has (`pipeline.loader.samples.collate`), so
         # the loader copies each sample's frames in one piece instead of transposing them.
         # Without expected sizes the buffer spans the decode bound, untouched past the frames.
-        if out is not None and _fits(out, (limit, height, width, 3), np.dtype(np.uint8)):
+        if planes or out is not None and _fits(out, (limit, height, width, 3),
+                                               np.dtype(np.uint8)):
             clip = out
         else:
             clip = np.empty((3, limit, height, width), np.uint8)
+        if planes:  # per frame Y (H, W), U and V (H/2, W/2): views of the slot
+            luma = clip[:, :height]
+            chroma = clip.reshape(limit, -1)[:, height * width:].reshape(
+                limit, 2, height // 2, width // 2)
         count = 0
         for frame in container.decode(stream):
             if (frame.width, frame.height) != (width, height):  # the bitstream may disagree
@@ -268,28 +287,42 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
                                          f"of {width}x{height}")
             if count == limit:
                 raise CorruptMemberError(f"more than {limit} frames")
-            _planar_rgb(reformatter, frame, clip[:, count])
+            if planes:
+                _i420(reformatter, frame, (luma[count], *chroma[count]))
+            else:
+                _planar_rgb(reformatter, frame, clip[:, count])
             count += 1
     if count == 0:
         raise CorruptMemberError("no decodable frames")
+    if planes:  # (T, 3H/2, W): the slot itself; a shorter clip's frames, which then fail
+        return clip[:count]  # `validate_sample`'s shape check (its sample is dropped)
     # (T, H, W, 3), as every clip decodes, over channels-first memory; a clip shorter than
     # its buffer is copied out of it.
     return (clip if count == limit else clip[:, :count].copy()).transpose(1, 2, 3, 0)
 
 
-# gbrp's planes in RGB order: swscale writes G, B, R.
-_GBRP_TO_RGB = (1, 2, 0)
-
-
 def _planar_rgb(reformatter: VideoReformatter, frame: av.VideoFrame, out: np.ndarray) -> None:
-    """`frame` converted to RGB into `out` (3, H, W) uint8, by swscale to planar ``gbrp``:
-    the same values as ``rgb24`` (tests check), each channel written in one piece. One
-    swscale thread: by default (threads=0) every context starts a slice thread per CPU and
-    hands each small frame to them, more CPU than converting it."""
-    planar = reformatter.reformat(frame, format="gbrp", threads=1)
-    for channel, plane in zip(_GBRP_TO_RGB, planar.planes, strict=True):
-        rows = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
-        out[channel] = rows[:, :frame.width]
+    """`frame` converted to RGB by swscale (``rgb24``) into `out` (3, H, W) uint8. One swscale
+    thread: by default (threads=0) every context starts a slice thread per CPU and hands each
+    small frame to them, more CPU than converting it. Not planar ``gbrp``: at widths that are
+    not a multiple of 16 swscale writes garbage into its last columns (tests check)."""
+    packed = reformatter.reformat(frame, format="rgb24", threads=1).planes[0]
+    rows = np.frombuffer(packed, np.uint8).reshape(frame.height, packed.line_size)
+    np.copyto(out, rows[:, :frame.width * 3].reshape(frame.height, frame.width, 3)
+              .transpose(2, 0, 1))
+
+
+def _i420(reformatter: VideoReformatter, frame: av.VideoFrame,
+          targets: tuple[np.ndarray, ...]) -> None:
+    """`frame`'s yuv420p planes copied into `targets`, views of one frame of an I420 slot
+    (`i420_shape`): Y (H, W), U and V (H/2, W/2). A frame of another pixel format (a
+    prepared clip is yuv420p, a foreign one may not be) is converted to yuv420p by swscale
+    first."""
+    if frame.format.name != "yuv420p":
+        frame = reformatter.reformat(frame, format="yuv420p", threads=1)
+    for target, plane in zip(targets, frame.planes, strict=True):
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        np.copyto(target, rows[:target.shape[0], :target.shape[1]])
 
 
 def _reformatter() -> VideoReformatter:
@@ -453,7 +486,12 @@ def _array_problems(sample: Mapping[str, Any], meta: SampleMeta, clips: list[str
     shapes = [(MEMBER_MEL, np.float16, (meta.mel.n_mels, meta.mel.frames)),
               (MEMBER_IMAGE, np.uint8, (meta.image_size, meta.image_size, 3))]
     if len(clips) == 1:
-        shapes.append((clips[0], np.uint8, (meta.frames, meta.frame_size, meta.frame_size, 3)))
+        clip = sample.get(clips[0])
+        frames, size = meta.frames, meta.frame_size
+        i420 = (clips[0] == CLIP_PREFIX + "mp4" and isinstance(clip, np.ndarray)
+                and clip.ndim == 3)  # decoded into an I420 slot (`decode_member`)
+        shapes.append((clips[0], np.uint8, i420_shape(frames, size, size) if i420
+                       else (frames, size, size, 3)))
     for name, dtype, shape in shapes:
         if name not in sample:
             continue
