@@ -39,7 +39,8 @@ It also prints:
   cores the loader needs to feed one GPU: that rate times the loader's CPU seconds per sample
   (its best worker count), and the same for the floor;
 - the bytes of one batch's tensors that cross from a worker to the trainer and on to the
-  device: stored dtypes (uint8 pixels, float16 mel) against float32 model units;
+  device: stored dtypes (I420 mp4 clips, uint8 pixels, float16 mel) against float32 model
+  units;
 - the per-epoch start-up of the workers: the time to an epoch's first batch (no shuffle
   buffer) with W workers less that with none, paid once per loader (its workers persist
   across epochs, see `pipeline.loader.shard_loader.ShardLoader`).
@@ -82,6 +83,7 @@ from omnilatent.config import MODALITIES, model_sizes
 from omnilatent.tasks import content_tokens
 from pipeline.loader.samples import Batch
 from pipeline.loader.shard_loader import build_shard_loader
+from pipeline.normalize import STORED_DTYPES, to_model_units
 from pipeline.prepare.processes import usable_cpus
 from pipeline.shards.decode import decode_member
 from pipeline.shards.encode import encode_clip
@@ -254,9 +256,10 @@ def cost(fn: Callable[[], int], repeats: int, warm_up: bool = True) -> Cost:
 
 
 def batch_bytes(batch: Batch) -> dict[str, int]:
-    """Bytes of a batch's tensors as the loader sends them, and as float32 model units."""
+    """Bytes of a batch's tensors as the loader sends them (I420 clips, uint8 pixels, float16
+    mel), and as float32 model units."""
     stored = sum(value.nbytes for value in batch.values() if isinstance(value, torch.Tensor))
-    units = sum(value.numel() * FLOAT32_BYTES if key in ("video", "image", "audio")
+    units = sum(to_model_units(key, value).numel() * FLOAT32_BYTES if key in STORED_DTYPES
                 else value.nbytes
                 for key, value in batch.items() if isinstance(value, torch.Tensor))
     return {"stored": stored, "float32": units}
@@ -269,8 +272,8 @@ def gpu_consumption(folder: Path, batch: Batch) -> dict[str, Any]:
     assert manifest is not None
     config = OmniLatentConfig(**model_sizes(expected_from_config(manifest.config)))
     params = OmniLatentModel(config).num_parameters()
-    tokens = {m: content_tokens(m, batch[m], config.audio_stride, config.patch_size,
-                                config.tubelet_size) / len(batch["__key__"])
+    tokens = {m: content_tokens(m, to_model_units(m, batch[m]), config.audio_stride,
+                                config.patch_size, config.tubelet_size) / len(batch["__key__"])
               for m in MODALITIES}  # text: the batch's mean non-padding tokens
     held = [count for count in tokens.values() if count > 0]  # pairs the data can train
     per_sample = 2 * sum(held) / len(held)
@@ -357,7 +360,8 @@ def report(result: dict[str, Any]) -> None:
                   if w != "0"))
     sizes = result["batch_bytes"]
     print(f"one batch's tensors, worker -> trainer -> device: {sizes['stored'] / 1e6:.2f} MB "
-          f"(uint8 pixels, float16 mel) vs {sizes['float32'] / 1e6:.2f} MB as float32 units "
+          f"(I420 or RGB uint8 clips, uint8 image, float16 mel) vs "
+          f"{sizes['float32'] / 1e6:.2f} MB as float32 units "
           f"({sizes['float32'] / sizes['stored']:.2f}x)")
     startup = result["first_batch_s"]
     base = startup.get("0")

@@ -57,35 +57,34 @@ def test_pool_arrays_do_not_overlap_and_are_shared_with_a_forked_child() -> None
         assert not arrays["audio"].any() and not arrays["video"].any()
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("encodings,batch_size", [(["mp4"], 1), (["npy"], 1),
                                                  (["mp4", "npy"], 3)])
 def test_held_batches_are_never_overwritten_and_equal_fresh_buffers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encodings: list[str],
-        batch_size: int) -> None:
-    """Two workers, more batches held at once than their slots, two epochs: every batch
-    equals the one the loader gives without workers (hence without a pool), and the pool's
-    slots were used and freed again. I420 clips (mp4), RGB ones (npy), and batches of both
-    (whose video is stacked outside the slot, all RGB)."""
+        tmp_path: Path, encodings: list[str], batch_size: int, workers: int) -> None:
+    """More batches held at once than there are slots, two epochs: every batch equals the one
+    a loader without a pool gives, and the pool's slots were used and freed again. I420
+    clips (mp4), RGB ones (npy), and batches of both (whose video is stacked outside the
+    slot, all RGB); with workers, which fill their own slots, and without."""
     folders = [str(tmp_path / encoding) for encoding in encodings]
     for folder, encoding in zip(folders, encodings, strict=True):
         write_shards(Path(folder), encoding=encoding)
-    reference = [batch for _ in range(2) for batch in build_shard_loader(
-        folders, batch_size=batch_size, shuffle_buffer=0, epochs=2)]
+    plain = build_shard_loader(folders, batch_size=batch_size, shuffle_buffer=0, epochs=2)
+    plain._stream.pool = None
+    reference = [batch for _ in range(2) for batch in plain]
     loader = build_shard_loader(folders, batch_size=batch_size, shuffle_buffer=0, epochs=2,
-                                num_workers=2)
+                                num_workers=workers)
     pool = loader._stream.pool
     assert pool is not None
-    slots: list[int | None] = []  # of the batches received, None for fresh buffers
-    resolved = loader_module._Chunk.resolved
-    monkeypatch.setattr(loader_module._Chunk, "resolved",
-                        lambda chunk: slots.append(chunk.slot) or resolved(chunk))
     held = [batch for _ in range(2) for batch in loader]
-    pooled = [slot for slot in slots if slot is not None]
-    assert len(pooled) >= 2 * SLOTS_PER_WORKER and None in slots  # pool, then fresh
+    start = pool.arrays(0, release=False)["video"].ctypes.data
+    end = start + pool.layout.nbytes * SLOTS_PER_WORKER * max(1, workers)
+    pooled = [start <= batch["image"].data_ptr() < end for batch in held]
+    assert sum(pooled) >= SLOTS_PER_WORKER * max(1, workers) and not all(pooled)
     assert rows(held) == rows(reference) and len(rows(held)) == 24 * len(encodings)
     del held
     gc.collect()
-    assert not any(pool._busy[:])  # every slot handed on was freed with its batch
+    assert not any(pool._busy[:])  # every slot taken was freed with its batch
 
 
 def rows(batches: list[Batch]) -> list[tuple[str, list[Any]]]:
@@ -106,6 +105,7 @@ def rows(batches: list[Batch]) -> list[tuple[str, list[Any]]]:
 def test_spawned_workers_get_no_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_shards(tmp_path)
     assert build_shard_loader(tmp_path, batch_size=2, num_workers=1)._stream.pool is not None
-    assert build_shard_loader(tmp_path, batch_size=2)._stream.pool is None  # no workers
+    assert build_shard_loader(tmp_path, batch_size=2)._stream.pool is not None  # no workers
     monkeypatch.setattr(loader_module.mp, "get_start_method", lambda: "spawn")
     assert build_shard_loader(tmp_path, batch_size=2, num_workers=1)._stream.pool is None
+    assert build_shard_loader(tmp_path, batch_size=2)._stream.pool is not None

@@ -1,14 +1,13 @@
 """Batch buffers kept and reused, so each batch's pixels and mel land in memory already mapped.
 
-A DataLoader worker's fresh shared-memory batch costs more than filling it: the tensor is
-created, its pages mapped and zeroed at their first touch, sent as a file descriptor, mapped
-again by the trainer, then torn down (issue 19, `bench/loader.py`: about 200 page faults
-and 0.5 ms of CPU a sample with two workers). A `BatchPool` holds a few batches' buffers in
-one block of anonymous shared memory, allocated once before the workers fork, so every
-process has it mapped once. A worker fills a slot of its own and sends only the slot's
-number; the trainer's side turns it into tensors over its own mapping of that memory.
-Without workers there is no pool: the main process's allocator already reuses freed batch
-memory (a few page faults a sample).
+A fresh batch buffer costs more than filling it: the kernel maps and zeroes its pages at their
+first touch, and a DataLoader worker's shared-memory tensor is also created, sent as a file
+descriptor, mapped again by the trainer, then torn down (issue 19, `bench/loader.py`: about
+200 page faults and 0.5 ms of CPU a sample with two workers, 40 faults and 0.15 ms with
+none). A `BatchPool` holds a few batches' buffers in one block of anonymous shared memory,
+allocated once before any worker forks, so every process has it mapped once. A worker fills
+a slot of its own and sends only the slot's number; the trainer's side turns it into tensors
+over its own mapping of that memory. Without workers the main process fills the slots.
 
 A slot is free again once every tensor and array over it is gone (a `weakref.finalize` on the
 one array all of them hold), however long the consumer keeps a batch, so a batch is never
@@ -29,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-# Slots per DataLoader worker: the DataLoader keeps two batches per
-# worker in flight (its prefetch), one is being filled, and the consumer holds the batch it
-# trains on while the next one is fetched.
+# Slots per DataLoader worker (or for the main process without workers): the DataLoader
+# keeps two batches per worker in flight (its prefetch), one is being filled, and the
+# consumer holds the batch it trains on while the next one is fetched.
 SLOTS_PER_WORKER = 4
 _ALIGN = 64  # bytes: each array of a slot starts on a cache line
 
@@ -53,15 +52,16 @@ class SlotLayout:
 
 
 class BatchPool:
-    """`SLOTS_PER_WORKER` slots for each of `workers` DataLoader workers in one block of
-    memory shared with them (they must be forked after it exists). Worker w takes only slots
-    of its own group, so no two processes ever fill one slot; the trainer's side frees them."""
+    """`SLOTS_PER_WORKER` slots for each of `workers` DataLoader workers (for the main process
+    with none) in one block of memory shared with them (they must be forked after it exists).
+    Worker w takes only slots of its own group, so no two processes ever fill one slot; the
+    trainer's side frees them."""
 
     live: weakref.WeakValueDictionary[str, BatchPool] = weakref.WeakValueDictionary()
 
     def __init__(self, layout: SlotLayout, workers: int) -> None:
         self.layout = layout
-        count = SLOTS_PER_WORKER * workers
+        count = SLOTS_PER_WORKER * max(1, workers)
         # mmap(-1, n): anonymous MAP_SHARED memory, so a forked worker writes what the parent
         # reads (and /dev/shm's size, which bounds torch's shared tensors, does not count it).
         self._memory = mmap.mmap(-1, layout.nbytes * count)
@@ -75,7 +75,8 @@ class BatchPool:
         return cls.live[token]
 
     def take(self, group: int) -> int | None:
-        """A free slot of worker `group`, now taken; None when all of them are taken."""
+        """A free slot of worker `group` (0 without workers), now taken; None when all of them
+        are taken."""
         for slot in range(group * SLOTS_PER_WORKER, (group + 1) * SLOTS_PER_WORKER):
             if self._busy[slot] == 0:
                 self._busy[slot] = 1

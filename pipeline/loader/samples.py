@@ -271,9 +271,9 @@ class BatchSlots:
     """The buffers of the batch being gathered, taken before its first clip is decoded:
     `decode_samples` decodes each clip straight into the next slot of its video, channels
     first, and `collate` copies each sample's image and mel into theirs, so no clip is copied
-    between decode and batch. In a DataLoader worker the buffers are a slot of `pool` when
-    one is free (`pipeline.loader.batch_pool`: shared memory reused, already mapped), else
-    fresh ones (`batch_tensor`: in a worker born in shared memory).
+    between decode and batch. The buffers are a slot of `pool` when one is free
+    (`pipeline.loader.batch_pool`: memory reused, already mapped), else fresh ones
+    (`batch_tensor`: in a DataLoader worker born in shared memory).
 
     Every sample `decode_samples` yields is the next one `batch_samples` takes, so the slots
     fill in batch order; a sample dropped after decoding leaves its slot to the next one.
@@ -285,7 +285,7 @@ class BatchSlots:
 
     layout: SlotLayout
     pool: BatchPool | None
-    group: int  # the DataLoader worker's id
+    group: int  # the DataLoader worker's id, 0 in the main process
     buffers: dict[str, torch.Tensor] | None = None  # the batch's arrays, (batch_size, ...)
     slot: int | None = None  # the pool's slot the buffers are; None for fresh ones
     filled: int = 0
@@ -313,7 +313,8 @@ class BatchSlots:
         self.slot = None if self.pool is None else self.pool.take(self.group)
         self.filled = 0
         if self.pool is not None and self.slot is not None:
-            arrays = self.pool.arrays(self.slot, release=False)  # the trainer's side frees it
+            # The trainer's side frees the slot: here without workers, else the chunk resolved.
+            arrays = self.pool.arrays(self.slot, release=get_worker_info() is None)
             self.buffers = {name: torch.from_numpy(array) for name, array in arrays.items()}
             rows = len(self.buffers["video"])
             self.buffers["video"] = self.buffers["video"].view(-1)[

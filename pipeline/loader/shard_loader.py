@@ -133,7 +133,7 @@ class _EpochStream(IterableDataset):
     shuffle_shards: bool
     shuffle_buffer: int
     position: torch.Tensor  # (1 + workers,) int64: the epoch, then each worker's consumed
-    pool: BatchPool | None  # the workers' reused batch buffers (`_batch_pool`)
+    pool: BatchPool | None  # the batches' reused buffers (`_batch_pool`)
 
     def stages(self, epoch: int, worker: int, num_workers: int, stats: LoaderStats,
                cursor: Cursor) -> list[Any]:
@@ -309,9 +309,9 @@ class ShardLoader:
 
 
 def _batch_pool(shards: ShardSet, batch_size: int, workers: int) -> BatchPool | None:
-    """Reused buffers for the workers' batches when their sizes are known (a manifest) and the
-    workers are forked (they inherit the pool's memory; spawned ones could not)."""
-    if shards.expected is None or workers == 0 or mp.get_start_method() != "fork":
+    """Reused buffers for the batches when their sizes are known (a manifest) and workers, if
+    any, are forked (they inherit the pool's memory; spawned ones could not)."""
+    if shards.expected is None or (workers > 0 and mp.get_start_method() != "fork"):
         return None
     return BatchPool(stage.slot_layout(shards.expected, batch_size), workers)
 
