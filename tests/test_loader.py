@@ -28,7 +28,13 @@ from pipeline.loader.samples import collate, sample_tensors
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.media.discover import video_id
 from pipeline.normalize import i420_to_rgb, to_model_units
-from pipeline.shards.decode import MAX_TEXT_BYTES, CorruptMemberError, decode_member
+from pipeline.shards.decode import (
+    MAX_TEXT_BYTES,
+    CorruptMemberError,
+    decode_member,
+    decode_sample,
+    validate_sample,
+)
 from pipeline.shards.encode import encode_clip, encode_sample
 from pipeline.shards.schema import MEL_CENTER, MEL_SCALE, SampleMeta
 from pipeline.shards.shardset import expand_urls, split_member_name
@@ -848,3 +854,37 @@ def test_jpegs_decode_to_the_pixels_pil_gave(mode: str, options: dict[str, Any])
     assert np.array_equal(decoded, pil)
     with pytest.raises(CorruptMemberError):
         decode_member("frame.jpg", data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, None])
+def test_a_mel_holding_nan_or_infinity_is_refused(bad: float | None) -> None:
+    """A mel with one NaN or infinite value fails validation; float16's extremes and
+    subnormals do not (the check reads float16's exponent bits)."""
+    members = sample_members(SMALL, 0, 1)
+    mel = np.load(io.BytesIO(members["mel.npy"]))
+    mel[0, :3] = (65504, -65504, 6e-8)  # largest finite values, a subnormal
+    if bad is not None:
+        mel[3, 7] = bad
+    out = io.BytesIO()
+    np.save(out, mel)
+    members["mel.npy"] = out.getvalue()
+    sample, _ = decode_sample(members)
+    problems = validate_sample(sample, None)
+    assert problems == ([] if bad is None else ["mel.npy holds NaN or infinite values"])
+
+
+def test_npy_members_decode_as_np_load_whatever_header_came_before() -> None:
+    """Headers parsed once are kept by their bytes: members of other shapes, dtypes and
+    orders, in turn and again, decode as `np.load` reads them."""
+    rng = np.random.default_rng(4)
+    arrays = [rng.normal(size=(2, 3)).astype(np.float16), rng.normal(size=(3, 2)),
+              np.asfortranarray(rng.normal(size=(4, 5)).astype(np.float32))]
+    blobs = []
+    for array in arrays:
+        out = io.BytesIO()
+        np.save(out, array)
+        blobs.append(out.getvalue())
+    for blob in blobs + blobs[::-1]:
+        decoded, expected = decode_member("mel.npy", blob), np.load(io.BytesIO(blob))
+        assert decoded.dtype == expected.dtype and np.array_equal(decoded, expected)
+        assert decoded.flags.writeable
