@@ -302,7 +302,7 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
             if count == limit:
                 raise CorruptMemberError(f"more than {limit} frames")
             if planes:
-                _i420(reformatter, frame, (luma[count], *chroma[count]))
+                _i420(reformatter, frame, luma[count], chroma[count])
             else:
                 _planar_rgb(reformatter, frame, clip[:, count])
             count += 1
@@ -326,17 +326,20 @@ def _planar_rgb(reformatter: VideoReformatter, frame: av.VideoFrame, out: np.nda
               .transpose(2, 0, 1))
 
 
-def _i420(reformatter: VideoReformatter, frame: av.VideoFrame,
-          targets: tuple[np.ndarray, ...]) -> None:
-    """`frame`'s yuv420p planes copied into `targets`, views of one frame of an I420 slot
-    (`i420_shape`): Y (H, W), U and V (H/2, W/2). A frame of another pixel format (a
+def _i420(reformatter: VideoReformatter, frame: av.VideoFrame, luma: np.ndarray,
+          chroma: np.ndarray) -> None:
+    """`frame`'s yuv420p planes copied into one frame of an I420 slot (`i420_shape`): Y into
+    `luma` (H, W), U and V into `chroma` (2, H/2, W/2). A frame of another pixel format (a
     prepared clip is yuv420p, a foreign one may not be) is converted to yuv420p by swscale
-    first."""
+    first. Each plane is read through one strided array over the frame's buffer (numpy
+    refuses a buffer shorter than its rows): the fewest Python calls a frame, which cost
+    more than the copies (issue 19)."""
     if frame.format.name != "yuv420p":
         frame = reformatter.reformat(frame, format="yuv420p", threads=1)
-    for target, plane in zip(targets, frame.planes, strict=True):
-        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
-        np.copyto(target, rows[:target.shape[0], :target.shape[1]])
+    y, u, v = frame.planes
+    np.copyto(luma, np.ndarray(luma.shape, np.uint8, y, 0, (y.line_size, 1)))
+    np.copyto(chroma[0], np.ndarray(chroma.shape[1:], np.uint8, u, 0, (u.line_size, 1)))
+    np.copyto(chroma[1], np.ndarray(chroma.shape[1:], np.uint8, v, 0, (v.line_size, 1)))
 
 
 def _reformatter() -> VideoReformatter:
