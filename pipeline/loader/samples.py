@@ -39,7 +39,6 @@ import math
 import os
 import random
 import re
-import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import IO, Any
@@ -71,6 +70,7 @@ from pipeline.shards.schema import (
     expected_from_meta,
 )
 from pipeline.shards.shardset import split_member_name
+from pipeline.shards.tar_reader import TarReader
 from pipeline.tokenizer import TokenizerFn, byte_tokenizer, pad_texts
 
 Batch = dict[str, Any]
@@ -185,16 +185,15 @@ def tar_samples(src: Iterable[str], stats: LoaderStats, sample_counts: dict[str,
         current: dict[str, Any] | None = None
         count = 0
         try:
-            with _open_shard(url, streamed) as stream, \
-                    tarfile.open(fileobj=stream, mode="r|" if url in streamed else "r:") as tar:
-                while (info := tar.next()) is not None:
-                    tar.members.clear()  # tarfile keeps every header it has read otherwise
-                    if not info.isreg() or _META_MEMBER.match(info.name):
+            with _open_shard(url, streamed) as stream:
+                tar = TarReader(stream)
+                for name, size in tar.members():
+                    if _META_MEMBER.match(name):
                         continue
-                    prefix, suffix = split_member_name(info.name)
+                    prefix, suffix = split_member_name(name)
                     if prefix is None:
-                        stats.find("unsafe_members", f"{url}/{info.name}",
-                                   f"{url}: member {info.name!r} has no type; dropped")
+                        stats.find("unsafe_members", f"{url}/{name}",
+                                   f"{url}: member {name!r} has no type; dropped")
                         continue
                     if current is not None and prefix != current["__key__"]:
                         count += 1
@@ -205,8 +204,8 @@ def tar_samples(src: Iterable[str], stats: LoaderStats, sample_counts: dict[str,
                     suffix = suffix.lower()
                     if suffix in current:
                         current.setdefault("__error__", f"member {suffix!r} appears twice")
-                    current[suffix] = _member_bytes(tar, info, suffix, expected, current)
-        except Exception as err:  # whatever the tar reader or the transport raise
+                    current[suffix] = _member_bytes(tar, size, suffix, expected, current)
+        except Exception as err:  # the tar reader's TarFormatError, or what the transport raises
             stats.find("corrupt_shards", url,
                        f"{url}: unreadable shard (shards are plain, uncompressed tars), "
                        f"skipping the rest of it: {type(err).__name__}: {err}")
@@ -232,18 +231,18 @@ def _open_shard(url: str, streamed: frozenset[str]) -> IO[bytes]:
     return wds.gopen(url) if url in streamed else open(url, "rb")
 
 
-def _member_bytes(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str,
-                  expected: dict[str, Any] | None, sample: dict[str, Any]) -> bytes | None:
-    """The bytes of a schema member within its cap; None, unread, for any other member (and
-    an over-cap one marks `sample` to be dropped)."""
+def _member_bytes(tar: TarReader, size: int, name: str, expected: dict[str, Any] | None,
+                  sample: dict[str, Any]) -> bytes | None:
+    """The bytes of the member `tar` is at, schema member `name` declaring `size` bytes,
+    within its cap; None, unread, for any other member (and an over-cap one marks `sample`
+    to be dropped)."""
     if name not in SCHEMA_MEMBERS:
         return None
-    reason = oversized_member(name, info.size, expected)
+    reason = oversized_member(name, size, expected)
     if reason is not None:
         sample.setdefault("__error__", reason)
         return None
-    extracted = tar.extractfile(info)
-    return extracted.read() if extracted is not None else b""
+    return tar.read()
 
 
 def skip_consumed(src: Iterable[dict[str, Any]], cursor: Cursor) -> Iterator[dict[str, Any]]:
