@@ -81,7 +81,7 @@ from train_step import PEAK_BF16
 from omnilatent import OmniLatentConfig, OmniLatentModel
 from omnilatent.config import MODALITIES, model_sizes
 from omnilatent.tasks import content_tokens
-from pipeline.loader.samples import Batch
+from pipeline.loader.batches import Batch
 from pipeline.loader.shard_loader import build_shard_loader
 from pipeline.normalize import STORED_DTYPES, to_model_units
 from pipeline.prepare.processes import usable_cpus

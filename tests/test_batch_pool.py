@@ -15,7 +15,7 @@ from test_loader import write_shards
 
 from pipeline.loader import shard_loader as loader_module
 from pipeline.loader.batch_pool import SLOTS_PER_WORKER, BatchPool, SlotLayout
-from pipeline.loader.samples import Batch
+from pipeline.loader.batches import Batch
 from pipeline.loader.shard_loader import build_shard_loader
 from pipeline.normalize import to_model_units
 

@@ -22,9 +22,10 @@ from media import i420_frames
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.loader import samples as samples_module
+from pipeline.loader import batches as batches_module
 from pipeline.loader import shard_loader as loader_module
-from pipeline.loader.samples import collate, sample_tensors
+from pipeline.loader.batches import collate
+from pipeline.loader.samples import sample_tensors
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.media.discover import video_id
 from pipeline.normalize import i420_to_rgb, to_model_units
@@ -33,11 +34,11 @@ from pipeline.shards.decode import (
     CorruptMemberError,
     decode_member,
     decode_sample,
-    validate_sample,
 )
 from pipeline.shards.encode import encode_clip, encode_sample
 from pipeline.shards.schema import MEL_CENTER, MEL_SCALE, SampleMeta
 from pipeline.shards.shardset import expand_urls, split_member_name
+from pipeline.shards.validate import validate_sample
 from pipeline.tokenizer import byte_detokenize
 
 # Small sizes keep the shards tiny; the loader must take them from the manifest or the json.
@@ -177,8 +178,8 @@ def test_clips_decode_into_their_batch_slots(tmp_path: Path, encoding: str,
 
     keys = write_shards(tmp_path, encoding=encoding, edit=contradict)
     stacked: list[str] = []
-    stack = samples_module.stack_into_layout
-    monkeypatch.setattr(samples_module, "stack_into_layout",
+    stack = batches_module.stack_into_layout
+    monkeypatch.setattr(batches_module, "stack_into_layout",
                         lambda values, layout, name, out=None: stacked.append(name)
                         or stack(values, layout, name, out))
     loader = build_shard_loader(tmp_path, batch_size=5, shuffle_shards=False, shuffle_buffer=0)
@@ -888,3 +889,4 @@ def test_npy_members_decode_as_np_load_whatever_header_came_before() -> None:
         decoded, expected = decode_member("mel.npy", blob), np.load(io.BytesIO(blob))
         assert decoded.dtype == expected.dtype and np.array_equal(decoded, expected)
         assert decoded.flags.writeable
+

@@ -51,7 +51,8 @@ from pipeline.generate.inputs import (
     text_input,
 )
 from pipeline.generate.outputs import atomic_output, write_image, write_text, write_video, write_wav
-from pipeline.loader.samples import collate, sample_tensors
+from pipeline.loader.batches import collate
+from pipeline.loader.samples import sample_tensors
 from pipeline.loader.shard_loader import build_shard_loader
 from pipeline.media import decode_pyav
 from pipeline.media import probe as probe_pyav

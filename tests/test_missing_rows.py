@@ -10,7 +10,8 @@ from omnilatent.tasks import build_task, servable_pairs
 from omnilatent.training import TrainConfig, Trainer
 from omnilatent.training.curriculum import DEFAULT_SCHEDULE, CurriculumSampler
 from omnilatent.training.rng import seed_everything
-from pipeline.loader.samples import collate, sample_tensors
+from pipeline.loader.batches import collate
+from pipeline.loader.samples import sample_tensors
 from tests.conftest import make_inputs
 
 

@@ -73,7 +73,8 @@ def test_model_options_default_to_the_model_config() -> None:
 
 
 def test_loader_collate_puts_each_modality_channels_first() -> None:
-    from pipeline.loader.samples import collate, sample_tensors
+    from pipeline.loader.batches import collate
+    from pipeline.loader.samples import sample_tensors
 
     sample = sample_tensors(torch.zeros(4, 8, 8, 3, dtype=torch.uint8).numpy(),
                             torch.zeros(16, 16, 3, dtype=torch.uint8).numpy(),

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image
 
 from pipeline.config import SCHEMA_VERSION, PrepareConfig
@@ -24,7 +25,6 @@ from pipeline.shards.decode import (
     decode_sample,
     member_cap,
     oversized_member,
-    validate_sample,
 )
 from pipeline.shards.encode import encode_clip, encode_sample
 from pipeline.shards.schema import (
@@ -34,6 +34,7 @@ from pipeline.shards.schema import (
     expected_from_config,
     sample_key,
 )
+from pipeline.shards.validate import validate_sample
 
 CONFIG = PrepareConfig()
 
@@ -412,8 +413,12 @@ def test_image_of_another_size_is_refused_before_its_pixels(monkeypatch: pytest.
         raise AssertionError("pixels decoded")
 
     monkeypatch.setattr(Image.Image, "convert", refuse)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", refuse)
     with pytest.raises(CorruptMemberError, match="image of 64x48, the shard set's images are "
                                                  "32x32"):
+        decode_member("frame.jpg", buffer.getvalue(), expected_from_config(SMALL))
+    Image.new("RGB", (32, 32)).save(buffer := io.BytesIO(), format="JPEG")
+    with pytest.raises(CorruptMemberError, match="pixels decoded"):  # the right size decodes
         decode_member("frame.jpg", buffer.getvalue(), expected_from_config(SMALL))
 
 

@@ -12,7 +12,7 @@ from omnilatent import OmniLatentConfig
 from omnilatent.errors import OmniLatentError
 from omnilatent.model.modalities import text_loss
 from omnilatent.training.data import ResumableLoader, collate_multimodal, epoch_generator
-from pipeline.loader.samples import collate
+from pipeline.loader.batches import collate
 from pipeline.tokenizer import byte_tokenizer
 
 

@@ -38,7 +38,8 @@ from omnilatent.errors import ConfigError, OmniLatentError
 from omnilatent.training.data import epoch_generator
 from pipeline.config import PrepareConfig
 from pipeline.errors import PipelineError
-from pipeline.loader.samples import collate, to_tensors
+from pipeline.loader.batches import collate
+from pipeline.loader.samples import to_tensors
 from pipeline.media.decode import iter_windows, probe, video_end, window_from
 from pipeline.media.discover import VideoSource, discover_videos
 from pipeline.media.subtitles import sidecar_path

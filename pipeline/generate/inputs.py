@@ -29,7 +29,8 @@ from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from pipeline.config import PrepareConfig
 from pipeline.errors import DecodeError, MediaError
-from pipeline.loader.samples import Batch, collate, sample_tensors
+from pipeline.loader.batches import Batch, collate
+from pipeline.loader.samples import sample_tensors
 from pipeline.media.audio import log_mel
 from pipeline.media.decode import probe, window_from
 from pipeline.media.decode_pyav import MonoResampler, scale_to_rgb

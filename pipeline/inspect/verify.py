@@ -24,8 +24,9 @@ from pipeline.inspect.reader import (
 )
 from pipeline.inspect.target import Target
 from pipeline.prepare.processes import process_context
-from pipeline.shards.decode import CorruptMemberError, decode_sample, validate_sample
+from pipeline.shards.decode import CorruptMemberError, decode_sample
 from pipeline.shards.schema import MEMBER_JSON, expected_from_meta
+from pipeline.shards.validate import validate_sample
 
 PROBLEM_LIMIT = 100  # problems `verify` keeps in detail; the rest are only counted
 

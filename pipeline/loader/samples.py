@@ -7,8 +7,9 @@ One epoch is a visible list of webdataset stages (`_EpochStream.stages`):
        size checked before it is read)
     -> sample shuffle buffer (seed, epoch, rank, worker) -> skip what was consumed
     -> safe decode (`decode.decode_sample`; each clip straight into its slot of the batch,
-       `BatchSlots`, reused buffers of a `batch_pool.BatchPool`) + `validate.validate_sample`
-    -> tensors -> batches
+       `batches.BatchSlots`, reused buffers of a `batch_pool.BatchPool`)
+       + `validate.validate_sample`
+    -> tensors -> batches (`batches.collate`)
 
 Every random choice comes from a generator seeded with (seed, epoch[, rank, worker]), so the
 same seed gives the same order. Errors never stop the stream and never sleep (webdataset's
@@ -35,29 +36,25 @@ device runs asynchronously."""
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import IO, Any
 
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import get_worker_info
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.loader.batch_pool import BatchPool, SlotLayout
-from pipeline.modalities import MAX_TEXT_LEN, TABLE
-from pipeline.normalize import STORED_DTYPES, i420_to_rgb
+from pipeline.loader.batches import Batch, BatchSlots, collate
+from pipeline.modalities import MAX_TEXT_LEN
+from pipeline.normalize import STORED_DTYPES
 from pipeline.shards.decode import (
     CorruptMemberError,
     decode_sample,
-    i420_shape,
     oversized_member,
-    validate_sample,
 )
 from pipeline.shards.schema import (
     CLIP_MEMBERS,
@@ -71,14 +68,12 @@ from pipeline.shards.schema import (
 )
 from pipeline.shards.shardset import split_member_name
 from pipeline.shards.tar_reader import TarReader
-from pipeline.tokenizer import TokenizerFn, byte_tokenizer, pad_texts
-
-Batch = dict[str, Any]
+from pipeline.shards.validate import validate_sample
+from pipeline.tokenizer import TokenizerFn, byte_tokenizer
 
 MAX_ERRORS = 20  # reasons kept in LoaderStats.errors
 # Members webdataset skips entirely ("__key__.txt" and the like): not part of any sample.
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")
-MP4_MEMBER = CLIP_PREFIX + "mp4"
 
 
 @dataclass
@@ -253,107 +248,6 @@ def skip_consumed(src: Iterable[dict[str, Any]], cursor: Cursor) -> Iterator[dic
             yield sample
 
 
-def slot_layout(expected: dict[str, Any], batch_size: int) -> SlotLayout:
-    """The pooled arrays of a batch of `batch_size` samples of the `expected` sizes, channels
-    first as `collate` lays them out: video (B, 3, T, H, W) and image (B, 3, S, S) uint8,
-    audio (B, M, T_mel) float16."""
-    size, image = expected["video_size"], expected["image_size"]
-    return SlotLayout.of({
-        "video": ((batch_size, 3, expected["video_frames"], size, size), np.dtype(np.uint8)),
-        "image": ((batch_size, 3, image, image), np.dtype(np.uint8)),
-        "audio": ((batch_size, expected["n_mels"], expected["audio_frames"]),
-                  np.dtype(np.float16))})
-
-
-@dataclass
-class BatchSlots:
-    """The buffers of the batch being gathered, taken before its first clip is decoded:
-    `decode_samples` decodes each clip straight into the next slot of its video, channels
-    first, and `collate` copies each sample's image and mel into theirs, so no clip is copied
-    between decode and batch. The buffers are a slot of `pool` when one is free
-    (`pipeline.loader.batch_pool`: memory reused, already mapped), else fresh ones
-    (`batch_tensor`: in a DataLoader worker born in shared memory).
-
-    Every sample `decode_samples` yields is the next one `batch_samples` takes, so the slots
-    fill in batch order; a sample dropped after decoding leaves its slot to the next one.
-
-    An mp4 clip's slot holds its I420 frames (T, 3H/2, W) (`decode.i420_shape`; converted to
-    RGB on the device by `pipeline.normalize.to_model_units`), an npy clip's its RGB frames
-    channels first (3, T, H, W). A clip of the other layout than the batch's so far starts a
-    new buffer, and `collate` stacks that batch's clips (`_same_layout`)."""
-
-    layout: SlotLayout
-    pool: BatchPool | None
-    group: int  # the DataLoader worker's id, 0 in the main process
-    buffers: dict[str, torch.Tensor] | None = None  # the batch's arrays, (batch_size, ...)
-    slot: int | None = None  # the pool's slot the buffers are; None for fresh ones
-    filled: int = 0
-
-    def next_slot(self, member: str | None) -> np.ndarray:
-        """The slot the next clip, of member `member`, is decoded into: (T, 3H/2, W) for an
-        mp4 of even size, else (3, T, H, W) (a fresh batch's first slot once the last batch
-        is full); a clip of the other layout than its batch's gets memory of its own."""
-        batch, channels, frames, height, width = dict(
-            (name, shape) for name, _, shape, _ in self.layout.arrays)["video"]
-        shape = (i420_shape(frames, height, width)
-                 if member == MP4_MEMBER and not height % 2 and not width % 2
-                 else (channels, frames, height, width))
-        if self.buffers is None or self.filled == batch:
-            self._next_batch(shape)
-        assert self.buffers is not None
-        if self.buffers["video"].shape[1:] != shape:
-            return np.empty(shape, np.uint8)
-        slot: np.ndarray = self.buffers["video"][self.filled].numpy()
-        return slot
-
-    def _next_batch(self, clip: tuple[int, ...]) -> None:
-        """Take the next batch's buffers, its video of clips of shape `clip` (the slot's
-        video, laid out for RGB clips, holds I420 ones in its first half)."""
-        self.slot = None if self.pool is None else self.pool.take(self.group)
-        self.filled = 0
-        if self.pool is not None and self.slot is not None:
-            # The trainer's side frees the slot: here without workers, else the chunk resolved.
-            arrays = self.pool.arrays(self.slot, release=get_worker_info() is None)
-            self.buffers = {name: torch.from_numpy(array) for name, array in arrays.items()}
-            rows = len(self.buffers["video"])
-            self.buffers["video"] = self.buffers["video"].view(-1)[
-                :rows * math.prod(clip)].view(rows, *clip)
-        else:
-            self.buffers = {name: batch_tensor(
-                (shape[0], *clip) if name == "video" else shape, getattr(torch, str(dtype)))
-                for name, _, shape, dtype in self.layout.arrays}
-
-    def keep(self) -> None:
-        """The clip just decoded is the batch's next sample."""
-        self.filled += 1
-
-    def hand_on(self) -> int | None:
-        """In a worker: the pool slot of the batch just collated, whose freeing now falls to
-        the trainer's side (None: fresh buffers, sent as tensors)."""
-        slot, self.slot = self.slot, None
-        return slot
-
-    def in_buffers(self, batch: Batch) -> set[str]:
-        """The keys of `batch` whose tensors are this batch's buffers (a batch of mixed clip
-        layouts has its video elsewhere)."""
-        return {name for name, buffer in (self.buffers or {}).items()
-                if isinstance(batch.get(name), torch.Tensor)
-                and batch[name].data_ptr() == buffer.data_ptr()}
-
-    def drop(self) -> None:
-        """In a worker at the end of an epoch: free a slot taken for a batch that no sample
-        filled (the trainer's side frees the ones handed on)."""
-        if self.pool is not None and self.slot is not None:
-            self.pool.free(self.slot)
-            self.slot = None
-
-    def batch_buffers(self, samples: int) -> dict[str, torch.Tensor] | None:
-        """The buffers' first `samples` rows, if the slots hold that many clips."""
-        if self.buffers is None or self.filled != samples:
-            return None
-        return {name: buffer[:samples] for name, buffer in self.buffers.items()}
-
-
 def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
                    expected: dict[str, Any] | None,
                    slots: BatchSlots | None = None) -> Iterator[dict[str, Any]]:
@@ -450,99 +344,3 @@ def batch_samples(src: Iterable[dict[str, Any]], batch_size: int,
             pending = []
     if pending:
         yield collate(pending, None if slots is None else slots.batch_buffers(len(pending)))
-
-
-def collate(samples: Sequence[dict[str, Any]],
-            buffers: dict[str, torch.Tensor] | None = None) -> Batch:
-    """Stack `sample_tensors` outputs; text right-padded by `pipeline.tokenizer.pad_texts`,
-    the one padding rule. `buffers`, when given, are the batch's arrays (`BatchSlots`), which
-    the samples are copied into; its video, (B, 3, T, H, W) or (B, T, 3H/2, W), is the buffer
-    the samples' clips were decoded into, taken as the batch's video where each sample's clip
-    is its slot, and copied into as the other modalities otherwise. I420 clips (T, 3H/2, W)
-    stack to (B, T, 3H/2, W), RGB ones to (B, 3, T, H, W); a batch of both (shard sets of
-    both clip encodings) is all RGB (`_same_layout`). A modality that any
-    sample lacks is left out of the batch (and with text, `has_text`), as
-    `omnilatent.training.collate_multimodal` does. ``has_audio`` (B,)
-    is False for the rows whose json says the video has no sound stream (their mel is
-    silence), so trainers and evaluation use audio only where it exists."""
-    def held(name: str) -> bool:
-        return all(name in sample for sample in samples)
-
-    batch: Batch = {}
-    for row in TABLE:  # stored arrays, stacked and put channels first (`Modality.batch_layout`)
-        if row.stored_dtype is None or not held(row.name):
-            continue
-        out = None if buffers is None else buffers.get(row.name)
-        if row.name == "video" and out is not None and _in_slots(samples, out):
-            batch["video"] = out
-            continue
-        values, layout = [sample[row.name] for sample in samples], row.batch_layout
-        if row.name == "video":
-            values = _same_layout(values)
-            layout = layout if values[0].dim() == 4 else None  # I420 stacks as it is
-        batch[row.name] = stack_into_layout(values, layout, row.name, out)
-    if held("text"):
-        texts = [sample["text"] for sample in samples]
-        batch["text"] = pad_texts(texts)  # (B, L)
-        batch["has_text"] = torch.tensor([int(text.shape[0]) for text in texts]) > 0  # (B,)
-    if held("audio"):  # a video without a sound stream is stored as silence, flagged in json
-        batch["has_audio"] = torch.tensor([sample["meta"].get("has_audio", True) is not False
-                                           for sample in samples])  # (B,)
-    batch["__key__"] = [sample["__key__"] for sample in samples]
-    batch["meta"] = [sample["meta"] for sample in samples]
-    return batch
-
-
-def _in_slots(samples: Sequence[dict[str, Any]], video: torch.Tensor) -> bool:
-    """Whether each sample's clip, (T, H, W, 3) or I420 (T, 3H/2, W), is the slot of `video`
-    at its index (channels first, or as it is), i.e. the batch is already stacked."""
-    return len(samples) == len(video) and all(
-        clip.data_ptr() == slot.data_ptr() and clip.shape == view.shape
-        and clip.stride() == view.stride() and clip.dtype == slot.dtype
-        for clip, slot in zip((sample["video"] for sample in samples), video, strict=True)
-        for view in (slot.permute(1, 2, 3, 0) if slot.dim() == 4 else slot,))
-
-
-def _same_layout(clips: list[torch.Tensor]) -> list[torch.Tensor]:
-    """`clips` as they are when all are RGB (T, H, W, 3) or all I420 (T, 3H/2, W); a mix
-    (shard sets of both clip encodings in one loader) all RGB, the I420 ones converted as
-    `pipeline.normalize.to_model_units` converts them."""
-    if len({clip.dim() for clip in clips}) == 1:
-        return clips
-    return [i420_to_rgb(clip).permute(1, 2, 3, 0) if clip.dim() == 3 else clip
-            for clip in clips]
-
-
-def batch_tensor(size: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised batch tensor; in a DataLoader worker born in shared memory, as
-    default_collate's are, so sending it to the trainer copies nothing."""
-    if get_worker_info() is None:
-        return torch.empty(size, dtype=dtype)
-    storage = torch.UntypedStorage._new_shared(math.prod(size) * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage).view(size)
-
-
-def stack_into_layout(values: Sequence[torch.Tensor], layout: tuple[int, ...] | None,
-                      name: str, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The samples' `values` (equal shapes and dtype, still the stored uint8 or float16)
-    stacked into one (B, ...) tensor permuted by `layout` (None: as they are): `out` when it
-    has that shape and dtype, else a new one.
-
-    Each sample is copied once, straight into its permuted place in the batch, by numpy on
-    the calling thread: ``torch.stack`` then ``permute(...).contiguous()`` copied every byte
-    twice, the second time strided, and spun up torch's intra-op threads in the main process
-    (`bench/loader.py`, issue 19: 0.9 ms against 0.3 ms a default-sized sample)."""
-    first = values[0]
-    for value in values[1:]:
-        if value.shape != first.shape or value.dtype != first.dtype:
-            raise PipelineError(f"{name} of the batch's samples differ: {first.dtype} "
-                                f"{tuple(first.shape)} and {value.dtype} {tuple(value.shape)}")
-    order = None if layout is None else [axis - 1 for axis in layout[1:]]  # a sample's axes
-    shape = first.shape if order is None else [first.shape[axis] for axis in order]
-    size = (len(values), *shape)
-    batch = (out if out is not None and out.shape == size and out.dtype == first.dtype
-             else batch_tensor(size, first.dtype))
-    for slot, value in zip(batch.numpy(), values, strict=True):
-        array = value.numpy()
-        np.copyto(slot, array if order is None else array.transpose(order))
-    return batch

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.loader import samples as stage
 from pipeline.loader.batch_pool import BatchPool
-from pipeline.loader.samples import Batch, Cursor, LoaderStats
+from pipeline.loader.batches import Batch, BatchSlots, slot_layout
+from pipeline.loader.samples import Cursor, LoaderStats
 from pipeline.normalize import STORED_DTYPES
 from pipeline.shards.shardset import ShardSet, resolve_shards
 from pipeline.shards.split import Split
@@ -61,7 +62,7 @@ class _Chunk:
     pool: str | None = None
     slot: int | None = None
 
-    def sent(self, slots: stage.BatchSlots | None) -> _Chunk:
+    def sent(self, slots: BatchSlots | None) -> _Chunk:
         """This chunk as a worker sends it (see the class)."""
         if self.batch is None:
             return self
@@ -99,7 +100,7 @@ def pin_batch(batch: Batch) -> Batch:
 
 
 def _emit(src: Iterable[Batch], worker: int, cursor: Cursor, stats: LoaderStats,
-          slots: stage.BatchSlots | None) -> Iterator[_Chunk]:
+          slots: BatchSlots | None) -> Iterator[_Chunk]:
     """The chunks of one epoch; a worker's as it sends them (`_Chunk.sent`)."""
     in_worker = get_worker_info() is not None
     for batch in src:
@@ -140,8 +141,8 @@ class _EpochStream(IterableDataset):
         """The pipeline, in order; None entries are stages switched off."""
         shard_rng = random.Random(f"shards/{self.seed}/{epoch}")
         expected = self.shards.expected
-        slots = None if expected is None else stage.BatchSlots(
-            stage.slot_layout(expected, self.batch_size), self.pool, worker)
+        slots = None if expected is None else BatchSlots(
+            slot_layout(expected, self.batch_size), self.pool, worker)
         sample_rng = random.Random(f"samples/{self.seed}/{epoch}/{self.rank}/{worker}")
         return [list(self.shards.urls),
                 partial(stage.shuffle_shards, rng=shard_rng) if self.shuffle_shards else None,
@@ -313,7 +314,7 @@ def _batch_pool(shards: ShardSet, batch_size: int, workers: int) -> BatchPool | 
     any, are forked (they inherit the pool's memory; spawned ones could not)."""
     if shards.expected is None or (workers > 0 and mp.get_start_method() != "fork"):
         return None
-    return BatchPool(stage.slot_layout(shards.expected, batch_size), workers)
+    return BatchPool(slot_layout(shards.expected, batch_size), workers)
 
 
 def build_shard_loader(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],

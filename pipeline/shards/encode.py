@@ -14,7 +14,6 @@ from PIL import Image
 
 from pipeline.config import PrepareConfig
 from pipeline.media.h264 import x264_options
-from pipeline.shards.decode import validate_sample
 from pipeline.shards.schema import (
     MEMBER_IMAGE,
     MEMBER_JSON,
@@ -24,6 +23,7 @@ from pipeline.shards.schema import (
     clip_member,
     expected_from_config,
 )
+from pipeline.shards.validate import validate_sample
 
 # H.264 settings of the mp4 clip encoding. At CRF 18 the codec adds ~1 grey level of mean
 # error to the ~2.4 that yuv420p colour subsampling costs by itself on natural content; each
