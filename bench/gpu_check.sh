@@ -8,7 +8,9 @@
 #   3. batch 4, default config, eager: peak memory with AMP and gradient checkpointing;
 #   4. `bench/sync_check.py`: 16 trainer steps under torch.cuda.set_sync_debug_mode("error");
 #   5. batch 32, eager, then compiled: MFU;
-#   6. batch 32 with --shards: loader-fed vs synthetic steps/s.
+#   6. batch 32 with --shards: loader-fed vs synthetic steps/s;
+#   7. `bench/loader.py` (its own 4 generated videos): the loader's CPU ms a sample with 0, 2
+#      and 8 workers against its decode floor, and the cores one GPU needs.
 #
 # Each step runs under `timeout` (and within the whole run's deadline); a failed step is noted
 # and the next one runs. Every step's JSON and log go to $OUT (default ./gpu-out), with
@@ -112,6 +114,9 @@ else
     echo "== b32_loader: skipped, no prepared folder"
     printf 'b32_loader\tskipped: no data\t0\n' >> "$OUT/steps.tsv"
 fi
+(cd "$REPO/bench" && OMP_NUM_THREADS=1 run_step loader_cpu 120 "$PY" loader.py \
+    --workers 0 2 8 --repeats 3 --json)
+[[ -s $OUT/loader_cpu.out ]] && mv "$OUT/loader_cpu.out" "$OUT/loader_cpu.json"
 
 # summary.txt: each step's status, then every run, loader comparison and verdict
 "$PY" - "$OUT" > "$OUT/summary.txt" <<'EOF'
@@ -144,6 +149,18 @@ for path in sorted(out.glob("b*.json")):
         at = f" (goal at batch {v['goal_batch_size']})" if v["goal_batch_size"] else ""
         print(f"  {'PASS' if v['pass'] else 'FAIL'} {v['goal']} {v['task']}: {v['value']} "
               f"{v['target']} at batch {v['batch_size']}{at}")
+loader = out / "loader_cpu.json"
+if loader.is_file():
+    report = json.loads(loader.read_text())
+    for name, enc in report["encodings"].items():
+        floor = enc["floor"]["cpu_ms_per_sample"]
+        print(f"\nloader_cpu, {name} clips: floor {floor} CPU ms a sample; " + "; ".join(
+            f"{w} workers {c['cpu_ms_per_sample']} ms, loader/floor "
+            f"{enc['loader_over_floor'][w]:.2f}, {c['samples_per_s']} samples/s"
+            for w, c in enc["loader"].items()))
+    print("cores to feed one GPU: " + "; ".join(
+        f"{name} loader {c['loader']:.1f}, floor {c['floor']:.1f}"
+        for name, c in report["cores_per_gpu"].items()))
 sync = out / "sync_check.out"
 if sync.is_file() and sync.read_text().strip():
     print(f"\nsync_check: {sync.read_text().strip()}")

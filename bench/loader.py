@@ -23,9 +23,12 @@ children (``RUSAGE_CHILDREN``). CPU time hardly moves when other jobs compete fo
 so it is the figure that holds on a busy machine; wall time does not. It prints loader/floor
 in samples per CPU-second (1.0: the loader costs no more than decoding its members). Each
 figure is the best of `--repeats` epochs (wall and CPU each their minimum), after one warm-up
-epoch that fills the page cache; a loader's epochs are its steady ones, as training runs
-them (one loader, its workers kept across epochs), and the workers' start-up, paid once per
-loader, is printed apart: the first epoch's CPU less a steady one's.
+epoch that fills the page cache, and the epochs are interleaved: each round runs the tar
+reading, the floor and every loader once, so a change of load on a shared machine touches
+them alike and loader/floor compares epochs run side by side. A loader's epochs are its
+steady ones, as training runs them (one loader, its workers kept across epochs), and the
+workers' start-up, paid once per loader, is printed apart: the first epoch's CPU less a
+steady one's.
 Torch's intra-op threads follow ``OMP_NUM_THREADS`` (printed): run it with 1 and without.
 
 It also prints:
@@ -68,6 +71,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +86,7 @@ from omnilatent import OmniLatentConfig, OmniLatentModel
 from omnilatent.config import MODALITIES, model_sizes
 from omnilatent.tasks import content_tokens
 from pipeline.loader.batches import Batch
-from pipeline.loader.shard_loader import build_shard_loader
+from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.normalize import STORED_DTYPES, to_model_units
 from pipeline.prepare.processes import usable_cpus
 from pipeline.shards.decode import decode_member
@@ -137,23 +141,9 @@ def raw_twin(folder: Path, out: Path) -> Path:
     return out
 
 
-def loader_epochs(folder: Path, batch_size: int, workers: int, repeats: int
-                  ) -> tuple[Cost, float]:
-    """The training loader's steady epochs, and its workers' start-up: one loader (endless
-    epochs, its workers kept across them, as training runs it) times a first epoch, which
-    starts the workers, then `repeats` more (`cost`: each the least). Returns the steady cost
-    and the start-up's CPU seconds, paid once per loader (a run or a resume, not an epoch):
-    the first epoch's CPU less a steady one's."""
-    loader = build_shard_loader(folder, batch_size, num_workers=workers)
-
-    def epoch() -> int:
-        return sum(len(batch["__key__"]) for batch in loader)
-
-    cpu = cpu_seconds()
-    samples = epoch()
-    first = cpu_seconds() - cpu
-    steady = cost(epoch, repeats, warm_up=False)
-    return steady, first - steady.cpu_s * samples
+def loader_epoch(loader: ShardLoader) -> int:
+    """One epoch of `loader`, as training runs it; returns its samples."""
+    return sum(len(batch["__key__"]) for batch in loader)
 
 
 def first_batch_s(folder: Path, workers: int, repeats: int) -> float:
@@ -241,18 +231,23 @@ class Cost:
                 "cores": round(self.cpu_s / self.wall_s, 2)}
 
 
-def cost(fn: Callable[[], int], repeats: int, warm_up: bool = True) -> Cost:
-    """Wall and CPU seconds per sample of `fn` (which returns its sample count), each the
-    least of `repeats` runs (after a warm-up run): the run least disturbed by other jobs."""
-    if warm_up:
-        fn()
-    walls, cpus = [], []
+def timed(fn: Callable[[], int]) -> tuple[float, float]:
+    """Wall and CPU seconds per sample of one run of `fn` (which returns its sample count)."""
+    cpu, start = cpu_seconds(), time.perf_counter()
+    samples = fn()
+    return (time.perf_counter() - start) / samples, (cpu_seconds() - cpu) / samples
+
+
+def interleaved(series: dict[str, Callable[[], int]], repeats: int) -> dict[str, Cost]:
+    """Each series' best wall and CPU seconds per sample over `repeats` rounds, a round
+    running every series once in turn: a change of load on the machine then touches every
+    series alike, and loader/floor compares epochs run side by side, not minutes apart."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in series}
     for _ in range(repeats):
-        cpu, start = cpu_seconds(), time.perf_counter()
-        samples = fn()
-        walls.append((time.perf_counter() - start) / samples)
-        cpus.append((cpu_seconds() - cpu) / samples)
-    return Cost(min(walls), min(cpus))
+        for name, fn in series.items():
+            runs[name].append(timed(fn))
+    return {name: Cost(min(wall for wall, _ in found), min(cpu for _, cpu in found))
+            for name, found in runs.items()}
 
 
 def batch_bytes(batch: Batch) -> dict[str, int]:
@@ -284,20 +279,31 @@ def gpu_consumption(folder: Path, batch: Batch) -> dict[str, Any]:
 
 
 def measure(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Plain tar reading, the decode floor and the loader for each worker count, their epochs
+    interleaved (`interleaved`), after a warm-up epoch of each that fills the page cache and
+    starts a loader's workers. The loaders are kept across their epochs, as training keeps
+    them: their workers' start-up, paid once per loader, is the first epoch's CPU less a
+    steady one's."""
     urls = list(resolve_shards(folder).urls)
     samples = tar_epoch(urls)
     members = read_members(urls)
-    floor = cost(lambda: floor_epoch(members, samples), args.repeats)
-    loaders = {workers: loader_epochs(folder, args.batch_size, workers, args.repeats)
+    loaders = {workers: build_shard_loader(folder, args.batch_size, num_workers=workers)
                for workers in args.workers}
+    series: dict[str, Callable[[], int]] = {
+        "tarfile": lambda: tar_epoch(urls), "floor": lambda: floor_epoch(members, samples),
+        **{str(w): partial(loader_epoch, loader) for w, loader in loaders.items()}}
+    first = {name: timed(fn)[1] for name, fn in series.items()}  # warm-up
+    costs = interleaved(series, args.repeats)
+    floor = costs["floor"]
     return {
         "shards": len(urls), "samples": samples,
         "bytes": sum(Path(url).stat().st_size for url in urls),
-        "tarfile": cost(lambda: tar_epoch(urls), args.repeats).as_dict(),
+        "tarfile": costs["tarfile"].as_dict(),
         "floor": floor.as_dict(),
-        "loader": {str(w): c.as_dict() for w, (c, _) in loaders.items()},
-        "loader_over_floor": {str(w): floor.cpu_s / c.cpu_s for w, (c, _) in loaders.items()},
-        "startup_cpu_ms": {str(w): round(s * 1e3, 1) for w, (_, s) in loaders.items()},
+        "loader": {str(w): costs[str(w)].as_dict() for w in loaders},
+        "loader_over_floor": {str(w): floor.cpu_s / costs[str(w)].cpu_s for w in loaders},
+        "startup_cpu_ms": {str(w): round((first[str(w)] - costs[str(w)].cpu_s) * samples * 1e3,
+                                         1) for w in loaders},
     }
 
 
