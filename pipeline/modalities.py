@@ -33,7 +33,7 @@ class Modality:
 TABLE = (
     Modality("text", None, None, ()),
     Modality("audio", "float16", None, ("n_mels", "audio_frames")),  # (B, M, T) as stored
-    Modality("image", "uint8", (0, 3, 1, 2), ("image_size",)),  # (B, S, S, 3) -> (B, 3, S, S)
+    Modality("image", "uint8", None, ("image_size",)),  # (B, S, S, 3) channels last, as decoded
     Modality("video", "uint8", (0, 4, 1, 2, 3), ("video_frames", "video_size")),  # (B,T,H,W,3)
 )
 MODALITIES = tuple(modality.name for modality in TABLE)

@@ -103,7 +103,9 @@ def to_model_units(modality: str, x: torch.Tensor) -> torch.Tensor:
     audio -> `mel_to_model`, float32 (already units) and text unchanged; any other dtype is
     refused. uint8 video of 4 dims, (B, T, 3H/2, W), is I420 (the loader's mp4 clips): it is
     converted to RGB (`i420_to_rgb`) first, giving (B, 3, T, H, W) units as a 5-dim RGB
-    batch does. Call it after the copy to the device, so the smaller stored dtype travels."""
+    batch does. A uint8 image batch is channels last, (B, S, S, 3), as JPEGs decode: its
+    channels are put first here (a transposing copy the loader's CPU no longer makes).
+    Call it after the copy to the device, so the smaller stored dtype travels."""
     if modality == "text":
         return x
     stored = STORED_DTYPES.get(modality)
@@ -117,6 +119,8 @@ def to_model_units(modality: str, x: torch.Tensor) -> torch.Tensor:
                             f"values) or torch.float32 (model units)")
     if modality == "video" and x.dim() == 4:
         x = i420_to_rgb(x)  # (B, T, 3H/2, W) -> (B, 3, T, H, W)
+    if modality == "image" and x.dim() == 4:
+        x = x.permute(0, 3, 1, 2).contiguous()  # (B, S, S, 3) -> (B, 3, S, S)
     return pixels_to_unit(x) if stored == torch.uint8 else mel_to_model(x)
 
 

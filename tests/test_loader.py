@@ -120,7 +120,8 @@ def test_batches_have_model_shapes_stored_dtypes_and_ranges(
     assert set(batch) == {"video", "image", "audio", "text", "has_text", "has_audio", "__key__",
                           "meta"}
     assert batch["video"].shape == (5, 3, 4, 32, 32) and batch["video"].dtype == torch.uint8
-    assert batch["image"].shape == (5, 3, 64, 64) and batch["image"].dtype == torch.uint8
+    assert batch["image"].shape == (5, 64, 64, 3) and batch["image"].dtype == torch.uint8
+    assert to_model_units("image", batch["image"]).shape == (5, 3, 64, 64)  # channels first
     assert batch["audio"].shape == (5, 16, 100) and batch["audio"].dtype == torch.float16
     assert batch["text"].dtype == torch.long and batch["text"].dim() == 2
     assert batch["has_text"].dtype == torch.bool and batch["has_text"].shape == (5,)
@@ -152,7 +153,7 @@ def test_collate_copies_each_sample_into_its_channels_first_place() -> None:
                               rng.normal(size=(5, 7)).astype(np.float16), "hi")
                for _ in range(3)]
     batch = collate(samples)
-    for name, layout in (("video", (0, 4, 1, 2, 3)), ("image", (0, 3, 1, 2)), ("audio", None)):
+    for name, layout in (("video", (0, 4, 1, 2, 3)), ("image", None), ("audio", None)):
         stacked = torch.stack([sample[name] for sample in samples])
         old = stacked if layout is None else stacked.permute(layout).contiguous()
         assert batch[name].is_contiguous() and batch[name].dtype == old.dtype, name
@@ -890,3 +891,23 @@ def test_npy_members_decode_as_np_load_whatever_header_came_before() -> None:
         assert decoded.dtype == expected.dtype and np.array_equal(decoded, expected)
         assert decoded.flags.writeable
 
+
+
+def test_clips_decode_alike_through_the_kept_decoder_whatever_came_before() -> None:
+    """Each thread keeps one H.264 decoder across clips: a run of clips of two sizes (other
+    parameter sets), one with damaged bytes among them, decodes each clip as a decoder opened
+    for it alone does (PyAV's `container.decode`)."""
+    rng = np.random.default_rng(5)
+    clips = [encode_clip(rng.integers(0, 256, (6, size, size, 3), dtype=np.uint8), "mp4", 3)
+             for size in (16, 16, 32, 16, 32)]
+    damaged = bytearray(clips[1])
+    damaged[len(damaged) // 2:len(damaged) // 2 + 64] = bytes(64)
+    for data in (clips[0], bytes(damaged), *clips[1:], clips[0]):
+        with av.open(io.BytesIO(data), "r", format="mp4") as container:
+            alone = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        try:
+            kept = decode_member("clip.mp4", data)
+        except CorruptMemberError:
+            assert data == bytes(damaged)
+            continue
+        assert np.array_equal(kept, np.stack(alone))

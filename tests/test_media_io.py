@@ -426,7 +426,7 @@ def test_a_picture_makes_a_batch_of_only_an_image(media_dir: Path) -> None:
     path = write_image(media_dir / "only.png", waves_picture(0.0, 300, 200))
     batch = sample_arrays_batch(load_image_file(path, CONFIG))
     assert set(batch) == {"image", "__key__", "meta"}
-    assert batch["image"].shape == (1, 3, CONFIG.image_size, CONFIG.image_size)
+    assert batch["image"].shape == (1, CONFIG.image_size, CONFIG.image_size, 3)
     assert batch["image"].dtype == torch.uint8  # model units on the device: to_model_units
 
 

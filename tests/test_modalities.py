@@ -80,5 +80,5 @@ def test_loader_collate_puts_each_modality_channels_first() -> None:
                             torch.zeros(16, 16, 3, dtype=torch.uint8).numpy(),
                             torch.zeros(5, 7, dtype=torch.float16).numpy(), "hi")
     batch = collate([sample, sample])
-    assert batch["video"].shape == (2, 3, 4, 8, 8) and batch["image"].shape == (2, 3, 16, 16)
+    assert batch["video"].shape == (2, 3, 4, 8, 8) and batch["image"].shape == (2, 16, 16, 3)
     assert batch["audio"].shape == (2, 5, 7) and batch["text"].shape == (2, 3)

@@ -27,13 +27,13 @@ MP4_MEMBER = CLIP_PREFIX + "mp4"
 
 
 def slot_layout(expected: dict[str, Any], batch_size: int) -> SlotLayout:
-    """The pooled arrays of a batch of `batch_size` samples of the `expected` sizes, channels
-    first as `collate` lays them out: video (B, 3, T, H, W) and image (B, 3, S, S) uint8,
-    audio (B, M, T_mel) float16."""
+    """The pooled arrays of a batch of `batch_size` samples of the `expected` sizes, as
+    `collate` lays them out: video (B, 3, T, H, W) uint8 (I420 clips fill its first half),
+    image (B, S, S, 3) uint8, audio (B, M, T_mel) float16."""
     size, image = expected["video_size"], expected["image_size"]
     return SlotLayout.of({
         "video": ((batch_size, 3, expected["video_frames"], size, size), np.dtype(np.uint8)),
-        "image": ((batch_size, 3, image, image), np.dtype(np.uint8)),
+        "image": ((batch_size, image, image, 3), np.dtype(np.uint8)),
         "audio": ((batch_size, expected["n_mels"], expected["audio_frames"]),
                   np.dtype(np.float16))})
 

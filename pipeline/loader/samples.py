@@ -24,13 +24,14 @@ small hostile shard cannot make a worker read or decode gigabytes.
 Batch (B samples, T frames, M mel bins, L the longest text in the batch, at least 1), in the
 stored dtypes: ``video`` uint8, of mp4 clips their I420 frames (B, T, 3H/2, W) (per frame
 Y's H rows, then U's and V's H/2 x W/2 values back to back), of npy clips RGB (B, 3, T, H, W)
-channels first; ``image`` (B, 3, S, S) uint8 pixels, channels first; ``audio`` (B, M, T_mel)
-float16 log-mel as stored; ``text`` (B, L) long, right-padded with 0; ``has_text`` and
+channels first; ``image`` (B, S, S, 3) uint8 pixels, channels last as decoded; ``audio``
+(B, M, T_mel) float16 log-mel as stored; ``text`` (B, L) long, right-padded with 0; ``has_text`` and
 ``has_audio`` (B,) bool (the row has a transcript / a sound stream); ``__key__`` list[str];
 ``meta`` list[dict] (the json member).
 A quarter (pixels; I420 an eighth) and half (mel) of float32's bytes cross from the workers
 and to the device; the consumer maps them to model units there
-(`pipeline.normalize.to_model_units`, which also converts I420 to RGB there). With
+(`pipeline.normalize.to_model_units`, which also converts I420 to RGB and puts the image's
+channels first there). With
 ``pin_memory`` the batches' tensors are in pinned memory, so a ``non_blocking`` copy to a CUDA
 device runs asynchronously."""
 

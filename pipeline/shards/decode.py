@@ -47,8 +47,9 @@ MAX_TEXT_BYTES = 64 * 2**10
 _CAP_SLACK = 64 * 2**10
 
 _NPY_MAGIC = b"\x93NUMPY"
-# One swscale context per thread, kept across clips (`_reformatter`).
-_SWSCALE = threading.local()
+# Per thread, kept across clips: an H.264 decoder (`_h264_decoder`) and a swscale context
+# (`_reformatter`).
+_KEPT = threading.local()
 _PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}
 
 
@@ -267,9 +268,7 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
                                      f"{MAX_MEMBER_BYTES} bytes decoded")
         if stream.frames > limit:  # 0 when the container does not say
             raise CorruptMemberError(f"declares {stream.frames} frames, more than {limit}")
-        # Frame threads cost more to start than 16 small frames take to decode.
-        stream.thread_type = "NONE"
-        stream.codec_context.thread_count = 1
+        decoder = _h264_decoder(stream.codec_context.extradata)
         reformatter = _reformatter()
         planes = (out is not None and not height % 2 and not width % 2  # views need one piece
                   and out.dtype == np.uint8 and out.shape == i420_shape(limit, height, width)
@@ -287,17 +286,23 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
             chroma = clip.reshape(limit, -1)[:, height * width:].reshape(
                 limit, 2, height // 2, width // 2)
         count = 0
-        for frame in container.decode(stream):
-            if (frame.width, frame.height) != (width, height):  # the bitstream may disagree
-                raise CorruptMemberError(f"a frame of {frame.width}x{frame.height} in a stream "
-                                         f"of {width}x{height}")
-            if count == limit:
-                raise CorruptMemberError(f"more than {limit} frames")
-            if planes:
-                _i420(reformatter, frame, luma[count], chroma[count])
-            else:
-                _planar_rgb(reformatter, frame, clip[:, count])
-            count += 1
+        try:
+            for packet in container.demux(stream):  # the last one, empty, drains the decoder
+                for frame in decoder.decode(packet):
+                    if (frame.width, frame.height) != (width, height):  # the bitstream may
+                        raise CorruptMemberError(  # disagree with the container
+                            f"a frame of {frame.width}x{frame.height} in a stream of "
+                            f"{width}x{height}")
+                    if count == limit:
+                        raise CorruptMemberError(f"more than {limit} frames")
+                    if planes:
+                        _i420(reformatter, frame, luma[count], chroma[count])
+                    else:
+                        _planar_rgb(reformatter, frame, clip[:, count])
+                    count += 1
+        except BaseException:
+            del _KEPT.h264  # a clip that failed leaves the decoder in no known state
+            raise
     if count == 0:
         raise CorruptMemberError("no decodable frames")
     if planes:  # (T, 3H/2, W): the slot itself; a shorter clip's frames, which then fail
@@ -334,15 +339,36 @@ def _i420(reformatter: VideoReformatter, frame: av.VideoFrame, luma: np.ndarray,
     np.copyto(chroma[1], np.ndarray(chroma.shape[1:], np.uint8, v, 0, (v.line_size, 1)))
 
 
+def _h264_decoder(extradata: bytes | None) -> av.CodecContext:
+    """This thread's H.264 decoder, kept across clips and flushed between them (a clip starts
+    with an IDR frame, so nothing of the last one is referred to): opening a decoder for every
+    clip, as `container.decode` does, set up and zeroed its context each time, about 1M of the
+    11M instructions a 16-frame 112x112 clip costs, and evicted the caches the rest of the
+    loader works in (`bench/loader.py`, issue 19). A clip whose parameter sets (`extradata`,
+    the same for every clip of one encoder configuration) differ gets a decoder of its own.
+    One thread, no frame threads: they cost more to start than 16 small frames take to decode,
+    and a DataLoader worker forked after the parent decoded inherits a usable copy."""
+    decoder: av.CodecContext | None = getattr(_KEPT, "h264", None)
+    if decoder is not None and decoder.extradata == extradata:
+        decoder.flush_buffers()
+        return decoder
+    decoder = av.CodecContext.create("h264", "r")
+    decoder.extradata = extradata
+    decoder.thread_type = "NONE"
+    decoder.thread_count = 1
+    _KEPT.h264 = decoder
+    return decoder
+
+
 def _reformatter() -> VideoReformatter:
     """This thread's swscale context, kept across clips: setting one up for every clip cost
     about as much CPU as converting its frames (`bench/loader.py`, issue 19). PyAV sets it up
     again only when a frame's size or format differs from the last one's. With one swscale
     thread it holds no threads, so a DataLoader worker forked after the parent decoded a
     clip inherits a usable copy."""
-    if not hasattr(_SWSCALE, "reformatter"):
-        _SWSCALE.reformatter = VideoReformatter()
-    reformatter: VideoReformatter = _SWSCALE.reformatter
+    if not hasattr(_KEPT, "reformatter"):
+        _KEPT.reformatter = VideoReformatter()
+    reformatter: VideoReformatter = _KEPT.reformatter
     return reformatter
 
 
