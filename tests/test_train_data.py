@@ -191,7 +191,7 @@ def test_video_watching_dataset_uses_the_prepare_pipeline(prepared) -> None:
     loader = video_watching_loader(dataset, batch_size=3)
     batches = list(loader)
     assert batches[0]["video"].shape == (3, 3, 16, 112, 112)
-    assert batches[0]["image"].shape == (3, 3, 224, 224)
+    assert batches[0]["image"].shape == (3, 224, 224, 3)  # channels last, as the shard loader
     assert batches[0]["audio"].shape == (3, 128, 200)
     assert batches[0]["video"].dtype == torch.uint8  # stored dtypes, as the shard loader's
     assert batches[0]["audio"].dtype == torch.float16

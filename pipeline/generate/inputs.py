@@ -325,7 +325,7 @@ def text_input(text: str) -> SampleArrays:
 def sample_arrays_batch(arrays: SampleArrays, tokenizer: TokenizerFn = byte_tokenizer,
                         max_text_len: int = 128) -> Batch:
     """A batch of one in the loader's format and dtypes, with only the input's modalities
-    (`video` (1, T, 3F/2, F) I420 (`loader_clip`) and `image` (1, 3, S, S) uint8, `audio`
+    (`video` (1, T, 3F/2, F) I420 (`loader_clip`) and `image` (1, S, S, 3) uint8, `audio`
     (1, M, T_mel) float16, `text` (1, L))."""
     frames = arrays.frames
     if frames is not None:
