@@ -144,7 +144,7 @@ def collate(samples: Sequence[dict[str, Any]],
         return all(name in sample for sample in samples)
 
     batch: Batch = {}
-    for row in TABLE:  # stored arrays, stacked and put channels first (`Modality.batch_layout`)
+    for row in TABLE:  # stored arrays, stacked as `Modality.batch_layout` says
         if row.stored_dtype is None or not held(row.name):
             continue
         out = None if buffers is None else buffers.get(row.name)

@@ -298,7 +298,7 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
                     if planes:
                         _i420(reformatter, frame, luma[count], chroma[count])
                     else:
-                        _planar_rgb(reformatter, frame, clip[:, count])
+                        _rgb_channels_first(reformatter, frame, clip[:, count])
                     count += 1
         except BaseException:
             del _KEPT.h264  # a clip that failed leaves the decoder in no known state
@@ -312,7 +312,8 @@ def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
     return (clip if count == limit else clip[:, :count].copy()).transpose(1, 2, 3, 0)
 
 
-def _planar_rgb(reformatter: VideoReformatter, frame: av.VideoFrame, out: np.ndarray) -> None:
+def _rgb_channels_first(reformatter: VideoReformatter, frame: av.VideoFrame,
+                        out: np.ndarray) -> None:
     """`frame` converted to RGB by swscale (``rgb24``) into `out` (3, H, W) uint8. One swscale
     thread: by default (threads=0) every context starts a slice thread per CPU and hands each
     small frame to them, more CPU than converting it. Not planar ``gbrp``: at widths that are
