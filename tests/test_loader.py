@@ -167,8 +167,9 @@ def test_collate_copies_each_sample_into_its_channels_first_place() -> None:
 @pytest.mark.parametrize("encoding", ["npy", "mp4"])
 def test_clips_decode_into_their_batch_slots(tmp_path: Path, encoding: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each clip is decoded straight into its slot of the batch's video, which `collate`
-    takes without copying, and the batches equal the clips decoded alone: an npy clip's RGB
+    """Each clip, picture and mel is decoded straight into its row of the batch's video,
+    image and audio, which `collate` takes without copying; the batches equal the members
+    decoded alone: an npy clip's RGB
     channels first, an mp4 clip's frames as the decoder gives them, yuv420p planes (I420,
     (B, T, 3H/2, W)); a sample dropped after its clip was decoded (its json contradicts its
     txt) leaves its slot to the next."""
@@ -185,25 +186,31 @@ def test_clips_decode_into_their_batch_slots(tmp_path: Path, encoding: str,
                         or stack(values, layout, name, out))
     loader = build_shard_loader(tmp_path, batch_size=5, shuffle_shards=False, shuffle_buffer=0)
     batches = list(loader)
-    assert loader.stats.skipped_samples == 1 and "video" not in stacked
+    assert loader.stats.skipped_samples == 1 and stacked == []
     assert [key for batch in batches for key in batch["__key__"]] == keys[:2] + keys[3:]
-    clips = {}
+    clips: dict[str, np.ndarray] = {}
+    alone: dict[tuple[str, str], np.ndarray] = {}
     for path in sorted((tmp_path / "shards").glob("*.tar")):
         with tarfile.open(path) as archive:
             for member in archive:
                 key, suffix = split_member_name(member.name)
                 handle = archive.extractfile(member)
-                if suffix == "clip.npy" and handle is not None:
+                if suffix in ("frame.jpg", "mel.npy") and handle is not None:
+                    alone[key, suffix] = decode_member(suffix, handle.read())
+                elif suffix == "clip.npy" and handle is not None:
                     clips[key] = decode_member(suffix, handle.read()).transpose(3, 0, 1, 2)
                 elif suffix == "clip.mp4" and handle is not None:
                     clips[key] = i420_frames(handle.read())  # (T, 3H/2, W)
     size, frames = SMALL.video_size, SMALL.video_frames
     layout = (3, frames, size, size) if encoding == "npy" else (frames, size * 3 // 2, size)
     for batch in batches:
-        alone = torch.stack([torch.from_numpy(clips[key]) for key in batch["__key__"]])
+        video = torch.stack([torch.from_numpy(clips[key]) for key in batch["__key__"]])
         assert batch["video"].is_contiguous()
-        assert batch["video"].shape == (len(alone), *layout)
-        assert torch.equal(batch["video"], alone)
+        assert batch["video"].shape == (len(video), *layout)
+        assert torch.equal(batch["video"], video)
+        for name, member in (("image", "frame.jpg"), ("audio", "mel.npy")):
+            assert torch.equal(batch[name], torch.stack(
+                [torch.from_numpy(alone[key, member]) for key in batch["__key__"]])), name
 
 
 @pytest.mark.parametrize("size", [16, 40, 56])
@@ -854,6 +861,9 @@ def test_jpegs_decode_to_the_pixels_pil_gave(mode: str, options: dict[str, Any])
     decoded = decode_member("frame.jpg", data)
     assert decoded.dtype == np.uint8 and decoded.flags.writeable
     assert np.array_equal(decoded, pil)
+    rows = np.zeros((2, 37, 53, 3), np.uint8)  # a batch's image: TurboJPEG decodes into its row
+    into = decode_member("frame.jpg", data, out=rows[1])
+    assert np.array_equal(into, pil) and np.shares_memory(into, rows[1]) == (mode != "CMYK")
     with pytest.raises(CorruptMemberError):
         decode_member("frame.jpg", data[: len(data) // 2])
 

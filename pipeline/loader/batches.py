@@ -4,6 +4,7 @@ decoded and copied into (`BatchSlots`, from a `batch_pool.BatchPool` when one is
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pipeline.loader.batch_pool import BatchPool, SlotLayout
 from pipeline.modalities import TABLE
 from pipeline.normalize import i420_to_rgb
 from pipeline.shards.decode import i420_shape
-from pipeline.shards.schema import CLIP_PREFIX
+from pipeline.shards.schema import CLIP_PREFIX, MEMBER_IMAGE, MEMBER_MEL
 from pipeline.tokenizer import pad_texts
 
 Batch = dict[str, Any]
@@ -40,44 +41,55 @@ def slot_layout(expected: dict[str, Any], batch_size: int) -> SlotLayout:
 
 @dataclass
 class BatchSlots:
-    """The buffers of the batch being gathered, taken before its first clip is decoded:
-    `decode_samples` decodes each clip straight into the next slot of its video, channels
-    first, and `collate` copies each sample's image and mel into theirs, so no clip is copied
-    between decode and batch. The buffers are a slot of `pool` when one is free
-    (`pipeline.loader.batch_pool`: memory reused, already mapped), else fresh ones
-    (`batch_tensor`: in a DataLoader worker born in shared memory).
+    """The buffers of the batch being gathered, taken before its first sample is decoded:
+    `decode_samples` decodes each clip, picture and mel straight into the next row of the
+    batch's video, image and audio, which `collate` then takes as they are, so nothing is
+    copied between decode and batch (a picture decoded elsewhere and copied cost a 150 KB
+    allocation and copy a sample, a mel two copies; issue 19). The buffers are a slot of
+    `pool` when one is free (`pipeline.loader.batch_pool`: memory reused, already mapped),
+    else fresh ones (`batch_tensor`: in a DataLoader worker born in shared memory).
 
     Every sample `decode_samples` yields is the next one `batch_samples` takes, so the slots
     fill in batch order; a sample dropped after decoding leaves its slot to the next one.
 
     An mp4 clip's slot holds its I420 frames (T, 3H/2, W) (`decode.i420_shape`; converted to
     RGB on the device by `pipeline.normalize.to_model_units`), an npy clip's its RGB frames
-    channels first (3, T, H, W). A clip of the other layout than the batch's so far starts a
-    new buffer, and `collate` stacks that batch's clips (`_same_layout`)."""
+    channels first (3, T, H, W). A clip of the other layout than the batch's so far gets
+    memory of its own, and `collate` stacks that batch's clips (`_same_layout`)."""
 
     layout: SlotLayout
     pool: BatchPool | None
     group: int  # the DataLoader worker's id, 0 in the main process
     buffers: dict[str, torch.Tensor] | None = None  # the batch's arrays, (batch_size, ...)
+    arrays: dict[str, np.ndarray] | None = None  # the same memory as numpy arrays
     slot: int | None = None  # the pool's slot the buffers are; None for fresh ones
     filled: int = 0
 
-    def next_slot(self, member: str | None) -> np.ndarray:
-        """The slot the next clip, of member `member`, is decoded into: (T, 3H/2, W) for an
-        mp4 of even size, else (3, T, H, W) (a fresh batch's first slot once the last batch
-        is full); a clip of the other layout than its batch's gets memory of its own."""
-        batch, channels, frames, height, width = dict(
-            (name, shape) for name, _, shape, _ in self.layout.arrays)["video"]
-        shape = (i420_shape(frames, height, width)
-                 if member == MP4_MEMBER and not height % 2 and not width % 2
-                 else (channels, frames, height, width))
-        if self.buffers is None or self.filled == batch:
+    def next_slots(self, clip_member: str | None) -> dict[str, np.ndarray]:
+        """The rows the next sample's members are decoded into, by member name: its clip
+        (`clip_member`) into (T, 3H/2, W) for an mp4 of even size, else (3, T, H, W); its
+        picture into (S, S, 3) and its mel into (M, T_mel). A fresh batch's buffers are taken
+        once the last batch is full; a clip of the other layout than its batch's gets memory
+        of its own."""
+        shape = self._clip_shapes[clip_member == MP4_MEMBER]
+        if self.arrays is None or self.filled == len(self.arrays["video"]):
             self._next_batch(shape)
-        assert self.buffers is not None
-        if self.buffers["video"].shape[1:] != shape:
-            return np.empty(shape, np.uint8)
-        slot: np.ndarray = self.buffers["video"][self.filled].numpy()
-        return slot
+        assert self.arrays is not None
+        row = self.filled
+        video = self.arrays["video"]
+        return {MEMBER_IMAGE: self.arrays["image"][row], MEMBER_MEL: self.arrays["audio"][row],
+                **({} if clip_member is None else {
+                    clip_member: video[row] if video.shape[1:] == shape
+                    else np.empty(shape, np.uint8)})}
+
+    @functools.cached_property
+    def _clip_shapes(self) -> dict[bool, tuple[int, ...]]:
+        """A clip's slot shape, by whether it is an mp4 (I420 where its sizes are even)."""
+        _, channels, frames, height, width = dict(
+            (name, shape) for name, _, shape, _ in self.layout.arrays)["video"]
+        rgb = (channels, frames, height, width)
+        even = not height % 2 and not width % 2
+        return {False: rgb, True: i420_shape(frames, height, width) if even else rgb}
 
     def _next_batch(self, clip: tuple[int, ...]) -> None:
         """Take the next batch's buffers, its video of clips of shape `clip` (the slot's
@@ -87,14 +99,15 @@ class BatchSlots:
         if self.pool is not None and self.slot is not None:
             # The trainer's side frees the slot: here without workers, else the chunk resolved.
             arrays = self.pool.arrays(self.slot, release=get_worker_info() is None)
+            rows = len(arrays["video"])
+            arrays["video"] = arrays["video"].reshape(-1)[:rows * math.prod(clip)].reshape(
+                rows, *clip)
             self.buffers = {name: torch.from_numpy(array) for name, array in arrays.items()}
-            rows = len(self.buffers["video"])
-            self.buffers["video"] = self.buffers["video"].view(-1)[
-                :rows * math.prod(clip)].view(rows, *clip)
         else:
             self.buffers = {name: batch_tensor(
                 (shape[0], *clip) if name == "video" else shape, getattr(torch, str(dtype)))
                 for name, _, shape, dtype in self.layout.arrays}
+        self.arrays = {name: buffer.numpy() for name, buffer in self.buffers.items()}
 
     def keep(self) -> None:
         """The clip just decoded is the batch's next sample."""
@@ -130,10 +143,10 @@ class BatchSlots:
 def collate(samples: Sequence[dict[str, Any]],
             buffers: dict[str, torch.Tensor] | None = None) -> Batch:
     """Stack `sample_tensors` outputs; text right-padded by `pipeline.tokenizer.pad_texts`,
-    the one padding rule. `buffers`, when given, are the batch's arrays (`BatchSlots`), which
-    the samples are copied into; its video, (B, 3, T, H, W) or (B, T, 3H/2, W), is the buffer
-    the samples' clips were decoded into, taken as the batch's video where each sample's clip
-    is its slot, and copied into as the other modalities otherwise. I420 clips (T, 3H/2, W)
+    the one padding rule. `buffers`, when given, are the batch's arrays (`BatchSlots`) that
+    the samples' clips, pictures and mels were decoded into: each is taken as it is where
+    every sample's value is its row, and copied into otherwise (a picture PIL decoded, a clip
+    of another layout). Its video is (B, 3, T, H, W) or (B, T, 3H/2, W). I420 clips (T, 3H/2, W)
     stack to (B, T, 3H/2, W), RGB ones to (B, 3, T, H, W); a batch of both (shard sets of
     both clip encodings) is all RGB (`_same_layout`). A modality that any
     sample lacks is left out of the batch (and with text, `has_text`), as
@@ -148,8 +161,8 @@ def collate(samples: Sequence[dict[str, Any]],
         if row.stored_dtype is None or not held(row.name):
             continue
         out = None if buffers is None else buffers.get(row.name)
-        if row.name == "video" and out is not None and _in_slots(samples, out):
-            batch["video"] = out
+        if out is not None and _in_slots([sample[row.name] for sample in samples], out):
+            batch[row.name] = out
             continue
         values, layout = [sample[row.name] for sample in samples], row.batch_layout
         if row.name == "video":
@@ -168,14 +181,15 @@ def collate(samples: Sequence[dict[str, Any]],
     return batch
 
 
-def _in_slots(samples: Sequence[dict[str, Any]], video: torch.Tensor) -> bool:
-    """Whether each sample's clip, (T, H, W, 3) or I420 (T, 3H/2, W), is the slot of `video`
-    at its index (channels first, or as it is), i.e. the batch is already stacked."""
-    return len(samples) == len(video) and all(
-        clip.data_ptr() == slot.data_ptr() and clip.shape == view.shape
-        and clip.stride() == view.stride() and clip.dtype == slot.dtype
-        for clip, slot in zip((sample["video"] for sample in samples), video, strict=True)
-        for view in (slot.permute(1, 2, 3, 0) if slot.dim() == 4 else slot,))
+def _in_slots(values: Sequence[torch.Tensor], buffer: torch.Tensor) -> bool:
+    """Whether each sample's value is the row of `buffer` at its index (a clip, RGB
+    (T, H, W, 3) over a channels-first row, or I420 as it is), i.e. the batch is already
+    stacked: the samples were decoded into their slots."""
+    return len(values) == len(buffer) and all(
+        value.data_ptr() == row.data_ptr() and value.shape == view.shape
+        and value.stride() == view.stride() and value.dtype == row.dtype
+        for value, row in zip(values, buffer, strict=True)
+        for view in (row.permute(1, 2, 3, 0) if row.dim() == 4 else row,))
 
 
 def _same_layout(clips: list[torch.Tensor]) -> list[torch.Tensor]:

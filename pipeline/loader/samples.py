@@ -264,7 +264,7 @@ def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
                 raise CorruptMemberError(raw["__error__"])
             member = next((name for name in CLIP_MEMBERS if name in raw), None)
             sample, dropped = decode_sample(raw, expected,
-                                            None if slots is None else slots.next_slot(member))
+                                            None if slots is None else slots.next_slots(member))
         except CorruptMemberError as err:
             stats.skipped_samples += 1
             stats.note(f"{where}: {err}")

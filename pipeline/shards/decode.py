@@ -117,8 +117,9 @@ def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = N
     `expected` only that last bound applies: readers of untrusted shards pass it
     (`decode_sample` does).
 
-    `out`, for a clip member of the expected size: a uint8 buffer (a slot of the loader's
-    batch, `pipeline.loader.samples.BatchSlots`) that the clip is decoded into and returned.
+    `out`: memory (a row of the loader's batch, `pipeline.loader.batches.BatchSlots`) that a
+    member of its size is decoded into and returned. A JPEG takes a C-contiguous uint8
+    (H, W, 3), an npy array one of its dtype and shape; for a clip a uint8 buffer:
     A (3, T, H, W) one takes the clip in RGB, channels first, returned as its (T, H, W, 3)
     view. A `clip.mp4` may instead go into an I420 one, (T, 3H/2, W) (`i420_shape`): each
     frame's yuv420p planes as the decoder gives them, no pixel conversion on the CPU
@@ -131,7 +132,7 @@ def decode_member(name: str, data: bytes, expected: Mapping[str, Any] | None = N
                                 f"v1 and is never deserialised")
     shape = None if expected is None else member_shape(name, expected)
     try:
-        if out is not None and name in CLIP_MEMBERS:
+        if out is not None and kind in _INTO_OUT:
             return decoder(data, shape, out=out)
         return decoder(data, shape)
     except CorruptMemberError as err:
@@ -171,9 +172,13 @@ def _decode_npy(data: bytes, shape: tuple[int, ...] | None,
     # costlier half of loading a mel), copied once into memory of its own and writable, as
     # np.load's; a member shorter than its header declares raises ValueError.
     flat = np.frombuffer(data, dtype, count=math.prod(declared), offset=start)
-    if out is not None and not fortran_order and _fits(out, declared, dtype):
-        np.copyto(out, flat.reshape(declared).transpose(3, 0, 1, 2))  # into its slot
-        return out.transpose(1, 2, 3, 0)
+    if out is not None and not fortran_order:
+        if _fits(out, declared, dtype):  # an RGB clip into its channels-first slot
+            np.copyto(out, flat.reshape(declared).transpose(3, 0, 1, 2))
+            return out.transpose(1, 2, 3, 0)
+        if out.dtype == dtype and out.shape == declared:  # a mel into its row of the batch
+            np.copyto(out, flat.reshape(declared))
+            return out
     if fortran_order:
         return flat.reshape(declared[::-1]).transpose().copy(order="K")
     return flat.reshape(declared).copy()
@@ -204,12 +209,15 @@ def _decode_image(kind: str, data: bytes, shape: tuple[int, ...] | None) -> np.n
         return np.array(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def _decode_jpeg(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
+def _decode_jpeg(data: bytes, shape: tuple[int, ...] | None,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """A JPEG by libjpeg-turbo's TurboJPEG API (simplejpeg), straight into one (H, W, 3) array:
     PIL decodes into its own 4-byte pixels and copies them out twice (`bench/loader.py`,
     issue 19: 0.14 against 0.28 ms a 224x224 picture), with the same IDCT and upsampling, so
     the same pixels (tests compare). A CMYK or YCCK JPEG goes to PIL, whose conversion to RGB
-    TurboJPEG lacks. A picture libjpeg warns about (truncated, corrupt data) is corrupt."""
+    TurboJPEG lacks. A picture libjpeg warns about (truncated, corrupt data) is corrupt.
+    `out`, a C-contiguous uint8 (H, W, 3) of the picture's size (its row of the batch), is
+    decoded into and returned; PIL's pictures land in memory of their own."""
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError as err:
@@ -217,7 +225,10 @@ def _decode_jpeg(data: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
     _check_picture(width, height, shape)
     if colorspace not in ("YCbCr", "Gray"):
         return _decode_image("jpg", data, shape)
-    picture: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB")
+    into = (out is not None and out.dtype == np.uint8 and out.shape == (height, width, 3)
+            and out.flags.c_contiguous)
+    picture: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB",
+                                                 buffer=out if into else None)
     return picture
 
 
@@ -377,10 +388,12 @@ _DECODERS = {"json": _decode_json, "txt": _decode_text, "npy": _decode_npy, "mp4
              "jpg": _decode_jpeg, "jpeg": _decode_jpeg,
              "png": functools.partial(_decode_image, "png")}
 _MEDIA_MEMBERS = frozenset(SCHEMA_MEMBERS) - {MEMBER_JSON, MEMBER_TEXT}
+_INTO_OUT = frozenset({"mp4", "npy", "jpg", "jpeg"})  # the decoders that take `out`
 
 
 def decode_sample(raw: Mapping[str, Any], expected: Mapping[str, Any] | None = None,
-                  clip_out: np.ndarray | None = None) -> tuple[dict[str, Any], list[str]]:
+                  outs: Mapping[str, np.ndarray] | None = None
+                  ) -> tuple[dict[str, Any], list[str]]:
     """Decode the schema's members of a raw webdataset sample; leave every other one unread.
 
     Returns the decoded sample (``__key__``, ``__url__`` and other ``__meta__`` entries kept
@@ -392,7 +405,7 @@ def decode_sample(raw: Mapping[str, Any], expected: Mapping[str, Any] | None = N
     Media members are decoded to the sizes `expected` (the manifest's `expected_from_config`)
     or, without it, to those the sample's own json declares; a sample with media but no usable
     json raises CorruptMemberError, its media left undecoded (see `decode_member`, and for
-    `clip_out` its `out`)."""
+    `outs`, the buffers members are decoded into by name, its `out`)."""
     sizes = expected
     if sizes is None and not _MEDIA_MEMBERS.isdisjoint(raw):
         sizes = _declared_sizes(raw)
@@ -402,7 +415,8 @@ def decode_sample(raw: Mapping[str, Any], expected: Mapping[str, Any] | None = N
         if name.startswith("__"):
             decoded[name] = value
         elif name in SCHEMA_MEMBERS:
-            decoded[name] = decode_member(name, value, sizes, clip_out)
+            decoded[name] = decode_member(name, value, sizes,
+                                          None if outs is None else outs.get(name))
         else:
             dropped.append(name)
     return decoded, dropped
