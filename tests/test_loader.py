@@ -887,7 +887,9 @@ def test_a_mel_holding_nan_or_infinity_is_refused(bad: float | None) -> None:
 
 def test_npy_members_decode_as_np_load_whatever_header_came_before() -> None:
     """Headers parsed once are kept by their bytes: members of other shapes, dtypes and
-    orders, in turn and again, decode as `np.load` reads them."""
+    orders, in turn and again, decode as `np.load` reads them, on their own or into a row
+    of a batch (C order, as the loader's buffers are) of their dtype and shape: prepare
+    writes mels in Fortran order."""
     rng = np.random.default_rng(4)
     arrays = [rng.normal(size=(2, 3)).astype(np.float16), rng.normal(size=(3, 2)),
               np.asfortranarray(rng.normal(size=(4, 5)).astype(np.float32))]
@@ -900,6 +902,9 @@ def test_npy_members_decode_as_np_load_whatever_header_came_before() -> None:
         decoded, expected = decode_member("mel.npy", blob), np.load(io.BytesIO(blob))
         assert decoded.dtype == expected.dtype and np.array_equal(decoded, expected)
         assert decoded.flags.writeable
+        rows = np.zeros((2, *expected.shape), expected.dtype)
+        into = decode_member("mel.npy", blob, out=rows[1])
+        assert np.shares_memory(into, rows[1]) and np.array_equal(into, expected)
 
 
 

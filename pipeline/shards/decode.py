@@ -172,16 +172,15 @@ def _decode_npy(data: bytes, shape: tuple[int, ...] | None,
     # costlier half of loading a mel), copied once into memory of its own and writable, as
     # np.load's; a member shorter than its header declares raises ValueError.
     flat = np.frombuffer(data, dtype, count=math.prod(declared), offset=start)
-    if out is not None and not fortran_order:
-        if _fits(out, declared, dtype):  # an RGB clip into its channels-first slot
-            np.copyto(out, flat.reshape(declared).transpose(3, 0, 1, 2))
-            return out.transpose(1, 2, 3, 0)
-        if out.dtype == dtype and out.shape == declared:  # a mel into its row of the batch
-            np.copyto(out, flat.reshape(declared))
-            return out
-    if fortran_order:
-        return flat.reshape(declared[::-1]).transpose().copy(order="K")
-    return flat.reshape(declared).copy()
+    array = (flat.reshape(declared[::-1]).transpose() if fortran_order
+             else flat.reshape(declared))  # a view of the bytes, in either order
+    if out is not None and _fits(out, declared, dtype):  # an RGB clip, channels first
+        np.copyto(out, array.transpose(3, 0, 1, 2))
+        return out.transpose(1, 2, 3, 0)
+    if out is not None and out.dtype == dtype and out.shape == declared:  # a mel, its row
+        np.copyto(out, array)
+        return out
+    return array.copy(order="K")
 
 
 @functools.lru_cache(maxsize=64)
