@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.modalities import PAD_ID
@@ -35,11 +36,9 @@ def pad_texts(texts: Sequence[torch.Tensor]) -> torch.Tensor:
     """Token ids (L_i,) of each sample, right-padded with PAD_ID to the longest (at least 1,
     so a batch of empty texts is one column of padding): (B, L) long. The one padding rule of
     the shard loader, the video loader and `omnilatent.training.collate_multimodal`."""
-    lengths = [int(text.shape[0]) for text in texts]
-    batch = torch.full((len(texts), max([1, *lengths])), PAD_ID, dtype=torch.long)  # (B, L)
-    for row, (text, length) in enumerate(zip(texts, lengths, strict=True)):
-        batch[row, :length] = text
-    return batch
+    if not texts or max(int(text.shape[0]) for text in texts) == 0:
+        return torch.full((len(texts), 1), PAD_ID, dtype=torch.long)  # (B, 1)
+    return pad_sequence(list(texts), batch_first=True, padding_value=PAD_ID).long()  # (B, L)
 
 
 def _check_max_len(max_len: int) -> None:

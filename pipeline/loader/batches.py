@@ -184,12 +184,14 @@ def collate(samples: Sequence[dict[str, Any]],
 def _in_slots(values: Sequence[torch.Tensor], buffer: torch.Tensor) -> bool:
     """Whether each sample's value is the row of `buffer` at its index (a clip, RGB
     (T, H, W, 3) over a channels-first row, or I420 as it is), i.e. the batch is already
-    stacked: the samples were decoded into their slots."""
+    stacked: the samples were decoded into their slots. Read from addresses and strides, not
+    from a tensor made for each row."""
+    row = buffer[0].permute(1, 2, 3, 0) if buffer.dim() == 5 else buffer[0]
+    step = buffer.stride(0) * buffer.element_size()  # bytes from one row to the next
     return len(values) == len(buffer) and all(
-        value.data_ptr() == row.data_ptr() and value.shape == view.shape
-        and value.stride() == view.stride() and value.dtype == row.dtype
-        for value, row in zip(values, buffer, strict=True)
-        for view in (row.permute(1, 2, 3, 0) if row.dim() == 4 else row,))
+        value.data_ptr() == buffer.data_ptr() + index * step and value.shape == row.shape
+        and value.stride() == row.stride() and value.dtype == buffer.dtype
+        for index, value in enumerate(values))
 
 
 def _same_layout(clips: list[torch.Tensor]) -> list[torch.Tensor]:

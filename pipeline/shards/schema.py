@@ -20,6 +20,7 @@ share the key ``<video_id>_<clip index, 6 digits>``:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -139,22 +140,29 @@ class SampleMeta:
 def _typed_fields(cls: type, data: Mapping[str, Any], where: str,
                   skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """The fields of dataclass `cls` from `data`, checked against their annotated type."""
-    checks: dict[str, tuple[type, ...]] = {
-        "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
     values: dict[str, Any] = {}
-    for field in fields(cls):
-        if field.name in skip:
+    for name, kind, allowed in _field_types(cls):
+        if name in skip:
             continue
-        if field.name not in data:
-            raise ValueError(f"{where}: field '{field.name}' is missing")
-        value = data[field.name]
-        allowed = checks[str(field.type)]
+        if name not in data:
+            raise ValueError(f"{where}: field '{name}' is missing")
+        value = data[name]
         # bool is an int in Python; a JSON true must not pass for a count.
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            raise ValueError(f"{where}: field '{field.name}' should be {field.type}, "
-                             f"got {value!r}")
-        values[field.name] = float(value) if field.type == "float" else value
+            raise ValueError(f"{where}: field '{name}' should be {kind}, got {value!r}")
+        values[name] = float(value) if kind == "float" else value
     return values
+
+
+@functools.cache
+def _field_types(cls: type) -> tuple[tuple[str, str, tuple[type, ...]], ...]:
+    """(name, annotated type, the Python types it accepts; none for a nested dataclass, which
+    its caller skips) of each field of dataclass `cls`, worked out once: the loader parses
+    every sample's json with them."""
+    checks: dict[str, tuple[type, ...]] = {
+        "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+    return tuple((field.name, str(field.type), checks.get(str(field.type), ()))
+                 for field in fields(cls))
 
 
 def sample_key(video_id: str, clip_index: int) -> str:
