@@ -109,6 +109,11 @@ class BatchPool:
                         "spawn or forkserver start method the loader runs without one")
 
 
+def leading(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The first elements of contiguous `array` as an array of `shape`, over the same memory:
+    how a slot's video, sized for RGB clips, holds a batch of I420 ones (half its bytes)."""
+    return array.reshape(-1)[:math.prod(shape)].reshape(shape)
+
 
 def _slots_memory(nbytes: int, *, shared: bool) -> memoryview:
     """`nbytes` of zeroed memory for the slots. Shared with forked workers: anonymous

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from pipeline.errors import PipelineError
-from pipeline.loader.batch_pool import BatchPool, SlotLayout
+from pipeline.loader.batch_pool import BatchPool, SlotLayout, leading
 from pipeline.modalities import TABLE
 from pipeline.normalize import i420_to_rgb
 from pipeline.shards.decode import i420_shape
@@ -99,9 +99,7 @@ class BatchSlots:
         if self.pool is not None and self.slot is not None:
             # The trainer's side frees the slot: here without workers, else the chunk resolved.
             arrays = self.pool.arrays(self.slot, release=get_worker_info() is None)
-            rows = len(arrays["video"])
-            arrays["video"] = arrays["video"].reshape(-1)[:rows * math.prod(clip)].reshape(
-                rows, *clip)
+            arrays["video"] = leading(arrays["video"], (len(arrays["video"]), *clip))
             self.buffers = {name: torch.from_numpy(array) for name, array in arrays.items()}
         else:
             self.buffers = {name: batch_tensor(

@@ -3,7 +3,6 @@ a cursor that resumes mid-epoch; `build_shard_loader` builds it from shard paths
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.loader import samples as stage
-from pipeline.loader.batch_pool import BatchPool
+from pipeline.loader.batch_pool import BatchPool, leading
 from pipeline.loader.batches import Batch, BatchSlots, slot_layout
 from pipeline.loader.samples import Cursor, LoaderStats
 from pipeline.normalize import STORED_DTYPES
@@ -40,7 +39,7 @@ class _InSlot:
     def over(self, array: np.ndarray) -> torch.Tensor:
         """The tensor over the slot's `array` (an I420 video fills the first half of its
         array, laid out for RGB clips)."""
-        return torch.from_numpy(array.reshape(-1)[:math.prod(self.shape)].reshape(self.shape))
+        return torch.from_numpy(leading(array, self.shape))
 
 
 @dataclass
