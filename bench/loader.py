@@ -11,7 +11,11 @@ of:
   with no pipeline around it: the clip (PyAV H.264 decode on one thread without pixel
   conversion, or ``np.load`` of an npy clip), the JPEG (TurboJPEG by simplejpeg, as the
   loader decodes it: cheaper than PIL's decode alone), the mel (``np.load``), the text and
-  the json (UTF-8, ``json.loads``);
+  the json (UTF-8, ``json.loads``). The clip is opened as PyAV opens a file: its streams
+  probed, which decodes its first frame with a decoder of the demuxer's own, and a decoder
+  opened for it. The loader does neither (one decoder kept per thread, clips opened with no
+  decoder for the probe), so for mp4 clips the floor is also timed with its clips opened as
+  the loader opens them ("unprobed"), and loader/floor printed against both;
 - `pipeline.loader`'s `build_shard_loader` with `--workers` DataLoader workers (0 = in the main
   process): shard and sample shuffle, safe decoding (H.264 or npy clip, JPEG, npy mel),
   validation, tensors and batches, i.e. what training gets;
@@ -89,7 +93,7 @@ from pipeline.loader.batches import Batch
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.normalize import STORED_DTYPES, to_model_units
 from pipeline.prepare.processes import usable_cpus
-from pipeline.shards.decode import decode_member
+from pipeline.shards.decode import NO_PROBE_DECODER, decode_member
 from pipeline.shards.encode import encode_clip
 from pipeline.shards.manifest import read_manifest
 from pipeline.shards.schema import expected_from_config
@@ -172,13 +176,17 @@ def read_members(urls: list[str]) -> list[tuple[str, bytes]]:
     return members
 
 
-def floor_decode(suffix: str, data: bytes) -> None:
-    """Decode one member alone, the least work that turns its bytes into content: H.264 frames
-    left in the decoder's YUV (no conversion to rgb24), the JPEG decoded by TurboJPEG
-    (simplejpeg, the loader's decoder, cheaper than PIL's decode alone)."""
+def floor_decode(suffix: str, data: bytes, probe: bool = True) -> None:
+    """Decode one member alone, as a plain use of its library does: the mp4 opened by PyAV
+    (its streams probed, which decodes the first frame with a decoder of the demuxer's own
+    unless `probe` is False, as the loader opens clips: `decode.NO_PROBE_DECODER`), a decoder
+    opened for the clip, its frames left in the decoder's YUV (no conversion to rgb24); the
+    JPEG decoded by TurboJPEG (simplejpeg, the loader's decoder, cheaper than PIL's decode
+    alone)."""
     kind = suffix.rsplit(".", 1)[-1]
     if kind == "mp4":
-        with av.open(io.BytesIO(data), "r", format="mp4") as container:
+        with av.open(io.BytesIO(data), "r", format="mp4",
+                     container_options=None if probe else NO_PROBE_DECODER) as container:
             stream = container.streams.video[0]
             stream.thread_type = "NONE"
             stream.codec_context.thread_count = 1
@@ -194,10 +202,10 @@ def floor_decode(suffix: str, data: bytes) -> None:
         data.decode("utf-8")
 
 
-def floor_epoch(members: list[tuple[str, bytes]], samples: int) -> int:
+def floor_epoch(members: list[tuple[str, bytes]], samples: int, probe: bool = True) -> int:
     """The decode floor: every member decoded alone, in shard order; returns `samples`."""
     for suffix, data in members:
-        floor_decode(suffix, data)
+        floor_decode(suffix, data, probe)
     return samples
 
 
@@ -291,10 +299,13 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
                for workers in args.workers}
     series: dict[str, Callable[[], int]] = {
         "tarfile": lambda: tar_epoch(urls), "floor": lambda: floor_epoch(members, samples),
+        **({"unprobed": lambda: floor_epoch(members, samples, probe=False)}
+           if any(suffix.endswith("mp4") for suffix, _ in members) else {}),
         **{str(w): partial(loader_epoch, loader) for w, loader in loaders.items()}}
     first = {name: timed(fn)[1] for name, fn in series.items()}  # warm-up
     costs = interleaved(series, args.repeats)
     floor = costs["floor"]
+    unprobed = costs.get("unprobed")
     return {
         "shards": len(urls), "samples": samples,
         "bytes": sum(Path(url).stat().st_size for url in urls),
@@ -302,6 +313,10 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
         "floor": floor.as_dict(),
         "loader": {str(w): costs[str(w)].as_dict() for w in loaders},
         "loader_over_floor": {str(w): floor.cpu_s / costs[str(w)].cpu_s for w in loaders},
+        **({} if unprobed is None else {
+            "unprobed": unprobed.as_dict(),
+            "loader_over_unprobed": {str(w): unprobed.cpu_s / costs[str(w)].cpu_s
+                                     for w in loaders}}),
         "startup_cpu_ms": {str(w): round((first[str(w)] - costs[str(w)].cpu_s) * samples * 1e3,
                                          1) for w in loaders},
     }
@@ -354,12 +369,18 @@ def report(result: dict[str, Any]) -> None:
         print(header)
         rows = [("tarfile, every member read", enc["tarfile"]),
                 ("decode floor, members alone", enc["floor"])]
+        if "unprobed" in enc:
+            rows.append(("  its clips opened unprobed", enc["unprobed"]))
         rows += [(f"loader, {w} workers", c) for w, c in enc["loader"].items()]
         for label, c in rows:
             print(f"  {label:<34}{c['samples_per_s']:10.1f}{c['cpu_ms_per_sample']:15.2f}"
                   f"{c['samples_per_cpu_s']:11.1f}{c['cores']:7.2f}")
         print("  loader/floor, samples per CPU-second: " + ", ".join(
             f"{w} workers {r:.2f}" for w, r in enc["loader_over_floor"].items()))
+        if "unprobed" in enc:
+            print("  loader/(floor, its clips opened unprobed as the loader opens them): "
+                  + ", ".join(f"{w} workers {r:.2f}"
+                              for w, r in enc["loader_over_unprobed"].items()))
         print("  workers' start-up, CPU ms once per loader (a run or a resume; the first "
               "epoch's CPU less a steady one's): " + ", ".join(
                   f"{w} workers {ms:.0f}" for w, ms in enc["startup_cpu_ms"].items()

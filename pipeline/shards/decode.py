@@ -51,10 +51,11 @@ _NPY_MAGIC = b"\x93NUMPY"
 # No decoder for the demuxer's own use. Opening a container probes its streams
 # (avformat_find_stream_info), which opens a decoder of its own and decodes the clip's first
 # frame to learn its pixel format; `_h264_decoder` decodes every frame anyway, so that was a
-# decoder set up and an IDR frame decoded twice a clip, 9 % of the loader's CPU (issue 19).
-# With no decoder allowed the probe reads the header and the first packet only; the stream's
-# size, codec and parameter sets come from the header as before.
-_NO_PROBE_DECODER = {"codec_whitelist": ""}
+# decoder set up and an IDR frame decoded twice a clip: 12 % of the loader's instructions, 8 % of
+# its CPU (issue 19, `bench/loader.py`). With no decoder allowed the probe reads the header and
+# the first packet only; the stream's size, codec and parameter sets come from the header as
+# before. FFmpeg logs the refusal where its logging is switched on (PyAV leaves it off).
+NO_PROBE_DECODER = {"codec_whitelist": ""}
 
 # Per thread, kept across clips: an H.264 decoder (`_h264_decoder`) and a swscale context
 # (`_reformatter`).
@@ -268,7 +269,7 @@ def _fits(out: np.ndarray, frames: tuple[int, ...], dtype: np.dtype[Any]) -> boo
 def _decode_mp4(data: bytes, shape: tuple[int, ...] | None,
                 out: np.ndarray | None = None) -> np.ndarray:
     # format="mp4" keeps FFmpeg from probing other demuxers (some, like HLS, open URLs).
-    with av.open(BytesIO(data), "r", format="mp4", container_options=_NO_PROBE_DECODER
+    with av.open(BytesIO(data), "r", format="mp4", container_options=NO_PROBE_DECODER
                  ) as container:
         if len(container.streams.video) != 1:
             raise CorruptMemberError(f"expected one video stream, found "
