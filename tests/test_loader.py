@@ -29,6 +29,7 @@ from pipeline.loader.samples import sample_tensors
 from pipeline.loader.shard_loader import ShardLoader, build_shard_loader
 from pipeline.media.discover import video_id
 from pipeline.normalize import i420_to_rgb, to_model_units
+from pipeline.shards import decode as decode_module
 from pipeline.shards.decode import (
     MAX_TEXT_BYTES,
     CorruptMemberError,
@@ -171,23 +172,34 @@ def test_clips_decode_into_their_batch_slots(tmp_path: Path, encoding: str,
     image and audio, which `collate` takes without copying; the batches equal the members
     decoded alone: an npy clip's RGB
     channels first, an mp4 clip's frames as the decoder gives them, yuv420p planes (I420,
-    (B, T, 3H/2, W)); a sample dropped after its clip was decoded (its json contradicts its
-    txt) leaves its slot to the next."""
-    def contradict(shard: int, index: int, members: dict[str, Any]) -> None:
+    (B, T, 3H/2, W)). The samples of a batch are decoded member by member (every clip, then
+    every picture, ...); a sample dropped after its members were decoded (its json
+    contradicts its txt) or while they were (a corrupt clip) leaves its rows to the next."""
+    clip = f"clip.{encoding}"
+
+    def damage(shard: int, index: int, members: dict[str, Any]) -> None:
         if (shard, index) == (0, 2):
             members["json"] = json.dumps({**json.loads(members["json"]),
                                           "transcript_source": "none"}).encode()
+        if (shard, index) == (1, 1):
+            members[clip] = members[clip][: len(members[clip]) // 2]
 
-    keys = write_shards(tmp_path, encoding=encoding, edit=contradict)
+    keys = write_shards(tmp_path, encoding=encoding, edit=damage)
     stacked: list[str] = []
     stack = batches_module.stack_into_layout
     monkeypatch.setattr(batches_module, "stack_into_layout",
                         lambda values, layout, name, out=None: stacked.append(name)
                         or stack(values, layout, name, out))
+    order: list[str] = []
+    decode = decode_module.decode_member
+    monkeypatch.setattr(decode_module, "decode_member",
+                        lambda name, *args: order.append(name) or decode(name, *args))
     loader = build_shard_loader(tmp_path, batch_size=5, shuffle_shards=False, shuffle_buffer=0)
     batches = list(loader)
-    assert loader.stats.skipped_samples == 1 and stacked == []
-    assert [key for batch in batches for key in batch["__key__"]] == keys[:2] + keys[3:]
+    assert loader.stats.skipped_samples == 2 and stacked == []
+    assert [key for batch in batches for key in batch["__key__"]] == keys[:2] + keys[3:5] + keys[6:]
+    first = order[:5 * 5]  # the first batch's five raw samples, five members each
+    assert [first[i:i + 5] for i in range(0, 25, 5)] == [[name] * 5 for name in first[::5]]
     clips: dict[str, np.ndarray] = {}
     alone: dict[tuple[str, str], np.ndarray] = {}
     for path in sorted((tmp_path / "shards").glob("*.tar")):
@@ -195,6 +207,8 @@ def test_clips_decode_into_their_batch_slots(tmp_path: Path, encoding: str,
             for member in archive:
                 key, suffix = split_member_name(member.name)
                 handle = archive.extractfile(member)
+                if key == keys[5]:  # its clip is cut short
+                    continue
                 if suffix in ("frame.jpg", "mel.npy") and handle is not None:
                     alone[key, suffix] = decode_member(suffix, handle.read())
                 elif suffix == "clip.npy" and handle is not None:

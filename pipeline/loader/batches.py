@@ -50,7 +50,7 @@ class BatchSlots:
     else fresh ones (`batch_tensor`: in a DataLoader worker born in shared memory).
 
     Every sample `decode_samples` yields is the next one `batch_samples` takes, so the slots
-    fill in batch order; a sample dropped after decoding leaves its slot to the next one.
+    fill in batch order; a sample dropped after decoding leaves its row to the next one.
 
     An mp4 clip's slot holds its I420 frames (T, 3H/2, W) (`decode.i420_shape`; converted to
     RGB on the device by `pipeline.normalize.to_model_units`), an npy clip's its RGB frames
@@ -65,22 +65,38 @@ class BatchSlots:
     slot: int | None = None  # the pool's slot the buffers are; None for fresh ones
     filled: int = 0
 
-    def next_slots(self, clip_member: str | None) -> dict[str, np.ndarray]:
-        """The rows the next sample's members are decoded into, by member name: its clip
-        (`clip_member`) into (T, 3H/2, W) for an mp4 of even size, else (3, T, H, W); its
-        picture into (S, S, 3) and its mel into (M, T_mel). A fresh batch's buffers are taken
-        once the last batch is full; a clip of the other layout than its batch's gets memory
-        of its own."""
-        shape = self._clip_shapes[clip_member == MP4_MEMBER]
+    def rows_left(self) -> int:
+        """How many samples the batch being gathered still takes (a whole batch once the last
+        one is full)."""
         if self.arrays is None or self.filled == len(self.arrays["video"]):
-            self._next_batch(shape)
-        assert self.arrays is not None
-        row = self.filled
+            return self._batch_size
+        return len(self.arrays["video"]) - self.filled
+
+    def next_rows(self, clip_members: Sequence[str | None]) -> list[dict[str, np.ndarray]]:
+        """The rows the next ``len(clip_members)`` samples (at most `rows_left`) are decoded
+        into, by member name, each sample's as `keep` takes them in turn: its clip (the
+        sample's `clip_members` entry) into (T, 3H/2, W) for an mp4 of even size, else
+        (3, T, H, W); its picture into (S, S, 3) and its mel into (M, T_mel). A fresh batch's
+        buffers are taken once the last batch is full, laid out for the first sample's clip; a
+        clip of the other layout than its batch's gets memory of its own."""
+        if self.arrays is None or self.filled == len(self.arrays["video"]):
+            self._next_batch(self._clip_shapes[clip_members[0] == MP4_MEMBER])
+        assert self.arrays is not None and self.filled + len(clip_members) <= len(
+            self.arrays["video"])
         video = self.arrays["video"]
-        return {MEMBER_IMAGE: self.arrays["image"][row], MEMBER_MEL: self.arrays["audio"][row],
-                **({} if clip_member is None else {
-                    clip_member: video[row] if video.shape[1:] == shape
-                    else np.empty(shape, np.uint8)})}
+        rows = []
+        for row, member in enumerate(clip_members, self.filled):
+            shape = self._clip_shapes[member == MP4_MEMBER]
+            rows.append({MEMBER_IMAGE: self.arrays["image"][row],
+                         MEMBER_MEL: self.arrays["audio"][row],
+                         **({} if member is None else {
+                             member: video[row] if video.shape[1:] == shape
+                             else np.empty(shape, np.uint8)})})
+        return rows
+
+    @functools.cached_property
+    def _batch_size(self) -> int:
+        return next(shape[0] for name, _, shape, _ in self.layout.arrays if name == "video")
 
     @functools.cached_property
     def _clip_shapes(self) -> dict[bool, tuple[int, ...]]:
@@ -108,7 +124,7 @@ class BatchSlots:
         self.arrays = {name: buffer.numpy() for name, buffer in self.buffers.items()}
 
     def keep(self) -> None:
-        """The clip just decoded is the batch's next sample."""
+        """The next row's sample is the batch's next sample (it passed its checks)."""
         self.filled += 1
 
     def hand_on(self) -> int | None:

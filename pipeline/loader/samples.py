@@ -6,8 +6,9 @@ One epoch is a visible list of webdataset stages (`_EpochStream.stages`):
     -> tar to raw samples (a broken shard is counted, the run goes on; each member's declared
        size checked before it is read)
     -> sample shuffle buffer (seed, epoch, rank, worker) -> skip what was consumed
-    -> safe decode (`decode.decode_sample`; each clip straight into its slot of the batch,
-       `batches.BatchSlots`, reused buffers of a `batch_pool.BatchPool`)
+    -> safe decode (`decode.decode_samples_together`: a batch's samples member by member,
+       each straight into its rows of the batch, `batches.BatchSlots`, reused buffers of a
+       `batch_pool.BatchPool`)
        + `validate.validate_sample`
     -> tensors -> batches (`batches.collate`)
 
@@ -37,6 +38,7 @@ device runs asynchronously."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import re
@@ -55,6 +57,7 @@ from pipeline.normalize import STORED_DTYPES
 from pipeline.shards.decode import (
     CorruptMemberError,
     decode_sample,
+    decode_samples_together,
     oversized_member,
 )
 from pipeline.shards.schema import (
@@ -253,38 +256,86 @@ def decode_samples(src: Iterable[dict[str, Any]], stats: LoaderStats,
                    expected: dict[str, Any] | None,
                    slots: BatchSlots | None = None) -> Iterator[dict[str, Any]]:
     """Decoded, validated samples; unsafe members and broken samples are dropped and counted.
-    With `slots`, each clip is decoded into its slot of the batch (`BatchSlots`).
+
+    With `slots` (and `expected`) each sample is decoded into its rows of the batch
+    (`BatchSlots`), and the raw samples are taken as many at a time as the batch still has
+    rows, then decoded together, member by member (`decode.decode_samples_together`: every
+    clip, then every picture, ..., which keeps each decoder in the caches): no raw sample is
+    taken beyond the batch, so the cursor still counts exactly what the batches so far
+    consumed. A sample dropped among them leaves the later ones in rows one too far on; those
+    are decoded again, one by one, into their right rows (only broken data pays for that).
 
     Without `expected` (no manifest) the first sample whose json parses sets it, so a batch
     never mixes sizes."""
-    for raw in src:
-        where = f"{raw.get('__key__')} ({raw.get('__url__')})"
-        try:
-            if "__error__" in raw:
-                raise CorruptMemberError(raw["__error__"])
-            member = next((name for name in CLIP_MEMBERS if name in raw), None)
-            sample, dropped = decode_sample(raw, expected,
-                                            None if slots is None else slots.next_slots(member))
-        except CorruptMemberError as err:
-            stats.skipped_samples += 1
-            stats.note(f"{where}: {err}")
-            continue
-        if dropped:
-            stats.unsafe_members += len(dropped)
-            stats.note(f"{where}: dropped members {', '.join(dropped)} without decoding them")
-        if expected is None and isinstance(sample.get(MEMBER_JSON), dict):
-            try:
-                expected = expected_from_meta(sample[MEMBER_JSON])
-            except ValueError:
-                pass  # validate_sample reports the broken json below
-        problems = validate_sample(sample, expected)
-        if problems:
-            stats.skipped_samples += 1
-            stats.note(f"{where}: " + "; ".join(problems))
-            continue
-        if slots is not None:
+    if slots is None or expected is None:
+        yield from _one_by_one(src, stats, expected, slots)
+        return
+    raws = iter(src)
+    while group := list(itertools.islice(raws, slots.rows_left())):
+        rows = slots.next_rows([_clip_member(raw) for raw in group])
+        decoded = decode_samples_together(
+            [{} if "__error__" in raw else raw for raw in group], expected, rows)
+        for index, (raw, result) in enumerate(zip(group, decoded, strict=True)):
+            sample = _accepted(raw, result, stats, expected)
+            if sample is None:
+                yield from _one_by_one(group[index + 1:], stats, expected, slots)
+                break
             slots.keep()
-        yield sample
+            yield sample
+
+
+def _one_by_one(raws: Iterable[dict[str, Any]], stats: LoaderStats,
+                expected: dict[str, Any] | None,
+                slots: BatchSlots | None) -> Iterator[dict[str, Any]]:
+    """`decode_samples` a sample at a time, each into its rows when `slots` are given."""
+    for raw in raws:
+        result: tuple[dict[str, Any], list[str]] | CorruptMemberError = ({}, [])
+        if "__error__" not in raw:
+            try:
+                result = decode_sample(raw, expected, None if slots is None
+                                       else slots.next_rows([_clip_member(raw)])[0])
+            except CorruptMemberError as err:
+                result = err
+        if (expected is None and not isinstance(result, CorruptMemberError)
+                and isinstance(result[0].get(MEMBER_JSON), dict)):
+            try:
+                expected = expected_from_meta(result[0][MEMBER_JSON])
+            except ValueError:
+                pass  # validate_sample reports the broken json
+        sample = _accepted(raw, result, stats, expected)
+        if sample is not None:
+            if slots is not None:
+                slots.keep()
+            yield sample
+
+
+def _clip_member(raw: dict[str, Any]) -> str | None:
+    return next((name for name in CLIP_MEMBERS if name in raw), None)
+
+
+def _accepted(raw: dict[str, Any],
+              result: tuple[dict[str, Any], list[str]] | CorruptMemberError,
+              stats: LoaderStats, expected: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The decoded sample of `raw` (`result`: `decode_sample`'s, or what it raised) if it
+    passes `validate_sample`; else None, its reason counted in `stats`. A raw sample the tar
+    stage marked (``__error__``) is dropped for that reason, undecoded."""
+    where = f"{raw.get('__key__')} ({raw.get('__url__')})"
+    if "__error__" in raw:
+        result = CorruptMemberError(raw["__error__"])
+    if isinstance(result, CorruptMemberError):
+        stats.skipped_samples += 1
+        stats.note(f"{where}: {result}")
+        return None
+    sample, dropped = result
+    if dropped:
+        stats.unsafe_members += len(dropped)
+        stats.note(f"{where}: dropped members {', '.join(dropped)} without decoding them")
+    problems = validate_sample(sample, expected)
+    if problems:
+        stats.skipped_samples += 1
+        stats.note(f"{where}: " + "; ".join(problems))
+        return None
+    return sample
 
 
 def to_tensors(src: Iterable[dict[str, Any]], tokenizer: TokenizerFn,

@@ -13,7 +13,7 @@ import functools
 import json
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from io import BytesIO
 from typing import Any
 
@@ -419,17 +419,43 @@ def decode_sample(raw: Mapping[str, Any], expected: Mapping[str, Any] | None = N
     sizes = expected
     if sizes is None and not _MEDIA_MEMBERS.isdisjoint(raw):
         sizes = _declared_sizes(raw)
-    decoded: dict[str, Any] = {}
-    dropped: list[str] = []
-    for name, value in raw.items():
-        if name.startswith("__"):
-            decoded[name] = value
-        elif name in SCHEMA_MEMBERS:
-            decoded[name] = decode_member(name, value, sizes,
-                                          None if outs is None else outs.get(name))
-        else:
-            dropped.append(name)
-    return decoded, dropped
+    result = decode_samples_together([raw], sizes, [outs or {}])[0]
+    if isinstance(result, CorruptMemberError):
+        raise result
+    return result
+
+
+def decode_samples_together(raws: Sequence[Mapping[str, Any]],
+                            expected: Mapping[str, Any] | None,
+                            outs: Sequence[Mapping[str, np.ndarray]]
+                            ) -> list[tuple[dict[str, Any], list[str]] | CorruptMemberError]:
+    """`decode_sample` of each of `raws` (into its `outs`) against the sizes `expected`, member
+    by member across them: every sample's first member, then every sample's second, and so
+    on, each sample's members in its own order. Each result is what `decode_sample` returns,
+    or the CorruptMemberError it raises at the sample's first member that does not decode
+    (its later members are left undecoded). One decoder run over the same member of
+    consecutive samples keeps its code and tables in the caches, which decoding each sample's
+    members in turn evicted (issue 19, `bench/loader.py`)."""
+    members = [list(raw.items()) for raw in raws]
+    decoded: list[dict[str, Any]] = [{} for _ in raws]
+    dropped: list[list[str]] = [[] for _ in raws]
+    failed: dict[int, CorruptMemberError] = {}
+    for position in range(max(map(len, members), default=0)):
+        for index, items in enumerate(members):
+            if position >= len(items) or index in failed:
+                continue
+            name, value = items[position]
+            if name.startswith("__"):
+                decoded[index][name] = value
+            elif name in SCHEMA_MEMBERS:
+                try:
+                    decoded[index][name] = decode_member(name, value, expected,
+                                                         outs[index].get(name))
+                except CorruptMemberError as err:
+                    failed[index] = err
+            else:
+                dropped[index].append(name)
+    return [failed.get(index, (decoded[index], dropped[index])) for index in range(len(raws))]
 
 
 def _declared_sizes(raw: Mapping[str, Any]) -> dict[str, Any]:
