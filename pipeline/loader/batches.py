@@ -68,8 +68,8 @@ class BatchSlots:
     def rows_left(self) -> int:
         """How many samples the batch being gathered still takes (a whole batch once the last
         one is full)."""
-        if self.arrays is None or self.filled == len(self.arrays["video"]):
-            return self._batch_size
+        if self._between_batches():
+            return self._video_shape[0]
         return len(self.arrays["video"]) - self.filled
 
     def next_rows(self, clip_members: Sequence[str | None]) -> list[dict[str, np.ndarray]]:
@@ -79,7 +79,7 @@ class BatchSlots:
         (3, T, H, W); its picture into (S, S, 3) and its mel into (M, T_mel). A fresh batch's
         buffers are taken once the last batch is full, laid out for the first sample's clip; a
         clip of the other layout than its batch's gets memory of its own."""
-        if self.arrays is None or self.filled == len(self.arrays["video"]):
+        if self._between_batches():
             self._next_batch(self._clip_shapes[clip_members[0] == MP4_MEMBER])
         assert self.arrays is not None and self.filled + len(clip_members) <= len(
             self.arrays["video"])
@@ -94,15 +94,19 @@ class BatchSlots:
                              else np.empty(shape, np.uint8)})})
         return rows
 
+    def _between_batches(self) -> bool:
+        """No batch is being gathered: none taken yet, or the last one is full."""
+        return self.arrays is None or self.filled == len(self.arrays["video"])
+
     @functools.cached_property
-    def _batch_size(self) -> int:
-        return next(shape[0] for name, _, shape, _ in self.layout.arrays if name == "video")
+    def _video_shape(self) -> tuple[int, ...]:
+        """The slot's video, (B, 3, T, H, W) as laid out for RGB clips."""
+        return next(shape for name, _, shape, _ in self.layout.arrays if name == "video")
 
     @functools.cached_property
     def _clip_shapes(self) -> dict[bool, tuple[int, ...]]:
         """A clip's slot shape, by whether it is an mp4 (I420 where its sizes are even)."""
-        _, channels, frames, height, width = dict(
-            (name, shape) for name, _, shape, _ in self.layout.arrays)["video"]
+        _, channels, frames, height, width = self._video_shape
         rgb = (channels, frames, height, width)
         even = not height % 2 and not width % 2
         return {False: rgb, True: i420_shape(frames, height, width) if even else rgb}
